@@ -1,0 +1,417 @@
+//! The agent loop: find our interface, read the network, lease a subnet, bring up the backend,
+//! write subnet.env, then renew, watch the other hosts and repair until cancelled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backend::{self, Backend, LeaseData};
+use crate::config::Config;
+use crate::health::{EventKind, EventLabels, Health};
+use crate::iface;
+use crate::lease::{self, Expiry, LeaseAttrs};
+use crate::leasing::{self, LeaseError, LeaseRequest, OwnLease};
+use crate::network::Network;
+use crate::store::{LeaseUpdate, Store};
+use crate::subnet_env::{self, SubnetEnv};
+use crate::watch::{LeaseEvent, LeaseWatcher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("external interface: {0}")]
+    Iface(#[from] iface::IfaceError),
+    #[error("backend: {0}")]
+    Backend(#[from] backend::BackendError),
+    #[error("writing {path}: {source}")]
+    SubnetEnv {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Retry pacing for the store and lease acquisition.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        now
+    }
+}
+
+/// Everything the loop works with once started.
+struct Running {
+    store: Arc<dyn Store>,
+    health: Arc<Health>,
+    config: Config,
+    network: Network,
+    backend: Box<dyn Backend>,
+    data: LeaseData,
+    attrs: LeaseAttrs,
+    own: OwnLease,
+}
+
+/// Runs the agent until `cancel`. The lease and whatever the backend installed stay in place when
+/// it returns: a restarted agent takes them back without disturbing traffic.
+pub async fn run(
+    config: Config,
+    store: Arc<dyn Store>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let ext = iface::discover(&config.agent).await?;
+    info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
+    let Some(network) = wait_for_network(store.as_ref(), &health, &cancel).await else {
+        return Ok(());
+    };
+    let mut backend = backend::create(&network, &ext)?;
+    let data = backend.prepare().await?;
+    let attrs = LeaseAttrs::new(ext.public_ip, data.backend_type, data.backend_data.clone());
+    let previous = subnet_env::previous_subnet(&config.agent.subnet_file);
+    let request = LeaseRequest {
+        network: &network,
+        attrs: &attrs,
+        ttl: config.agent.lease_ttl,
+        previous,
+    };
+    let Some(own) = acquire_until_held(store.as_ref(), &request, &health, &cancel).await else {
+        return Ok(());
+    };
+    let mut running = Running {
+        store,
+        health,
+        config,
+        network,
+        backend,
+        data,
+        attrs,
+        own,
+    };
+    running.take_up_lease().await?;
+    running.watch_and_renew(cancel).await
+}
+
+async fn wait_for_network(
+    store: &dyn Store,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> Option<Network> {
+    let mut backoff = Backoff::new();
+    loop {
+        let problem = match store.network_config().await {
+            Ok(Some(text)) => match Network::from_flannel_json(&text) {
+                Ok((network, ignored)) => {
+                    if !ignored.is_empty() {
+                        warn!(keys = ?ignored, "ignoring unknown keys in the stored network config");
+                    }
+                    info!(network = %network.network, subnet_len = network.subnet_len, backend = network.backend.type_name(), "network config");
+                    return Some(network);
+                }
+                Err(e) => format!("{e}"),
+            },
+            Ok(None) => "no network config in the store yet: publish one with `weft network apply`"
+                .to_string(),
+            Err(e) => {
+                health.metrics.store_errors.inc();
+                format!("reading the network config: {e}")
+            }
+        };
+        warn!("{problem}");
+        health.update(|r| r.problem = Some(problem));
+        if sleep_or_cancel(backoff.step().max(Duration::from_secs(1)), cancel).await {
+            return None;
+        }
+    }
+}
+
+async fn acquire_until_held(
+    store: &dyn Store,
+    request: &LeaseRequest<'_>,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> Option<OwnLease> {
+    let mut backoff = Backoff::new();
+    loop {
+        match leasing::acquire(store, request).await {
+            Ok(own) => {
+                health.update(|r| r.problem = None);
+                return Some(own);
+            }
+            Err(e) => {
+                if matches!(e, LeaseError::Store(_)) {
+                    health.metrics.store_errors.inc();
+                }
+                error!(error = %e, "cannot acquire a lease; retrying");
+                health.update(|r| {
+                    r.lease_held = false;
+                    r.problem = Some(e.to_string());
+                });
+            }
+        }
+        if sleep_or_cancel(backoff.step(), cancel).await {
+            return None;
+        }
+    }
+}
+
+/// Sleeps; true when cancelled first.
+async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+impl Running {
+    /// Our lease is (newly) held: start the backend on it and tell the host's CNI about it.
+    async fn take_up_lease(&mut self) -> Result<(), AgentError> {
+        self.note_expiry();
+        self.backend.start(&self.own.lease).await?;
+        let env = SubnetEnv {
+            network: self.network.network,
+            subnet: self.own.subnet(),
+            mtu: self.data.mtu,
+            ip_masq: self.config.agent.ip_masq,
+        };
+        let path = &self.config.agent.subnet_file;
+        env.write(path).map_err(|source| AgentError::SubnetEnv {
+            path: path.display().to_string(),
+            source,
+        })?;
+        info!(subnet = %self.own.subnet(), file = %path.display(), "lease held, subnet.env written");
+        self.health.update(|r| {
+            r.lease_held = true;
+            r.subnet_env_written = true;
+            r.backend_ready = true;
+            r.problem = None;
+        });
+        Ok(())
+    }
+
+    fn note_expiry(&self) {
+        let seconds = match self.own.lease.expiry {
+            Expiry::At(when) => when
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            Expiry::Never | Expiry::Unknown => 0.0,
+        };
+        self.health.metrics.lease_expiry_seconds.set(seconds);
+    }
+
+    async fn watch_and_renew(&mut self, cancel: CancellationToken) -> Result<(), AgentError> {
+        let mut watcher = LeaseWatcher::new(self.network.clone(), Some(self.own.subnet()));
+        let revision = self.initial_listing(&mut watcher, &cancel).await;
+        let Some(revision) = revision else {
+            return Ok(());
+        };
+        let mut updates = self.store.watch_leases(revision);
+        let mut resync = tokio::time::interval(self.config.agent.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        loop {
+            let renew_in = leasing::renew_in(&self.own.lease, self.config.agent.renew_margin);
+            let renew_at = tokio::time::sleep(renew_in.unwrap_or(Duration::from_secs(86400 * 365)));
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    info!(subnet = %self.own.subnet(), "stopping; the lease and installed state stay in place");
+                    return Ok(());
+                }
+                update = updates.next() => match update {
+                    Some(Ok(update)) => self.handle_update(&mut watcher, update, &cancel).await?,
+                    Some(Err(e)) => {
+                        self.health.metrics.store_errors.inc();
+                        warn!(error = %e, "lease watch interrupted; it resumes by itself");
+                    }
+                    None => {
+                        warn!("lease watch ended; starting a new one");
+                        updates = self.store.watch_leases(revision);
+                    }
+                },
+                _ = renew_at, if renew_in.is_some() => self.renew(&mut watcher, &cancel).await?,
+                _ = resync.tick() => {
+                    if let Err(e) = self.backend.reconcile(watcher.leases()).await {
+                        warn!(error = %e, "repairing the backend's state");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lists every lease once and hands them to the backend; returns the revision to watch from.
+    async fn initial_listing(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        cancel: &CancellationToken,
+    ) -> Option<i64> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.store.list_leases().await {
+                Ok(listing) => {
+                    let revision = listing.revision;
+                    if let Err(e) = self
+                        .deliver(watcher, LeaseUpdate::Resync(listing.leases, revision))
+                        .await
+                    {
+                        warn!(error = %e, "backend could not install every peer");
+                    }
+                    return Some(revision);
+                }
+                Err(e) => {
+                    self.health.metrics.store_errors.inc();
+                    warn!(error = %e, "listing leases; retrying");
+                }
+            }
+            if sleep_or_cancel(backoff.step(), cancel).await {
+                return None;
+            }
+        }
+    }
+
+    async fn handle_update(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        update: LeaseUpdate,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        if self.lost_our_lease(&update) {
+            warn!(subnet = %self.own.subnet(), "our lease was removed or taken in the store; acquiring again");
+            return self.reacquire(watcher, cancel).await;
+        }
+        if let Err(e) = self.deliver(watcher, update).await {
+            warn!(error = %e, "backend could not install every peer");
+        }
+        Ok(())
+    }
+
+    /// Whether `update` shows our key gone or holding someone else's lease.
+    fn lost_our_lease(&self, update: &LeaseUpdate) -> bool {
+        let own_key = lease::subnet_key(self.own.subnet());
+        match update {
+            LeaseUpdate::Deleted { key, .. } => *key == own_key,
+            LeaseUpdate::Put(raw) if raw.key == own_key => raw
+                .parse()
+                .map(|l| l.attrs.public_ip != self.attrs.public_ip)
+                .unwrap_or(true),
+            LeaseUpdate::Resync(entries, _) => match entries.iter().find(|r| r.key == own_key) {
+                None => true,
+                Some(raw) => raw
+                    .parse()
+                    .map(|l| l.attrs.public_ip != self.attrs.public_ip)
+                    .unwrap_or(true),
+            },
+            LeaseUpdate::Put(_) => false,
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        update: LeaseUpdate,
+    ) -> Result<(), backend::BackendError> {
+        let delivery = watcher.apply(update);
+        for skipped in &delivery.skipped {
+            self.health.metrics.malformed_leases.inc();
+            warn!(key = %skipped.key, reason = %skipped.reason, "skipping lease");
+        }
+        self.health
+            .metrics
+            .leases_watched
+            .set(watcher.leases().len() as i64);
+        if delivery.events.is_empty() {
+            return Ok(());
+        }
+        for event in &delivery.events {
+            let (kind, lease) = match event {
+                LeaseEvent::Added(l) => (EventKind::Added, l),
+                LeaseEvent::Changed { new, .. } => (EventKind::Changed, new),
+                LeaseEvent::Removed(l) => (EventKind::Removed, l),
+            };
+            debug!(?kind, %lease, "lease event");
+            self.health
+                .metrics
+                .events
+                .get_or_create(&EventLabels { kind })
+                .inc();
+        }
+        self.backend.apply(watcher.leases(), &delivery.events).await
+    }
+
+    async fn renew(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        match leasing::renew(
+            self.store.as_ref(),
+            &self.own,
+            &self.attrs,
+            self.config.agent.lease_ttl,
+        )
+        .await
+        {
+            Ok(own) => {
+                debug!(subnet = %own.subnet(), "lease renewed");
+                self.own = own;
+                self.health.metrics.renewals.inc();
+                self.note_expiry();
+                Ok(())
+            }
+            Err(LeaseError::Lost(subnet)) => {
+                warn!(%subnet, "our lease changed in the store before renewal; acquiring again");
+                self.reacquire(watcher, cancel).await
+            }
+            Err(e) => {
+                // Try again shortly: the lease is still valid for the renew margin.
+                self.health.metrics.store_errors.inc();
+                warn!(error = %e, "renewing the lease; retrying");
+                sleep_or_cancel(Duration::from_secs(1), cancel).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn reacquire(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        self.health.update(|r| r.lease_held = false);
+        let previous = Some(self.own.subnet());
+        let request = LeaseRequest {
+            network: &self.network,
+            attrs: &self.attrs,
+            ttl: self.config.agent.lease_ttl,
+            previous,
+        };
+        let Some(own) =
+            acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await
+        else {
+            return Ok(());
+        };
+        if own.subnet() != self.own.subnet() {
+            warn!(old = %self.own.subnet(), new = %own.subnet(), "our subnet changed: pods on the old one must be recreated");
+        }
+        self.own = own;
+        watcher.set_own(self.own.subnet());
+        self.take_up_lease().await?;
+        // Our old subnet may be someone else's now: bring the backend up to date at once.
+        self.initial_listing(watcher, cancel).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! `[network.backend]`: which backend and its keys. TOML uses snake_case (`direct_routing`); the
+//! store keeps flannel's names (`DirectRouting`). One table maps the two, so each backend's keys
+//! are declared once.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum BackendConfig {
+    Vxlan(VxlanConfig),
+    HostGw(NoOptions),
+    AwsVpc(AwsVpcConfig),
+    Gce(GceConfig),
+    /// Lease a subnet and install nothing.
+    Alloc(NoOptions),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig::Vxlan(VxlanConfig::default())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    pub port: u16,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+    /// 0: the external interface's MTU less the 50 bytes of vxlan encapsulation.
+    pub mtu: u32,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: 1,
+            port: 8472,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+            mtu: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsVpcConfig {
+    pub route_table_ids: Vec<String>,
+    pub route_table_tag: String,
+    pub region: String,
+    pub endpoint_url: String,
+    #[serde(with = "humantime_serde")]
+    pub recheck: Duration,
+}
+
+impl Default for AwsVpcConfig {
+    fn default() -> Self {
+        AwsVpcConfig {
+            route_table_ids: Vec::new(),
+            route_table_tag: String::new(),
+            region: String::new(),
+            endpoint_url: String::new(),
+            recheck: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GceConfig {
+    pub project: String,
+    pub network: String,
+    pub route_prefix: String,
+    pub priority: u32,
+    pub tags: Vec<String>,
+    pub endpoint: String,
+    #[serde(with = "humantime_serde")]
+    pub recheck: Duration,
+}
+
+impl Default for GceConfig {
+    fn default() -> Self {
+        GceConfig {
+            project: String::new(),
+            network: String::new(),
+            route_prefix: "weft-".into(),
+            priority: 1000,
+            tags: Vec::new(),
+            endpoint: String::new(),
+            recheck: Duration::from_secs(300),
+        }
+    }
+}
+
+/// weft.toml key ↔ flannel JSON key, for every backend key.
+const KEY_NAMES: &[(&str, &str)] = &[
+    ("type", "Type"),
+    ("vni", "VNI"),
+    ("port", "Port"),
+    ("gbp", "GBP"),
+    ("learning", "Learning"),
+    ("direct_routing", "DirectRouting"),
+    ("mtu", "MTU"),
+    ("route_table_ids", "RouteTableID"),
+    ("route_table_tag", "RouteTableTag"),
+    ("region", "Region"),
+    ("endpoint_url", "EndpointURL"),
+    ("recheck", "Recheck"),
+    ("project", "Project"),
+    ("network", "Network"),
+    ("route_prefix", "RoutePrefix"),
+    ("priority", "Priority"),
+    ("tags", "Tags"),
+    ("endpoint", "Endpoint"),
+];
+
+impl BackendConfig {
+    /// The `type` value, as flannel spells it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            BackendConfig::Vxlan(_) => "vxlan",
+            BackendConfig::HostGw(_) => "host-gw",
+            BackendConfig::AwsVpc(_) => "aws-vpc",
+            BackendConfig::Gce(_) => "gce",
+            BackendConfig::Alloc(_) => "alloc",
+        }
+    }
+
+    /// flannel's `Backend` object for this config.
+    pub fn to_flannel_json(&self) -> serde_json::Value {
+        let ours = serde_json::to_value(self).expect("backend config always serializes");
+        let serde_json::Value::Object(map) = ours else {
+            unreachable!("tagged enum is an object")
+        };
+        let renamed = map
+            .into_iter()
+            .map(|(key, value)| {
+                let flannel = KEY_NAMES
+                    .iter()
+                    .find(|(toml, _)| *toml == key)
+                    .map(|(_, f)| *f);
+                (flannel.unwrap_or(&key).to_string(), value)
+            })
+            .collect();
+        serde_json::Value::Object(renamed)
+    }
+
+    /// Reads flannel's `Backend` object. Like flannel (Go's JSON), key names match without regard
+    /// to case; keys no backend knows are returned, not fatal. A missing object means vxlan.
+    pub fn from_flannel_json(json: &serde_json::Value) -> Result<(Self, Vec<String>), String> {
+        let object = match json {
+            serde_json::Value::Null => return Ok((BackendConfig::default(), Vec::new())),
+            serde_json::Value::Object(object) => object,
+            other => return Err(format!("expected an object, found {other}")),
+        };
+        let mut ours = serde_json::Map::new();
+        let mut ignored = Vec::new();
+        for (key, value) in object {
+            match KEY_NAMES
+                .iter()
+                .find(|(_, flannel)| flannel.eq_ignore_ascii_case(key))
+            {
+                Some((toml, _)) => {
+                    ours.insert(toml.to_string(), normalize(toml, value.clone()));
+                }
+                None => ignored.push(key.clone()),
+            }
+        }
+        ours.entry("type").or_insert_with(|| "vxlan".into());
+        // Keys of another backend than the chosen one are ignored too.
+        let type_name = ours["type"].clone();
+        let known = known_keys(&type_name)?;
+        ours.retain(|key, _| {
+            let keep = key == "type" || known.contains(&key.as_str());
+            if !keep {
+                ignored.push(key.clone());
+            }
+            keep
+        });
+        let config =
+            serde_json::from_value(serde_json::Value::Object(ours)).map_err(|e| e.to_string())?;
+        Ok((config, ignored))
+    }
+}
+
+/// flannel accepts `RouteTableID` as one string or a list.
+fn normalize(key: &str, value: serde_json::Value) -> serde_json::Value {
+    match (key, value) {
+        ("route_table_ids", serde_json::Value::String(id)) => serde_json::json!([id]),
+        (_, value) => value,
+    }
+}
+
+fn known_keys(type_name: &serde_json::Value) -> Result<Vec<&'static str>, String> {
+    let keys: &[&str] = match type_name.as_str() {
+        Some("vxlan") => &["vni", "port", "gbp", "learning", "direct_routing", "mtu"],
+        Some("host-gw") | Some("alloc") => &[],
+        Some("aws-vpc") => &[
+            "route_table_ids",
+            "route_table_tag",
+            "region",
+            "endpoint_url",
+            "recheck",
+        ],
+        Some("gce") => &[
+            "project",
+            "network",
+            "route_prefix",
+            "priority",
+            "tags",
+            "endpoint",
+            "recheck",
+        ],
+        _ => {
+            return Err(format!(
+                "unknown backend type {type_name} (vxlan, host-gw, aws-vpc, gce, alloc)"
+            ))
+        }
+    };
+    Ok(keys.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn vxlan_to_flannel_names() {
+        let config = BackendConfig::Vxlan(VxlanConfig {
+            vni: 4,
+            direct_routing: true,
+            ..Default::default()
+        });
+        let json = config.to_flannel_json();
+        assert_eq!(json["Type"], "vxlan");
+        assert_eq!(json["VNI"], 4);
+        assert_eq!(json["DirectRouting"], true);
+        assert_eq!(BackendConfig::from_flannel_json(&json).unwrap().0, config);
+    }
+
+    #[test]
+    fn reads_flannel_spelling_and_defaults() {
+        let (config, ignored) =
+            BackendConfig::from_flannel_json(&json!({"Type": "vxlan", "vni": 7, "Foo": 1}))
+                .unwrap();
+        assert_eq!(
+            config,
+            BackendConfig::Vxlan(VxlanConfig {
+                vni: 7,
+                ..Default::default()
+            })
+        );
+        assert_eq!(ignored, vec!["Foo".to_string()]);
+        let (config, _) = BackendConfig::from_flannel_json(&serde_json::Value::Null).unwrap();
+        assert_eq!(config.type_name(), "vxlan");
+    }
+
+    #[test]
+    fn route_table_id_string_or_list() {
+        let one = json!({"Type": "aws-vpc", "RouteTableID": "rtb-1"});
+        let (config, _) = BackendConfig::from_flannel_json(&one).unwrap();
+        let BackendConfig::AwsVpc(aws) = config else {
+            panic!("not aws-vpc")
+        };
+        assert_eq!(aws.route_table_ids, vec!["rtb-1"]);
+        let many = json!({"Type": "aws-vpc", "RouteTableID": ["rtb-1", "rtb-2"]});
+        let (config, _) = BackendConfig::from_flannel_json(&many).unwrap();
+        let BackendConfig::AwsVpc(aws) = config else {
+            panic!("not aws-vpc")
+        };
+        assert_eq!(aws.route_table_ids.len(), 2);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(BackendConfig::from_flannel_json(&json!({"Type": "udp"}))
+            .unwrap_err()
+            .contains("udp"));
+        assert!(BackendConfig::from_flannel_json(&json!({"Type": "vxlan", "VNI": "x"})).is_err());
+        assert!(BackendConfig::from_flannel_json(&json!(3)).is_err());
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys() {
+        let err = toml::from_str::<BackendConfig>("type = \"vxlan\"\nvnii = 3").unwrap_err();
+        assert!(err.to_string().contains("vnii"), "{err}");
+        let ok: BackendConfig = toml::from_str("type = \"host-gw\"").unwrap();
+        assert_eq!(ok.type_name(), "host-gw");
+    }
+}

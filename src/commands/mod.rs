@@ -1,0 +1,6 @@
+//! One module per command.
+
+pub mod agent;
+pub mod config_check;
+pub mod leases;
+pub mod network;

@@ -1,0 +1,87 @@
+//! `weft network apply|show`: the cluster network config in the store.
+
+use clap::{Args, Subcommand};
+
+use crate::cli::{CommandError, GlobalArgs};
+use crate::config::Flags;
+use crate::network::Network;
+use crate::store::{self, Store};
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Publish the `[network]` table of the config file to the store.
+    Apply(ApplyArgs),
+    /// Print the network config held in the store.
+    Show,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// Change the CIDR or subnet length even though leases exist. Hosts keep subnets that may no
+    /// longer fit the new network until they restart and lease again; their pods must be recreated.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), CommandError> {
+    let config = global.load_config(Flags::default())?.config;
+    let store = store::open(&config.store).await?;
+    match command {
+        NetworkCommand::Apply(args) => {
+            let network =
+                Network::new(&config.network).map_err(|e| CommandError::Input(e.to_string()))?;
+            apply(store.as_ref(), &network, args.force).await
+        }
+        NetworkCommand::Show => show(store.as_ref()).await,
+    }
+}
+
+async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), CommandError> {
+    if let Some(text) = store.network_config().await? {
+        if let Ok((current, _)) = Network::from_flannel_json(&text) {
+            let reshaped =
+                current.network != network.network || current.subnet_len != network.subnet_len;
+            if reshaped && !force {
+                let leases = store.list_leases().await?.leases.len();
+                if leases > 0 {
+                    return Err(CommandError::Input(format!(
+                        "refusing to change the network from {}/{} (subnet_len) to {}/{} while {leases} lease(s) exist: \
+                         hosts would keep subnets outside the new layout. Use --force to do it anyway.",
+                        current.network, current.subnet_len, network.network, network.subnet_len
+                    )));
+                }
+            }
+        }
+    }
+    let json = network.to_flannel_json();
+    store.put_network_config(&json).await?;
+    println!("published {json}");
+    Ok(())
+}
+
+async fn show(store: &dyn Store) -> Result<(), CommandError> {
+    let Some(text) = store.network_config().await? else {
+        return Err(CommandError::Runtime(
+            "no network config in the store: run `weft network apply`".into(),
+        ));
+    };
+    println!("{text}");
+    match Network::from_flannel_json(&text) {
+        Ok((network, ignored)) => {
+            eprintln!(
+                "network {} · subnets /{} from {} to {} ({} in all) · backend {}",
+                network.network,
+                network.subnet_len,
+                network.subnet_min,
+                network.subnet_max,
+                network.subnet_count(),
+                network.backend.type_name()
+            );
+            if !ignored.is_empty() {
+                eprintln!("ignored keys: {}", ignored.join(", "));
+            }
+            Ok(())
+        }
+        Err(e) => Err(CommandError::Runtime(e.to_string())),
+    }
+}

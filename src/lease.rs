@@ -1,0 +1,195 @@
+//! Leases as flannel stores them: the subnet key (`10.244.3.0-24`) and the JSON attributes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::SystemTime;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// What a host publishes about itself in its lease (flannel's `LeaseAttrs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    #[serde(rename = "BackendData", default, skip_serializing_if = "is_null")]
+    pub backend_data: serde_json::Value,
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "is_null")]
+    pub backend_v6_data: serde_json::Value,
+}
+
+fn is_null(value: &serde_json::Value) -> bool {
+    value.is_null()
+}
+
+impl LeaseAttrs {
+    pub fn new(public_ip: Ipv4Addr, backend_type: &str, backend_data: serde_json::Value) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type.to_string(),
+            backend_data,
+            backend_v6_data: serde_json::Value::Null,
+        }
+    }
+
+    /// The JSON flannel writes for these attributes.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("lease attributes always serialize")
+    }
+}
+
+/// One host's lease on a subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub subnet: Ipv4Net,
+    pub attrs: LeaseAttrs,
+    pub expiry: Expiry,
+}
+
+/// When a lease runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A reservation: a key without TTL, never taken by an agent.
+    Never,
+    At(SystemTime),
+    /// Leased, but the store did not say until when (etcd lists leases without their TTL).
+    Unknown,
+}
+
+impl Lease {
+    pub fn is_reservation(&self) -> bool {
+        self.expiry == Expiry::Never
+    }
+}
+
+/// The leases of a cluster by subnet.
+pub type LeaseMap = BTreeMap<Ipv4Net, Lease>;
+
+/// A key or value in the store that is not a lease we can read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LeaseParseError {
+    #[error("subnet key {key:?} is not of the form a.b.c.d-len")]
+    BadKey { key: String },
+    #[error("lease {key:?} holds invalid JSON: {reason}")]
+    BadJson { key: String, reason: String },
+}
+
+/// `10.244.3.0/24` → `10.244.3.0-24`, flannel's key for a subnet.
+pub fn subnet_key(subnet: Ipv4Net) -> String {
+    format!("{}-{}", subnet.network(), subnet.prefix_len())
+}
+
+/// Parses the last path element of a subnet key. Dual-stack keys
+/// (`10.244.3.0-24&fd00::-64`) yield their IPv4 part.
+pub fn parse_subnet_key(key: &str) -> Result<Ipv4Net, LeaseParseError> {
+    let bad = || LeaseParseError::BadKey {
+        key: key.to_string(),
+    };
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let v4 = name.split('&').next().unwrap_or(name);
+    let (addr, len) = v4.split_once('-').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let net = Ipv4Net::new(addr, len).map_err(|_| bad())?;
+    // A key whose address has host bits set is not one flannel would write.
+    if net.network() != addr {
+        return Err(bad());
+    }
+    Ok(net)
+}
+
+/// Reads one stored lease from its key and JSON value.
+pub fn parse_lease(key: &str, value: &[u8], expiry: Expiry) -> Result<Lease, LeaseParseError> {
+    let subnet = parse_subnet_key(key)?;
+    let attrs: LeaseAttrs =
+        serde_json::from_slice(value).map_err(|e| LeaseParseError::BadJson {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(Lease {
+        subnet,
+        attrs,
+        expiry,
+    })
+}
+
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({} via {})",
+            self.subnet, self.attrs.backend_type, self.attrs.public_ip
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_keys_round_trip() {
+        let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(subnet_key(net), "10.244.3.0-24");
+        assert_eq!(
+            parse_subnet_key("/coreos.com/network/subnets/10.244.3.0-24"),
+            Ok(net)
+        );
+        assert_eq!(
+            parse_subnet_key("10.244.3.0-24&fd00:10:244:3::-64"),
+            Ok(net)
+        );
+    }
+
+    #[test]
+    fn bad_subnet_keys_are_rejected() {
+        for key in [
+            "10.244.3.0",
+            "10.244.3.0-33",
+            "10.244.3.1-24",
+            "x-24",
+            "10.244.3.0-",
+        ] {
+            assert!(parse_subnet_key(key).is_err(), "{key} accepted");
+        }
+    }
+
+    #[test]
+    fn reads_flannel_written_attributes() {
+        let json = br#"{"PublicIP":"192.0.2.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#;
+        let lease = parse_lease("10.244.3.0-24", json, Expiry::Never).unwrap();
+        assert_eq!(lease.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 10));
+        assert_eq!(lease.attrs.backend_type, "vxlan");
+        assert_eq!(lease.attrs.backend_data["VtepMAC"], "aa:bb:cc:dd:ee:ff");
+        assert!(lease.is_reservation());
+    }
+
+    #[test]
+    fn writes_flannel_json() {
+        let attrs = LeaseAttrs::new(
+            Ipv4Addr::new(192, 0, 2, 10),
+            "vxlan",
+            serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:ff"}),
+        );
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"192.0.2.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#
+        );
+    }
+
+    #[test]
+    fn bad_json_names_the_key() {
+        let err = parse_lease("10.244.3.0-24", b"{not json", Expiry::Never).unwrap_err();
+        assert!(err.to_string().contains("10.244.3.0-24"));
+    }
+}

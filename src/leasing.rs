@@ -1,0 +1,259 @@
+//! Getting and keeping this host's lease: take back the subnet we held, else a random free one,
+//! with a create-if-absent write so two hosts never hold one subnet; renew before it runs out.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use rand::Rng;
+use tracing::{info, warn};
+
+use crate::lease::{self, Expiry, Lease, LeaseAttrs};
+use crate::network::Network;
+use crate::store::{RawLease, Revision, Store, StoreError, WriteOutcome};
+
+/// How often to retry when another host wins the race for the subnet we picked.
+const CONFLICT_RETRIES: usize = 16;
+/// Random picks before falling back to listing every free subnet.
+const RANDOM_TRIES: usize = 32;
+
+/// The lease this host holds and the revision of our last write to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnLease {
+    pub lease: Lease,
+    pub revision: Revision,
+}
+
+impl OwnLease {
+    pub fn subnet(&self) -> Ipv4Net {
+        self.lease.subnet
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("network {network} is full: all {count} subnets between SubnetMin and SubnetMax are leased or reserved")]
+    NetworkFull { network: Ipv4Net, count: u64 },
+    #[error("lost the race for a subnet {0} times in a row; will retry")]
+    Contended(usize),
+    #[error("our lease on {0} was taken or removed")]
+    Lost(Ipv4Net),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct LeaseRequest<'a> {
+    pub network: &'a Network,
+    pub attrs: &'a LeaseAttrs,
+    pub ttl: Duration,
+    /// The subnet written to subnet.env by a previous run.
+    pub previous: Option<Ipv4Net>,
+}
+
+/// Acquires a lease for this host.
+pub async fn acquire(
+    store: &dyn Store,
+    request: &LeaseRequest<'_>,
+) -> Result<OwnLease, LeaseError> {
+    for _ in 0..CONFLICT_RETRIES {
+        let listing = store.list_leases().await?;
+        let leases = readable(&listing.leases);
+        if let Some((existing, revision)) = ours(&leases, request) {
+            // A reservation for us stays a reservation: it never expires.
+            let ttl = if existing.is_reservation() {
+                None
+            } else {
+                Some(request.ttl)
+            };
+            match store
+                .update_lease(existing.subnet, &request.attrs.to_json(), ttl, revision)
+                .await?
+            {
+                WriteOutcome::Written { revision, expiry } => {
+                    info!(subnet = %existing.subnet, "took back our previous lease");
+                    return Ok(own(existing.subnet, request.attrs, expiry, revision));
+                }
+                WriteOutcome::Conflict => continue,
+            }
+        }
+        let taken: HashSet<Ipv4Net> = listing
+            .leases
+            .iter()
+            .filter_map(|raw| lease::parse_subnet_key(&raw.key).ok())
+            .collect();
+        let subnet = match request
+            .previous
+            .filter(|p| request.network.in_allocation_range(p) && !taken.contains(p))
+        {
+            Some(previous) => previous,
+            None => choose_free_subnet(request.network, &taken, &mut rand::rng()).ok_or(
+                LeaseError::NetworkFull {
+                    network: request.network.network,
+                    count: request.network.subnet_count(),
+                },
+            )?,
+        };
+        match store
+            .create_lease(subnet, &request.attrs.to_json(), Some(request.ttl))
+            .await?
+        {
+            WriteOutcome::Written { revision, expiry } => {
+                info!(%subnet, "acquired a new lease");
+                return Ok(own(subnet, request.attrs, expiry, revision));
+            }
+            WriteOutcome::Conflict => continue,
+        }
+    }
+    Err(LeaseError::Contended(CONFLICT_RETRIES))
+}
+
+/// Rewrites our lease with a fresh TTL (and the current attributes).
+pub async fn renew(
+    store: &dyn Store,
+    current: &OwnLease,
+    attrs: &LeaseAttrs,
+    ttl: Duration,
+) -> Result<OwnLease, LeaseError> {
+    let ttl = if current.lease.is_reservation() {
+        None
+    } else {
+        Some(ttl)
+    };
+    match store
+        .update_lease(current.subnet(), &attrs.to_json(), ttl, current.revision)
+        .await?
+    {
+        WriteOutcome::Written { revision, expiry } => {
+            Ok(own(current.subnet(), attrs, expiry, revision))
+        }
+        WriteOutcome::Conflict => Err(LeaseError::Lost(current.subnet())),
+    }
+}
+
+/// How long until our lease should be renewed; zero when it is already due.
+pub fn renew_in(lease: &Lease, margin: Duration) -> Option<Duration> {
+    match lease.expiry {
+        Expiry::Never => None,
+        Expiry::Unknown => Some(Duration::ZERO),
+        Expiry::At(when) => {
+            let left = when
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            Some(left.saturating_sub(margin))
+        }
+    }
+}
+
+fn own(subnet: Ipv4Net, attrs: &LeaseAttrs, expiry: Expiry, revision: Revision) -> OwnLease {
+    OwnLease {
+        lease: Lease {
+            subnet,
+            attrs: attrs.clone(),
+            expiry,
+        },
+        revision,
+    }
+}
+
+fn readable(raw: &[RawLease]) -> Vec<(Lease, Revision)> {
+    raw.iter()
+        .filter_map(|r| match r.parse() {
+            Ok(lease) => Some((lease, r.mod_revision)),
+            Err(e) => {
+                warn!(key = %r.key, error = %e, "skipping malformed lease");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The lease already held by our public IP, preferring the subnet we last wrote to subnet.env.
+fn ours(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<(Lease, Revision)> {
+    let mine = leases.iter().filter(|(l, _)| {
+        l.attrs.public_ip == request.attrs.public_ip && request.network.contains_subnet(&l.subnet)
+    });
+    let mut candidates: Vec<_> = mine.cloned().collect();
+    candidates.sort_by_key(|(l, _)| Some(l.subnet) != request.previous);
+    candidates.into_iter().next()
+}
+
+/// A random subnet in the allocation range that no key holds.
+pub fn choose_free_subnet(
+    network: &Network,
+    taken: &HashSet<Ipv4Net>,
+    rng: &mut impl Rng,
+) -> Option<Ipv4Net> {
+    let count = network.subnet_count();
+    for _ in 0..RANDOM_TRIES {
+        let candidate = network.nth_subnet(rng.random_range(0..count));
+        if !taken.contains(&candidate) {
+            return Some(candidate);
+        }
+    }
+    // Mostly full: pick among what is left.
+    let free: Vec<Ipv4Net> = (0..count)
+        .map(|i| network.nth_subnet(i))
+        .filter(|s| !taken.contains(s))
+        .collect();
+    if free.is_empty() {
+        None
+    } else {
+        Some(free[rng.random_range(0..free.len())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::NetworkSection;
+    use rand::SeedableRng;
+
+    fn network(cidr: &str) -> Network {
+        Network::new(&NetworkSection {
+            cidr: cidr.into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn free_subnet_avoids_taken_and_fills_up() {
+        let n = network("192.0.2.0/24"); // four /26, three allocatable
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut taken = HashSet::new();
+        for _ in 0..3 {
+            let s = choose_free_subnet(&n, &taken, &mut rng).unwrap();
+            assert!(n.in_allocation_range(&s));
+            assert!(taken.insert(s));
+        }
+        assert_eq!(choose_free_subnet(&n, &taken, &mut rng), None);
+    }
+
+    #[test]
+    fn renewal_timing() {
+        let lease = |expiry| Lease {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            attrs: LeaseAttrs::new(
+                "192.0.2.1".parse().unwrap(),
+                "alloc",
+                serde_json::Value::Null,
+            ),
+            expiry,
+        };
+        assert_eq!(
+            renew_in(&lease(Expiry::Never), Duration::from_secs(60)),
+            None
+        );
+        let soon = Expiry::At(std::time::SystemTime::now() + Duration::from_secs(30));
+        assert_eq!(
+            renew_in(&lease(soon), Duration::from_secs(60)),
+            Some(Duration::ZERO)
+        );
+        let later = Expiry::At(std::time::SystemTime::now() + Duration::from_secs(3600));
+        let due = renew_in(&lease(later), Duration::from_secs(600)).unwrap();
+        assert!(
+            due > Duration::from_secs(2990) && due <= Duration::from_secs(3000),
+            "{due:?}"
+        );
+    }
+}

@@ -1,0 +1,755 @@
+//! etcd v3 store in flannel's layout: `<prefix>/config` holds the network JSON and
+//! `<prefix>/subnets/<a.b.c.d>-<len>` one lease each, every leased key attached to an etcd lease
+//! of its own. flanneld and weft can share one etcd during a migration.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, ResponseHeader, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
+use tokio::sync::mpsc;
+
+use super::{
+    expiry_after, LeaseListing, LeaseUpdate, RawLease, Revision, Store, StoreError, WriteOutcome,
+};
+use crate::lease::{subnet_key, Expiry};
+
+/// How long one request may take before etcd counts as unavailable. The client's balancer waits
+/// for a healthy endpoint instead of failing, so without this a request could hang forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings notice a dead connection under a long-lived watch.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A listing of 10,000 leases is a few MB; tonic's default limit is 4 MB.
+const MAX_LIST_BYTES: usize = 256 * 1024 * 1024;
+/// Up to this many unknown expiries are resolved key by key; more take one range read.
+const KEY_BY_KEY_LOOKUPS: usize = 32;
+/// TTL lookups in flight at once.
+const TTL_LOOKUP_CONCURRENCY: usize = 16;
+/// Updates a watch buffers for a slow consumer before it stops reading from etcd.
+const WATCH_BUFFER: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+// gRPC status codes (tonic's `Code` is not re-exported by etcd-client).
+const GRPC_CANCELLED: i32 = 1;
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+const GRPC_NOT_FOUND: i32 = 5;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// How to reach etcd.
+#[derive(Clone)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    /// Key prefix, flannel's default is `/coreos.com/network`.
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub dial_timeout: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            prefix: "/coreos.com/network".to_string(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password: None,
+            dial_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+// By hand so that the password never reaches a log.
+impl fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("dial_timeout", &self.dial_timeout)
+            .finish()
+    }
+}
+
+/// The etcd v3 store. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    keys: Keys,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// Builds the client. etcd is dialled lazily: an unreachable etcd shows on the first request.
+    pub async fn connect(opts: EtcdOptions) -> Result<Self, StoreError> {
+        if opts.endpoints.is_empty() {
+            return Err(StoreError::Config("no etcd endpoints given".to_string()));
+        }
+        let options = connect_options(&opts)?;
+        let context = format!("connect to etcd at {}", opts.endpoints.join(","));
+        let client = timed(&context, Client::connect(&opts.endpoints, Some(options))).await?;
+        Ok(EtcdStore {
+            client,
+            keys: Keys::new(&opts.prefix),
+        })
+    }
+
+    /// Grants an etcd lease for `ttl`; none for a reservation.
+    async fn grant(
+        &self,
+        ttl: Option<Duration>,
+        context: &str,
+    ) -> Result<Option<Grant>, StoreError> {
+        let Some(ttl) = ttl else { return Ok(None) };
+        let context = format!("{context}: grant lease");
+        let resp = timed(
+            &context,
+            self.client.clone().lease_grant(ttl_secs(ttl), None),
+        )
+        .await?;
+        if !resp.error().is_empty() {
+            return Err(StoreError::Request(format!("{context}: {}", resp.error())));
+        }
+        // etcd may lengthen short TTLs to its minimum; its answer is what it enforces.
+        let granted = u64::try_from(resp.ttl())
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        Ok(Some(Grant {
+            id: resp.id(),
+            ttl: granted.unwrap_or(ttl),
+        }))
+    }
+
+    /// Best effort: a lease we fail to revoke runs out on its own.
+    async fn revoke(&self, grant: Option<Grant>) {
+        let Some(grant) = grant else { return };
+        let result = timed("revoke lease", self.client.clone().lease_revoke(grant.id)).await;
+        if let Err(err) = result {
+            tracing::debug!(lease = grant.id, %err, "could not revoke unused etcd lease");
+        }
+    }
+
+    /// Puts `key` attached to `grant` if `condition` holds.
+    async fn conditional_put(
+        &self,
+        key: String,
+        value: &str,
+        condition: Compare,
+        grant: Option<Grant>,
+        context: &str,
+    ) -> Result<WriteOutcome, StoreError> {
+        let put_options = grant.map(|g| PutOptions::new().with_lease(g.id));
+        let txn = Txn::new()
+            .when([condition])
+            .and_then([TxnOp::put(key, value, put_options)]);
+        let outcome = match timed(context, self.client.clone().txn(txn)).await {
+            Ok(resp) if resp.succeeded() => {
+                let revision = header_revision(resp.header(), context)?;
+                let expiry = expiry_after(grant.map(|g| g.ttl));
+                return Ok(WriteOutcome::Written { revision, expiry });
+            }
+            Ok(_) => Ok(WriteOutcome::Conflict),
+            // Whether the put happened is unknown: revoking removes the key if it did, so the
+            // caller's view (not written) stays true.
+            Err(err) => Err(err),
+        };
+        self.revoke(grant).await;
+        outcome
+    }
+
+    /// The etcd lease id of each of `names` that still exists (0: no lease).
+    async fn lease_ids(&self, names: &[&str]) -> Result<HashMap<String, i64>, StoreError> {
+        let kvs = if names.len() <= KEY_BY_KEY_LOOKUPS {
+            let lookups = names
+                .iter()
+                .map(|name| self.get_keys_only(self.keys.subnet_name(name)));
+            futures::future::try_join_all(lookups)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            let prefix = GetOptions::new().with_prefix().with_keys_only();
+            self.get_kvs(self.keys.subnets.clone(), prefix, "look up lease ids")
+                .await?
+        };
+        Ok(kvs
+            .into_iter()
+            .filter_map(|kv| Some((self.keys.lease_name(kv.key())?, kv.lease())))
+            .collect())
+    }
+
+    async fn get_keys_only(&self, key: String) -> Result<Vec<KeyValue>, StoreError> {
+        let context = format!("look up lease id of {key}");
+        self.get_kvs(key, GetOptions::new().with_keys_only(), &context)
+            .await
+    }
+
+    async fn get_kvs(
+        &self,
+        key: String,
+        options: GetOptions,
+        context: &str,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_LIST_BYTES);
+        let mut resp = timed(context, kv.get(key, Some(options))).await?;
+        Ok(resp.take_kvs())
+    }
+
+    /// Remaining TTL of each lease; `None` for one that has run out.
+    async fn lease_ttls(
+        &self,
+        ids: HashSet<i64>,
+    ) -> Result<HashMap<i64, Option<Duration>>, StoreError> {
+        stream::iter(ids)
+            .map(|id| async move { Ok((id, self.lease_ttl(id).await?)) })
+            .buffer_unordered(TTL_LOOKUP_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn lease_ttl(&self, id: i64) -> Result<Option<Duration>, StoreError> {
+        let context = format!("look up TTL of etcd lease {id:x}");
+        let mut client = self.client.clone();
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_time_to_live(id, None)).await {
+            Ok(Ok(resp)) => Ok(u64::try_from(resp.ttl()).ok().map(Duration::from_secs)),
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if status.code() as i32 == GRPC_NOT_FOUND =>
+            {
+                Ok(None)
+            }
+            Ok(Err(err)) => Err(store_error(&context, err)),
+            Err(_) => Err(timeout_error(&context)),
+        }
+    }
+
+    /// Streams watch updates into `tx` until the consumer goes away. Every broken watch is
+    /// reported once, then the leases are listed again (`Resync`) and watched from there.
+    async fn watch_loop(&self, mut after: Revision, tx: &mpsc::Sender<WatchItem>) {
+        let mut backoff = Backoff::default();
+        loop {
+            let Some(err) = self.follow(after, tx, &mut backoff).await else {
+                return;
+            };
+            if tx.send(Err(err)).await.is_err() {
+                return;
+            }
+            let listing = self.relist(&mut backoff).await;
+            after = listing.revision;
+            let resync = LeaseUpdate::Resync(listing.leases, listing.revision);
+            if tx.send(Ok(resync)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Lists the leases, retrying with backoff until etcd answers.
+    async fn relist(&self, backoff: &mut Backoff) -> LeaseListing {
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            match self.list_leases().await {
+                Ok(listing) => return listing,
+                Err(err) => tracing::debug!(%err, "etcd watch: listing leases again failed"),
+            }
+        }
+    }
+
+    /// Forwards one etcd watch from `after + 1`. Returns why it broke, or `None` when the
+    /// consumer is gone.
+    async fn follow(
+        &self,
+        after: Revision,
+        tx: &mpsc::Sender<WatchItem>,
+        backoff: &mut Backoff,
+    ) -> Option<StoreError> {
+        let start = after.saturating_add(1);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(start);
+        let context = format!("watch leases from revision {start}");
+        let mut client = self.client.clone();
+        let watch = client.watch(self.keys.subnets.clone(), Some(options));
+        let mut watch = match timed(&context, watch).await {
+            Ok(watch) => watch,
+            Err(err) => return Some(unavailable(err)),
+        };
+        loop {
+            let resp = match watch.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    return Some(StoreError::Unavailable(format!(
+                        "{context}: etcd closed the watch"
+                    )))
+                }
+                Err(err) => return Some(StoreError::Unavailable(format!("{context}: {err}"))),
+            };
+            if let Some(err) = watch_broken(&resp, start) {
+                return Some(err);
+            }
+            if resp.created() {
+                backoff.reset();
+            }
+            for update in self.updates(&resp) {
+                if tx.send(Ok(update)).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn updates(&self, resp: &WatchResponse) -> Vec<LeaseUpdate> {
+        resp.events()
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                match event.event_type() {
+                    EventType::Put => self.keys.raw_lease(kv).map(LeaseUpdate::Put),
+                    // A delete's kv carries the deletion's revision.
+                    EventType::Delete => {
+                        self.keys
+                            .lease_name(kv.key())
+                            .map(|key| LeaseUpdate::Deleted {
+                                key,
+                                revision: kv.mod_revision(),
+                            })
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn network_config(&self) -> Result<Option<String>, StoreError> {
+        let context = format!("read network config {}", self.keys.config);
+        let kvs = self
+            .get_kvs(self.keys.config.clone(), GetOptions::new(), &context)
+            .await?;
+        let Some(kv) = kvs.into_iter().next() else {
+            return Ok(None);
+        };
+        let (_, value) = kv.into_key_value();
+        String::from_utf8(value)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(format!("{} is not UTF-8", self.keys.config)))
+    }
+
+    async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
+        let context = format!("write network config {}", self.keys.config);
+        timed(
+            &context,
+            self.client
+                .clone()
+                .put(self.keys.config.clone(), json, None),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
+        let context = "list leases";
+        let options = Some(GetOptions::new().with_prefix());
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_LIST_BYTES);
+        let resp = timed(context, kv.get(self.keys.subnets.clone(), options)).await?;
+        let revision = header_revision(resp.header(), context)?;
+        let leases = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.keys.raw_lease(kv))
+            .collect();
+        Ok(LeaseListing { leases, revision })
+    }
+
+    async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs_json: &str,
+        ttl: Option<Duration>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let key = self.keys.subnet(subnet);
+        let context = format!("create lease {key}");
+        let grant = self.grant(ttl, &context).await?;
+        // flannel's rule: only a key that does not exist yet may be taken.
+        let absent = Compare::version(key.clone(), CompareOp::Equal, 0);
+        self.conditional_put(key, attrs_json, absent, grant, &context)
+            .await
+    }
+
+    async fn update_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs_json: &str,
+        ttl: Option<Duration>,
+        expected: Revision,
+    ) -> Result<WriteOutcome, StoreError> {
+        let key = self.keys.subnet(subnet);
+        let context = format!("renew lease {key}");
+        // Like flannel, renewal re-puts the key with a new etcd lease; the old one runs out
+        // unused (it may hold other keys, so it is not revoked).
+        let grant = self.grant(ttl, &context).await?;
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, expected);
+        self.conditional_put(key, attrs_json, unchanged, grant, &context)
+            .await
+    }
+
+    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
+        let key = self.keys.subnet(subnet);
+        let context = format!("delete lease {key}");
+        let resp = timed(&context, self.client.clone().delete(key, None)).await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let store = self.clone();
+        tokio::spawn(async move {
+            // Dropping the stream drops `rx`: stop wherever the loop is waiting.
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = store.watch_loop(after, &tx) => {}
+            }
+        });
+        stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed()
+    }
+
+    async fn resolve_expiry(&self, leases: &mut [RawLease]) -> Result<(), StoreError> {
+        let unknown: Vec<&str> = leases
+            .iter()
+            .filter(|l| l.expiry == Expiry::Unknown)
+            .map(|l| l.key.as_str())
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let ids = self.lease_ids(&unknown).await?;
+        let ttls = self
+            .lease_ttls(ids.values().copied().filter(|id| *id != 0).collect())
+            .await?;
+        let now = SystemTime::now();
+        for lease in leases.iter_mut().filter(|l| l.expiry == Expiry::Unknown) {
+            lease.expiry = match ids.get(&lease.key) {
+                Some(0) => Expiry::Never,
+                Some(id) => Expiry::At(now + ttls.get(id).copied().flatten().unwrap_or_default()),
+                // Deleted since it was listed: it has run out.
+                None => Expiry::At(now),
+            };
+        }
+        Ok(())
+    }
+}
+
+type WatchItem = Result<LeaseUpdate, StoreError>;
+
+/// An etcd lease granted for one write.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    id: i64,
+    ttl: Duration,
+}
+
+/// The store's key names under one prefix.
+#[derive(Debug, Clone)]
+struct Keys {
+    config: String,
+    /// Ends with `/`.
+    subnets: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        let prefix = prefix.trim_end_matches('/');
+        Keys {
+            config: format!("{prefix}/config"),
+            subnets: format!("{prefix}/subnets/"),
+        }
+    }
+
+    fn subnet(&self, subnet: Ipv4Net) -> String {
+        self.subnet_name(&subnet_key(subnet))
+    }
+
+    fn subnet_name(&self, name: &str) -> String {
+        format!("{}{name}", self.subnets)
+    }
+
+    /// The part of a subnet key after `subnets/`, as stored (parsed later, by the caller).
+    fn lease_name(&self, key: &[u8]) -> Option<String> {
+        let name = key.strip_prefix(self.subnets.as_bytes())?;
+        Some(String::from_utf8_lossy(name).into_owned())
+    }
+
+    fn raw_lease(&self, kv: &KeyValue) -> Option<RawLease> {
+        let expiry = if kv.lease() == 0 {
+            Expiry::Never
+        } else {
+            Expiry::Unknown
+        };
+        Some(RawLease {
+            key: self.lease_name(kv.key())?,
+            value: kv.value().to_vec(),
+            expiry,
+            mod_revision: kv.mod_revision(),
+        })
+    }
+}
+
+/// Retry delays: 100 ms doubling up to 5 s.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(BACKOFF_MAX);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(opts.dial_timeout)
+        .with_keep_alive(
+            KEEPALIVE_INTERVAL,
+            opts.dial_timeout.max(Duration::from_secs(1)),
+        );
+    if let Some(tls) = tls_options(opts)? {
+        options = options.with_tls(tls);
+    }
+    match (&opts.username, &opts.password) {
+        (Some(user), Some(password)) => Ok(options.with_user(user, password)),
+        (None, None) => Ok(options),
+        (Some(_), None) => Err(StoreError::Config(
+            "etcd username given without a password".into(),
+        )),
+        (None, Some(_)) => Err(StoreError::Config(
+            "etcd password given without a username".into(),
+        )),
+    }
+}
+
+fn tls_options(opts: &EtcdOptions) -> Result<Option<TlsOptions>, StoreError> {
+    if opts.ca_file.is_none() && opts.cert_file.is_none() && opts.key_file.is_none() {
+        return Ok(None);
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &opts.ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read_file(ca, "CA certificate")?));
+    }
+    match (&opts.cert_file, &opts.key_file) {
+        (Some(cert), Some(key)) => {
+            let cert = read_file(cert, "client certificate")?;
+            let key = read_file(key, "client key")?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(StoreError::Config(
+                "etcd client certificate and key must be given together".into(),
+            ))
+        }
+    }
+    Ok(Some(tls))
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path)
+        .map_err(|e| StoreError::Config(format!("read etcd {what} {}: {e}", path.display())))
+}
+
+/// etcd leases count whole seconds: round up, at least 1.
+fn ttl_secs(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+fn header_revision(header: Option<&ResponseHeader>, context: &str) -> Result<Revision, StoreError> {
+    header
+        .map(ResponseHeader::revision)
+        .ok_or_else(|| StoreError::Corrupt(format!("{context}: etcd answered without a header")))
+}
+
+/// Why a watch response ends the watch, if it does.
+fn watch_broken(resp: &WatchResponse, start: Revision) -> Option<StoreError> {
+    if resp.compact_revision() > 0 {
+        return Some(StoreError::Unavailable(format!(
+            "watch from revision {start} lost: etcd compacted history up to revision {}",
+            resp.compact_revision()
+        )));
+    }
+    resp.canceled().then(|| {
+        StoreError::Unavailable(format!(
+            "etcd cancelled the watch: {}",
+            resp.cancel_reason()
+        ))
+    })
+}
+
+/// Runs one etcd request with a deadline.
+async fn timed<T>(
+    context: &str,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+        Ok(result) => result.map_err(|err| store_error(context, err)),
+        Err(_) => Err(timeout_error(context)),
+    }
+}
+
+fn timeout_error(context: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{context}: no answer from etcd within {REQUEST_TIMEOUT:?}"
+    ))
+}
+
+/// Sorts etcd errors into "try again later" and "this request is wrong".
+fn store_error(context: &str, err: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    let message = format!("{context}: {err}");
+    match &err {
+        E::TransportError(_) | E::IoError(_) => StoreError::Unavailable(message),
+        E::GRpcStatus(status)
+            if matches!(
+                status.code() as i32,
+                GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE
+            ) =>
+        {
+            StoreError::Unavailable(message)
+        }
+        E::InvalidArgs(_) | E::InvalidUri(_) => StoreError::Config(message),
+        _ => StoreError::Request(message),
+    }
+}
+
+/// A broken watch is reported as unavailability whatever the cause: the watch goes on.
+fn unavailable(err: StoreError) -> StoreError {
+    match err {
+        StoreError::Unavailable(_) => err,
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let opts = EtcdOptions {
+            username: Some("flannel".into()),
+            password: Some("s3cret".into()),
+            ..EtcdOptions::default()
+        };
+        let shown = format!("{opts:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("***") && shown.contains("flannel"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unreadable_tls_files_are_named() {
+        let opts = EtcdOptions {
+            ca_file: Some("/nonexistent/weft-ca.pem".into()),
+            ..EtcdOptions::default()
+        };
+        let err = connect_options(&opts).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/weft-ca.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn half_given_credentials_are_rejected() {
+        let opts = EtcdOptions {
+            username: Some("u".into()),
+            ..EtcdOptions::default()
+        };
+        assert!(matches!(connect_options(&opts), Err(StoreError::Config(_))));
+        let opts = EtcdOptions {
+            cert_file: Some("/c.pem".into()),
+            ..EtcdOptions::default()
+        };
+        assert!(matches!(connect_options(&opts), Err(StoreError::Config(_))));
+    }
+
+    #[test]
+    fn ttls_round_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+        assert_eq!(ttl_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_secs(Duration::from_secs(86400)), 86400);
+    }
+
+    #[test]
+    fn keys_follow_flannel_layout() {
+        let keys = Keys::new("/coreos.com/network/");
+        assert_eq!(keys.config, "/coreos.com/network/config");
+        let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(
+            keys.subnet(net),
+            "/coreos.com/network/subnets/10.244.3.0-24"
+        );
+        let name = keys.lease_name(b"/coreos.com/network/subnets/10.244.3.0-24");
+        assert_eq!(name.as_deref(), Some("10.244.3.0-24"));
+        assert_eq!(keys.lease_name(b"/other/subnets/10.244.3.0-24"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_seconds() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), BACKOFF_MIN);
+    }
+}

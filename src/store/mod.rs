@@ -1,0 +1,128 @@
+//! Where leases and the network config live. One trait, several stores: etcd v3 (flannel's layout)
+//! and an embedded store for one machine. Stores move raw keys and bytes; reading them into leases
+//! is shared (`lease::parse_lease`) so every store skips malformed data the same way.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use ipnet::Ipv4Net;
+
+use crate::lease::{self, Expiry, Lease, LeaseParseError};
+
+pub mod etcd;
+pub mod local;
+pub mod open;
+
+pub use open::open;
+
+/// Store revision: increases with every write. Used to watch from a listing and to update a key
+/// only if nobody else wrote it since we did.
+pub type Revision = i64;
+
+/// A subnet key and its value as the store holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLease {
+    /// Last path element of the key, e.g. `10.244.3.0-24`.
+    pub key: String,
+    pub value: Vec<u8>,
+    pub expiry: Expiry,
+    /// Revision of the last write to this key.
+    pub mod_revision: Revision,
+}
+
+impl RawLease {
+    pub fn parse(&self) -> Result<Lease, LeaseParseError> {
+        lease::parse_lease(&self.key, &self.value, self.expiry)
+    }
+}
+
+/// All leases at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseListing {
+    pub leases: Vec<RawLease>,
+    pub revision: Revision,
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseUpdate {
+    Put(RawLease),
+    Deleted {
+        key: String,
+        revision: Revision,
+    },
+    /// The watch lost track (disconnect, compaction, a store that only polls): here is everything,
+    /// as of `revision`; the consumer works out what changed.
+    Resync(Vec<RawLease>, Revision),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store request failed: {0}")]
+    Request(String),
+    #[error("store data: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What a conditional write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written {
+        revision: Revision,
+        expiry: Expiry,
+    },
+    /// Someone else holds the key (create) or wrote it since (update).
+    Conflict,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// The cluster network config (flannel's JSON), if published.
+    async fn network_config(&self) -> Result<Option<String>, StoreError>;
+    async fn put_network_config(&self, json: &str) -> Result<(), StoreError>;
+
+    async fn list_leases(&self) -> Result<LeaseListing, StoreError>;
+
+    /// Creates `subnet`'s key only if it does not exist (flannel's `version(key) == 0`
+    /// transaction). `ttl: None` writes a reservation.
+    async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs_json: &str,
+        ttl: Option<Duration>,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Rewrites `subnet`'s key with a fresh TTL, only if it is still at `expected` (still ours).
+    async fn update_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs_json: &str,
+        ttl: Option<Duration>,
+        expected: Revision,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// Deletes `subnet`'s key; false when there was none.
+    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError>;
+
+    /// Changes to leases after `after`. The stream never ends on its own: it reconnects and
+    /// yields `Resync` when it had to start over; errors are reported and the watch goes on.
+    fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>>;
+
+    /// Looks up when leases of `Expiry::Unknown` run out (etcd lists without TTLs).
+    async fn resolve_expiry(&self, _leases: &mut [RawLease]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Turns a TTL into the moment it runs out.
+pub fn expiry_after(ttl: Option<Duration>) -> Expiry {
+    match ttl {
+        None => Expiry::Never,
+        Some(ttl) => Expiry::At(SystemTime::now() + ttl),
+    }
+}

@@ -1,0 +1,270 @@
+//! Turns what the store says (single changes, or whole snapshots after a resync) into the lease
+//! events a backend consumes: added, changed, removed — each exactly once, in order. Pure logic:
+//! malformed entries and leases outside the network are dropped here, with a reason.
+
+use ipnet::Ipv4Net;
+
+use crate::lease::{self, Lease, LeaseMap};
+use crate::network::Network;
+use crate::store::{LeaseUpdate, RawLease};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    Added(Lease),
+    Changed { old: Lease, new: Lease },
+    Removed(Lease),
+}
+
+/// Why an entry from the store was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub key: String,
+    pub reason: String,
+}
+
+/// The other hosts' leases as last delivered.
+#[derive(Debug, Clone)]
+pub struct LeaseWatcher {
+    network: Network,
+    own: Option<Ipv4Net>,
+    known: LeaseMap,
+}
+
+/// The result of feeding one update.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    pub events: Vec<LeaseEvent>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl LeaseWatcher {
+    /// Watches `network`'s leases other than `own`.
+    pub fn new(network: Network, own: Option<Ipv4Net>) -> Self {
+        LeaseWatcher {
+            network,
+            own,
+            known: LeaseMap::new(),
+        }
+    }
+
+    /// Our subnet changed (lease lost and acquired again): stop delivering the new one.
+    pub fn set_own(&mut self, own: Ipv4Net) {
+        self.own = Some(own);
+        self.known.remove(&own);
+    }
+
+    pub fn leases(&self) -> &LeaseMap {
+        &self.known
+    }
+
+    pub fn apply(&mut self, update: LeaseUpdate) -> Delivery {
+        let mut delivery = Delivery::default();
+        match update {
+            LeaseUpdate::Put(raw) => {
+                if let Some(lease) = self.accept(&raw, &mut delivery.skipped) {
+                    delivery.events.extend(self.upsert(lease));
+                } else if let Ok(subnet) = lease::parse_subnet_key(&raw.key) {
+                    // A lease we knew turned unreadable: it is gone as far as the backend knows.
+                    delivery
+                        .events
+                        .extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
+                }
+            }
+            LeaseUpdate::Deleted { key, .. } => {
+                if let Ok(subnet) = lease::parse_subnet_key(&key) {
+                    delivery
+                        .events
+                        .extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
+                }
+            }
+            LeaseUpdate::Resync(entries, _) => {
+                let fresh: LeaseMap = entries
+                    .iter()
+                    .filter_map(|raw| self.accept(raw, &mut delivery.skipped))
+                    .map(|lease| (lease.subnet, lease))
+                    .collect();
+                delivery.events = self.replace_all(fresh);
+            }
+        }
+        delivery
+    }
+
+    fn accept(&self, raw: &RawLease, skipped: &mut Vec<Skipped>) -> Option<Lease> {
+        let skip = |reason: String| Skipped {
+            key: raw.key.clone(),
+            reason,
+        };
+        let lease = match raw.parse() {
+            Ok(lease) => lease,
+            Err(e) => {
+                skipped.push(skip(e.to_string()));
+                return None;
+            }
+        };
+        if !self.network.contains_subnet(&lease.subnet) {
+            skipped.push(skip(format!(
+                "subnet {} is not inside the network {}",
+                lease.subnet, self.network.network
+            )));
+            return None;
+        }
+        if Some(lease.subnet) == self.own {
+            return None;
+        }
+        Some(lease)
+    }
+
+    fn upsert(&mut self, lease: Lease) -> Option<LeaseEvent> {
+        match self.known.insert(lease.subnet, lease.clone()) {
+            None => Some(LeaseEvent::Added(lease)),
+            // A renewal changes only the expiry: nothing for the backend to do.
+            Some(old) if old.attrs == lease.attrs => None,
+            Some(old) => Some(LeaseEvent::Changed { old, new: lease }),
+        }
+    }
+
+    fn replace_all(&mut self, fresh: LeaseMap) -> Vec<LeaseEvent> {
+        let old = std::mem::take(&mut self.known);
+        let mut events: Vec<LeaseEvent> = old
+            .values()
+            .filter(|lease| !fresh.contains_key(&lease.subnet))
+            .cloned()
+            .map(LeaseEvent::Removed)
+            .collect();
+        for lease in fresh.into_values() {
+            match old.get(&lease.subnet) {
+                None => events.push(LeaseEvent::Added(lease.clone())),
+                Some(prev) if prev.attrs != lease.attrs => events.push(LeaseEvent::Changed {
+                    old: prev.clone(),
+                    new: lease.clone(),
+                }),
+                Some(_) => {}
+            }
+            self.known.insert(lease.subnet, lease);
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{Expiry, LeaseAttrs};
+    use crate::network::NetworkSection;
+
+    fn network() -> Network {
+        Network::new(&NetworkSection {
+            cidr: "10.244.0.0/16".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn raw(key: &str, ip: &str) -> RawLease {
+        let attrs = LeaseAttrs::new(ip.parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1}));
+        RawLease {
+            key: key.into(),
+            value: attrs.to_json().into_bytes(),
+            expiry: Expiry::Unknown,
+            mod_revision: 1,
+        }
+    }
+
+    fn kinds(events: &[LeaseEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                LeaseEvent::Added(l) => format!("+{}", l.subnet),
+                LeaseEvent::Changed { new, .. } => format!("~{}", new.subnet),
+                LeaseEvent::Removed(l) => format!("-{}", l.subnet),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn put_change_delete() {
+        let mut w = LeaseWatcher::new(network(), None);
+        let d = w.apply(LeaseUpdate::Put(raw("10.244.1.0-24", "192.0.2.1")));
+        assert_eq!(kinds(&d.events), ["+10.244.1.0/24"]);
+        // Same attributes again (a renewal): nothing.
+        assert!(w
+            .apply(LeaseUpdate::Put(raw("10.244.1.0-24", "192.0.2.1")))
+            .events
+            .is_empty());
+        let d = w.apply(LeaseUpdate::Put(raw("10.244.1.0-24", "192.0.2.7")));
+        assert_eq!(kinds(&d.events), ["~10.244.1.0/24"]);
+        let d = w.apply(LeaseUpdate::Deleted {
+            key: "10.244.1.0-24".into(),
+            revision: 5,
+        });
+        assert_eq!(kinds(&d.events), ["-10.244.1.0/24"]);
+        // Deleting what we never had: nothing.
+        assert!(w
+            .apply(LeaseUpdate::Deleted {
+                key: "10.244.1.0-24".into(),
+                revision: 6
+            })
+            .events
+            .is_empty());
+    }
+
+    #[test]
+    fn resync_emits_only_the_difference() {
+        let mut w = LeaseWatcher::new(network(), None);
+        w.apply(LeaseUpdate::Resync(
+            vec![
+                raw("10.244.1.0-24", "192.0.2.1"),
+                raw("10.244.2.0-24", "192.0.2.2"),
+            ],
+            3,
+        ));
+        let d = w.apply(LeaseUpdate::Resync(
+            vec![
+                raw("10.244.2.0-24", "192.0.2.22"),
+                raw("10.244.3.0-24", "192.0.2.3"),
+            ],
+            9,
+        ));
+        assert_eq!(
+            kinds(&d.events),
+            ["-10.244.1.0/24", "~10.244.2.0/24", "+10.244.3.0/24"]
+        );
+        assert_eq!(w.leases().len(), 2);
+    }
+
+    #[test]
+    fn skips_malformed_foreign_and_own() {
+        let own: Ipv4Net = "10.244.5.0/24".parse().unwrap();
+        let mut w = LeaseWatcher::new(network(), Some(own));
+        let mut bad_json = raw("10.244.1.0-24", "192.0.2.1");
+        bad_json.value = b"{oops".to_vec();
+        let d = w.apply(LeaseUpdate::Resync(
+            vec![
+                bad_json,
+                raw("garbage", "192.0.2.1"),
+                raw("10.99.0.0-24", "192.0.2.1"),
+                raw("10.244.4.0-26", "192.0.2.1"),
+                raw("10.244.5.0-24", "192.0.2.5"),
+                raw("10.244.6.0-24", "192.0.2.6"),
+            ],
+            1,
+        ));
+        assert_eq!(kinds(&d.events), ["+10.244.6.0/24"]);
+        let keys: Vec<_> = d.skipped.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["10.244.1.0-24", "garbage", "10.99.0.0-24", "10.244.4.0-26"]
+        );
+    }
+
+    #[test]
+    fn a_lease_turning_unreadable_is_removed() {
+        let mut w = LeaseWatcher::new(network(), None);
+        w.apply(LeaseUpdate::Put(raw("10.244.1.0-24", "192.0.2.1")));
+        let mut broken = raw("10.244.1.0-24", "192.0.2.1");
+        broken.value = b"[]".to_vec();
+        let d = w.apply(LeaseUpdate::Put(broken));
+        assert_eq!(kinds(&d.events), ["-10.244.1.0/24"]);
+        assert_eq!(d.skipped.len(), 1);
+    }
+}

@@ -1,0 +1,411 @@
+//! The etcd store against a real etcd (Debian's etcd 3.4), in flannel's layout.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::etcd::EtcdServer;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use weft::lease::{Expiry, LeaseAttrs};
+use weft::store::etcd::{EtcdOptions, EtcdStore};
+use weft::store::{LeaseUpdate, RawLease, Revision, Store, StoreError, WriteOutcome};
+
+/// A lease exactly as flanneld writes it.
+const FLANNEL_JSON: &str = r#"{"PublicIP":"192.0.2.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#;
+const SUBNETS: &str = "/coreos.com/network/subnets";
+const HOUR: Option<Duration> = Some(Duration::from_secs(3600));
+
+type Updates = BoxStream<'static, Result<LeaseUpdate, StoreError>>;
+
+async fn connect(server: &EtcdServer) -> EtcdStore {
+    let opts = EtcdOptions {
+        endpoints: vec![server.endpoint.clone()],
+        ..EtcdOptions::default()
+    };
+    EtcdStore::connect(opts)
+        .await
+        .expect("connect to test etcd")
+}
+
+fn net(cidr: &str) -> Ipv4Net {
+    cidr.parse().expect("test CIDR")
+}
+
+fn attrs(host: u8) -> String {
+    let data = serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:ff"});
+    LeaseAttrs::new(Ipv4Addr::new(192, 0, 2, host), "vxlan", data).to_json()
+}
+
+fn written(outcome: WriteOutcome) -> Revision {
+    match outcome {
+        WriteOutcome::Written { revision, .. } => revision,
+        WriteOutcome::Conflict => panic!("write conflicted"),
+    }
+}
+
+async fn create(store: &EtcdStore, cidr: &str, ttl: Option<Duration>) -> Revision {
+    written(
+        store
+            .create_lease(net(cidr), &attrs(1), ttl)
+            .await
+            .expect("create lease"),
+    )
+}
+
+async fn next_within(updates: &mut Updates, limit: Duration) -> Result<LeaseUpdate, StoreError> {
+    tokio::time::timeout(limit, updates.next())
+        .await
+        .unwrap_or_else(|_| panic!("no watch update within {limit:?}"))
+        .expect("the watch stream never ends")
+}
+
+async fn next(updates: &mut Updates) -> Result<LeaseUpdate, StoreError> {
+    next_within(updates, Duration::from_secs(10)).await
+}
+
+fn find<'a>(leases: &'a [RawLease], key: &str) -> &'a RawLease {
+    leases
+        .iter()
+        .find(|l| l.key == key)
+        .unwrap_or_else(|| panic!("{key} not listed"))
+}
+
+fn etcd_lease_count(server: &EtcdServer) -> usize {
+    let out = server.etcdctl(&["lease", "list"]);
+    let count = out.split_whitespace().nth(1).and_then(|n| n.parse().ok());
+    count.unwrap_or_else(|| panic!("unexpected `etcdctl lease list` output: {out}"))
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` passes.
+async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check()
+}
+
+#[tokio::test]
+async fn second_create_of_a_subnet_conflicts() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+
+    let outcome = store
+        .create_lease(net("10.244.3.0/24"), &attrs(1), HOUR)
+        .await
+        .unwrap();
+    let WriteOutcome::Written { revision, expiry } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(revision > 1);
+    assert!(matches!(expiry, Expiry::At(t) if t > SystemTime::now() + Duration::from_secs(3500)));
+
+    let again = store
+        .create_lease(net("10.244.3.0/24"), &attrs(2), HOUR)
+        .await
+        .unwrap();
+    assert_eq!(again, WriteOutcome::Conflict);
+    // The loser's etcd lease is revoked, not left behind.
+    assert_eq!(etcd_lease_count(&server), 1);
+    let listing = store.list_leases().await.unwrap();
+    assert_eq!(listing.leases.len(), 1);
+    assert_eq!(listing.leases[0].value, attrs(1).as_bytes());
+    assert_eq!(listing.leases[0].mod_revision, revision);
+}
+
+#[tokio::test]
+async fn reservations_never_expire_and_leases_resolve_their_ttl() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let outcome = store
+        .create_lease(net("10.244.9.0/24"), &attrs(9), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        WriteOutcome::Written {
+            expiry: Expiry::Never,
+            ..
+        }
+    ));
+    create(&store, "10.244.3.0/24", HOUR).await;
+
+    let mut leases = store.list_leases().await.unwrap().leases;
+    assert_eq!(find(&leases, "10.244.9.0-24").expiry, Expiry::Never);
+    assert_eq!(find(&leases, "10.244.3.0-24").expiry, Expiry::Unknown);
+
+    store.resolve_expiry(&mut leases).await.unwrap();
+    assert_eq!(find(&leases, "10.244.9.0-24").expiry, Expiry::Never);
+    let Expiry::At(at) = find(&leases, "10.244.3.0-24").expiry else {
+        panic!("unresolved")
+    };
+    let left = at
+        .duration_since(SystemTime::now())
+        .expect("expiry in the future");
+    assert!(
+        left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+        "{left:?}"
+    );
+}
+
+#[tokio::test]
+async fn many_expiries_resolve_with_one_listing() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    for i in 0..40 {
+        create(&store, &format!("10.244.{i}.0/24"), HOUR).await;
+    }
+    let mut leases = store.list_leases().await.unwrap().leases;
+    store.resolve_expiry(&mut leases).await.unwrap();
+    assert_eq!(leases.len(), 40);
+    assert!(
+        leases.iter().all(|l| matches!(l.expiry, Expiry::At(_))),
+        "{leases:?}"
+    );
+}
+
+#[tokio::test]
+async fn update_needs_the_current_revision() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let first = create(&store, "10.244.3.0/24", HOUR).await;
+
+    let outcome = store
+        .update_lease(net("10.244.3.0/24"), &attrs(1), HOUR, first)
+        .await
+        .unwrap();
+    let second = written(outcome);
+    assert!(second > first);
+
+    let stale = store
+        .update_lease(net("10.244.3.0/24"), &attrs(1), HOUR, first)
+        .await
+        .unwrap();
+    assert_eq!(stale, WriteOutcome::Conflict);
+    let listing = store.list_leases().await.unwrap();
+    assert_eq!(find(&listing.leases, "10.244.3.0-24").mod_revision, second);
+}
+
+#[tokio::test]
+async fn a_lease_disappears_after_its_ttl() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    create(&store, "10.244.3.0/24", Some(Duration::from_secs(2))).await;
+    assert_eq!(store.list_leases().await.unwrap().leases.len(), 1);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !store.list_leases().await.unwrap().leases.is_empty() {
+        assert!(Instant::now() < deadline, "lease still there after 15 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn delete_reports_whether_there_was_a_key() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    create(&store, "10.244.3.0/24", HOUR).await;
+    assert!(store.delete_lease(net("10.244.3.0/24")).await.unwrap());
+    assert!(!store.delete_lease(net("10.244.3.0/24")).await.unwrap());
+}
+
+#[tokio::test]
+async fn network_config_round_trips() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    assert_eq!(store.network_config().await.unwrap(), None);
+    let json = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    store.put_network_config(json).await.unwrap();
+    assert_eq!(store.network_config().await.unwrap().as_deref(), Some(json));
+    let stored = server.etcdctl(&["get", "--print-value-only", "/coreos.com/network/config"]);
+    assert_eq!(stored.trim_end(), json);
+}
+
+#[tokio::test]
+async fn watch_sees_puts_and_deletes_in_order() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let start = store.list_leases().await.unwrap().revision;
+    let mut updates = store.watch_leases(start);
+
+    let a = create(&store, "10.244.1.0/24", HOUR).await;
+    let b = create(&store, "10.244.2.0/24", None).await;
+    assert!(store.delete_lease(net("10.244.1.0/24")).await.unwrap());
+
+    let Ok(LeaseUpdate::Put(put_a)) = next(&mut updates).await else {
+        panic!("expected put")
+    };
+    assert_eq!(
+        (put_a.key.as_str(), put_a.mod_revision),
+        ("10.244.1.0-24", a)
+    );
+    assert_eq!(put_a.expiry, Expiry::Unknown);
+    let Ok(LeaseUpdate::Put(put_b)) = next(&mut updates).await else {
+        panic!("expected put")
+    };
+    assert_eq!(
+        (put_b.key.as_str(), put_b.expiry),
+        ("10.244.2.0-24", Expiry::Never)
+    );
+    assert_eq!(put_b.mod_revision, b);
+    let deleted = next(&mut updates).await.unwrap();
+    let LeaseUpdate::Deleted { key, revision } = deleted else {
+        panic!("{deleted:?}")
+    };
+    assert_eq!(key, "10.244.1.0-24");
+    assert!(revision > b);
+}
+
+#[tokio::test]
+async fn watch_from_a_compacted_revision_resyncs() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let start = store.list_leases().await.unwrap().revision;
+    for cidr in ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"] {
+        create(&store, cidr, HOUR).await;
+    }
+    assert!(store.delete_lease(net("10.244.2.0/24")).await.unwrap());
+    let current = store.list_leases().await.unwrap();
+    server.etcdctl(&["compact", &current.revision.to_string()]);
+
+    let mut updates = store.watch_leases(start);
+    let lost = next(&mut updates).await;
+    assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+    let resync = next(&mut updates).await.unwrap();
+    assert_eq!(
+        resync,
+        LeaseUpdate::Resync(current.leases, current.revision)
+    );
+
+    // The watch goes on from the resync's revision.
+    let later = create(&store, "10.244.4.0/24", HOUR).await;
+    let Ok(LeaseUpdate::Put(put)) = next(&mut updates).await else {
+        panic!("expected put")
+    };
+    assert_eq!(
+        (put.key.as_str(), put.mod_revision),
+        ("10.244.4.0-24", later)
+    );
+}
+
+#[tokio::test]
+async fn watch_resyncs_after_etcd_restarts() {
+    let mut server = EtcdServer::start();
+    let store = connect(&server).await;
+    create(&store, "10.244.1.0/24", None).await;
+    let start = store.list_leases().await.unwrap().revision;
+    let mut updates = store.watch_leases(start);
+    assert!(eventually(Duration::from_secs(5), || server.watchers() == 1).await);
+
+    server.stop();
+    let lost = next(&mut updates).await;
+    assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+    server.restart();
+
+    let resync = next_within(&mut updates, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let LeaseUpdate::Resync(leases, revision) = resync else {
+        panic!("{resync:?}")
+    };
+    assert_eq!(revision, start);
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].key, "10.244.1.0-24");
+}
+
+#[tokio::test]
+async fn dropping_the_watch_stops_it() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let updates = store.watch_leases(0);
+    assert!(eventually(Duration::from_secs(5), || server.watchers() == 1).await);
+    drop(updates);
+    assert!(
+        eventually(Duration::from_secs(5), || server.watchers() == 0).await,
+        "etcd still serves the watch after the stream was dropped"
+    );
+}
+
+#[tokio::test]
+async fn reads_a_lease_written_by_flannel() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    server.etcdctl(&["put", &format!("{SUBNETS}/10.244.3.0-24"), FLANNEL_JSON]);
+
+    let listing = store.list_leases().await.unwrap();
+    let raw = find(&listing.leases, "10.244.3.0-24");
+    assert_eq!(raw.expiry, Expiry::Never);
+    let lease = raw.parse().expect("flannel's lease parses");
+    assert_eq!(lease.subnet, net("10.244.3.0/24"));
+    assert_eq!(lease.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 10));
+    assert_eq!(lease.attrs.backend_data["VtepMAC"], "aa:bb:cc:dd:ee:ff");
+}
+
+#[tokio::test]
+async fn writes_the_bytes_flannel_writes() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let attrs: LeaseAttrs = serde_json::from_str(FLANNEL_JSON).unwrap();
+    let outcome = store
+        .create_lease(net("10.244.3.0/24"), &attrs.to_json(), HOUR)
+        .await
+        .unwrap();
+    written(outcome);
+
+    let key = format!("{SUBNETS}/10.244.3.0-24");
+    let stored = server.etcdctl(&["get", "--print-value-only", &key]);
+    assert_eq!(stored.strip_suffix('\n'), Some(FLANNEL_JSON));
+}
+
+#[tokio::test]
+async fn malformed_entries_are_listed_raw() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    create(&store, "10.244.1.0/24", HOUR).await;
+    server.etcdctl(&["put", &format!("{SUBNETS}/not-a-subnet"), FLANNEL_JSON]);
+    server.etcdctl(&["put", &format!("{SUBNETS}/10.244.5.0-24"), "{not json"]);
+
+    let listing = store.list_leases().await.unwrap();
+    assert_eq!(listing.leases.len(), 3);
+    assert!(find(&listing.leases, "10.244.1.0-24").parse().is_ok());
+    assert!(find(&listing.leases, "not-a-subnet").parse().is_err());
+    let bad_json = find(&listing.leases, "10.244.5.0-24");
+    assert_eq!(bad_json.value, b"{not json");
+    assert!(bad_json.parse().is_err());
+}
+
+#[tokio::test]
+async fn lists_ten_thousand_leases_in_one_request() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    bulk_load(&server, 10_000).await;
+
+    let started = Instant::now();
+    let listing = store.list_leases().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(listing.leases.len(), 10_000);
+    assert!(listing.leases.iter().all(|l| l.parse().is_ok()));
+    assert!(took < Duration::from_secs(5), "listing took {took:?}");
+}
+
+/// Writes `count` flannel leases, 100 per transaction (etcd allows 128 operations per txn).
+async fn bulk_load(server: &EtcdServer, count: u32) {
+    use etcd_client::{Client, Txn, TxnOp};
+    let mut client = Client::connect([&server.endpoint], None).await.unwrap();
+    let keys: Vec<String> = (0..count)
+        .map(|i| format!("{SUBNETS}/10.{}.{}.0-24", 100 + i / 256, i % 256))
+        .collect();
+    for chunk in keys.chunks(100) {
+        let puts: Vec<TxnOp> = chunk
+            .iter()
+            .map(|k| TxnOp::put(k.as_str(), FLANNEL_JSON, None))
+            .collect();
+        client.txn(Txn::new().and_then(puts)).await.unwrap();
+    }
+}
