@@ -433,6 +433,7 @@ impl Store for EtcdStore {
         Ok(resp.deleted() > 0)
     }
 
+    /// Runs the watch on a task of the current Tokio runtime; dropping the stream ends it.
     fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let store = self.clone();
