@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod health;
 pub mod iface;
+pub mod kernel;
 pub mod lease;
 pub mod leasing;
 pub mod network;

@@ -1,0 +1,200 @@
+//! The kernel side of the data plane: typed objects (routes, nexthops, neighbours, FDB entries),
+//! the desired-vs-actual diff, and a trait over netlink so the logic can be tested without it.
+//!
+//! Ownership: routes and nexthop objects weft installs carry [`WEFT_PROTOCOL`]; neighbours and
+//! FDB entries are weft's when they sit on a device weft owns (`flannel.<vni>`). weft removes what
+//! it owns and no longer wants, and never touches anything else.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+
+pub mod plan;
+
+pub use plan::{diff, Op, Plan};
+
+/// Route protocol number of every route and nexthop weft installs (`ip route show proto 87`).
+pub const WEFT_PROTOCOL: u8 = 87;
+
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("{s:?} is not a MAC address"));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+/// Where a route sends its traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// `via <gateway> dev <oif> [onlink]`.
+    Gateway { gateway: Ipv4Addr, oif: u32, onlink: bool },
+    /// `nhid <id>`: a nexthop object (kernel 5.3+), much cheaper for the kernel to install.
+    Nexthop(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: Ipv4Net,
+    pub target: RouteTarget,
+}
+
+/// A nexthop object: `ip nexthop add id <id> via <gateway> dev <oif> [onlink] proto 87`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NexthopSpec {
+    pub id: u32,
+    pub gateway: Ipv4Addr,
+    pub oif: u32,
+    pub onlink: bool,
+}
+
+/// A permanent ARP entry: `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeighbourSpec {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+/// A vxlan forwarding entry: `bridge fdb replace <mac> dev <ifindex> dst <dst> self permanent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbSpec {
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub dst: Ipv4Addr,
+}
+
+/// Kernel objects by identity. Used both for what weft wants and for what it finds installed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub nexthops: BTreeMap<u32, NexthopSpec>,
+    pub routes: BTreeMap<Ipv4Net, RouteSpec>,
+    pub neighbours: BTreeMap<(u32, Ipv4Addr), NeighbourSpec>,
+    pub fdb: BTreeMap<(u32, MacAddr), FdbSpec>,
+}
+
+impl KernelState {
+    pub fn add_route(&mut self, route: RouteSpec) {
+        self.routes.insert(route.dst, route);
+    }
+
+    pub fn add_nexthop(&mut self, nexthop: NexthopSpec) {
+        self.nexthops.insert(nexthop.id, nexthop);
+    }
+
+    pub fn add_neighbour(&mut self, neighbour: NeighbourSpec) {
+        self.neighbours.insert((neighbour.ifindex, neighbour.ip), neighbour);
+    }
+
+    pub fn add_fdb(&mut self, fdb: FdbSpec) {
+        self.fdb.insert((fdb.ifindex, fdb.mac), fdb);
+    }
+
+    pub fn len(&self) -> usize {
+        self.nexthops.len() + self.routes.len() + self.neighbours.len() + self.fdb.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which kernel objects are weft's to manage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// Devices weft created (`flannel.<vni>`): neighbours, FDB entries and routes on them are weft's.
+    pub links: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("{op}: {reason}")]
+    Rejected { op: String, reason: String },
+    #[error("{0}")]
+    Link(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One failed operation of a batch; the rest of the batch was still applied.
+#[derive(Debug)]
+pub struct OpFailure {
+    pub op: Op,
+    pub error: KernelError,
+}
+
+/// What a vxlan device should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    /// Underlay: local address and device of the outer packets.
+    pub local: Ipv4Addr,
+    pub underlay_index: u32,
+    pub gbp: bool,
+    pub learning: bool,
+    pub mtu: u32,
+    /// MAC to give a new device, so the VtepMAC published in the lease survives restarts.
+    pub mac: Option<MacAddr>,
+}
+
+/// A link weft looked up or created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkHandle {
+    pub index: u32,
+    pub name: String,
+    pub mac: MacAddr,
+    pub mtu: u32,
+}
+
+/// The kernel as the data plane sees it. Implemented over netlink ([`netlink`]) and, in unit
+/// tests, in memory.
+#[async_trait]
+pub trait Kernel: Send + Sync {
+    /// Every route, nexthop, neighbour and FDB entry weft owns under `ownership`.
+    async fn read_owned(&self, ownership: &Ownership) -> Result<KernelState, KernelError>;
+    /// Applies `ops` in order, in batches; a failed op does not stop the others.
+    async fn apply(&self, ops: &[Op]) -> Vec<OpFailure>;
+    /// Creates the vxlan device, or adopts an existing one that matches; explains a mismatch.
+    async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<LinkHandle, KernelError>;
+    /// Gives `ifindex` exactly `addr` (IPv4), removing other IPv4 addresses, and sets it up.
+    async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError>;
+    async fn link_by_name(&self, name: &str) -> Result<Option<LinkHandle>, KernelError>;
+    async fn delete_link(&self, index: u32) -> Result<(), KernelError>;
+    /// Whether the kernel has nexthop objects (5.3+).
+    async fn supports_nexthops(&self) -> bool;
+}
