@@ -10,6 +10,7 @@ pub mod iface;
 pub mod kernel;
 pub mod lease;
 pub mod leasing;
+pub mod netns;
 pub mod network;
 pub mod store;
 pub mod subnet_env;

@@ -45,8 +45,11 @@ impl std::str::FromStr for MacAddr {
         let mut mac = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut mac {
-            let part = parts.next().ok_or_else(|| format!("{s:?} is not a MAC address"))?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+            *byte =
+                u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
         }
         if parts.next().is_some() {
             return Err(format!("{s:?} is not a MAC address"));
@@ -59,7 +62,11 @@ impl std::str::FromStr for MacAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteTarget {
     /// `via <gateway> dev <oif> [onlink]`.
-    Gateway { gateway: Ipv4Addr, oif: u32, onlink: bool },
+    Gateway {
+        gateway: Ipv4Addr,
+        oif: u32,
+        onlink: bool,
+    },
     /// `nhid <id>`: a nexthop object (kernel 5.3+), much cheaper for the kernel to install.
     Nexthop(u32),
 }
@@ -114,7 +121,8 @@ impl KernelState {
     }
 
     pub fn add_neighbour(&mut self, neighbour: NeighbourSpec) {
-        self.neighbours.insert((neighbour.ifindex, neighbour.ip), neighbour);
+        self.neighbours
+            .insert((neighbour.ifindex, neighbour.ip), neighbour);
     }
 
     pub fn add_fdb(&mut self, fdb: FdbSpec) {
