@@ -1,15 +1,21 @@
 //! Backends make the other hosts' subnets reachable. Each is chosen by `[network.backend] type`
 //! and driven by the agent through one trait.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::iface::ExternalInterface;
+use crate::kernel::Kernel;
 use crate::lease::{Lease, LeaseMap};
 use crate::network::Network;
 use crate::watch::LeaseEvent;
 
 pub mod alloc;
 pub mod config;
+pub mod host_gw;
+pub mod route_sync;
+pub mod vxlan;
 
 pub use config::BackendConfig;
 
@@ -44,13 +50,29 @@ pub trait Backend: Send {
     async fn reconcile(&mut self, peers: &LeaseMap) -> Result<(), BackendError>;
 }
 
-/// Builds the backend `network` asks for.
-pub fn create(
+/// Builds the backend `network` asks for; kernel backends talk netlink in this process's namespace.
+pub fn create(network: &Network, ext: &ExternalInterface) -> Result<Box<dyn Backend>, BackendError> {
+    let kernel = || -> Result<Arc<dyn Kernel>, BackendError> {
+        Err(BackendError::Setup("WIRE-NETLINK".into()))
+    };
+    create_with_kernel(network, ext, kernel)
+}
+
+/// Like [`create`], with the kernel supplied (tests use an in-memory one).
+pub fn create_with_kernel(
     network: &Network,
     ext: &ExternalInterface,
+    kernel: impl FnOnce() -> Result<Arc<dyn Kernel>, BackendError>,
 ) -> Result<Box<dyn Backend>, BackendError> {
     match &network.backend {
         BackendConfig::Alloc(_) => Ok(Box::new(alloc::Alloc::new(ext.mtu))),
+        BackendConfig::Vxlan(config) => Ok(Box::new(vxlan::Vxlan::new(kernel()?, config.clone(), ext.clone()))),
+        BackendConfig::HostGw(_) => Ok(Box::new(host_gw::HostGw::new(kernel()?, ext.clone()))),
         other => Err(BackendError::Unsupported(other.type_name())),
     }
+}
+
+/// Peers' traffic is forwarded through this host: turn IPv4 forwarding on (in our namespace).
+fn enable_forwarding() {
+    // WIRE-SYSCTL
 }

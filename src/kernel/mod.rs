@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
+pub mod memory;
 pub mod plan;
 
 pub use plan::{diff, Op, Plan};

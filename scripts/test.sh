@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, unit and integration tests (real etcd, network
+# namespaces, real packets). Needs root for the namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace -- --test-threads 2

@@ -1,0 +1,272 @@
+//! `vxlan`: an overlay device `flannel.<vni>`; for each peer an ARP entry, an FDB entry and a
+//! route through the device — or, with `direct_routing` and the peer on our L2 segment, a plain
+//! route via its public IP.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::config::VxlanConfig;
+use super::route_sync::{PeerObjects, RouteSync};
+use super::{Backend, BackendError, LeaseData};
+use crate::iface::ExternalInterface;
+use crate::kernel::{
+    FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, NexthopSpec, Ownership, RouteSpec,
+    RouteTarget, VxlanSpec,
+};
+use crate::lease::{Lease, LeaseMap};
+use crate::watch::LeaseEvent;
+
+/// Bytes of outer headers vxlan adds to every packet.
+const VXLAN_OVERHEAD: u32 = 50;
+
+pub struct Vxlan {
+    kernel: Arc<dyn Kernel>,
+    config: VxlanConfig,
+    ext: ExternalInterface,
+    link: Option<LinkHandle>,
+    use_nexthops: bool,
+    sync: Option<RouteSync>,
+}
+
+impl Vxlan {
+    pub fn new(kernel: Arc<dyn Kernel>, config: VxlanConfig, ext: ExternalInterface) -> Self {
+        Vxlan { kernel, config, ext, link: None, use_nexthops: false, sync: None }
+    }
+
+    pub fn device_name(vni: u32) -> String {
+        format!("flannel.{vni}")
+    }
+
+    fn sync(&mut self) -> Result<&mut RouteSync, BackendError> {
+        self.sync.as_mut().ok_or_else(|| BackendError::Setup("vxlan backend used before start".into()))
+    }
+}
+
+/// A MAC derived from our public IP and VNI: the same after a restart or a reboot, so peers'
+/// ARP and FDB entries stay valid (a locally administered unicast address).
+pub fn stable_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in public_ip.octets().iter().chain(vni.to_be_bytes().iter()) {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    MacAddr([(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]])
+}
+
+#[async_trait]
+impl Backend for Vxlan {
+    async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
+        super::enable_forwarding();
+        let mtu = if self.config.mtu > 0 { self.config.mtu } else { self.ext.mtu.saturating_sub(VXLAN_OVERHEAD) };
+        let spec = VxlanSpec {
+            name: Self::device_name(self.config.vni),
+            vni: self.config.vni,
+            port: self.config.port,
+            local: self.ext.addr.addr(),
+            underlay_index: self.ext.index,
+            gbp: self.config.gbp,
+            learning: self.config.learning,
+            mtu,
+            mac: Some(stable_mac(self.ext.public_ip, self.config.vni)),
+        };
+        let link = self.kernel.ensure_vxlan(&spec).await.map_err(|e| BackendError::Setup(e.to_string()))?;
+        self.use_nexthops = self.kernel.supports_nexthops().await;
+        let data = serde_json::json!({ "VNI": self.config.vni, "VtepMAC": link.mac.to_string() });
+        self.link = Some(link);
+        Ok(LeaseData { backend_type: "vxlan", backend_data: data, mtu })
+    }
+
+    async fn start(&mut self, own: &Lease) -> Result<(), BackendError> {
+        let link = self.link.clone().ok_or_else(|| BackendError::Setup("vxlan backend started before prepare".into()))?;
+        let addr = ipnet::Ipv4Net::new(own.subnet.network(), 32).expect("/32 is valid");
+        self.kernel.ensure_address(link.index, addr).await.map_err(|e| BackendError::Setup(e.to_string()))?;
+        let peers = VxlanPeers {
+            link: link.index,
+            ext: self.ext.clone(),
+            direct_routing: self.config.direct_routing,
+            use_nexthops: self.use_nexthops,
+        };
+        let ownership = Ownership { links: vec![link.index] };
+        self.sync = Some(RouteSync::new(self.kernel.clone(), ownership, Box::new(peers)));
+        Ok(())
+    }
+
+    async fn apply(&mut self, peers: &LeaseMap, events: &[LeaseEvent]) -> Result<(), BackendError> {
+        self.sync()?.on_events(peers, events).await.map(|_| ())
+    }
+
+    async fn reconcile(&mut self, peers: &LeaseMap) -> Result<(), BackendError> {
+        self.sync()?.reconcile(peers).await.map(|_| ())
+    }
+}
+
+/// Maps a vxlan peer to its kernel objects.
+pub struct VxlanPeers {
+    pub link: u32,
+    pub ext: ExternalInterface,
+    pub direct_routing: bool,
+    pub use_nexthops: bool,
+}
+
+impl PeerObjects for VxlanPeers {
+    fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
+        let mut state = KernelState::default();
+        if lease.attrs.backend_type != "vxlan" {
+            return Ok(state);
+        }
+        let public_ip = lease.attrs.public_ip;
+        if self.direct_routing && self.ext.addr.contains(&public_ip) {
+            add_route(&mut state, lease, public_ip, self.ext.index, false, self.use_nexthops);
+            return Ok(state);
+        }
+        let mac: MacAddr = lease.attrs.backend_data["VtepMAC"]
+            .as_str()
+            .ok_or("BackendData.VtepMAC is missing")?
+            .parse()
+            .map_err(|e| format!("BackendData.VtepMAC: {e}"))?;
+        let vtep = lease.subnet.network();
+        state.add_neighbour(NeighbourSpec { ifindex: self.link, ip: vtep, mac });
+        state.add_fdb(FdbSpec { ifindex: self.link, mac, dst: public_ip });
+        add_route(&mut state, lease, vtep, self.link, true, self.use_nexthops);
+        Ok(state)
+    }
+}
+
+/// A route to the lease's subnet via `gateway`, through a nexthop object where the kernel has them.
+pub fn add_route(state: &mut KernelState, lease: &Lease, gateway: Ipv4Addr, oif: u32, onlink: bool, nexthops: bool) {
+    let target = if nexthops {
+        // One nexthop object per peer, named after its subnet: unique and stable across restarts.
+        let id = u32::from(lease.subnet.network());
+        state.add_nexthop(NexthopSpec { id, gateway, oif, onlink });
+        RouteTarget::Nexthop(id)
+    } else {
+        RouteTarget::Gateway { gateway, oif, onlink }
+    };
+    state.add_route(RouteSpec { dst: lease.subnet, target });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::memory::MemoryKernel;
+    use crate::lease::{Expiry, LeaseAttrs};
+
+    fn ext() -> ExternalInterface {
+        ExternalInterface {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            addr: "198.51.100.1/24".parse().unwrap(),
+            public_ip: "198.51.100.1".parse().unwrap(),
+        }
+    }
+
+    fn lease(n: u8, ip: &str, mac: &str) -> Lease {
+        Lease {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            attrs: LeaseAttrs::new(ip.parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+            expiry: Expiry::Unknown,
+        }
+    }
+
+    fn peers(leases: &[Lease]) -> LeaseMap {
+        leases.iter().map(|l| (l.subnet, l.clone())).collect()
+    }
+
+    async fn started(kernel: Arc<MemoryKernel>, config: VxlanConfig) -> Vxlan {
+        let mut vxlan = Vxlan::new(kernel, config, ext());
+        let data = vxlan.prepare().await.unwrap();
+        assert_eq!(data.mtu, 1450);
+        assert_eq!(data.backend_data["VNI"], 1);
+        let own = lease(1, "198.51.100.1", &data.backend_data["VtepMAC"].as_str().unwrap().to_string());
+        vxlan.start(&own).await.unwrap();
+        vxlan
+    }
+
+    #[tokio::test]
+    async fn installs_neighbour_fdb_and_route_per_peer() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let mut vxlan = started(kernel.clone(), VxlanConfig::default()).await;
+        let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
+        let b = lease(3, "203.0.113.3", "02:00:00:00:00:03");
+        let all = peers(&[a.clone(), b.clone()]);
+        vxlan.apply(&all, &[LeaseEvent::Added(a), LeaseEvent::Added(b)]).await.unwrap();
+        let state = kernel.snapshot();
+        assert_eq!((state.routes.len(), state.neighbours.len(), state.fdb.len(), state.nexthops.len()), (2, 2, 2, 2));
+        let nh = state.nexthops.values().find(|n| n.gateway == Ipv4Addr::new(10, 244, 3, 0)).unwrap();
+        assert!(nh.onlink);
+        assert_eq!(kernel.addresses.lock().unwrap()[0].1.to_string(), "10.244.1.0/32");
+    }
+
+    #[tokio::test]
+    async fn rebooted_peer_replaced_and_removed_peer_cleaned() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let mut vxlan = started(kernel.clone(), VxlanConfig::default()).await;
+        let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
+        vxlan.apply(&peers(&[a.clone()]), &[LeaseEvent::Added(a.clone())]).await.unwrap();
+        let rebooted = lease(2, "198.51.100.2", "02:00:00:00:00:22");
+        let change = LeaseEvent::Changed { old: a.clone(), new: rebooted.clone() };
+        vxlan.apply(&peers(&[rebooted.clone()]), &[change]).await.unwrap();
+        let state = kernel.snapshot();
+        assert_eq!(state.fdb.len(), 1);
+        assert_eq!(state.fdb.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
+        assert_eq!(state.neighbours.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
+        vxlan.apply(&LeaseMap::new(), &[LeaseEvent::Removed(rebooted)]).await.unwrap();
+        assert!(kernel.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn direct_routing_on_the_same_segment_only() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let config = VxlanConfig { direct_routing: true, ..Default::default() };
+        let mut vxlan = started(kernel.clone(), config).await;
+        let near = lease(2, "198.51.100.2", "02:00:00:00:00:02");
+        let far = lease(3, "203.0.113.3", "02:00:00:00:00:03");
+        let all = peers(&[near.clone(), far.clone()]);
+        vxlan.reconcile(&all).await.unwrap();
+        let state = kernel.snapshot();
+        assert_eq!(state.fdb.len(), 1, "only the far peer goes through vxlan");
+        let near_nh = state.nexthops[&u32::from(Ipv4Addr::new(10, 244, 2, 0))];
+        assert_eq!((near_nh.gateway, near_nh.oif, near_nh.onlink), ("198.51.100.2".parse().unwrap(), 2, false));
+    }
+
+    #[tokio::test]
+    async fn restart_adopts_without_changes_and_removes_stale() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
+        let gone = lease(9, "198.51.100.9", "02:00:00:00:00:09");
+        {
+            let mut first = started(kernel.clone(), VxlanConfig::default()).await;
+            first.reconcile(&peers(&[a.clone(), gone.clone()])).await.unwrap();
+        }
+        let before = kernel.applied_count();
+        // The new run sees only `a`: it changes nothing for `a`, and removes `gone`'s 4 objects.
+        let mut second = started(kernel.clone(), VxlanConfig::default()).await;
+        second.apply(&peers(&[a.clone()]), &[LeaseEvent::Added(a)]).await.unwrap();
+        assert_eq!(kernel.applied_count() - before, 4);
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_peers_are_reported_others_installed() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let mut vxlan = started(kernel.clone(), VxlanConfig::default()).await;
+        let good = lease(2, "198.51.100.2", "02:00:00:00:00:02");
+        let bad = lease(3, "198.51.100.3", "not-a-mac");
+        let mut other = lease(4, "198.51.100.4", "02:00:00:00:00:04");
+        other.attrs.backend_type = "host-gw".into();
+        let err = vxlan.reconcile(&peers(&[good, bad, other])).await.unwrap_err();
+        assert!(err.to_string().contains("10.244.3.0/24") && err.to_string().contains("VtepMAC"), "{err}");
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+    }
+
+    #[test]
+    fn stable_mac_is_stable_and_local() {
+        let a = stable_mac("198.51.100.1".parse().unwrap(), 1);
+        assert_eq!(a, stable_mac("198.51.100.1".parse().unwrap(), 1));
+        assert_ne!(a, stable_mac("198.51.100.2".parse().unwrap(), 1));
+        assert_eq!(a.0[0] & 0x03, 0x02, "locally administered unicast");
+    }
+}

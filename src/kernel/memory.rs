@@ -1,0 +1,106 @@
+//! An in-memory kernel for unit tests of the backends and the sync engine.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+
+use super::{Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure, Ownership, VxlanSpec};
+
+#[derive(Default)]
+pub struct MemoryKernel {
+    pub state: Mutex<KernelState>,
+    pub links: Mutex<Vec<LinkHandle>>,
+    pub addresses: Mutex<Vec<(u32, Ipv4Net)>>,
+    /// Every op applied, in order, to count changes.
+    pub applied: Mutex<Vec<Op>>,
+    /// Ops matching this are refused, to test partial failures.
+    pub refuse: Mutex<Option<fn(&Op) -> bool>>,
+}
+
+impl MemoryKernel {
+    pub fn snapshot(&self) -> KernelState {
+        self.state.lock().expect("lock").clone()
+    }
+
+    pub fn applied_count(&self) -> usize {
+        self.applied.lock().expect("lock").len()
+    }
+}
+
+#[async_trait]
+impl Kernel for MemoryKernel {
+    async fn read_owned(&self, _ownership: &Ownership) -> Result<KernelState, KernelError> {
+        Ok(self.snapshot())
+    }
+
+    async fn apply(&self, ops: &[Op]) -> Vec<OpFailure> {
+        let refuse = *self.refuse.lock().expect("lock");
+        let mut state = self.state.lock().expect("lock");
+        let mut failures = Vec::new();
+        for op in ops {
+            if refuse.is_some_and(|f| f(op)) {
+                failures.push(OpFailure {
+                    op: op.clone(),
+                    error: KernelError::Rejected { op: format!("{op:?}"), reason: "refused by test".into() },
+                });
+                continue;
+            }
+            self.applied.lock().expect("lock").push(op.clone());
+            match *op {
+                Op::PutNeighbour(n) => state.add_neighbour(n),
+                Op::PutFdb(f) => state.add_fdb(f),
+                Op::PutNexthop(n) => state.add_nexthop(n),
+                Op::PutRoute(r) => state.add_route(r),
+                Op::DeleteRoute(r) => {
+                    state.routes.remove(&r.dst);
+                }
+                Op::DeleteNexthop(n) => {
+                    state.nexthops.remove(&n.id);
+                }
+                Op::DeleteNeighbour(n) => {
+                    state.neighbours.remove(&(n.ifindex, n.ip));
+                }
+                Op::DeleteFdb(f) => {
+                    state.fdb.remove(&(f.ifindex, f.mac));
+                }
+            }
+        }
+        failures
+    }
+
+    async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<LinkHandle, KernelError> {
+        let mut links = self.links.lock().expect("lock");
+        if let Some(link) = links.iter().find(|l| l.name == spec.name) {
+            return Ok(link.clone());
+        }
+        let link = LinkHandle {
+            index: 100 + links.len() as u32,
+            name: spec.name.clone(),
+            mac: spec.mac.unwrap_or(MacAddr([2, 0, 0, 0, 0, 1])),
+            mtu: spec.mtu,
+        };
+        links.push(link.clone());
+        Ok(link)
+    }
+
+    async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError> {
+        let mut addresses = self.addresses.lock().expect("lock");
+        addresses.retain(|(i, _)| *i != ifindex);
+        addresses.push((ifindex, addr));
+        Ok(())
+    }
+
+    async fn link_by_name(&self, name: &str) -> Result<Option<LinkHandle>, KernelError> {
+        Ok(self.links.lock().expect("lock").iter().find(|l| l.name == name).cloned())
+    }
+
+    async fn delete_link(&self, index: u32) -> Result<(), KernelError> {
+        self.links.lock().expect("lock").retain(|l| l.index != index);
+        Ok(())
+    }
+
+    async fn supports_nexthops(&self) -> bool {
+        true
+    }
+}
