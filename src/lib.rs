@@ -2,13 +2,18 @@
 
 pub mod agent;
 pub mod backend;
+pub mod cleanup;
 pub mod cli;
+pub mod cni;
 pub mod commands;
 pub mod config;
+pub mod dataplane;
 pub mod health;
 pub mod iface;
 pub mod kernel;
+pub mod lab;
 pub mod lease;
+pub mod masq;
 pub mod leasing;
 pub mod netns;
 pub mod network;

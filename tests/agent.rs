@@ -32,32 +32,19 @@ fn two_agents_get_two_subnets_and_see_each_other() {
     let (sa, sb) = (a.wait_subnet(), b.wait_subnet());
     assert_ne!(sa, sb);
     for agent in [&a, &b] {
-        agent.wait_for("the other lease", 10, |ag| {
-            ag.metric("weft_leases_watched") == 1.0
-        });
+        agent.wait_for("the other lease", 10, |ag| ag.metric("weft_leases_watched") == 1.0);
         assert_eq!(agent.get("/readyz").0, 200);
         assert_eq!(agent.get("/healthz").0, 200);
     }
     // What weft wrote is flannel's JSON.
     let value = etcd.etcdctl(&["get", "--print-value-only", &key(&sa)]);
-    assert_eq!(
-        value.trim(),
-        r#"{"PublicIP":"198.51.100.1","PublicIPv6":null,"BackendType":"alloc"}"#
-    );
+    assert_eq!(value.trim(), r#"{"PublicIP":"198.51.100.1","PublicIPv6":null,"BackendType":"alloc"}"#);
     let env = std::fs::read_to_string(&a.subnet_file).unwrap();
-    assert!(
-        env.starts_with("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244."),
-        "{env}"
-    );
+    assert!(env.starts_with("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244."), "{env}");
     assert!(env.contains("\nFLANNEL_IPMASQ=false\n"), "{env}");
-    let list: serde_json::Value =
-        serde_json::from_str(&setup.ok(&["leases", "list", "--json"])).unwrap();
-    let mut ips: Vec<_> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["public_ip"].as_str().unwrap().to_string())
-        .collect();
+    let list: serde_json::Value = serde_json::from_str(&setup.ok(&["leases", "list", "--json"])).unwrap();
+    let mut ips: Vec<_> =
+        list.as_array().unwrap().iter().map(|l| l["public_ip"].as_str().unwrap().to_string()).collect();
     ips.sort();
     assert_eq!(ips, ["198.51.100.1", "198.51.100.2"]);
     assert!(list[0]["expires"].is_string(), "{list}");
@@ -78,14 +65,7 @@ fn restart_takes_back_the_same_subnet() {
     let mut a = setup.agent("a", "198.51.100.1", &[]);
     assert_eq!(a.wait_subnet(), first);
     assert_eq!(
-        etcd.etcdctl(&[
-            "get",
-            "--prefix",
-            "--keys-only",
-            "/coreos.com/network/subnets/"
-        ])
-        .split_whitespace()
-        .count(),
+        etcd.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"]).split_whitespace().count(),
         1
     );
     a.stop();
@@ -108,39 +88,20 @@ async fn fifty_concurrent_acquisitions_get_fifty_subnets() {
         let endpoint = etcd.endpoint.clone();
         let network = network.clone();
         tasks.push(tokio::spawn(async move {
-            let options = EtcdOptions {
-                endpoints: vec![endpoint],
-                ..Default::default()
-            };
+            let options = EtcdOptions { endpoints: vec![endpoint], ..Default::default() };
             let store = EtcdStore::connect(options).await.unwrap();
-            let attrs = LeaseAttrs::new(
-                [198, 51, 100, host].into(),
-                "alloc",
-                serde_json::Value::Null,
-            );
-            let request = LeaseRequest {
-                network: &network,
-                attrs: &attrs,
-                ttl: Duration::from_secs(60),
-                previous: None,
-            };
+            let attrs = LeaseAttrs::new([198, 51, 100, host].into(), "alloc", serde_json::Value::Null);
+            let request =
+                LeaseRequest { network: &network, attrs: &attrs, ttl: Duration::from_secs(60), previous: None };
             leasing::acquire(&store, &request).await.unwrap().subnet()
         }));
     }
     let mut subnets = HashSet::new();
     for task in tasks {
-        assert!(
-            subnets.insert(task.await.unwrap()),
-            "a subnet was handed out twice"
-        );
+        assert!(subnets.insert(task.await.unwrap()), "a subnet was handed out twice");
     }
     assert_eq!(subnets.len(), 50);
-    let keys = etcd.etcdctl(&[
-        "get",
-        "--prefix",
-        "--keys-only",
-        "/coreos.com/network/subnets/",
-    ]);
+    let keys = etcd.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"]);
     assert_eq!(keys.split_whitespace().count(), 50);
 }
 
@@ -153,13 +114,7 @@ fn reservations_are_honoured_and_never_taken() {
         "cidr = \"10.244.0.0/16\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.2.0\"\n[network.backend]\ntype = \"alloc\"",
     );
     setup.ok(&["network", "apply"]);
-    setup.ok(&[
-        "leases",
-        "reserve",
-        "10.244.1.0/24",
-        "--public-ip",
-        "198.51.100.9",
-    ]);
+    setup.ok(&["leases", "reserve", "10.244.1.0/24", "--public-ip", "198.51.100.9"]);
     let mut other = setup.agent("other", "198.51.100.1", &[]);
     assert_eq!(other.wait_subnet(), "10.244.2.0/24");
     // The network is now full for everyone but the reservation's owner.
@@ -192,21 +147,13 @@ fn a_dead_hosts_lease_expires_and_peers_see_it_go() {
     let mut b = setup.agent("b", "198.51.100.2", &[]);
     a.wait_subnet();
     let sb = b.wait_subnet();
-    a.wait_for("b's lease", 10, |ag| {
-        ag.metric("weft_leases_watched") == 1.0
-    });
+    a.wait_for("b's lease", 10, |ag| ag.metric("weft_leases_watched") == 1.0);
     // Renewals keep a live lease well past its TTL.
     std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        b.metric("weft_lease_renewals_total") >= 1.0,
-        "{}",
-        b.log_text()
-    );
+    assert!(b.metric("weft_lease_renewals_total") >= 1.0, "{}", b.log_text());
     assert_eq!(a.metric("weft_leases_watched"), 1.0);
     b.kill();
-    a.wait_for("b's lease to expire", 10, |ag| {
-        ag.metric("weft_leases_watched") == 0.0
-    });
+    a.wait_for("b's lease to expire", 10, |ag| ag.metric("weft_leases_watched") == 0.0);
     assert!(a.metric("weft_lease_events_total{kind=\"Removed\"}") >= 1.0);
     assert_eq!(etcd.etcdctl(&["get", &key(&sb)]).trim(), "");
     a.stop();
@@ -221,34 +168,19 @@ fn watch_delivers_added_changed_removed_and_skips_malformed() {
     a.wait_subnet();
     let peer = key("10.244.200.0/24");
     etcd.etcdctl(&["put", &peer, FLANNEL_LEASE]);
-    a.wait_for("added", 10, |ag| {
-        ag.metric("weft_lease_events_total{kind=\"Added\"}") == 1.0
-    });
-    etcd.etcdctl(&[
-        "put",
-        &peer,
-        &FLANNEL_LEASE.replace("198.51.100.77", "198.51.100.78"),
-    ]);
-    a.wait_for("changed", 10, |ag| {
-        ag.metric("weft_lease_events_total{kind=\"Changed\"}") == 1.0
-    });
+    a.wait_for("added", 10, |ag| ag.metric("weft_lease_events_total{kind=\"Added\"}") == 1.0);
+    etcd.etcdctl(&["put", &peer, &FLANNEL_LEASE.replace("198.51.100.77", "198.51.100.78")]);
+    a.wait_for("changed", 10, |ag| ag.metric("weft_lease_events_total{kind=\"Changed\"}") == 1.0);
     // Garbage in the store: skipped with a warning naming the key, never a crash.
     etcd.etcdctl(&["put", &key("10.244.201.0/24"), "{not json"]);
     etcd.etcdctl(&["put", "/coreos.com/network/subnets/banana", FLANNEL_LEASE]);
     etcd.etcdctl(&["put", &key("10.99.0.0/24"), FLANNEL_LEASE]);
-    a.wait_for("malformed entries skipped", 10, |ag| {
-        ag.metric("weft_malformed_leases_total") >= 3.0
-    });
+    a.wait_for("malformed entries skipped", 10, |ag| ag.metric("weft_malformed_leases_total") >= 3.0);
     etcd.etcdctl(&["del", &peer]);
-    a.wait_for("removed", 10, |ag| {
-        ag.metric("weft_lease_events_total{kind=\"Removed\"}") == 1.0
-    });
+    a.wait_for("removed", 10, |ag| ag.metric("weft_lease_events_total{kind=\"Removed\"}") == 1.0);
     assert_eq!(a.get("/readyz").0, 200);
     let log = a.log_text();
-    assert!(
-        log.contains("banana") && log.contains("10.244.201.0-24") && log.contains("10.99.0.0-24"),
-        "{log}"
-    );
+    assert!(log.contains("banana") && log.contains("10.244.201.0-24") && log.contains("10.99.0.0-24"), "{log}");
     // The CLI lists what it can read and names what it cannot.
     let out = setup.weft(&["leases", "list"]);
     assert!(out.status.success());
@@ -268,17 +200,9 @@ fn reads_flannel_written_data() {
     let mut a = setup.agent("a", "198.51.100.1", &[]);
     let subnet = a.wait_subnet();
     assert_ne!(subnet, "10.244.3.0/24");
-    a.wait_for("flannel's lease", 10, |ag| {
-        ag.metric("weft_leases_watched") == 1.0
-    });
-    let list: serde_json::Value =
-        serde_json::from_str(&setup.ok(&["leases", "list", "--json"])).unwrap();
-    let flannels = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["subnet"] == "10.244.3.0/24")
-        .unwrap();
+    a.wait_for("flannel's lease", 10, |ag| ag.metric("weft_leases_watched") == 1.0);
+    let list: serde_json::Value = serde_json::from_str(&setup.ok(&["leases", "list", "--json"])).unwrap();
+    let flannels = list.as_array().unwrap().iter().find(|l| l["subnet"] == "10.244.3.0/24").unwrap();
     assert_eq!(flannels["backend_data"]["VtepMAC"], "aa:bb:cc:dd:ee:ff");
     // A flanneld restarting on this host would find its lease as it wrote it.
     let value = etcd.etcdctl(&["get", "--print-value-only", &key("10.244.3.0/24")]);
@@ -291,39 +215,21 @@ fn network_apply_refuses_to_reshape_a_network_in_use() {
     let etcd = EtcdServer::start();
     let setup = Setup::etcd(&etcd.endpoint, ALLOC);
     setup.ok(&["network", "apply"]);
-    setup.ok(&[
-        "leases",
-        "reserve",
-        "10.244.7.0/24",
-        "--public-ip",
-        "198.51.100.7",
-    ]);
+    setup.ok(&["leases", "reserve", "10.244.7.0/24", "--public-ip", "198.51.100.7"]);
     std::fs::write(
         &setup.config,
-        std::fs::read_to_string(&setup.config)
-            .unwrap()
-            .replace("10.244.0.0/16", "10.245.0.0/16"),
+        std::fs::read_to_string(&setup.config).unwrap().replace("10.244.0.0/16", "10.245.0.0/16"),
     )
     .unwrap();
     let out = setup.weft(&["network", "apply"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
-    assert!(etcd
-        .etcdctl(&["get", "/coreos.com/network/config"])
-        .contains("10.244.0.0/16"));
+    assert!(etcd.etcdctl(&["get", "/coreos.com/network/config"]).contains("10.244.0.0/16"));
     setup.ok(&["network", "apply", "--force"]);
-    assert!(etcd
-        .etcdctl(&["get", "/coreos.com/network/config"])
-        .contains("10.245.0.0/16"));
+    assert!(etcd.etcdctl(&["get", "/coreos.com/network/config"]).contains("10.245.0.0/16"));
     // Release, then a release of nothing is an error.
     setup.ok(&["leases", "release", "10.244.7.0/24"]);
-    assert_eq!(
-        setup
-            .weft(&["leases", "release", "10.244.7.0/24"])
-            .status
-            .code(),
-        Some(1)
-    );
+    assert_eq!(setup.weft(&["leases", "release", "10.244.7.0/24"]).status.code(), Some(1));
 }
 
 #[test]
@@ -332,10 +238,7 @@ fn bad_config_exits_2_naming_file_key_and_value() {
     let out = setup.weft(&["config", "check"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("weft.toml") && err.contains("network.cidr") && err.contains("10.244.0.0/33"),
-        "{err}"
-    );
+    assert!(err.contains("weft.toml") && err.contains("network.cidr") && err.contains("10.244.0.0/33"), "{err}");
     assert!(err.contains("line 2"), "{err}");
     let out = setup.weft(&["agent"]);
     assert_eq!(out.status.code(), Some(2));
@@ -349,47 +252,25 @@ fn bad_config_exits_2_naming_file_key_and_value() {
 
 #[test]
 fn config_layers_file_env_flags() {
-    let setup = Setup::new("[agent]\npublic_ip = \"198.51.100.1\"\nsubnet_file = \"/tmp/a.env\"\n[store]\npassword = \"s3cret\"\n");
+    let setup = Setup::new(
+        "[agent]\npublic_ip = \"198.51.100.1\"\nsubnet_file = \"/tmp/a.env\"\n[store]\npassword = \"s3cret\"\n",
+    );
     let out = std::process::Command::new(common::weft::WEFT)
-        .args([
-            "--config",
-            setup.config.to_str().unwrap(),
-            "config",
-            "check",
-            "--store-path",
-            "/srv/weft",
-        ])
+        .args(["--config", setup.config.to_str().unwrap(), "config", "check", "--store-path", "/srv/weft"])
         .env("WEFT_AGENT__PUBLIC_IP", "198.51.100.2")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = |k: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{k} ")))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let line = |k: &str| text.lines().find(|l| l.starts_with(&format!("{k} "))).unwrap_or_default().to_string();
     assert!(
-        line("agent.public_ip").contains("198.51.100.2")
-            && line("agent.public_ip").contains("WEFT_AGENT__PUBLIC_IP"),
+        line("agent.public_ip").contains("198.51.100.2") && line("agent.public_ip").contains("WEFT_AGENT__PUBLIC_IP"),
         "{text}"
     );
     assert!(line("agent.subnet_file").contains("weft.toml:3"), "{text}");
-    assert!(
-        line("store.path").contains("/srv/weft")
-            && line("store.path").contains("command-line flag"),
-        "{text}"
-    );
+    assert!(line("store.path").contains("/srv/weft") && line("store.path").contains("command-line flag"), "{text}");
     assert!(line("agent.listen").contains("default"), "{text}");
-    assert!(
-        !text.contains("s3cret") && line("store.password").contains("***"),
-        "{text}"
-    );
+    assert!(!text.contains("s3cret") && line("store.password").contains("***"), "{text}");
 }
 
 #[test]
@@ -402,24 +283,18 @@ fn local_store_is_shared_by_several_agent_processes() {
     )
     .unwrap();
     setup.ok(&["network", "apply"]);
-    let mut agents: Vec<_> = (1..=3)
-        .map(|i| setup.agent(&format!("h{i}"), &format!("198.51.100.{i}"), &[]))
-        .collect();
+    let mut agents: Vec<_> = (1..=3).map(|i| setup.agent(&format!("h{i}"), &format!("198.51.100.{i}"), &[])).collect();
     let subnets: HashSet<String> = agents.iter_mut().map(|a| a.wait_subnet()).collect();
     assert_eq!(subnets.len(), 3);
     for agent in &agents {
-        agent.wait_for("the two other hosts", 10, |ag| {
-            ag.metric("weft_leases_watched") == 2.0
-        });
+        agent.wait_for("the two other hosts", 10, |ag| ag.metric("weft_leases_watched") == 2.0);
     }
     // One leaves: the others see it promptly once its lease is released.
     let gone = read_subnet(&agents[2].subnet_file).unwrap();
     agents[2].stop();
     setup.ok(&["leases", "release", &gone]);
     for agent in &agents[..2] {
-        agent.wait_for("the release", 5, |ag| {
-            ag.metric("weft_leases_watched") == 1.0
-        });
+        agent.wait_for("the release", 5, |ag| ag.metric("weft_leases_watched") == 1.0);
     }
 }
 
@@ -432,9 +307,7 @@ fn sighup_with_a_broken_file_keeps_running() {
     let subnet = a.wait_subnet();
     std::fs::write(&setup.config, "[agent\nbroken").unwrap();
     a.signal("HUP");
-    a.wait_for("the reload error", 10, |ag| {
-        ag.log_text().contains("keeping the running configuration")
-    });
+    a.wait_for("the reload error", 10, |ag| ag.log_text().contains("keeping the running configuration"));
     assert_eq!(a.get("/readyz").0, 200);
     assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
     a.stop();

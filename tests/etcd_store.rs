@@ -21,13 +21,8 @@ const HOUR: Option<Duration> = Some(Duration::from_secs(3600));
 type Updates = BoxStream<'static, Result<LeaseUpdate, StoreError>>;
 
 async fn connect(server: &EtcdServer) -> EtcdStore {
-    let opts = EtcdOptions {
-        endpoints: vec![server.endpoint.clone()],
-        ..EtcdOptions::default()
-    };
-    EtcdStore::connect(opts)
-        .await
-        .expect("connect to test etcd")
+    let opts = EtcdOptions { endpoints: vec![server.endpoint.clone()], ..EtcdOptions::default() };
+    EtcdStore::connect(opts).await.expect("connect to test etcd")
 }
 
 fn net(cidr: &str) -> Ipv4Net {
@@ -47,12 +42,7 @@ fn written(outcome: WriteOutcome) -> Revision {
 }
 
 async fn create(store: &EtcdStore, cidr: &str, ttl: Option<Duration>) -> Revision {
-    written(
-        store
-            .create_lease(net(cidr), &attrs(1), ttl)
-            .await
-            .expect("create lease"),
-    )
+    written(store.create_lease(net(cidr), &attrs(1), ttl).await.expect("create lease"))
 }
 
 async fn next_within(updates: &mut Updates, limit: Duration) -> Result<LeaseUpdate, StoreError> {
@@ -67,10 +57,7 @@ async fn next(updates: &mut Updates) -> Result<LeaseUpdate, StoreError> {
 }
 
 fn find<'a>(leases: &'a [RawLease], key: &str) -> &'a RawLease {
-    leases
-        .iter()
-        .find(|l| l.key == key)
-        .unwrap_or_else(|| panic!("{key} not listed"))
+    leases.iter().find(|l| l.key == key).unwrap_or_else(|| panic!("{key} not listed"))
 }
 
 fn etcd_lease_count(server: &EtcdServer) -> usize {
@@ -96,20 +83,12 @@ async fn second_create_of_a_subnet_conflicts() {
     let server = EtcdServer::start();
     let store = connect(&server).await;
 
-    let outcome = store
-        .create_lease(net("10.244.3.0/24"), &attrs(1), HOUR)
-        .await
-        .unwrap();
-    let WriteOutcome::Written { revision, expiry } = outcome else {
-        panic!("{outcome:?}")
-    };
+    let outcome = store.create_lease(net("10.244.3.0/24"), &attrs(1), HOUR).await.unwrap();
+    let WriteOutcome::Written { revision, expiry } = outcome else { panic!("{outcome:?}") };
     assert!(revision > 1);
     assert!(matches!(expiry, Expiry::At(t) if t > SystemTime::now() + Duration::from_secs(3500)));
 
-    let again = store
-        .create_lease(net("10.244.3.0/24"), &attrs(2), HOUR)
-        .await
-        .unwrap();
+    let again = store.create_lease(net("10.244.3.0/24"), &attrs(2), HOUR).await.unwrap();
     assert_eq!(again, WriteOutcome::Conflict);
     // The loser's etcd lease is revoked, not left behind.
     assert_eq!(etcd_lease_count(&server), 1);
@@ -123,17 +102,8 @@ async fn second_create_of_a_subnet_conflicts() {
 async fn reservations_never_expire_and_leases_resolve_their_ttl() {
     let server = EtcdServer::start();
     let store = connect(&server).await;
-    let outcome = store
-        .create_lease(net("10.244.9.0/24"), &attrs(9), None)
-        .await
-        .unwrap();
-    assert!(matches!(
-        outcome,
-        WriteOutcome::Written {
-            expiry: Expiry::Never,
-            ..
-        }
-    ));
+    let outcome = store.create_lease(net("10.244.9.0/24"), &attrs(9), None).await.unwrap();
+    assert!(matches!(outcome, WriteOutcome::Written { expiry: Expiry::Never, .. }));
     create(&store, "10.244.3.0/24", HOUR).await;
 
     let mut leases = store.list_leases().await.unwrap().leases;
@@ -142,16 +112,9 @@ async fn reservations_never_expire_and_leases_resolve_their_ttl() {
 
     store.resolve_expiry(&mut leases).await.unwrap();
     assert_eq!(find(&leases, "10.244.9.0-24").expiry, Expiry::Never);
-    let Expiry::At(at) = find(&leases, "10.244.3.0-24").expiry else {
-        panic!("unresolved")
-    };
-    let left = at
-        .duration_since(SystemTime::now())
-        .expect("expiry in the future");
-    assert!(
-        left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
-        "{left:?}"
-    );
+    let Expiry::At(at) = find(&leases, "10.244.3.0-24").expiry else { panic!("unresolved") };
+    let left = at.duration_since(SystemTime::now()).expect("expiry in the future");
+    assert!(left > Duration::from_secs(3500) && left <= Duration::from_secs(3600), "{left:?}");
 }
 
 #[tokio::test]
@@ -164,10 +127,7 @@ async fn many_expiries_resolve_with_one_listing() {
     let mut leases = store.list_leases().await.unwrap().leases;
     store.resolve_expiry(&mut leases).await.unwrap();
     assert_eq!(leases.len(), 40);
-    assert!(
-        leases.iter().all(|l| matches!(l.expiry, Expiry::At(_))),
-        "{leases:?}"
-    );
+    assert!(leases.iter().all(|l| matches!(l.expiry, Expiry::At(_))), "{leases:?}");
 }
 
 #[tokio::test]
@@ -176,17 +136,11 @@ async fn update_needs_the_current_revision() {
     let store = connect(&server).await;
     let first = create(&store, "10.244.3.0/24", HOUR).await;
 
-    let outcome = store
-        .update_lease(net("10.244.3.0/24"), &attrs(1), HOUR, first)
-        .await
-        .unwrap();
+    let outcome = store.update_lease(net("10.244.3.0/24"), &attrs(1), HOUR, first).await.unwrap();
     let second = written(outcome);
     assert!(second > first);
 
-    let stale = store
-        .update_lease(net("10.244.3.0/24"), &attrs(1), HOUR, first)
-        .await
-        .unwrap();
+    let stale = store.update_lease(net("10.244.3.0/24"), &attrs(1), HOUR, first).await.unwrap();
     assert_eq!(stale, WriteOutcome::Conflict);
     let listing = store.list_leases().await.unwrap();
     assert_eq!(find(&listing.leases, "10.244.3.0-24").mod_revision, second);
@@ -238,26 +192,14 @@ async fn watch_sees_puts_and_deletes_in_order() {
     let b = create(&store, "10.244.2.0/24", None).await;
     assert!(store.delete_lease(net("10.244.1.0/24")).await.unwrap());
 
-    let Ok(LeaseUpdate::Put(put_a)) = next(&mut updates).await else {
-        panic!("expected put")
-    };
-    assert_eq!(
-        (put_a.key.as_str(), put_a.mod_revision),
-        ("10.244.1.0-24", a)
-    );
+    let Ok(LeaseUpdate::Put(put_a)) = next(&mut updates).await else { panic!("expected put") };
+    assert_eq!((put_a.key.as_str(), put_a.mod_revision), ("10.244.1.0-24", a));
     assert_eq!(put_a.expiry, Expiry::Unknown);
-    let Ok(LeaseUpdate::Put(put_b)) = next(&mut updates).await else {
-        panic!("expected put")
-    };
-    assert_eq!(
-        (put_b.key.as_str(), put_b.expiry),
-        ("10.244.2.0-24", Expiry::Never)
-    );
+    let Ok(LeaseUpdate::Put(put_b)) = next(&mut updates).await else { panic!("expected put") };
+    assert_eq!((put_b.key.as_str(), put_b.expiry), ("10.244.2.0-24", Expiry::Never));
     assert_eq!(put_b.mod_revision, b);
     let deleted = next(&mut updates).await.unwrap();
-    let LeaseUpdate::Deleted { key, revision } = deleted else {
-        panic!("{deleted:?}")
-    };
+    let LeaseUpdate::Deleted { key, revision } = deleted else { panic!("{deleted:?}") };
     assert_eq!(key, "10.244.1.0-24");
     assert!(revision > b);
 }
@@ -278,20 +220,12 @@ async fn watch_from_a_compacted_revision_resyncs() {
     let lost = next(&mut updates).await;
     assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
     let resync = next(&mut updates).await.unwrap();
-    assert_eq!(
-        resync,
-        LeaseUpdate::Resync(current.leases, current.revision)
-    );
+    assert_eq!(resync, LeaseUpdate::Resync(current.leases, current.revision));
 
     // The watch goes on from the resync's revision.
     let later = create(&store, "10.244.4.0/24", HOUR).await;
-    let Ok(LeaseUpdate::Put(put)) = next(&mut updates).await else {
-        panic!("expected put")
-    };
-    assert_eq!(
-        (put.key.as_str(), put.mod_revision),
-        ("10.244.4.0-24", later)
-    );
+    let Ok(LeaseUpdate::Put(put)) = next(&mut updates).await else { panic!("expected put") };
+    assert_eq!((put.key.as_str(), put.mod_revision), ("10.244.4.0-24", later));
 }
 
 #[tokio::test]
@@ -308,12 +242,8 @@ async fn watch_resyncs_after_etcd_restarts() {
     assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
     server.restart();
 
-    let resync = next_within(&mut updates, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let LeaseUpdate::Resync(leases, revision) = resync else {
-        panic!("{resync:?}")
-    };
+    let resync = next_within(&mut updates, Duration::from_secs(30)).await.unwrap();
+    let LeaseUpdate::Resync(leases, revision) = resync else { panic!("{resync:?}") };
     assert_eq!(revision, start);
     assert_eq!(leases.len(), 1);
     assert_eq!(leases[0].key, "10.244.1.0-24");
@@ -352,10 +282,7 @@ async fn writes_the_bytes_flannel_writes() {
     let server = EtcdServer::start();
     let store = connect(&server).await;
     let attrs: LeaseAttrs = serde_json::from_str(FLANNEL_JSON).unwrap();
-    let outcome = store
-        .create_lease(net("10.244.3.0/24"), &attrs.to_json(), HOUR)
-        .await
-        .unwrap();
+    let outcome = store.create_lease(net("10.244.3.0/24"), &attrs.to_json(), HOUR).await.unwrap();
     written(outcome);
 
     let key = format!("{SUBNETS}/10.244.3.0-24");
@@ -398,14 +325,9 @@ async fn lists_ten_thousand_leases_in_one_request() {
 async fn bulk_load(server: &EtcdServer, count: u32) {
     use etcd_client::{Client, Txn, TxnOp};
     let mut client = Client::connect([&server.endpoint], None).await.unwrap();
-    let keys: Vec<String> = (0..count)
-        .map(|i| format!("{SUBNETS}/10.{}.{}.0-24", 100 + i / 256, i % 256))
-        .collect();
+    let keys: Vec<String> = (0..count).map(|i| format!("{SUBNETS}/10.{}.{}.0-24", 100 + i / 256, i % 256)).collect();
     for chunk in keys.chunks(100) {
-        let puts: Vec<TxnOp> = chunk
-            .iter()
-            .map(|k| TxnOp::put(k.as_str(), FLANNEL_JSON, None))
-            .collect();
+        let puts: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::put(k.as_str(), FLANNEL_JSON, None)).collect();
         client.txn(Txn::new().and_then(puts)).await.unwrap();
     }
 }

@@ -22,18 +22,11 @@ fn net(s: &str) -> Ipv4Net {
 }
 
 fn attrs(host: u8) -> String {
-    LeaseAttrs::new(
-        Ipv4Addr::new(192, 0, 2, host),
-        "vxlan",
-        serde_json::json!({"VNI": 1}),
-    )
-    .to_json()
+    LeaseAttrs::new(Ipv4Addr::new(192, 0, 2, host), "vxlan", serde_json::json!({"VNI": 1})).to_json()
 }
 
 fn open(dir: &Path) -> LocalStore {
-    LocalStore::open(dir)
-        .unwrap()
-        .with_poll_interval(Duration::from_millis(50))
+    LocalStore::open(dir).unwrap().with_poll_interval(Duration::from_millis(50))
 }
 
 fn written_revision(outcome: WriteOutcome) -> i64 {
@@ -44,14 +37,7 @@ fn written_revision(outcome: WriteOutcome) -> i64 {
 }
 
 async fn keys(store: &LocalStore) -> Vec<String> {
-    store
-        .list_leases()
-        .await
-        .unwrap()
-        .leases
-        .into_iter()
-        .map(|l| l.key)
-        .collect()
+    store.list_leases().await.unwrap().leases.into_iter().map(|l| l.key).collect()
 }
 
 /// The next Resync from `watch`, within `limit`.
@@ -95,30 +81,18 @@ async fn network_config_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     assert_eq!(store.network_config().await.unwrap(), None);
-    store
-        .put_network_config(r#"{"Network":"10.244.0.0/16"}"#)
-        .await
-        .unwrap();
+    store.put_network_config(r#"{"Network":"10.244.0.0/16"}"#).await.unwrap();
     let other = open(dir.path());
-    assert_eq!(
-        other.network_config().await.unwrap().as_deref(),
-        Some(r#"{"Network":"10.244.0.0/16"}"#)
-    );
+    assert_eq!(other.network_config().await.unwrap().as_deref(), Some(r#"{"Network":"10.244.0.0/16"}"#));
 }
 
 #[tokio::test]
 async fn create_conflicts_with_a_live_lease() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let first = store
-        .create_lease(net("10.244.1.0/24"), &attrs(1), HOUR)
-        .await
-        .unwrap();
+    let first = store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
     assert_eq!(written_revision(first), 1);
-    let second = store
-        .create_lease(net("10.244.1.0/24"), &attrs(2), HOUR)
-        .await
-        .unwrap();
+    let second = store.create_lease(net("10.244.1.0/24"), &attrs(2), HOUR).await.unwrap();
     assert_eq!(second, WriteOutcome::Conflict);
 
     let listing = store.list_leases().await.unwrap();
@@ -135,21 +109,12 @@ async fn update_needs_the_current_revision() {
     let subnet = net("10.244.1.0/24");
     let created = written_revision(store.create_lease(subnet, &attrs(1), HOUR).await.unwrap());
 
-    let updated = store
-        .update_lease(subnet, &attrs(1), HOUR, created)
-        .await
-        .unwrap();
+    let updated = store.update_lease(subnet, &attrs(1), HOUR, created).await.unwrap();
     let renewed = written_revision(updated);
     assert!(renewed > created);
-    let stale = store
-        .update_lease(subnet, &attrs(2), HOUR, created)
-        .await
-        .unwrap();
+    let stale = store.update_lease(subnet, &attrs(2), HOUR, created).await.unwrap();
     assert_eq!(stale, WriteOutcome::Conflict);
-    let missing = store
-        .update_lease(net("10.244.9.0/24"), &attrs(2), HOUR, renewed)
-        .await
-        .unwrap();
+    let missing = store.update_lease(net("10.244.9.0/24"), &attrs(2), HOUR, renewed).await.unwrap();
     assert_eq!(missing, WriteOutcome::Conflict);
 
     let listing = store.list_leases().await.unwrap();
@@ -162,16 +127,9 @@ async fn listing_reports_the_written_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let before = SystemTime::now();
-    let outcome = store
-        .create_lease(net("10.244.1.0/24"), &attrs(1), HOUR)
-        .await
-        .unwrap();
-    let WriteOutcome::Written { expiry, .. } = outcome else {
-        panic!("conflict")
-    };
-    let Expiry::At(at) = expiry else {
-        panic!("expected a deadline, got {expiry:?}")
-    };
+    let outcome = store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
+    let WriteOutcome::Written { expiry, .. } = outcome else { panic!("conflict") };
+    let Expiry::At(at) = expiry else { panic!("expected a deadline, got {expiry:?}") };
     assert!(at >= before + Duration::from_secs(3599) && at <= SystemTime::now() + HOUR.unwrap());
     assert_eq!(store.list_leases().await.unwrap().leases[0].expiry, expiry);
 }
@@ -180,23 +138,11 @@ async fn listing_reports_the_written_expiry() {
 async fn reservations_never_expire() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let outcome = store
-        .create_lease(net("10.244.7.0/24"), &attrs(7), None)
-        .await
-        .unwrap();
-    assert!(matches!(
-        outcome,
-        WriteOutcome::Written {
-            expiry: Expiry::Never,
-            ..
-        }
-    ));
+    let outcome = store.create_lease(net("10.244.7.0/24"), &attrs(7), None).await.unwrap();
+    assert!(matches!(outcome, WriteOutcome::Written { expiry: Expiry::Never, .. }));
     let listing = open(dir.path()).list_leases().await.unwrap();
     assert_eq!(listing.leases[0].expiry, Expiry::Never);
-    let conflict = store
-        .create_lease(net("10.244.7.0/24"), &attrs(8), HOUR)
-        .await
-        .unwrap();
+    let conflict = store.create_lease(net("10.244.7.0/24"), &attrs(8), HOUR).await.unwrap();
     assert_eq!(conflict, WriteOutcome::Conflict);
 }
 
@@ -204,10 +150,7 @@ async fn reservations_never_expire() {
 async fn delete_reports_whether_there_was_a_lease() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store
-        .create_lease(net("10.244.1.0/24"), &attrs(1), HOUR)
-        .await
-        .unwrap();
+    store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
     assert!(store.delete_lease(net("10.244.1.0/24")).await.unwrap());
     assert!(!store.delete_lease(net("10.244.1.0/24")).await.unwrap());
     assert!(keys(&store).await.is_empty());
@@ -218,22 +161,13 @@ async fn expired_leases_vanish_and_free_their_subnet() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let short = Some(Duration::from_millis(700));
-    store
-        .create_lease(net("10.244.1.0/24"), &attrs(1), short)
-        .await
-        .unwrap();
-    store
-        .create_lease(net("10.244.2.0/24"), &attrs(2), None)
-        .await
-        .unwrap();
+    store.create_lease(net("10.244.1.0/24"), &attrs(1), short).await.unwrap();
+    store.create_lease(net("10.244.2.0/24"), &attrs(2), None).await.unwrap();
     assert_eq!(keys(&store).await, ["10.244.1.0-24", "10.244.2.0-24"]);
 
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(keys(&store).await, ["10.244.2.0-24"]);
-    let retaken = store
-        .create_lease(net("10.244.1.0/24"), &attrs(3), HOUR)
-        .await
-        .unwrap();
+    let retaken = store.create_lease(net("10.244.1.0/24"), &attrs(3), HOUR).await.unwrap();
     assert!(matches!(retaken, WriteOutcome::Written { .. }));
 }
 
@@ -241,18 +175,8 @@ async fn expired_leases_vanish_and_free_their_subnet() {
 async fn watcher_sees_expiry_without_any_writer() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store
-        .create_lease(
-            net("10.244.1.0/24"),
-            &attrs(1),
-            Some(Duration::from_millis(800)),
-        )
-        .await
-        .unwrap();
-    store
-        .create_lease(net("10.244.2.0/24"), &attrs(2), HOUR)
-        .await
-        .unwrap();
+    store.create_lease(net("10.244.1.0/24"), &attrs(1), Some(Duration::from_millis(800))).await.unwrap();
+    store.create_lease(net("10.244.2.0/24"), &attrs(2), HOUR).await.unwrap();
     let listing = store.list_leases().await.unwrap();
 
     let mut watch = store.watch_leases(listing.revision);
@@ -271,10 +195,7 @@ async fn watcher_sees_another_instance_within_a_second() {
     let listing = watcher.list_leases().await.unwrap();
     let mut watch = watcher.watch_leases(listing.revision);
 
-    let created = writer
-        .create_lease(net("10.244.5.0/24"), &attrs(5), HOUR)
-        .await
-        .unwrap();
+    let created = writer.create_lease(net("10.244.5.0/24"), &attrs(5), HOUR).await.unwrap();
     let (leases, revision) = next_resync(&mut watch, Duration::from_secs(1)).await;
     assert_eq!(revision, written_revision(created));
     assert_eq!(leases.len(), 1);
@@ -289,10 +210,7 @@ async fn watcher_sees_another_instance_within_a_second() {
 async fn watch_from_an_old_revision_resyncs_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store
-        .create_lease(net("10.244.1.0/24"), &attrs(1), HOUR)
-        .await
-        .unwrap();
+    store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
     let mut watch = store.watch_leases(0);
     let (leases, revision) = next_resync(&mut watch, Duration::from_millis(500)).await;
     assert_eq!((leases.len(), revision), (1, 1));
@@ -310,29 +228,17 @@ async fn corrupt_state_is_an_error_naming_the_file_and_is_kept() {
 
     let err = store.list_leases().await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
-    assert!(
-        err.to_string().contains(&state.display().to_string()),
-        "{err}"
-    );
-    let err = store
-        .create_lease(net("10.244.1.0/24"), &attrs(1), HOUR)
-        .await
-        .unwrap_err();
+    assert!(err.to_string().contains(&state.display().to_string()), "{err}");
+    let err = store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "{ not json");
 
     // A watcher reports it and keeps polling: a repaired store is seen.
     let mut watch = store.watch_leases(0);
-    let first = tokio::time::timeout(Duration::from_secs(1), watch.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(1), watch.next()).await.unwrap().unwrap();
     assert!(matches!(first, Err(StoreError::Corrupt(_))), "{first:?}");
     std::fs::remove_file(&state).unwrap();
-    store
-        .create_lease(net("10.244.1.0/24"), &attrs(1), HOUR)
-        .await
-        .unwrap();
+    store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
     let (leases, _) = next_resync(&mut watch, Duration::from_secs(1)).await;
     assert_eq!(leases.len(), 1);
 }
@@ -349,10 +255,7 @@ async fn racing_instances_get_one_winner_per_subnet_and_lose_nothing() {
         tasks.push(tokio::spawn(async move {
             let own = net(&format!("10.244.{id}.0/24"));
             let created = store.create_lease(own, &attrs(id), HOUR).await.unwrap();
-            assert!(
-                matches!(created, WriteOutcome::Written { .. }),
-                "lost {own}"
-            );
+            assert!(matches!(created, WriteOutcome::Written { .. }), "lost {own}");
             let shared = net(&format!("10.245.{}.0/24", id % SHARED));
             let won = store.create_lease(shared, &attrs(id), HOUR).await.unwrap();
             matches!(won, WriteOutcome::Written { .. }).then_some((shared, id))
@@ -371,15 +274,8 @@ async fn racing_instances_get_one_winner_per_subnet_and_lose_nothing() {
     assert_eq!(listing.revision, i64::from(TASKS + SHARED));
     for (subnet, ids) in winners {
         assert_eq!(ids.len(), 1, "{subnet} won by {ids:?}");
-        let stored = listing
-            .leases
-            .iter()
-            .find(|l| l.parse().unwrap().subnet == subnet)
-            .unwrap();
-        assert_eq!(
-            stored.parse().unwrap().attrs.public_ip,
-            Ipv4Addr::new(192, 0, 2, ids[0])
-        );
+        let stored = listing.leases.iter().find(|l| l.parse().unwrap().subnet == subnet).unwrap();
+        assert_eq!(stored.parse().unwrap().attrs.public_ip, Ipv4Addr::new(192, 0, 2, ids[0]));
     }
 }
 
@@ -396,9 +292,7 @@ async fn child_creates_leases() {
         let own = store.create_lease(subnet, &attrs(id), HOUR).await.unwrap();
         assert!(matches!(own, WriteOutcome::Written { .. }), "lost {subnet}");
         let shared = net(&format!("10.99.{n}.0/24"));
-        if let WriteOutcome::Written { .. } =
-            store.create_lease(shared, &attrs(id), HOUR).await.unwrap()
-        {
+        if let WriteOutcome::Written { .. } = store.create_lease(shared, &attrs(id), HOUR).await.unwrap() {
             println!("WON {shared}");
         }
     }
@@ -414,12 +308,7 @@ fn processes_share_one_store() {
     let children: Vec<_> = (0..CHILDREN)
         .map(|id| {
             Command::new(&exe)
-                .args([
-                    "--exact",
-                    "child_creates_leases",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["--exact", "child_creates_leases", "--nocapture", "--test-threads=1"])
                 .env(CHILD_DIR_ENV, dir.path())
                 .env(CHILD_ID_ENV, id.to_string())
                 .stdout(std::process::Stdio::piped())
@@ -434,27 +323,13 @@ fn processes_share_one_store() {
         assert!(output.status.success(), "child failed: {output:?}");
         let stdout = String::from_utf8(output.stdout).unwrap();
         // The harness may print its "test ... " header on the same line as ours.
-        wins.extend(
-            stdout
-                .lines()
-                .filter_map(|l| l.split_once("WON "))
-                .map(|(_, s)| net(s.trim())),
-        );
+        wins.extend(stdout.lines().filter_map(|l| l.split_once("WON ")).map(|(_, s)| net(s.trim())));
     }
 
     let unique: BTreeSet<_> = wins.iter().copied().collect();
-    assert_eq!(
-        wins.len(),
-        usize::from(CHILD_LEASES),
-        "each shared subnet won once: {wins:?}"
-    );
+    assert_eq!(wins.len(), usize::from(CHILD_LEASES), "each shared subnet won once: {wins:?}");
     assert_eq!(unique.len(), usize::from(CHILD_LEASES));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listing = runtime
-        .block_on(LocalStore::open(dir.path()).unwrap().list_leases())
-        .unwrap();
-    assert_eq!(
-        listing.leases.len(),
-        usize::from(CHILD_LEASES) * usize::from(CHILDREN + 1)
-    );
+    let listing = runtime.block_on(LocalStore::open(dir.path()).unwrap().list_leases()).unwrap();
+    assert_eq!(listing.leases.len(), usize::from(CHILD_LEASES) * usize::from(CHILDREN + 1));
 }

@@ -2,9 +2,8 @@
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, LeaseData};
-use crate::lease::{Lease, LeaseMap};
-use crate::watch::LeaseEvent;
+use super::{Backend, BackendError, LeaseData, PeerMapping};
+use crate::lease::Lease;
 
 pub struct Alloc {
     mtu: u32,
@@ -18,27 +17,15 @@ impl Alloc {
 
 #[async_trait]
 impl Backend for Alloc {
+    fn type_name(&self) -> &'static str {
+        "alloc"
+    }
+
     async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
-        Ok(LeaseData {
-            backend_type: "alloc",
-            backend_data: serde_json::Value::Null,
-            mtu: self.mtu,
-        })
+        Ok(LeaseData { backend_type: "alloc", backend_data: serde_json::Value::Null, mtu: self.mtu })
     }
 
-    async fn start(&mut self, _own: &Lease) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    async fn apply(
-        &mut self,
-        _peers: &LeaseMap,
-        _events: &[LeaseEvent],
-    ) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    async fn reconcile(&mut self, _peers: &LeaseMap) -> Result<(), BackendError> {
-        Ok(())
+    async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
+        Ok(None)
     }
 }

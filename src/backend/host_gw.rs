@@ -5,50 +5,39 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::route_sync::{PeerObjects, RouteSync};
+use super::route_sync::PeerObjects;
 use super::vxlan::add_route;
-use super::{Backend, BackendError, LeaseData};
+use super::{Backend, BackendError, LeaseData, PeerMapping};
 use crate::iface::ExternalInterface;
-use crate::kernel::{Kernel, KernelState, Ownership};
-use crate::lease::{Lease, LeaseMap};
-use crate::watch::LeaseEvent;
+use crate::kernel::{Kernel, KernelState};
+use crate::lease::Lease;
 
 pub struct HostGw {
     kernel: Arc<dyn Kernel>,
     ext: ExternalInterface,
-    sync: Option<RouteSync>,
 }
 
 impl HostGw {
     pub fn new(kernel: Arc<dyn Kernel>, ext: ExternalInterface) -> Self {
-        HostGw { kernel, ext, sync: None }
-    }
-
-    fn sync(&mut self) -> Result<&mut RouteSync, BackendError> {
-        self.sync.as_mut().ok_or_else(|| BackendError::Setup("host-gw backend used before start".into()))
+        HostGw { kernel, ext }
     }
 }
 
 #[async_trait]
 impl Backend for HostGw {
+    fn type_name(&self) -> &'static str {
+        "host-gw"
+    }
+
     async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
         super::enable_forwarding();
         Ok(LeaseData { backend_type: "host-gw", backend_data: serde_json::Value::Null, mtu: self.ext.mtu })
     }
 
-    async fn start(&mut self, _own: &Lease) -> Result<(), BackendError> {
+    async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
         let peers = HostGwPeers { ext: self.ext.clone(), use_nexthops: self.kernel.supports_nexthops().await };
         // Routes are recognised by weft's protocol number; no device is ours.
-        self.sync = Some(RouteSync::new(self.kernel.clone(), Ownership::default(), Box::new(peers)));
-        Ok(())
-    }
-
-    async fn apply(&mut self, peers: &LeaseMap, events: &[LeaseEvent]) -> Result<(), BackendError> {
-        self.sync()?.on_events(peers, events).await.map(|_| ())
-    }
-
-    async fn reconcile(&mut self, peers: &LeaseMap) -> Result<(), BackendError> {
-        self.sync()?.reconcile(peers).await.map(|_| ())
+        Ok(Some(PeerMapping { mapper: Box::new(peers), links: Vec::new() }))
     }
 }
 
@@ -60,9 +49,6 @@ pub struct HostGwPeers {
 impl PeerObjects for HostGwPeers {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
-        if lease.attrs.backend_type != "host-gw" {
-            return Ok(state);
-        }
         let gateway = lease.attrs.public_ip;
         if !self.ext.addr.contains(&gateway) {
             return Err(format!(
@@ -80,8 +66,9 @@ impl PeerObjects for HostGwPeers {
 mod tests {
     use super::*;
     use crate::kernel::memory::MemoryKernel;
+    use crate::backend::route_sync::RouteSync;
     use crate::kernel::RouteTarget;
-    use crate::lease::{Expiry, LeaseAttrs};
+    use crate::lease::{Expiry, LeaseAttrs, LeaseMap};
 
     fn lease(n: u8, ip: &str) -> Lease {
         Lease {
@@ -103,11 +90,13 @@ mod tests {
         };
         let mut backend = HostGw::new(kernel.clone(), ext);
         assert_eq!(backend.prepare().await.unwrap().mtu, 1500);
-        backend.start(&lease(1, "198.51.100.1")).await.unwrap();
+        let mapping = backend.start(&lease(1, "198.51.100.1")).await.unwrap().unwrap();
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper("host-gw", mapping.mapper, &mapping.links);
         let near = lease(2, "198.51.100.2");
         let far = lease(3, "203.0.113.3");
         let peers: LeaseMap = [near.clone(), far.clone()].into_iter().map(|l| (l.subnet, l)).collect();
-        let err = backend.reconcile(&peers).await.unwrap_err().to_string();
+        let err = sync.reconcile(&peers).await.unwrap_err().to_string();
         assert!(err.contains("203.0.113.3") && err.contains("not on-link"), "{err}");
         let state = kernel.snapshot();
         assert_eq!(state.routes.len(), 1);

@@ -1,6 +1,8 @@
 //! The route-sync engine shared by every backend that programs the kernel: each peer's lease maps
-//! to a few kernel objects; events change only that peer's objects (fast path), and a periodic
-//! full pass diffs everything weft wants against everything it owns in the kernel (repair).
+//! to a few kernel objects, by the mapper of the peer's backend type; events change only that
+//! peer's objects (fast path), and a periodic full pass diffs everything weft wants against
+//! everything it owns in the kernel (repair). Several mappers at once let a cluster move from one
+//! backend to another peer by peer, each route replaced in place.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +31,8 @@ pub struct SyncReport {
 pub struct RouteSync {
     kernel: Arc<dyn Kernel>,
     ownership: Ownership,
-    mapper: Box<dyn PeerObjects>,
+    /// By backend type (`vxlan`, `host-gw`): peers of other types get no kernel objects.
+    mappers: Vec<(&'static str, Box<dyn PeerObjects>)>,
     /// What we installed per peer, as of the last successful sync.
     installed: HashMap<Ipv4Net, KernelState>,
     /// False until a full pass has seen the kernel: the first sync must adopt what is there.
@@ -37,8 +40,45 @@ pub struct RouteSync {
 }
 
 impl RouteSync {
-    pub fn new(kernel: Arc<dyn Kernel>, ownership: Ownership, mapper: Box<dyn PeerObjects>) -> Self {
-        RouteSync { kernel, ownership, mapper, installed: HashMap::new(), synced: false }
+    pub fn new(kernel: Arc<dyn Kernel>) -> Self {
+        RouteSync {
+            kernel,
+            ownership: Ownership::default(),
+            mappers: Vec::new(),
+            installed: HashMap::new(),
+            synced: false,
+        }
+    }
+
+    /// Installs peers of `backend_type` with `mapper`; `links` are devices whose entries it owns.
+    pub fn add_mapper(&mut self, backend_type: &'static str, mapper: Box<dyn PeerObjects>, links: &[u32]) {
+        self.remove_mapper(backend_type);
+        self.mappers.push((backend_type, mapper));
+        self.ownership.links.extend_from_slice(links);
+        self.synced = false;
+    }
+
+    /// Stops installing peers of `backend_type`; its devices' entries are no longer ours to manage.
+    pub fn remove_mapper(&mut self, backend_type: &str) {
+        self.mappers.retain(|(t, _)| *t != backend_type);
+        self.synced = false;
+    }
+
+    /// Forgets the devices in `links` (they are about to be deleted with their entries).
+    pub fn forget_links(&mut self, links: &[u32]) {
+        self.ownership.links.retain(|l| !links.contains(l));
+        self.synced = false;
+    }
+
+    pub fn handles(&self, backend_type: &str) -> bool {
+        self.mappers.iter().any(|(t, _)| *t == backend_type)
+    }
+
+    fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
+        match self.mappers.iter().find(|(t, _)| *t == lease.attrs.backend_type) {
+            Some((_, mapper)) => mapper.objects(lease),
+            None => Ok(KernelState::default()),
+        }
     }
 
     /// Applies lease events: only the peers they name are touched.
@@ -54,7 +94,7 @@ impl RouteSync {
                 LeaseEvent::Removed(lease) => (lease.subnet, None),
             };
             let old = self.installed.remove(&subnet).unwrap_or_default();
-            let new = match lease.map(|l| self.mapper.objects(l)) {
+            let new = match lease.map(|l| self.objects(l)) {
                 Some(Ok(objects)) => objects,
                 Some(Err(problem)) => {
                     problems.push(format!("{subnet}: {problem}"));
@@ -78,7 +118,7 @@ impl RouteSync {
         let mut desired = KernelState::default();
         let mut per_peer = HashMap::with_capacity(peers.len());
         for lease in peers.values() {
-            match self.mapper.objects(lease) {
+            match self.objects(lease) {
                 Ok(objects) => {
                     merge(&mut desired, &objects);
                     per_peer.insert(lease.subnet, objects);
@@ -104,10 +144,6 @@ impl RouteSync {
     /// Forgets what was installed: the next sync reads the kernel again.
     pub fn invalidate(&mut self) {
         self.synced = false;
-    }
-
-    pub fn ownership(&self) -> &Ownership {
-        &self.ownership
     }
 
     async fn apply(&mut self, ops: &[Op]) -> SyncReport {

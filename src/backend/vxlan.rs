@@ -8,15 +8,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config::VxlanConfig;
-use super::route_sync::{PeerObjects, RouteSync};
-use super::{Backend, BackendError, LeaseData};
+use super::route_sync::PeerObjects;
+use super::{Backend, BackendError, LeaseData, PeerMapping};
 use crate::iface::ExternalInterface;
 use crate::kernel::{
-    FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, NexthopSpec, Ownership, RouteSpec,
-    RouteTarget, VxlanSpec,
+    FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, NexthopSpec, RouteSpec, RouteTarget, VxlanSpec,
 };
-use crate::lease::{Lease, LeaseMap};
-use crate::watch::LeaseEvent;
+use crate::lease::Lease;
 
 /// Bytes of outer headers vxlan adds to every packet.
 const VXLAN_OVERHEAD: u32 = 50;
@@ -27,20 +25,15 @@ pub struct Vxlan {
     ext: ExternalInterface,
     link: Option<LinkHandle>,
     use_nexthops: bool,
-    sync: Option<RouteSync>,
 }
 
 impl Vxlan {
     pub fn new(kernel: Arc<dyn Kernel>, config: VxlanConfig, ext: ExternalInterface) -> Self {
-        Vxlan { kernel, config, ext, link: None, use_nexthops: false, sync: None }
+        Vxlan { kernel, config, ext, link: None, use_nexthops: false }
     }
 
     pub fn device_name(vni: u32) -> String {
         format!("flannel.{vni}")
-    }
-
-    fn sync(&mut self) -> Result<&mut RouteSync, BackendError> {
-        self.sync.as_mut().ok_or_else(|| BackendError::Setup("vxlan backend used before start".into()))
     }
 }
 
@@ -57,6 +50,10 @@ pub fn stable_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
 
 #[async_trait]
 impl Backend for Vxlan {
+    fn type_name(&self) -> &'static str {
+        "vxlan"
+    }
+
     async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
         super::enable_forwarding();
         let mtu = if self.config.mtu > 0 { self.config.mtu } else { self.ext.mtu.saturating_sub(VXLAN_OVERHEAD) };
@@ -78,7 +75,7 @@ impl Backend for Vxlan {
         Ok(LeaseData { backend_type: "vxlan", backend_data: data, mtu })
     }
 
-    async fn start(&mut self, own: &Lease) -> Result<(), BackendError> {
+    async fn start(&mut self, own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
         let link = self.link.clone().ok_or_else(|| BackendError::Setup("vxlan backend started before prepare".into()))?;
         let addr = ipnet::Ipv4Net::new(own.subnet.network(), 32).expect("/32 is valid");
         self.kernel.ensure_address(link.index, addr).await.map_err(|e| BackendError::Setup(e.to_string()))?;
@@ -88,17 +85,18 @@ impl Backend for Vxlan {
             direct_routing: self.config.direct_routing,
             use_nexthops: self.use_nexthops,
         };
-        let ownership = Ownership { links: vec![link.index] };
-        self.sync = Some(RouteSync::new(self.kernel.clone(), ownership, Box::new(peers)));
+        Ok(Some(PeerMapping { mapper: Box::new(peers), links: vec![link.index] }))
+    }
+
+    /// Deleting the device takes its neighbours, FDB entries and routes with it.
+    async fn teardown(&mut self) -> Result<(), BackendError> {
+        let name = Self::device_name(self.config.vni);
+        let link = self.kernel.link_by_name(&name).await.map_err(|e| BackendError::Setup(e.to_string()))?;
+        if let Some(link) = link {
+            self.kernel.delete_link(link.index).await.map_err(|e| BackendError::Setup(e.to_string()))?;
+            tracing::info!(device = %name, "removed the vxlan device");
+        }
         Ok(())
-    }
-
-    async fn apply(&mut self, peers: &LeaseMap, events: &[LeaseEvent]) -> Result<(), BackendError> {
-        self.sync()?.on_events(peers, events).await.map(|_| ())
-    }
-
-    async fn reconcile(&mut self, peers: &LeaseMap) -> Result<(), BackendError> {
-        self.sync()?.reconcile(peers).await.map(|_| ())
     }
 }
 
@@ -113,9 +111,6 @@ pub struct VxlanPeers {
 impl PeerObjects for VxlanPeers {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
-        if lease.attrs.backend_type != "vxlan" {
-            return Ok(state);
-        }
         let public_ip = lease.attrs.public_ip;
         if self.direct_routing && self.ext.addr.contains(&public_ip) {
             add_route(&mut state, lease, public_ip, self.ext.index, false, self.use_nexthops);
@@ -150,8 +145,10 @@ pub fn add_route(state: &mut KernelState, lease: &Lease, gateway: Ipv4Addr, oif:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::route_sync::RouteSync;
     use crate::kernel::memory::MemoryKernel;
-    use crate::lease::{Expiry, LeaseAttrs};
+    use crate::lease::{Expiry, LeaseAttrs, LeaseMap};
+    use crate::watch::LeaseEvent;
 
     fn ext() -> ExternalInterface {
         ExternalInterface {
@@ -175,24 +172,27 @@ mod tests {
         leases.iter().map(|l| (l.subnet, l.clone())).collect()
     }
 
-    async fn started(kernel: Arc<MemoryKernel>, config: VxlanConfig) -> Vxlan {
-        let mut vxlan = Vxlan::new(kernel, config, ext());
+    /// A vxlan backend prepared and started on `kernel`, its peers synced by a fresh engine.
+    async fn started(kernel: Arc<MemoryKernel>, config: VxlanConfig) -> RouteSync {
+        let mut vxlan = Vxlan::new(kernel.clone(), config, ext());
         let data = vxlan.prepare().await.unwrap();
         assert_eq!(data.mtu, 1450);
         assert_eq!(data.backend_data["VNI"], 1);
-        let own = lease(1, "198.51.100.1", &data.backend_data["VtepMAC"].as_str().unwrap().to_string());
-        vxlan.start(&own).await.unwrap();
-        vxlan
+        let own = lease(1, "198.51.100.1", data.backend_data["VtepMAC"].as_str().unwrap());
+        let mapping = vxlan.start(&own).await.unwrap().unwrap();
+        let mut sync = RouteSync::new(kernel);
+        sync.add_mapper("vxlan", mapping.mapper, &mapping.links);
+        sync
     }
 
     #[tokio::test]
     async fn installs_neighbour_fdb_and_route_per_peer() {
         let kernel = Arc::new(MemoryKernel::default());
-        let mut vxlan = started(kernel.clone(), VxlanConfig::default()).await;
+        let mut sync = started(kernel.clone(), VxlanConfig::default()).await;
         let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
         let b = lease(3, "203.0.113.3", "02:00:00:00:00:03");
         let all = peers(&[a.clone(), b.clone()]);
-        vxlan.apply(&all, &[LeaseEvent::Added(a), LeaseEvent::Added(b)]).await.unwrap();
+        sync.on_events(&all, &[LeaseEvent::Added(a), LeaseEvent::Added(b)]).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!((state.routes.len(), state.neighbours.len(), state.fdb.len(), state.nexthops.len()), (2, 2, 2, 2));
         let nh = state.nexthops.values().find(|n| n.gateway == Ipv4Addr::new(10, 244, 3, 0)).unwrap();
@@ -203,17 +203,17 @@ mod tests {
     #[tokio::test]
     async fn rebooted_peer_replaced_and_removed_peer_cleaned() {
         let kernel = Arc::new(MemoryKernel::default());
-        let mut vxlan = started(kernel.clone(), VxlanConfig::default()).await;
+        let mut sync = started(kernel.clone(), VxlanConfig::default()).await;
         let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
-        vxlan.apply(&peers(&[a.clone()]), &[LeaseEvent::Added(a.clone())]).await.unwrap();
+        sync.on_events(&peers(&[a.clone()]), &[LeaseEvent::Added(a.clone())]).await.unwrap();
         let rebooted = lease(2, "198.51.100.2", "02:00:00:00:00:22");
         let change = LeaseEvent::Changed { old: a.clone(), new: rebooted.clone() };
-        vxlan.apply(&peers(&[rebooted.clone()]), &[change]).await.unwrap();
+        sync.on_events(&peers(&[rebooted.clone()]), &[change]).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!(state.fdb.len(), 1);
         assert_eq!(state.fdb.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
         assert_eq!(state.neighbours.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
-        vxlan.apply(&LeaseMap::new(), &[LeaseEvent::Removed(rebooted)]).await.unwrap();
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(rebooted)]).await.unwrap();
         assert!(kernel.snapshot().is_empty());
     }
 
@@ -221,11 +221,10 @@ mod tests {
     async fn direct_routing_on_the_same_segment_only() {
         let kernel = Arc::new(MemoryKernel::default());
         let config = VxlanConfig { direct_routing: true, ..Default::default() };
-        let mut vxlan = started(kernel.clone(), config).await;
+        let mut sync = started(kernel.clone(), config).await;
         let near = lease(2, "198.51.100.2", "02:00:00:00:00:02");
         let far = lease(3, "203.0.113.3", "02:00:00:00:00:03");
-        let all = peers(&[near.clone(), far.clone()]);
-        vxlan.reconcile(&all).await.unwrap();
+        sync.reconcile(&peers(&[near, far])).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!(state.fdb.len(), 1, "only the far peer goes through vxlan");
         let near_nh = state.nexthops[&u32::from(Ipv4Addr::new(10, 244, 2, 0))];
@@ -237,14 +236,11 @@ mod tests {
         let kernel = Arc::new(MemoryKernel::default());
         let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
         let gone = lease(9, "198.51.100.9", "02:00:00:00:00:09");
-        {
-            let mut first = started(kernel.clone(), VxlanConfig::default()).await;
-            first.reconcile(&peers(&[a.clone(), gone.clone()])).await.unwrap();
-        }
+        started(kernel.clone(), VxlanConfig::default()).await.reconcile(&peers(&[a.clone(), gone])).await.unwrap();
         let before = kernel.applied_count();
         // The new run sees only `a`: it changes nothing for `a`, and removes `gone`'s 4 objects.
         let mut second = started(kernel.clone(), VxlanConfig::default()).await;
-        second.apply(&peers(&[a.clone()]), &[LeaseEvent::Added(a)]).await.unwrap();
+        second.on_events(&peers(&[a.clone()]), &[LeaseEvent::Added(a)]).await.unwrap();
         assert_eq!(kernel.applied_count() - before, 4);
         assert_eq!(kernel.snapshot().routes.len(), 1);
     }
@@ -252,14 +248,14 @@ mod tests {
     #[tokio::test]
     async fn bad_peers_are_reported_others_installed() {
         let kernel = Arc::new(MemoryKernel::default());
-        let mut vxlan = started(kernel.clone(), VxlanConfig::default()).await;
+        let mut sync = started(kernel.clone(), VxlanConfig::default()).await;
         let good = lease(2, "198.51.100.2", "02:00:00:00:00:02");
         let bad = lease(3, "198.51.100.3", "not-a-mac");
         let mut other = lease(4, "198.51.100.4", "02:00:00:00:00:04");
         other.attrs.backend_type = "host-gw".into();
-        let err = vxlan.reconcile(&peers(&[good, bad, other])).await.unwrap_err();
+        let err = sync.reconcile(&peers(&[good, bad, other])).await.unwrap_err();
         assert!(err.to_string().contains("10.244.3.0/24") && err.to_string().contains("VtepMAC"), "{err}");
-        assert_eq!(kernel.snapshot().routes.len(), 1);
+        assert_eq!(kernel.snapshot().routes.len(), 1, "only the good vxlan peer");
     }
 
     #[test]

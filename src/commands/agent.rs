@@ -30,6 +30,10 @@ pub struct AgentArgs {
     /// Masquerade traffic leaving the cluster network (overrides agent.ip_masq).
     #[arg(long)]
     pub ip_masq: Option<bool>,
+    /// Remove everything weft installed on this host (devices, routes, neighbours, FDB entries,
+    /// nexthops, the masquerade table) and exit. The lease is left to expire.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 impl AgentArgs {
@@ -55,15 +59,19 @@ impl AgentArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandError> {
+    if args.cleanup {
+        return cleanup().await;
+    }
     let mut config = global.load_config(args.flags())?.config;
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     let _server = start_health_server(&config, &health, &shutdown).await?;
+    let _watchdog = start_watchdog();
     let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(runtime)?;
     loop {
-        let store = store::open(&config.store).await?;
+        let store = store::open_with_network(&config.store, Some(&config.network)).await?;
         let generation = shutdown.child_token();
         let mut task = tokio::spawn(agent::run(
             config.clone(),
@@ -105,6 +113,24 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     }
 }
 
+async fn cleanup() -> Result<(), CommandError> {
+    let kernel = crate::kernel::netlink::NetlinkKernel::new().map_err(|e| CommandError::Runtime(e.to_string()))?;
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(runtime)?;
+    tokio::spawn(connection);
+    match crate::cleanup::cleanup(&kernel, &handle).await {
+        Ok(removed) => {
+            println!(
+                "removed {} kernel objects, devices {:?}, masquerade table: {}",
+                removed.objects,
+                removed.devices,
+                if removed.masquerade { "removed" } else { "none" }
+            );
+            Ok(())
+        }
+        Err(errors) => Err(CommandError::Runtime(format!("cleanup incomplete: {}", errors.join("; ")))),
+    }
+}
+
 async fn wait(
     task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
 ) -> Result<(), CommandError> {
@@ -141,6 +167,23 @@ async fn start_health_server(
         })?;
     info!(%addr, "serving /healthz /readyz /metrics");
     Ok(Some(server))
+}
+
+/// Under systemd's `WatchdogSec=`, tells systemd we are alive at half the interval. The agent
+/// runs on one thread: a wedged loop stops these pings too, and systemd restarts us.
+fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let period = std::time::Duration::from_micros(usec / 2);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
 }
 
 fn runtime(e: std::io::Error) -> CommandError {

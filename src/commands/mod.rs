@@ -2,5 +2,6 @@
 
 pub mod agent;
 pub mod config_check;
+pub mod lab;
 pub mod leases;
 pub mod network;

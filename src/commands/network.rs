@@ -25,7 +25,7 @@ pub struct ApplyArgs {
 
 pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), CommandError> {
     let config = global.load_config(Flags::default())?.config;
-    let store = store::open(&config.store).await?;
+    let store = store::open_with_network(&config.store, Some(&config.network)).await?;
     match command {
         NetworkCommand::Apply(args) => {
             let network =

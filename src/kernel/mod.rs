@@ -13,7 +13,11 @@ use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
 pub mod memory;
+pub mod monitor;
+pub mod netlink;
+pub mod nexthop;
 pub mod plan;
+pub mod sysctl;
 
 pub use plan::{diff, Op, Plan};
 

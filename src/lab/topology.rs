@@ -62,10 +62,7 @@ impl Topology {
         if hosts == 0 || hosts > MAX_HOSTS {
             return Err(format!("hosts = {hosts}: must be between 1 and {MAX_HOSTS}"));
         }
-        Ok(Topology {
-            prefix: prefix.to_string(),
-            hosts,
-        })
+        Ok(Topology { prefix: prefix.to_string(), hosts })
     }
 
     /// The topology of `weft lab`.
@@ -80,11 +77,7 @@ impl Topology {
 
     /// Host `i`, counted from 1.
     pub fn host(&self, i: usize) -> Node {
-        assert!(
-            (1..=self.hosts).contains(&i),
-            "host {i} of a {}-host topology",
-            self.hosts
-        );
+        assert!((1..=self.hosts).contains(&i), "host {i} of a {}-host topology", self.hosts);
         let name = format!("h{i}");
         Node {
             ns: format!("{}{name}", self.prefix),
@@ -145,10 +138,7 @@ impl PodAddrs {
             Ipv4Net::new(Ipv4Addr::from(first + offset), subnet.prefix_len())
                 .expect("prefix length taken from a valid subnet")
         };
-        Ok(PodAddrs {
-            gateway: at(1),
-            pod: at(2),
-        })
+        Ok(PodAddrs { gateway: at(1), pod: at(2) })
     }
 }
 
@@ -196,14 +186,7 @@ mod tests {
     fn host_namespaces_are_recognised() {
         assert_eq!(Topology::host_index(LAB_PREFIX, "weft-lab-h2"), Some(2));
         assert_eq!(Topology::host_index(LAB_PREFIX, "weft-lab-h12"), Some(12));
-        for other in [
-            "weft-lab-sw",
-            "weft-lab-h2-pod",
-            "weft-lab-h",
-            "weft-lab-h0",
-            "weft-lab-hx",
-            "other-h1",
-        ] {
+        for other in ["weft-lab-sw", "weft-lab-h2-pod", "weft-lab-h", "weft-lab-h0", "weft-lab-hx", "other-h1"] {
             assert_eq!(Topology::host_index(LAB_PREFIX, other), None, "{other}");
         }
         assert_eq!(Topology::host_index("wt7-1-", "wt7-1-h3"), Some(3));

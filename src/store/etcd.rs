@@ -272,6 +272,76 @@ impl EtcdStore {
         }
     }
 
+    /// Reads the config key, then watches it from that revision; reads again after any break.
+    /// Sends only changes of value.
+    async fn config_loop(&self, tx: &mpsc::Sender<Result<Option<String>, StoreError>>) {
+        let context = format!("watch network config {}", self.keys.config);
+        let mut backoff = Backoff::default();
+        let mut last: Option<Option<String>> = None;
+        loop {
+            match self.follow_config(&context, &mut last, tx, &mut backoff).await {
+                None => return,
+                Some(err) => {
+                    if tx.send(Err(err)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// One read-then-watch of the config key; returns why it broke, `None` when the consumer left.
+    async fn follow_config(
+        &self,
+        context: &str,
+        last: &mut Option<Option<String>>,
+        tx: &mpsc::Sender<Result<Option<String>, StoreError>>,
+        backoff: &mut Backoff,
+    ) -> Option<StoreError> {
+        let key = self.keys.config.clone();
+        let resp = match timed(context, self.client.clone().get(key.clone(), None)).await {
+            Ok(resp) => resp,
+            Err(err) => return Some(err),
+        };
+        let revision = match header_revision(resp.header(), context) {
+            Ok(revision) => revision,
+            Err(err) => return Some(err),
+        };
+        let value = resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+        if !send_config_change(last, value, tx).await {
+            return None;
+        }
+        let options = WatchOptions::new().with_start_revision(revision + 1);
+        let mut client = self.client.clone();
+        let mut watch = match timed(context, client.watch(key, Some(options))).await {
+            Ok(watch) => watch,
+            Err(err) => return Some(unavailable(err)),
+        };
+        loop {
+            let resp = match watch.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return Some(StoreError::Unavailable(format!("{context}: etcd closed the watch"))),
+                Err(err) => return Some(StoreError::Unavailable(format!("{context}: {err}"))),
+            };
+            if resp.canceled() {
+                return Some(StoreError::Unavailable(format!("{context}: watch cancelled")));
+            }
+            if resp.created() {
+                backoff.reset();
+            }
+            for event in resp.events() {
+                let value = match event.event_type() {
+                    EventType::Put => event.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                    EventType::Delete => None,
+                };
+                if !send_config_change(last, value, tx).await {
+                    return None;
+                }
+            }
+        }
+    }
+
     /// Lists the leases, retrying with backoff until etcd answers.
     async fn relist(&self, backoff: &mut Backoff) -> LeaseListing {
         loop {
@@ -433,6 +503,18 @@ impl Store for EtcdStore {
         Ok(resp.deleted() > 0)
     }
 
+    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
+        let (tx, rx) = mpsc::channel(4);
+        let store = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = store.config_loop(&tx) => {}
+            }
+        });
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    }
+
     /// Runs the watch on a task of the current Tokio runtime; dropping the stream ends it.
     fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
@@ -448,6 +530,21 @@ impl Store for EtcdStore {
             rx.recv().await.map(|item| (item, rx))
         })
         .boxed()
+    }
+
+    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = format!("{}{name}", self.keys.leaders);
+        let context = format!("lead {key}");
+        let grant = self.grant(Some(ttl), &context).await?;
+        let vacant = Compare::version(key.clone(), CompareOp::Equal, 0);
+        if let WriteOutcome::Written { .. } = self.conditional_put(key.clone(), holder, vacant, grant, &context).await? {
+            return Ok(true);
+        }
+        // Held: by us, the turn is extended; by another agent, we wait for it to lapse.
+        let grant = self.grant(Some(ttl), &context).await?;
+        let ours = Compare::value(key.clone(), CompareOp::Equal, holder);
+        let outcome = self.conditional_put(key, holder, ours, grant, &context).await?;
+        Ok(matches!(outcome, WriteOutcome::Written { .. }))
     }
 
     async fn resolve_expiry(&self, leases: &mut [RawLease]) -> Result<(), StoreError> {
@@ -490,6 +587,8 @@ struct Grant {
 struct Keys {
     config: String,
     /// Ends with `/`.
+    leaders: String,
+    /// Ends with `/`.
     subnets: String,
 }
 
@@ -498,6 +597,7 @@ impl Keys {
         let prefix = prefix.trim_end_matches('/');
         Keys {
             config: format!("{prefix}/config"),
+            leaders: format!("{prefix}/leaders/"),
             subnets: format!("{prefix}/subnets/"),
         }
     }
@@ -610,6 +710,19 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, StoreError> {
 fn ttl_secs(ttl: Duration) -> i64 {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+/// Sends `value` if it differs from the last one sent; false when the consumer is gone.
+async fn send_config_change(
+    last: &mut Option<Option<String>>,
+    value: Option<String>,
+    tx: &mpsc::Sender<Result<Option<String>, StoreError>>,
+) -> bool {
+    if last.as_ref() == Some(&value) {
+        return true;
+    }
+    *last = Some(value.clone());
+    tx.send(Ok(value)).await.is_ok()
 }
 
 fn header_revision(header: Option<&ResponseHeader>, context: &str) -> Result<Revision, StoreError> {

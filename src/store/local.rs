@@ -120,6 +120,22 @@ impl Store for LocalStore {
         .await
     }
 
+    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.write(move |state, _| {
+            let now = now_unix_ms();
+            let until = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            match state.leaders.get(&name) {
+                Some((current, expires)) if *current != holder && *expires > now => Applied::Unchanged(false),
+                _ => {
+                    state.leaders.insert(name, (holder, until));
+                    Applied::Changed(true)
+                }
+            }
+        })
+        .await
+    }
+
     async fn update_lease(
         &self,
         subnet: Ipv4Net,
@@ -154,6 +170,30 @@ impl Store for LocalStore {
     /// Polls the state file; yields `Resync` whenever the visible leases change (a write by
     /// anyone, or a TTL running out). Must be called inside a tokio runtime: it spawns the poller,
     /// which stops when the stream is dropped.
+    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let (store, interval) = (self.clone(), self.poll_interval);
+        tokio::spawn(async move {
+            let mut last: Option<Result<Option<String>, String>> = None;
+            loop {
+                let now = store.network_config().await;
+                // Report a change of value, or an error once, not every poll.
+                let seen = now.as_ref().map(Clone::clone).map_err(ToString::to_string);
+                if last.as_ref() != Some(&seen) {
+                    last = Some(seen);
+                    if tx.send(now).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    }
+
     fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let watcher = Watcher::new(self.files.clone(), after);
@@ -174,6 +214,9 @@ struct State {
     /// By subnet key (`10.244.3.0-24`).
     #[serde(default)]
     leases: BTreeMap<String, StoredLease>,
+    /// Leaderships by name: holder and until when (wall clock, ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    leaders: BTreeMap<String, (String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -580,11 +623,7 @@ mod tests {
             .iter()
             .map(|(k, l)| (k.to_string(), l.clone()))
             .collect();
-        State {
-            revision: 3,
-            config: None,
-            leases,
-        }
+        State { revision: 3, leases, ..State::default() }
     }
 
     #[test]

@@ -11,10 +11,12 @@ use ipnet::Ipv4Net;
 use crate::lease::{self, Expiry, Lease, LeaseParseError};
 
 pub mod etcd;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod local;
 pub mod open;
 
-pub use open::open;
+pub use open::{open, open_with_network};
 
 /// Store revision: increases with every write. Used to watch from a listing and to update a key
 /// only if nobody else wrote it since we did.
@@ -113,9 +115,25 @@ pub trait Store: Send + Sync {
     /// yields `Resync` when it had to start over; errors are reported and the watch goes on.
     fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>>;
 
+    /// Takes, or keeps, the leadership `name` for `holder` during `ttl`; true while `holder`
+    /// leads. Cluster-wide chores (removing stale cloud routes) run on one agent at a time: the
+    /// leader calls again before `ttl` runs out to keep leading; a dead leader's turn expires.
+    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// The network config now, then again each time it changes (`None`: removed). Never ends on
+    /// its own; errors are reported and the watch goes on. Agents follow it to switch backends.
+    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>>;
+
     /// Looks up when leases of `Expiry::Unknown` run out (etcd lists without TTLs).
     async fn resolve_expiry(&self, _leases: &mut [RawLease]) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// The subnet this host must hold when the store assigns it (Kubernetes: the node's
+    /// `spec.podCIDR`); `None` when hosts pick their own (etcd, local). A store that assigns
+    /// subnets but has not assigned one yet returns an error, and the agent retries.
+    async fn assigned_subnet(&self) -> Result<Option<Ipv4Net>, StoreError> {
+        Ok(None)
     }
 }
 

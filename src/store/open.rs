@@ -8,8 +8,19 @@ use super::etcd::{EtcdOptions, EtcdStore};
 use super::local::LocalStore;
 use super::{Store, StoreError};
 use crate::config::{StoreKind, StoreSection};
+use crate::network::NetworkSection;
 
+/// Opens the store for commands that do not need the network config from it.
 pub async fn open(section: &StoreSection) -> Result<Arc<dyn Store>, StoreError> {
+    open_with_network(section, None).await
+}
+
+/// Opens the store; `network` is the config file's `[network]`, which stores that do not hold the
+/// network config themselves (Kubernetes: it comes from the ConfigMap) serve as theirs.
+pub async fn open_with_network(
+    section: &StoreSection,
+    network: Option<&NetworkSection>,
+) -> Result<Arc<dyn Store>, StoreError> {
     match section.kind {
         StoreKind::Etcd => {
             let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
@@ -33,9 +44,34 @@ pub async fn open(section: &StoreSection) -> Result<Arc<dyn Store>, StoreError> 
                 .map_err(|e| StoreError::Unavailable(e.to_string()))??;
             Ok(Arc::new(store))
         }
-        StoreKind::Kube => Err(StoreError::Config(
-            "store.kind = \"kube\" is not available in this build yet; use \"etcd\" or \"local\""
-                .into(),
-        )),
+        #[cfg(feature = "kube")]
+        StoreKind::Kube => {
+            use super::kube::{KubeOptions, KubeStore};
+            let network_json = network
+                .map(|n| crate::network::Network::new(n).map(|n| n.to_flannel_json()))
+                .transpose()
+                .map_err(|e| StoreError::Config(e.to_string()))?;
+            let node_name = if section.node_name.is_empty() {
+                std::env::var("NODE_NAME").unwrap_or_default()
+            } else {
+                section.node_name.clone()
+            };
+            let options = KubeOptions {
+                node_name,
+                kubeconfig: (!section.kubeconfig.is_empty())
+                    .then(|| PathBuf::from(&section.kubeconfig)),
+                annotation_prefix: section.annotation_prefix.clone(),
+                network_json,
+                lease_namespace: KubeOptions::default_lease_namespace(),
+            };
+            Ok(Arc::new(KubeStore::connect(options).await?))
+        }
+        #[cfg(not(feature = "kube"))]
+        StoreKind::Kube => {
+            let _ = network;
+            Err(StoreError::Config(
+                "store.kind = \"kube\" needs weft built with the \"kube\" feature".into(),
+            ))
+        }
     }
 }

@@ -93,20 +93,13 @@ impl EtcdServer {
         let mut stream = TcpStream::connect(addr).expect("connect to etcd");
         write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send request");
         let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .expect("read etcd's answer");
+        stream.read_to_string(&mut response).expect("read etcd's answer");
         response
     }
 
     fn etcdctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("etcdctl");
-        command
-            .env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(&self.endpoint)
-            .args(args)
-            .stdin(Stdio::null());
+        command.env("ETCDCTL_API", "3").arg("--endpoints").arg(&self.endpoint).args(args).stdin(Stdio::null());
         command
     }
 
@@ -139,10 +132,7 @@ impl EtcdServer {
         let mut command = Command::new(etcd_binary());
         command
             .arg("--name=weft-test")
-            .arg(format!(
-                "--data-dir={}",
-                self.dir.path().join("data").display()
-            ))
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -161,9 +151,7 @@ impl EtcdServer {
                     return Err(format!("etcd exited: {status}"));
                 }
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                && self.healthy()
-            {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() && self.healthy() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -172,16 +160,11 @@ impl EtcdServer {
     }
 
     fn healthy(&self) -> bool {
-        self.etcdctl_command(&[
-            "--dial-timeout=1s",
-            "--command-timeout=2s",
-            "endpoint",
-            "health",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+        self.etcdctl_command(&["--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
     }
 }
 

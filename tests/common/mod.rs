@@ -1,2 +1,9 @@
+pub mod cluster;
+pub mod cni;
 pub mod etcd;
+pub mod gce_api;
+pub mod gce_metadata;
+pub mod imds;
+pub mod kube_api;
+pub mod moto;
 pub mod weft;

@@ -50,11 +50,7 @@ impl Setup {
     /// Runs a command that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.weft(args);
-        assert!(
-            out.status.success(),
-            "weft {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "weft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -66,15 +62,7 @@ impl Setup {
         let child = Command::new(WEFT)
             .arg("--config")
             .arg(&self.config)
-            .args([
-                "agent",
-                "--iface",
-                "lo",
-                "--public-ip",
-                public_ip,
-                "--listen",
-                &listen,
-            ])
+            .args(["agent", "--iface", "lo", "--public-ip", public_ip, "--listen", &listen])
             .arg("--subnet-file")
             .arg(&subnet_file)
             .args(extra)
@@ -83,12 +71,7 @@ impl Setup {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start weft agent");
-        Agent {
-            child: Some(child),
-            listen,
-            subnet_file,
-            log,
-        }
+        Agent { child: Some(child), listen, subnet_file, log }
     }
 }
 
@@ -107,18 +90,10 @@ impl Agent {
             if let Some(subnet) = read_subnet(&self.subnet_file) {
                 return subnet;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("agent exited with {status}: {}", self.log_text());
             }
-            assert!(
-                Instant::now() < deadline,
-                "no subnet.env after 20 s: {}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "no subnet.env after 20 s: {}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -145,11 +120,7 @@ impl Agent {
     pub fn wait_for(&self, what: &str, secs: u64, mut check: impl FnMut(&Agent) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !check(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -157,10 +128,7 @@ impl Agent {
     /// SIGTERM, then wait for the process to end.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -180,10 +148,7 @@ impl Agent {
 
     pub fn signal(&self, sig: &str) {
         let child = self.child.as_ref().expect("agent running");
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
     }
 }
 
@@ -195,19 +160,13 @@ impl Drop for Agent {
 
 pub fn read_subnet(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    let subnet = text
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
+    let subnet = text.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
     let net: ipnet::Ipv4Net = subnet.parse().ok()?;
     Some(net.trunc().to_string())
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// A minimal HTTP/1.0 GET: (status, body); (0, "") when nothing answers.
@@ -220,14 +179,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }

@@ -8,16 +8,20 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::backend::{self, Backend, LeaseData};
+use crate::backend::{self, BackendContext, LeaseData};
+use crate::dataplane::Dataplane;
 use crate::config::Config;
 use crate::health::{EventKind, EventLabels, Health};
 use crate::iface;
 use crate::lease::{self, Expiry, LeaseAttrs};
 use crate::leasing::{self, LeaseError, LeaseRequest, OwnLease};
+use crate::masq;
 use crate::network::Network;
 use crate::store::{LeaseUpdate, Store};
 use crate::subnet_env::{self, SubnetEnv};
 use crate::watch::{LeaseEvent, LeaseWatcher};
+
+mod network_change;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -60,7 +64,10 @@ struct Running {
     health: Arc<Health>,
     config: Config,
     network: Network,
-    backend: Box<dyn Backend>,
+    ext: iface::ExternalInterface,
+    dataplane: Dataplane,
+    /// The backend prepared but not started yet (until our lease is held).
+    pending: Option<Box<dyn backend::Backend>>,
     data: LeaseData,
     attrs: LeaseAttrs,
     own: OwnLease,
@@ -74,12 +81,24 @@ pub async fn run(
     health: Arc<Health>,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
+    run_with(config, store, health, Dataplane::netlink(), cancel).await
+}
+
+/// [`run`] with the data plane supplied (tests use an in-memory kernel).
+pub async fn run_with(
+    config: Config,
+    store: Arc<dyn Store>,
+    health: Arc<Health>,
+    mut dataplane: Dataplane,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
     let ext = iface::discover(&config.agent).await?;
     info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
     let Some(network) = wait_for_network(store.as_ref(), &health, &cancel).await else {
         return Ok(());
     };
-    let mut backend = backend::create(&network, &ext)?;
+    let ctx = BackendContext { network: network.clone(), ext: ext.clone(), store: store.clone(), health: health.clone() };
+    let mut backend = dataplane.create_backend(&ctx)?;
     let data = backend.prepare().await?;
     let attrs = LeaseAttrs::new(ext.public_ip, data.backend_type, data.backend_data.clone());
     let previous = subnet_env::previous_subnet(&config.agent.subnet_file);
@@ -92,16 +111,8 @@ pub async fn run(
     let Some(own) = acquire_until_held(store.as_ref(), &request, &health, &cancel).await else {
         return Ok(());
     };
-    let mut running = Running {
-        store,
-        health,
-        config,
-        network,
-        backend,
-        data,
-        attrs,
-        own,
-    };
+    let pending = Some(backend);
+    let mut running = Running { store, health, config, network, ext, dataplane, pending, data, attrs, own };
     running.take_up_lease().await?;
     running.watch_and_renew(cancel).await
 }
@@ -181,19 +192,16 @@ impl Running {
     /// Our lease is (newly) held: start the backend on it and tell the host's CNI about it.
     async fn take_up_lease(&mut self) -> Result<(), AgentError> {
         self.note_expiry();
-        self.backend.start(&self.own.lease).await?;
-        let env = SubnetEnv {
-            network: self.network.network,
-            subnet: self.own.subnet(),
-            mtu: self.data.mtu,
-            ip_masq: self.config.agent.ip_masq,
-        };
-        let path = &self.config.agent.subnet_file;
-        env.write(path).map_err(|source| AgentError::SubnetEnv {
-            path: path.display().to_string(),
-            source,
-        })?;
-        info!(subnet = %self.own.subnet(), file = %path.display(), "lease held, subnet.env written");
+        if let Some(backend) = self.pending.take() {
+            self.dataplane.start(backend, &self.own.lease).await?;
+        }
+        self.write_subnet_env()?;
+        self.sync_masquerade().await;
+        info!(subnet = %self.own.subnet(), file = %self.config.agent.subnet_file.display(), "lease held, subnet.env written");
+        // systemd (Type=notify) starts dependants only now; without NOTIFY_SOCKET this does nothing.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            debug!(error = %e, "sd_notify READY");
+        }
         self.health.update(|r| {
             r.lease_held = true;
             r.subnet_env_written = true;
@@ -201,6 +209,33 @@ impl Running {
             r.problem = None;
         });
         Ok(())
+    }
+
+    /// `agent.ip_masq`: weft's nftables table installed (or repaired) when on, removed when off.
+    async fn sync_masquerade(&self) {
+        let (network, own, wanted) = (self.network.network, self.own.subnet(), self.config.agent.ip_masq);
+        let result = tokio::task::spawn_blocking(move || masq::sync(wanted, network, own)).await;
+        match result {
+            Ok(Ok(masq::Change::Installed)) => info!(network = %network, "masquerade rules installed"),
+            Ok(Ok(masq::Change::Removed)) => info!("masquerade rules removed (agent.ip_masq = false)"),
+            Ok(Ok(masq::Change::None)) => {}
+            Ok(Err(e)) => {
+                error!(error = %e, "masquerade");
+                self.health.update(|r| r.backend_problem = Some(format!("masquerade: {e}")));
+            }
+            Err(e) => error!(error = %e, "masquerade task failed"),
+        }
+    }
+
+    fn write_subnet_env(&self) -> Result<(), AgentError> {
+        let env = SubnetEnv {
+            network: self.network.network,
+            subnet: self.own.subnet(),
+            mtu: self.data.mtu,
+            ip_masq: self.config.agent.ip_masq,
+        };
+        let path = &self.config.agent.subnet_file;
+        env.write(path).map_err(|source| AgentError::SubnetEnv { path: path.display().to_string(), source })
     }
 
     fn note_expiry(&self) {
@@ -221,6 +256,7 @@ impl Running {
             return Ok(());
         };
         let mut updates = self.store.watch_leases(revision);
+        let mut network_configs = self.store.watch_network_config();
         let mut resync = tokio::time::interval(self.config.agent.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
@@ -244,11 +280,14 @@ impl Running {
                     }
                 },
                 _ = renew_at, if renew_in.is_some() => self.renew(&mut watcher, &cancel).await?,
-                _ = resync.tick() => {
-                    if let Err(e) = self.backend.reconcile(watcher.leases()).await {
-                        warn!(error = %e, "repairing the backend's state");
+                _ = resync.tick() => self.reconcile(&watcher).await,
+                Some(config) = network_configs.next() => match config {
+                    Ok(text) => self.on_network_config(text, &mut watcher, &cancel).await,
+                    Err(e) => {
+                        self.health.metrics.store_errors.inc();
+                        debug!(error = %e, "network config watch interrupted; it resumes by itself");
                     }
-                }
+                },
             }
         }
     }
@@ -270,6 +309,7 @@ impl Running {
                     {
                         warn!(error = %e, "backend could not install every peer");
                     }
+                    self.check_backend(watcher, true).await;
                     return Some(revision);
                 }
                 Err(e) => {
@@ -349,7 +389,24 @@ impl Running {
                 .get_or_create(&EventLabels { kind })
                 .inc();
         }
-        self.backend.apply(watcher.leases(), &delivery.events).await
+        self.dataplane.apply(watcher.leases(), &delivery.events).await
+    }
+
+    async fn reconcile(&mut self, watcher: &LeaseWatcher) {
+        if let Err(e) = self.dataplane.reconcile(watcher.leases()).await {
+            warn!(error = %e, "repairing the data plane");
+        }
+        self.sync_masquerade().await;
+        self.check_backend(watcher, false).await;
+    }
+
+    /// The backend's own checks; their outcome shows in `/readyz`.
+    async fn check_backend(&mut self, watcher: &LeaseWatcher, forced: bool) {
+        let result = self.dataplane.check(&self.own.lease, watcher.leases(), forced).await;
+        if let Err(e) = &result {
+            warn!(error = %e, "backend check failed");
+        }
+        self.health.update(|r| r.backend_problem = result.err().map(|e| e.to_string()));
     }
 
     async fn renew(
@@ -370,6 +427,7 @@ impl Running {
                 self.own = own;
                 self.health.metrics.renewals.inc();
                 self.note_expiry();
+                self.check_backend(watcher, true).await;
                 Ok(())
             }
             Err(LeaseError::Lost(subnet)) => {

@@ -1,0 +1,61 @@
+//! The instance metadata service, through aws-config's IMDSv2 client: a session token first
+//! (PUT), then GETs carrying it. The client honours `AWS_EC2_METADATA_SERVICE_ENDPOINT` (and the
+//! profile's `ec2_metadata_service_endpoint`), which tests use to point it at a local server.
+
+use std::net::Ipv4Addr;
+
+use aws_config::imds::client::error::ImdsError;
+use aws_config::imds::Client;
+
+/// What weft learns about its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceMetadata {
+    pub instance_id: String,
+    pub region: String,
+    /// MAC of the primary interface.
+    pub mac: String,
+    /// The primary interface's ENI id.
+    pub interface_id: String,
+    pub local_ipv4: Ipv4Addr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("instance metadata {path}: {source}")]
+    Request {
+        path: String,
+        #[source]
+        source: ImdsError,
+    },
+    #[error("instance metadata {path}: unexpected value {value:?}")]
+    Invalid { path: String, value: String },
+}
+
+const BASE: &str = "/latest/meta-data";
+
+async fn get(client: &Client, path: &str) -> Result<String, MetadataError> {
+    let path = format!("{BASE}/{path}");
+    match client.get(path.clone()).await {
+        Ok(value) => {
+            let value: String = value.into();
+            let value = value.trim().to_string();
+            if value.is_empty() {
+                return Err(MetadataError::Invalid { path, value });
+            }
+            Ok(value)
+        }
+        Err(source) => Err(MetadataError::Request { path, source }),
+    }
+}
+
+/// Reads the instance's identity and primary interface.
+pub async fn instance_metadata() -> Result<InstanceMetadata, MetadataError> {
+    let client = Client::builder().build();
+    let instance_id = get(&client, "instance-id").await?;
+    let region = get(&client, "placement/region").await?;
+    let mac = get(&client, "mac").await?;
+    let interface_id = get(&client, &format!("network/interfaces/macs/{mac}/interface-id")).await?;
+    let local = get(&client, "local-ipv4").await?;
+    let local_ipv4 = local.parse().map_err(|_| MetadataError::Invalid { path: format!("{BASE}/local-ipv4"), value: local })?;
+    Ok(InstanceMetadata { instance_id, region, mac, interface_id, local_ipv4 })
+}

@@ -1,0 +1,360 @@
+//! Pure decisions of the aws-vpc backend: which route tables are ours to write, what to do with
+//! our subnet's route in each, and which routes are provably stale. No I/O: the worker feeds
+//! EC2's answers in and carries the plan out.
+
+use std::collections::BTreeSet;
+
+use ipnet::Ipv4Net;
+use weft_aws::{Origin, RouteTable, TableFilter, Target};
+
+/// Route tables hold 50 routes unless AWS raised the quota; 1000 is the most it grants.
+pub const DEFAULT_ROUTE_LIMIT: usize = 50;
+pub const MAX_ROUTE_LIMIT: usize = 1000;
+
+/// How the tables are chosen, from `route_table_ids` / `route_table_tag` (first one set wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableMode {
+    Explicit(Vec<String>),
+    Tagged { key: String, value: String },
+    /// The table associated with the node's subnet, else the VPC's main table.
+    Fallback,
+}
+
+impl TableMode {
+    pub fn from_config(ids: &[String], tag: &str) -> Result<TableMode, String> {
+        if !ids.is_empty() {
+            if let Some(bad) = ids.iter().find(|id| !id.starts_with("rtb-")) {
+                return Err(format!("route_table_ids: {bad:?} is not a route table id (rtb-…)"));
+            }
+            return Ok(TableMode::Explicit(ids.to_vec()));
+        }
+        if tag.is_empty() {
+            return Ok(TableMode::Fallback);
+        }
+        match tag.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok(TableMode::Tagged { key: key.trim().to_string(), value: value.trim().to_string() })
+            }
+            _ => Err(format!("route_table_tag = {tag:?}: expected key=value")),
+        }
+    }
+
+    /// The one DescribeRouteTables filter that finds the candidates.
+    pub fn filter(&self, vpc: &str) -> TableFilter {
+        match self {
+            TableMode::Explicit(ids) => TableFilter::Ids(ids.clone()),
+            TableMode::Tagged { key, value } => {
+                TableFilter::Tagged { vpc: vpc.to_string(), key: key.clone(), value: value.clone() }
+            }
+            // Every table of the VPC in one call; association and main are picked here.
+            TableMode::Fallback => TableFilter::Vpc { vpc: vpc.to_string() },
+        }
+    }
+
+    /// The tables to write among `found` (the answer to [`TableMode::filter`]).
+    pub fn choose(&self, subnet: &str, found: Vec<RouteTable>) -> Result<Vec<RouteTable>, String> {
+        match self {
+            TableMode::Explicit(ids) => {
+                let missing: Vec<&str> =
+                    ids.iter().filter(|id| !found.iter().any(|t| &t.id == *id)).map(String::as_str).collect();
+                if !missing.is_empty() {
+                    return Err(format!("route tables not found: {}", missing.join(", ")));
+                }
+                Ok(found)
+            }
+            TableMode::Tagged { key, value } => {
+                let tagged: Vec<RouteTable> = found.into_iter().filter(|t| t.has_tag(key, value)).collect();
+                if tagged.is_empty() {
+                    return Err(format!("no route table in the VPC is tagged {key}={value}"));
+                }
+                Ok(tagged)
+            }
+            TableMode::Fallback => {
+                let (associated, rest): (Vec<_>, Vec<_>) =
+                    found.into_iter().partition(|t| t.subnets.iter().any(|s| s == subnet));
+                if let Some(table) = associated.into_iter().next() {
+                    return Ok(vec![table]);
+                }
+                match rest.into_iter().find(|t| t.main) {
+                    Some(main) => Ok(vec![main]),
+                    None => Err(format!("subnet {subnet} has no route table and its VPC no main table")),
+                }
+            }
+        }
+    }
+}
+
+/// What this node is and what the cluster holds, for one pass.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub own: Ipv4Net,
+    pub interface_id: &'a str,
+    /// Every subnet with a lease (ours included).
+    pub leased: &'a BTreeSet<Ipv4Net>,
+    /// Our previous subnet, when the lease moved: its route to us goes.
+    pub retired: Option<Ipv4Net>,
+    /// Whether this agent holds the cleanup leadership.
+    pub lead: bool,
+}
+
+/// Our subnet's route in one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnRoute {
+    /// Already to our interface.
+    Keep,
+    Create,
+    /// Same CIDR, elsewhere or blackhole.
+    Replace,
+    /// Same CIDR held by a route the route API cannot change (local, propagated).
+    Blocked(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Blackhole,
+    NoLease,
+    /// Our route to a subnet we no longer hold.
+    Retired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePlan {
+    pub own: OwnRoute,
+    pub remove: Vec<(Ipv4Net, Removal)>,
+}
+
+impl TablePlan {
+    #[cfg(test)]
+    pub fn is_noop(&self) -> bool {
+        self.own == OwnRoute::Keep && self.remove.is_empty()
+    }
+}
+
+pub fn plan_table(table: &RouteTable, input: &PlanInput) -> TablePlan {
+    let own = match table.route(input.own) {
+        None => OwnRoute::Create,
+        Some(r) if r.origin != Origin::Api && r.origin != Origin::Unknown => {
+            OwnRoute::Blocked(format!("{} holds a {:?} route to {} that the route API cannot replace", table.id, r.origin, input.own))
+        }
+        Some(r) if !r.blackhole && r.target == Target::Interface(input.interface_id.to_string()) => OwnRoute::Keep,
+        Some(_) => OwnRoute::Replace,
+    };
+    let remove = table
+        .routes
+        .iter()
+        .filter(|r| r.destination != input.own)
+        .filter_map(|r| removal(r, input).map(|why| (r.destination, why)))
+        .collect();
+    TablePlan { own, remove }
+}
+
+/// Why `route` should go, when weft can prove it; `None` leaves it alone.
+fn removal(route: &weft_aws::Route, input: &PlanInput) -> Option<Removal> {
+    // Only routes made through the route API inside the cluster network are candidates: the
+    // VPC's own, propagated ones and anything outside the network belong to someone else.
+    if route.origin != Origin::Api || !input.network.contains(&route.destination) {
+        return None;
+    }
+    let ours = route.target == Target::Interface(input.interface_id.to_string());
+    if ours && input.retired == Some(route.destination) && !input.leased.contains(&route.destination) {
+        return Some(Removal::Retired);
+    }
+    if !input.lead {
+        return None;
+    }
+    if route.blackhole {
+        return Some(Removal::Blackhole);
+    }
+    // A route weft would have made (a subnet of the lease size, to an interface or instance)
+    // whose subnet nobody leases any more.
+    let host_route = matches!(route.target, Target::Interface(_) | Target::Instance(_));
+    if host_route && route.destination.prefix_len() == input.subnet_len && !input.leased.contains(&route.destination) {
+        return Some(Removal::NoLease);
+    }
+    None
+}
+
+/// Whether `table` routes `own` to our interface (what teardown removes).
+pub fn routes_to_us(table: &RouteTable, own: Ipv4Net, interface_id: &str) -> bool {
+    table.route(own).is_some_and(|r| r.target == Target::Interface(interface_id.to_string()))
+}
+
+/// The message for a table that refused our route for lack of room.
+pub fn route_limit_message(table: &RouteTable) -> String {
+    format!(
+        "route table {} is full: {} routes ({DEFAULT_ROUTE_LIMIT} is the default limit, {MAX_ROUTE_LIMIT} at most); \
+         ask AWS to raise the routes-per-route-table quota, or use fewer, larger subnets",
+        table.id, table.route_count
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_aws::Route;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn route(cidr: &str, target: Target) -> Route {
+        Route { destination: net(cidr), target, blackhole: false, origin: Origin::Api }
+    }
+
+    fn eni(id: &str) -> Target {
+        Target::Interface(id.into())
+    }
+
+    fn table(id: &str, routes: Vec<Route>) -> RouteTable {
+        RouteTable {
+            id: id.into(),
+            vpc_id: "vpc-1".into(),
+            route_count: routes.len(),
+            routes,
+            subnets: vec![],
+            main: false,
+            tags: vec![],
+        }
+    }
+
+    fn input<'a>(leased: &'a BTreeSet<Ipv4Net>, lead: bool) -> PlanInput<'a> {
+        PlanInput {
+            network: net("10.244.0.0/16"),
+            subnet_len: 24,
+            own: net("10.244.1.0/24"),
+            interface_id: "eni-me",
+            leased,
+            retired: None,
+            lead,
+        }
+    }
+
+    fn leased(subnets: &[&str]) -> BTreeSet<Ipv4Net> {
+        subnets.iter().map(|s| net(s)).collect()
+    }
+
+    #[test]
+    fn own_route_absent_ours_elsewhere_blackhole() {
+        let l = leased(&["10.244.1.0/24"]);
+        let p = |routes| plan_table(&table("rtb-1", routes), &input(&l, false)).own;
+        assert_eq!(p(vec![]), OwnRoute::Create);
+        assert_eq!(p(vec![route("10.244.1.0/24", eni("eni-me"))]), OwnRoute::Keep);
+        assert_eq!(p(vec![route("10.244.1.0/24", eni("eni-other"))]), OwnRoute::Replace);
+        assert_eq!(p(vec![route("10.244.1.0/24", Target::Instance("i-1".into()))]), OwnRoute::Replace);
+        let mut hole = route("10.244.1.0/24", eni("eni-me"));
+        hole.blackhole = true;
+        assert_eq!(p(vec![hole]), OwnRoute::Replace);
+        let mut local = route("10.244.1.0/24", Target::Gateway("local".into()));
+        local.origin = Origin::Local;
+        assert!(matches!(p(vec![local]), OwnRoute::Blocked(_)));
+    }
+
+    #[test]
+    fn steady_state_is_a_noop() {
+        let l = leased(&["10.244.1.0/24", "10.244.2.0/24"]);
+        let t = table(
+            "rtb-1",
+            vec![
+                route("10.244.1.0/24", eni("eni-me")),
+                route("10.244.2.0/24", eni("eni-peer")),
+                route("0.0.0.0/0", Target::Gateway("igw-1".into())),
+            ],
+        );
+        assert!(plan_table(&t, &input(&l, true)).is_noop());
+    }
+
+    #[test]
+    fn stale_and_blackhole_only_for_the_leader() {
+        let l = leased(&["10.244.1.0/24", "10.244.2.0/24"]);
+        let mut hole = route("10.244.2.0/24", eni("eni-gone"));
+        hole.blackhole = true;
+        let t = table("rtb-1", vec![route("10.244.1.0/24", eni("eni-me")), hole, route("10.244.9.0/24", eni("eni-old"))]);
+        assert!(plan_table(&t, &input(&l, false)).remove.is_empty());
+        let plan = plan_table(&t, &input(&l, true));
+        assert_eq!(plan.remove, vec![(net("10.244.2.0/24"), Removal::Blackhole), (net("10.244.9.0/24"), Removal::NoLease)]);
+    }
+
+    #[test]
+    fn never_touched() {
+        let l = leased(&["10.244.1.0/24"]);
+        let mut local = route("10.0.0.0/16", Target::Gateway("local".into()));
+        local.origin = Origin::Local;
+        let mut propagated = route("10.244.7.0/24", Target::Gateway("vgw-1".into()));
+        propagated.origin = Origin::Propagated;
+        let mut outside_hole = route("192.168.0.0/24", eni("eni-x"));
+        outside_hole.blackhole = true;
+        let t = table(
+            "rtb-1",
+            vec![
+                local,
+                propagated,
+                outside_hole,
+                // Outside the network, no lease: not ours to judge.
+                route("172.16.5.0/24", eni("eni-x")),
+                // Inside, but not a lease-sized host route, or to a gateway: cannot prove stale.
+                route("10.244.128.0/17", eni("eni-x")),
+                route("10.244.8.0/24", Target::Gateway("nat-1".into())),
+            ],
+        );
+        assert_eq!(plan_table(&t, &input(&l, true)).remove, vec![]);
+    }
+
+    #[test]
+    fn retired_subnet_route_to_us_goes_without_leadership() {
+        let l = leased(&["10.244.1.0/24"]);
+        let mut i = input(&l, false);
+        i.retired = Some(net("10.244.5.0/24"));
+        let t = table("rtb-1", vec![route("10.244.5.0/24", eni("eni-me")), route("10.244.1.0/24", eni("eni-me"))]);
+        assert_eq!(plan_table(&t, &i).remove, vec![(net("10.244.5.0/24"), Removal::Retired)]);
+        // Someone else's by now: left to its owner.
+        let t = table("rtb-1", vec![route("10.244.5.0/24", eni("eni-new"))]);
+        assert_eq!(plan_table(&t, &i).remove, vec![]);
+    }
+
+    #[test]
+    fn table_modes() {
+        assert_eq!(TableMode::from_config(&[], "").unwrap(), TableMode::Fallback);
+        assert_eq!(
+            TableMode::from_config(&[], "weft = az").unwrap(),
+            TableMode::Tagged { key: "weft".into(), value: "az".into() }
+        );
+        assert!(TableMode::from_config(&[], "novalue").is_err());
+        assert!(TableMode::from_config(&["x-1".into()], "").is_err());
+        let explicit = TableMode::from_config(&["rtb-1".into()], "k=v").unwrap();
+        assert_eq!(explicit.filter("vpc-1"), TableFilter::Ids(vec!["rtb-1".into()]));
+    }
+
+    #[test]
+    fn choose_tagged_association_main() {
+        let mut a = table("rtb-a", vec![]);
+        a.tags = vec![("weft".into(), "1".into())];
+        let b = table("rtb-b", vec![]);
+        let tagged = TableMode::Tagged { key: "weft".into(), value: "1".into() };
+        let ids = |ts: Vec<RouteTable>| ts.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(ids(tagged.choose("subnet-1", vec![a.clone(), b.clone()]).unwrap()), ["rtb-a"]);
+        assert!(tagged.choose("subnet-1", vec![b.clone()]).is_err());
+
+        let mut main = table("rtb-main", vec![]);
+        main.main = true;
+        let mut assoc = table("rtb-assoc", vec![]);
+        assoc.subnets = vec!["subnet-1".into()];
+        let fallback = TableMode::Fallback;
+        assert_eq!(ids(fallback.choose("subnet-1", vec![main.clone(), assoc.clone()]).unwrap()), ["rtb-assoc"]);
+        assert_eq!(ids(fallback.choose("subnet-2", vec![main.clone(), assoc]).unwrap()), ["rtb-main"]);
+        assert!(fallback.choose("subnet-2", vec![b]).is_err());
+
+        let explicit = TableMode::Explicit(vec!["rtb-a".into(), "rtb-x".into()]);
+        assert!(explicit.choose("s", vec![a]).unwrap_err().contains("rtb-x"));
+    }
+
+    #[test]
+    fn limit_message_names_table_and_limits() {
+        let mut t = table("rtb-full", vec![]);
+        t.route_count = 50;
+        let m = route_limit_message(&t);
+        assert!(m.starts_with("route table rtb-full is full: 50 routes"), "{m}");
+        assert!(m.contains("1000"), "{m}");
+    }
+}

@@ -1,0 +1,384 @@
+//! The backend driven through a fake [`Ec2`]: what it calls, in which tables, and what it
+//! reports.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use weft_aws::{Ec2, Ec2Error, Instance, Interface, Origin, Route, RouteTable, TableFilter, Target};
+
+use super::*;
+use crate::backend::config::BackendConfig;
+use crate::iface::ExternalInterface;
+use crate::lease::{Expiry, LeaseAttrs};
+use crate::network::{Network, NetworkSection};
+use crate::store::local::LocalStore;
+use crate::store::Store;
+
+/// An in-memory EC2 with route tables, a call log and failures to inject.
+#[derive(Default)]
+struct FakeEc2 {
+    tables: Mutex<BTreeMap<String, RouteTable>>,
+    calls: Mutex<Vec<String>>,
+    /// `CreateRoute` into these tables fails with RouteLimitExceeded.
+    full: Mutex<Vec<String>>,
+}
+
+impl FakeEc2 {
+    fn with_tables(tables: Vec<RouteTable>) -> Arc<FakeEc2> {
+        let fake = FakeEc2::default();
+        *fake.tables.lock().unwrap() = tables.into_iter().map(|t| (t.id.clone(), t)).collect();
+        Arc::new(fake)
+    }
+
+    fn log(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    fn route(&self, table: &str, cidr: &str) -> Option<Route> {
+        self.tables.lock().unwrap()[table].route(net(cidr)).cloned()
+    }
+
+    fn edit<T>(&self, table: &str, change: impl FnOnce(&mut RouteTable) -> T) -> Result<T, Ec2Error> {
+        let mut tables = self.tables.lock().unwrap();
+        let table = tables.get_mut(table).ok_or_else(|| not_found("InvalidRouteTableID.NotFound"))?;
+        let out = change(table);
+        table.route_count = table.routes.len();
+        Ok(out)
+    }
+}
+
+fn not_found(code: &str) -> Ec2Error {
+    Ec2Error::NotFound { operation: "fake", code: code.into(), message: String::new() }
+}
+
+#[async_trait]
+impl Ec2 for FakeEc2 {
+    async fn instance(&self, _: &str) -> Result<Instance, Ec2Error> {
+        unreachable!("the backend under test knows its node")
+    }
+    async fn interface_by_ip(&self, _: Ipv4Addr) -> Result<Option<Interface>, Ec2Error> {
+        unreachable!("the backend under test knows its node")
+    }
+    async fn set_source_dest_check(&self, _: &str, _: bool) -> Result<(), Ec2Error> {
+        unreachable!("the backend under test knows its node")
+    }
+
+    async fn route_tables(&self, filter: &TableFilter) -> Result<Vec<RouteTable>, Ec2Error> {
+        self.log("DescribeRouteTables".into());
+        let tables = self.tables.lock().unwrap();
+        Ok(tables
+            .values()
+            .filter(|t| match filter {
+                TableFilter::Ids(ids) => ids.contains(&t.id),
+                TableFilter::Tagged { vpc, key, value } => t.vpc_id == *vpc && t.has_tag(key, value),
+                TableFilter::AssociatedWith { subnet } => t.subnets.contains(subnet),
+                TableFilter::Main { vpc } => t.vpc_id == *vpc && t.main,
+                TableFilter::Vpc { vpc } => t.vpc_id == *vpc,
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn create_route(&self, table: &str, destination: Ipv4Net, eni: &str) -> Result<(), Ec2Error> {
+        self.log(format!("CreateRoute {table} {destination}"));
+        if self.full.lock().unwrap().iter().any(|t| t == table) {
+            return Err(Ec2Error::RouteLimitExceeded { table: table.into() });
+        }
+        self.edit(table, |t| {
+            if t.route(destination).is_some() {
+                return Err(Ec2Error::AlreadyExists { operation: "CreateRoute" });
+            }
+            t.routes.push(api_route(destination, Target::Interface(eni.into())));
+            Ok(())
+        })?
+    }
+
+    async fn replace_route(&self, table: &str, destination: Ipv4Net, eni: &str) -> Result<(), Ec2Error> {
+        self.log(format!("ReplaceRoute {table} {destination}"));
+        self.edit(table, |t| match t.routes.iter_mut().find(|r| r.destination == destination) {
+            Some(route) => {
+                *route = api_route(destination, Target::Interface(eni.into()));
+                Ok(())
+            }
+            None => Err(not_found("InvalidRoute.NotFound")),
+        })?
+    }
+
+    async fn delete_route(&self, table: &str, destination: Ipv4Net) -> Result<(), Ec2Error> {
+        self.log(format!("DeleteRoute {table} {destination}"));
+        self.edit(table, |t| t.routes.retain(|r| r.destination != destination))
+    }
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn api_route(destination: Ipv4Net, target: Target) -> Route {
+    Route { destination, target, blackhole: false, origin: Origin::Api }
+}
+
+fn table(id: &str, tag: Option<&str>, routes: Vec<Route>) -> RouteTable {
+    let mut routes = routes;
+    let local = Route {
+        destination: net("10.0.0.0/16"),
+        target: Target::Gateway("local".into()),
+        blackhole: false,
+        origin: Origin::Local,
+    };
+    routes.insert(0, local);
+    RouteTable {
+        id: id.into(),
+        vpc_id: "vpc-1".into(),
+        route_count: routes.len(),
+        routes,
+        subnets: vec![],
+        main: false,
+        tags: tag.map(|v| vec![("weft".to_string(), v.to_string())]).unwrap_or_default(),
+    }
+}
+
+fn node(instance: &str, eni: &str) -> Node {
+    Node { instance_id: instance.into(), vpc_id: "vpc-1".into(), subnet_id: "subnet-a".into(), interface_id: eni.into() }
+}
+
+struct Harness {
+    ctx: BackendContext,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(config: &AwsVpcConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let section =
+        NetworkSection { cidr: "10.244.0.0/16".into(), backend: BackendConfig::AwsVpc(config.clone()), ..Default::default() };
+    let ctx = BackendContext {
+        network: Network::new(&section).unwrap(),
+        ext: ExternalInterface {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 9001,
+            addr: net("10.0.1.10/24"),
+            public_ip: "10.0.1.10".parse().unwrap(),
+        },
+        store,
+        health: Arc::new(Health::default()),
+    };
+    Harness { ctx, _dir: dir }
+}
+
+fn tagged_config() -> AwsVpcConfig {
+    AwsVpcConfig { route_table_tag: "weft=az".into(), ..Default::default() }
+}
+
+fn lease(subnet: &str) -> Lease {
+    Lease {
+        subnet: net(subnet),
+        attrs: LeaseAttrs::new("10.0.1.10".parse().unwrap(), TYPE_NAME, serde_json::Value::Null),
+        expiry: Expiry::At(SystemTime::now() + Duration::from_secs(3600)),
+    }
+}
+
+fn peers(subnets: &[&str]) -> LeaseMap {
+    subnets.iter().map(|s| (net(s), lease(s))).collect()
+}
+
+/// Asks for a pass and waits until the worker finished it; the outcome.
+async fn pass(backend: &mut AwsVpc, own: &Lease, peers: &LeaseMap) -> Result<(), BackendError> {
+    backend.check(own, peers, true).await?;
+    let State::Running(running) = &mut backend.state else { panic!("not running") };
+    running.outcomes.changed().await.unwrap();
+    running.outcomes.borrow_and_update().clone().map_err(BackendError::Setup)
+}
+
+async fn started(h: &Harness, config: AwsVpcConfig, ec2: Arc<FakeEc2>, node: Node, own: &Lease) -> AwsVpc {
+    let mut backend = AwsVpc::with_ec2(&h.ctx, config, ec2, node);
+    assert!(backend.start(own).await.unwrap().is_none(), "aws-vpc installs no kernel objects");
+    backend
+}
+
+#[tokio::test]
+async fn routes_in_every_tagged_table_then_nothing_to_do() {
+    let ec2 = FakeEc2::with_tables(vec![
+        table("rtb-a", Some("az"), vec![]),
+        table("rtb-b", Some("az"), vec![]),
+        table("rtb-untagged", None, vec![]),
+    ]);
+    let h = harness(&tagged_config());
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    assert_eq!(
+        ec2.take_calls(),
+        ["DescribeRouteTables", "CreateRoute rtb-a 10.244.1.0/24", "CreateRoute rtb-b 10.244.1.0/24"]
+    );
+    assert_eq!(ec2.route("rtb-a", "10.244.1.0/24").unwrap().target, Target::Interface("eni-1".into()));
+    assert!(ec2.route("rtb-untagged", "10.244.1.0/24").is_none());
+    // Steady state: one describe, no change.
+    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    assert_eq!(ec2.take_calls(), ["DescribeRouteTables"]);
+    let metrics = h.ctx.health.metrics.encode();
+    assert!(metrics.contains(r#"weft_cloud_routes_owned{provider="aws",table="rtb-a"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn conflicting_and_blackhole_routes_are_replaced() {
+    let mut hole = api_route(net("10.244.1.0/24"), Target::Instance("i-gone".into()));
+    hole.blackhole = true;
+    let ec2 = FakeEc2::with_tables(vec![
+        table("rtb-a", Some("az"), vec![api_route(net("10.244.1.0/24"), Target::Interface("eni-other".into()))]),
+        table("rtb-b", Some("az"), vec![hole]),
+    ]);
+    let h = harness(&tagged_config());
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    assert_eq!(
+        ec2.take_calls(),
+        ["DescribeRouteTables", "ReplaceRoute rtb-a 10.244.1.0/24", "ReplaceRoute rtb-b 10.244.1.0/24"]
+    );
+    let route = ec2.route("rtb-b", "10.244.1.0/24").unwrap();
+    assert!(!route.blackhole && route.target == Target::Interface("eni-1".into()));
+}
+
+#[tokio::test]
+async fn full_table_is_reported_and_others_still_get_the_route() {
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![]), table("rtb-b", Some("az"), vec![])]);
+    ec2.full.lock().unwrap().push("rtb-a".into());
+    let h = harness(&tagged_config());
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    let err = pass(&mut backend, &own, &peers(&[])).await.unwrap_err().to_string();
+    assert!(err.starts_with("route table rtb-a is full: 1 routes (50 is the default limit, 1000 at most)"), "{err}");
+    assert!(ec2.route("rtb-b", "10.244.1.0/24").is_some());
+    assert_eq!(h.ctx.health.readiness().backend_problem.as_deref(), Some(err.as_str()));
+    let metrics = h.ctx.health.metrics.encode();
+    assert!(metrics.contains(r#"weft_cloud_route_limit_reached{provider="aws",table="rtb-a"} 1"#), "{metrics}");
+    // The check reports the last outcome until a pass succeeds.
+    assert!(backend.check(&own, &peers(&[]), false).await.is_err());
+    ec2.full.lock().unwrap().clear();
+    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    assert!(backend.check(&own, &peers(&[]), false).await.is_ok());
+}
+
+#[tokio::test]
+async fn one_leader_removes_stale_and_blackhole_routes() {
+    let mut hole = api_route(net("10.244.7.0/24"), Target::Interface("eni-gone".into()));
+    hole.blackhole = true;
+    let routes = vec![
+        api_route(net("10.244.2.0/24"), Target::Interface("eni-2".into())),
+        api_route(net("10.244.9.0/24"), Target::Interface("eni-dead".into())),
+        hole,
+        api_route(net("172.16.0.0/24"), Target::Interface("eni-elsewhere".into())),
+    ];
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), routes)]);
+    let h = harness(&tagged_config());
+    let (own1, own2) = (lease("10.244.1.0/24"), lease("10.244.2.0/24"));
+    let mut first = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own1).await;
+    let mut second = started(&h, tagged_config(), ec2.clone(), node("i-2", "eni-2"), &own2).await;
+    let deletes = |ec2: &FakeEc2| -> Vec<String> {
+        ec2.take_calls().into_iter().filter(|c| c.starts_with("DeleteRoute")).collect()
+    };
+    pass(&mut first, &own1, &peers(&["10.244.2.0/24"])).await.unwrap();
+    pass(&mut second, &own2, &peers(&["10.244.1.0/24"])).await.unwrap();
+    // A blackhole goes at once; a route without a lease only when the next pass still finds it so.
+    assert_eq!(deletes(&ec2), ["DeleteRoute rtb-a 10.244.7.0/24"]);
+    pass(&mut second, &own2, &peers(&["10.244.1.0/24"])).await.unwrap();
+    assert_eq!(deletes(&ec2), Vec::<String>::new(), "not the leader");
+    pass(&mut first, &own1, &peers(&["10.244.2.0/24"])).await.unwrap();
+    assert_eq!(deletes(&ec2), ["DeleteRoute rtb-a 10.244.9.0/24"]);
+    assert!(ec2.route("rtb-a", "172.16.0.0/24").is_some(), "outside the network: untouched");
+    assert!(ec2.route("rtb-a", "10.244.2.0/24").is_some(), "leased: untouched");
+}
+
+#[tokio::test]
+async fn fallback_association_then_main() {
+    let mut assoc = table("rtb-assoc", None, vec![]);
+    assoc.subnets = vec!["subnet-a".into()];
+    let mut main = table("rtb-main", None, vec![]);
+    main.main = true;
+    let ec2 = FakeEc2::with_tables(vec![assoc, main]);
+    let h = harness(&AwsVpcConfig::default());
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, AwsVpcConfig::default(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    assert!(ec2.route("rtb-assoc", "10.244.1.0/24").is_some());
+    assert!(ec2.route("rtb-main", "10.244.1.0/24").is_none());
+
+    let mut other = node("i-2", "eni-2");
+    other.subnet_id = "subnet-b".into();
+    let own2 = lease("10.244.2.0/24");
+    let mut backend2 = started(&h, AwsVpcConfig::default(), ec2.clone(), other, &own2).await;
+    pass(&mut backend2, &own2, &peers(&[])).await.unwrap();
+    assert!(ec2.route("rtb-main", "10.244.2.0/24").is_some());
+}
+
+#[tokio::test]
+async fn recheck_paces_unforced_checks() {
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![])]);
+    let recheck = Duration::from_millis(500);
+    let config = AwsVpcConfig { recheck, ..tagged_config() };
+    let h = harness(&config);
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, config, ec2.clone(), node("i-1", "eni-1"), &own).await;
+    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    ec2.take_calls();
+    for _ in 0..3 {
+        backend.check(&own, &peers(&[]), false).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(ec2.take_calls().is_empty(), "no pass before recheck elapsed");
+    tokio::time::sleep(recheck).await;
+    backend.check(&own, &peers(&[]), false).await.unwrap();
+    let State::Running(running) = &mut backend.state else { panic!("not running") };
+    running.outcomes.changed().await.unwrap();
+    assert_eq!(ec2.take_calls(), ["DescribeRouteTables"]);
+}
+
+#[tokio::test]
+async fn a_moved_lease_takes_its_old_route_along() {
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![])]);
+    let h = harness(&tagged_config());
+    let (old, new) = (lease("10.244.1.0/24"), lease("10.244.3.0/24"));
+    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &old).await;
+    pass(&mut backend, &old, &peers(&[])).await.unwrap();
+    // Another agent leads: our own old route still goes.
+    h.ctx.store.lead(worker::LEADERSHIP, "i-other", Duration::from_secs(600)).await.unwrap();
+    pass(&mut backend, &new, &peers(&[])).await.unwrap();
+    assert!(ec2.route("rtb-a", "10.244.1.0/24").is_none());
+    assert!(ec2.route("rtb-a", "10.244.3.0/24").is_some());
+}
+
+#[tokio::test]
+async fn teardown_removes_only_routes_to_us() {
+    let ec2 = FakeEc2::with_tables(vec![
+        table("rtb-a", Some("az"), vec![]),
+        table("rtb-b", Some("az"), vec![api_route(net("10.244.1.0/24"), Target::Interface("eni-new-owner".into()))]),
+    ]);
+    let h = harness(&tagged_config());
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    // rtb-b's route went to another node since (our subnet is its now): not ours to delete.
+    ec2.edit("rtb-b", |t| t.routes[1].target = Target::Interface("eni-new-owner".into())).unwrap();
+    ec2.take_calls();
+    backend.teardown().await.unwrap();
+    assert_eq!(ec2.take_calls(), ["DescribeRouteTables", "DeleteRoute rtb-a 10.244.1.0/24"]);
+    assert!(ec2.route("rtb-b", "10.244.1.0/24").is_some());
+}
+
+#[test]
+fn bad_config_is_refused() {
+    let config = AwsVpcConfig { route_table_tag: "no-equals".into(), ..Default::default() };
+    let h = harness(&config);
+    let err = AwsVpc::new(&h.ctx, config).err().unwrap();
+    assert!(err.to_string().contains("key=value"), "{err}");
+}

@@ -1,0 +1,269 @@
+//! What to do about GCE routes, decided without I/O: route names, which route is ours (our own
+//! name, or flannel's adopted), what to delete and insert, and which routes are stale.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use weft_gce::{same_resource, Route, RouteSpec};
+
+/// flannel's gce backend names its routes `flannel-<a-b-c-d>-<len>`.
+pub const FLANNEL_PREFIX: &str = "flannel-";
+
+/// `<prefix><a-b-c-d>-<len>`, flannel's naming with our prefix.
+pub fn route_name(prefix: &str, subnet: Ipv4Net) -> String {
+    let addr = subnet.network().to_string().replace('.', "-");
+    format!("{prefix}{addr}-{}", subnet.prefix_len())
+}
+
+/// The subnet a route name stands for, when it has `prefix` and is well formed.
+pub fn parse_route_name(prefix: &str, name: &str) -> Option<Ipv4Net> {
+    let rest = name.strip_prefix(prefix)?;
+    let (addr, len) = rest.rsplit_once('-')?;
+    let addr: Ipv4Addr = addr.replace('-', ".").parse().ok()?;
+    let net = Ipv4Net::new(addr, len.parse().ok()?).ok()?;
+    // A name whose address has host bits is not one we wrote (and not the same as the trunc).
+    (net.network() == addr).then_some(net)
+}
+
+/// The route this host needs: its subnet through its instance, in its network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub subnet: Ipv4Net,
+    pub network: String,
+    pub instance: String,
+    pub priority: u32,
+    pub tags: Vec<String>,
+}
+
+impl Target {
+    pub fn spec(&self, prefix: &str) -> RouteSpec {
+        RouteSpec {
+            name: route_name(prefix, self.subnet),
+            dest_range: self.subnet,
+            network: self.network.clone(),
+            next_hop_instance: self.instance.clone(),
+            priority: self.priority,
+            tags: self.tags.clone(),
+            description: format!("weft: pod subnet {} via this instance", self.subnet),
+        }
+    }
+
+    /// Same destination, network and next hop: the route carries our traffic.
+    fn carries(&self, route: &Route) -> bool {
+        route.dest_range.parse::<Ipv4Net>().ok() == Some(self.subnet)
+            && same_resource(&route.network, &self.network)
+            && route.next_hop_instance.as_deref().is_some_and(|hop| same_resource(hop, &self.instance))
+    }
+
+    /// Exactly the route we would insert (priority and tags too).
+    fn is_exactly(&self, route: &Route) -> bool {
+        let tags = |t: &[String]| t.iter().cloned().collect::<BTreeSet<_>>();
+        self.carries(route) && route.priority == Some(self.priority) && tags(&route.tags) == tags(&self.tags)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Delete(String),
+    Insert(RouteSpec),
+}
+
+/// What to do for our own route, and which route is ours once done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnPlan {
+    /// Deletions first: GCE refuses an insert whose name exists.
+    pub steps: Vec<Step>,
+    pub owned: String,
+    /// The route kept is flannel's, taken over as ours.
+    pub adopted: bool,
+}
+
+/// Decides about our route given what exists under our name and under flannel's name for our
+/// subnet (`None`: no such route).
+pub fn plan_own(target: &Target, prefix: &str, ours: Option<&Route>, flannel: Option<&Route>) -> OwnPlan {
+    let mut steps = Vec::new();
+    let ours_ok = ours.is_some_and(|r| target.is_exactly(r));
+    // flannel's route was made with flannel's own settings: it is ours if it carries our traffic.
+    let flannel_carries = flannel.is_some_and(|r| target.carries(r));
+    let flannel_ok = !ours_ok && flannel_carries;
+    if let Some(route) = ours.filter(|_| !ours_ok) {
+        steps.push(Step::Delete(route.name.clone()));
+    }
+    // A flannel route for our subnet through another instance is a leftover claim on our subnet:
+    // left alone, GCE would spread our traffic over both next hops.
+    let conflicting = |r: &&Route| !flannel_carries && r.dest_range.parse::<Ipv4Net>().ok() == Some(target.subnet);
+    if let Some(route) = flannel.filter(conflicting) {
+        steps.push(Step::Delete(route.name.clone()));
+    }
+    if ours_ok {
+        return OwnPlan { steps, owned: route_name(prefix, target.subnet), adopted: false };
+    }
+    if let (true, Some(route)) = (flannel_ok, flannel) {
+        return OwnPlan { steps, owned: route.name.clone(), adopted: true };
+    }
+    let spec = target.spec(prefix);
+    let owned = spec.name.clone();
+    steps.push(Step::Insert(spec));
+    OwnPlan { steps, owned, adopted: false }
+}
+
+/// Routes of ours (our prefix, our network, a next-hop instance, inside the cluster network)
+/// whose subnet nobody leases any more. Everything else is left alone.
+pub fn stale_routes(routes: &[Route], prefix: &str, network: &str, cluster: Ipv4Net, leased: &BTreeSet<Ipv4Net>) -> Vec<String> {
+    routes
+        .iter()
+        .filter(|r| same_resource(&r.network, network) && r.next_hop_instance.is_some())
+        .filter_map(|r| {
+            let subnet = parse_route_name(prefix, &r.name)?;
+            let ours = r.dest_range.parse::<Ipv4Net>().ok() == Some(subnet) && cluster.contains(&subnet);
+            (ours && !leased.contains(&subnet)).then(|| r.name.clone())
+        })
+        .collect()
+}
+
+/// A route is removed only when two passes in a row found it stale: a host that just took a
+/// lease may have made its route before our view of the leases caught up.
+#[derive(Debug, Default)]
+pub struct StaleTracker {
+    suspects: BTreeSet<String>,
+}
+
+impl StaleTracker {
+    /// Takes this pass's stale routes; returns those stale on the previous pass too.
+    pub fn confirm(&mut self, stale: Vec<String>) -> Vec<String> {
+        let now: BTreeSet<String> = stale.into_iter().collect();
+        let confirmed = now.intersection(&self.suspects).cloned().collect();
+        self.suspects = now;
+        confirmed
+    }
+
+    /// Forget everything (leadership lost: another agent keeps its own count).
+    pub fn clear(&mut self) {
+        self.suspects.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "https://www.googleapis.com/compute/v1/projects/p/global/networks/default";
+    const ME: &str = "https://www.googleapis.com/compute/v1/projects/p/zones/z/instances/node-a";
+    const OTHER: &str = "https://www.googleapis.com/compute/v1/projects/p/zones/z/instances/node-b";
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn target() -> Target {
+        Target { subnet: net("10.244.3.0/24"), network: NET.into(), instance: ME.into(), priority: 1000, tags: vec![] }
+    }
+
+    fn route(name: &str, dest: &str, hop: &str) -> Route {
+        Route {
+            name: name.into(),
+            dest_range: dest.into(),
+            network: NET.into(),
+            next_hop_instance: Some(hop.into()),
+            priority: Some(1000),
+            tags: vec![],
+            self_link: format!("{NET}/../routes/{name}"),
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(route_name("weft-", net("10.244.3.0/24")), "weft-10-244-3-0-24");
+        assert_eq!(parse_route_name("weft-", "weft-10-244-3-0-24"), Some(net("10.244.3.0/24")));
+        assert_eq!(parse_route_name("flannel-", "flannel-10-244-3-0-24"), Some(net("10.244.3.0/24")));
+        for bad in ["weft-10-244-3-24", "weft-10-244-3-1-24", "weft-x-244-3-0-24", "other-10-244-3-0-24", "weft-10-244-3-0-33"] {
+            assert_eq!(parse_route_name("weft-", bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_route_is_inserted() {
+        let plan = plan_own(&target(), "weft-", None, None);
+        assert_eq!(plan.owned, "weft-10-244-3-0-24");
+        let [Step::Insert(spec)] = plan.steps.as_slice() else { panic!("{plan:?}") };
+        assert_eq!((spec.dest_range, spec.next_hop_instance.as_str(), spec.priority), (net("10.244.3.0/24"), ME, 1000));
+    }
+
+    #[test]
+    fn correct_route_means_nothing_to_do() {
+        // A partial link names the same instance as the API's full selfLink.
+        let ours = route("weft-10-244-3-0-24", "10.244.3.0/24", "projects/p/zones/z/instances/node-a");
+        let plan = plan_own(&target(), "weft-", Some(&ours), None);
+        assert!(plan.steps.is_empty(), "{plan:?}");
+        assert!(!plan.adopted);
+    }
+
+    #[test]
+    fn other_next_hop_is_replaced() {
+        let ours = route("weft-10-244-3-0-24", "10.244.3.0/24", OTHER);
+        let plan = plan_own(&target(), "weft-", Some(&ours), None);
+        assert_eq!(plan.steps[0], Step::Delete("weft-10-244-3-0-24".into()));
+        assert!(matches!(&plan.steps[1], Step::Insert(s) if s.next_hop_instance == ME));
+        // A changed priority is a replacement too.
+        let mut ours = route("weft-10-244-3-0-24", "10.244.3.0/24", ME);
+        ours.priority = Some(900);
+        assert_eq!(plan_own(&target(), "weft-", Some(&ours), None).steps.len(), 2);
+    }
+
+    #[test]
+    fn flannel_route_is_adopted_not_duplicated() {
+        let flannel = route("flannel-10-244-3-0-24", "10.244.3.0/24", ME);
+        let plan = plan_own(&target(), "weft-", None, Some(&flannel));
+        assert!(plan.steps.is_empty(), "{plan:?}");
+        assert_eq!((plan.owned.as_str(), plan.adopted), ("flannel-10-244-3-0-24", true));
+    }
+
+    #[test]
+    fn flannel_route_next_to_ours_is_left_alone() {
+        let ours = route("weft-10-244-3-0-24", "10.244.3.0/24", ME);
+        let flannel = route("flannel-10-244-3-0-24", "10.244.3.0/24", ME);
+        let plan = plan_own(&target(), "weft-", Some(&ours), Some(&flannel));
+        assert!(plan.steps.is_empty(), "{plan:?}");
+        assert_eq!(plan.owned, "weft-10-244-3-0-24");
+    }
+
+    #[test]
+    fn flannel_route_through_another_instance_is_replaced_by_ours() {
+        let flannel = route("flannel-10-244-3-0-24", "10.244.3.0/24", OTHER);
+        let plan = plan_own(&target(), "weft-", None, Some(&flannel));
+        assert_eq!(plan.steps[0], Step::Delete("flannel-10-244-3-0-24".into()));
+        assert!(matches!(&plan.steps[1], Step::Insert(s) if s.name == "weft-10-244-3-0-24"));
+        assert!(!plan.adopted);
+    }
+
+    #[test]
+    fn stale_only_our_prefix_our_network_no_lease() {
+        let cluster = net("10.244.0.0/16");
+        let leased: BTreeSet<_> = [net("10.244.3.0/24"), net("10.244.4.0/24")].into();
+        let mut foreign_network = route("weft-10-244-9-0-24", "10.244.9.0/24", OTHER);
+        foreign_network.network = "projects/p/global/networks/other".into();
+        let mut gateway = route("weft-10-244-8-0-24", "10.244.8.0/24", OTHER);
+        gateway.next_hop_instance = None;
+        let routes = vec![
+            route("weft-10-244-3-0-24", "10.244.3.0/24", ME),    // leased
+            route("weft-10-244-5-0-24", "10.244.5.0/24", OTHER), // stale
+            route("flannel-10-244-6-0-24", "10.244.6.0/24", OTHER), // flannel's: not ours to remove
+            route("weft-10-99-0-0-24", "10.99.0.0/24", OTHER),   // another cluster's network
+            route("weft-10-244-7-0-24", "10.244.70.0/24", OTHER), // name and range disagree
+            route("default-route-123", "0.0.0.0/0", OTHER),
+            foreign_network,
+            gateway,
+        ];
+        assert_eq!(stale_routes(&routes, "weft-", NET, cluster, &leased), vec!["weft-10-244-5-0-24".to_string()]);
+    }
+
+    #[test]
+    fn stale_needs_two_passes() {
+        let mut tracker = StaleTracker::default();
+        assert!(tracker.confirm(vec!["a".into(), "b".into()]).is_empty());
+        assert_eq!(tracker.confirm(vec!["b".into(), "c".into()]), vec!["b".to_string()]);
+        tracker.clear();
+        assert!(tracker.confirm(vec!["c".into()]).is_empty());
+    }
+}

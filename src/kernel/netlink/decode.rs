@@ -1,0 +1,256 @@
+//! Dumped kernel objects into weft's model, keeping only what weft owns and models.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use netlink_packet_core::Parseable;
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType};
+use netlink_packet_route::AddressFamily;
+
+use crate::kernel::nexthop::{NexthopMessage, RTM_NEWNEXTHOP};
+use crate::kernel::{
+    FdbSpec, MacAddr, NeighbourSpec, NexthopSpec, Ownership, RouteSpec, RouteTarget, MAIN_TABLE, WEFT_PROTOCOL,
+};
+
+const NUD_PERMANENT: u16 = 0x80;
+
+/// A dumped message weft cannot parse is skipped (and logged), not fatal: the rest of the
+/// state is still worth reconciling.
+fn parse_or_skip<T: Parseable<[u8]>>(what: &str, payload: &[u8]) -> Option<T> {
+    T::parse(payload).map_err(|e| tracing::warn!("skipping an unparsable {what} in a dump: {e}")).ok()
+}
+
+pub fn route(payload: &[u8], ownership: &Ownership) -> Option<RouteSpec> {
+    owned_route(&parse_or_skip::<RouteMessage>("route", payload)?, ownership)
+}
+
+/// A route is weft's when it carries weft's protocol, or sits on a weft device (adopting what
+/// flannel left there) without being the kernel's own; only the shapes weft installs count.
+pub fn owned_route(message: &RouteMessage, ownership: &Ownership) -> Option<RouteSpec> {
+    let header = &message.header;
+    let protocol = u8::from(header.protocol);
+    let simple = header.address_family == AddressFamily::Inet
+        && header.kind == RouteType::Unicast
+        && header.tos == 0
+        && header.source_prefix_length == 0
+        && header.protocol != RouteProtocol::Kernel
+        && table(message) == MAIN_TABLE;
+    if !simple {
+        return None;
+    }
+    let mut attrs = RouteAttrs::default();
+    for attribute in &message.attributes {
+        attrs.take(attribute)?;
+    }
+    let on_our_link = attrs.oif.is_some_and(|oif| ownership.links.contains(&oif));
+    if protocol != WEFT_PROTOCOL && !on_our_link {
+        return None;
+    }
+    let target = match (attrs.nexthop, attrs.gateway, attrs.oif) {
+        (Some(id), _, _) => RouteTarget::Nexthop(id),
+        (None, Some(gateway), Some(oif)) => {
+            RouteTarget::Gateway { gateway, oif, onlink: header.flags.contains(RouteFlags::Onlink) }
+        }
+        _ => return None,
+    };
+    let dst = Ipv4Net::new(attrs.dst.unwrap_or(Ipv4Addr::UNSPECIFIED), header.destination_prefix_length).ok()?;
+    Some(RouteSpec { dst, target })
+}
+
+/// The table of a route: the header's byte, or the attribute for tables past 255.
+fn table(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
+#[derive(Default)]
+struct RouteAttrs {
+    dst: Option<Ipv4Addr>,
+    gateway: Option<Ipv4Addr>,
+    oif: Option<u32>,
+    nexthop: Option<u32>,
+}
+
+impl RouteAttrs {
+    /// Records one attribute; `None` when it makes the route something weft does not model.
+    fn take(&mut self, attribute: &RouteAttribute) -> Option<()> {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => self.dst = Some(*ip),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => self.gateway = Some(*ip),
+            RouteAttribute::Oif(oif) => self.oif = Some(*oif),
+            RouteAttribute::NhId(id) => self.nexthop = Some(*id),
+            RouteAttribute::Priority(0) => {}
+            RouteAttribute::Priority(_)
+            | RouteAttribute::MultiPath(_)
+            | RouteAttribute::Via(_)
+            | RouteAttribute::Encap(_)
+            | RouteAttribute::Destination(_)
+            | RouteAttribute::Gateway(_) => return None,
+            _ => {}
+        }
+        Some(())
+    }
+}
+
+pub fn nexthop(kind: u16, payload: &[u8]) -> Option<NexthopSpec> {
+    if kind != RTM_NEWNEXTHOP {
+        return None;
+    }
+    let message = NexthopMessage::parse(payload)
+        .map_err(|e| tracing::warn!("skipping an unparsable nexthop in a dump: {e}"))
+        .ok()?;
+    (message.header.protocol == WEFT_PROTOCOL).then(|| message.to_spec())?
+}
+
+/// A neighbour (AF_INET) or FDB entry (AF_BRIDGE), whichever it is.
+pub enum Neighbour {
+    Arp(NeighbourSpec),
+    Fdb(FdbSpec),
+}
+
+pub fn neighbour(payload: &[u8], ownership: &Ownership) -> Option<Neighbour> {
+    let message = parse_or_skip::<NeighbourMessage>("neighbour", payload)?;
+    owned_neighbour(&message, ownership)
+}
+
+/// Neighbours and FDB entries on weft's devices, except the kernel's own: entries it learnt or
+/// resolved (not permanent) and the vxlan device's all-zero flood entries.
+pub fn owned_neighbour(message: &NeighbourMessage, ownership: &Ownership) -> Option<Neighbour> {
+    let header = &message.header;
+    let permanent = u16::from(header.state) & NUD_PERMANENT != 0;
+    if !permanent || !ownership.links.contains(&header.ifindex) {
+        return None;
+    }
+    let (mut ip, mut mac) = (None, None);
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Destination(address) => ip = ipv4(address),
+            NeighbourAttribute::LinkLayerAddress(bytes) => {
+                mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
+            }
+            _ => {}
+        }
+    }
+    let (ip, mac) = (ip?, mac?);
+    match header.family {
+        AddressFamily::Inet => Some(Neighbour::Arp(NeighbourSpec { ifindex: header.ifindex, ip, mac })),
+        AddressFamily::Bridge if header.flags.contains(NeighbourFlags::Own) && mac != MacAddr::default() => {
+            Some(Neighbour::Fdb(FdbSpec { ifindex: header.ifindex, mac, dst: ip }))
+        }
+        _ => None,
+    }
+}
+
+/// NDA_DST of an AF_BRIDGE entry parses as raw bytes; of an AF_INET one as an address.
+fn ipv4(address: &NeighbourAddress) -> Option<Ipv4Addr> {
+    match address {
+        NeighbourAddress::Inet(ip) => Some(*ip),
+        NeighbourAddress::Other(bytes) => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::neighbour::NeighbourState;
+    use netlink_packet_route::route::RouteScope;
+
+    use super::*;
+
+    fn ours() -> Ownership {
+        Ownership { links: vec![5] }
+    }
+
+    fn gateway_route(protocol: RouteProtocol, oif: u32) -> RouteMessage {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet;
+        message.header.destination_prefix_length = 24;
+        message.header.table = 254;
+        message.header.protocol = protocol;
+        message.header.scope = RouteScope::Universe;
+        message.header.kind = RouteType::Unicast;
+        message.header.flags = RouteFlags::Onlink;
+        message.attributes = vec![
+            RouteAttribute::Table(254),
+            RouteAttribute::Destination(RouteAddress::Inet(Ipv4Addr::new(10, 244, 3, 0))),
+            RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(10, 244, 3, 0))),
+            RouteAttribute::Oif(oif),
+        ];
+        message
+    }
+
+    #[test]
+    fn routes_by_protocol_or_device() {
+        let weft = RouteProtocol::from(WEFT_PROTOCOL);
+        let spec = owned_route(&gateway_route(weft, 9), &ours()).unwrap();
+        assert_eq!(spec.target, RouteTarget::Gateway { gateway: Ipv4Addr::new(10, 244, 3, 0), oif: 9, onlink: true });
+        // flannel's routes on flannel.1 are adopted; the kernel's and foreign ones elsewhere not.
+        assert!(owned_route(&gateway_route(RouteProtocol::Boot, 5), &ours()).is_some());
+        assert!(owned_route(&gateway_route(RouteProtocol::Kernel, 5), &ours()).is_none());
+        assert!(owned_route(&gateway_route(RouteProtocol::Static, 9), &ours()).is_none());
+    }
+
+    #[test]
+    fn unmodelled_routes_are_not_owned() {
+        let weft = RouteProtocol::from(WEFT_PROTOCOL);
+        let mut other_table = gateway_route(weft, 5);
+        other_table.attributes[0] = RouteAttribute::Table(100);
+        assert!(owned_route(&other_table, &ours()).is_none());
+        let mut metric = gateway_route(weft, 5);
+        metric.attributes.push(RouteAttribute::Priority(100));
+        assert!(owned_route(&metric, &ours()).is_none());
+        let mut multipath = gateway_route(weft, 5);
+        multipath.attributes.truncate(2);
+        multipath.attributes.push(RouteAttribute::MultiPath(vec![]));
+        assert!(owned_route(&multipath, &ours()).is_none());
+    }
+
+    #[test]
+    fn nexthop_routes_win_over_compat_gateway_attributes() {
+        let mut message = gateway_route(RouteProtocol::from(WEFT_PROTOCOL), 5);
+        message.attributes.push(RouteAttribute::NhId(3));
+        assert_eq!(owned_route(&message, &ours()).unwrap().target, RouteTarget::Nexthop(3));
+    }
+
+    fn neighbour_message(family: AddressFamily, state: NeighbourState, mac: [u8; 6]) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.header.family = family;
+        message.header.ifindex = 5;
+        message.header.state = state;
+        message.header.flags = NeighbourFlags::Own;
+        let dst = match family {
+            AddressFamily::Inet => NeighbourAddress::Inet(Ipv4Addr::new(10, 244, 3, 0)),
+            _ => NeighbourAddress::Other(vec![198, 51, 100, 3]),
+        };
+        message.attributes =
+            vec![NeighbourAttribute::Destination(dst), NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
+        message
+    }
+
+    #[test]
+    fn neighbours_and_fdb_skip_the_kernels_own() {
+        let mac = [2, 0, 0, 0, 0, 3];
+        let arp = neighbour_message(AddressFamily::Inet, NeighbourState::Permanent, mac);
+        assert!(matches!(owned_neighbour(&arp, &ours()), Some(Neighbour::Arp(n)) if n.mac.0 == mac));
+        let fdb = neighbour_message(AddressFamily::Bridge, NeighbourState::Permanent, mac);
+        assert!(matches!(
+            owned_neighbour(&fdb, &ours()),
+            Some(Neighbour::Fdb(f)) if f.dst == Ipv4Addr::new(198, 51, 100, 3)
+        ));
+        let flood = neighbour_message(AddressFamily::Bridge, NeighbourState::Permanent, [0; 6]);
+        assert!(owned_neighbour(&flood, &ours()).is_none());
+        let learnt = neighbour_message(AddressFamily::Bridge, NeighbourState::Reachable, mac);
+        assert!(owned_neighbour(&learnt, &ours()).is_none());
+        let stale = neighbour_message(AddressFamily::Inet, NeighbourState::Stale, mac);
+        assert!(owned_neighbour(&stale, &ours()).is_none());
+        let elsewhere = Ownership { links: vec![6] };
+        assert!(owned_neighbour(&arp, &elsewhere).is_none());
+    }
+}

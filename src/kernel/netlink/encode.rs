@@ -1,0 +1,225 @@
+//! Plan operations as netlink requests, and how to name them in errors.
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use crate::kernel::nexthop::{NexthopMessage, NexthopNetlinkMessage};
+use crate::kernel::{FdbSpec, NeighbourSpec, NexthopSpec, Op, RouteSpec, RouteTarget, WEFT_PROTOCOL};
+
+/// Create or replace in place: an existing object is changed, never deleted and re-added.
+const PUT: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+const DELETE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+const DUMP: u16 = NLM_F_REQUEST | NLM_F_DUMP;
+
+/// Appends `op` as one netlink message with sequence number `seq`.
+pub fn encode_op(op: &Op, seq: u32, out: &mut Vec<u8>) {
+    use RouteNetlinkMessage as R;
+    match op {
+        Op::PutRoute(r) => push(R::NewRoute(route(r, false)), PUT, seq, out),
+        Op::DeleteRoute(r) => push(R::DelRoute(route(r, true)), DELETE, seq, out),
+        Op::PutNexthop(n) => push(NexthopNetlinkMessage::New(NexthopMessage::put(n, WEFT_PROTOCOL)), PUT, seq, out),
+        Op::DeleteNexthop(n) => push(NexthopNetlinkMessage::Del(NexthopMessage::delete(n.id)), DELETE, seq, out),
+        Op::PutNeighbour(n) => push(R::NewNeighbour(neighbour(n)), PUT, seq, out),
+        Op::DeleteNeighbour(n) => push(R::DelNeighbour(neighbour(n)), DELETE, seq, out),
+        Op::PutFdb(f) => push(R::NewNeighbour(fdb(f)), PUT, seq, out),
+        Op::DeleteFdb(f) => push(R::DelNeighbour(fdb(f)), DELETE, seq, out),
+    }
+}
+
+/// Whether a failed `op` failed only because its object is already gone.
+pub fn already_gone(op: &Op, errno: i32) -> bool {
+    let delete = matches!(op, Op::DeleteRoute(_) | Op::DeleteNexthop(_) | Op::DeleteNeighbour(_) | Op::DeleteFdb(_));
+    // Routes answer ESRCH, neighbours, FDB entries and nexthops ENOENT.
+    delete && (errno == libc::ENOENT || errno == libc::ESRCH)
+}
+
+/// Dump requests for what `read_owned` looks at.
+pub fn dump_routes(seq: u32, out: &mut Vec<u8>) {
+    let mut message = RouteMessage::default();
+    message.header.address_family = AddressFamily::Inet;
+    push(RouteNetlinkMessage::GetRoute(message), DUMP, seq, out);
+}
+
+pub fn dump_neighbours(family: AddressFamily, seq: u32, out: &mut Vec<u8>) {
+    let mut message = NeighbourMessage::default();
+    message.header.family = family;
+    push(RouteNetlinkMessage::GetNeighbour(message), DUMP, seq, out);
+}
+
+pub fn dump_nexthops(seq: u32, out: &mut Vec<u8>) {
+    let request = NexthopNetlinkMessage::Get(NexthopMessage::dump());
+    push(request, DUMP, seq, out);
+}
+
+fn push<M: NetlinkSerializable>(inner: M, flags: u16, seq: u32, out: &mut Vec<u8>) {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner));
+    message.finalize();
+    let start = out.len();
+    out.resize(start + message.buffer_len(), 0);
+    message.serialize(&mut out[start..]);
+    // Messages in one buffer start on 4-byte boundaries.
+    out.resize((out.len() + 3) & !3, 0);
+}
+
+/// A main-table unicast route. A delete leaves protocol and scope open (so it also removes an
+/// adopted route of another protocol) but names the target, so it removes only that route.
+fn route(spec: &RouteSpec, delete: bool) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    let header = &mut message.header;
+    header.address_family = AddressFamily::Inet;
+    header.destination_prefix_length = spec.dst.prefix_len();
+    header.table = RouteHeader::RT_TABLE_MAIN;
+    header.kind = RouteType::Unicast;
+    if delete {
+        header.scope = RouteScope::NoWhere;
+    } else {
+        header.protocol = RouteProtocol::from(WEFT_PROTOCOL);
+        header.scope = RouteScope::Universe;
+    }
+    let attributes = &mut message.attributes;
+    attributes.push(RouteAttribute::Destination(RouteAddress::Inet(spec.dst.addr())));
+    match spec.target {
+        RouteTarget::Nexthop(id) => attributes.push(RouteAttribute::NhId(id)),
+        RouteTarget::Gateway { gateway, oif, onlink } => {
+            attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+            attributes.push(RouteAttribute::Oif(oif));
+            if onlink {
+                message.header.flags = RouteFlags::Onlink;
+            }
+        }
+    }
+    message
+}
+
+/// `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`.
+fn neighbour(spec: &NeighbourSpec) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = spec.ifindex;
+    message.header.state = NeighbourState::Permanent;
+    message.attributes = vec![
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(spec.ip)),
+        NeighbourAttribute::LinkLayerAddress(spec.mac.0.to_vec()),
+    ];
+    message
+}
+
+/// `bridge fdb replace <mac> dev <ifindex> dst <dst> self permanent`: the vxlan device's own
+/// table (NTF_SELF), not a bridge's.
+fn fdb(spec: &FdbSpec) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Bridge;
+    message.header.ifindex = spec.ifindex;
+    message.header.state = NeighbourState::Permanent;
+    message.header.flags = NeighbourFlags::Own;
+    message.attributes = vec![
+        NeighbourAttribute::LinkLayerAddress(spec.mac.0.to_vec()),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(spec.dst)),
+    ];
+    message
+}
+
+/// Names an operation's object the way `ip` would print it, for errors.
+pub fn describe(op: &Op) -> String {
+    match op {
+        Op::PutRoute(r) => route_text(r),
+        Op::DeleteRoute(r) => format!("delete {}", route_text(r)),
+        Op::PutNexthop(n) => nexthop_text(n),
+        Op::DeleteNexthop(n) => format!("delete {}", nexthop_text(n)),
+        Op::PutNeighbour(n) => neighbour_text(n),
+        Op::DeleteNeighbour(n) => format!("delete {}", neighbour_text(n)),
+        Op::PutFdb(f) => fdb_text(f),
+        Op::DeleteFdb(f) => format!("delete {}", fdb_text(f)),
+    }
+}
+
+fn route_text(r: &RouteSpec) -> String {
+    match r.target {
+        RouteTarget::Nexthop(id) => format!("route {} nhid {id}", r.dst),
+        RouteTarget::Gateway { gateway, oif, onlink } => {
+            format!("route {} via {gateway} dev {oif}{}", r.dst, if onlink { " onlink" } else { "" })
+        }
+    }
+}
+
+fn nexthop_text(n: &NexthopSpec) -> String {
+    let onlink = if n.onlink { " onlink" } else { "" };
+    format!("nexthop id {} via {} dev {}{onlink}", n.id, n.gateway, n.oif)
+}
+
+fn neighbour_text(n: &NeighbourSpec) -> String {
+    format!("neighbour {} lladdr {} dev {}", n.ip, n.mac, n.ifindex)
+}
+
+fn fdb_text(f: &FdbSpec) -> String {
+    format!("fdb {} dev {} dst {}", f.mac, f.ifindex, f.dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::kernel::MacAddr;
+
+    fn onlink_route() -> RouteSpec {
+        RouteSpec {
+            dst: "10.244.3.0/24".parse().unwrap(),
+            target: RouteTarget::Gateway { gateway: Ipv4Addr::new(10, 244, 3, 0), oif: 5, onlink: true },
+        }
+    }
+
+    #[test]
+    fn describes_like_ip_does() {
+        assert_eq!(describe(&Op::PutRoute(onlink_route())), "route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink");
+        let fdb = FdbSpec { ifindex: 5, mac: MacAddr([2, 0, 0, 0, 0, 1]), dst: Ipv4Addr::new(198, 51, 100, 2) };
+        assert_eq!(describe(&Op::DeleteFdb(fdb)), "delete fdb 02:00:00:00:00:01 dev 5 dst 198.51.100.2");
+    }
+
+    #[test]
+    fn route_put_layout() {
+        let mut out = Vec::new();
+        encode_op(&Op::PutRoute(onlink_route()), 7, &mut out);
+        // nlmsghdr(16) + rtmsg(12) + RTA_DST(8) + RTA_GATEWAY(8) + RTA_OIF(8)
+        assert_eq!(out.len(), 52);
+        assert_eq!(&out[4..6], &24u16.to_ne_bytes()); // RTM_NEWROUTE
+        assert_eq!(&out[6..8], &PUT.to_ne_bytes());
+        assert_eq!(&out[8..12], &7u32.to_ne_bytes());
+        // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+        assert_eq!(&out[16..24], &[2, 24, 0, 0, 254, 87, 0, 1]);
+        assert_eq!(&out[24..28], &4u32.to_ne_bytes()); // RTNH_F_ONLINK
+    }
+
+    #[test]
+    fn fdb_put_layout() {
+        let mut out = Vec::new();
+        let fdb = FdbSpec { ifindex: 5, mac: MacAddr([2, 0, 0, 0, 0, 1]), dst: Ipv4Addr::new(198, 51, 100, 2) };
+        encode_op(&Op::PutFdb(fdb), 1, &mut out);
+        assert_eq!(&out[4..6], &28u16.to_ne_bytes()); // RTM_NEWNEIGH
+                                                      // ndmsg: AF_BRIDGE, pad, ifindex, state NUD_PERMANENT, flags NTF_SELF, type
+        assert_eq!(out[16], libc::AF_BRIDGE as u8);
+        assert_eq!(&out[20..24], &5u32.to_ne_bytes());
+        assert_eq!(&out[24..26], &0x80u16.to_ne_bytes());
+        assert_eq!(out[26], 2);
+    }
+
+    #[test]
+    fn only_deletes_may_find_nothing() {
+        let route = Op::DeleteRoute(onlink_route());
+        assert!(already_gone(&route, libc::ESRCH));
+        assert!(!already_gone(&route, libc::ENETUNREACH));
+        assert!(!already_gone(&Op::PutRoute(onlink_route()), libc::ENOENT));
+    }
+}

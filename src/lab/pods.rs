@@ -1,0 +1,76 @@
+//! A "pod" behind each host, as a CNI bridge plugin would make it: a bridge `cni0` in the host
+//! namespace holding the subnet's first address, and a pod namespace with a veth into that
+//! bridge, the subnet's second address and a default route through the bridge.
+
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+
+use super::topology::{Node, PodAddrs, Topology};
+use super::{wire, LabError};
+use crate::netns::Netns;
+
+/// The bridge pods hang off, as flannel's CNI config names it.
+pub const POD_BRIDGE: &str = "cni0";
+/// The pod's interface, inside the pod namespace.
+pub const POD_IFACE: &str = "eth0";
+/// The pod veth's host end, a port of `cni0`.
+pub const POD_VETH_HOST: &str = "veth-pod";
+
+/// What a host's subnet.env says about the pod network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetInfo {
+    /// The host's subnet (`FLANNEL_SUBNET`, truncated to its network).
+    pub subnet: Ipv4Net,
+    /// `FLANNEL_MTU`: what pods may send without fragmenting the backend's packets.
+    pub mtu: u32,
+}
+
+/// Reads `FLANNEL_SUBNET` and `FLANNEL_MTU` out of subnet.env's text.
+pub fn parse_subnet_env(text: &str) -> Option<SubnetInfo> {
+    let value = |key: &str| text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('=')).map(str::trim);
+    let subnet: Ipv4Net = value("FLANNEL_SUBNET")?.parse().ok()?;
+    let mtu = value("FLANNEL_MTU")?.parse().ok()?;
+    Some(SubnetInfo { subnet: subnet.trunc(), mtu })
+}
+
+/// Reads a host's subnet.env; `None` while the agent has not written it.
+pub fn read_subnet_env(path: &Path) -> Option<SubnetInfo> {
+    parse_subnet_env(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Builds the pod behind `node` for `info`'s subnet; returns its addresses.
+pub fn create(topology: &Topology, node: &Node, info: SubnetInfo) -> Result<PodAddrs, LabError> {
+    let addrs = PodAddrs::for_subnet(info.subnet).map_err(LabError::Invalid)?;
+    let host = Netns::open(&node.ns).map_err(LabError::io(format!("open host namespace {}", node.ns)))?;
+    let pod = wire::create_ns(&topology.pod_ns(node))?;
+    wire::bridge(&host, POD_BRIDGE, addrs.gateway)?;
+    wire::veth_pair(&pod, POD_IFACE, &host, POD_VETH_HOST, info.mtu)?;
+    wire::configure(&host, POD_VETH_HOST, None, Some(POD_BRIDGE))?;
+    wire::configure(&pod, POD_IFACE, Some(addrs.pod), None)?;
+    wire::default_route(&pod, addrs.gateway.addr())?;
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_flannels_subnet_env() {
+        let text =
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        let info = parse_subnet_env(text).unwrap();
+        assert_eq!(info.subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(info.mtu, 1450);
+    }
+
+    #[test]
+    fn incomplete_subnet_env_is_not_read() {
+        assert_eq!(parse_subnet_env(""), None);
+        assert_eq!(parse_subnet_env("FLANNEL_SUBNET=10.244.3.1/24\n"), None);
+        assert_eq!(parse_subnet_env("FLANNEL_SUBNET=nope\nFLANNEL_MTU=1450\n"), None);
+        // A key that only starts like another is not it.
+        assert_eq!(parse_subnet_env("FLANNEL_SUBNET_X=10.0.0.1/24\nFLANNEL_MTU=1\n"), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! `kind = "kube"`: the Kubernetes API as the store, compatible with flannel's kube subnet
+//! manager. A node's lease is the node itself: its subnet is `spec.podCIDR` (assigned by the
+//! controller manager, never chosen here), its attributes are flannel's annotations on it. The
+//! agent writes only its own node; the others are watched. The network config is not stored in
+//! the cluster: it comes from weft.toml (the ConfigMap) and is handed in at open.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream};
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::coordination::v1::Lease as CoordinationLease;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{watcher, WatchStreamExt};
+use tracing::{info, warn};
+
+use crate::lease::{Expiry, LeaseAttrs};
+use crate::store::{LeaseListing, LeaseUpdate, Revision, Store, StoreError, WriteOutcome};
+use annotations::AnnotationNames;
+use events::{NodeTracker, OwnNode};
+
+pub mod annotations;
+pub mod events;
+pub mod lead;
+pub mod node;
+
+/// Where Lease objects for `lead()` live when the agent does not run in a pod.
+const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
+
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// This host's node.
+    pub node_name: String,
+    /// `None`: in-cluster, then `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    pub annotation_prefix: String,
+    /// flannel's JSON of the `[network]` table; `None` when the caller has none (`weft leases`).
+    pub network_json: Option<String>,
+    /// Namespace of the coordination Leases used for leadership.
+    pub lease_namespace: String,
+}
+
+impl KubeOptions {
+    /// The namespace the agent's pod runs in (the downward API's `POD_NAMESPACE`), else
+    /// kube-system, like flannel's own objects.
+    pub fn default_lease_namespace() -> String {
+        std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| DEFAULT_LEASE_NAMESPACE.to_string())
+    }
+}
+
+pub struct KubeStore {
+    nodes: Api<Node>,
+    leases: Api<CoordinationLease>,
+    names: AnnotationNames,
+    own: Arc<OwnNode>,
+    network_json: Option<String>,
+}
+
+impl KubeStore {
+    pub async fn connect(options: KubeOptions) -> Result<Self, StoreError> {
+        let names = AnnotationNames::new(&options.annotation_prefix)
+            .map_err(|e| StoreError::Config(format!("store.{e}")))?;
+        if options.node_name.is_empty() {
+            return Err(StoreError::Config(
+                "store.kind = \"kube\" needs this host's node name: set store.node_name or NODE_NAME".into(),
+            ));
+        }
+        let config = client_config(options.kubeconfig.as_ref()).await?;
+        // rustls cannot pick a crypto provider by itself when several are compiled in (the AWS
+        // SDK brings aws-lc-rs); kube builds its TLS config from the process default.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = kube::Client::try_from(config)
+            .map_err(|e| StoreError::Config(format!("kubernetes client: {e}")))?;
+        info!(node = %options.node_name, prefix = %options.annotation_prefix, "kubernetes store");
+        Ok(KubeStore {
+            nodes: Api::all(client.clone()),
+            leases: Api::namespaced(client, &options.lease_namespace),
+            names,
+            own: Arc::new(OwnNode::new(&options.node_name)),
+            network_json: options.network_json,
+        })
+    }
+
+    async fn own_node(&self) -> Result<Node, StoreError> {
+        self.nodes.get(&self.own.name).await.map_err(|e| match e {
+            kube::Error::Api(ref r) if r.code == 404 => StoreError::Config(format!(
+                "node {:?} does not exist: store.node_name (or NODE_NAME) must name this host's node",
+                self.own.name
+            )),
+            e => api_error(e),
+        })
+    }
+
+    /// Annotates our node with `attrs_json`, if `subnet` is its pod subnet: that is the only
+    /// lease this host can hold in Kubernetes mode.
+    async fn write_own(&self, subnet: Ipv4Net, attrs_json: &str) -> Result<WriteOutcome, StoreError> {
+        let attrs: LeaseAttrs = serde_json::from_str(attrs_json)
+            .map_err(|e| StoreError::Corrupt(format!("lease attributes to write: {e}")))?;
+        let node = self.own_node().await?;
+        let assigned = node::pod_cidr(&node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if assigned != Some(subnet) {
+            return Ok(WriteOutcome::Conflict);
+        }
+        let patch = self.names.own_patch(&node::annotations(&node), &attrs);
+        let mut revision = node::revision(node.metadata.resource_version.as_deref());
+        if !patch.is_empty() {
+            if let Some(overwrite) = patch
+                .get(&self.names.public_ip)
+                .filter(|ip| **ip != attrs.public_ip.to_string())
+            {
+                info!(public_ip = %overwrite, annotation = %self.names.public_ip_overwrite, "public address overridden by the node's annotation");
+            }
+            // flannel patches the status subresource: its RBAC grants `nodes/status` patch
+            // only, and weft must work under the same ClusterRole.
+            let body = serde_json::json!({ "metadata": { "annotations": patch } });
+            let patched = self
+                .nodes
+                .patch_status(&self.own.name, &PatchParams::default(), &Patch::Strategic(body))
+                .await
+                .map_err(api_error)?;
+            revision = node::revision(patched.metadata.resource_version.as_deref());
+        }
+        self.own.remember(attrs_json);
+        Ok(WriteOutcome::Written {
+            revision,
+            expiry: Expiry::Never,
+        })
+    }
+}
+
+async fn client_config(kubeconfig: Option<&PathBuf>) -> Result<kube::Config, StoreError> {
+    let options = KubeConfigOptions::default();
+    if let Some(path) = kubeconfig {
+        let file = Kubeconfig::read_from(path)
+            .map_err(|e| StoreError::Config(format!("store.kubeconfig {}: {e}", path.display())))?;
+        return kube::Config::from_custom_kubeconfig(file, &options)
+            .await
+            .map_err(|e| StoreError::Config(format!("store.kubeconfig {}: {e}", path.display())));
+    }
+    // flannel's order: the pod's service account first, then the user's kubeconfig.
+    match kube::Config::incluster() {
+        Ok(config) => Ok(config),
+        Err(in_cluster) => kube::Config::from_kubeconfig(&options).await.map_err(|e| {
+            StoreError::Config(format!(
+                "no Kubernetes API to talk to: not in a cluster ({in_cluster}) and no kubeconfig ({e}); set store.kubeconfig"
+            ))
+        }),
+    }
+}
+
+/// API errors keep their status code in the message; transport errors mean the API is away.
+pub(crate) fn api_error(error: kube::Error) -> StoreError {
+    match error {
+        kube::Error::Api(e) => StoreError::Request(format!("kubernetes API: {} ({})", e.message, e.code)),
+        e => StoreError::Unavailable(format!("kubernetes API: {e}")),
+    }
+}
+
+#[async_trait]
+impl Store for KubeStore {
+    async fn network_config(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.network_json.clone())
+    }
+
+    async fn put_network_config(&self, _json: &str) -> Result<(), StoreError> {
+        Err(StoreError::Config(
+            "store.kind = \"kube\" keeps no network config in the cluster: every agent reads the [network] table of its weft.toml (the ConfigMap)".into(),
+        ))
+    }
+
+    async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
+        let list = self
+            .nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(api_error)?;
+        let mut leases = Vec::new();
+        for node in &list.items {
+            match events::lease_of(&self.names, &self.own, node) {
+                Ok(Some(lease)) => leases.push(lease),
+                Ok(None) => {}
+                Err(skip) => warn!(node = %node::name(node), reason = %skip, "skipping node: not a usable lease"),
+            }
+        }
+        Ok(LeaseListing {
+            leases,
+            revision: node::revision(list.metadata.resource_version.as_deref()),
+        })
+    }
+
+    /// Kubernetes decides who holds a subnet (the controller manager assigns `spec.podCIDR`):
+    /// "creating" a lease annotates our node when `subnet` is its pod subnet, and is a conflict
+    /// for any other subnet. TTLs do not apply.
+    async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs_json: &str,
+        _ttl: Option<Duration>,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.write_own(subnet, attrs_json).await
+    }
+
+    /// As `create_lease`: the node is ours whatever its resourceVersion, since only this agent
+    /// writes these annotations on it.
+    async fn update_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs_json: &str,
+        _ttl: Option<Duration>,
+        _expected: Revision,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.write_own(subnet, attrs_json).await
+    }
+
+    /// Removes our node's lease annotations; other nodes are never written.
+    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
+        let node = self.own_node().await?;
+        let assigned = node::pod_cidr(&node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if assigned != Some(subnet) {
+            return Err(StoreError::Config(format!(
+                "{subnet} is not the pod subnet of node {:?}: in Kubernetes mode an agent changes only its own node; delete the node to free its subnet",
+                self.own.name
+            )));
+        }
+        let notes = node::annotations(&node);
+        let names = &self.names;
+        let ours = [
+            &names.backend_type,
+            &names.backend_data,
+            &names.public_ip,
+            &names.subnet_kube_managed,
+        ];
+        if !ours.iter().any(|key| notes.contains_key(*key)) {
+            return Ok(false);
+        }
+        // In a merge patch, null removes a key.
+        let removed: serde_json::Map<String, serde_json::Value> = ours
+            .iter()
+            .map(|key| (key.to_string(), serde_json::Value::Null))
+            .collect();
+        let body = serde_json::json!({ "metadata": { "annotations": removed } });
+        self.nodes
+            .patch_status(&self.own.name, &PatchParams::default(), &Patch::Merge(body))
+            .await
+            .map_err(api_error)?;
+        Ok(true)
+    }
+
+    /// Lists and watches nodes with kube-rs' watcher, which relists (yielding a `Resync` here)
+    /// when the API answers 410 Gone for an expired resourceVersion. `after` is not needed: the
+    /// watcher starts with a listing of its own.
+    fn watch_leases(&self, _after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {
+        let mut tracker = NodeTracker::new(self.names.clone(), self.own.clone());
+        watcher(self.nodes.clone(), watcher::Config::default())
+            .default_backoff()
+            .flat_map(move |event| {
+                let updates: Vec<Result<LeaseUpdate, StoreError>> = match event {
+                    Ok(event) => tracker.on_event(event).into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(StoreError::Unavailable(format!("watching nodes: {e}")))],
+                };
+                stream::iter(updates)
+            })
+            .boxed()
+    }
+
+    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        lead::lead(&self.leases, name, holder, ttl).await
+    }
+
+    /// The config is fixed for the life of the store: a changed ConfigMap reaches the agent as
+    /// a changed weft.toml (SIGHUP or a restart), which opens a new store.
+    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
+        stream::once(futures::future::ready(Ok(self.network_json.clone())))
+            .chain(stream::pending())
+            .boxed()
+    }
+
+    async fn assigned_subnet(&self) -> Result<Option<Ipv4Net>, StoreError> {
+        let node = self.own_node().await?;
+        match node::pod_cidr(&node).map_err(|e| StoreError::Corrupt(e.to_string()))? {
+            Some(subnet) => Ok(Some(subnet)),
+            None => {
+                info!(node = %self.own.name, "waiting for the node's spec.podCIDR (assigned by kube-controller-manager --allocate-node-cidrs)");
+                Err(StoreError::Unavailable(format!(
+                    "node {:?} has no IPv4 spec.podCIDR yet; waiting for the controller manager to assign one",
+                    self.own.name
+                )))
+            }
+        }
+    }
+}

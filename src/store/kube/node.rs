@@ -1,0 +1,221 @@
+//! A Kubernetes node read as a lease: the subnet is its `spec.podCIDR`, the attributes are
+//! flannel's annotations on it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::Node;
+
+use super::annotations::AnnotationNames;
+use crate::lease::{self, Expiry, LeaseAttrs};
+use crate::store::{RawLease, Revision};
+
+/// Why a node managed by flannel or weft cannot be read as a lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeSkip {
+    #[error("node {node:?} has no IPv4 spec.podCIDR")]
+    NoPodCidr { node: String },
+    #[error("node {node:?}: spec.podCIDR {value:?} is not a CIDR")]
+    BadPodCidr { node: String, value: String },
+    #[error("node {node:?}: annotation {key} = {value:?} is not an IPv4 address")]
+    BadPublicIp {
+        node: String,
+        key: String,
+        value: String,
+    },
+    #[error("node {node:?}: annotation {key} is not JSON: {reason}")]
+    BadBackendData {
+        node: String,
+        key: String,
+        reason: String,
+    },
+}
+
+/// What a node says about leases.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeLease {
+    /// Neither flannel nor weft has annotated it yet: not a lease, nothing to warn about.
+    Unmanaged,
+    Lease { subnet: Ipv4Net, attrs: LeaseAttrs },
+}
+
+pub fn name(node: &Node) -> &str {
+    node.metadata.name.as_deref().unwrap_or("")
+}
+
+pub fn annotations(node: &Node) -> BTreeMap<String, String> {
+    node.metadata.annotations.clone().unwrap_or_default()
+}
+
+/// The API server's resourceVersion as a revision. It is opaque by contract, but every real API
+/// server hands out etcd revisions; anything else reads as 0, which only weakens ordering hints.
+pub fn revision(resource_version: Option<&str>) -> Revision {
+    resource_version.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The node's IPv4 pod subnet: the IPv4 entry of `spec.podCIDRs` (dual-stack), else
+/// `spec.podCIDR`. `Ok(None)` while the controller manager has not assigned one.
+pub fn pod_cidr(node: &Node) -> Result<Option<Ipv4Net>, NodeSkip> {
+    let spec = node.spec.as_ref();
+    let listed = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+    let single = spec.and_then(|s| s.pod_cidr.clone()).filter(|c| !c.is_empty());
+    let candidates = if listed.is_empty() {
+        single.into_iter().collect()
+    } else {
+        listed
+    };
+    for value in candidates {
+        let net: IpNet = value.parse().map_err(|_| NodeSkip::BadPodCidr {
+            node: name(node).to_string(),
+            value: value.clone(),
+        })?;
+        if let IpNet::V4(v4) = net {
+            return Ok(Some(v4.trunc()));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a node as flannel's `nodeToLease` does.
+pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip> {
+    let notes = annotations(node);
+    if !names.is_managed(&notes) {
+        return Ok(NodeLease::Unmanaged);
+    }
+    let node_name = name(node).to_string();
+    let subnet = pod_cidr(node)?.ok_or_else(|| NodeSkip::NoPodCidr {
+        node: node_name.clone(),
+    })?;
+    let ip_text = notes.get(&names.public_ip).cloned().unwrap_or_default();
+    let public_ip: Ipv4Addr = ip_text.parse().map_err(|_| NodeSkip::BadPublicIp {
+        node: node_name.clone(),
+        key: names.public_ip.clone(),
+        value: ip_text.clone(),
+    })?;
+    // A vxlan node without its VTEP yet carries no data annotation: that reads as `null`.
+    let backend_data = match notes.get(&names.backend_data) {
+        None => serde_json::Value::Null,
+        Some(text) => serde_json::from_str(text).map_err(|e| NodeSkip::BadBackendData {
+            node: node_name.clone(),
+            key: names.backend_data.clone(),
+            reason: e.to_string(),
+        })?,
+    };
+    let backend_type = notes.get(&names.backend_type).cloned().unwrap_or_default();
+    Ok(NodeLease::Lease {
+        subnet,
+        attrs: LeaseAttrs::new(public_ip, &backend_type, backend_data),
+    })
+}
+
+/// The lease as the store trait carries it. Kubernetes leases never expire: the node is the
+/// lease, and it goes when the node goes.
+pub fn raw(subnet: Ipv4Net, attrs_json: String, revision: Revision) -> RawLease {
+    RawLease {
+        key: lease::subnet_key(subnet),
+        value: attrs_json.into_bytes(),
+        expiry: Expiry::Never,
+        mod_revision: revision,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    pub(crate) fn node(name: &str, pod_cidr: Option<&str>, notes: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                resource_version: Some("42".into()),
+                annotations: Some(
+                    notes
+                        .iter()
+                        .map(|(k, v)| (format!("flannel.alpha.coreos.com/{k}"), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: pod_cidr.map(String::from),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn flannel_node(name: &str, pod_cidr: &str, ip: &str) -> Node {
+        node(
+            name,
+            Some(pod_cidr),
+            &[
+                ("kube-subnet-manager", "true"),
+                ("backend-type", "vxlan"),
+                ("backend-data", r#"{"VNI":1,"VtepMAC":"6e:0b:1c:3a:9f:01"}"#),
+                ("public-ip", ip),
+            ],
+        )
+    }
+
+    fn names() -> AnnotationNames {
+        AnnotationNames::new("flannel.alpha.coreos.com").unwrap()
+    }
+
+    #[test]
+    fn reads_a_flannel_node() {
+        let lease = read(&names(), &flannel_node("n1", "10.244.3.0/24", "198.51.100.3")).unwrap();
+        let NodeLease::Lease { subnet, attrs } = lease else {
+            panic!("not a lease: {lease:?}");
+        };
+        assert_eq!(subnet, "10.244.3.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(attrs.public_ip, Ipv4Addr::new(198, 51, 100, 3));
+        assert_eq!(attrs.backend_type, "vxlan");
+        assert_eq!(attrs.backend_data["VtepMAC"], "6e:0b:1c:3a:9f:01");
+    }
+
+    #[test]
+    fn unmanaged_nodes_are_not_leases() {
+        let plain = node("n1", Some("10.244.3.0/24"), &[]);
+        assert_eq!(read(&names(), &plain), Ok(NodeLease::Unmanaged));
+    }
+
+    #[test]
+    fn broken_nodes_name_the_node_and_the_problem() {
+        let cases = [
+            node("a", None, &[("kube-subnet-manager", "true"), ("public-ip", "198.51.100.1")]),
+            node("b", Some("banana"), &[("kube-subnet-manager", "true")]),
+            node("c", Some("10.244.1.0/24"), &[("kube-subnet-manager", "true"), ("public-ip", "x")]),
+            node(
+                "d",
+                Some("10.244.1.0/24"),
+                &[("kube-subnet-manager", "true"), ("public-ip", "198.51.100.1"), ("backend-data", "{")],
+            ),
+        ];
+        for (node, needle) in cases.iter().zip(["podCIDR", "banana", "public-ip", "backend-data"]) {
+            let err = read(&names(), node).unwrap_err().to_string();
+            assert!(err.contains(&format!("{:?}", name(node))), "{err}");
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn dual_stack_nodes_use_their_ipv4_cidr() {
+        let mut n = flannel_node("n1", "fd00:10:244:3::/64", "198.51.100.3");
+        if let Some(spec) = n.spec.as_mut() {
+            spec.pod_cidrs = Some(vec!["fd00:10:244:3::/64".into(), "10.244.3.0/24".into()]);
+        }
+        assert_eq!(pod_cidr(&n), Ok(Some("10.244.3.0/24".parse().unwrap())));
+        let v6_only = flannel_node("n2", "fd00:10:244:3::/64", "198.51.100.3");
+        assert_eq!(pod_cidr(&v6_only), Ok(None));
+    }
+
+    #[test]
+    fn revisions_are_parsed_when_numeric() {
+        assert_eq!(revision(Some("1234")), 1234);
+        assert_eq!(revision(Some("opaque")), 0);
+        assert_eq!(revision(None), 0);
+    }
+}

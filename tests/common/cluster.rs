@@ -1,0 +1,409 @@
+//! Multi-host clusters for integration tests: hosts are network namespaces joined to a bridge in
+//! a switch namespace (weft's own lab topology, `weft::lab`), each running `weft agent` as a
+//! separate process, with an optional real etcd in a service namespace on the same bridge
+//! (agents in host namespaces cannot reach the machine's loopback).
+//!
+//! Every name carries a prefix unique to the cluster (`wt<pid>-<n>-`), so tests run in parallel,
+//! and Drop removes everything, also when the test panics. Agents and etcd die with the test
+//! thread even on SIGKILL (parent-death signal); namespaces left by a killed test run are removed
+//! by the next one.
+//!
+//! Only documentation-range addresses (198.51.100.0/24) on the underlay; nothing is ever changed
+//! in the machine's own namespace.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use weft::lab::pods::{self, SubnetInfo};
+use weft::lab::report::Probe;
+use weft::lab::{agents, probe, wire, Node, PodAddrs, Topology};
+use weft::netns::Netns;
+
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+/// Each host namespace has its own loopback: every agent listens on the same address.
+pub const AGENT_LISTEN: &str = "127.0.0.1:9810";
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_START_DEADLINE: Duration = Duration::from_secs(20);
+const SUBNET_DEADLINE: Duration = Duration::from_secs(20);
+
+static NEXT_CLUSTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Namespace tests need root; CI runs as root. Never skip: a skipped test proves nothing.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test builds network namespaces and needs root (CI={}): run it as root, e.g. \
+             `sudo -E cargo test`",
+            std::env::var("CI").unwrap_or_default()
+        );
+    }
+}
+
+pub struct Cluster {
+    pub topology: Topology,
+    /// Configs, subnet.env files, logs and etcd's data.
+    pub dir: TempDir,
+    etcd: Option<Child>,
+    /// Host i's agent at index i - 1.
+    agents: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// `hosts` hosts on a switch, nothing running yet.
+    pub fn new(hosts: usize) -> Cluster {
+        require_root();
+        remove_stale_clusters();
+        let prefix = format!("wt{}-{}-", std::process::id(), NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed));
+        let topology = Topology::new(&prefix, hosts).expect("a valid host count");
+        // Exists before anything is built, so Drop cleans up a half-built cluster as well.
+        let cluster = Cluster {
+            topology,
+            dir: tempfile::tempdir().expect("create a temp dir"),
+            etcd: None,
+            agents: (0..hosts).map(|_| None).collect(),
+        };
+        if let Err(e) = wire::build(&cluster.topology) {
+            panic!("building the cluster {prefix}: {e}");
+        }
+        cluster
+    }
+
+    /// `hosts` hosts and an etcd in the service namespace, answering.
+    pub fn with_etcd(hosts: usize) -> Cluster {
+        let mut cluster = Cluster::new(hosts);
+        cluster.start_etcd();
+        cluster
+    }
+
+    pub fn host(&self, i: usize) -> Node {
+        self.topology.host(i)
+    }
+
+    pub fn host_ns(&self, i: usize) -> Netns {
+        ns(&self.host(i).ns)
+    }
+
+    pub fn pod_ns(&self, i: usize) -> String {
+        self.topology.pod_ns(&self.host(i))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    // ---- etcd ----
+
+    /// Starts etcd in the service namespace and waits until it is healthy.
+    pub fn start_etcd(&mut self) {
+        assert!(self.etcd.is_none(), "etcd already runs");
+        let service = self.topology.service();
+        if let Err(e) = wire::join(&self.topology, &service) {
+            panic!("joining the service namespace: {e}");
+        }
+        let client = self.etcd_endpoint();
+        let peer = "http://127.0.0.1:2380";
+        let log = std::fs::File::create(self.path("etcd.log")).expect("create etcd.log");
+        let mut command = ns(&service.ns).command(etcd_binary()).expect("enter svc ns");
+        command
+            .arg("--name=weft-test")
+            .arg(format!("--data-dir={}", self.path("etcd-data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=weft-test={peer}"))
+            .args(["--logger=zap", "--log-outputs=stderr", "--log-level=warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        die_with_parent(&mut command);
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!("cannot run etcd ({}): {e}; install Debian's etcd-server or set WEFT_TEST_ETCD", etcd_binary())
+        });
+        self.etcd = Some(child);
+        let deadline = Instant::now() + ETCD_START_DEADLINE;
+        while !self.etcd_healthy() {
+            if let Some(status) = self.etcd.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("etcd exited ({status}): {}", self.read("etcd.log"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer within {ETCD_START_DEADLINE:?}: {}",
+                self.read("etcd.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Where agents reach etcd: the service namespace's underlay address.
+    pub fn etcd_endpoint(&self) -> String {
+        format!("http://{}:{ETCD_CLIENT_PORT}", self.topology.service().addr)
+    }
+
+    /// `etcdctl <args>` (API v3) from the service namespace; its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let output = self.etcdctl_command(args).output().expect("run etcdctl");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("etcdctl printed UTF-8")
+    }
+
+    fn etcdctl_command(&self, args: &[&str]) -> Command {
+        let mut command = ns(&self.topology.service().ns).command("etcdctl").expect("enter svc ns");
+        command.env("ETCDCTL_API", "3").arg("--endpoints").arg(self.etcd_endpoint()).args(args).stdin(Stdio::null());
+        command
+    }
+
+    fn etcd_healthy(&self) -> bool {
+        self.etcdctl_command(&["--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    // ---- weft ----
+
+    /// Writes the agents' weft.toml: the cluster's etcd if it runs, else a local store in the
+    /// temp dir; `network` is the body of the `[network]` table. Returns its path.
+    pub fn write_config(&self, network: &str) -> PathBuf {
+        let store = if self.etcd.is_some() {
+            format!("kind = \"etcd\"\nendpoints = [\"{}\"]", self.etcd_endpoint())
+        } else {
+            format!("kind = \"local\"\npath = \"{}\"", self.path("store").display())
+        };
+        let text = format!(
+            "[agent]\nlease_ttl = \"30s\"\nrenew_margin = \"10s\"\nresync = \"2s\"\n\n[store]\n{store}\n\n[network]\n{network}\n"
+        );
+        let path = self.path("weft.toml");
+        std::fs::write(&path, text).expect("write weft.toml");
+        path
+    }
+
+    /// `weft --config <weft.toml> <args>` in host 1's namespace (it reaches the store).
+    pub fn weft(&self, args: &[&str]) -> Output {
+        self.host_ns(1)
+            .command(WEFT)
+            .expect("enter host 1")
+            .arg("--config")
+            .arg(self.path("weft.toml"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run weft")
+    }
+
+    /// Like [`Cluster::weft`], and it must succeed; its stdout.
+    pub fn weft_ok(&self, args: &[&str]) -> String {
+        let out = self.weft(args);
+        assert!(out.status.success(), "weft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn subnet_file(&self, i: usize) -> PathBuf {
+        self.path(&format!("h{i}.env"))
+    }
+
+    pub fn agent_log_path(&self, i: usize) -> PathBuf {
+        self.path(&format!("h{i}.log"))
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.agent_log_path(i)).unwrap_or_default()
+    }
+
+    /// Starts `weft agent` in host i's namespace on `eth0` with the cluster's weft.toml.
+    pub fn start_agent(&mut self, i: usize, extra: &[&str]) {
+        assert!(self.agents[i - 1].is_none(), "h{i}'s agent already runs");
+        let log = std::fs::File::create(self.agent_log_path(i)).expect("create agent log");
+        let mut command = self.host_ns(i).command(WEFT).expect("enter host");
+        command
+            .arg("--config")
+            .arg(self.path("weft.toml"))
+            .args(["agent", "--iface", "eth0", "--listen", AGENT_LISTEN])
+            .arg("--subnet-file")
+            .arg(self.subnet_file(i))
+            .args(extra)
+            .env("RUST_LOG", "info,weft=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log);
+        die_with_parent(&mut command);
+        self.agents[i - 1] = Some(command.spawn().expect("start weft agent"));
+    }
+
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.agents[i - 1].as_ref().map(Child::id)
+    }
+
+    /// Waits for host i's subnet.env; panics with the agent's log when it does not come.
+    pub fn wait_subnet(&mut self, i: usize) -> SubnetInfo {
+        let deadline = Instant::now() + SUBNET_DEADLINE;
+        loop {
+            if let Some(info) = pods::read_subnet_env(&self.subnet_file(i)) {
+                return info;
+            }
+            if let Some(status) = self.agents[i - 1].as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("h{i}'s agent exited ({status}):\n{}", self.agent_log(i));
+            }
+            assert!(Instant::now() < deadline, "h{i}: no subnet.env after {SUBNET_DEADLINE:?}:\n{}", self.agent_log(i));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM to host i's agent, then wait (SIGKILL after 10 s).
+    pub fn stop_agent(&mut self, i: usize) {
+        if let Some(child) = self.agents[i - 1].take() {
+            agents::stop_all(&[child.id()], Duration::from_secs(10));
+            reap(child);
+        }
+    }
+
+    /// SIGKILL: the agent dies as on a crash, leaving what it installed.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.agents[i - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// host i's `/readyz` status, asked from inside its namespace (`None`: no answer).
+    pub fn readyz(&self, i: usize) -> Option<u16> {
+        let addr: SocketAddr = AGENT_LISTEN.parse().expect("valid address");
+        probe::http_status(&self.host_ns(i), addr, "/readyz").expect("enter host")
+    }
+
+    // ---- pods and traffic ----
+
+    /// A bridge `cni0` and a pod namespace behind host i, in `info`'s subnet.
+    pub fn make_pod(&self, i: usize, info: SubnetInfo) -> PodAddrs {
+        pods::create(&self.topology, &self.host(i), info).unwrap_or_else(|e| panic!("making h{i}'s pod: {e}"))
+    }
+
+    /// Three pings from namespace `from` to `to`: the average round trip, or `None`.
+    pub fn ping(&self, from: &str, to: Ipv4Addr) -> Option<Duration> {
+        let job = probe::PingJob { from_ns: from.to_string(), to };
+        match probe::ping_all(&[job]).expect("run ping").pop() {
+            Some(Probe::Rtt(rtt)) => Some(rtt),
+            _ => None,
+        }
+    }
+
+    /// Pings until one answers or `within` passes (routes take a moment to appear).
+    pub fn wait_ping(&self, from: &str, to: Ipv4Addr, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.ping(from, to).is_some() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    }
+
+    /// `ip -j <args>` inside namespace `name`, parsed.
+    pub fn ip_json(&self, name: &str, args: &[&str]) -> serde_json::Value {
+        let out = ns(name)
+            .command("ip")
+            .expect("enter namespace")
+            .arg("-j")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip -j {args:?} in {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `ip -j` prints nothing at all for an empty list.
+        if text.trim().is_empty() {
+            return serde_json::Value::Array(Vec::new());
+        }
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {text}"))
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 1..=self.topology.hosts {
+                let log = self.agent_log(i);
+                if !log.is_empty() {
+                    eprintln!("---- h{i}'s agent log ----\n{log}");
+                }
+            }
+        }
+        for child in self.agents.iter_mut().filter_map(Option::take) {
+            agents::stop_all(&[child.id()], Duration::from_secs(3));
+            reap(child);
+        }
+        if let Some(mut etcd) = self.etcd.take() {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
+        }
+        if let Err(failures) = wire::teardown(&self.topology.prefix) {
+            eprintln!("cleaning up {}: {}", self.topology.prefix, failures.join("; "));
+        }
+    }
+}
+
+fn ns(name: &str) -> Netns {
+    Netns::open(name).unwrap_or_else(|e| panic!("open namespace {name}: {e}"))
+}
+
+fn reap(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn etcd_binary() -> String {
+    std::env::var("WEFT_TEST_ETCD").unwrap_or_else(|_| "etcd".to_string())
+}
+
+/// The child gets SIGKILL when the test thread that started it ends, even if the test process
+/// is killed and Drop never runs.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and nothing is allocated.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Removes namespaces of clusters whose test process is gone (killed before Drop could run).
+fn remove_stale_clusters() {
+    let Ok(names) = wire::namespaces_with_prefix("wt") else {
+        return;
+    };
+    let mut stale: Vec<String> = names
+        .iter()
+        .filter_map(|name| {
+            let rest = name.strip_prefix("wt")?;
+            let (pid, rest) = rest.split_once('-')?;
+            let (n, _) = rest.split_once('-')?;
+            let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            let pid: u32 = pid.parse().ok().filter(|_| numeric(n))?;
+            (!agents::is_alive(pid)).then(|| format!("wt{pid}-{n}-"))
+        })
+        .collect();
+    stale.dedup();
+    for prefix in stale {
+        let _ = wire::teardown(&prefix);
+    }
+}

@@ -1,0 +1,476 @@
+//! moto (PyPI `moto[server]`) as a model of EC2 on 127.0.0.1, a VPC built in it through the SDK,
+//! and a fault-injecting proxy for what moto does not model (route limits, throttling, blackhole
+//! routes). Tests never skip when moto is missing: they fail, saying how to install it.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::types::{AttributeBooleanValue, Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::Client;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use tempfile::TempDir;
+
+pub const REGION: &str = "us-east-1";
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A moto server on a free port, killed on drop.
+pub struct Moto {
+    pub endpoint: String,
+    child: Child,
+    dir: TempDir,
+}
+
+pub fn moto_binary() -> PathBuf {
+    std::env::var_os("WEFT_MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|| "/opt/weft-venv/bin/moto_server".into())
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let binary = moto_binary();
+        assert!(
+            binary.exists(),
+            "moto_server not found at {} (run scripts/setup.sh, which installs moto[server] in /opt/weft-venv, or set WEFT_MOTO_SERVER)",
+            binary.display()
+        );
+        let dir = tempfile::tempdir().expect("temp dir for moto");
+        let port = super::weft::free_port();
+        let log = std::fs::File::create(dir.path().join("moto.log")).expect("moto log");
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        let mut moto = Moto { endpoint: format!("http://127.0.0.1:{port}"), child, dir };
+        moto.wait_ready(port);
+        moto
+    }
+
+    fn wait_ready(&mut self, port: u16) {
+        let deadline = Instant::now() + START_DEADLINE;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("moto exited with {status}: {}", self.log());
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("moto did not listen within {START_DEADLINE:?}: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An SDK client for `endpoint` with dummy credentials (moto checks none).
+pub fn client(endpoint: &str) -> Client {
+    let config = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "weft-tests"))
+        .build();
+    Client::from_conf(config)
+}
+
+/// The VPC of a test: 3 subnets in 3 zones, a tagged route table associated with each, an
+/// untagged table, a subnet without a table of its own, and a spare interface to point routes at.
+pub struct Vpc {
+    pub id: String,
+    /// One per zone, each associated with `tagged[i]`.
+    pub subnets: Vec<String>,
+    pub tagged: Vec<String>,
+    pub untagged: String,
+    pub main: String,
+    /// In zone a, associated with no table: uses the main table.
+    pub loose_subnet: String,
+    /// An interface of no node, for routes the agents must replace or remove.
+    pub spare_interface: String,
+}
+
+pub const TAG_KEY: &str = "weft-cluster";
+pub const TAG_VALUE: &str = "test";
+
+fn tags(resource: ResourceType, pairs: &[(&str, &str)]) -> TagSpecification {
+    let mut spec = TagSpecification::builder().resource_type(resource);
+    for (k, v) in pairs {
+        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
+    }
+    spec.build()
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+pub async fn build_vpc(ec2: &Client) -> Vpc {
+    let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.expect("CreateVpc");
+    let id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
+    let mut subnets = Vec::new();
+    let mut tagged = Vec::new();
+    for (i, zone) in ["a", "b", "c"].iter().enumerate() {
+        let subnet = create_subnet(ec2, &id, &format!("10.0.{}.0/24", i + 1), &format!("{REGION}{zone}")).await;
+        let table = create_table(ec2, &id, &[(TAG_KEY, TAG_VALUE), ("zone", zone)]).await;
+        ec2.associate_route_table()
+            .route_table_id(&table)
+            .subnet_id(&subnet)
+            .send()
+            .await
+            .expect("AssociateRouteTable");
+        subnets.push(subnet);
+        tagged.push(table);
+    }
+    let untagged = create_table(ec2, &id, &[]).await;
+    let loose_subnet = create_subnet(ec2, &id, "10.0.9.0/24", &format!("{REGION}a")).await;
+    let main = ec2
+        .describe_route_tables()
+        .filters(filter("vpc-id", &id))
+        .filters(filter("association.main", "true"))
+        .send()
+        .await
+        .expect("DescribeRouteTables")
+        .route_tables()
+        .first()
+        .and_then(|t| t.route_table_id())
+        .expect("main table")
+        .to_string();
+    let spare = ec2.create_network_interface().subnet_id(&subnets[0]).send().await.expect("CreateNetworkInterface");
+    let spare_interface = spare.network_interface().and_then(|n| n.network_interface_id()).expect("eni").to_string();
+    Vpc { id, subnets, tagged, untagged, main, loose_subnet, spare_interface }
+}
+
+async fn create_subnet(ec2: &Client, vpc: &str, cidr: &str, zone: &str) -> String {
+    let out =
+        ec2.create_subnet().vpc_id(vpc).cidr_block(cidr).availability_zone(zone).send().await.expect("CreateSubnet");
+    out.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string()
+}
+
+async fn create_table(ec2: &Client, vpc: &str, pairs: &[(&str, &str)]) -> String {
+    let mut request = ec2.create_route_table().vpc_id(vpc);
+    if !pairs.is_empty() {
+        request = request.tag_specifications(tags(ResourceType::RouteTable, pairs));
+    }
+    let out = request.send().await.expect("CreateRouteTable");
+    out.route_table().and_then(|t| t.route_table_id()).expect("table id").to_string()
+}
+
+/// An instance as a node sees it through the metadata service.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub instance_id: String,
+    pub interface_id: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+pub async fn launch(ec2: &Client, subnet: &str) -> Host {
+    let out = ec2
+        .run_instances()
+        .image_id("ami-12345678")
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet)
+        .send()
+        .await
+        .expect("RunInstances");
+    let instance = out.instances().first().expect("an instance");
+    let eni = instance.network_interfaces().first().expect("an interface");
+    Host {
+        instance_id: instance.instance_id().expect("instance id").to_string(),
+        interface_id: eni.network_interface_id().expect("eni id").to_string(),
+        mac: eni.mac_address().expect("mac").to_string(),
+        ip: instance.private_ip_address().expect("ip").parse().expect("an IPv4 address"),
+    }
+}
+
+/// A route as the test checks it: destination → (interface id or other target, state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRoute {
+    pub target: String,
+    pub origin: String,
+}
+
+pub async fn routes(ec2: &Client, table: &str) -> BTreeMap<String, SeenRoute> {
+    let out = ec2.describe_route_tables().route_table_ids(table).send().await.expect("DescribeRouteTables");
+    let table = out.route_tables().first().expect("the table");
+    table
+        .routes()
+        .iter()
+        .filter_map(|r| {
+            let target = r.network_interface_id().or(r.gateway_id()).or(r.instance_id()).unwrap_or("?").to_string();
+            let origin = r.origin().map(|o| o.as_str().to_string()).unwrap_or_default();
+            Some((r.destination_cidr_block()?.to_string(), SeenRoute { target, origin }))
+        })
+        .collect()
+}
+
+pub async fn create_route(ec2: &Client, table: &str, cidr: &str, eni: &str) {
+    ec2.create_route()
+        .route_table_id(table)
+        .destination_cidr_block(cidr)
+        .network_interface_id(eni)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateRoute {table} {cidr}: {e:?}"));
+}
+
+pub async fn replace_route(ec2: &Client, table: &str, cidr: &str, eni: &str) {
+    ec2.replace_route()
+        .route_table_id(table)
+        .destination_cidr_block(cidr)
+        .network_interface_id(eni)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("ReplaceRoute {table} {cidr}: {e:?}"));
+}
+
+pub async fn delete_route(ec2: &Client, table: &str, cidr: &str) {
+    ec2.delete_route().route_table_id(table).destination_cidr_block(cidr).send().await.expect("DeleteRoute");
+}
+
+pub async fn source_dest_check(ec2: &Client, eni: &str) -> Option<bool> {
+    let out =
+        ec2.describe_network_interfaces().network_interface_ids(eni).send().await.expect("DescribeNetworkInterfaces");
+    out.network_interfaces().first().and_then(|n| n.source_dest_check())
+}
+
+pub async fn set_source_dest_check(ec2: &Client, eni: &str, on: bool) {
+    ec2.modify_network_interface_attribute()
+        .network_interface_id(eni)
+        .source_dest_check(AttributeBooleanValue::builder().value(on).build())
+        .send()
+        .await
+        .expect("ModifyNetworkInterfaceAttribute");
+}
+
+/// What the proxy does to matching requests instead of (or besides) forwarding them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// `CreateRoute` into `table` answers `RouteLimitExceeded`.
+    RouteLimit { table: String },
+    /// The next `times` calls of `action` answer `RequestLimitExceeded` (HTTP 503).
+    Throttle { action: String, times: usize },
+    /// `DescribeRouteTables` answers show the route to `cidr` as a blackhole (moto has none).
+    Blackhole { cidr: String },
+}
+
+#[derive(Default)]
+struct ProxyState {
+    faults: Vec<Fault>,
+    /// Every request seen, as (Action, RouteTableId), injected ones included.
+    calls: Vec<(String, String)>,
+}
+
+/// An HTTP proxy in front of moto: forwards every request (one connection each), counts them by
+/// EC2 action, and injects faults in EC2's XML error format.
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub endpoint: String,
+    upstream: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+impl FaultProxy {
+    /// Serves on a free port, on `runtime`.
+    pub fn start(runtime: &tokio::runtime::Runtime, moto: &Moto) -> FaultProxy {
+        let upstream: SocketAddr = moto.endpoint.trim_start_matches("http://").parse().expect("moto address");
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind the proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let proxy = FaultProxy { endpoint, upstream, state: Arc::default() };
+        let app = axum::Router::new().fallback(handle).with_state(proxy.clone());
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        proxy
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.lock().unwrap().faults.clear();
+    }
+
+    /// Calls per action since the last reset.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for (action, _) in &self.state.lock().unwrap().calls {
+            *counts.entry(action.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    pub fn count(&self, action: &str, table: &str) -> usize {
+        self.state.lock().unwrap().calls.iter().filter(|(a, t)| a == action && t == table).count()
+    }
+
+    pub fn reset_counts(&self) {
+        self.state.lock().unwrap().calls.clear();
+    }
+
+    /// Whether a fault applies to this request; a throttle fault is used up as it fires.
+    fn fault_for(&self, action: &str, table: &str) -> Option<Response> {
+        let mut state = self.state.lock().unwrap();
+        state.calls.push((action.to_string(), table.to_string()));
+        for fault in state.faults.iter_mut() {
+            match fault {
+                Fault::RouteLimit { table: t } if action == "CreateRoute" && t == table => {
+                    return Some(ec2_error(
+                        StatusCode::BAD_REQUEST,
+                        "RouteLimitExceeded",
+                        "The maximum number of routes has been reached.",
+                    ));
+                }
+                Fault::Throttle { action: a, times } if a == action && *times > 0 => {
+                    *times -= 1;
+                    return Some(ec2_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "RequestLimitExceeded",
+                        "Request limit exceeded.",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn blackholes(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        state
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Blackhole { cidr } => Some(cidr.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// EC2's error document (query protocol).
+fn ec2_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>weft-fault-proxy</RequestID></Response>"
+    );
+    (status, [("content-type", "text/xml")], body).into_response()
+}
+
+/// A form field of an EC2 query request body.
+fn form_value(body: &str, name: &str) -> String {
+    body.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.replace("%2F", "/").replace("%2f", "/"))
+        .unwrap_or_default()
+}
+
+async fn handle(
+    State(proxy): State<FaultProxy>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let action = form_value(&text, "Action");
+    let table = form_value(&text, "RouteTableId");
+    if let Some(fault) = proxy.fault_for(&action, &table) {
+        return fault;
+    }
+    let upstream = proxy.upstream;
+    let forwarded = tokio::task::spawn_blocking(move || forward(upstream, &method, &uri, &headers, &body)).await;
+    let (status, content_type, mut answer) = match forwarded {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    if action == "DescribeRouteTables" {
+        for cidr in proxy.blackholes() {
+            answer = mark_blackhole(&answer, &cidr);
+        }
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, [("content-type", content_type)], answer).into_response()
+}
+
+/// One request to moto on a connection of its own: (status, content type, body).
+fn forward(
+    upstream: SocketAddr,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect(upstream)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {upstream}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        let skip = ["host", "connection", "content-length", "transfer-encoding", "expect"];
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(502);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "text/xml".into());
+    Ok((status, content_type, body.to_string()))
+}
+
+/// Rewrites the state of the route item to `cidr` in a DescribeRouteTables answer.
+fn mark_blackhole(xml: &str, cidr: &str) -> String {
+    let needle = format!("<destinationCidrBlock>{cidr}</destinationCidrBlock>");
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(at) = rest.find(&needle) {
+        // A route item holds no nested items: its bounds are the nearest tags around the match.
+        let start = rest[..at].rfind("<item>").unwrap_or(0);
+        let end = rest[at..].find("</item>").map_or(rest.len(), |e| at + e);
+        out.push_str(&rest[..start]);
+        out.push_str(&rest[start..end].replace("<state>active</state>", "<state>blackhole</state>"));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -1,0 +1,251 @@
+//! `store.kind = "kube"` against a test API server: agents annotate their own nodes exactly as
+//! flannel does, follow the other nodes (add, change, delete), relist after 410 Gone, and skip
+//! nodes they cannot read.
+#![cfg(feature = "kube")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::kube_api::KubeApi;
+use common::weft::{Agent, Setup};
+use weft::config::{StoreKind, StoreSection};
+use weft::store::Store;
+
+const PREFIX: &str = "flannel.alpha.coreos.com";
+const NETWORK: &str = "[network]\ncidr = \"10.244.0.0/16\"\n[network.backend]\ntype = \"alloc\"\n";
+
+fn key(name: &str) -> String {
+    format!("{PREFIX}/{name}")
+}
+
+/// A weft.toml for the agent of `node`.
+fn setup(api: &KubeApi, node: &str) -> Setup {
+    let setup = Setup::new("");
+    let kubeconfig = api.kubeconfig(setup.dir.path());
+    let toml = format!(
+        "[store]\nkind = \"kube\"\nnode_name = \"{node}\"\nkubeconfig = \"{}\"\n\n{NETWORK}",
+        kubeconfig.display()
+    );
+    std::fs::write(&setup.config, toml).expect("write weft.toml");
+    setup
+}
+
+struct Host {
+    // Kept for its directory: the agent's config, log and subnet.env live there.
+    _setup: Setup,
+    agent: Agent,
+}
+
+fn start(api: &KubeApi, node: &str, public_ip: &str) -> Host {
+    let setup = setup(api, node);
+    let agent = setup.agent(node, public_ip, &[]);
+    Host { _setup: setup, agent }
+}
+
+/// Annotations under flannel's prefix.
+fn notes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (key(k), v.to_string())).collect()
+}
+
+/// Annotations flannel writes for an alloc-backend node (its data is `null`).
+fn flannel_alloc_annotations(public_ip: &str) -> BTreeMap<String, String> {
+    notes(&[
+        ("backend-data", "null"),
+        ("backend-type", "alloc"),
+        ("kube-subnet-manager", "true"),
+        ("public-ip", public_ip),
+    ])
+}
+
+fn events(agent: &Agent, kind: &str) -> f64 {
+    agent.metric(&format!("weft_lease_events_total{{kind=\"{kind}\"}}"))
+}
+
+fn watched(agent: &Agent) -> f64 {
+    agent.metric("weft_leases_watched")
+}
+
+fn three_hosts(api: &KubeApi) -> Vec<Host> {
+    for i in 1..=3 {
+        api.add_node(&format!("node-{i}"), Some(&format!("10.244.{i}.0/24")), &BTreeMap::new());
+    }
+    let mut hosts: Vec<Host> = (1..=3)
+        .map(|i| start(api, &format!("node-{i}"), &format!("198.51.100.{i}")))
+        .collect();
+    for (i, host) in hosts.iter_mut().enumerate() {
+        assert_eq!(host.agent.wait_subnet(), format!("10.244.{}.0/24", i + 1), "the subnet is the podCIDR");
+    }
+    for host in &hosts {
+        host.agent.wait_for("two peers", 20, |a| watched(a) == 2.0);
+    }
+    hosts
+}
+
+#[test]
+fn agents_annotate_like_flannel_and_follow_node_changes() {
+    let api = KubeApi::start();
+    let hosts = three_hosts(&api);
+
+    // Byte for byte what flannel's kube subnet manager writes.
+    for i in 1..=3 {
+        assert_eq!(
+            api.annotations(&format!("node-{i}")),
+            flannel_alloc_annotations(&format!("198.51.100.{i}"))
+        );
+    }
+    // Each agent patched only its own node, through nodes/status, with a strategic merge patch
+    // of the annotations (what flannel's ClusterRole allows).
+    let patches = api.patches();
+    assert_eq!(patches.len(), 3, "{patches:?}");
+    for p in &patches {
+        assert!(p.status && p.content_type == "application/strategic-merge-patch+json", "{p:?}");
+        assert_eq!(p.body["metadata"]["annotations"][key("kube-subnet-manager")], "true");
+        assert_eq!(p.body.as_object().map(|o| o.len()), Some(1), "only metadata: {p:?}");
+    }
+    let mut patched: Vec<&str> = patches.iter().map(|p| p.node.as_str()).collect();
+    patched.sort();
+    assert_eq!(patched, ["node-1", "node-2", "node-3"]);
+
+    let first = &hosts[0].agent;
+    assert!(events(first, "Added") >= 2.0);
+
+    // Change: a peer's address changes in its annotations.
+    api.annotate("node-3", &key("public-ip"), Some("198.51.100.33"));
+    first.wait_for("a Changed event", 20, |a| events(a, "Changed") >= 1.0);
+
+    // Add: a node flannel itself annotated joins.
+    api.add_node("node-4", Some("10.244.4.0/24"), &flannel_alloc_annotations("198.51.100.4"));
+    for host in &hosts {
+        host.agent.wait_for("node-4 as a peer", 20, |a| watched(a) == 3.0);
+    }
+
+    // Delete: the node goes, and so does its lease.
+    api.delete_node("node-3");
+    first.wait_for("a Removed event", 20, |a| events(a, "Removed") >= 1.0);
+    first.wait_for("two peers again", 20, |a| watched(a) == 2.0);
+    assert_eq!(api.patches().len(), 3, "no agent wrote another node");
+}
+
+#[test]
+fn relists_after_410_gone_and_skips_unreadable_nodes() {
+    let api = KubeApi::start();
+    let hosts = three_hosts(&api);
+    let lists_before = api.list_count();
+
+    // Compaction plus a restart of the API server: every watch resumes from a resourceVersion
+    // that is gone, gets 410, and must list again to catch what it missed.
+    api.expire_watches();
+    api.add_node("node-5", Some("10.244.5.0/24"), &flannel_alloc_annotations("198.51.100.5"));
+    for host in &hosts {
+        host.agent.wait_for("node-5 after the relist", 30, |a| watched(a) == 3.0);
+    }
+    assert!(
+        api.list_count() >= lists_before + 3,
+        "every agent relisted: {} lists before, {} after",
+        lists_before,
+        api.list_count()
+    );
+
+    // Unreadable nodes are skipped with a warning naming them; the rest carry on.
+    let managed = ("kube-subnet-manager", "true");
+    api.add_node(
+        "broken-ip",
+        Some("10.244.6.0/24"),
+        &notes(&[managed, ("public-ip", "not-an-address")]),
+    );
+    api.add_node(
+        "broken-data",
+        Some("10.244.7.0/24"),
+        &notes(&[managed, ("public-ip", "198.51.100.7"), ("backend-data", "{not json")]),
+    );
+    api.add_node("no-cidr", None, &notes(&[managed, ("public-ip", "198.51.100.8")]));
+    // A node added afterwards shows the watch went past the broken ones.
+    api.add_node("node-9", Some("10.244.9.0/24"), &flannel_alloc_annotations("198.51.100.9"));
+    for host in &hosts {
+        host.agent.wait_for("node-9", 20, |a| watched(a) == 4.0);
+        let log = host.agent.log_text();
+        for name in ["broken-ip", "broken-data", "no-cidr"] {
+            assert!(
+                log.lines().any(|l| l.contains("skipping node") && l.contains(name)),
+                "no warning naming {name}:\n{log}"
+            );
+        }
+    }
+}
+
+#[test]
+fn waits_for_the_pod_cidr_and_honours_public_ip_overwrite() {
+    let api = KubeApi::start();
+    api.add_node("late", None, &notes(&[("public-ip-overwrite", "203.0.113.9")]));
+    let mut host = start(&api, "late", "198.51.100.20");
+    host.agent.wait_for("the wait for a podCIDR", 20, |a| {
+        a.log_text().contains("waiting for the node's spec.podCIDR")
+    });
+    assert!(!host.agent.subnet_file.exists(), "no subnet.env before the podCIDR");
+    api.set_pod_cidr("late", "10.244.20.0/24");
+    assert_eq!(host.agent.wait_subnet(), "10.244.20.0/24");
+
+    let notes = api.annotations("late");
+    assert_eq!(notes[&key("public-ip")], "203.0.113.9", "the overwrite is what peers see");
+    assert_eq!(notes[&key("public-ip-overwrite")], "203.0.113.9");
+    // The agent does not mistake the overwritten address for someone else holding its subnet.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = host.agent.log_text();
+    assert!(!log.contains("acquiring again"), "{log}");
+    assert_eq!(api.patches().len(), 1, "{:?}", api.patches());
+    host.agent.stop();
+}
+
+/// The store on its own: listing, the assigned subnet, refusing other nodes, leadership.
+#[test]
+fn store_lists_nodes_and_elects_one_leader() {
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = api.kubeconfig(dir.path());
+    api.add_node("a", Some("10.244.1.0/24"), &BTreeMap::new());
+    api.add_node("b", Some("10.244.2.0/24"), &BTreeMap::new());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let open = |node: &str| {
+            let section = StoreSection {
+                kind: StoreKind::Kube,
+                node_name: node.into(),
+                kubeconfig: kubeconfig.display().to_string(),
+                ..StoreSection::default()
+            };
+            async move { weft::store::open(&section).await.expect("open kube store") }
+        };
+        let a: Arc<dyn Store> = open("a").await;
+        let b: Arc<dyn Store> = open("b").await;
+        assert_eq!(a.assigned_subnet().await.unwrap(), Some("10.244.1.0/24".parse().unwrap()));
+        assert!(a.network_config().await.unwrap().is_none(), "no [network] handed in");
+        assert!(a.put_network_config("{}").await.is_err());
+
+        let attrs = r#"{"PublicIP":"198.51.100.1","PublicIPv6":null,"BackendType":"alloc"}"#;
+        // Only our own podCIDR can be "leased".
+        let other = a.create_lease("10.244.2.0/24".parse().unwrap(), attrs, None).await.unwrap();
+        assert_eq!(other, weft::store::WriteOutcome::Conflict);
+        let own = a.create_lease("10.244.1.0/24".parse().unwrap(), attrs, None).await.unwrap();
+        assert!(matches!(own, weft::store::WriteOutcome::Written { .. }), "{own:?}");
+        let listing = b.list_leases().await.unwrap();
+        assert_eq!(listing.leases.len(), 1, "only the annotated node is a lease");
+        assert_eq!(listing.leases[0].key, "10.244.1.0-24");
+        assert!(b.delete_lease("10.244.1.0/24".parse().unwrap()).await.is_err(), "not b's node");
+        assert!(a.delete_lease("10.244.1.0/24".parse().unwrap()).await.unwrap());
+        assert!(b.list_leases().await.unwrap().leases.is_empty());
+
+        let ttl = Duration::from_secs(2);
+        assert!(a.lead("routes", "a", ttl).await.unwrap());
+        assert!(!b.lead("routes", "b", ttl).await.unwrap(), "a leads");
+        assert!(a.lead("routes", "a", ttl).await.unwrap(), "a renews");
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(b.lead("routes", "b", ttl).await.unwrap(), "a's turn ran out");
+        assert!(!a.lead("routes", "a", ttl).await.unwrap());
+    });
+    let lease = api.lease("kube-system", "weft-routes").expect("a coordination Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}

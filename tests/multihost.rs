@@ -1,0 +1,197 @@
+//! The data plane across hosts: real agents in network namespaces (common::cluster), a real etcd,
+//! real packets between pods. Needs root: fails, never skips, without it.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use weft::lab::pods::SubnetInfo;
+use weft::lab::PodAddrs;
+
+/// Leases stay in 10.244.1–9.0/24, so tests can use other /24s of the network freely.
+const NETWORK: &str = "cidr = \"10.244.0.0/16\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.9.0\"";
+/// Routes weft installs carry this protocol number.
+const WEFT_PROTO: &str = "87";
+
+/// N hosts with agents running `backend` (the `[network.backend]` body) and a pod each.
+fn cluster_with_pods(hosts: usize, backend: &str) -> (Cluster, Vec<SubnetInfo>, Vec<PodAddrs>) {
+    let mut cluster = Cluster::with_etcd(hosts);
+    cluster.write_config(&format!("{NETWORK}\n[network.backend]\n{backend}"));
+    cluster.weft_ok(&["network", "apply"]);
+    for i in 1..=hosts {
+        cluster.start_agent(i, &[]);
+    }
+    let infos: Vec<SubnetInfo> = (1..=hosts).map(|i| cluster.wait_subnet(i)).collect();
+    let pods = (1..=hosts).map(|i| cluster.make_pod(i, infos[i - 1])).collect();
+    (cluster, infos, pods)
+}
+
+/// Every pod reaches every other pod (within a few seconds of the agents starting).
+fn assert_full_mesh(cluster: &Cluster, pods: &[PodAddrs]) {
+    for from in 1..=pods.len() {
+        for to in (1..=pods.len()).filter(|to| *to != from) {
+            let target = pods[to - 1].pod.addr();
+            assert!(
+                cluster.wait_ping(&cluster.pod_ns(from), target, Duration::from_secs(5)),
+                "pod h{from} cannot reach pod h{to} ({target}); h{from}'s routes: {}",
+                cluster.ip_json(&cluster.host(from).ns, &["-4", "route"])
+            );
+        }
+    }
+}
+
+/// Destinations of the routes weft owns in host i's namespace.
+fn weft_routes(cluster: &Cluster, i: usize) -> Vec<String> {
+    let routes = cluster.ip_json(&cluster.host(i).ns, &["-4", "route", "show", "proto", WEFT_PROTO]);
+    let mut dsts: Vec<String> =
+        routes.as_array().unwrap().iter().map(|r| r["dst"].as_str().unwrap_or("").to_string()).collect();
+    dsts.sort();
+    dsts
+}
+
+fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn ip(_cluster: &Cluster, ns: &str, args: &[&str]) {
+    let out = weft::netns::Netns::open(ns).unwrap().command("ip").unwrap().args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn pods_talk_across_hosts_with_vxlan() {
+    let (cluster, _, pods) = cluster_with_pods(3, "type = \"vxlan\"");
+    assert_full_mesh(&cluster, &pods);
+    let links = cluster.ip_json(&cluster.host(1).ns, &["-d", "link", "show", "flannel.1"]);
+    assert_eq!(links[0]["mtu"], 1450, "{links}");
+}
+
+#[test]
+fn pods_talk_across_hosts_with_vxlan_direct_routing() {
+    let (cluster, infos, pods) = cluster_with_pods(2, "type = \"vxlan\"\ndirect_routing = true");
+    assert_full_mesh(&cluster, &pods);
+    // Same L2 segment: the peer is reached directly, not through flannel.1.
+    let route = cluster.ip_json(&cluster.host(1).ns, &["-4", "route", "show", &infos[1].subnet.to_string()]);
+    assert_eq!(route[0]["gateway"], "198.51.100.12", "{route}");
+}
+
+#[test]
+fn pods_talk_across_hosts_with_host_gw() {
+    let (cluster, infos, pods) = cluster_with_pods(3, "type = \"host-gw\"");
+    assert_full_mesh(&cluster, &pods);
+    let route = cluster.ip_json(&cluster.host(1).ns, &["-4", "route", "show", &infos[2].subnet.to_string()]);
+    assert_eq!(route[0]["gateway"], "198.51.100.13", "{route}");
+    assert_eq!(route[0]["dev"], "eth0", "{route}");
+}
+
+#[test]
+fn a_released_peer_vanishes_from_the_others_within_2s() {
+    let (cluster, infos, _) = cluster_with_pods(3, "type = \"host-gw\"");
+    let gone = infos[2].subnet.to_string();
+    wait_until("h1 knows h3", Duration::from_secs(5), || weft_routes(&cluster, 1).contains(&gone));
+    cluster.weft_ok(&["leases", "release", &gone]);
+    let took = wait_until("h3's route leaves h1 and h2", Duration::from_secs(2), || {
+        !weft_routes(&cluster, 1).contains(&gone) && !weft_routes(&cluster, 2).contains(&gone)
+    });
+    eprintln!("a released peer left the others after {took:?}");
+}
+
+#[test]
+fn a_route_deleted_by_hand_comes_back_within_the_resync() {
+    // The harness's config resyncs every 2 s.
+    let (cluster, infos, _) = cluster_with_pods(2, "type = \"host-gw\"");
+    let peer = infos[1].subnet.to_string();
+    wait_until("h1 knows h2", Duration::from_secs(5), || weft_routes(&cluster, 1).contains(&peer));
+    ip(&cluster, &cluster.host(1).ns, &["route", "del", &peer]);
+    assert!(!weft_routes(&cluster, 1).contains(&peer));
+    wait_until("the route comes back", Duration::from_secs(4), || weft_routes(&cluster, 1).contains(&peer));
+}
+
+#[test]
+fn stale_entries_go_and_foreign_routes_stay() {
+    let mut cluster = Cluster::with_etcd(2);
+    cluster.write_config(&format!("{NETWORK}\n[network.backend]\ntype = \"host-gw\""));
+    cluster.weft_ok(&["network", "apply"]);
+    let h1 = cluster.host(1).ns;
+    // Left by an earlier run of weft (its protocol), for a host that is gone: must go.
+    ip(&cluster, &h1, &["route", "add", "10.244.77.0/24", "via", "198.51.100.99", "proto", WEFT_PROTO]);
+    // Somebody else's, inside and outside the cluster network: must stay.
+    ip(&cluster, &h1, &["route", "add", "10.244.78.0/24", "via", "198.51.100.98"]);
+    ip(&cluster, &h1, &["route", "add", "203.0.113.0/24", "via", "198.51.100.97"]);
+    cluster.start_agent(1, &[]);
+    cluster.start_agent(2, &[]);
+    let peer = cluster.wait_subnet(2).subnet.to_string();
+    cluster.wait_subnet(1);
+    wait_until("h1 holds exactly its peer's route", Duration::from_secs(5), || {
+        weft_routes(&cluster, 1) == [peer.clone()]
+    });
+    std::thread::sleep(Duration::from_millis(2500)); // one resync later
+    let all = cluster.ip_json(&h1, &["-4", "route"]);
+    let dsts: Vec<&str> = all.as_array().unwrap().iter().filter_map(|r| r["dst"].as_str()).collect();
+    assert!(dsts.contains(&"10.244.78.0/24") && dsts.contains(&"203.0.113.0/24"), "{all}");
+    assert!(!dsts.contains(&"10.244.77.0/24"), "{all}");
+}
+
+#[test]
+fn an_agent_restart_changes_no_route_and_traffic_keeps_flowing() {
+    let (mut cluster, _, pods) = cluster_with_pods(2, "type = \"vxlan\"");
+    assert_full_mesh(&cluster, &pods);
+    let h1 = cluster.host(1).ns;
+    let before = cluster.ip_json(&h1, &["-4", "route"]);
+    let mut monitor = RouteMonitor::start(&h1);
+    cluster.stop_agent(1);
+    assert!(cluster.ping(&cluster.pod_ns(1), pods[1].pod.addr()).is_some(), "traffic stopped with the agent");
+    cluster.start_agent(1, &[]);
+    wait_until("h1 ready again", Duration::from_secs(10), || cluster.readyz(1) == Some(200));
+    std::thread::sleep(Duration::from_millis(500));
+    let changes = monitor.stop();
+    assert!(changes.trim().is_empty(), "routes changed across the restart:\n{changes}");
+    assert_eq!(cluster.ip_json(&h1, &["-4", "route"]), before);
+    assert!(cluster.ping(&cluster.pod_ns(1), pods[1].pod.addr()).is_some());
+}
+
+/// `ip monitor route` in a namespace, collecting what it prints.
+struct RouteMonitor(Option<Child>);
+
+impl RouteMonitor {
+    fn start(ns: &str) -> RouteMonitor {
+        let child = weft::netns::Netns::open(ns)
+            .unwrap()
+            .command("ip")
+            .unwrap()
+            .args(["-4", "monitor", "route"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run ip monitor");
+        // Let it subscribe before anything happens.
+        std::thread::sleep(Duration::from_millis(200));
+        RouteMonitor(Some(child))
+    }
+
+    fn stop(&mut self) -> String {
+        let mut child = self.0.take().expect("running");
+        let _ = child.kill();
+        let mut out = String::new();
+        let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+        let _ = child.wait();
+        out
+    }
+}
+
+impl Drop for RouteMonitor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
