@@ -57,9 +57,8 @@ impl Netns {
             let _ = std::fs::remove_file(&ns.path);
             return Err(annotate(e, &ns.path));
         }
-        let ns_ok = ns.clone();
         // A new namespace has its loopback down.
-        ns_ok.run(|| set_loopback_up())??;
+        ns.run(set_loopback_up)??;
         Ok(ns)
     }
 

@@ -36,10 +36,7 @@ impl Namespaces {
         // Built field by field so that a failure creating the pod still removes the host.
         let guard = HostOnly(Some(host));
         let pod = Netns::create(&format!("wcni{id}-pod")).expect("create the pod namespace");
-        Namespaces {
-            host: guard.take(),
-            pod,
-        }
+        Namespaces { host: guard.take(), pod }
     }
 }
 
@@ -68,11 +65,7 @@ impl Drop for Namespaces {
 
 /// `ip -j ...` inside `ns`, parsed.
 fn ip_json(ns: &Netns, args: &[&str]) -> Value {
-    let out = Command::new("ip")
-        .args(["-n", &ns.name, "-j"])
-        .args(args)
-        .output()
-        .expect("run ip");
+    let out = Command::new("ip").args(["-n", &ns.name, "-j"]).args(args).output().expect("run ip");
     assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()))
 }
@@ -80,21 +73,14 @@ fn ip_json(ns: &Netns, args: &[&str]) -> Value {
 fn veths(ns: &Netns) -> Vec<String> {
     ip_json(ns, &["link", "show", "type", "veth"])
         .as_array()
-        .map(|links| {
-            links
-                .iter()
-                .filter_map(|l| l["ifname"].as_str().map(String::from))
-                .collect()
-        })
+        .map(|links| links.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
 
 fn ipv4_of(ns: &Netns, ifname: &str) -> Option<Ipv4Net> {
     let links = ip_json(ns, &["-4", "addr", "show", "dev", ifname]);
     let info = links.get(0)?.get("addr_info")?.get(0)?;
-    format!("{}/{}", info["local"].as_str()?, info["prefixlen"].as_u64()?)
-        .parse()
-        .ok()
+    format!("{}/{}", info["local"].as_str()?, info["prefixlen"].as_u64()?).parse().ok()
 }
 
 #[test]
@@ -111,11 +97,7 @@ fn add_check_del_with_the_real_bridge_and_host_local() {
     )
     .expect("write subnet.env");
     let conf = cni::plugin_conf("weft-test", &subnet_file, state.path());
-    let pod = Attachment {
-        container_id: "c0ffee".into(),
-        netns: ns.pod.path.clone(),
-        ifname: "eth0".into(),
-    };
+    let pod = Attachment { container_id: "c0ffee".into(), netns: ns.pod.path.clone(), ifname: "eth0".into() };
 
     let result = cni::call(&ns.host, "ADD", &conf, &pod).ok();
     assert_eq!(result["cniVersion"], "1.0.0", "{result}");
@@ -133,9 +115,9 @@ fn add_check_del_with_the_real_bridge_and_host_local() {
     assert_eq!(eth0[0]["mtu"], 1450);
     let routes = ip_json(&ns.pod, &["-4", "route", "show"]);
     assert!(
-        routes.as_array().is_some_and(|r| r
-            .iter()
-            .any(|r| r["dst"] == "10.244.0.0/16" && r["gateway"] == "10.244.7.1")),
+        routes
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["dst"] == "10.244.0.0/16" && r["gateway"] == "10.244.7.1")),
         "no route to the cluster network: {routes}"
     );
     // The host side: cni0 holds the gateway address, and the pod's veth is enslaved to it.

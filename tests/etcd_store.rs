@@ -331,3 +331,32 @@ async fn bulk_load(server: &EtcdServer, count: u32) {
         client.txn(Txn::new().and_then(puts)).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn leadership_is_held_by_one_and_lapses_with_its_ttl() {
+    let server = EtcdServer::start();
+    let (a, b) = (connect(&server).await, connect(&server).await);
+    let ttl = Duration::from_secs(2);
+    assert!(a.lead("routes", "host-a", ttl).await.unwrap());
+    assert!(!b.lead("routes", "host-b", ttl).await.unwrap(), "two leaders at once");
+    // The leader keeps leading by calling again.
+    assert!(a.lead("routes", "host-a", ttl).await.unwrap());
+    // A leader that stops calling loses its turn when the TTL runs out.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(b.lead("routes", "host-b", ttl).await.unwrap());
+    assert!(!a.lead("routes", "host-a", ttl).await.unwrap());
+}
+
+#[tokio::test]
+async fn network_config_watch_sends_current_then_changes() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let mut configs = store.watch_network_config();
+    assert_eq!(configs.next().await.unwrap().unwrap(), None);
+    store.put_network_config(r#"{"Network":"10.244.0.0/16"}"#).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), configs.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.as_deref(), Some(r#"{"Network":"10.244.0.0/16"}"#));
+    server.etcdctl(&["del", "/coreos.com/network/config"]);
+    let gone = tokio::time::timeout(Duration::from_secs(5), configs.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(gone, None);
+}

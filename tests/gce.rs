@@ -41,7 +41,8 @@ impl Node {
     fn start(&self, setup: &Setup) -> Agent {
         let env = setup.path(&format!("{}.env", self.name));
         if !env.exists() {
-            std::fs::write(&env, format!("FLANNEL_SUBNET={}\n", self.subnet.replace(".0/", ".1/"))).expect("subnet.env");
+            std::fs::write(&env, format!("FLANNEL_SUBNET={}\n", self.subnet.replace(".0/", ".1/")))
+                .expect("subnet.env");
         }
         let _guard = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY (edition 2021: safe fn): no other thread of this test binary reads the
@@ -220,7 +221,9 @@ fn quota_and_operation_errors_show_in_readyz_and_metrics() {
         let (status, body) = ag.get("/readyz");
         status == 503 && body.contains("ROUTES-per-project")
     });
-    assert!(agent_a.get("/readyz").1.contains("quota"), "{}", agent_a.get("/readyz").1);
+    let (_, body) = agent_a.get("/readyz");
+    assert!(body.contains("quota"), "{body}");
+    println!("/readyz while the route quota is full: {}", body.trim());
     assert_eq!(agent_a.metric("weft_cloud_route_limit_reached{provider=\"gce\",table=\"default\"}"), 1.0);
     assert!(calls_metric(&agent_a, "globalOperations.get", "quota_exceeded") >= 1.0);
     assert!(agent_a.log_text().contains("ROUTES-per-project"), "{}", agent_a.log_text());
@@ -242,6 +245,7 @@ fn quota_and_operation_errors_show_in_readyz_and_metrics() {
         status == 503 && body.contains("RESOURCE_NOT_READY")
     });
     assert!(calls_metric(&agent_b, "globalOperations.get", "operation_error") >= 1.0);
+    println!("/readyz while the insert operation fails: {}", agent_b.get("/readyz").1.trim());
     assert!(agent_b.log_text().contains("RESOURCE_NOT_READY"));
     api.clear_failures();
     wait_ready(&agent_b, 30);

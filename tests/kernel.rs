@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::route::RouteProtocol;
-use rtnetlink::{LinkDummy, RouteMessageBuilder};
+use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::Value;
 use weft::kernel::monitor::ChangeCounter;
 use weft::kernel::netlink::{NetlinkKernel, NexthopMode};
@@ -87,19 +87,23 @@ fn output(mut command: Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A dummy underlay with 198.51.100.1/24 and `flannel.1` on it; returns (underlay, flannel.1).
+/// A veth underlay with 198.51.100.1/24 and `flannel.1` on it; returns (underlay, flannel.1).
 async fn vxlan_setup(kernel: &NetlinkKernel) -> (u32, u32) {
-    let underlay = dummy(kernel, "under0").await;
+    let underlay = veth(kernel, "under0").await;
     kernel.ensure_address(underlay, Ipv4Net::new(LOCAL, 24).unwrap()).await.unwrap();
     let link = kernel.ensure_vxlan(&vxlan_spec(underlay)).await.unwrap();
     kernel.ensure_address(link.index, "198.18.0.0/32".parse().unwrap()).await.unwrap();
     (underlay, link.index)
 }
 
-async fn dummy(kernel: &NetlinkKernel, name: &str) -> u32 {
+/// A veth pair `name` / `<name>p`, both up (this kernel has no dummy driver); returns `name`'s index.
+async fn veth(kernel: &NetlinkKernel, name: &str) -> u32 {
     let (connection, handle, _) = rtnetlink::new_connection().unwrap();
     tokio::spawn(connection);
-    handle.link().add(LinkDummy::new(name).up().build()).execute().await.unwrap();
+    let peer = format!("{name}p");
+    handle.link().add(LinkVeth::new(name, &peer).up().build()).execute().await.unwrap();
+    let peer = kernel.link_by_name(&peer).await.unwrap().unwrap().index;
+    handle.link().set(LinkUnspec::new_with_index(peer).up().build()).execute().await.unwrap();
     kernel.link_by_name(name).await.unwrap().unwrap().index
 }
 
@@ -193,6 +197,7 @@ fn peers_with_nexthops_are_put_replaced_and_deleted() {
         let ours = Ownership { links: vec![flannel] };
         let mut want = peers(flannel, true);
         peer(&mut want, flannel, 2, 0x22, true);
+        want.fdb.remove(&(flannel, MacAddr([2, 0, 0, 0, 0, 2])));
         assert_eq!(converge(&kernel, &ours, &want).await, 3);
         assert_eq!(kernel.read_owned(&ours).await.unwrap(), want);
     });
@@ -327,7 +332,7 @@ fn ensure_vxlan_adopts_a_match_and_explains_a_mismatch() {
     let ns = TestNs::new("vxlan");
     ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
-        let underlay = dummy(&kernel, "under0").await;
+        let underlay = veth(&kernel, "under0").await;
         let spec = vxlan_spec(underlay);
         let created = kernel.ensure_vxlan(&spec).await.unwrap();
         assert_eq!(created.name, "flannel.1");
@@ -352,11 +357,11 @@ fn ensure_vxlan_adopts_a_match_and_explains_a_mismatch() {
         assert!(err.to_string().contains("dstport 8472 (want 4789)"), "{err}");
 
         // A device of another kind under the name.
-        dummy(&kernel, "flannel.9").await;
-        let mut dummy_named = spec.clone();
-        dummy_named.name = "flannel.9".into();
-        let err = kernel.ensure_vxlan(&dummy_named).await.unwrap_err();
-        assert!(err.to_string().contains("flannel.9 exists but is a dummy device"), "{err}");
+        veth(&kernel, "flannel.9").await;
+        let mut other_kind = spec.clone();
+        other_kind.name = "flannel.9".into();
+        let err = kernel.ensure_vxlan(&other_kind).await.unwrap_err();
+        assert!(err.to_string().contains("flannel.9 exists but is a veth device"), "{err}");
 
         kernel.delete_link(created.index).await.unwrap();
         kernel.delete_link(created.index).await.unwrap(); // already gone: fine
@@ -369,7 +374,7 @@ fn ensure_address_leaves_exactly_one_ipv4_address() {
     let ns = TestNs::new("addr");
     ns.block_on(|| async {
         let kernel = NetlinkKernel::new().unwrap();
-        let index = dummy(&kernel, "under0").await;
+        let index = veth(&kernel, "under0").await;
         for extra in ["192.0.2.7/24", "203.0.113.7/24"] {
             kernel.ensure_address(index, extra.parse().unwrap()).await.unwrap();
         }
@@ -430,11 +435,13 @@ fn monitor_reports_foreign_changes_but_not_our_own() {
 fn ip_forwarding_is_per_namespace() {
     let ns = TestNs::new("sysctl");
     let (first, second, on) = ns.block_on(|| async {
+        // A new namespace inherits the host's setting: start from off.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
         let first = sysctl::enable_ipv4_forwarding().unwrap();
         let second = sysctl::enable_ipv4_forwarding().unwrap();
         (first, second, sysctl::ipv4_forwarding().unwrap())
     });
-    assert!(first, "a new namespace starts with forwarding off");
+    assert!(first, "it was off");
     assert!(!second);
     assert!(on);
     assert_eq!(ns.run("cat", "/proc/sys/net/ipv4/ip_forward").trim(), "1");

@@ -72,9 +72,7 @@ fn three_hosts(api: &KubeApi) -> Vec<Host> {
     for i in 1..=3 {
         api.add_node(&format!("node-{i}"), Some(&format!("10.244.{i}.0/24")), &BTreeMap::new());
     }
-    let mut hosts: Vec<Host> = (1..=3)
-        .map(|i| start(api, &format!("node-{i}"), &format!("198.51.100.{i}")))
-        .collect();
+    let mut hosts: Vec<Host> = (1..=3).map(|i| start(api, &format!("node-{i}"), &format!("198.51.100.{i}"))).collect();
     for (i, host) in hosts.iter_mut().enumerate() {
         assert_eq!(host.agent.wait_subnet(), format!("10.244.{}.0/24", i + 1), "the subnet is the podCIDR");
     }
@@ -91,10 +89,7 @@ fn agents_annotate_like_flannel_and_follow_node_changes() {
 
     // Byte for byte what flannel's kube subnet manager writes.
     for i in 1..=3 {
-        assert_eq!(
-            api.annotations(&format!("node-{i}")),
-            flannel_alloc_annotations(&format!("198.51.100.{i}"))
-        );
+        assert_eq!(api.annotations(&format!("node-{i}")), flannel_alloc_annotations(&format!("198.51.100.{i}")));
     }
     // Each agent patched only its own node, through nodes/status, with a strategic merge patch
     // of the annotations (what flannel's ClusterRole allows).
@@ -151,11 +146,7 @@ fn relists_after_410_gone_and_skips_unreadable_nodes() {
 
     // Unreadable nodes are skipped with a warning naming them; the rest carry on.
     let managed = ("kube-subnet-manager", "true");
-    api.add_node(
-        "broken-ip",
-        Some("10.244.6.0/24"),
-        &notes(&[managed, ("public-ip", "not-an-address")]),
-    );
+    api.add_node("broken-ip", Some("10.244.6.0/24"), &notes(&[managed, ("public-ip", "not-an-address")]));
     api.add_node(
         "broken-data",
         Some("10.244.7.0/24"),
@@ -181,9 +172,7 @@ fn waits_for_the_pod_cidr_and_honours_public_ip_overwrite() {
     let api = KubeApi::start();
     api.add_node("late", None, &notes(&[("public-ip-overwrite", "203.0.113.9")]));
     let mut host = start(&api, "late", "198.51.100.20");
-    host.agent.wait_for("the wait for a podCIDR", 20, |a| {
-        a.log_text().contains("waiting for the node's spec.podCIDR")
-    });
+    host.agent.wait_for("the wait for a podCIDR", 20, |a| a.log_text().contains("waiting for the node's spec.podCIDR"));
     assert!(!host.agent.subnet_file.exists(), "no subnet.env before the podCIDR");
     api.set_pod_cidr("late", "10.244.20.0/24");
     assert_eq!(host.agent.wait_subnet(), "10.244.20.0/24");

@@ -333,3 +333,27 @@ fn processes_share_one_store() {
     let listing = runtime.block_on(LocalStore::open(dir.path()).unwrap().list_leases()).unwrap();
     assert_eq!(listing.leases.len(), usize::from(CHILD_LEASES) * usize::from(CHILDREN + 1));
 }
+
+#[tokio::test]
+async fn leadership_is_held_by_one_and_lapses_with_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (open(dir.path()), open(dir.path()));
+    let ttl = Duration::from_millis(600);
+    assert!(a.lead("routes", "host-a", ttl).await.unwrap());
+    assert!(!b.lead("routes", "host-b", ttl).await.unwrap(), "two leaders at once");
+    assert!(a.lead("routes", "host-a", ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(b.lead("routes", "host-b", ttl).await.unwrap());
+    assert!(!a.lead("routes", "host-a", ttl).await.unwrap());
+}
+
+#[tokio::test]
+async fn network_config_watch_sends_current_then_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut configs = store.watch_network_config();
+    assert_eq!(configs.next().await.unwrap().unwrap(), None);
+    open(dir.path()).put_network_config(r#"{"Network":"10.244.0.0/16"}"#).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), configs.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.as_deref(), Some(r#"{"Network":"10.244.0.0/16"}"#));
+}

@@ -94,9 +94,12 @@ fn pods_talk_across_hosts_with_host_gw() {
 
 #[test]
 fn a_released_peer_vanishes_from_the_others_within_2s() {
-    let (cluster, infos, _) = cluster_with_pods(3, "type = \"host-gw\"");
+    let (mut cluster, infos, _) = cluster_with_pods(3, "type = \"host-gw\"");
     let gone = infos[2].subnet.to_string();
     wait_until("h1 knows h3", Duration::from_secs(5), || weft_routes(&cluster, 1).contains(&gone));
+    // The host leaves: its agent stops (a running one would lease its subnet again) and its
+    // lease is removed, as when a node is deleted.
+    cluster.stop_agent(3);
     cluster.weft_ok(&["leases", "release", &gone]);
     let took = wait_until("h3's route leaves h1 and h2", Duration::from_secs(2), || {
         !weft_routes(&cluster, 1).contains(&gone) && !weft_routes(&cluster, 2).contains(&gone)

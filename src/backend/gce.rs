@@ -40,14 +40,25 @@ enum State {
     New,
     /// Metadata read and client built; the task is not running.
     Prepared(Box<Routing>),
-    Running { requests: watch::Sender<Option<Desired>>, task: JoinHandle<Routing>, cancel: CancellationToken },
+    Running {
+        requests: watch::Sender<Option<Desired>>,
+        task: JoinHandle<Routing>,
+        cancel: CancellationToken,
+    },
     /// Torn down (or the task was lost).
     Done,
 }
 
 impl Gce {
     pub fn new(config: GceConfig, ctx: BackendContext) -> Self {
-        Gce { config, ctx, state: State::New, outcome: Arc::new(Mutex::new(Outcome::Pending)), last_request: None, own: None }
+        Gce {
+            config,
+            ctx,
+            state: State::New,
+            outcome: Arc::new(Mutex::new(Outcome::Pending)),
+            last_request: None,
+            own: None,
+        }
     }
 
     /// Asks the task for a pass over `own` and the leased subnets.

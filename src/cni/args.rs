@@ -52,9 +52,7 @@ pub fn command(env: &dyn Fn(&str) -> Option<String>) -> Result<CniCommand, CniEr
 /// Reads the variables `command` needs, as the spec requires them.
 pub fn args(env: &dyn Fn(&str) -> Option<String>, command: CniCommand) -> Result<CniArgs, CniError> {
     let required = |key: &str| {
-        env(key)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| invalid(format!("{key} is required for {}", command.as_str())))
+        env(key).filter(|v| !v.is_empty()).ok_or_else(|| invalid(format!("{key} is required for {}", command.as_str())))
     };
     let container_id = required("CNI_CONTAINERID")?;
     // The ID names a file of ours: it must not climb out of the data directory.
@@ -66,17 +64,8 @@ pub fn args(env: &dyn Fn(&str) -> Option<String>, command: CniCommand) -> Result
         _ => required("CNI_NETNS")?,
     };
     let ifname = required("CNI_IFNAME")?;
-    let path = required("CNI_PATH")?
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    Ok(CniArgs {
-        container_id,
-        netns,
-        ifname,
-        path,
-    })
+    let path = required("CNI_PATH")?.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect();
+    Ok(CniArgs { container_id, netns, ifname, path })
 }
 
 #[cfg(test)]

@@ -43,9 +43,8 @@ pub struct NetConf {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-        let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(Code::Decode, "network config on stdin is not valid", e.to_string())
-        })?;
+        let conf: NetConf = serde_json::from_slice(stdin)
+            .map_err(|e| CniError::new(Code::Decode, "network config on stdin is not valid", e.to_string()))?;
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
                 Code::IncompatibleVersion,
@@ -60,9 +59,7 @@ impl NetConf {
     }
 
     pub fn subnet_file(&self) -> PathBuf {
-        self.subnet_file
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SUBNET_FILE.into())
+        self.subnet_file.clone().unwrap_or_else(|| DEFAULT_SUBNET_FILE.into())
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -1,6 +1,6 @@
 //! The delegate plugin's config, built as flannel's CNI plugin builds it: a bridge (`cni0`) that
 //! is the pods' gateway, host-local IPAM over this host's subnet, a route to the whole cluster
-//! network, the MTU the agent chose, and masquerading only when the agent does not do it.
+//! network (through the bridge), the MTU the agent chose, and masquerading only when the agent does not do it.
 //! Keys the operator put under `delegate` (or `ipam`) win over every derived one.
 
 use serde_json::{json, Map, Value};
@@ -37,16 +37,15 @@ pub fn build(conf: &NetConf, subnet: &SubnetFile) -> Map<String, Value> {
 fn ipam(conf: &NetConf, subnet: &SubnetFile) -> Map<String, Value> {
     let mut ipam = conf.ipam.clone();
     ipam.entry("type").or_insert(json!("host-local"));
-    ipam.insert(
-        "ranges".into(),
-        json!([[{ "subnet": subnet.subnet.to_string() }]]),
-    );
-    // Routes the operator listed come first; the cluster network is always reachable.
+    ipam.insert("ranges".into(), json!([[{ "subnet": subnet.subnet.to_string() }]]));
+    // Routes the operator listed come first; the cluster network is always reachable. Its
+    // gateway is spelled out although the bridge would use it anyway: the bridge plugin's CHECK
+    // looks for the route exactly as the result lists it, and a gateway-less one never matches.
     let mut routes = match ipam.remove("routes") {
         Some(Value::Array(routes)) => routes,
         _ => Vec::new(),
     };
-    routes.push(json!({ "dst": subnet.network.to_string() }));
+    routes.push(json!({ "dst": subnet.network.to_string(), "gw": subnet.gateway().to_string() }));
     ipam.insert("routes".into(), Value::Array(routes));
     ipam
 }
@@ -84,7 +83,7 @@ mod tests {
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": "10.244.3.0/24"}]],
-                    "routes": [{"dst": "10.244.0.0/16"}]
+                    "routes": [{"dst": "10.244.0.0/16", "gw": "10.244.3.1"}]
                 }
             })
         );
@@ -111,10 +110,7 @@ mod tests {
         assert_eq!(d["isDefaultGateway"], true);
         assert_eq!(d["cniVersion"], "0.4.0");
         assert_eq!(d["runtimeConfig"], json!({"portMappings": []}));
-        assert_eq!(
-            d["ipam"]["routes"],
-            json!([{"dst": "192.0.2.0/24"}, {"dst": "10.244.0.0/16"}])
-        );
+        assert_eq!(d["ipam"]["routes"], json!([{"dst": "192.0.2.0/24"}, {"dst": "10.244.0.0/16", "gw": "10.244.3.1"}]));
     }
 
     #[test]

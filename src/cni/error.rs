@@ -49,11 +49,7 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: Code, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        CniError {
-            code,
-            msg: msg.into(),
-            details: details.into(),
-        }
+        CniError { code, msg: msg.into(), details: details.into() }
     }
 
     /// The JSON the runtime reads from stdout.
@@ -67,13 +63,8 @@ impl CniError {
             #[serde(skip_serializing_if = "str::is_empty")]
             details: &'a str,
         }
-        serde_json::to_string(&Wire {
-            cni_version,
-            code: self.code.number(),
-            msg: &self.msg,
-            details: &self.details,
-        })
-        .expect("a CNI error always serializes")
+        serde_json::to_string(&Wire { cni_version, code: self.code.number(), msg: &self.msg, details: &self.details })
+            .expect("a CNI error always serializes")
     }
 }
 

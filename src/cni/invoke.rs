@@ -13,19 +13,11 @@ use super::CniCommand;
 pub fn find(plugin: &str, dirs: &[PathBuf]) -> Result<PathBuf, CniError> {
     use std::os::unix::fs::PermissionsExt;
     if plugin.is_empty() || plugin.contains('/') {
-        return Err(CniError::new(
-            Code::InvalidConfig,
-            format!("delegate type {plugin:?} is not a plugin name"),
-            "",
-        ));
+        return Err(CniError::new(Code::InvalidConfig, format!("delegate type {plugin:?} is not a plugin name"), ""));
     }
     dirs.iter()
         .map(|dir| dir.join(plugin))
-        .find(|path| {
-            path.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|path| path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
         .ok_or_else(|| {
             let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
             CniError::new(
@@ -38,14 +30,9 @@ pub fn find(plugin: &str, dirs: &[PathBuf]) -> Result<PathBuf, CniError> {
 
 /// Runs `plugin` for `command` with `config` on stdin; its stdout on success. The CNI_*
 /// variables we were given pass through the environment; only the command may differ.
-pub fn run(
-    plugin: &Path,
-    command: CniCommand,
-    config: &[u8],
-) -> Result<Vec<u8>, CniError> {
-    let io = |what: &str, e: std::io::Error| {
-        CniError::new(Code::Io, format!("{what} {}", plugin.display()), e.to_string())
-    };
+pub fn run(plugin: &Path, command: CniCommand, config: &[u8]) -> Result<Vec<u8>, CniError> {
+    let io =
+        |what: &str, e: std::io::Error| CniError::new(Code::Io, format!("{what} {}", plugin.display()), e.to_string());
     let mut child = Command::new(plugin)
         .env("CNI_COMMAND", command.as_str())
         .stdin(Stdio::piped())
@@ -78,9 +65,7 @@ fn delegate_error(plugin: &Path, stdout: &[u8], stderr: &[u8]) -> CniError {
         Err(_) => CniError::new(
             Code::DelegateFailed,
             format!("delegate plugin {} failed", plugin.display()),
-            String::from_utf8_lossy(if stderr.is_empty() { stdout } else { stderr })
-                .trim()
-                .to_string(),
+            String::from_utf8_lossy(if stderr.is_empty() { stdout } else { stderr }).trim().to_string(),
         ),
     }
 }

@@ -96,10 +96,7 @@ fn check(args: &CniArgs, conf: &NetConf) -> Result<Vec<u8>, CniError> {
 }
 
 /// The saved delegate config with the runtime's `prevResult` (CHECK and DEL carry one).
-fn with_prev_result(
-    saved: &[u8],
-    conf: &NetConf,
-) -> Result<serde_json::Map<String, Value>, CniError> {
+fn with_prev_result(saved: &[u8], conf: &NetConf) -> Result<serde_json::Map<String, Value>, CniError> {
     let mut delegate: serde_json::Map<String, Value> = serde_json::from_slice(saved)
         .map_err(|e| CniError::new(Code::Decode, "the saved delegate config is corrupt", e.to_string()))?;
     if let Some(prev) = &conf.prev_result {

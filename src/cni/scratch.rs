@@ -27,11 +27,7 @@ pub fn load(dir: &Path, container_id: &str) -> Result<Option<Vec<u8>>, CniError>
     match std::fs::read(path(dir, container_id)) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CniError::new(
-            Code::Io,
-            format!("reading the delegate config of {container_id}"),
-            e.to_string(),
-        )),
+        Err(e) => Err(CniError::new(Code::Io, format!("reading the delegate config of {container_id}"), e.to_string())),
     }
 }
 
@@ -39,11 +35,9 @@ pub fn remove(dir: &Path, container_id: &str) -> Result<(), CniError> {
     match std::fs::remove_file(path(dir, container_id)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CniError::new(
-            Code::Io,
-            format!("removing the delegate config of {container_id}"),
-            e.to_string(),
-        )),
+        Err(e) => {
+            Err(CniError::new(Code::Io, format!("removing the delegate config of {container_id}"), e.to_string()))
+        }
     }
 }
 

@@ -43,9 +43,7 @@ pub fn parse(text: &str, source: &str) -> Result<SubnetFile, CniError> {
                 subnet = Some(net.trunc());
             }
             "FLANNEL_MTU" => mtu = Some(value.parse::<u32>().map_err(|e| bad(key, e.to_string()))?),
-            "FLANNEL_IPMASQ" => {
-                ip_masq = Some(value.parse::<bool>().map_err(|e| bad(key, e.to_string()))?)
-            }
+            "FLANNEL_IPMASQ" => ip_masq = Some(value.parse::<bool>().map_err(|e| bad(key, e.to_string()))?),
             _ => {}
         }
     }
@@ -86,7 +84,8 @@ mod tests {
 
     #[test]
     fn reads_the_agents_format() {
-        let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        let text =
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
         let file = parse(text, "subnet.env").unwrap();
         assert_eq!(file.network.to_string(), "10.244.0.0/16");
         assert_eq!(file.subnet.to_string(), "10.244.3.0/24");
@@ -100,11 +99,9 @@ mod tests {
         let missing = parse("FLANNEL_NETWORK=10.244.0.0/16\n", "f").unwrap_err();
         assert_eq!(missing.code, Code::Decode);
         assert!(missing.msg.contains("FLANNEL_SUBNET"), "{}", missing.msg);
-        let bad = parse(
-            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=x\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
-            "f",
-        )
-        .unwrap_err();
+        let bad =
+            parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=x\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n", "f")
+                .unwrap_err();
         assert!(bad.msg.contains("FLANNEL_SUBNET"), "{}", bad.msg);
     }
 

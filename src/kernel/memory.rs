@@ -7,6 +7,9 @@ use ipnet::Ipv4Net;
 
 use super::{Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure, Ownership, VxlanSpec};
 
+/// Decides which ops a [`MemoryKernel`] refuses.
+pub type RefuseOp = fn(&Op) -> bool;
+
 #[derive(Default)]
 pub struct MemoryKernel {
     pub state: Mutex<KernelState>,
@@ -15,7 +18,7 @@ pub struct MemoryKernel {
     /// Every op applied, in order, to count changes.
     pub applied: Mutex<Vec<Op>>,
     /// Ops matching this are refused, to test partial failures.
-    pub refuse: Mutex<Option<fn(&Op) -> bool>>,
+    pub refuse: Mutex<Option<RefuseOp>>,
 }
 
 impl MemoryKernel {

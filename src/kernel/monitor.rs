@@ -11,7 +11,6 @@ use futures::Stream;
 use netlink_packet_core::Parseable;
 use netlink_packet_route::neighbour::NeighbourMessage;
 use netlink_packet_route::route::RouteMessage;
-use netlink_packet_route::AddressFamily;
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, TokioSocket};
 
 use super::netlink::decode;
@@ -23,6 +22,7 @@ const GROUPS: [u32; 4] = [libc::RTNLGRP_LINK, libc::RTNLGRP_NEIGH, libc::RTNLGRP
 /// Room for a burst of notifications (each costs about 1 KiB of receive buffer).
 const RECEIVE_BUFFER: libc::c_int = 4 << 20;
 const RECV_BUFFER: usize = 64 << 10;
+const NUD_PERMANENT: u16 = 0x80;
 
 /// A socket subscribed to link, neighbour, IPv4 route and nexthop notifications.
 struct Subscription {
@@ -127,14 +127,22 @@ impl Filter {
         RouteMessage::parse(payload).is_ok_and(|route| decode::owned_route(&route, &self.ownership).is_some())
     }
 
+    /// Neighbours and FDB entries on weft's devices that someone else changed, or that went.
     fn neighbour(&self, message: &RawMessage, deleted: bool) -> bool {
         let Ok(neighbour) = NeighbourMessage::parse(message.payload) else {
             return false;
         };
-        // The vxlan driver reports FDB changes with port 0 whoever made them, so weft's own
-        // puts are indistinguishable from others': only removals are worth a repair.
-        let own_fdb_put = neighbour.header.family == AddressFamily::Bridge && message.port == 0 && !deleted;
-        !own_fdb_put && decode::owned_neighbour(&neighbour, &self.ownership).is_some()
+        if !self.ownership.links.contains(&neighbour.header.ifindex) {
+            return false;
+        }
+        // Someone's request (weft's own were filtered out by port): an admin delete of an ARP
+        // entry shows up as a NEWNEIGH in state FAILED carrying the requester's port.
+        let requested = message.port != 0;
+        // The vxlan driver reports every FDB change with port 0, weft's own puts included, so
+        // only removals of permanent entries (FDB or ARP) are news; the kernel's own ARP
+        // activity (resolution, garbage collection of learnt entries) is not.
+        let permanent = u16::from(neighbour.header.state) & NUD_PERMANENT != 0;
+        requested || (deleted && permanent)
     }
 
     /// Any change to a weft device (down, MTU, deleted): the kernel drops routes through a device

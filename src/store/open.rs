@@ -58,8 +58,7 @@ pub async fn open_with_network(
             };
             let options = KubeOptions {
                 node_name,
-                kubeconfig: (!section.kubeconfig.is_empty())
-                    .then(|| PathBuf::from(&section.kubeconfig)),
+                kubeconfig: (!section.kubeconfig.is_empty()).then(|| PathBuf::from(&section.kubeconfig)),
                 annotation_prefix: section.annotation_prefix.clone(),
                 network_json,
                 lease_namespace: KubeOptions::default_lease_namespace(),
@@ -69,9 +68,7 @@ pub async fn open_with_network(
         #[cfg(not(feature = "kube"))]
         StoreKind::Kube => {
             let _ = network;
-            Err(StoreError::Config(
-                "store.kind = \"kube\" needs weft built with the \"kube\" feature".into(),
-            ))
+            Err(StoreError::Config("store.kind = \"kube\" needs weft built with the \"kube\" feature".into()))
         }
     }
 }

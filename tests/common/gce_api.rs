@@ -362,22 +362,22 @@ async fn handle(State(api): State<GceApi>, method: Method, uri: Uri, headers: He
                 Err(e) => return google_error(StatusCode::BAD_REQUEST, "parseError", &format!("Parse Error: {e}")),
             };
             let name = body["name"].as_str().unwrap_or_default().to_string();
-            record(&mut *state, "routes.insert", name.clone());
+            record(&mut state, "routes.insert", name.clone());
             insert_route(&mut state, name, body)
         }
         (Method::GET, ["global", "routes"]) => {
-            record(&mut *state, "routes.list", query.get("filter").cloned().unwrap_or_default());
+            record(&mut state, "routes.list", query.get("filter").cloned().unwrap_or_default());
             list_routes(&state, &query)
         }
         (Method::GET, ["global", "routes", name]) => {
-            record(&mut *state, "routes.get", name.to_string());
+            record(&mut state, "routes.get", name.to_string());
             match state.routes.get(*name) {
                 Some(route) => respond(StatusCode::OK, route.clone()),
                 None => not_found(&format!("projects/{project}/global/routes/{name}")),
             }
         }
         (Method::DELETE, ["global", "routes", name]) => {
-            record(&mut *state, "routes.delete", name.to_string());
+            record(&mut state, "routes.delete", name.to_string());
             if !state.routes.contains_key(*name) {
                 return not_found(&format!("projects/{project}/global/routes/{name}"));
             }
@@ -385,21 +385,21 @@ async fn handle(State(api): State<GceApi>, method: Method, uri: Uri, headers: He
             respond(StatusCode::OK, op)
         }
         (Method::GET, ["global", "operations", name]) => {
-            record(&mut *state, "globalOperations.get", name.to_string());
+            record(&mut state, "globalOperations.get", name.to_string());
             match state.poll(name) {
                 Some(op) => respond(StatusCode::OK, op),
                 None => not_found(&format!("projects/{project}/global/operations/{name}")),
             }
         }
         (Method::GET, ["zones", zone, "instances", name]) => {
-            record(&mut *state, "instances.get", format!("{zone}/{name}"));
+            record(&mut state, "instances.get", format!("{zone}/{name}"));
             match state.instances.get(&(zone.to_string(), name.to_string())) {
                 Some(instance) => respond(StatusCode::OK, instance.clone()),
                 None => not_found(&format!("projects/{project}/zones/{zone}/instances/{name}")),
             }
         }
         (Method::GET, ["global", "networks", name]) => {
-            record(&mut *state, "networks.get", name.to_string());
+            record(&mut state, "networks.get", name.to_string());
             match state.networks.get(*name) {
                 Some(network) => respond(StatusCode::OK, network.clone()),
                 None => not_found(&format!("projects/{project}/global/networks/{name}")),

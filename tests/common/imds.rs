@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 
 use super::moto::{Host, REGION};
@@ -77,16 +78,17 @@ impl Imds {
     }
 }
 
-async fn token(State(service): State<Service>, headers: HeaderMap) -> (StatusCode, String) {
+async fn token(State(service): State<Service>, headers: HeaderMap) -> Response {
     let ttl = headers.get(TTL_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let Some(ttl) = ttl.filter(|t| (1..=21600).contains(t)) else {
-        return (StatusCode::BAD_REQUEST, String::new());
+        return StatusCode::BAD_REQUEST.into_response();
     };
     let mut tokens = service.tokens.lock().unwrap();
     tokens.next += 1;
     let token = format!("weft-test-token-{}", tokens.next);
     tokens.issued.insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
-    (StatusCode::OK, token)
+    // Like EC2's, the answer says how long the token lives; clients rely on it.
+    (StatusCode::OK, [(TTL_HEADER, ttl.to_string())], token).into_response()
 }
 
 async fn metadata(

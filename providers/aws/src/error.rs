@@ -28,7 +28,12 @@ pub enum Ec2Error {
 
 impl Ec2Error {
     /// Builds the error for a service error `code`. `table` names the table of a route call.
-    pub fn classify(operation: &'static str, table: Option<&str>, code: Option<&str>, message: Option<&str>) -> Ec2Error {
+    pub fn classify(
+        operation: &'static str,
+        table: Option<&str>,
+        code: Option<&str>,
+        message: Option<&str>,
+    ) -> Ec2Error {
         let code = code.unwrap_or("Unknown").to_string();
         let message = message.unwrap_or("").to_string();
         match code.as_str() {

@@ -21,14 +21,27 @@ pub struct InstanceMetadata {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    #[error("instance metadata {path}: {source}")]
+    #[error("instance metadata {path}: {}", chain(source.as_ref()))]
     Request {
         path: String,
         #[source]
-        source: ImdsError,
+        source: Box<ImdsError>,
     },
     #[error("instance metadata {path}: unexpected value {value:?}")]
     Invalid { path: String, value: String },
+}
+
+/// An error with its causes, for the one line an operator reads ("failed to load IMDS session
+/// token" alone does not say that the connection was refused).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 const BASE: &str = "/latest/meta-data";
@@ -44,7 +57,7 @@ async fn get(client: &Client, path: &str) -> Result<String, MetadataError> {
             }
             Ok(value)
         }
-        Err(source) => Err(MetadataError::Request { path, source }),
+        Err(source) => Err(MetadataError::Request { path, source: Box::new(source) }),
     }
 }
 
@@ -56,6 +69,7 @@ pub async fn instance_metadata() -> Result<InstanceMetadata, MetadataError> {
     let mac = get(&client, "mac").await?;
     let interface_id = get(&client, &format!("network/interfaces/macs/{mac}/interface-id")).await?;
     let local = get(&client, "local-ipv4").await?;
-    let local_ipv4 = local.parse().map_err(|_| MetadataError::Invalid { path: format!("{BASE}/local-ipv4"), value: local })?;
+    let local_ipv4 =
+        local.parse().map_err(|_| MetadataError::Invalid { path: format!("{BASE}/local-ipv4"), value: local })?;
     Ok(InstanceMetadata { instance_id, region, mac, interface_id, local_ipv4 })
 }

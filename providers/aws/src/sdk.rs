@@ -141,12 +141,15 @@ impl Ec2 for SdkEc2 {
                     request.filters(filter("vpc-id", vpc)).filters(filter(&format!("tag:{key}"), value))
                 }
                 TableFilter::AssociatedWith { subnet } => request.filters(filter("association.subnet-id", subnet)),
-                TableFilter::Main { vpc } => request.filters(filter("vpc-id", vpc)).filters(filter("association.main", "true")),
+                TableFilter::Main { vpc } => {
+                    request.filters(filter("vpc-id", vpc)).filters(filter("association.main", "true"))
+                }
                 TableFilter::Vpc { vpc } => request.filters(filter("vpc-id", vpc)),
             };
             let page = async {
                 let out = request.send().await.map_err(|e| sdk_error(OP, None, e))?;
-                let page = out.route_tables().iter().map(|t| convert::route_table(OP, t)).collect::<Result<Vec<_>, _>>()?;
+                let page =
+                    out.route_tables().iter().map(|t| convert::route_table(OP, t)).collect::<Result<Vec<_>, _>>()?;
                 Ok((page, out.next_token().filter(|t| !t.is_empty()).map(str::to_string)))
             }
             .await;

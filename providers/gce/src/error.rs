@@ -142,11 +142,17 @@ mod tests {
             items: vec![OperationErrorItem {
                 code: "QUOTA_EXCEEDED".into(),
                 message: "Quota 'ROUTES' exceeded.".into(),
-                quota: Some(QuotaInfo { limit_name: "ROUTES-per-project".into(), metric_name: String::new(), limit: Some(3.0) }),
+                quota: Some(QuotaInfo {
+                    limit_name: "ROUTES-per-project".into(),
+                    metric_name: String::new(),
+                    limit: Some(3.0),
+                }),
             }],
         };
         let e = error.into_error("op-1");
-        assert!(matches!(&e, GceError::QuotaExceeded { quota, limit: Some(l), .. } if quota == "ROUTES-per-project" && *l == 3.0));
+        assert!(
+            matches!(&e, GceError::QuotaExceeded { quota, limit: Some(l), .. } if quota == "ROUTES-per-project" && *l == 3.0)
+        );
         assert_eq!(e.outcome(), "quota_exceeded");
         assert!(e.to_string().contains("quota ROUTES-per-project exceeded (limit 3)"), "{e}");
     }

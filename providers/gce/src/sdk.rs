@@ -82,7 +82,10 @@ macro_rules! build_client {
         if !$options.endpoint.is_empty() {
             builder = builder.with_endpoint($options.endpoint.clone());
         }
-        builder.build().await.map_err(|e| GceError::other(concat!("building the ", stringify!($client), " client"), e))?
+        builder
+            .build()
+            .await
+            .map_err(|e| GceError::other(concat!("building the ", stringify!($client), " client"), e))?
     }};
 }
 

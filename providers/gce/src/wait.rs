@@ -19,7 +19,11 @@ pub struct WaitPolicy {
 impl Default for WaitPolicy {
     /// Route operations usually finish in 5–20 s on GCE.
     fn default() -> Self {
-        WaitPolicy { first_pause: Duration::from_millis(250), max_pause: Duration::from_secs(5), deadline: Duration::from_secs(120) }
+        WaitPolicy {
+            first_pause: Duration::from_millis(250),
+            max_pause: Duration::from_secs(5),
+            deadline: Duration::from_secs(120),
+        }
     }
 }
 
@@ -92,7 +96,11 @@ mod tests {
     /// Real time, kept short (tokio's paused clock would need its `test-util` feature, which
     /// would rebuild the whole SDK for this crate's tests).
     fn quick() -> WaitPolicy {
-        WaitPolicy { first_pause: Duration::from_millis(5), max_pause: Duration::from_millis(20), deadline: Duration::from_secs(5) }
+        WaitPolicy {
+            first_pause: Duration::from_millis(5),
+            max_pause: Duration::from_millis(20),
+            deadline: Duration::from_secs(5),
+        }
     }
 
     #[tokio::test]

@@ -57,7 +57,11 @@ impl ComputeApi for FakeApi {
     async fn insert_route(&self, spec: &RouteSpec) -> Result<Operation, GceError> {
         self.log(format!("routes.insert {}", spec.name));
         if let Some(code) = self.insert_error.lock().unwrap().clone() {
-            let quota = Some(QuotaInfo { limit_name: "ROUTES-per-project".into(), metric_name: String::new(), limit: Some(2.0) });
+            let quota = Some(QuotaInfo {
+                limit_name: "ROUTES-per-project".into(),
+                metric_name: String::new(),
+                limit: Some(2.0),
+            });
             let item = OperationErrorItem { code, message: "refused".into(), quota };
             return Ok(Self::done("op-insert", Some(OperationError { items: vec![item] })));
         }

@@ -110,7 +110,13 @@ pub fn plan_own(target: &Target, prefix: &str, ours: Option<&Route>, flannel: Op
 
 /// Routes of ours (our prefix, our network, a next-hop instance, inside the cluster network)
 /// whose subnet nobody leases any more. Everything else is left alone.
-pub fn stale_routes(routes: &[Route], prefix: &str, network: &str, cluster: Ipv4Net, leased: &BTreeSet<Ipv4Net>) -> Vec<String> {
+pub fn stale_routes(
+    routes: &[Route],
+    prefix: &str,
+    network: &str,
+    cluster: Ipv4Net,
+    leased: &BTreeSet<Ipv4Net>,
+) -> Vec<String> {
     routes
         .iter()
         .filter(|r| same_resource(&r.network, network) && r.next_hop_instance.is_some())
@@ -177,7 +183,9 @@ mod tests {
         assert_eq!(route_name("weft-", net("10.244.3.0/24")), "weft-10-244-3-0-24");
         assert_eq!(parse_route_name("weft-", "weft-10-244-3-0-24"), Some(net("10.244.3.0/24")));
         assert_eq!(parse_route_name("flannel-", "flannel-10-244-3-0-24"), Some(net("10.244.3.0/24")));
-        for bad in ["weft-10-244-3-24", "weft-10-244-3-1-24", "weft-x-244-3-0-24", "other-10-244-3-0-24", "weft-10-244-3-0-33"] {
+        for bad in
+            ["weft-10-244-3-24", "weft-10-244-3-1-24", "weft-x-244-3-0-24", "other-10-244-3-0-24", "weft-10-244-3-0-33"]
+        {
             assert_eq!(parse_route_name("weft-", bad), None, "{bad}");
         }
     }
@@ -246,11 +254,11 @@ mod tests {
         let mut gateway = route("weft-10-244-8-0-24", "10.244.8.0/24", OTHER);
         gateway.next_hop_instance = None;
         let routes = vec![
-            route("weft-10-244-3-0-24", "10.244.3.0/24", ME),    // leased
-            route("weft-10-244-5-0-24", "10.244.5.0/24", OTHER), // stale
+            route("weft-10-244-3-0-24", "10.244.3.0/24", ME),       // leased
+            route("weft-10-244-5-0-24", "10.244.5.0/24", OTHER),    // stale
             route("flannel-10-244-6-0-24", "10.244.6.0/24", OTHER), // flannel's: not ours to remove
-            route("weft-10-99-0-0-24", "10.99.0.0/24", OTHER),   // another cluster's network
-            route("weft-10-244-7-0-24", "10.244.70.0/24", OTHER), // name and range disagree
+            route("weft-10-99-0-0-24", "10.99.0.0/24", OTHER),      // another cluster's network
+            route("weft-10-244-7-0-24", "10.244.70.0/24", OTHER),   // name and range disagree
             route("default-route-123", "0.0.0.0/0", OTHER),
             foreign_network,
             gateway,

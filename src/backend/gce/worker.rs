@@ -91,7 +91,12 @@ impl Routing {
 
     /// Serves requests until `cancel` (checked between passes, never in the middle of one).
     /// A failed pass is retried with backoff without waiting for the next request.
-    pub async fn run(mut self, mut requests: watch::Receiver<Option<Desired>>, outcome: SharedOutcome, cancel: CancellationToken) -> Self {
+    pub async fn run(
+        mut self,
+        mut requests: watch::Receiver<Option<Desired>>,
+        outcome: SharedOutcome,
+        cancel: CancellationToken,
+    ) -> Self {
         const FIRST_RETRY: Duration = Duration::from_secs(1);
         let mut retry: Option<Duration> = None;
         loop {
@@ -131,7 +136,8 @@ impl Routing {
 
     /// One pass: our route, then (when leading) the stale ones.
     pub async fn pass(&mut self, desired: &Desired) -> Result<(), String> {
-        let resolved = self.resolve().await.map_err(|e| format!("gce: looking up instance {}: {e}", self.meta.instance))?;
+        let resolved =
+            self.resolve().await.map_err(|e| format!("gce: looking up instance {}: {e}", self.meta.instance))?;
         self.last_own = Some(desired.own);
         let target = Target {
             subnet: desired.own,
@@ -150,12 +156,16 @@ impl Routing {
         let adoptable = own_name != flannel_name;
         // The leader lists the network once for both jobs; the others read their route by name.
         let (ours, flannel, listing) = if leading {
-            let routes = self.api.list_routes(&resolved.network).await.map_err(|e| format!("gce: listing routes: {e}"))?;
+            let routes =
+                self.api.list_routes(&resolved.network).await.map_err(|e| format!("gce: listing routes: {e}"))?;
             let find = |name: &str| routes.iter().find(|r| r.name == name).cloned();
             (find(&own_name), find(&flannel_name).filter(|_| adoptable), Some(routes))
         } else {
-            let through_us =
-                |r: &Option<Route>| r.as_ref().and_then(|r| r.next_hop_instance.as_deref()).is_some_and(|h| same_resource(h, &target.instance));
+            let through_us = |r: &Option<Route>| {
+                r.as_ref()
+                    .and_then(|r| r.next_hop_instance.as_deref())
+                    .is_some_and(|h| same_resource(h, &target.instance))
+            };
             // Look first where our route was last time: one call per recheck in steady state.
             let adopted_before = adoptable && self.owned.as_deref() == Some(flannel_name.as_str());
             let (ours, flannel) = if adopted_before {
@@ -283,9 +293,11 @@ impl Routing {
         // The route goes into the instance's own network unless the config names one; then the
         // network is read so the route carries its exact selfLink.
         let (network, network_name) = if self.config.network.is_empty() {
-            let link = instance.networks.first().cloned().unwrap_or_else(|| {
-                format!("projects/{}/global/networks/{}", self.meta.project, self.meta.network)
-            });
+            let link = instance
+                .networks
+                .first()
+                .cloned()
+                .unwrap_or_else(|| format!("projects/{}/global/networks/{}", self.meta.project, self.meta.network));
             let name = link.rsplit('/').next().unwrap_or(&link).to_string();
             (link, name)
         } else {
@@ -310,7 +322,9 @@ impl Routing {
         let mut failures = Vec::new();
         for name in [route_name(&self.config.route_prefix, own), route_name(FLANNEL_PREFIX, own)] {
             let ours = match self.get_route(&name).await {
-                Ok(Some(route)) => route.next_hop_instance.as_deref().is_some_and(|h| same_resource(h, &resolved.instance)),
+                Ok(Some(route)) => {
+                    route.next_hop_instance.as_deref().is_some_and(|h| same_resource(h, &resolved.instance))
+                }
                 Ok(None) => false,
                 Err(e) => {
                     failures.push(e);
@@ -354,7 +368,12 @@ mod tests {
         }
 
         fn routing(&self, instance: &str) -> Routing {
-            let meta = InstanceMetadata { project: "p".into(), zone: "z".into(), instance: instance.into(), network: "default".into() };
+            let meta = InstanceMetadata {
+                project: "p".into(),
+                zone: "z".into(),
+                instance: instance.into(),
+                network: "default".into(),
+            };
             let api: Arc<dyn ComputeApi> = self.api.clone();
             Routing::new(api, GceConfig::default(), meta, net("10.244.0.0/16"), self.store.clone(), self.health.clone())
         }
@@ -405,7 +424,10 @@ mod tests {
         assert!(rig.store.lead(LEADERSHIP, "node-x", Duration::from_secs(60)).await.unwrap());
         let mut a = rig.routing("node-a");
         a.pass(&desired("10.244.1.0/24", &[])).await.unwrap();
-        assert_eq!(rig.api.take_calls(), ["instances.get node-a", "routes.get weft-10-244-1-0-24", "routes.get flannel-10-244-1-0-24"]);
+        assert_eq!(
+            rig.api.take_calls(),
+            ["instances.get node-a", "routes.get weft-10-244-1-0-24", "routes.get flannel-10-244-1-0-24"]
+        );
         a.pass(&desired("10.244.1.0/24", &[])).await.unwrap();
         assert_eq!(rig.api.take_calls(), ["routes.get flannel-10-244-1-0-24"]);
         assert!(!rig.api.routes.lock().unwrap().contains_key("weft-10-244-1-0-24"));

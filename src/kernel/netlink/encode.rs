@@ -37,9 +37,18 @@ pub fn encode_op(op: &Op, seq: u32, out: &mut Vec<u8>) {
 
 /// Whether a failed `op` failed only because its object is already gone.
 pub fn already_gone(op: &Op, errno: i32) -> bool {
-    let delete = matches!(op, Op::DeleteRoute(_) | Op::DeleteNexthop(_) | Op::DeleteNeighbour(_) | Op::DeleteFdb(_));
-    // Routes answer ESRCH, neighbours, FDB entries and nexthops ENOENT.
-    delete && (errno == libc::ENOENT || errno == libc::ESRCH)
+    match op {
+        // A route through a nexthop that no longer exists cannot exist either (the kernel
+        // removes routes with their nexthop), but the kernel answers EINVAL ("Nexthop id does
+        // not exist") before it looks for the route.
+        Op::DeleteRoute(RouteSpec { target: RouteTarget::Nexthop(_), .. }) => {
+            matches!(errno, libc::ESRCH | libc::EINVAL)
+        }
+        Op::DeleteRoute(_) => errno == libc::ESRCH,
+        // Neighbours, FDB entries and nexthops answer ENOENT.
+        Op::DeleteNexthop(_) | Op::DeleteNeighbour(_) | Op::DeleteFdb(_) => errno == libc::ENOENT,
+        _ => false,
+    }
 }
 
 /// Dump requests for what `read_owned` looks at.

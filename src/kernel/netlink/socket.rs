@@ -165,7 +165,9 @@ impl BatchSocket {
         let mut outcomes = Vec::with_capacity(count);
         let mut buf = Vec::with_capacity(MAX_CHUNK_BYTES + 4096);
         let mut start = 0;
+        let (mut t_enc, mut t_send, mut t_ack) = (std::time::Duration::ZERO, std::time::Duration::ZERO, std::time::Duration::ZERO);
         while start < count {
+            let t0 = std::time::Instant::now();
             buf.clear();
             let base = self.seq.wrapping_add(1);
             let mut end = start;
@@ -174,11 +176,18 @@ impl BatchSocket {
                 end += 1;
             }
             self.seq = base.wrapping_add((end - start - 1) as u32);
-            outcomes.extend(self.send_chunk(&buf, base, end - start).await);
+            t_enc += t0.elapsed();
+            let t1 = std::time::Instant::now();
+            let _ = self.socket.send(&buf).await;
+            t_send += t1.elapsed();
+            let t2 = std::time::Instant::now();
+            outcomes.extend(self.collect_acks(base, end - start).await);
+            t_ack += t2.elapsed();
             start = end;
             // Let other tasks of a single-threaded runtime breathe between chunks.
             tokio::task::yield_now().await;
         }
+        eprintln!("chunk {} encode {t_enc:?} send {t_send:?} acks {t_ack:?}", self.chunk);
         outcomes
     }
 

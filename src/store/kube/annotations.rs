@@ -29,18 +29,14 @@ pub struct PrefixError {
 }
 
 /// Kubernetes' annotation key shape: a DNS name, one slash, then an optional name stem.
-static PREFIX_SHAPE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?$").expect("valid regex")
-});
+static PREFIX_SHAPE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?$").expect("valid regex"));
 
 impl AnnotationNames {
     /// flannel's rules: `example.com` becomes `example.com/`, `example.com/weft` becomes
     /// `example.com/weft-`; anything else must already end in `/` or `-`.
     pub fn new(prefix: &str) -> Result<Self, PrefixError> {
-        let error = |reason| PrefixError {
-            prefix: prefix.to_string(),
-            reason,
-        };
+        let error = |reason| PrefixError { prefix: prefix.to_string(), reason };
         let mut full = prefix.to_string();
         match prefix.matches('/').count() {
             0 => full.push('/'),
@@ -51,9 +47,7 @@ impl AnnotationNames {
             full.push('-');
         }
         if !PREFIX_SHAPE.is_match(&full) {
-            return Err(error(
-                "must look like a DNS name, a slash and an optional lowercase stem (fqdn/[0-9a-z_-]*)",
-            ));
+            return Err(error("must look like a DNS name, a slash and an optional lowercase stem (fqdn/[0-9a-z_-]*)"));
         }
         Ok(AnnotationNames {
             subnet_kube_managed: format!("{full}kube-subnet-manager"),
@@ -72,11 +66,7 @@ impl AnnotationNames {
     /// The annotations to change on our own node so that it carries `attrs`, as flannel's
     /// `AcquireLease` would write them; empty when the node is already up to date (flannel then
     /// sends no patch either).
-    pub fn own_patch(
-        &self,
-        current: &BTreeMap<String, String>,
-        attrs: &LeaseAttrs,
-    ) -> BTreeMap<String, String> {
+    pub fn own_patch(&self, current: &BTreeMap<String, String>, attrs: &LeaseAttrs) -> BTreeMap<String, String> {
         let get = |key: &String| current.get(key).map(String::as_str).unwrap_or("");
         // Go's json.RawMessage of a missing value is `null`, and that is what flannel stores.
         let data = attrs.backend_data.to_string();
@@ -98,11 +88,7 @@ impl AnnotationNames {
             wanted.insert(self.backend_data.clone(), data);
             // An operator's overwrite wins: it is the address other hosts must use for us
             // (behind NAT, or a second interface).
-            let public = if overwrite.is_empty() {
-                ip
-            } else {
-                overwrite.to_string()
-            };
+            let public = if overwrite.is_empty() { ip } else { overwrite.to_string() };
             wanted.insert(self.public_ip.clone(), public);
         }
         wanted.insert(self.subnet_kube_managed.clone(), MANAGED.to_string());
@@ -130,10 +116,7 @@ mod tests {
     }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -195,10 +178,7 @@ mod tests {
         let n = names();
         let mut current = n.own_patch(&BTreeMap::new(), &vxlan());
         current.insert(n.public_ip.clone(), "198.51.100.99".into());
-        assert_eq!(
-            n.own_patch(&current, &vxlan()),
-            map(&[("flannel.alpha.coreos.com/public-ip", "198.51.100.7")])
-        );
+        assert_eq!(n.own_patch(&current, &vxlan()), map(&[("flannel.alpha.coreos.com/public-ip", "198.51.100.7")]));
     }
 
     #[test]

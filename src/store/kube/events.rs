@@ -24,10 +24,7 @@ pub struct OwnNode {
 
 impl OwnNode {
     pub fn new(name: &str) -> Self {
-        OwnNode {
-            name: name.to_string(),
-            written: Mutex::new(None),
-        }
+        OwnNode { name: name.to_string(), written: Mutex::new(None) }
     }
 
     fn written(&self) -> Option<String> {
@@ -42,11 +39,7 @@ impl OwnNode {
 }
 
 /// Reads one node as a raw lease; `Ok(None)` for nodes nobody manages.
-pub fn lease_of(
-    names: &AnnotationNames,
-    own: &OwnNode,
-    node: &Node,
-) -> Result<Option<RawLease>, NodeSkip> {
+pub fn lease_of(names: &AnnotationNames, own: &OwnNode, node: &Node) -> Result<Option<RawLease>, NodeSkip> {
     let NodeLease::Lease { subnet, attrs } = node::read(names, node)? else {
         return Ok(None);
     };
@@ -73,13 +66,7 @@ pub struct NodeTracker {
 
 impl NodeTracker {
     pub fn new(names: AnnotationNames, own: Arc<OwnNode>) -> Self {
-        NodeTracker {
-            names,
-            own,
-            known: HashMap::new(),
-            warned: HashMap::new(),
-            listing: None,
-        }
+        NodeTracker { names, own, known: HashMap::new(), warned: HashMap::new(), listing: None }
     }
 
     pub fn on_event(&mut self, event: Event<Node>) -> Vec<LeaseUpdate> {
@@ -99,10 +86,7 @@ impl NodeTracker {
             Event::InitDone => {
                 let listed = self.listing.take().unwrap_or_default();
                 let revision = listed.iter().map(|(_, l)| l.mod_revision).max().unwrap_or(0);
-                self.known = listed
-                    .iter()
-                    .map(|(name, lease)| (name.clone(), lease.key.clone()))
-                    .collect();
+                self.known = listed.iter().map(|(name, lease)| (name.clone(), lease.key.clone())).collect();
                 let leases = listed.into_iter().map(|(_, lease)| lease).collect();
                 vec![LeaseUpdate::Resync(leases, revision)]
             }
@@ -111,11 +95,7 @@ impl NodeTracker {
                 let name = node::name(&node);
                 self.warned.remove(name);
                 let revision = node::revision(node.metadata.resource_version.as_deref());
-                self.known
-                    .remove(name)
-                    .map(|key| LeaseUpdate::Deleted { key, revision })
-                    .into_iter()
-                    .collect()
+                self.known.remove(name).map(|key| LeaseUpdate::Deleted { key, revision }).into_iter().collect()
             }
         }
     }
@@ -196,10 +176,7 @@ mod tests {
         let a = flannel_node("a", "10.244.1.0/24", "198.51.100.1");
         assert_eq!(keys(&t.on_event(Event::Apply(a.clone()))), ["put 10.244.1.0-24"]);
         let moved = flannel_node("a", "10.244.9.0/24", "198.51.100.1");
-        assert_eq!(
-            keys(&t.on_event(Event::Apply(moved.clone()))),
-            ["del 10.244.1.0-24", "put 10.244.9.0-24"]
-        );
+        assert_eq!(keys(&t.on_event(Event::Apply(moved.clone()))), ["del 10.244.1.0-24", "put 10.244.9.0-24"]);
         assert_eq!(keys(&t.on_event(Event::Delete(moved))), ["del 10.244.9.0-24"]);
         // A deletion of a node we never saw as a lease says nothing.
         assert!(t.on_event(Event::Delete(a)).is_empty());
@@ -209,11 +186,7 @@ mod tests {
     fn a_node_that_turns_broken_loses_its_lease() {
         let mut t = tracker();
         t.on_event(Event::Apply(flannel_node("a", "10.244.1.0/24", "198.51.100.1")));
-        let broken = node(
-            "a",
-            Some("10.244.1.0/24"),
-            &[("kube-subnet-manager", "true"), ("public-ip", "nope")],
-        );
+        let broken = node("a", Some("10.244.1.0/24"), &[("kube-subnet-manager", "true"), ("public-ip", "nope")]);
         assert_eq!(keys(&t.on_event(Event::Apply(broken.clone()))), ["del 10.244.1.0-24"]);
         assert!(t.on_event(Event::Apply(broken)).is_empty());
     }

@@ -45,36 +45,21 @@ fn taken(previous: Option<&LeaseSpec>, holder: &str, ttl: Duration, now: DateTim
     LeaseSpec {
         holder_identity: Some(holder.to_string()),
         lease_duration_seconds: Some(i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX)),
-        acquire_time: Some(
-            kept.and_then(|s| s.acquire_time.clone())
-                .unwrap_or(MicroTime(now)),
-        ),
+        acquire_time: Some(kept.and_then(|s| s.acquire_time.clone()).unwrap_or(MicroTime(now))),
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(if kept.is_some() || previous.is_none() {
-            transitions
-        } else {
-            transitions + 1
-        }),
+        lease_transitions: Some(if kept.is_some() || previous.is_none() { transitions } else { transitions + 1 }),
         ..LeaseSpec::default()
     }
 }
 
-pub async fn lead(
-    api: &Api<Lease>,
-    name: &str,
-    holder: &str,
-    ttl: Duration,
-) -> Result<bool, StoreError> {
+pub async fn lead(api: &Api<Lease>, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
     let object = object_name(name);
     let now = Utc::now();
     let existing = api.get_opt(&object).await.map_err(api_error)?;
     let result = match existing {
         None => {
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(object.clone()),
-                    ..ObjectMeta::default()
-                },
+                metadata: ObjectMeta { name: Some(object.clone()), ..ObjectMeta::default() },
                 spec: Some(taken(None, holder, ttl, now)),
             };
             api.create(&PostParams::default(), &lease).await
@@ -128,10 +113,7 @@ mod tests {
     #[test]
     fn taking_over_counts_a_transition() {
         let now = Utc::now();
-        let old = LeaseSpec {
-            lease_transitions: Some(2),
-            ..spec("a", 60, 30)
-        };
+        let old = LeaseSpec { lease_transitions: Some(2), ..spec("a", 60, 30) };
         let new = taken(Some(&old), "b", Duration::from_secs(15), now);
         assert_eq!(new.holder_identity.as_deref(), Some("b"));
         assert_eq!(new.lease_transitions, Some(3));

@@ -66,8 +66,8 @@ pub struct KubeStore {
 
 impl KubeStore {
     pub async fn connect(options: KubeOptions) -> Result<Self, StoreError> {
-        let names = AnnotationNames::new(&options.annotation_prefix)
-            .map_err(|e| StoreError::Config(format!("store.{e}")))?;
+        let names =
+            AnnotationNames::new(&options.annotation_prefix).map_err(|e| StoreError::Config(format!("store.{e}")))?;
         if options.node_name.is_empty() {
             return Err(StoreError::Config(
                 "store.kind = \"kube\" needs this host's node name: set store.node_name or NODE_NAME".into(),
@@ -77,8 +77,8 @@ impl KubeStore {
         // rustls cannot pick a crypto provider by itself when several are compiled in (the AWS
         // SDK brings aws-lc-rs); kube builds its TLS config from the process default.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = kube::Client::try_from(config)
-            .map_err(|e| StoreError::Config(format!("kubernetes client: {e}")))?;
+        let client =
+            kube::Client::try_from(config).map_err(|e| StoreError::Config(format!("kubernetes client: {e}")))?;
         info!(node = %options.node_name, prefix = %options.annotation_prefix, "kubernetes store");
         Ok(KubeStore {
             nodes: Api::all(client.clone()),
@@ -112,10 +112,7 @@ impl KubeStore {
         let patch = self.names.own_patch(&node::annotations(&node), &attrs);
         let mut revision = node::revision(node.metadata.resource_version.as_deref());
         if !patch.is_empty() {
-            if let Some(overwrite) = patch
-                .get(&self.names.public_ip)
-                .filter(|ip| **ip != attrs.public_ip.to_string())
-            {
+            if let Some(overwrite) = patch.get(&self.names.public_ip).filter(|ip| **ip != attrs.public_ip.to_string()) {
                 info!(public_ip = %overwrite, annotation = %self.names.public_ip_overwrite, "public address overridden by the node's annotation");
             }
             // flannel patches the status subresource: its RBAC grants `nodes/status` patch
@@ -129,10 +126,7 @@ impl KubeStore {
             revision = node::revision(patched.metadata.resource_version.as_deref());
         }
         self.own.remember(attrs_json);
-        Ok(WriteOutcome::Written {
-            revision,
-            expiry: Expiry::Never,
-        })
+        Ok(WriteOutcome::Written { revision, expiry: Expiry::Never })
     }
 }
 
@@ -177,11 +171,7 @@ impl Store for KubeStore {
     }
 
     async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
-        let list = self
-            .nodes
-            .list(&ListParams::default())
-            .await
-            .map_err(api_error)?;
+        let list = self.nodes.list(&ListParams::default()).await.map_err(api_error)?;
         let mut leases = Vec::new();
         for node in &list.items {
             match events::lease_of(&self.names, &self.own, node) {
@@ -190,10 +180,7 @@ impl Store for KubeStore {
                 Err(skip) => warn!(node = %node::name(node), reason = %skip, "skipping node: not a usable lease"),
             }
         }
-        Ok(LeaseListing {
-            leases,
-            revision: node::revision(list.metadata.resource_version.as_deref()),
-        })
+        Ok(LeaseListing { leases, revision: node::revision(list.metadata.resource_version.as_deref()) })
     }
 
     /// Kubernetes decides who holds a subnet (the controller manager assigns `spec.podCIDR`):
@@ -232,20 +219,13 @@ impl Store for KubeStore {
         }
         let notes = node::annotations(&node);
         let names = &self.names;
-        let ours = [
-            &names.backend_type,
-            &names.backend_data,
-            &names.public_ip,
-            &names.subnet_kube_managed,
-        ];
+        let ours = [&names.backend_type, &names.backend_data, &names.public_ip, &names.subnet_kube_managed];
         if !ours.iter().any(|key| notes.contains_key(*key)) {
             return Ok(false);
         }
         // In a merge patch, null removes a key.
-        let removed: serde_json::Map<String, serde_json::Value> = ours
-            .iter()
-            .map(|key| (key.to_string(), serde_json::Value::Null))
-            .collect();
+        let removed: serde_json::Map<String, serde_json::Value> =
+            ours.iter().map(|key| (key.to_string(), serde_json::Value::Null)).collect();
         let body = serde_json::json!({ "metadata": { "annotations": removed } });
         self.nodes
             .patch_status(&self.own.name, &PatchParams::default(), &Patch::Merge(body))
@@ -278,9 +258,7 @@ impl Store for KubeStore {
     /// The config is fixed for the life of the store: a changed ConfigMap reaches the agent as
     /// a changed weft.toml (SIGHUP or a restart), which opens a new store.
     fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
-        stream::once(futures::future::ready(Ok(self.network_json.clone())))
-            .chain(stream::pending())
-            .boxed()
+        stream::once(futures::future::ready(Ok(self.network_json.clone()))).chain(stream::pending()).boxed()
     }
 
     async fn assigned_subnet(&self) -> Result<Option<Ipv4Net>, StoreError> {

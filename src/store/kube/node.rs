@@ -19,17 +19,9 @@ pub enum NodeSkip {
     #[error("node {node:?}: spec.podCIDR {value:?} is not a CIDR")]
     BadPodCidr { node: String, value: String },
     #[error("node {node:?}: annotation {key} = {value:?} is not an IPv4 address")]
-    BadPublicIp {
-        node: String,
-        key: String,
-        value: String,
-    },
+    BadPublicIp { node: String, key: String, value: String },
     #[error("node {node:?}: annotation {key} is not JSON: {reason}")]
-    BadBackendData {
-        node: String,
-        key: String,
-        reason: String,
-    },
+    BadBackendData { node: String, key: String, reason: String },
 }
 
 /// What a node says about leases.
@@ -37,7 +29,10 @@ pub enum NodeSkip {
 pub enum NodeLease {
     /// Neither flannel nor weft has annotated it yet: not a lease, nothing to warn about.
     Unmanaged,
-    Lease { subnet: Ipv4Net, attrs: LeaseAttrs },
+    Lease {
+        subnet: Ipv4Net,
+        attrs: LeaseAttrs,
+    },
 }
 
 pub fn name(node: &Node) -> &str {
@@ -60,16 +55,10 @@ pub fn pod_cidr(node: &Node) -> Result<Option<Ipv4Net>, NodeSkip> {
     let spec = node.spec.as_ref();
     let listed = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
     let single = spec.and_then(|s| s.pod_cidr.clone()).filter(|c| !c.is_empty());
-    let candidates = if listed.is_empty() {
-        single.into_iter().collect()
-    } else {
-        listed
-    };
+    let candidates = if listed.is_empty() { single.into_iter().collect() } else { listed };
     for value in candidates {
-        let net: IpNet = value.parse().map_err(|_| NodeSkip::BadPodCidr {
-            node: name(node).to_string(),
-            value: value.clone(),
-        })?;
+        let net: IpNet =
+            value.parse().map_err(|_| NodeSkip::BadPodCidr { node: name(node).to_string(), value: value.clone() })?;
         if let IpNet::V4(v4) = net {
             return Ok(Some(v4.trunc()));
         }
@@ -84,9 +73,7 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
         return Ok(NodeLease::Unmanaged);
     }
     let node_name = name(node).to_string();
-    let subnet = pod_cidr(node)?.ok_or_else(|| NodeSkip::NoPodCidr {
-        node: node_name.clone(),
-    })?;
+    let subnet = pod_cidr(node)?.ok_or_else(|| NodeSkip::NoPodCidr { node: node_name.clone() })?;
     let ip_text = notes.get(&names.public_ip).cloned().unwrap_or_default();
     let public_ip: Ipv4Addr = ip_text.parse().map_err(|_| NodeSkip::BadPublicIp {
         node: node_name.clone(),
@@ -103,10 +90,7 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
         })?,
     };
     let backend_type = notes.get(&names.backend_type).cloned().unwrap_or_default();
-    Ok(NodeLease::Lease {
-        subnet,
-        attrs: LeaseAttrs::new(public_ip, &backend_type, backend_data),
-    })
+    Ok(NodeLease::Lease { subnet, attrs: LeaseAttrs::new(public_ip, &backend_type, backend_data) })
 }
 
 /// The lease as the store trait carries it. Kubernetes leases never expire: the node is the
@@ -132,17 +116,11 @@ pub(crate) mod tests {
                 name: Some(name.into()),
                 resource_version: Some("42".into()),
                 annotations: Some(
-                    notes
-                        .iter()
-                        .map(|(k, v)| (format!("flannel.alpha.coreos.com/{k}"), v.to_string()))
-                        .collect(),
+                    notes.iter().map(|(k, v)| (format!("flannel.alpha.coreos.com/{k}"), v.to_string())).collect(),
                 ),
                 ..Default::default()
             },
-            spec: Some(NodeSpec {
-                pod_cidr: pod_cidr.map(String::from),
-                ..Default::default()
-            }),
+            spec: Some(NodeSpec { pod_cidr: pod_cidr.map(String::from), ..Default::default() }),
             ..Default::default()
         }
     }
