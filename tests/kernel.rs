@@ -324,6 +324,10 @@ fn deleting_what_is_gone_succeeds_and_failures_name_the_object() {
         assert!(matches!(failures[0].error, KernelError::Rejected { .. }));
         let have = kernel.read_owned(&Ownership::default()).await.unwrap();
         assert_eq!(have.routes.len(), 2, "{have:?}");
+        // Also when the failing op is the last of a batch, or alone.
+        let failures = kernel.apply(&[Op::PutRoute(good(53)), Op::PutRoute(unreachable)]).await;
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(kernel.apply(&[Op::PutRoute(unreachable)]).await.len(), 1);
     });
 }
 

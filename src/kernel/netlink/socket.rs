@@ -1,16 +1,17 @@
 //! A raw `NETLINK_ROUTE` socket that sends many requests in one `sendmsg` and reads the acks after.
 //!
 //! The kernel handles the messages of one `sendmsg` one after the other, in order, inside the
-//! system call, and queues an ack (an `NLMSG_ERROR`, code 0 on success) per message before it
-//! returns. So a batch keeps the order of its operations, costs one system call per chunk instead
-//! of a round trip per object, and every ack is already waiting when `send` returns. The only way
-//! to lose one is a full receive buffer, which is sized for the chunk (and detected: `ENOBUFS`).
+//! system call, and queues its answers (an `NLMSG_ERROR` per failed message, and an ack with code
+//! 0 per message that asked for one) before it returns. So a batch keeps the order of its
+//! operations, costs one system call per chunk instead of a round trip per object, and every
+//! answer is already waiting when `send` returns. The only way to lose one is a full receive
+//! buffer, which is sized for the chunk (and detected: `ENOBUFS`).
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use netlink_packet_core::{NetlinkBuffer, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR};
+use netlink_packet_core::{NetlinkBuffer, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP_INTR};
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, TokioSocket};
 
 /// `NLM_F_CAPPED` / `NLM_F_ACK_TLVS` in an ack's header: payload trimmed / extended ack TLVs follow.
@@ -156,7 +157,12 @@ impl BatchSocket {
     }
 
     /// Sends `count` requests in order, each encoded by `encode(index, seq, out)` as one complete
-    /// netlink message asking for an ack, and returns the outcome of each, by index.
+    /// netlink message with `NLM_F_ACK`, and returns the outcome of each, by index.
+    ///
+    /// Only the last message of a chunk keeps `NLM_F_ACK`: the kernel answers every failed
+    /// message whatever its flags, and handles a chunk's messages in order, so once the last one
+    /// is acknowledged every message without an error has succeeded. That saves the kernel an
+    /// ack and us a `recv` per object — about a third of the time of a large batch.
     pub async fn transact(
         &mut self,
         count: usize,
@@ -165,29 +171,25 @@ impl BatchSocket {
         let mut outcomes = Vec::with_capacity(count);
         let mut buf = Vec::with_capacity(MAX_CHUNK_BYTES + 4096);
         let mut start = 0;
-        let (mut t_enc, mut t_send, mut t_ack) = (std::time::Duration::ZERO, std::time::Duration::ZERO, std::time::Duration::ZERO);
         while start < count {
-            let t0 = std::time::Instant::now();
             buf.clear();
             let base = self.seq.wrapping_add(1);
             let mut end = start;
+            let mut last_at = 0;
             while end < count && end - start < self.chunk && buf.len() < MAX_CHUNK_BYTES {
+                if end > start {
+                    clear_ack_flag(&mut buf[last_at..]);
+                }
+                last_at = buf.len();
                 encode(end, base.wrapping_add((end - start) as u32), &mut buf);
                 end += 1;
             }
             self.seq = base.wrapping_add((end - start - 1) as u32);
-            t_enc += t0.elapsed();
-            let t1 = std::time::Instant::now();
-            let _ = self.socket.send(&buf).await;
-            t_send += t1.elapsed();
-            let t2 = std::time::Instant::now();
-            outcomes.extend(self.collect_acks(base, end - start).await);
-            t_ack += t2.elapsed();
+            outcomes.extend(self.send_chunk(&buf, base, end - start).await);
             start = end;
             // Let other tasks of a single-threaded runtime breathe between chunks.
             tokio::task::yield_now().await;
         }
-        eprintln!("chunk {} encode {t_enc:?} send {t_send:?} acks {t_ack:?}", self.chunk);
         outcomes
     }
 
@@ -198,31 +200,38 @@ impl BatchSocket {
         self.collect_acks(base, count).await
     }
 
+    /// Reads errors and the chunk's final ack; the messages with neither succeeded.
     async fn collect_acks(&mut self, base: u32, count: usize) -> Vec<Result<(), AckError>> {
         let mut outcomes: Vec<Option<Result<(), AckError>>> = vec![None; count];
-        let mut pending = count;
+        let last = count - 1;
+        let mut lost = false;
         let mut timeout = ACK_TIMEOUT;
-        while pending > 0 {
+        while outcomes[last].is_none() {
             match tokio::time::timeout(timeout, self.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    // Some acks were dropped: whatever is queued still comes; then stop waiting.
+                    // Some answers were dropped: what is still queued comes; then stop waiting.
+                    lost = true;
                     timeout = Duration::from_millis(50);
                 }
                 Ok(Err(e)) => {
                     fill(&mut outcomes, Err(AckError::io(&e)));
                     return unwrap_outcomes(outcomes);
                 }
-                Ok(Ok(())) => pending -= self.record_acks(base, &mut outcomes),
+                Ok(Ok(())) => self.record_acks(base, &mut outcomes),
             }
         }
-        fill(&mut outcomes, Err(AckError::lost("no acknowledgement (netlink receive buffer overflow)")));
+        let silent = if outcomes[last].is_some() && !lost {
+            Ok(())
+        } else {
+            Err(AckError::lost("outcome unknown: acknowledgements lost (netlink receive buffer overflow)"))
+        };
+        fill(&mut outcomes, silent);
         unwrap_outcomes(outcomes)
     }
 
-    /// Records the acks in the receive buffer that belong to this chunk; returns how many.
-    fn record_acks(&self, base: u32, outcomes: &mut [Option<Result<(), AckError>>]) -> usize {
-        let mut recorded = 0;
+    /// Records the acks in the receive buffer that belong to this chunk.
+    fn record_acks(&self, base: u32, outcomes: &mut [Option<Result<(), AckError>>]) {
         for message in messages(&self.recv_buf) {
             let index = message.seq.wrapping_sub(base) as usize;
             if message.kind != NLMSG_ERROR || index >= outcomes.len() || outcomes[index].is_some() {
@@ -231,9 +240,7 @@ impl BatchSocket {
             let ack = parse_ack(&message);
             // Code 0 is success, even with an extended-ack warning attached.
             outcomes[index] = Some(if ack.errno == 0 { Ok(()) } else { Err(ack) });
-            recorded += 1;
         }
-        recorded
     }
 
     /// Sends one dump request, encoded by `encode(seq, out)`, and returns the payload bytes of
@@ -280,6 +287,14 @@ impl BatchSocket {
     async fn recv(&mut self) -> io::Result<()> {
         self.recv_buf.clear();
         self.socket.recv(&mut self.recv_buf).await
+    }
+}
+
+/// Clears `NLM_F_ACK` in the header of the netlink message at the start of `message`.
+fn clear_ack_flag(message: &mut [u8]) {
+    if let Some(flags) = message.get_mut(6..8) {
+        let value = u16::from_ne_bytes([flags[0], flags[1]]) & !NLM_F_ACK;
+        flags.copy_from_slice(&value.to_ne_bytes());
     }
 }
 
@@ -350,6 +365,15 @@ mod tests {
         assert_eq!(parsed[0].1.errno, 0);
         assert_eq!(parsed[1].0, 2);
         assert_eq!(parsed[1].1.reason(), "Network is unreachable (Nexthop device is not up)");
+    }
+
+    #[test]
+    fn clears_only_the_ack_flag() {
+        let mut message = ack(1, 0, NLM_F_CAPPED, None);
+        message[6..8].copy_from_slice(&0x0505u16.to_ne_bytes());
+        clear_ack_flag(&mut message);
+        assert_eq!(&message[6..8], &0x0501u16.to_ne_bytes());
+        clear_ack_flag(&mut [0u8; 3]); // too short: left alone
     }
 
     #[test]
