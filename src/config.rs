@@ -458,7 +458,7 @@ mod tests {
         assert_eq!(loaded.config.agent.public_ip, "192.0.2.1");
         assert_eq!(loaded.config.agent.renew_margin, Duration::from_secs(1800));
         let network = Network::new(&loaded.config.network).unwrap();
-        assert_eq!(network.to_flannel_json().contains("\"VNI\":4"), true);
+        assert!(network.to_flannel_json().contains("\"VNI\":4"));
     }
 
     #[test]

@@ -116,19 +116,28 @@ fn tagged_mode() -> String {
 #[test]
 fn metadata_server_follows_imdsv2() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let host = Host { instance_id: "i-1".into(), interface_id: "eni-1".into(), mac: "02:00:00:00:00:01".into(), ip: "10.0.1.5".parse().unwrap() };
+    let host = Host {
+        instance_id: "i-1".into(),
+        interface_id: "eni-1".into(),
+        mac: "02:00:00:00:00:01".into(),
+        ip: "10.0.1.5".parse().unwrap(),
+    };
     let server = Imds::start(&runtime, imds::metadata_for(&host));
     let e = &server.endpoint;
     assert_eq!(imds::request(e, "GET", "/latest/meta-data/instance-id", &[]).0, 401);
     assert_eq!(imds::request(e, "PUT", "/latest/api/token", &[]).0, 400, "no TTL header");
-    let (status, token) = imds::request(e, "PUT", "/latest/api/token", &[("X-aws-ec2-metadata-token-ttl-seconds", "60")]);
+    let (status, token) =
+        imds::request(e, "PUT", "/latest/api/token", &[("X-aws-ec2-metadata-token-ttl-seconds", "60")]);
     assert_eq!(status, 200);
     let with = [("X-aws-ec2-metadata-token", token.as_str())];
     assert_eq!(imds::request(e, "GET", "/latest/meta-data/instance-id", &with), (200, "i-1".to_string()));
     let path = "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:01/interface-id";
     assert_eq!(imds::request(e, "GET", path, &with), (200, "eni-1".to_string()));
     assert_eq!(imds::request(e, "GET", "/latest/meta-data/nothing", &with).0, 404);
-    assert_eq!(imds::request(e, "GET", "/latest/meta-data/instance-id", &[("X-aws-ec2-metadata-token", "forged")]).0, 401);
+    assert_eq!(
+        imds::request(e, "GET", "/latest/meta-data/instance-id", &[("X-aws-ec2-metadata-token", "forged")]).0,
+        401
+    );
 }
 
 /// The multi-AZ case: three nodes in three zones, a tagged table per zone.
@@ -167,7 +176,11 @@ fn three_agents_own_their_routes_in_every_tagged_table() {
     let untagged = world.routes(&world.vpc.untagged);
     assert!(subnets.iter().all(|s| !untagged.contains_key(s)), "untagged table written: {untagged:?}");
     for table in &world.vpc.tagged {
-        assert_eq!(world.routes(table).get(OUTSIDE).map(|r| r.target.as_str()), Some(spare.as_str()), "outside route touched");
+        assert_eq!(
+            world.routes(table).get(OUTSIDE).map(|r| r.target.as_str()),
+            Some(spare.as_str()),
+            "outside route touched"
+        );
     }
     // Source/dest check off on every node's interface.
     for (host, _) in &world.nodes {
@@ -209,7 +222,9 @@ fn three_agents_own_their_routes_in_every_tagged_table() {
     agents[0].stop();
     world.proxy.reset_counts();
     let again = world.agent(&setup, 0);
-    wait_until("restarted agent ready", 30, &[&again], || ready(&again) && ec2_calls(&again, "DescribeRouteTables") >= 2.0);
+    wait_until("restarted agent ready", 30, &[&again], || {
+        ready(&again) && ec2_calls(&again, "DescribeRouteTables") >= 2.0
+    });
     assert_eq!(world.mutating_calls(), 0, "restart changed something: {:?}", world.proxy.counts());
     println!("EC2 calls while one agent restarted: {:?}", world.proxy.counts());
 }
@@ -259,11 +274,16 @@ fn full_table_and_throttling() {
     let subnet = agent.wait_subnet();
     let refs = [&agent];
     // Throttled twice, retried by the SDK with backoff: the route still lands.
-    wait_until("routes in the tables with room", 60, &refs, || world.routes_to(a, &subnet, 0) && world.routes_to(c, &subnet, 0));
+    wait_until("routes in the tables with room", 60, &refs, || {
+        world.routes_to(a, &subnet, 0) && world.routes_to(c, &subnet, 0)
+    });
     assert!(!world.routes(b).contains_key(&subnet));
     wait_until("/readyz naming the full table", 30, &refs, || {
         let (status, body) = agent.get("/readyz");
-        status == 503 && body.contains(&format!("route table {b} is full")) && body.contains("50") && body.contains("1000")
+        status == 503
+            && body.contains(&format!("route table {b} is full"))
+            && body.contains("50")
+            && body.contains("1000")
     });
     let limit = format!("weft_cloud_route_limit_reached{{provider=\"aws\",table=\"{b}\"}} 1");
     assert!(agent.get("/metrics").1.contains(&limit), "{limit} missing");

@@ -66,7 +66,8 @@ pub struct AwsVpc {
 
 impl AwsVpc {
     pub fn new(ctx: &BackendContext, config: AwsVpcConfig) -> Result<AwsVpc, BackendError> {
-        let mode = TableMode::from_config(&config.route_table_ids, &config.route_table_tag).map_err(BackendError::Setup)?;
+        let mode =
+            TableMode::from_config(&config.route_table_ids, &config.route_table_tag).map_err(BackendError::Setup)?;
         if config.recheck.is_zero() {
             return Err(BackendError::Setup("aws-vpc recheck must be longer than zero".into()));
         }
@@ -126,7 +127,9 @@ impl Backend for AwsVpc {
             return Ok(self.lease_data());
         }
         let meta = weft_aws::imds::instance_metadata().await.map_err(|e| {
-            BackendError::Setup(format!("aws-vpc needs the EC2 instance metadata service (is this an EC2 instance?): {e}"))
+            BackendError::Setup(format!(
+                "aws-vpc needs the EC2 instance metadata service (is this an EC2 instance?): {e}"
+            ))
         })?;
         let region = if self.config.region.is_empty() { meta.region.clone() } else { self.config.region.clone() };
         let options = SdkOptions { region, endpoint_url: self.config.endpoint_url.clone() };
@@ -181,7 +184,9 @@ impl Backend for AwsVpc {
         let removal = remove_own_routes(&self.mode, running.ec2.as_ref(), &running.node, running.own);
         match tokio::time::timeout(TEARDOWN_DEADLINE, removal).await {
             Ok(result) => result,
-            Err(_) => Err(BackendError::Setup(format!("aws-vpc teardown: EC2 did not answer within {TEARDOWN_DEADLINE:?}"))),
+            Err(_) => {
+                Err(BackendError::Setup(format!("aws-vpc teardown: EC2 did not answer within {TEARDOWN_DEADLINE:?}")))
+            }
         }
     }
 }

@@ -205,10 +205,10 @@ mod tests {
         let kernel = Arc::new(MemoryKernel::default());
         let mut sync = started(kernel.clone(), VxlanConfig::default()).await;
         let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
-        sync.on_events(&peers(&[a.clone()]), &[LeaseEvent::Added(a.clone())]).await.unwrap();
+        sync.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.clone())]).await.unwrap();
         let rebooted = lease(2, "198.51.100.2", "02:00:00:00:00:22");
         let change = LeaseEvent::Changed { old: a.clone(), new: rebooted.clone() };
-        sync.on_events(&peers(&[rebooted.clone()]), &[change]).await.unwrap();
+        sync.on_events(&peers(std::slice::from_ref(&rebooted)), &[change]).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!(state.fdb.len(), 1);
         assert_eq!(state.fdb.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
@@ -240,7 +240,7 @@ mod tests {
         let before = kernel.applied_count();
         // The new run sees only `a`: it changes nothing for `a`, and removes `gone`'s 4 objects.
         let mut second = started(kernel.clone(), VxlanConfig::default()).await;
-        second.on_events(&peers(&[a.clone()]), &[LeaseEvent::Added(a)]).await.unwrap();
+        second.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.clone())]).await.unwrap();
         assert_eq!(kernel.applied_count() - before, 4);
         assert_eq!(kernel.snapshot().routes.len(), 1);
     }

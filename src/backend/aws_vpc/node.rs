@@ -46,7 +46,9 @@ pub async fn discover(ec2: &dyn Ec2, meta: &InstanceMetadata, addresses: &[Ipv4A
                 interface = %interface.id, error = %e,
                 "cannot turn the source/dest check off: pods on other hosts will not reach this one until it is"
             ),
-            Err(e) => return Err(BackendError::Setup(format!("turning the source/dest check off on {}: {e}", interface.id))),
+            Err(e) => {
+                return Err(BackendError::Setup(format!("turning the source/dest check off on {}: {e}", interface.id)))
+            }
         }
     }
     Ok(Node {

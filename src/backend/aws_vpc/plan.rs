@@ -15,7 +15,10 @@ pub const MAX_ROUTE_LIMIT: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableMode {
     Explicit(Vec<String>),
-    Tagged { key: String, value: String },
+    Tagged {
+        key: String,
+        value: String,
+    },
     /// The table associated with the node's subnet, else the VPC's main table.
     Fallback,
 }
@@ -135,9 +138,10 @@ impl TablePlan {
 pub fn plan_table(table: &RouteTable, input: &PlanInput) -> TablePlan {
     let own = match table.route(input.own) {
         None => OwnRoute::Create,
-        Some(r) if r.origin != Origin::Api && r.origin != Origin::Unknown => {
-            OwnRoute::Blocked(format!("{} holds a {:?} route to {} that the route API cannot replace", table.id, r.origin, input.own))
-        }
+        Some(r) if r.origin != Origin::Api && r.origin != Origin::Unknown => OwnRoute::Blocked(format!(
+            "{} holds a {:?} route to {} that the route API cannot replace",
+            table.id, r.origin, input.own
+        )),
         Some(r) if !r.blackhole && r.target == Target::Interface(input.interface_id.to_string()) => OwnRoute::Keep,
         Some(_) => OwnRoute::Replace,
     };
@@ -270,10 +274,14 @@ mod tests {
         let l = leased(&["10.244.1.0/24", "10.244.2.0/24"]);
         let mut hole = route("10.244.2.0/24", eni("eni-gone"));
         hole.blackhole = true;
-        let t = table("rtb-1", vec![route("10.244.1.0/24", eni("eni-me")), hole, route("10.244.9.0/24", eni("eni-old"))]);
+        let t =
+            table("rtb-1", vec![route("10.244.1.0/24", eni("eni-me")), hole, route("10.244.9.0/24", eni("eni-old"))]);
         assert!(plan_table(&t, &input(&l, false)).remove.is_empty());
         let plan = plan_table(&t, &input(&l, true));
-        assert_eq!(plan.remove, vec![(net("10.244.2.0/24"), Removal::Blackhole), (net("10.244.9.0/24"), Removal::NoLease)]);
+        assert_eq!(
+            plan.remove,
+            vec![(net("10.244.2.0/24"), Removal::Blackhole), (net("10.244.9.0/24"), Removal::NoLease)]
+        );
     }
 
     #[test]

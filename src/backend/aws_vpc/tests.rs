@@ -147,7 +147,12 @@ fn table(id: &str, tag: Option<&str>, routes: Vec<Route>) -> RouteTable {
 }
 
 fn node(instance: &str, eni: &str) -> Node {
-    Node { instance_id: instance.into(), vpc_id: "vpc-1".into(), subnet_id: "subnet-a".into(), interface_id: eni.into() }
+    Node {
+        instance_id: instance.into(),
+        vpc_id: "vpc-1".into(),
+        subnet_id: "subnet-a".into(),
+        interface_id: eni.into(),
+    }
 }
 
 struct Harness {
@@ -158,8 +163,11 @@ struct Harness {
 fn harness(config: &AwsVpcConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
-    let section =
-        NetworkSection { cidr: "10.244.0.0/16".into(), backend: BackendConfig::AwsVpc(config.clone()), ..Default::default() };
+    let section = NetworkSection {
+        cidr: "10.244.0.0/16".into(),
+        backend: BackendConfig::AwsVpc(config.clone()),
+        ..Default::default()
+    };
     let ctx = BackendContext {
         network: Network::new(&section).unwrap(),
         ext: ExternalInterface {

@@ -129,11 +129,9 @@ impl Worker {
             OwnRoute::Keep => Ok(()),
             OwnRoute::Create => self.create(table, input.own).await,
             OwnRoute::Replace => self.replace(table, input.own).await,
-            OwnRoute::Blocked(why) => Err(Ec2Error::Other {
-                operation: "CreateRoute",
-                code: "Blocked".into(),
-                message: why.clone(),
-            }),
+            OwnRoute::Blocked(why) => {
+                Err(Ec2Error::Other { operation: "CreateRoute", code: "Blocked".into(), message: why.clone() })
+            }
         };
         let labels = CloudTableLabels { provider: "aws".into(), table: table.id.clone() };
         let full = matches!(placed, Err(Ec2Error::RouteLimitExceeded { .. }));
