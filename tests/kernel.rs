@@ -435,6 +435,32 @@ fn monitor_reports_foreign_changes_but_not_our_own() {
     });
 }
 
+/// The pattern for "a restart changes no route": open the counter in the namespace, keep it
+/// outside, read it after.
+#[test]
+fn a_change_counter_outlives_the_thread_that_opened_it() {
+    let ns = TestNs::new("count");
+    let mut counter = ns.0.run(ChangeCounter::open).unwrap().unwrap();
+    let flannel = ns.block_on(|| async {
+        let kernel = NetlinkKernel::new().unwrap();
+        let (_, flannel) = vxlan_setup(&kernel).await;
+        let ours = Ownership { links: vec![flannel] };
+        converge(&kernel, &ours, &peers(flannel, false)).await;
+        flannel
+    });
+    let after_first = counter.counts().unwrap();
+    assert!(after_first.routes_added >= 3, "{after_first:?}");
+    // A second agent converging to the same state touches no route.
+    ns.block_on(move || async move {
+        let kernel = NetlinkKernel::new().unwrap();
+        let ours = Ownership { links: vec![flannel] };
+        assert_eq!(converge(&kernel, &ours, &peers(flannel, false)).await, 0);
+    });
+    let after_second = counter.counts().unwrap();
+    assert_eq!(after_second.routes(), after_first.routes());
+    assert!(!after_second.lost);
+}
+
 #[test]
 fn ip_forwarding_is_per_namespace() {
     let ns = TestNs::new("sysctl");

@@ -238,3 +238,28 @@ fn store_lists_nodes_and_elects_one_leader() {
     assert_eq!(lease["spec"]["holderIdentity"], "b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
 }
+
+/// Multi-host tests run the API server in a namespace of their own: it must serve there, and
+/// only there.
+#[test]
+fn serves_inside_a_namespace_for_multi_host_tests() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test creates a network namespace and needs root (CI={})", std::env::var("CI").unwrap_or_default());
+    }
+    let ns = weft::netns::Netns::create(&format!("wkube{}", std::process::id())).expect("create a namespace");
+    struct Gone(weft::netns::Netns);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = self.0.delete();
+        }
+    }
+    let ns = Gone(ns);
+    let api = KubeApi::start_in(Some(&ns.0), "127.0.0.1:0");
+    api.add_node("n", Some("10.244.1.0/24"), &BTreeMap::new());
+    let addr = api.addr;
+    let inside = ns.0.run(move || common::weft::http_get(&addr.to_string(), "/api/v1/nodes/n")).expect("run in ns");
+    assert_eq!(inside.0, 200, "{inside:?}");
+    assert!(inside.1.contains("10.244.1.0/24"), "{inside:?}");
+    let outside = common::weft::http_get(&addr.to_string(), "/api/v1/nodes/n");
+    assert_eq!(outside.0, 0, "the machine's loopback must not serve it: {outside:?}");
+}

@@ -11,26 +11,32 @@ use futures::Stream;
 use netlink_packet_core::Parseable;
 use netlink_packet_route::neighbour::NeighbourMessage;
 use netlink_packet_route::route::RouteMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, TokioSocket};
+use std::os::fd::AsRawFd;
+
+use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, Socket, TokioSocket};
 
 use super::netlink::decode;
-use super::netlink::{messages, RawMessage};
+use super::netlink::{messages, set_buffer, RawMessage};
 use super::nexthop::{NexthopMessage, RTM_DELNEXTHOP, RTM_NEWNEXTHOP, RTNLGRP_NEXTHOP};
 use super::{Ownership, WEFT_PROTOCOL};
 
 const GROUPS: [u32; 4] = [libc::RTNLGRP_LINK, libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, RTNLGRP_NEXTHOP];
 /// Room for a burst of notifications (each costs about 1 KiB of receive buffer).
-const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+const RECEIVE_BUFFER: usize = 4 << 20;
 const RECV_BUFFER: usize = 64 << 10;
 const NUD_PERMANENT: u16 = 0x80;
 
-/// A socket subscribed to link, neighbour, IPv4 route and nexthop notifications.
-struct Subscription {
-    socket: TokioSocket,
-    buf: Vec<u8>,
+/// Subscribes `socket` to link, neighbour, IPv4 route and nexthop notifications.
+fn subscribe(socket: &mut Socket) -> io::Result<()> {
+    socket.bind_auto()?;
+    for group in GROUPS {
+        socket.add_membership(group)?;
+    }
+    set_buffer(socket.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER);
+    Ok(())
 }
 
-/// What one read from the subscription brought.
+/// What one read from a subscribed socket brought.
 enum Batch {
     /// Notifications (possibly none relevant).
     Messages,
@@ -40,33 +46,12 @@ enum Batch {
     Empty,
 }
 
-impl Subscription {
-    fn open() -> io::Result<Self> {
-        let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
-        socket.socket_mut().bind_auto()?;
-        for group in GROUPS {
-            socket.socket_ref().add_membership(group)?;
-        }
-        set_receive_buffer(&socket);
-        Ok(Subscription { socket, buf: Vec::with_capacity(RECV_BUFFER) })
-    }
-
-    async fn next(&mut self) -> io::Result<Batch> {
-        self.buf.clear();
-        classify(self.socket.recv(&mut self.buf).await)
-    }
-
-    /// Like [`Subscription::next`] without waiting.
-    fn try_next(&mut self) -> io::Result<Batch> {
-        self.buf.clear();
-        match self.socket.socket_ref().recv(&mut self.buf, libc::MSG_DONTWAIT) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Batch::Empty),
-            other => classify(other.map(|_| ())),
-        }
-    }
-
-    fn messages(&self) -> impl Iterator<Item = RawMessage<'_>> {
-        messages(&self.buf)
+/// Reads one datagram into `buf` if one is queued, without waiting.
+fn try_recv(socket: &Socket, buf: &mut Vec<u8>) -> io::Result<Batch> {
+    buf.clear();
+    match socket.recv(buf, libc::MSG_DONTWAIT) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Batch::Empty),
+        other => classify(other.map(|_| ())),
     }
 }
 
@@ -78,23 +63,30 @@ fn classify(read: io::Result<()>) -> io::Result<Batch> {
     }
 }
 
-fn set_receive_buffer(socket: &TokioSocket) {
-    use std::os::fd::AsRawFd;
-    let fd = socket.as_raw_fd();
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: a valid socket and a c_int option value of the right length.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&RECEIVE_BUFFER as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
+/// A subscribed socket on the tokio reactor, for [`watch_changes`].
+struct Subscription {
+    socket: TokioSocket,
+    buf: Vec<u8>,
+}
+
+impl Subscription {
+    fn open() -> io::Result<Self> {
+        let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
+        subscribe(socket.socket_mut())?;
+        Ok(Subscription { socket, buf: Vec::with_capacity(RECV_BUFFER) })
+    }
+
+    async fn next(&mut self) -> io::Result<Batch> {
+        self.buf.clear();
+        classify(self.socket.recv(&mut self.buf).await)
+    }
+
+    fn try_next(&mut self) -> io::Result<Batch> {
+        try_recv(self.socket.socket_ref(), &mut self.buf)
+    }
+
+    fn messages(&self) -> impl Iterator<Item = RawMessage<'_>> {
+        messages(&self.buf)
     }
 }
 
@@ -225,31 +217,30 @@ impl ChangeCounts {
     }
 }
 
-/// Counts kernel change notifications from the moment it is opened, in the current thread's
-/// network namespace. The kernel queues a notification inside the system call that made the
-/// change, so [`ChangeCounter::counts`] right after a change has returned already sees it.
+/// Counts kernel change notifications from the moment it is opened, in the network namespace
+/// of the thread that opens it (it needs no runtime, and may be read from any thread after). The
+/// kernel queues a notification inside the system call that made the change, so
+/// [`ChangeCounter::counts`] right after a change returned already sees it.
 pub struct ChangeCounter {
-    subscription: Subscription,
+    socket: Socket,
+    buf: Vec<u8>,
     counts: ChangeCounts,
 }
 
 impl ChangeCounter {
-    /// Needs a tokio runtime (the socket registers with its reactor).
     pub fn open() -> io::Result<Self> {
-        Ok(ChangeCounter { subscription: Subscription::open()?, counts: ChangeCounts::default() })
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        subscribe(&mut socket)?;
+        Ok(ChangeCounter { socket, buf: Vec::with_capacity(RECV_BUFFER), counts: ChangeCounts::default() })
     }
 
     /// Reads every queued notification and returns the totals since [`ChangeCounter::open`].
     pub fn counts(&mut self) -> io::Result<ChangeCounts> {
         loop {
-            match self.subscription.try_next()? {
+            match try_recv(&self.socket, &mut self.buf)? {
                 Batch::Empty => return Ok(self.counts),
                 Batch::Lost => self.counts.lost = true,
-                Batch::Messages => {
-                    let mut counts = self.counts;
-                    self.subscription.messages().for_each(|m| counts.count(&m));
-                    self.counts = counts;
-                }
+                Batch::Messages => messages(&self.buf).for_each(|m| self.counts.count(&m)),
             }
         }
     }

@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, OnceCell};
 use self::socket::{AckError, BatchSocket};
 use super::{monitor, Kernel, KernelError, KernelState, LinkHandle, Op, OpFailure, Ownership, VxlanSpec};
 
-pub(crate) use self::socket::{messages, RawMessage};
+pub(crate) use self::socket::{messages, set_buffer, RawMessage};
 
 const RTM_NEWROUTE: u16 = libc::RTM_NEWROUTE;
 const RTM_NEWNEIGH: u16 = libc::RTM_NEWNEIGH;

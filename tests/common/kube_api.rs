@@ -20,6 +20,7 @@ use axum::Router;
 use futures::channel::mpsc;
 use futures::SinkExt;
 use serde_json::{json, Value};
+use weft::netns::Netns;
 
 /// How often a watch looks for new events, and sends a bookmark when asked to.
 const WATCH_POLL: Duration = Duration::from_millis(50);
@@ -91,15 +92,29 @@ pub struct KubeApi {
 
 impl KubeApi {
     pub fn start() -> KubeApi {
+        KubeApi::start_in(None, "127.0.0.1:0")
+    }
+
+    /// Serves on `bind` inside `netns` (the machine's namespace with `None`): agents in host
+    /// namespaces of a multi-host test cannot reach the machine's loopback, so the API server
+    /// runs in a service namespace on their bridge, as etcd does.
+    pub fn start_in(netns: Option<&Netns>, bind: &str) -> KubeApi {
         let state = Arc::new(Mutex::new(Inner::default()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let app_state = state.clone();
+        let netns_path = netns.map(|ns| ns.path.clone());
+        let bind = bind.to_string();
         let thread = std::thread::spawn(move || {
+            // setns moves only this thread: the listener is made here, so it belongs there.
+            if let Some(path) = netns_path {
+                let file = std::fs::File::open(&path).expect("open the namespace");
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
+            }
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let listener = tokio::net::TcpListener::bind(&bind).await.expect("bind");
                 addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
                 let app = router(app_state);
                 let _ = axum::serve(listener, app)

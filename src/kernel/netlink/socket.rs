@@ -309,7 +309,7 @@ fn unwrap_outcomes(outcomes: Vec<Option<Result<(), AckError>>>) -> Vec<Result<()
 }
 
 /// Sets a socket buffer size, past `rmem_max`/`wmem_max` when privileged (`*BUFFORCE`).
-fn set_buffer(fd: i32, force: i32, normal: i32, size: usize) {
+pub(crate) fn set_buffer(fd: i32, force: i32, normal: i32, size: usize) {
     let value = size as libc::c_int;
     for option in [force, normal] {
         // SAFETY: a valid socket and a c_int option value of the right length.
