@@ -522,10 +522,10 @@ fn a_thousand_peers_converge_quickly() {
     assert!(apply_ms < 2000.0, "{apply_ms} ms");
 }
 
-/// The same 10,000 peers with `ip -batch` / `bridge -batch`, for comparison. Slow: run with
+/// 10,000 peers by weft, then with `ip -batch` / `bridge -batch` for comparison. Run with
 /// `cargo test --test kernel -- --ignored --nocapture`.
 #[test]
-#[ignore = "benchmark: minutes of ip -batch; run on demand"]
+#[ignore = "benchmark: prints timings, run on demand"]
 fn bench_ten_thousand_peers_against_ip_batch() {
     let (apply_ms, read_ms) = put_many("k10", 10_000);
     eprintln!("weft: 10,000 peers (40,000 objects): apply {apply_ms:.1} ms, read_owned {read_ms:.1} ms");
