@@ -9,11 +9,7 @@ use crate::commands;
 use crate::config::{self, Flags};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "weft",
-    version,
-    about = "Host-subnet network agent, compatible with flannel's data"
-)]
+#[command(name = "weft", version, about = "Host-subnet network agent, compatible with flannel's data")]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -129,9 +125,7 @@ impl GlobalArgs {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -142,10 +136,7 @@ pub fn init_logging(format: LogFormat) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.log_format);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

@@ -119,10 +119,7 @@ impl fmt::Debug for StoreSection {
             .field("cert_file", &self.cert_file)
             .field("key_file", &self.key_file)
             .field("username", &self.username)
-            .field(
-                "password",
-                &if self.password.is_empty() { "" } else { "***" },
-            )
+            .field("password", &if self.password.is_empty() { "" } else { "***" })
             .field("path", &self.path)
             .field("node_name", &self.node_name)
             .field("kubeconfig", &self.kubeconfig)
@@ -174,9 +171,7 @@ fn insert_dotted(dict: &mut Dict, key: &str, value: Value) {
             dict.insert(key.to_string(), value);
         }
         Some((head, rest)) => {
-            let entry = dict
-                .entry(head.to_string())
-                .or_insert_with(|| Value::from(Dict::new()));
+            let entry = dict.entry(head.to_string()).or_insert_with(|| Value::from(Dict::new()));
             if let Value::Dict(_, inner) = entry {
                 insert_dotted(inner, rest, value);
             }
@@ -198,12 +193,7 @@ pub fn load(file: &Path, explicit: bool, flags: Flags) -> Result<Loaded, ConfigE
     let text = match std::fs::read_to_string(file) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
-        Err(source) => {
-            return Err(ConfigError::Unreadable {
-                file: file_name,
-                source,
-            })
-        }
+        Err(source) => return Err(ConfigError::Unreadable { file: file_name, source }),
     };
     let mut figment = Figment::new().merge(defaults());
     if text.is_some() {
@@ -217,53 +207,30 @@ pub fn load(file: &Path, explicit: bool, flags: Flags) -> Result<Loaded, ConfigE
                 .split("__"),
         )
         .merge(flags);
-    let invalid = |message: String| ConfigError::Invalid {
-        file: file_name.clone(),
-        message,
-    };
-    let config: Config = figment
-        .extract()
-        .map_err(|e| invalid(describe_figment_error(e, text.as_deref())))?;
+    let invalid = |message: String| ConfigError::Invalid { file: file_name.clone(), message };
+    let config: Config = figment.extract().map_err(|e| invalid(describe_figment_error(e, text.as_deref())))?;
     validate(&config).map_err(|(key, message)| {
         let line = text.as_deref().and_then(|t| line_of(t, key));
         let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
         invalid(format!("{at}{message}"))
     })?;
-    Ok(Loaded {
-        config,
-        file: file.to_path_buf(),
-        figment,
-    })
+    Ok(Loaded { config, file: file.to_path_buf(), figment })
 }
 
 fn describe_figment_error(error: figment::Error, text: Option<&str>) -> String {
     let mut messages = Vec::new();
     for e in error {
         let key = e.path.join(".");
-        let line = text
-            .and_then(|t| line_of(t, &key))
-            .map(|l| format!("line {l}: "))
-            .unwrap_or_default();
+        let line = text.and_then(|t| line_of(t, &key)).map(|l| format!("line {l}: ")).unwrap_or_default();
         let source = e
             .metadata
             .as_ref()
-            .and_then(|m| {
-                m.interpolate(&e.profile.clone().unwrap_or_default(), &e.path)
-                    .into()
-            })
+            .and_then(|m| m.interpolate(&e.profile.clone().unwrap_or_default(), &e.path).into())
             .filter(|_| !key.is_empty())
             .map(|k| format!(" (from {k})"))
             .unwrap_or_default();
-        let key = if key.is_empty() {
-            String::new()
-        } else {
-            format!("{key}: ")
-        };
-        let kind = if key.contains("password") {
-            "invalid value (hidden)".to_string()
-        } else {
-            e.kind.to_string()
-        };
+        let key = if key.is_empty() { String::new() } else { format!("{key}: ") };
+        let kind = if key.contains("password") { "invalid value (hidden)".to_string() } else { e.kind.to_string() };
         messages.push(format!("{line}{key}{kind}{source}"));
     }
     messages.join("; ")
@@ -272,13 +239,8 @@ fn describe_figment_error(error: figment::Error, text: Option<&str>) -> String {
 /// Every default but the backend's: backend keys differ by type, and merging vxlan's defaults under
 /// a file's `type = "host-gw"` would make them unknown keys. serde fills in the chosen type's.
 fn defaults() -> impl Provider {
-    let mut data = Serialized::defaults(Config::default())
-        .data()
-        .expect("defaults serialize");
-    if let Some(Some(Value::Dict(_, network))) = data
-        .get_mut(&Profile::Default)
-        .map(|d| d.get_mut("network"))
-    {
+    let mut data = Serialized::defaults(Config::default()).data().expect("defaults serialize");
+    if let Some(Some(Value::Dict(_, network))) = data.get_mut(&Profile::Default).map(|d| d.get_mut("network")) {
         network.remove("backend");
     }
     Defaults(data)
@@ -319,17 +281,12 @@ pub fn line_of(text: &str, dotted: &str) -> Option<usize> {
 /// Checks what serde cannot: addresses, patterns, the network. Returns the key and a message.
 fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     let agent = &config.agent;
-    let bad =
-        |key: &'static str, value: &str, why: &str| Err((key, format!("{key} = {value:?}: {why}")));
+    let bad = |key: &'static str, value: &str, why: &str| Err((key, format!("{key} = {value:?}: {why}")));
     if !agent.public_ip.is_empty() && agent.public_ip.parse::<Ipv4Addr>().is_err() {
         return bad("agent.public_ip", &agent.public_ip, "not an IPv4 address");
     }
     if !agent.iface_can_reach.is_empty() && agent.iface_can_reach.parse::<IpAddr>().is_err() {
-        return bad(
-            "agent.iface_can_reach",
-            &agent.iface_can_reach,
-            "not an IP address",
-        );
+        return bad("agent.iface_can_reach", &agent.iface_can_reach, "not an IP address");
     }
     for pattern in &agent.iface_regex {
         if let Err(e) = regex::Regex::new(pattern) {
@@ -337,19 +294,11 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
         }
     }
     if !agent.listen.is_empty() && agent.listen.parse::<SocketAddr>().is_err() {
-        return bad(
-            "agent.listen",
-            &agent.listen,
-            "not an address:port (\"\" turns it off)",
-        );
+        return bad("agent.listen", &agent.listen, "not an address:port (\"\" turns it off)");
     }
     if agent.renew_margin >= agent.lease_ttl {
         let value = humantime::format_duration(agent.renew_margin).to_string();
-        return bad(
-            "agent.renew_margin",
-            &value,
-            "must be shorter than agent.lease_ttl",
-        );
+        return bad("agent.renew_margin", &value, "must be shorter than agent.lease_ttl");
     }
     if agent.resync.is_zero() {
         return bad("agent.resync", "0s", "must be longer than zero");
@@ -358,11 +307,7 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
         return bad("store.endpoints", "[]", "etcd needs at least one endpoint");
     }
     if config.store.cert_file.is_empty() != config.store.key_file.is_empty() {
-        return bad(
-            "store.cert_file",
-            &config.store.cert_file,
-            "cert_file and key_file go together",
-        );
+        return bad("store.cert_file", &config.store.cert_file, "cert_file and key_file go together");
     }
     Network::new(&config.network).map_err(|e| (e.key, e.to_string()))?;
     Ok(())
@@ -376,11 +321,7 @@ impl Loaded {
         flatten("", &value, &mut rows);
         rows.into_iter()
             .map(|(key, value)| {
-                let shown = if key == "store.password" && value != "\"\"" {
-                    "\"***\"".into()
-                } else {
-                    value
-                };
+                let shown = if key == "store.password" && value != "\"\"" { "\"***\"".into() } else { value };
                 let source = self.source_of(&key);
                 (key, shown, source)
             })
@@ -393,9 +334,7 @@ impl Loaded {
         };
         match (&meta.source, meta.name.as_ref()) {
             (Some(figment::Source::File(path)), _) => {
-                let line = std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|t| line_of(&t, key));
+                let line = std::fs::read_to_string(path).ok().and_then(|t| line_of(&t, key));
                 match line {
                     Some(l) => format!("{}:{l}", path.display()),
                     None => path.display().to_string(),
@@ -414,11 +353,7 @@ fn flatten(prefix: &str, value: &serde_json::Value, rows: &mut Vec<(String, Stri
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 flatten(&key, v, rows);
             }
         }
@@ -477,62 +412,34 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_key_and_line() {
-        let err = load_text("[agent]\n\nbogus = 1\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = load_text("[agent]\n\nbogus = 1\n").err().unwrap().to_string();
         assert!(err.contains("bogus"), "{err}");
         assert!(err.contains(".toml") || err.contains("/tmp"), "{err}");
-        let err = load_text("[network.backend]\ntype = \"vxlan\"\nvnii = 3\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = load_text("[network.backend]\ntype = \"vxlan\"\nvnii = 3\n").err().unwrap().to_string();
         assert!(err.contains("vnii"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_key() {
-        let err = load_text("[network]\nsubnet_len = \"big\"\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = load_text("[network]\nsubnet_len = \"big\"\n").err().unwrap().to_string();
         assert!(err.contains("network.subnet_len"), "{err}");
         assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]
     fn syntax_error_names_line() {
-        let err = load_text("[agent\npublic_ip = 1\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = load_text("[agent\npublic_ip = 1\n").err().unwrap().to_string();
         assert!(err.contains("line 1") || err.contains("1:"), "{err}");
     }
 
     #[test]
     fn invalid_values_name_key_value_and_line() {
         let cases = [
-            (
-                "[network]\ncidr = \"10.0.0.0/40\"\n",
-                "network.cidr",
-                "10.0.0.0/40",
-            ),
-            (
-                "[network]\ncidr = \"10.244.0.0/16\"\nsubnet_min = \"10.9.0.0\"\n",
-                "network.subnet_min",
-                "10.9.0.0",
-            ),
-            (
-                "[network]\ncidr = \"10.244.0.0/16\"\nsubnet_len = 8\n",
-                "network.subnet_len",
-                "8",
-            ),
+            ("[network]\ncidr = \"10.0.0.0/40\"\n", "network.cidr", "10.0.0.0/40"),
+            ("[network]\ncidr = \"10.244.0.0/16\"\nsubnet_min = \"10.9.0.0\"\n", "network.subnet_min", "10.9.0.0"),
+            ("[network]\ncidr = \"10.244.0.0/16\"\nsubnet_len = 8\n", "network.subnet_len", "8"),
             ("[agent]\npublic_ip = \"nope\"\n", "agent.public_ip", "nope"),
-            (
-                "[agent]\nlisten = \"localhost\"\n",
-                "agent.listen",
-                "localhost",
-            ),
+            ("[agent]\nlisten = \"localhost\"\n", "agent.listen", "localhost"),
             ("[agent]\niface_regex = [\"(\"]\n", "agent.iface_regex", "("),
         ];
         for (text, key, value) in cases {
@@ -547,10 +454,7 @@ mod tests {
         let loaded = load_text("[store]\nusername = \"u\"\npassword = \"hunter2\"\n").unwrap();
         let shown = format!("{:?} {:?}", loaded.config, loaded.describe());
         assert!(!shown.contains("hunter2"), "{shown}");
-        let err = load_text("[store]\npassword = 42\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let err = load_text("[store]\npassword = 42\n").err().unwrap().to_string();
         assert!(!err.contains("42"), "{err}");
     }
 

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use tracing::{info, warn};
 
 use crate::backend::route_sync::RouteSync;
@@ -29,11 +31,21 @@ pub struct Dataplane {
     sync: Option<RouteSync>,
     active: Option<Started>,
     retiring: Vec<Started>,
+    /// Kernel changes made by someone else to what weft owns. In a mutex only to make the data
+    /// plane `Sync`; it is only ever used through `&mut self` (`get_mut`, no locking).
+    changes: std::sync::Mutex<Option<BoxStream<'static, ()>>>,
 }
 
 impl Dataplane {
     pub fn new(kernel_factory: KernelFactory) -> Self {
-        Dataplane { kernel_factory, kernel: None, sync: None, active: None, retiring: Vec::new() }
+        Dataplane {
+            kernel_factory,
+            kernel: None,
+            sync: None,
+            active: None,
+            retiring: Vec::new(),
+            changes: Default::default(),
+        }
     }
 
     /// A data plane on this process's network namespace, through netlink.
@@ -75,7 +87,29 @@ impl Dataplane {
         if let Some(previous) = self.active.replace(started) {
             self.retire(previous).await;
         }
+        self.follow_kernel_changes();
         Ok(())
+    }
+
+    /// (Re)subscribes to kernel changes for what we own now (devices come and go on a switch).
+    fn follow_kernel_changes(&mut self) {
+        let changes = match (&self.kernel, &self.sync) {
+            (Some(kernel), Some(sync)) => kernel.change_notifications(sync.ownership().clone()),
+            _ => None,
+        };
+        *self.changes.get_mut().unwrap_or_else(|e| e.into_inner()) = changes;
+    }
+
+    /// Resolves when the kernel changed under us (a route deleted by hand); never without a kernel.
+    pub async fn next_kernel_change(&mut self) {
+        let slot = self.changes.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Some(changes) = slot else {
+            return std::future::pending().await;
+        };
+        if changes.next().await.is_none() {
+            *slot = None;
+            std::future::pending::<()>().await;
+        }
     }
 
     pub fn active_type(&self) -> Option<&'static str> {
@@ -106,6 +140,7 @@ impl Dataplane {
             Ok(()) => info!(backend = old.backend.type_name(), "old backend removed"),
             Err(e) => warn!(backend = old.backend.type_name(), error = %e, "removing the old backend"),
         }
+        self.follow_kernel_changes();
     }
 
     /// Retires old backends no peer uses any more.

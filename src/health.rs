@@ -86,31 +86,11 @@ impl Default for Metrics {
             "When this host's lease runs out (Unix time; 0: a reservation or none held)",
             m.lease_expiry_seconds.clone(),
         );
-        registry.register(
-            "leases_watched",
-            "Other hosts' leases known to this agent",
-            m.leases_watched.clone(),
-        );
-        registry.register(
-            "store_errors",
-            "Failed requests to the lease store",
-            m.store_errors.clone(),
-        );
-        registry.register(
-            "malformed_leases",
-            "Store entries skipped as unreadable",
-            m.malformed_leases.clone(),
-        );
-        registry.register(
-            "lease_events",
-            "Lease events handed to the backend",
-            m.events.clone(),
-        );
-        registry.register(
-            "lease_renewals",
-            "Renewals of this host's lease",
-            m.renewals.clone(),
-        );
+        registry.register("leases_watched", "Other hosts' leases known to this agent", m.leases_watched.clone());
+        registry.register("store_errors", "Failed requests to the lease store", m.store_errors.clone());
+        registry.register("malformed_leases", "Store entries skipped as unreadable", m.malformed_leases.clone());
+        registry.register("lease_events", "Lease events handed to the backend", m.events.clone());
+        registry.register("lease_renewals", "Renewals of this host's lease", m.renewals.clone());
         registry.register("ready", "1 when /readyz answers 200", m.ready.clone());
         registry.register(
             "network_config_rejected",
@@ -119,7 +99,11 @@ impl Default for Metrics {
         );
         registry.register("backend_switches", "Backend switches applied live", m.backend_switches.clone());
         registry.register("cloud_api_calls", "Cloud API calls by operation and outcome", m.cloud_calls.clone());
-        registry.register("cloud_routes_owned", "Cloud routes weft owns, per route table", m.cloud_routes_owned.clone());
+        registry.register(
+            "cloud_routes_owned",
+            "Cloud routes weft owns, per route table",
+            m.cloud_routes_owned.clone(),
+        );
         registry.register(
             "cloud_route_limit_reached",
             "1 while a route table (or project quota) has no room for our route",
@@ -132,8 +116,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
 }
@@ -195,10 +178,7 @@ impl Health {
     }
 
     pub fn readiness(&self) -> Readiness {
-        self.readiness
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.readiness.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -216,9 +196,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .with_state(health);
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
+        let served = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "health server stopped");
         }
@@ -227,22 +205,12 @@ pub async fn serve(
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     let readiness = health.readiness();
-    let status = if readiness.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, readiness.explain())
 }
 
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        health.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], health.metrics.encode())
 }
 
 #[cfg(test)]
@@ -267,11 +235,7 @@ mod tests {
     #[test]
     fn metrics_names() {
         let m = Metrics::default();
-        m.events
-            .get_or_create(&EventLabels {
-                kind: EventKind::Added,
-            })
-            .inc();
+        m.events.get_or_create(&EventLabels { kind: EventKind::Added }).inc();
         let text = m.encode();
         for name in [
             "weft_lease_expiry_timestamp_seconds",

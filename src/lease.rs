@@ -15,11 +15,7 @@ pub struct LeaseAttrs {
     pub public_ip: Ipv4Addr,
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<Ipv6Addr>,
-    #[serde(
-        rename = "BackendType",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
     pub backend_type: String,
     #[serde(rename = "BackendData", default, skip_serializing_if = "is_null")]
     pub backend_data: serde_json::Value,
@@ -92,9 +88,7 @@ pub fn subnet_key(subnet: Ipv4Net) -> String {
 /// Parses the last path element of a subnet key. Dual-stack keys
 /// (`10.244.3.0-24&fd00::-64`) yield their IPv4 part.
 pub fn parse_subnet_key(key: &str) -> Result<Ipv4Net, LeaseParseError> {
-    let bad = || LeaseParseError::BadKey {
-        key: key.to_string(),
-    };
+    let bad = || LeaseParseError::BadKey { key: key.to_string() };
     let name = key.rsplit('/').next().unwrap_or(key);
     let v4 = name.split('&').next().unwrap_or(name);
     let (addr, len) = v4.split_once('-').ok_or_else(bad)?;
@@ -111,25 +105,14 @@ pub fn parse_subnet_key(key: &str) -> Result<Ipv4Net, LeaseParseError> {
 /// Reads one stored lease from its key and JSON value.
 pub fn parse_lease(key: &str, value: &[u8], expiry: Expiry) -> Result<Lease, LeaseParseError> {
     let subnet = parse_subnet_key(key)?;
-    let attrs: LeaseAttrs =
-        serde_json::from_slice(value).map_err(|e| LeaseParseError::BadJson {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })?;
-    Ok(Lease {
-        subnet,
-        attrs,
-        expiry,
-    })
+    let attrs: LeaseAttrs = serde_json::from_slice(value)
+        .map_err(|e| LeaseParseError::BadJson { key: key.to_string(), reason: e.to_string() })?;
+    Ok(Lease { subnet, attrs, expiry })
 }
 
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({} via {})",
-            self.subnet, self.attrs.backend_type, self.attrs.public_ip
-        )
+        write!(f, "{} ({} via {})", self.subnet, self.attrs.backend_type, self.attrs.public_ip)
     }
 }
 
@@ -141,25 +124,13 @@ mod tests {
     fn subnet_keys_round_trip() {
         let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
         assert_eq!(subnet_key(net), "10.244.3.0-24");
-        assert_eq!(
-            parse_subnet_key("/coreos.com/network/subnets/10.244.3.0-24"),
-            Ok(net)
-        );
-        assert_eq!(
-            parse_subnet_key("10.244.3.0-24&fd00:10:244:3::-64"),
-            Ok(net)
-        );
+        assert_eq!(parse_subnet_key("/coreos.com/network/subnets/10.244.3.0-24"), Ok(net));
+        assert_eq!(parse_subnet_key("10.244.3.0-24&fd00:10:244:3::-64"), Ok(net));
     }
 
     #[test]
     fn bad_subnet_keys_are_rejected() {
-        for key in [
-            "10.244.3.0",
-            "10.244.3.0-33",
-            "10.244.3.1-24",
-            "x-24",
-            "10.244.3.0-",
-        ] {
+        for key in ["10.244.3.0", "10.244.3.0-33", "10.244.3.1-24", "x-24", "10.244.3.0-"] {
             assert!(parse_subnet_key(key).is_err(), "{key} accepted");
         }
     }

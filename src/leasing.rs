@@ -53,10 +53,7 @@ pub struct LeaseRequest<'a> {
 }
 
 /// Acquires a lease for this host.
-pub async fn acquire(
-    store: &dyn Store,
-    request: &LeaseRequest<'_>,
-) -> Result<OwnLease, LeaseError> {
+pub async fn acquire(store: &dyn Store, request: &LeaseRequest<'_>) -> Result<OwnLease, LeaseError> {
     if let Some(subnet) = store.assigned_subnet().await? {
         return acquire_assigned(store, request, subnet).await;
     }
@@ -65,15 +62,8 @@ pub async fn acquire(
         let leases = readable(&listing.leases);
         if let Some((existing, revision)) = ours(&leases, request) {
             // A reservation for us stays a reservation: it never expires.
-            let ttl = if existing.is_reservation() {
-                None
-            } else {
-                Some(request.ttl)
-            };
-            match store
-                .update_lease(existing.subnet, &request.attrs.to_json(), ttl, revision)
-                .await?
-            {
+            let ttl = if existing.is_reservation() { None } else { Some(request.ttl) };
+            match store.update_lease(existing.subnet, &request.attrs.to_json(), ttl, revision).await? {
                 WriteOutcome::Written { revision, expiry } => {
                     info!(subnet = %existing.subnet, "took back our previous lease");
                     return Ok(own(existing.subnet, request.attrs, expiry, revision));
@@ -81,27 +71,16 @@ pub async fn acquire(
                 WriteOutcome::Conflict => continue,
             }
         }
-        let taken: HashSet<Ipv4Net> = listing
-            .leases
-            .iter()
-            .filter_map(|raw| lease::parse_subnet_key(&raw.key).ok())
-            .collect();
-        let subnet = match request
-            .previous
-            .filter(|p| request.network.in_allocation_range(p) && !taken.contains(p))
-        {
+        let taken: HashSet<Ipv4Net> =
+            listing.leases.iter().filter_map(|raw| lease::parse_subnet_key(&raw.key).ok()).collect();
+        let subnet = match request.previous.filter(|p| request.network.in_allocation_range(p) && !taken.contains(p)) {
             Some(previous) => previous,
-            None => choose_free_subnet(request.network, &taken, &mut rand::rng()).ok_or(
-                LeaseError::NetworkFull {
-                    network: request.network.network,
-                    count: request.network.subnet_count(),
-                },
-            )?,
+            None => choose_free_subnet(request.network, &taken, &mut rand::rng()).ok_or(LeaseError::NetworkFull {
+                network: request.network.network,
+                count: request.network.subnet_count(),
+            })?,
         };
-        match store
-            .create_lease(subnet, &request.attrs.to_json(), Some(request.ttl))
-            .await?
-        {
+        match store.create_lease(subnet, &request.attrs.to_json(), Some(request.ttl)).await? {
             WriteOutcome::Written { revision, expiry } => {
                 info!(%subnet, "acquired a new lease");
                 return Ok(own(subnet, request.attrs, expiry, revision));
@@ -120,15 +99,9 @@ async fn acquire_assigned(
     subnet: Ipv4Net,
 ) -> Result<OwnLease, LeaseError> {
     if !request.network.contains_subnet(&subnet) {
-        return Err(LeaseError::OutsideNetwork {
-            subnet,
-            network: request.network.network,
-        });
+        return Err(LeaseError::OutsideNetwork { subnet, network: request.network.network });
     }
-    match store
-        .create_lease(subnet, &request.attrs.to_json(), None)
-        .await?
-    {
+    match store.create_lease(subnet, &request.attrs.to_json(), None).await? {
         WriteOutcome::Written { revision, expiry } => {
             info!(%subnet, "holding the subnet assigned to this host");
             Ok(own(subnet, request.attrs, expiry, revision))
@@ -145,18 +118,9 @@ pub async fn renew(
     attrs: &LeaseAttrs,
     ttl: Duration,
 ) -> Result<OwnLease, LeaseError> {
-    let ttl = if current.lease.is_reservation() {
-        None
-    } else {
-        Some(ttl)
-    };
-    match store
-        .update_lease(current.subnet(), &attrs.to_json(), ttl, current.revision)
-        .await?
-    {
-        WriteOutcome::Written { revision, expiry } => {
-            Ok(own(current.subnet(), attrs, expiry, revision))
-        }
+    let ttl = if current.lease.is_reservation() { None } else { Some(ttl) };
+    match store.update_lease(current.subnet(), &attrs.to_json(), ttl, current.revision).await? {
+        WriteOutcome::Written { revision, expiry } => Ok(own(current.subnet(), attrs, expiry, revision)),
         WriteOutcome::Conflict => Err(LeaseError::Lost(current.subnet())),
     }
 }
@@ -167,23 +131,14 @@ pub fn renew_in(lease: &Lease, margin: Duration) -> Option<Duration> {
         Expiry::Never => None,
         Expiry::Unknown => Some(Duration::ZERO),
         Expiry::At(when) => {
-            let left = when
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
+            let left = when.duration_since(std::time::SystemTime::now()).unwrap_or_default();
             Some(left.saturating_sub(margin))
         }
     }
 }
 
 fn own(subnet: Ipv4Net, attrs: &LeaseAttrs, expiry: Expiry, revision: Revision) -> OwnLease {
-    OwnLease {
-        lease: Lease {
-            subnet,
-            attrs: attrs.clone(),
-            expiry,
-        },
-        revision,
-    }
+    OwnLease { lease: Lease { subnet, attrs: attrs.clone(), expiry }, revision }
 }
 
 fn readable(raw: &[RawLease]) -> Vec<(Lease, Revision)> {
@@ -200,20 +155,16 @@ fn readable(raw: &[RawLease]) -> Vec<(Lease, Revision)> {
 
 /// The lease already held by our public IP, preferring the subnet we last wrote to subnet.env.
 fn ours(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<(Lease, Revision)> {
-    let mine = leases.iter().filter(|(l, _)| {
-        l.attrs.public_ip == request.attrs.public_ip && request.network.contains_subnet(&l.subnet)
-    });
+    let mine = leases
+        .iter()
+        .filter(|(l, _)| l.attrs.public_ip == request.attrs.public_ip && request.network.contains_subnet(&l.subnet));
     let mut candidates: Vec<_> = mine.cloned().collect();
     candidates.sort_by_key(|(l, _)| Some(l.subnet) != request.previous);
     candidates.into_iter().next()
 }
 
 /// A random subnet in the allocation range that no key holds.
-pub fn choose_free_subnet(
-    network: &Network,
-    taken: &HashSet<Ipv4Net>,
-    rng: &mut impl Rng,
-) -> Option<Ipv4Net> {
+pub fn choose_free_subnet(network: &Network, taken: &HashSet<Ipv4Net>, rng: &mut impl Rng) -> Option<Ipv4Net> {
     let count = network.subnet_count();
     for _ in 0..RANDOM_TRIES {
         let candidate = network.nth_subnet(rng.random_range(0..count));
@@ -222,10 +173,7 @@ pub fn choose_free_subnet(
         }
     }
     // Mostly full: pick among what is left.
-    let free: Vec<Ipv4Net> = (0..count)
-        .map(|i| network.nth_subnet(i))
-        .filter(|s| !taken.contains(s))
-        .collect();
+    let free: Vec<Ipv4Net> = (0..count).map(|i| network.nth_subnet(i)).filter(|s| !taken.contains(s)).collect();
     if free.is_empty() {
         None
     } else {
@@ -240,11 +188,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn network(cidr: &str) -> Network {
-        Network::new(&NetworkSection {
-            cidr: cidr.into(),
-            ..Default::default()
-        })
-        .unwrap()
+        Network::new(&NetworkSection { cidr: cidr.into(), ..Default::default() }).unwrap()
     }
 
     #[test]
@@ -264,27 +208,14 @@ mod tests {
     fn renewal_timing() {
         let lease = |expiry| Lease {
             subnet: "10.244.1.0/24".parse().unwrap(),
-            attrs: LeaseAttrs::new(
-                "192.0.2.1".parse().unwrap(),
-                "alloc",
-                serde_json::Value::Null,
-            ),
+            attrs: LeaseAttrs::new("192.0.2.1".parse().unwrap(), "alloc", serde_json::Value::Null),
             expiry,
         };
-        assert_eq!(
-            renew_in(&lease(Expiry::Never), Duration::from_secs(60)),
-            None
-        );
+        assert_eq!(renew_in(&lease(Expiry::Never), Duration::from_secs(60)), None);
         let soon = Expiry::At(std::time::SystemTime::now() + Duration::from_secs(30));
-        assert_eq!(
-            renew_in(&lease(soon), Duration::from_secs(60)),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(renew_in(&lease(soon), Duration::from_secs(60)), Some(Duration::ZERO));
         let later = Expiry::At(std::time::SystemTime::now() + Duration::from_secs(3600));
         let due = renew_in(&lease(later), Duration::from_secs(600)).unwrap();
-        assert!(
-            due > Duration::from_secs(2990) && due <= Duration::from_secs(3000),
-            "{due:?}"
-        );
+        assert!(due > Duration::from_secs(2990) && due <= Duration::from_secs(3000), "{due:?}");
     }
 }

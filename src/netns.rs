@@ -22,33 +22,20 @@ pub struct Netns {
 
 impl Netns {
     fn at(name: &str) -> Netns {
-        Netns {
-            name: name.to_string(),
-            path: Path::new(NETNS_DIR).join(name),
-        }
+        Netns { name: name.to_string(), path: Path::new(NETNS_DIR).join(name) }
     }
 
     /// Creates the namespace; an existing one of that name is an error.
     pub fn create(name: &str) -> io::Result<Netns> {
         let ns = Netns::at(name);
         std::fs::create_dir_all(NETNS_DIR)?;
-        File::options()
-            .write(true)
-            .create_new(true)
-            .open(&ns.path)
-            .map_err(|e| annotate(e, &ns.path))?;
+        File::options().write(true).create_new(true).open(&ns.path).map_err(|e| annotate(e, &ns.path))?;
         let path = ns.path.clone();
         // unshare() moves only the calling thread: do it in a thread of its own, then pin the new
         // namespace to the file so it outlives the thread.
         let pinned = std::thread::spawn(move || -> io::Result<()> {
             unshare(CloneFlags::CLONE_NEWNET)?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
+            mount(Some("/proc/thread-self/ns/net"), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
             Ok(())
         })
         .join()
@@ -103,9 +90,7 @@ impl Netns {
         T: Send + 'static,
     {
         self.run(move || -> io::Result<T> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             Ok(runtime.block_on(f()))
         })?
     }
@@ -116,8 +101,7 @@ impl Netns {
         let mut command = Command::new(program);
         // SAFETY: setns is async-signal-safe; the closure allocates nothing.
         unsafe {
-            command
-                .pre_exec(move || setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from));
+            command.pre_exec(move || setns(&file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from));
         }
         Ok(command)
     }
@@ -135,8 +119,7 @@ fn set_loopback_up() -> io::Result<()> {
     for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
-    request.ifr_ifru.ifru_flags =
-        (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+    request.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
     use std::os::fd::AsRawFd;
     // SAFETY: a valid socket and a fully initialised ifreq.
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) };
@@ -171,21 +154,11 @@ mod tests {
         let name = format!("weft-t-{}", std::process::id());
         let ns = Netns::create(&name).unwrap();
         assert!(Netns::exists(&name));
-        assert!(
-            Netns::create(&name).is_err(),
-            "a second create of the same name must fail"
-        );
-        let inside = ns
-            .run(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap())
-            .unwrap();
+        assert!(Netns::create(&name).is_err(), "a second create of the same name must fail");
+        let inside = ns.run(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap()).unwrap();
         let outside = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
         assert_ne!(inside, outside);
-        let out = ns
-            .command("cat")
-            .unwrap()
-            .arg("/proc/net/dev")
-            .output()
-            .unwrap();
+        let out = ns.command("cat").unwrap().arg("/proc/net/dev").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("lo:") && !text.contains("eth0"), "{text}");
         ns.delete().unwrap();

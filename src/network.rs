@@ -56,11 +56,7 @@ pub struct NetworkError {
 }
 
 fn invalid(key: &'static str, value: impl ToString, reason: impl Into<String>) -> NetworkError {
-    NetworkError {
-        key,
-        value: value.to_string(),
-        reason: reason.into(),
-    }
+    NetworkError { key, value: value.to_string(), reason: reason.into() }
 }
 
 /// flannel's default subnet length: a /24 per host where the network is /22 or larger,
@@ -75,20 +71,13 @@ pub fn default_subnet_len(network: Ipv4Net) -> u8 {
 
 impl Network {
     pub fn new(section: &NetworkSection) -> Result<Network, NetworkError> {
-        let parsed: Ipv4Net = section.cidr.parse().map_err(|_| {
-            invalid(
-                "network.cidr",
-                &section.cidr,
-                "not an IPv4 CIDR such as 10.244.0.0/16",
-            )
-        })?;
+        let parsed: Ipv4Net = section
+            .cidr
+            .parse()
+            .map_err(|_| invalid("network.cidr", &section.cidr, "not an IPv4 CIDR such as 10.244.0.0/16"))?;
         let network = parsed.trunc();
         if network != parsed {
-            return Err(invalid(
-                "network.cidr",
-                &section.cidr,
-                format!("host bits set: did you mean {network}?"),
-            ));
+            return Err(invalid("network.cidr", &section.cidr, format!("host bits set: did you mean {network}?")));
         }
         let subnet_len = match section.subnet_len {
             0 => default_subnet_len(network),
@@ -98,49 +87,23 @@ impl Network {
             return Err(invalid(
                 "network.subnet_len",
                 subnet_len,
-                format!(
-                    "shorter than the network's prefix /{}",
-                    network.prefix_len()
-                ),
+                format!("shorter than the network's prefix /{}", network.prefix_len()),
             ));
         }
         if subnet_len > SMALLEST_SUBNET_LEN {
-            let reason =
-                format!("subnets smaller than /{SMALLEST_SUBNET_LEN} leave no room for a host");
+            let reason = format!("subnets smaller than /{SMALLEST_SUBNET_LEN} leave no room for a host");
             return Err(invalid("network.subnet_len", subnet_len, reason));
         }
         let count = 1u64 << (subnet_len - network.prefix_len());
         let nth = |i: u64| subnet_at(network, subnet_len, i).network();
         // flannel skips the network's first subnet by default (its .0 address is the network's).
         let default_min = if count > 1 { nth(1) } else { nth(0) };
-        let subnet_min = parse_bound(
-            "network.subnet_min",
-            &section.subnet_min,
-            default_min,
-            network,
-            subnet_len,
-        )?;
-        let subnet_max = parse_bound(
-            "network.subnet_max",
-            &section.subnet_max,
-            nth(count - 1),
-            network,
-            subnet_len,
-        )?;
+        let subnet_min = parse_bound("network.subnet_min", &section.subnet_min, default_min, network, subnet_len)?;
+        let subnet_max = parse_bound("network.subnet_max", &section.subnet_max, nth(count - 1), network, subnet_len)?;
         if subnet_min > subnet_max {
-            return Err(invalid(
-                "network.subnet_min",
-                subnet_min,
-                format!("above network.subnet_max {subnet_max}"),
-            ));
+            return Err(invalid("network.subnet_min", subnet_min, format!("above network.subnet_max {subnet_max}")));
         }
-        Ok(Network {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
-            backend: section.backend.clone(),
-        })
+        Ok(Network { network, subnet_len, subnet_min, subnet_max, backend: section.backend.clone() })
     }
 
     /// How many subnets lie between `subnet_min` and `subnet_max`.
@@ -150,11 +113,7 @@ impl Network {
 
     /// The `i`-th subnet counting from `subnet_min`.
     pub fn nth_subnet(&self, i: u64) -> Ipv4Net {
-        subnet_at(
-            self.network,
-            self.subnet_len,
-            self.index_of(self.subnet_min) + i,
-        )
+        subnet_at(self.network, self.subnet_len, self.index_of(self.subnet_min) + i)
     }
 
     /// Whether `subnet` is one this network hands out: inside it, of the right length.
@@ -165,9 +124,7 @@ impl Network {
 
     /// Whether `subnet` is between `subnet_min` and `subnet_max`, where new leases are allocated.
     pub fn in_allocation_range(&self, subnet: &Ipv4Net) -> bool {
-        self.contains_subnet(subnet)
-            && subnet.network() >= self.subnet_min
-            && subnet.network() <= self.subnet_max
+        self.contains_subnet(subnet) && subnet.network() >= self.subnet_min && subnet.network() <= self.subnet_max
     }
 
     fn index_of(&self, addr: Ipv4Addr) -> u64 {
@@ -202,21 +159,13 @@ fn parse_bound(
     if raw.is_empty() {
         return Ok(default);
     }
-    let addr: Ipv4Addr = raw
-        .parse()
-        .map_err(|_| invalid(key, raw, "not an IPv4 address"))?;
+    let addr: Ipv4Addr = raw.parse().map_err(|_| invalid(key, raw, "not an IPv4 address"))?;
     if !network.contains(&addr) {
         return Err(invalid(key, raw, format!("outside the network {network}")));
     }
-    let aligned = Ipv4Net::new(addr, subnet_len)
-        .expect("valid length")
-        .network();
+    let aligned = Ipv4Net::new(addr, subnet_len).expect("valid length").network();
     if aligned != addr {
-        return Err(invalid(
-            key,
-            raw,
-            format!("not on a /{subnet_len} boundary (try {aligned})"),
-        ));
+        return Err(invalid(key, raw, format!("not on a /{subnet_len} boundary (try {aligned})")));
     }
     Ok(addr)
 }
@@ -230,17 +179,9 @@ struct FlannelNetworkJson {
     network: String,
     #[serde(rename = "SubnetLen", default, skip_serializing_if = "is_zero")]
     subnet_len: u8,
-    #[serde(
-        rename = "SubnetMin",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "SubnetMin", default, skip_serializing_if = "String::is_empty")]
     subnet_min: String,
-    #[serde(
-        rename = "SubnetMax",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "SubnetMax", default, skip_serializing_if = "String::is_empty")]
     subnet_max: String,
     #[serde(rename = "Backend", default)]
     backend: serde_json::Value,
@@ -295,10 +236,7 @@ mod tests {
     use super::*;
 
     fn section(cidr: &str) -> NetworkSection {
-        NetworkSection {
-            cidr: cidr.into(),
-            ..NetworkSection::default()
-        }
+        NetworkSection { cidr: cidr.into(), ..NetworkSection::default() }
     }
 
     fn net(s: &str) -> Ipv4Net {
@@ -348,41 +286,11 @@ mod tests {
             (section("10.244.0.0/33"), "network.cidr"),
             (section("10.244.1.0/16"), "network.cidr"),
             (section("fe80::/64"), "network.cidr"),
-            (
-                NetworkSection {
-                    subnet_len: 12,
-                    ..section("10.244.0.0/16")
-                },
-                "network.subnet_len",
-            ),
-            (
-                NetworkSection {
-                    subnet_len: 30,
-                    ..section("10.244.0.0/16")
-                },
-                "network.subnet_len",
-            ),
-            (
-                NetworkSection {
-                    subnet_min: "10.245.1.0".into(),
-                    ..section("10.244.0.0/16")
-                },
-                "network.subnet_min",
-            ),
-            (
-                NetworkSection {
-                    subnet_min: "10.244.1.7".into(),
-                    ..section("10.244.0.0/16")
-                },
-                "network.subnet_min",
-            ),
-            (
-                NetworkSection {
-                    subnet_max: "banana".into(),
-                    ..section("10.244.0.0/16")
-                },
-                "network.subnet_max",
-            ),
+            (NetworkSection { subnet_len: 12, ..section("10.244.0.0/16") }, "network.subnet_len"),
+            (NetworkSection { subnet_len: 30, ..section("10.244.0.0/16") }, "network.subnet_len"),
+            (NetworkSection { subnet_min: "10.245.1.0".into(), ..section("10.244.0.0/16") }, "network.subnet_min"),
+            (NetworkSection { subnet_min: "10.244.1.7".into(), ..section("10.244.0.0/16") }, "network.subnet_min"),
+            (NetworkSection { subnet_max: "banana".into(), ..section("10.244.0.0/16") }, "network.subnet_max"),
             (
                 NetworkSection {
                     subnet_min: "10.244.9.0".into(),
@@ -421,12 +329,8 @@ mod tests {
 
     #[test]
     fn stored_config_errors() {
-        assert!(matches!(
-            Network::from_flannel_json("{"),
-            Err(StoredConfigError::Json(_))
-        ));
-        let err =
-            Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","SubnetLen":8}"#).unwrap_err();
+        assert!(matches!(Network::from_flannel_json("{"), Err(StoredConfigError::Json(_))));
+        let err = Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","SubnetLen":8}"#).unwrap_err();
         assert!(err.to_string().contains("subnet_len"), "{err}");
     }
 }

@@ -31,10 +31,7 @@ impl SubnetEnv {
 
     /// Writes the file atomically (temp file + rename), so a reader never sees half of it.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         tmp.write_all(self.render().as_bytes())?;
@@ -74,10 +71,7 @@ mod tests {
         let path = dir.path().join("run/flannel/subnet.env");
         env.write(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
-        assert_eq!(
-            previous_subnet(&path),
-            Some("10.244.3.0/24".parse().unwrap())
-        );
+        assert_eq!(previous_subnet(&path), Some("10.244.3.0/24".parse().unwrap()));
         assert_eq!(previous_subnet(&dir.path().join("missing")), None);
     }
 }

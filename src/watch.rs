@@ -40,11 +40,7 @@ pub struct Delivery {
 impl LeaseWatcher {
     /// Watches `network`'s leases other than `own`.
     pub fn new(network: Network, own: Option<Ipv4Net>) -> Self {
-        LeaseWatcher {
-            network,
-            own,
-            known: LeaseMap::new(),
-        }
+        LeaseWatcher { network, own, known: LeaseMap::new() }
     }
 
     /// Our subnet changed (lease lost and acquired again): stop delivering the new one.
@@ -65,16 +61,12 @@ impl LeaseWatcher {
                     delivery.events.extend(self.upsert(lease));
                 } else if let Ok(subnet) = lease::parse_subnet_key(&raw.key) {
                     // A lease we knew turned unreadable: it is gone as far as the backend knows.
-                    delivery
-                        .events
-                        .extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
+                    delivery.events.extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
                 }
             }
             LeaseUpdate::Deleted { key, .. } => {
                 if let Ok(subnet) = lease::parse_subnet_key(&key) {
-                    delivery
-                        .events
-                        .extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
+                    delivery.events.extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
                 }
             }
             LeaseUpdate::Resync(entries, _) => {
@@ -90,10 +82,7 @@ impl LeaseWatcher {
     }
 
     fn accept(&self, raw: &RawLease, skipped: &mut Vec<Skipped>) -> Option<Lease> {
-        let skip = |reason: String| Skipped {
-            key: raw.key.clone(),
-            reason,
-        };
+        let skip = |reason: String| Skipped { key: raw.key.clone(), reason };
         let lease = match raw.parse() {
             Ok(lease) => lease,
             Err(e) => {
@@ -102,10 +91,7 @@ impl LeaseWatcher {
             }
         };
         if !self.network.contains_subnet(&lease.subnet) {
-            skipped.push(skip(format!(
-                "subnet {} is not inside the network {}",
-                lease.subnet, self.network.network
-            )));
+            skipped.push(skip(format!("subnet {} is not inside the network {}", lease.subnet, self.network.network)));
             return None;
         }
         if Some(lease.subnet) == self.own {
@@ -125,19 +111,14 @@ impl LeaseWatcher {
 
     fn replace_all(&mut self, fresh: LeaseMap) -> Vec<LeaseEvent> {
         let old = std::mem::take(&mut self.known);
-        let mut events: Vec<LeaseEvent> = old
-            .values()
-            .filter(|lease| !fresh.contains_key(&lease.subnet))
-            .cloned()
-            .map(LeaseEvent::Removed)
-            .collect();
+        let mut events: Vec<LeaseEvent> =
+            old.values().filter(|lease| !fresh.contains_key(&lease.subnet)).cloned().map(LeaseEvent::Removed).collect();
         for lease in fresh.into_values() {
             match old.get(&lease.subnet) {
                 None => events.push(LeaseEvent::Added(lease.clone())),
-                Some(prev) if prev.attrs != lease.attrs => events.push(LeaseEvent::Changed {
-                    old: prev.clone(),
-                    new: lease.clone(),
-                }),
+                Some(prev) if prev.attrs != lease.attrs => {
+                    events.push(LeaseEvent::Changed { old: prev.clone(), new: lease.clone() })
+                }
                 Some(_) => {}
             }
             self.known.insert(lease.subnet, lease);
@@ -153,21 +134,12 @@ mod tests {
     use crate::network::NetworkSection;
 
     fn network() -> Network {
-        Network::new(&NetworkSection {
-            cidr: "10.244.0.0/16".into(),
-            ..Default::default()
-        })
-        .unwrap()
+        Network::new(&NetworkSection { cidr: "10.244.0.0/16".into(), ..Default::default() }).unwrap()
     }
 
     fn raw(key: &str, ip: &str) -> RawLease {
         let attrs = LeaseAttrs::new(ip.parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1}));
-        RawLease {
-            key: key.into(),
-            value: attrs.to_json().into_bytes(),
-            expiry: Expiry::Unknown,
-            mod_revision: 1,
-        }
+        RawLease { key: key.into(), value: attrs.to_json().into_bytes(), expiry: Expiry::Unknown, mod_revision: 1 }
     }
 
     fn kinds(events: &[LeaseEvent]) -> Vec<String> {
@@ -187,48 +159,22 @@ mod tests {
         let d = w.apply(LeaseUpdate::Put(raw("10.244.1.0-24", "192.0.2.1")));
         assert_eq!(kinds(&d.events), ["+10.244.1.0/24"]);
         // Same attributes again (a renewal): nothing.
-        assert!(w
-            .apply(LeaseUpdate::Put(raw("10.244.1.0-24", "192.0.2.1")))
-            .events
-            .is_empty());
+        assert!(w.apply(LeaseUpdate::Put(raw("10.244.1.0-24", "192.0.2.1"))).events.is_empty());
         let d = w.apply(LeaseUpdate::Put(raw("10.244.1.0-24", "192.0.2.7")));
         assert_eq!(kinds(&d.events), ["~10.244.1.0/24"]);
-        let d = w.apply(LeaseUpdate::Deleted {
-            key: "10.244.1.0-24".into(),
-            revision: 5,
-        });
+        let d = w.apply(LeaseUpdate::Deleted { key: "10.244.1.0-24".into(), revision: 5 });
         assert_eq!(kinds(&d.events), ["-10.244.1.0/24"]);
         // Deleting what we never had: nothing.
-        assert!(w
-            .apply(LeaseUpdate::Deleted {
-                key: "10.244.1.0-24".into(),
-                revision: 6
-            })
-            .events
-            .is_empty());
+        assert!(w.apply(LeaseUpdate::Deleted { key: "10.244.1.0-24".into(), revision: 6 }).events.is_empty());
     }
 
     #[test]
     fn resync_emits_only_the_difference() {
         let mut w = LeaseWatcher::new(network(), None);
-        w.apply(LeaseUpdate::Resync(
-            vec![
-                raw("10.244.1.0-24", "192.0.2.1"),
-                raw("10.244.2.0-24", "192.0.2.2"),
-            ],
-            3,
-        ));
-        let d = w.apply(LeaseUpdate::Resync(
-            vec![
-                raw("10.244.2.0-24", "192.0.2.22"),
-                raw("10.244.3.0-24", "192.0.2.3"),
-            ],
-            9,
-        ));
-        assert_eq!(
-            kinds(&d.events),
-            ["-10.244.1.0/24", "~10.244.2.0/24", "+10.244.3.0/24"]
-        );
+        w.apply(LeaseUpdate::Resync(vec![raw("10.244.1.0-24", "192.0.2.1"), raw("10.244.2.0-24", "192.0.2.2")], 3));
+        let d = w
+            .apply(LeaseUpdate::Resync(vec![raw("10.244.2.0-24", "192.0.2.22"), raw("10.244.3.0-24", "192.0.2.3")], 9));
+        assert_eq!(kinds(&d.events), ["-10.244.1.0/24", "~10.244.2.0/24", "+10.244.3.0/24"]);
         assert_eq!(w.leases().len(), 2);
     }
 
@@ -251,10 +197,7 @@ mod tests {
         ));
         assert_eq!(kinds(&d.events), ["+10.244.6.0/24"]);
         let keys: Vec<_> = d.skipped.iter().map(|s| s.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["10.244.1.0-24", "garbage", "10.99.0.0-24", "10.244.4.0-26"]
-        );
+        assert_eq!(keys, ["10.244.1.0-24", "garbage", "10.99.0.0-24", "10.244.4.0-26"]);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{self, BackendContext, LeaseData};
-use crate::dataplane::Dataplane;
 use crate::config::Config;
+use crate::dataplane::Dataplane;
 use crate::health::{EventKind, EventLabels, Health};
 use crate::iface;
 use crate::lease::{self, Expiry, LeaseAttrs};
@@ -36,6 +36,9 @@ pub enum AgentError {
         source: std::io::Error,
     },
 }
+
+/// How long to let a burst of kernel changes settle before repairing.
+const KERNEL_CHANGE_SETTLE: Duration = Duration::from_millis(50);
 
 /// Retry pacing for the store and lease acquisition.
 #[derive(Debug, Clone, Copy)]
@@ -97,17 +100,13 @@ pub async fn run_with(
     let Some(network) = wait_for_network(store.as_ref(), &health, &cancel).await else {
         return Ok(());
     };
-    let ctx = BackendContext { network: network.clone(), ext: ext.clone(), store: store.clone(), health: health.clone() };
+    let ctx =
+        BackendContext { network: network.clone(), ext: ext.clone(), store: store.clone(), health: health.clone() };
     let mut backend = dataplane.create_backend(&ctx)?;
     let data = backend.prepare().await?;
     let attrs = LeaseAttrs::new(ext.public_ip, data.backend_type, data.backend_data.clone());
     let previous = subnet_env::previous_subnet(&config.agent.subnet_file);
-    let request = LeaseRequest {
-        network: &network,
-        attrs: &attrs,
-        ttl: config.agent.lease_ttl,
-        previous,
-    };
+    let request = LeaseRequest { network: &network, attrs: &attrs, ttl: config.agent.lease_ttl, previous };
     let Some(own) = acquire_until_held(store.as_ref(), &request, &health, &cancel).await else {
         return Ok(());
     };
@@ -117,11 +116,7 @@ pub async fn run_with(
     running.watch_and_renew(cancel).await
 }
 
-async fn wait_for_network(
-    store: &dyn Store,
-    health: &Health,
-    cancel: &CancellationToken,
-) -> Option<Network> {
+async fn wait_for_network(store: &dyn Store, health: &Health, cancel: &CancellationToken) -> Option<Network> {
     let mut backoff = Backoff::new();
     loop {
         let problem = match store.network_config().await {
@@ -135,8 +130,7 @@ async fn wait_for_network(
                 }
                 Err(e) => format!("{e}"),
             },
-            Ok(None) => "no network config in the store yet: publish one with `weft network apply`"
-                .to_string(),
+            Ok(None) => "no network config in the store yet: publish one with `weft network apply`".to_string(),
             Err(e) => {
                 health.metrics.store_errors.inc();
                 format!("reading the network config: {e}")
@@ -240,10 +234,7 @@ impl Running {
 
     fn note_expiry(&self) {
         let seconds = match self.own.lease.expiry {
-            Expiry::At(when) => when
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
+            Expiry::At(when) => when.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             Expiry::Never | Expiry::Unknown => 0.0,
         };
         self.health.metrics.lease_expiry_seconds.set(seconds);
@@ -281,6 +272,12 @@ impl Running {
                 },
                 _ = renew_at, if renew_in.is_some() => self.renew(&mut watcher, &cancel).await?,
                 _ = resync.tick() => self.reconcile(&watcher).await,
+                _ = self.dataplane.next_kernel_change() => {
+                    // Let a burst of changes settle, then repair everything at once.
+                    tokio::time::sleep(KERNEL_CHANGE_SETTLE).await;
+                    debug!("kernel changed under us; repairing");
+                    self.reconcile(&watcher).await;
+                }
                 Some(config) = network_configs.next() => match config {
                     Ok(text) => self.on_network_config(text, &mut watcher, &cancel).await,
                     Err(e) => {
@@ -293,20 +290,13 @@ impl Running {
     }
 
     /// Lists every lease once and hands them to the backend; returns the revision to watch from.
-    async fn initial_listing(
-        &mut self,
-        watcher: &mut LeaseWatcher,
-        cancel: &CancellationToken,
-    ) -> Option<i64> {
+    async fn initial_listing(&mut self, watcher: &mut LeaseWatcher, cancel: &CancellationToken) -> Option<i64> {
         let mut backoff = Backoff::new();
         loop {
             match self.store.list_leases().await {
                 Ok(listing) => {
                     let revision = listing.revision;
-                    if let Err(e) = self
-                        .deliver(watcher, LeaseUpdate::Resync(listing.leases, revision))
-                        .await
-                    {
+                    if let Err(e) = self.deliver(watcher, LeaseUpdate::Resync(listing.leases, revision)).await {
                         warn!(error = %e, "backend could not install every peer");
                     }
                     self.check_backend(watcher, true).await;
@@ -344,35 +334,24 @@ impl Running {
         let own_key = lease::subnet_key(self.own.subnet());
         match update {
             LeaseUpdate::Deleted { key, .. } => *key == own_key,
-            LeaseUpdate::Put(raw) if raw.key == own_key => raw
-                .parse()
-                .map(|l| l.attrs.public_ip != self.attrs.public_ip)
-                .unwrap_or(true),
+            LeaseUpdate::Put(raw) if raw.key == own_key => {
+                raw.parse().map(|l| l.attrs.public_ip != self.attrs.public_ip).unwrap_or(true)
+            }
             LeaseUpdate::Resync(entries, _) => match entries.iter().find(|r| r.key == own_key) {
                 None => true,
-                Some(raw) => raw
-                    .parse()
-                    .map(|l| l.attrs.public_ip != self.attrs.public_ip)
-                    .unwrap_or(true),
+                Some(raw) => raw.parse().map(|l| l.attrs.public_ip != self.attrs.public_ip).unwrap_or(true),
             },
             LeaseUpdate::Put(_) => false,
         }
     }
 
-    async fn deliver(
-        &mut self,
-        watcher: &mut LeaseWatcher,
-        update: LeaseUpdate,
-    ) -> Result<(), backend::BackendError> {
+    async fn deliver(&mut self, watcher: &mut LeaseWatcher, update: LeaseUpdate) -> Result<(), backend::BackendError> {
         let delivery = watcher.apply(update);
         for skipped in &delivery.skipped {
             self.health.metrics.malformed_leases.inc();
             warn!(key = %skipped.key, reason = %skipped.reason, "skipping lease");
         }
-        self.health
-            .metrics
-            .leases_watched
-            .set(watcher.leases().len() as i64);
+        self.health.metrics.leases_watched.set(watcher.leases().len() as i64);
         if delivery.events.is_empty() {
             return Ok(());
         }
@@ -383,11 +362,7 @@ impl Running {
                 LeaseEvent::Removed(l) => (EventKind::Removed, l),
             };
             debug!(?kind, %lease, "lease event");
-            self.health
-                .metrics
-                .events
-                .get_or_create(&EventLabels { kind })
-                .inc();
+            self.health.metrics.events.get_or_create(&EventLabels { kind }).inc();
         }
         self.dataplane.apply(watcher.leases(), &delivery.events).await
     }
@@ -409,19 +384,8 @@ impl Running {
         self.health.update(|r| r.backend_problem = result.err().map(|e| e.to_string()));
     }
 
-    async fn renew(
-        &mut self,
-        watcher: &mut LeaseWatcher,
-        cancel: &CancellationToken,
-    ) -> Result<(), AgentError> {
-        match leasing::renew(
-            self.store.as_ref(),
-            &self.own,
-            &self.attrs,
-            self.config.agent.lease_ttl,
-        )
-        .await
-        {
+    async fn renew(&mut self, watcher: &mut LeaseWatcher, cancel: &CancellationToken) -> Result<(), AgentError> {
+        match leasing::renew(self.store.as_ref(), &self.own, &self.attrs, self.config.agent.lease_ttl).await {
             Ok(own) => {
                 debug!(subnet = %own.subnet(), "lease renewed");
                 self.own = own;
@@ -444,22 +408,12 @@ impl Running {
         }
     }
 
-    async fn reacquire(
-        &mut self,
-        watcher: &mut LeaseWatcher,
-        cancel: &CancellationToken,
-    ) -> Result<(), AgentError> {
+    async fn reacquire(&mut self, watcher: &mut LeaseWatcher, cancel: &CancellationToken) -> Result<(), AgentError> {
         self.health.update(|r| r.lease_held = false);
         let previous = Some(self.own.subnet());
-        let request = LeaseRequest {
-            network: &self.network,
-            attrs: &self.attrs,
-            ttl: self.config.agent.lease_ttl,
-            previous,
-        };
-        let Some(own) =
-            acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await
-        else {
+        let request =
+            LeaseRequest { network: &self.network, attrs: &self.attrs, ttl: self.config.agent.lease_ttl, previous };
+        let Some(own) = acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await else {
             return Ok(());
         };
         if own.subnet() != self.own.subnet() {

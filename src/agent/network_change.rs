@@ -82,8 +82,9 @@ impl Running {
     fn accept_config(&self) {
         self.health.metrics.network_config_rejected.set(0);
         self.health.update(|r| {
-            if r.problem.as_deref().is_some_and(|p| p.starts_with("network config not applied")
-                || p.starts_with("backend switch"))
+            if r.problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with("network config not applied") || p.starts_with("backend switch"))
             {
                 r.problem = None;
             }
@@ -150,7 +151,9 @@ mod tests {
         let same = current.to_flannel_json();
         assert!(matches!(classify(&current, Some(&same)), Change::Keep(_)));
         let host_gw = network("10.244.0.0/16", "host-gw").to_flannel_json();
-        assert!(matches!(classify(&current, Some(&host_gw)), Change::SwitchBackend(n) if n.backend.type_name() == "host-gw"));
+        assert!(
+            matches!(classify(&current, Some(&host_gw)), Change::SwitchBackend(n) if n.backend.type_name() == "host-gw")
+        );
         let moved = network("10.245.0.0/16", "vxlan").to_flannel_json();
         assert!(matches!(classify(&current, Some(&moved)), Change::Refuse(why) if why.contains("10.245.0.0/16")));
         assert!(matches!(classify(&current, Some("{broken")), Change::Refuse(_)));

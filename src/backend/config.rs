@@ -41,14 +41,7 @@ pub struct VxlanConfig {
 
 impl Default for VxlanConfig {
     fn default() -> Self {
-        VxlanConfig {
-            vni: 1,
-            port: 8472,
-            gbp: false,
-            learning: false,
-            direct_routing: false,
-            mtu: 0,
-        }
+        VxlanConfig { vni: 1, port: 8472, gbp: false, learning: false, direct_routing: false, mtu: 0 }
     }
 }
 
@@ -139,16 +132,11 @@ impl BackendConfig {
     /// flannel's `Backend` object for this config.
     pub fn to_flannel_json(&self) -> serde_json::Value {
         let ours = serde_json::to_value(self).expect("backend config always serializes");
-        let serde_json::Value::Object(map) = ours else {
-            unreachable!("tagged enum is an object")
-        };
+        let serde_json::Value::Object(map) = ours else { unreachable!("tagged enum is an object") };
         let renamed = map
             .into_iter()
             .map(|(key, value)| {
-                let flannel = KEY_NAMES
-                    .iter()
-                    .find(|(toml, _)| *toml == key)
-                    .map(|(_, f)| *f);
+                let flannel = KEY_NAMES.iter().find(|(toml, _)| *toml == key).map(|(_, f)| *f);
                 (flannel.unwrap_or(&key).to_string(), value)
             })
             .collect();
@@ -166,10 +154,7 @@ impl BackendConfig {
         let mut ours = serde_json::Map::new();
         let mut ignored = Vec::new();
         for (key, value) in object {
-            match KEY_NAMES
-                .iter()
-                .find(|(_, flannel)| flannel.eq_ignore_ascii_case(key))
-            {
+            match KEY_NAMES.iter().find(|(_, flannel)| flannel.eq_ignore_ascii_case(key)) {
                 Some((toml, _)) => {
                     ours.insert(toml.to_string(), normalize(toml, value.clone()));
                 }
@@ -187,8 +172,7 @@ impl BackendConfig {
             }
             keep
         });
-        let config =
-            serde_json::from_value(serde_json::Value::Object(ours)).map_err(|e| e.to_string())?;
+        let config = serde_json::from_value(serde_json::Value::Object(ours)).map_err(|e| e.to_string())?;
         Ok((config, ignored))
     }
 }
@@ -205,27 +189,9 @@ fn known_keys(type_name: &serde_json::Value) -> Result<Vec<&'static str>, String
     let keys: &[&str] = match type_name.as_str() {
         Some("vxlan") => &["vni", "port", "gbp", "learning", "direct_routing", "mtu"],
         Some("host-gw") | Some("alloc") => &[],
-        Some("aws-vpc") => &[
-            "route_table_ids",
-            "route_table_tag",
-            "region",
-            "endpoint_url",
-            "recheck",
-        ],
-        Some("gce") => &[
-            "project",
-            "network",
-            "route_prefix",
-            "priority",
-            "tags",
-            "endpoint",
-            "recheck",
-        ],
-        _ => {
-            return Err(format!(
-                "unknown backend type {type_name} (vxlan, host-gw, aws-vpc, gce, alloc)"
-            ))
-        }
+        Some("aws-vpc") => &["route_table_ids", "route_table_tag", "region", "endpoint_url", "recheck"],
+        Some("gce") => &["project", "network", "route_prefix", "priority", "tags", "endpoint", "recheck"],
+        _ => return Err(format!("unknown backend type {type_name} (vxlan, host-gw, aws-vpc, gce, alloc)")),
     };
     Ok(keys.to_vec())
 }
@@ -237,11 +203,7 @@ mod tests {
 
     #[test]
     fn vxlan_to_flannel_names() {
-        let config = BackendConfig::Vxlan(VxlanConfig {
-            vni: 4,
-            direct_routing: true,
-            ..Default::default()
-        });
+        let config = BackendConfig::Vxlan(VxlanConfig { vni: 4, direct_routing: true, ..Default::default() });
         let json = config.to_flannel_json();
         assert_eq!(json["Type"], "vxlan");
         assert_eq!(json["VNI"], 4);
@@ -252,15 +214,8 @@ mod tests {
     #[test]
     fn reads_flannel_spelling_and_defaults() {
         let (config, ignored) =
-            BackendConfig::from_flannel_json(&json!({"Type": "vxlan", "vni": 7, "Foo": 1}))
-                .unwrap();
-        assert_eq!(
-            config,
-            BackendConfig::Vxlan(VxlanConfig {
-                vni: 7,
-                ..Default::default()
-            })
-        );
+            BackendConfig::from_flannel_json(&json!({"Type": "vxlan", "vni": 7, "Foo": 1})).unwrap();
+        assert_eq!(config, BackendConfig::Vxlan(VxlanConfig { vni: 7, ..Default::default() }));
         assert_eq!(ignored, vec!["Foo".to_string()]);
         let (config, _) = BackendConfig::from_flannel_json(&serde_json::Value::Null).unwrap();
         assert_eq!(config.type_name(), "vxlan");
@@ -270,23 +225,17 @@ mod tests {
     fn route_table_id_string_or_list() {
         let one = json!({"Type": "aws-vpc", "RouteTableID": "rtb-1"});
         let (config, _) = BackendConfig::from_flannel_json(&one).unwrap();
-        let BackendConfig::AwsVpc(aws) = config else {
-            panic!("not aws-vpc")
-        };
+        let BackendConfig::AwsVpc(aws) = config else { panic!("not aws-vpc") };
         assert_eq!(aws.route_table_ids, vec!["rtb-1"]);
         let many = json!({"Type": "aws-vpc", "RouteTableID": ["rtb-1", "rtb-2"]});
         let (config, _) = BackendConfig::from_flannel_json(&many).unwrap();
-        let BackendConfig::AwsVpc(aws) = config else {
-            panic!("not aws-vpc")
-        };
+        let BackendConfig::AwsVpc(aws) = config else { panic!("not aws-vpc") };
         assert_eq!(aws.route_table_ids.len(), 2);
     }
 
     #[test]
     fn errors() {
-        assert!(BackendConfig::from_flannel_json(&json!({"Type": "udp"}))
-            .unwrap_err()
-            .contains("udp"));
+        assert!(BackendConfig::from_flannel_json(&json!({"Type": "udp"})).unwrap_err().contains("udp"));
         assert!(BackendConfig::from_flannel_json(&json!({"Type": "vxlan", "VNI": "x"})).is_err());
         assert!(BackendConfig::from_flannel_json(&json!(3)).is_err());
     }

@@ -65,8 +65,8 @@ impl PeerObjects for HostGwPeers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::memory::MemoryKernel;
     use crate::backend::route_sync::RouteSync;
+    use crate::kernel::memory::MemoryKernel;
     use crate::kernel::RouteTarget;
     use crate::lease::{Expiry, LeaseAttrs, LeaseMap};
 

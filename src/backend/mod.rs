@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::iface::ExternalInterface;
 use crate::health::Health;
+use crate::iface::ExternalInterface;
 use crate::kernel::Kernel;
 use crate::lease::{Lease, LeaseMap};
 use crate::network::Network;
@@ -15,9 +15,9 @@ use crate::store::Store;
 pub mod alloc;
 #[cfg(feature = "aws")]
 pub mod aws_vpc;
+pub mod config;
 #[cfg(feature = "gce")]
 pub mod gce;
-pub mod config;
 pub mod host_gw;
 pub mod route_sync;
 pub mod vxlan;

@@ -70,6 +70,10 @@ impl RouteSync {
         self.synced = false;
     }
 
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
     pub fn handles(&self, backend_type: &str) -> bool {
         self.mappers.iter().any(|(t, _)| *t == backend_type)
     }

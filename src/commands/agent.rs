@@ -73,12 +73,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     loop {
         let store = store::open_with_network(&config.store, Some(&config.network)).await?;
         let generation = shutdown.child_token();
-        let mut task = tokio::spawn(agent::run(
-            config.clone(),
-            store,
-            health.clone(),
-            generation.clone(),
-        ));
+        let mut task = tokio::spawn(agent::run(config.clone(), store, health.clone(), generation.clone()));
         let next = loop {
             tokio::select! {
                 finished = &mut task => {
@@ -131,9 +126,7 @@ async fn cleanup() -> Result<(), CommandError> {
     }
 }
 
-async fn wait(
-    task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
-) -> Result<(), CommandError> {
+async fn wait(task: tokio::task::JoinHandle<Result<(), agent::AgentError>>) -> Result<(), CommandError> {
     match task.await {
         Ok(result) => result.map_err(|e| CommandError::Runtime(e.to_string())),
         Err(e) => Err(CommandError::Runtime(format!("agent task failed: {e}"))),
@@ -154,17 +147,13 @@ async fn start_health_server(
     if config.agent.listen.is_empty() {
         return Ok(None);
     }
-    let addr = config.agent.listen.parse().map_err(|_| {
-        CommandError::Input(format!(
-            "agent.listen = {:?}: not an address:port",
-            config.agent.listen
-        ))
-    })?;
+    let addr =
+        config.agent.listen.parse().map_err(|_| {
+            CommandError::Input(format!("agent.listen = {:?}: not an address:port", config.agent.listen))
+        })?;
     let server = health::serve(addr, health.clone(), shutdown.clone())
         .await
-        .map_err(|e| {
-            CommandError::Runtime(format!("agent.listen = {:?}: {e}", config.agent.listen))
-        })?;
+        .map_err(|e| CommandError::Runtime(format!("agent.listen = {:?}: {e}", config.agent.listen)))?;
     info!(%addr, "serving /healthz /readyz /metrics");
     Ok(Some(server))
 }

@@ -15,12 +15,7 @@ pub fn run(global: &GlobalArgs, command: ConfigCommand) -> Result<(), CommandErr
     match command {
         ConfigCommand::Check => {
             let loaded = global.load_config(Flags::default())?;
-            let width = loaded
-                .describe()
-                .iter()
-                .map(|(k, v, _)| k.len() + v.len())
-                .max()
-                .unwrap_or(0);
+            let width = loaded.describe().iter().map(|(k, v, _)| k.len() + v.len()).max().unwrap_or(0);
             for (key, value, source) in loaded.describe() {
                 let pad = width - key.len() - value.len();
                 println!("{key} = {value}{:pad$}  # {source}", "");

@@ -87,26 +87,17 @@ async fn list(store: &dyn Store, json: bool) -> Result<(), CommandError> {
     }
     let rows: Vec<LeaseRow> = leases.iter().map(LeaseRow::from).collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialize")
-        );
+        println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
         return Ok(());
     }
-    println!(
-        "{:<20} {:<16} {:<10} EXPIRES",
-        "SUBNET", "PUBLIC IP", "BACKEND"
-    );
+    println!("{:<20} {:<16} {:<10} EXPIRES", "SUBNET", "PUBLIC IP", "BACKEND");
     for row in rows {
         let expires = match (row.reservation, &row.expires) {
             (true, _) => "never (reserved)".to_string(),
             (false, Some(at)) => in_words(at),
             (false, None) => "unknown".to_string(),
         };
-        println!(
-            "{:<20} {:<16} {:<10} {expires}",
-            row.subnet, row.public_ip, row.backend_type
-        );
+        println!("{:<20} {:<16} {:<10} {expires}", row.subnet, row.public_ip, row.backend_type);
     }
     Ok(())
 }
@@ -115,9 +106,7 @@ fn in_words(rfc3339: &str) -> String {
     let left = humantime::parse_rfc3339(rfc3339)
         .ok()
         .and_then(|at| at.duration_since(SystemTime::now()).ok())
-        .map(|d| {
-            humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
-        })
+        .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string())
         .unwrap_or_else(|| "now".into());
     format!("{rfc3339} (in {left})")
 }
@@ -125,10 +114,7 @@ fn in_words(rfc3339: &str) -> String {
 async fn reserve(store: &dyn Store, args: ReserveArgs) -> Result<(), CommandError> {
     let subnet = args.subnet;
     if subnet.trunc() != subnet {
-        return Err(CommandError::Input(format!(
-            "{subnet}: host bits set, did you mean {}?",
-            subnet.trunc()
-        )));
+        return Err(CommandError::Input(format!("{subnet}: host bits set, did you mean {}?", subnet.trunc())));
     }
     if let Some(text) = store.network_config().await? {
         if let Ok((network, _)) = Network::from_flannel_json(&text) {
@@ -152,39 +138,23 @@ async fn reserve(store: &dyn Store, args: ReserveArgs) -> Result<(), CommandErro
 
 /// The subnet is already leased: by the same host, the lease becomes a reservation (its attributes
 /// kept); by another host, that is an error.
-async fn make_existing_permanent(
-    store: &dyn Store,
-    subnet: Ipv4Net,
-    public_ip: Ipv4Addr,
-) -> Result<(), CommandError> {
+async fn make_existing_permanent(store: &dyn Store, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Result<(), CommandError> {
     let listing = store.list_leases().await?;
     let key = crate::lease::subnet_key(subnet);
     let Some(raw) = listing.leases.iter().find(|r| r.key == key) else {
-        return Err(CommandError::Runtime(format!(
-            "{subnet} changed while reserving it; try again"
-        )));
+        return Err(CommandError::Runtime(format!("{subnet} changed while reserving it; try again")));
     };
-    let holder = raw
-        .parse()
-        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    let holder = raw.parse().map_err(|e| CommandError::Runtime(e.to_string()))?;
     if holder.attrs.public_ip != public_ip {
-        return Err(CommandError::Runtime(format!(
-            "{subnet} is held by {}",
-            holder.attrs.public_ip
-        )));
+        return Err(CommandError::Runtime(format!("{subnet} is held by {}", holder.attrs.public_ip)));
     }
     let value = String::from_utf8_lossy(&raw.value);
-    match store
-        .update_lease(subnet, &value, None, raw.mod_revision)
-        .await?
-    {
+    match store.update_lease(subnet, &value, None, raw.mod_revision).await? {
         WriteOutcome::Written { .. } => {
             println!("reserved {subnet} for {public_ip} (its lease no longer expires)");
             Ok(())
         }
-        WriteOutcome::Conflict => Err(CommandError::Runtime(format!(
-            "{subnet} changed while reserving it; try again"
-        ))),
+        WriteOutcome::Conflict => Err(CommandError::Runtime(format!("{subnet} changed while reserving it; try again"))),
     }
 }
 

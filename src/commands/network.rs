@@ -28,8 +28,7 @@ pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), Com
     let store = store::open_with_network(&config.store, Some(&config.network)).await?;
     match command {
         NetworkCommand::Apply(args) => {
-            let network =
-                Network::new(&config.network).map_err(|e| CommandError::Input(e.to_string()))?;
+            let network = Network::new(&config.network).map_err(|e| CommandError::Input(e.to_string()))?;
             apply(store.as_ref(), &network, args.force).await
         }
         NetworkCommand::Show => show(store.as_ref()).await,
@@ -39,8 +38,7 @@ pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), Com
 async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), CommandError> {
     if let Some(text) = store.network_config().await? {
         if let Ok((current, _)) = Network::from_flannel_json(&text) {
-            let reshaped =
-                current.network != network.network || current.subnet_len != network.subnet_len;
+            let reshaped = current.network != network.network || current.subnet_len != network.subnet_len;
             if reshaped && !force {
                 let leases = store.list_leases().await?.leases.len();
                 if leases > 0 {
@@ -61,9 +59,7 @@ async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), 
 
 async fn show(store: &dyn Store) -> Result<(), CommandError> {
     let Some(text) = store.network_config().await? else {
-        return Err(CommandError::Runtime(
-            "no network config in the store: run `weft network apply`".into(),
-        ));
+        return Err(CommandError::Runtime("no network config in the store: run `weft network apply`".into()));
     };
     println!("{text}");
     match Network::from_flannel_json(&text) {

@@ -50,11 +50,8 @@ impl std::str::FromStr for MacAddr {
         let mut mac = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut mac {
-            let part = parts
-                .next()
-                .ok_or_else(|| format!("{s:?} is not a MAC address"))?;
-            *byte =
-                u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+            let part = parts.next().ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
         }
         if parts.next().is_some() {
             return Err(format!("{s:?} is not a MAC address"));
@@ -67,11 +64,7 @@ impl std::str::FromStr for MacAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteTarget {
     /// `via <gateway> dev <oif> [onlink]`.
-    Gateway {
-        gateway: Ipv4Addr,
-        oif: u32,
-        onlink: bool,
-    },
+    Gateway { gateway: Ipv4Addr, oif: u32, onlink: bool },
     /// `nhid <id>`: a nexthop object (kernel 5.3+), much cheaper for the kernel to install.
     Nexthop(u32),
 }
@@ -126,8 +119,7 @@ impl KernelState {
     }
 
     pub fn add_neighbour(&mut self, neighbour: NeighbourSpec) {
-        self.neighbours
-            .insert((neighbour.ifindex, neighbour.ip), neighbour);
+        self.neighbours.insert((neighbour.ifindex, neighbour.ip), neighbour);
     }
 
     pub fn add_fdb(&mut self, fdb: FdbSpec) {
@@ -210,4 +202,10 @@ pub trait Kernel: Send + Sync {
     async fn delete_link(&self, index: u32) -> Result<(), KernelError>;
     /// Whether the kernel has nexthop objects (5.3+).
     async fn supports_nexthops(&self) -> bool;
+    /// A notification each time something weft owns under `ownership` may have been changed or
+    /// removed by someone else, so it is repaired at once rather than at the next resync. `None`
+    /// where the kernel cannot tell.
+    fn change_notifications(&self, _ownership: Ownership) -> Option<futures::stream::BoxStream<'static, ()>> {
+        None
+    }
 }

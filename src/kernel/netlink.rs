@@ -240,6 +240,17 @@ impl Kernel for NetlinkKernel {
         let mut socket = self.batch.lock().await;
         self.kernel_has_nexthops(&mut socket).await
     }
+
+    fn change_notifications(&self, ownership: Ownership) -> Option<futures::stream::BoxStream<'static, ()>> {
+        use futures::StreamExt;
+        match NetlinkKernel::watch_changes(self, ownership) {
+            Ok(stream) => Some(stream.boxed()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow kernel changes; repairs wait for the resync");
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,35 +37,15 @@ impl Plan {
 pub fn diff(desired: &KernelState, actual: &KernelState) -> Plan {
     let mut ops = Vec::new();
     // Puts, per peer: neighbour and FDB first so the first packet routed finds its way.
-    puts(
-        &desired.neighbours,
-        &actual.neighbours,
-        Op::PutNeighbour,
-        &mut ops,
-    );
+    puts(&desired.neighbours, &actual.neighbours, Op::PutNeighbour, &mut ops);
     puts(&desired.fdb, &actual.fdb, Op::PutFdb, &mut ops);
-    puts(
-        &desired.nexthops,
-        &actual.nexthops,
-        Op::PutNexthop,
-        &mut ops,
-    );
+    puts(&desired.nexthops, &actual.nexthops, Op::PutNexthop, &mut ops);
     // A route whose nexthop object changed id must be re-pointed; one still pointing at a
     // nexthop that goes away is deleted with it by the kernel, so puts come before deletes.
     puts(&desired.routes, &actual.routes, Op::PutRoute, &mut ops);
     deletes(&desired.routes, &actual.routes, Op::DeleteRoute, &mut ops);
-    deletes(
-        &desired.nexthops,
-        &actual.nexthops,
-        Op::DeleteNexthop,
-        &mut ops,
-    );
-    deletes(
-        &desired.neighbours,
-        &actual.neighbours,
-        Op::DeleteNeighbour,
-        &mut ops,
-    );
+    deletes(&desired.nexthops, &actual.nexthops, Op::DeleteNexthop, &mut ops);
+    deletes(&desired.neighbours, &actual.neighbours, Op::DeleteNeighbour, &mut ops);
     deletes(&desired.fdb, &actual.fdb, Op::DeleteFdb, &mut ops);
     Plan { ops }
 }
@@ -105,26 +85,10 @@ mod tests {
         let subnet = format!("10.244.{n}.0/24").parse().unwrap();
         let gw = std::net::Ipv4Addr::new(10, 244, n, 0);
         let mac = MacAddr([2, 0, 0, 0, 0, mac_byte]);
-        state.add_neighbour(NeighbourSpec {
-            ifindex: 5,
-            ip: gw,
-            mac,
-        });
-        state.add_fdb(FdbSpec {
-            ifindex: 5,
-            mac,
-            dst: std::net::Ipv4Addr::new(198, 51, 100, n),
-        });
-        state.add_nexthop(NexthopSpec {
-            id: n as u32,
-            gateway: gw,
-            oif: 5,
-            onlink: true,
-        });
-        state.add_route(RouteSpec {
-            dst: subnet,
-            target: RouteTarget::Nexthop(n as u32),
-        });
+        state.add_neighbour(NeighbourSpec { ifindex: 5, ip: gw, mac });
+        state.add_fdb(FdbSpec { ifindex: 5, mac, dst: std::net::Ipv4Addr::new(198, 51, 100, n) });
+        state.add_nexthop(NexthopSpec { id: n as u32, gateway: gw, oif: 5, onlink: true });
+        state.add_route(RouteSpec { dst: subnet, target: RouteTarget::Nexthop(n as u32) });
     }
 
     #[test]
@@ -139,11 +103,7 @@ mod tests {
         let mut want = KernelState::default();
         peer(&mut want, 1, 1);
         let plan = diff(&want, &KernelState::default());
-        let kinds: Vec<_> = plan
-            .ops
-            .iter()
-            .map(|o| format!("{o:?}").split('(').next().unwrap().to_string())
-            .collect();
+        let kinds: Vec<_> = plan.ops.iter().map(|o| format!("{o:?}").split('(').next().unwrap().to_string()).collect();
         assert_eq!(kinds, ["PutNeighbour", "PutFdb", "PutNexthop", "PutRoute"]);
     }
 
@@ -152,20 +112,8 @@ mod tests {
         let mut have = KernelState::default();
         peer(&mut have, 1, 1);
         let plan = diff(&KernelState::default(), &have);
-        let kinds: Vec<_> = plan
-            .ops
-            .iter()
-            .map(|o| format!("{o:?}").split('(').next().unwrap().to_string())
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                "DeleteRoute",
-                "DeleteNexthop",
-                "DeleteNeighbour",
-                "DeleteFdb"
-            ]
-        );
+        let kinds: Vec<_> = plan.ops.iter().map(|o| format!("{o:?}").split('(').next().unwrap().to_string()).collect();
+        assert_eq!(kinds, ["DeleteRoute", "DeleteNexthop", "DeleteNeighbour", "DeleteFdb"]);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub fn create(topology: &Topology, node: &Node, info: SubnetInfo) -> Result<PodA
     wire::configure(&host, POD_VETH_HOST, None, Some(POD_BRIDGE))?;
     wire::configure(&pod, POD_IFACE, Some(addrs.pod), None)?;
     wire::default_route(&pod, addrs.gateway.addr())?;
+    wire::wait_up(&pod, POD_IFACE)?;
+    wire::wait_up(&host, POD_VETH_HOST)?;
     Ok(addrs)
 }
 

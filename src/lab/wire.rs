@@ -6,15 +6,19 @@ use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, State};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::topology::{Node, Topology, HOST_IFACE, SWITCH_BRIDGE, UNDERLAY_MTU};
 use super::LabError;
 use crate::netns::{Netns, NETNS_DIR};
+
+/// How long a new link may take to report carrier.
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the switch and every host. On failure what was built stays: the caller removes it with
 /// [`teardown`], which finds everything by the prefix.
@@ -44,6 +48,8 @@ pub fn join(topology: &Topology, node: &Node) -> Result<Netns, LabError> {
     veth_pair(&ns, HOST_IFACE, &switch, &node.switch_port, UNDERLAY_MTU)?;
     configure(&switch, &node.switch_port, None, Some(SWITCH_BRIDGE))?;
     configure(&ns, HOST_IFACE, Some(node.addr_net()), None)?;
+    wait_up(&ns, HOST_IFACE)?;
+    wait_up(&switch, &node.switch_port)?;
     Ok(ns)
 }
 
@@ -178,23 +184,30 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<u32, LabError> {
     }
 }
 
-/// The MTU of `name` in `ns` (used to check the wiring).
-pub fn link_mtu(ns: &Netns, name: &str) -> Result<u32, LabError> {
-    let what = format!("read the MTU of {name} in {}", ns.name);
-    let owned = name.to_string();
+/// Waits until `link` in `ns` is operationally up. Carrier changes reach the bridge through the
+/// kernel's link-watch work, which may lag by up to a second (more on a busy machine); a bridge
+/// port forwards only after that, so a packet sent before is lost.
+pub fn wait_up(ns: &Netns, link: &str) -> Result<(), LabError> {
+    let what = format!("wait for {link} in {} to come up", ns.name);
+    let owned = link.to_string();
     in_ns(ns, &what.clone(), move |handle| async move {
-        let mut links = handle.link().get().match_name(owned).execute();
-        let link = links
-            .try_next()
-            .await
-            .map_err(LabError::netlink(what.clone()))?
-            .ok_or_else(|| LabError::Invalid(format!("{what}: no such link")))?;
-        link.attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Mtu(mtu) => Some(*mtu),
-                _ => None,
-            })
-            .ok_or_else(|| LabError::Invalid(format!("{what}: the kernel reported no MTU")))
+        let deadline = Instant::now() + LINK_UP_TIMEOUT;
+        loop {
+            let mut links = handle.link().get().match_name(owned.clone()).execute();
+            let message = links.try_next().await.map_err(LabError::netlink(what.clone()))?;
+            let state = message.and_then(|m| {
+                m.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::OperState(state) => Some(state),
+                    _ => None,
+                })
+            });
+            if state == Some(State::Up) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Invalid(format!("{what}: still {state:?} after {LINK_UP_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
 }

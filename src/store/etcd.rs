@@ -10,16 +10,14 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, PutOptions, ResponseHeader, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
+    ResponseHeader, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
-use super::{
-    expiry_after, LeaseListing, LeaseUpdate, RawLease, Revision, Store, StoreError, WriteOutcome,
-};
+use super::{expiry_after, LeaseListing, LeaseUpdate, RawLease, Revision, Store, StoreError, WriteOutcome};
 use crate::lease::{subnet_key, Expiry};
 
 /// How long one request may take before etcd counts as unavailable. The client's balancer waits
@@ -98,9 +96,7 @@ pub struct EtcdStore {
 
 impl fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdStore")
-            .field("keys", &self.keys)
-            .finish_non_exhaustive()
+        f.debug_struct("EtcdStore").field("keys", &self.keys).finish_non_exhaustive()
     }
 }
 
@@ -113,37 +109,20 @@ impl EtcdStore {
         let options = connect_options(&opts)?;
         let context = format!("connect to etcd at {}", opts.endpoints.join(","));
         let client = timed(&context, Client::connect(&opts.endpoints, Some(options))).await?;
-        Ok(EtcdStore {
-            client,
-            keys: Keys::new(&opts.prefix),
-        })
+        Ok(EtcdStore { client, keys: Keys::new(&opts.prefix) })
     }
 
     /// Grants an etcd lease for `ttl`; none for a reservation.
-    async fn grant(
-        &self,
-        ttl: Option<Duration>,
-        context: &str,
-    ) -> Result<Option<Grant>, StoreError> {
+    async fn grant(&self, ttl: Option<Duration>, context: &str) -> Result<Option<Grant>, StoreError> {
         let Some(ttl) = ttl else { return Ok(None) };
         let context = format!("{context}: grant lease");
-        let resp = timed(
-            &context,
-            self.client.clone().lease_grant(ttl_secs(ttl), None),
-        )
-        .await?;
+        let resp = timed(&context, self.client.clone().lease_grant(ttl_secs(ttl), None)).await?;
         if !resp.error().is_empty() {
             return Err(StoreError::Request(format!("{context}: {}", resp.error())));
         }
         // etcd may lengthen short TTLs to its minimum; its answer is what it enforces.
-        let granted = u64::try_from(resp.ttl())
-            .ok()
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs);
-        Ok(Some(Grant {
-            id: resp.id(),
-            ttl: granted.unwrap_or(ttl),
-        }))
+        let granted = u64::try_from(resp.ttl()).ok().filter(|s| *s > 0).map(Duration::from_secs);
+        Ok(Some(Grant { id: resp.id(), ttl: granted.unwrap_or(ttl) }))
     }
 
     /// Best effort: a lease we fail to revoke runs out on its own.
@@ -165,9 +144,7 @@ impl EtcdStore {
         context: &str,
     ) -> Result<WriteOutcome, StoreError> {
         let put_options = grant.map(|g| PutOptions::new().with_lease(g.id));
-        let txn = Txn::new()
-            .when([condition])
-            .and_then([TxnOp::put(key, value, put_options)]);
+        let txn = Txn::new().when([condition]).and_then([TxnOp::put(key, value, put_options)]);
         let outcome = match timed(context, self.client.clone().txn(txn)).await {
             Ok(resp) if resp.succeeded() => {
                 let revision = header_revision(resp.header(), context)?;
@@ -186,50 +163,28 @@ impl EtcdStore {
     /// The etcd lease id of each of `names` that still exists (0: no lease).
     async fn lease_ids(&self, names: &[&str]) -> Result<HashMap<String, i64>, StoreError> {
         let kvs = if names.len() <= KEY_BY_KEY_LOOKUPS {
-            let lookups = names
-                .iter()
-                .map(|name| self.get_keys_only(self.keys.subnet_name(name)));
-            futures::future::try_join_all(lookups)
-                .await?
-                .into_iter()
-                .flatten()
-                .collect()
+            let lookups = names.iter().map(|name| self.get_keys_only(self.keys.subnet_name(name)));
+            futures::future::try_join_all(lookups).await?.into_iter().flatten().collect()
         } else {
             let prefix = GetOptions::new().with_prefix().with_keys_only();
-            self.get_kvs(self.keys.subnets.clone(), prefix, "look up lease ids")
-                .await?
+            self.get_kvs(self.keys.subnets.clone(), prefix, "look up lease ids").await?
         };
-        Ok(kvs
-            .into_iter()
-            .filter_map(|kv| Some((self.keys.lease_name(kv.key())?, kv.lease())))
-            .collect())
+        Ok(kvs.into_iter().filter_map(|kv| Some((self.keys.lease_name(kv.key())?, kv.lease()))).collect())
     }
 
     async fn get_keys_only(&self, key: String) -> Result<Vec<KeyValue>, StoreError> {
         let context = format!("look up lease id of {key}");
-        self.get_kvs(key, GetOptions::new().with_keys_only(), &context)
-            .await
+        self.get_kvs(key, GetOptions::new().with_keys_only(), &context).await
     }
 
-    async fn get_kvs(
-        &self,
-        key: String,
-        options: GetOptions,
-        context: &str,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_LIST_BYTES);
+    async fn get_kvs(&self, key: String, options: GetOptions, context: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
         let mut resp = timed(context, kv.get(key, Some(options))).await?;
         Ok(resp.take_kvs())
     }
 
     /// Remaining TTL of each lease; `None` for one that has run out.
-    async fn lease_ttls(
-        &self,
-        ids: HashSet<i64>,
-    ) -> Result<HashMap<i64, Option<Duration>>, StoreError> {
+    async fn lease_ttls(&self, ids: HashSet<i64>) -> Result<HashMap<i64, Option<Duration>>, StoreError> {
         stream::iter(ids)
             .map(|id| async move { Ok((id, self.lease_ttl(id).await?)) })
             .buffer_unordered(TTL_LOOKUP_CONCURRENCY)
@@ -242,11 +197,7 @@ impl EtcdStore {
         let mut client = self.client.clone();
         match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_time_to_live(id, None)).await {
             Ok(Ok(resp)) => Ok(u64::try_from(resp.ttl()).ok().map(Duration::from_secs)),
-            Ok(Err(etcd_client::Error::GRpcStatus(status)))
-                if status.code() as i32 == GRPC_NOT_FOUND =>
-            {
-                Ok(None)
-            }
+            Ok(Err(etcd_client::Error::GRpcStatus(status))) if status.code() as i32 == GRPC_NOT_FOUND => Ok(None),
             Ok(Err(err)) => Err(store_error(&context, err)),
             Err(_) => Err(timeout_error(&context)),
         }
@@ -355,17 +306,9 @@ impl EtcdStore {
 
     /// Forwards one etcd watch from `after + 1`. Returns why it broke, or `None` when the
     /// consumer is gone.
-    async fn follow(
-        &self,
-        after: Revision,
-        tx: &mpsc::Sender<WatchItem>,
-        backoff: &mut Backoff,
-    ) -> Option<StoreError> {
+    async fn follow(&self, after: Revision, tx: &mpsc::Sender<WatchItem>, backoff: &mut Backoff) -> Option<StoreError> {
         let start = after.saturating_add(1);
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_prev_key()
-            .with_start_revision(start);
+        let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(start);
         let context = format!("watch leases from revision {start}");
         let mut client = self.client.clone();
         let watch = client.watch(self.keys.subnets.clone(), Some(options));
@@ -376,11 +319,7 @@ impl EtcdStore {
         loop {
             let resp = match watch.message().await {
                 Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    return Some(StoreError::Unavailable(format!(
-                        "{context}: etcd closed the watch"
-                    )))
-                }
+                Ok(None) => return Some(StoreError::Unavailable(format!("{context}: etcd closed the watch"))),
                 Err(err) => return Some(StoreError::Unavailable(format!("{context}: {err}"))),
             };
             if let Some(err) = watch_broken(&resp, start) {
@@ -405,14 +344,10 @@ impl EtcdStore {
                 match event.event_type() {
                     EventType::Put => self.keys.raw_lease(kv).map(LeaseUpdate::Put),
                     // A delete's kv carries the deletion's revision.
-                    EventType::Delete => {
-                        self.keys
-                            .lease_name(kv.key())
-                            .map(|key| LeaseUpdate::Deleted {
-                                key,
-                                revision: kv.mod_revision(),
-                            })
-                    }
+                    EventType::Delete => self
+                        .keys
+                        .lease_name(kv.key())
+                        .map(|key| LeaseUpdate::Deleted { key, revision: kv.mod_revision() }),
                 }
             })
             .collect()
@@ -423,9 +358,7 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn network_config(&self) -> Result<Option<String>, StoreError> {
         let context = format!("read network config {}", self.keys.config);
-        let kvs = self
-            .get_kvs(self.keys.config.clone(), GetOptions::new(), &context)
-            .await?;
+        let kvs = self.get_kvs(self.keys.config.clone(), GetOptions::new(), &context).await?;
         let Some(kv) = kvs.into_iter().next() else {
             return Ok(None);
         };
@@ -437,30 +370,17 @@ impl Store for EtcdStore {
 
     async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
         let context = format!("write network config {}", self.keys.config);
-        timed(
-            &context,
-            self.client
-                .clone()
-                .put(self.keys.config.clone(), json, None),
-        )
-        .await?;
+        timed(&context, self.client.clone().put(self.keys.config.clone(), json, None)).await?;
         Ok(())
     }
 
     async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
         let context = "list leases";
         let options = Some(GetOptions::new().with_prefix());
-        let mut kv = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_LIST_BYTES);
+        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
         let resp = timed(context, kv.get(self.keys.subnets.clone(), options)).await?;
         let revision = header_revision(resp.header(), context)?;
-        let leases = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.keys.raw_lease(kv))
-            .collect();
+        let leases = resp.kvs().iter().filter_map(|kv| self.keys.raw_lease(kv)).collect();
         Ok(LeaseListing { leases, revision })
     }
 
@@ -475,8 +395,7 @@ impl Store for EtcdStore {
         let grant = self.grant(ttl, &context).await?;
         // flannel's rule: only a key that does not exist yet may be taken.
         let absent = Compare::version(key.clone(), CompareOp::Equal, 0);
-        self.conditional_put(key, attrs_json, absent, grant, &context)
-            .await
+        self.conditional_put(key, attrs_json, absent, grant, &context).await
     }
 
     async fn update_lease(
@@ -492,8 +411,7 @@ impl Store for EtcdStore {
         // unused (it may hold other keys, so it is not revoked).
         let grant = self.grant(ttl, &context).await?;
         let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, expected);
-        self.conditional_put(key, attrs_json, unchanged, grant, &context)
-            .await
+        self.conditional_put(key, attrs_json, unchanged, grant, &context).await
     }
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
@@ -526,10 +444,7 @@ impl Store for EtcdStore {
                 _ = store.watch_loop(after, &tx) => {}
             }
         });
-        stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })
-        .boxed()
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
     }
 
     async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -537,7 +452,8 @@ impl Store for EtcdStore {
         let context = format!("lead {key}");
         let grant = self.grant(Some(ttl), &context).await?;
         let vacant = Compare::version(key.clone(), CompareOp::Equal, 0);
-        if let WriteOutcome::Written { .. } = self.conditional_put(key.clone(), holder, vacant, grant, &context).await? {
+        if let WriteOutcome::Written { .. } = self.conditional_put(key.clone(), holder, vacant, grant, &context).await?
+        {
             return Ok(true);
         }
         // Held: by us, the turn is extended; by another agent, we wait for it to lapse.
@@ -548,18 +464,13 @@ impl Store for EtcdStore {
     }
 
     async fn resolve_expiry(&self, leases: &mut [RawLease]) -> Result<(), StoreError> {
-        let unknown: Vec<&str> = leases
-            .iter()
-            .filter(|l| l.expiry == Expiry::Unknown)
-            .map(|l| l.key.as_str())
-            .collect();
+        let unknown: Vec<&str> =
+            leases.iter().filter(|l| l.expiry == Expiry::Unknown).map(|l| l.key.as_str()).collect();
         if unknown.is_empty() {
             return Ok(());
         }
         let ids = self.lease_ids(&unknown).await?;
-        let ttls = self
-            .lease_ttls(ids.values().copied().filter(|id| *id != 0).collect())
-            .await?;
+        let ttls = self.lease_ttls(ids.values().copied().filter(|id| *id != 0).collect()).await?;
         let now = SystemTime::now();
         for lease in leases.iter_mut().filter(|l| l.expiry == Expiry::Unknown) {
             lease.expiry = match ids.get(&lease.key) {
@@ -617,11 +528,7 @@ impl Keys {
     }
 
     fn raw_lease(&self, kv: &KeyValue) -> Option<RawLease> {
-        let expiry = if kv.lease() == 0 {
-            Expiry::Never
-        } else {
-            Expiry::Unknown
-        };
+        let expiry = if kv.lease() == 0 { Expiry::Never } else { Expiry::Unknown };
         Some(RawLease {
             key: self.lease_name(kv.key())?,
             value: kv.value().to_vec(),
@@ -658,22 +565,15 @@ impl Backoff {
 fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(opts.dial_timeout)
-        .with_keep_alive(
-            KEEPALIVE_INTERVAL,
-            opts.dial_timeout.max(Duration::from_secs(1)),
-        );
+        .with_keep_alive(KEEPALIVE_INTERVAL, opts.dial_timeout.max(Duration::from_secs(1)));
     if let Some(tls) = tls_options(opts)? {
         options = options.with_tls(tls);
     }
     match (&opts.username, &opts.password) {
         (Some(user), Some(password)) => Ok(options.with_user(user, password)),
         (None, None) => Ok(options),
-        (Some(_), None) => Err(StoreError::Config(
-            "etcd username given without a password".into(),
-        )),
-        (None, Some(_)) => Err(StoreError::Config(
-            "etcd password given without a username".into(),
-        )),
+        (Some(_), None) => Err(StoreError::Config("etcd username given without a password".into())),
+        (None, Some(_)) => Err(StoreError::Config("etcd password given without a username".into())),
     }
 }
 
@@ -692,18 +592,13 @@ fn tls_options(opts: &EtcdOptions) -> Result<Option<TlsOptions>, StoreError> {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         (None, None) => {}
-        _ => {
-            return Err(StoreError::Config(
-                "etcd client certificate and key must be given together".into(),
-            ))
-        }
+        _ => return Err(StoreError::Config("etcd client certificate and key must be given together".into())),
     }
     Ok(Some(tls))
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path)
-        .map_err(|e| StoreError::Config(format!("read etcd {what} {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| StoreError::Config(format!("read etcd {what} {}: {e}", path.display())))
 }
 
 /// etcd leases count whole seconds: round up, at least 1.
@@ -739,19 +634,11 @@ fn watch_broken(resp: &WatchResponse, start: Revision) -> Option<StoreError> {
             resp.compact_revision()
         )));
     }
-    resp.canceled().then(|| {
-        StoreError::Unavailable(format!(
-            "etcd cancelled the watch: {}",
-            resp.cancel_reason()
-        ))
-    })
+    resp.canceled().then(|| StoreError::Unavailable(format!("etcd cancelled the watch: {}", resp.cancel_reason())))
 }
 
 /// Runs one etcd request with a deadline.
-async fn timed<T>(
-    context: &str,
-    call: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, StoreError> {
+async fn timed<T>(context: &str, call: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
         Ok(result) => result.map_err(|err| store_error(context, err)),
         Err(_) => Err(timeout_error(context)),
@@ -759,9 +646,7 @@ async fn timed<T>(
 }
 
 fn timeout_error(context: &str) -> StoreError {
-    StoreError::Unavailable(format!(
-        "{context}: no answer from etcd within {REQUEST_TIMEOUT:?}"
-    ))
+    StoreError::Unavailable(format!("{context}: no answer from etcd within {REQUEST_TIMEOUT:?}"))
 }
 
 /// Sorts etcd errors into "try again later" and "this request is wrong".
@@ -771,10 +656,7 @@ fn store_error(context: &str, err: etcd_client::Error) -> StoreError {
     match &err {
         E::TransportError(_) | E::IoError(_) => StoreError::Unavailable(message),
         E::GRpcStatus(status)
-            if matches!(
-                status.code() as i32,
-                GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE
-            ) =>
+            if matches!(status.code() as i32, GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE) =>
         {
             StoreError::Unavailable(message)
         }
@@ -797,43 +679,25 @@ mod tests {
 
     #[test]
     fn debug_hides_the_password() {
-        let opts = EtcdOptions {
-            username: Some("flannel".into()),
-            password: Some("s3cret".into()),
-            ..EtcdOptions::default()
-        };
+        let opts =
+            EtcdOptions { username: Some("flannel".into()), password: Some("s3cret".into()), ..EtcdOptions::default() };
         let shown = format!("{opts:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(
-            shown.contains("***") && shown.contains("flannel"),
-            "{shown}"
-        );
+        assert!(shown.contains("***") && shown.contains("flannel"), "{shown}");
     }
 
     #[test]
     fn unreadable_tls_files_are_named() {
-        let opts = EtcdOptions {
-            ca_file: Some("/nonexistent/weft-ca.pem".into()),
-            ..EtcdOptions::default()
-        };
+        let opts = EtcdOptions { ca_file: Some("/nonexistent/weft-ca.pem".into()), ..EtcdOptions::default() };
         let err = connect_options(&opts).unwrap_err();
-        assert!(
-            err.to_string().contains("/nonexistent/weft-ca.pem"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("/nonexistent/weft-ca.pem"), "{err}");
     }
 
     #[test]
     fn half_given_credentials_are_rejected() {
-        let opts = EtcdOptions {
-            username: Some("u".into()),
-            ..EtcdOptions::default()
-        };
+        let opts = EtcdOptions { username: Some("u".into()), ..EtcdOptions::default() };
         assert!(matches!(connect_options(&opts), Err(StoreError::Config(_))));
-        let opts = EtcdOptions {
-            cert_file: Some("/c.pem".into()),
-            ..EtcdOptions::default()
-        };
+        let opts = EtcdOptions { cert_file: Some("/c.pem".into()), ..EtcdOptions::default() };
         assert!(matches!(connect_options(&opts), Err(StoreError::Config(_))));
     }
 
@@ -849,10 +713,7 @@ mod tests {
         let keys = Keys::new("/coreos.com/network/");
         assert_eq!(keys.config, "/coreos.com/network/config");
         let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
-        assert_eq!(
-            keys.subnet(net),
-            "/coreos.com/network/subnets/10.244.3.0-24"
-        );
+        assert_eq!(keys.subnet(net), "/coreos.com/network/subnets/10.244.3.0-24");
         let name = keys.lease_name(b"/coreos.com/network/subnets/10.244.3.0-24");
         assert_eq!(name.as_deref(), Some("10.244.3.0-24"));
         assert_eq!(keys.lease_name(b"/other/subnets/10.244.3.0-24"), None);

@@ -50,10 +50,7 @@ impl LocalStore {
         let files = Files::new(dir);
         // Fail now, not on the first lease, when the directory is not usable.
         files.open_lock_file()?;
-        Ok(LocalStore {
-            files: Arc::new(files),
-            poll_interval: DEFAULT_POLL_INTERVAL,
-        })
+        Ok(LocalStore { files: Arc::new(files), poll_interval: DEFAULT_POLL_INTERVAL })
     }
 
     /// How often watchers look at the state file (default 100 ms).
@@ -96,10 +93,7 @@ impl Store for LocalStore {
 
     async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
         let state = self.read().await?;
-        Ok(LeaseListing {
-            leases: state.visible_leases(now_unix_ms()),
-            revision: state.revision,
-        })
+        Ok(LeaseListing { leases: state.visible_leases(now_unix_ms()), revision: state.revision })
     }
 
     async fn create_lease(
@@ -146,10 +140,7 @@ impl Store for LocalStore {
         let key = subnet_key(subnet);
         let value = attrs_json.to_string();
         self.write(move |state, next| {
-            let ours = state
-                .leases
-                .get(&key)
-                .is_some_and(|lease| lease.mod_revision == expected);
+            let ours = state.leases.get(&key).is_some_and(|lease| lease.mod_revision == expected);
             if !ours {
                 return Applied::Unchanged(WriteOutcome::Conflict);
             }
@@ -198,10 +189,7 @@ impl Store for LocalStore {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let watcher = Watcher::new(self.files.clone(), after);
         tokio::spawn(watcher.run(tx, self.poll_interval));
-        futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })
-        .boxed()
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
     }
 }
 
@@ -262,10 +250,7 @@ impl State {
 
     /// Every lease in the file, expired or not, in key order.
     fn stored_leases(&self) -> Vec<RawLease> {
-        self.leases
-            .iter()
-            .map(|(key, lease)| lease.to_raw(key))
-            .collect()
+        self.leases.iter().map(|(key, lease)| lease.to_raw(key)).collect()
     }
 
     fn drop_expired(&mut self, now_ms: u64) {
@@ -273,25 +258,12 @@ impl State {
     }
 
     /// Writes `key` at revision `next` with a fresh TTL.
-    fn put(
-        &mut self,
-        key: String,
-        value: String,
-        ttl: Option<Duration>,
-        next: Revision,
-    ) -> WriteOutcome {
-        let lease = StoredLease {
-            value,
-            expires_unix_ms: ttl.map(expires_unix_ms),
-            mod_revision: next,
-        };
+    fn put(&mut self, key: String, value: String, ttl: Option<Duration>, next: Revision) -> WriteOutcome {
+        let lease = StoredLease { value, expires_unix_ms: ttl.map(expires_unix_ms), mod_revision: next };
         // Report the expiry as listings will (millisecond precision), not as computed.
         let expiry = lease.expiry();
         self.leases.insert(key, lease);
-        WriteOutcome::Written {
-            revision: next,
-            expiry,
-        }
+        WriteOutcome::Written { revision: next, expiry }
     }
 }
 
@@ -368,11 +340,7 @@ impl Files {
     /// Takes the store lock; it is released when the returned file is closed.
     fn lock(&self, exclusive: bool) -> Result<File, StoreError> {
         let file = self.open_lock_file()?;
-        let locked = if exclusive {
-            FileExt::lock(&file)
-        } else {
-            FileExt::lock_shared(&file)
-        };
+        let locked = if exclusive { FileExt::lock(&file) } else { FileExt::lock_shared(&file) };
         locked.map_err(|e| io_error("lock", &self.lock, e))?;
         Ok(file)
     }
@@ -384,10 +352,7 @@ impl Files {
 
     /// One locked read-modify-write. Expired leases are dropped first, so `change` never sees
     /// them; it gets the revision its write will have.
-    fn transact<T>(
-        &self,
-        change: impl FnOnce(&mut State, Revision) -> Applied<T>,
-    ) -> Result<T, StoreError> {
+    fn transact<T>(&self, change: impl FnOnce(&mut State, Revision) -> Applied<T>) -> Result<T, StoreError> {
         let _lock = self.lock(true)?;
         let mut state = self.read_state()?.state;
         state.drop_expired(now_unix_ms());
@@ -408,31 +373,16 @@ impl Files {
         let mut file = match File::open(&self.state) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Snapshot {
-                    state: State::default(),
-                    fingerprint: None,
-                    _file: None,
-                })
+                return Ok(Snapshot { state: State::default(), fingerprint: None, _file: None })
             }
             Err(e) => return Err(io_error("open", &self.state, e)),
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| io_error("stat", &self.state, e))?;
+        let meta = file.metadata().map_err(|e| io_error("stat", &self.state, e))?;
         let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io_error("read", &self.state, e))?;
-        let state = serde_json::from_slice(&bytes).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "{}: not a weft store state file: {e}",
-                self.state.display()
-            ))
-        })?;
-        Ok(Snapshot {
-            state,
-            fingerprint: Some(Fingerprint::of(&meta)),
-            _file: Some(file),
-        })
+        file.read_to_end(&mut bytes).map_err(|e| io_error("read", &self.state, e))?;
+        let state = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("{}: not a weft store state file: {e}", self.state.display())))?;
+        Ok(Snapshot { state, fingerprint: Some(Fingerprint::of(&meta)), _file: Some(file) })
     }
 
     /// The state file's current fingerprint, `None` when it does not exist.
@@ -447,8 +397,8 @@ impl Files {
     /// Replaces the state file atomically and durably: readers see the old or the new version,
     /// and a crash leaves one of them.
     fn save(&self, state: &State) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| StoreError::Request(format!("encode store state: {e}")))?;
+        let bytes =
+            serde_json::to_vec_pretty(state).map_err(|e| StoreError::Request(format!("encode store state: {e}")))?;
         let mut temp = OpenOptions::new()
             .write(true)
             .create(true)
@@ -456,14 +406,10 @@ impl Files {
             .mode(0o600)
             .open(&self.temp)
             .map_err(|e| io_error("create", &self.temp, e))?;
-        temp.write_all(&bytes)
-            .map_err(|e| io_error("write", &self.temp, e))?;
-        temp.sync_all()
-            .map_err(|e| io_error("fsync", &self.temp, e))?;
+        temp.write_all(&bytes).map_err(|e| io_error("write", &self.temp, e))?;
+        temp.sync_all().map_err(|e| io_error("fsync", &self.temp, e))?;
         fs::rename(&self.temp, &self.state).map_err(|e| io_error("rename into", &self.state, e))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| io_error("fsync", &self.dir, e))
+        File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(|e| io_error("fsync", &self.dir, e))
     }
 }
 
@@ -483,13 +429,7 @@ type WatchItem = Result<LeaseUpdate, StoreError>;
 
 impl Watcher {
     fn new(files: Arc<Files>, after: Revision) -> Self {
-        Watcher {
-            files,
-            after: Some(after),
-            snapshot: None,
-            sent: None,
-            last_error: None,
-        }
+        Watcher { files, after: Some(after), snapshot: None, sent: None, last_error: None }
     }
 
     async fn run(mut self, tx: mpsc::Sender<WatchItem>, every: Duration) {
@@ -533,11 +473,7 @@ impl Watcher {
     /// Rereads the state file if it changed since the last read.
     fn refresh(&mut self) -> Result<(), StoreError> {
         let current = self.files.fingerprint()?;
-        if self
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| s.fingerprint == current)
-        {
+        if self.snapshot.as_ref().is_some_and(|s| s.fingerprint == current) {
             return Ok(());
         }
         self.snapshot = Some(self.files.read_locked()?);
@@ -611,18 +547,11 @@ mod tests {
     use super::*;
 
     fn lease(expires_unix_ms: Option<u64>, mod_revision: Revision) -> StoredLease {
-        StoredLease {
-            value: "{}".to_string(),
-            expires_unix_ms,
-            mod_revision,
-        }
+        StoredLease { value: "{}".to_string(), expires_unix_ms, mod_revision }
     }
 
     fn state_with(leases: &[(&str, StoredLease)]) -> State {
-        let leases = leases
-            .iter()
-            .map(|(k, l)| (k.to_string(), l.clone()))
-            .collect();
+        let leases = leases.iter().map(|(k, l)| (k.to_string(), l.clone())).collect();
         State { revision: 3, leases, ..State::default() }
     }
 
@@ -634,10 +563,7 @@ mod tests {
             ("10.244.3.0-24", lease(None, 3)),
         ]);
         let keys = |leases: Vec<RawLease>| leases.into_iter().map(|l| l.key).collect::<Vec<_>>();
-        assert_eq!(
-            keys(state.visible_leases(1_000)),
-            ["10.244.2.0-24", "10.244.3.0-24"]
-        );
+        assert_eq!(keys(state.visible_leases(1_000)), ["10.244.2.0-24", "10.244.3.0-24"]);
         assert_eq!(keys(state.visible_leases(u64::MAX)), ["10.244.3.0-24"]);
         state.drop_expired(2_000);
         assert_eq!(state.leases.len(), 2);
@@ -646,10 +572,7 @@ mod tests {
     #[test]
     fn expiry_is_reported_at_millisecond_precision() {
         let raw = lease(Some(1_234), 1).to_raw("10.244.1.0-24");
-        assert_eq!(
-            raw.expiry,
-            Expiry::At(UNIX_EPOCH + Duration::from_millis(1_234))
-        );
+        assert_eq!(raw.expiry, Expiry::At(UNIX_EPOCH + Duration::from_millis(1_234)));
         assert_eq!(lease(None, 1).expiry(), Expiry::Never);
     }
 
@@ -691,9 +614,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_stream_stops_the_poller() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path())
-            .unwrap()
-            .with_poll_interval(Duration::from_millis(10));
+        let store = LocalStore::open(dir.path()).unwrap().with_poll_interval(Duration::from_millis(10));
         let stream = store.watch_leases(0);
         assert_eq!(Arc::strong_count(&store.files), 2);
         drop(stream);
