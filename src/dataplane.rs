@@ -19,10 +19,16 @@ use crate::watch::LeaseEvent;
 
 pub type KernelFactory = Box<dyn Fn() -> Result<Arc<dyn Kernel>, BackendError> + Send + Sync>;
 
+/// How long a retiring backend stays after its last peer moved: peers may still send to us the
+/// old way until they have seen our own lease change.
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A started backend and the devices the route-sync engine manages for it.
 struct Started {
     backend: Box<dyn Backend>,
     links: Vec<u32>,
+    /// Retiring: since when no peer uses it.
+    unused_since: Option<std::time::Instant>,
 }
 
 pub struct Dataplane {
@@ -83,7 +89,7 @@ impl Dataplane {
             let sync = self.sync.get_or_insert_with(|| RouteSync::new(kernel));
             sync.add_mapper(backend.type_name(), mapping.mapper, &mapping.links);
         }
-        let started = Started { backend, links };
+        let started = Started { backend, links, unused_since: None };
         if let Some(previous) = self.active.replace(started) {
             self.retire(previous).await;
         }
@@ -143,12 +149,18 @@ impl Dataplane {
         self.follow_kernel_changes();
     }
 
-    /// Retires old backends no peer uses any more.
+    /// Retires old backends no peer has used for [`RETIRE_GRACE`].
     async fn retire_unused(&mut self, peers: &LeaseMap) {
         let mut i = 0;
         while i < self.retiring.len() {
             let kind = self.retiring[i].backend.type_name();
-            if peers.values().any(|l| l.attrs.backend_type == kind) {
+            let unused_since = if peers.values().any(|l| l.attrs.backend_type == kind) {
+                None
+            } else {
+                Some(self.retiring[i].unused_since.unwrap_or_else(std::time::Instant::now))
+            };
+            self.retiring[i].unused_since = unused_since;
+            if unused_since.is_none_or(|since| since.elapsed() < RETIRE_GRACE) {
                 i += 1;
                 continue;
             }

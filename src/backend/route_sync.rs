@@ -78,11 +78,11 @@ impl RouteSync {
         self.mappers.iter().any(|(t, _)| *t == backend_type)
     }
 
-    fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
-        match self.mappers.iter().find(|(t, _)| *t == lease.attrs.backend_type) {
-            Some((_, mapper)) => mapper.objects(lease),
-            None => Ok(KernelState::default()),
-        }
+    /// The peer's objects by its backend type's mapper; `None` when no mapper here handles that
+    /// type (yet).
+    fn objects(&self, lease: &Lease) -> Option<Result<KernelState, String>> {
+        let (_, mapper) = self.mappers.iter().find(|(t, _)| *t == lease.attrs.backend_type)?;
+        Some(mapper.objects(lease))
     }
 
     /// Applies lease events: only the peers they name are touched.
@@ -99,11 +99,14 @@ impl RouteSync {
             };
             let old = self.installed.remove(&subnet).unwrap_or_default();
             let new = match lease.map(|l| self.objects(l)) {
-                Some(Ok(objects)) => objects,
-                Some(Err(problem)) => {
+                Some(Some(Ok(objects))) => objects,
+                Some(Some(Err(problem))) => {
                     problems.push(format!("{subnet}: {problem}"));
                     KernelState::default()
                 }
+                // A backend type we do not run (yet — a switch reaches peers in any order): what
+                // the peer had keeps working until we do.
+                Some(None) => old.clone(),
                 None => KernelState::default(),
             };
             ops.extend(diff(&new, &old).ops);
@@ -123,11 +126,17 @@ impl RouteSync {
         let mut per_peer = HashMap::with_capacity(peers.len());
         for lease in peers.values() {
             match self.objects(lease) {
-                Ok(objects) => {
+                Some(Ok(objects)) => {
                     merge(&mut desired, &objects);
                     per_peer.insert(lease.subnet, objects);
                 }
-                Err(problem) => problems.push(format!("{}: {problem}", lease.subnet)),
+                Some(Err(problem)) => problems.push(format!("{}: {problem}", lease.subnet)),
+                None => {
+                    if let Some(kept) = self.installed.get(&lease.subnet) {
+                        merge(&mut desired, kept);
+                        per_peer.insert(lease.subnet, kept.clone());
+                    }
+                }
             }
         }
         let actual = self
@@ -179,5 +188,58 @@ fn finish(report: SyncReport, problems: Vec<String>) -> Result<SyncReport, Backe
         Ok(report)
     } else {
         Err(BackendError::Peers(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::memory::MemoryKernel;
+    use crate::kernel::{NexthopSpec, RouteSpec, RouteTarget};
+    use crate::lease::{Expiry, LeaseAttrs};
+
+    /// Maps every peer to one route via its public IP.
+    struct ViaPublicIp;
+
+    impl PeerObjects for ViaPublicIp {
+        fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
+            let mut state = KernelState::default();
+            let id = u32::from(lease.subnet.network());
+            state.add_nexthop(NexthopSpec { id, gateway: lease.attrs.public_ip, oif: 2, onlink: false });
+            state.add_route(RouteSpec { dst: lease.subnet, target: RouteTarget::Nexthop(id) });
+            Ok(state)
+        }
+    }
+
+    fn lease(backend: &str) -> Lease {
+        Lease {
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend, serde_json::Value::Null),
+            expiry: Expiry::Unknown,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_on_a_type_we_do_not_run_yet_keeps_its_objects() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper("vxlan", Box::new(ViaPublicIp), &[]);
+        let old = lease("vxlan");
+        let peers: LeaseMap = [(old.subnet, old.clone())].into();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+        // The peer switched before we learnt of the new backend: nothing is torn down.
+        let new = lease("host-gw");
+        let peers: LeaseMap = [(new.subnet, new.clone())].into();
+        sync.on_events(&peers, &[LeaseEvent::Changed { old, new: new.clone() }]).await.unwrap();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+        // Once we run it, the peer's objects are the new backend's.
+        sync.add_mapper("host-gw", Box::new(ViaPublicIp), &[]);
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+        // A peer gone is removed whatever its type.
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(new)]).await.unwrap();
+        assert!(kernel.snapshot().is_empty());
     }
 }
