@@ -43,6 +43,8 @@ pub struct AgentSection {
     #[serde(with = "humantime_serde")]
     pub resync: Duration,
     pub listen: String,
+    /// A `RUST_LOG`-style filter (`info`, `weft=debug`); "" means `RUST_LOG`, else `info`.
+    pub log_level: String,
 }
 
 impl Default for AgentSection {
@@ -58,6 +60,7 @@ impl Default for AgentSection {
             lease_ttl: Duration::from_secs(24 * 3600),
             resync: Duration::from_secs(60),
             listen: "127.0.0.1:9810".into(),
+            log_level: String::new(),
         }
     }
 }
@@ -295,6 +298,11 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     }
     if !agent.listen.is_empty() && agent.listen.parse::<SocketAddr>().is_err() {
         return bad("agent.listen", &agent.listen, "not an address:port (\"\" turns it off)");
+    }
+    if !agent.log_level.is_empty() {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&agent.log_level) {
+            return bad("agent.log_level", &agent.log_level, &e.to_string());
+        }
     }
     if agent.renew_margin >= agent.lease_ttl {
         let value = humantime::format_duration(agent.renew_margin).to_string();

@@ -312,3 +312,37 @@ fn sighup_with_a_broken_file_keeps_running() {
     assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
     a.stop();
 }
+
+#[test]
+fn host_settings_apply_live_from_the_edited_file() {
+    let etcd = EtcdServer::start();
+    let setup = Setup::etcd(&etcd.endpoint, ALLOC);
+    setup.ok(&["network", "apply"]);
+    // No --listen flag: the address comes from the file, so an edit can move it.
+    let first = format!("127.0.0.1:{}", common::weft::free_port());
+    let original = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, original.replace("[agent]\n", &format!("[agent]\nlisten = \"{first}\"\n"))).unwrap();
+    let mut a = setup.agent_without_listen("a", "198.51.100.1");
+    let subnet = a.wait_subnet();
+    a.wait_for("the first address", 10, |_| common::weft::http_get(&first, "/healthz").0 == 200);
+
+    // Edit: another listen address and a log level, no signal. The lease stays, the server moves.
+    let second = format!("127.0.0.1:{}", common::weft::free_port());
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        text.replace(&first, &second).replace("[agent]\n", "[agent]\nlog_level = \"weft=debug\"\n"),
+    )
+    .unwrap();
+    a.wait_for("the second address", 10, |_| common::weft::http_get(&second, "/readyz").0 == 200);
+    assert_eq!(common::weft::http_get(&first, "/healthz").0, 0, "the old address still answers");
+    assert!(a.log_text().contains("log level changed"), "{}", a.log_text());
+    assert!(!a.log_text().contains("restarting the agent loop"), "listen and log level need no restart");
+
+    // An invalid edit is reported and changes nothing.
+    std::fs::write(&setup.config, "[agent]\nlisten = 5\n").unwrap();
+    a.wait_for("the error", 10, |ag| ag.log_text().contains("keeping the running configuration"));
+    assert_eq!(common::weft::http_get(&second, "/readyz").0, 200);
+    assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
+    a.stop();
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::agent;
 use crate::cli::{CommandError, GlobalArgs};
@@ -62,10 +62,13 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     if args.cleanup {
         return cleanup().await;
     }
-    let mut config = global.load_config(args.flags())?.config;
+    let loaded = global.load_config(args.flags())?;
+    let mut config = loaded.config;
+    let mut file = FileWatch::new(loaded.file);
+    crate::cli::set_log_level(&config.agent.log_level);
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
-    let _server = start_health_server(&config, &health, &shutdown).await?;
+    let mut server = HealthServer::start(&config.agent.listen, &health, &shutdown).await?;
     let _watchdog = start_watchdog();
     let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
@@ -75,7 +78,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
         let generation = shutdown.child_token();
         let mut task = tokio::spawn(agent::run(config.clone(), store, health.clone(), generation.clone()));
         let next = loop {
-            tokio::select! {
+            let why = tokio::select! {
                 finished = &mut task => {
                     return match finished {
                         Ok(Ok(())) => Ok(()),
@@ -85,27 +88,126 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
                 }
                 _ = terminate.recv() => break None,
                 _ = interrupt.recv() => break None,
-                _ = hangup.recv() => match global.load_config(args.flags()) {
-                    Ok(loaded) if loaded.config == config => info!("SIGHUP: configuration unchanged"),
-                    Ok(loaded) => break Some(loaded.config),
-                    Err(e) => error!(error = %e, "SIGHUP: keeping the running configuration"),
-                },
+                _ = hangup.recv() => "SIGHUP",
+                _ = file.changed() => "config file changed",
+            };
+            let new = match global.load_config(args.flags()) {
+                Ok(loaded) => loaded.config,
+                Err(e) => {
+                    // An invalid edit never stops a running agent.
+                    error!(error = %e, "{why}: keeping the running configuration");
+                    continue;
+                }
+            };
+            if new == config {
+                info!("{why}: configuration unchanged");
+                continue;
+            }
+            if new.agent.log_level != config.agent.log_level {
+                crate::cli::set_log_level(&new.agent.log_level);
+                info!(log_level = %new.agent.log_level, "{why}: log level changed");
+            }
+            if new.agent.listen != config.agent.listen {
+                server.move_to(&new.agent.listen, &health, &shutdown).await;
+            }
+            let restart = needs_restart(&config, &new);
+            config = new;
+            if restart {
+                break Some(());
             }
         };
         generation.cancel();
         wait(task).await?;
-        match next {
-            None => {
-                shutdown.cancel();
-                return Ok(());
-            }
-            Some(new) => {
-                warn_host_only_changes(&config, &new);
-                info!("SIGHUP: restarting the agent loop with the new configuration; the lease is kept");
-                config = new;
+        if next.is_none() {
+            shutdown.cancel();
+            return Ok(());
+        }
+        info!("configuration changed: restarting the agent loop; the lease and installed state are kept");
+    }
+}
+
+/// Whether a change needs the agent loop restarted (the log level and listen address apply without).
+fn needs_restart(old: &Config, new: &Config) -> bool {
+    let strip = |c: &Config| {
+        let mut c = c.clone();
+        c.agent.log_level = String::new();
+        c.agent.listen = String::new();
+        c
+    };
+    strip(old) != strip(new)
+}
+
+/// Notices edits of the config file (its size or modification time changing), by polling: the
+/// file may be replaced by a rename (editors, ConfigMaps), which breaks inotify watches.
+struct FileWatch {
+    path: std::path::PathBuf,
+    seen: Option<(std::time::SystemTime, u64)>,
+}
+
+impl FileWatch {
+    const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn new(path: std::path::PathBuf) -> Self {
+        let seen = Self::stamp(&path);
+        FileWatch { path, seen }
+    }
+
+    fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
+
+    async fn changed(&mut self) {
+        loop {
+            tokio::time::sleep(Self::POLL).await;
+            let now = Self::stamp(&self.path);
+            if now != self.seen {
+                self.seen = now;
+                return;
             }
         }
     }
+}
+
+/// The `/healthz` `/readyz` `/metrics` server, movable to another address while running.
+struct HealthServer {
+    stop: Option<CancellationToken>,
+}
+
+impl HealthServer {
+    async fn start(listen: &str, health: &Arc<Health>, shutdown: &CancellationToken) -> Result<Self, CommandError> {
+        let stop = serve(listen, health, shutdown).await.map_err(CommandError::Runtime)?;
+        Ok(HealthServer { stop })
+    }
+
+    /// Serves on `listen` from now on; on failure the old address keeps serving.
+    async fn move_to(&mut self, listen: &str, health: &Arc<Health>, shutdown: &CancellationToken) {
+        match serve(listen, health, shutdown).await {
+            Ok(stop) => {
+                if let Some(old) = std::mem::replace(&mut self.stop, stop) {
+                    old.cancel();
+                }
+            }
+            Err(e) => error!("{e}; still serving on the previous address"),
+        }
+    }
+}
+
+/// Binds `listen` ("" = off) and serves until the returned token (a child of `shutdown`) is cancelled.
+async fn serve(
+    listen: &str,
+    health: &Arc<Health>,
+    shutdown: &CancellationToken,
+) -> Result<Option<CancellationToken>, String> {
+    if listen.is_empty() {
+        info!("health server off (agent.listen = \"\")");
+        return Ok(None);
+    }
+    let addr = listen.parse().map_err(|_| format!("agent.listen = {listen:?}: not an address:port"))?;
+    let stop = shutdown.child_token();
+    health::serve(addr, health.clone(), stop.clone()).await.map_err(|e| format!("agent.listen = {listen:?}: {e}"))?;
+    info!(%addr, "serving /healthz /readyz /metrics");
+    Ok(Some(stop))
 }
 
 async fn cleanup() -> Result<(), CommandError> {
@@ -131,31 +233,6 @@ async fn wait(task: tokio::task::JoinHandle<Result<(), agent::AgentError>>) -> R
         Ok(result) => result.map_err(|e| CommandError::Runtime(e.to_string())),
         Err(e) => Err(CommandError::Runtime(format!("agent task failed: {e}"))),
     }
-}
-
-fn warn_host_only_changes(old: &Config, new: &Config) {
-    if old.agent.listen != new.agent.listen {
-        warn!("agent.listen changed: it takes effect at the next start");
-    }
-}
-
-async fn start_health_server(
-    config: &Config,
-    health: &Arc<Health>,
-    shutdown: &CancellationToken,
-) -> Result<Option<tokio::task::JoinHandle<()>>, CommandError> {
-    if config.agent.listen.is_empty() {
-        return Ok(None);
-    }
-    let addr =
-        config.agent.listen.parse().map_err(|_| {
-            CommandError::Input(format!("agent.listen = {:?}: not an address:port", config.agent.listen))
-        })?;
-    let server = health::serve(addr, health.clone(), shutdown.clone())
-        .await
-        .map_err(|e| CommandError::Runtime(format!("agent.listen = {:?}: {e}", config.agent.listen)))?;
-    info!(%addr, "serving /healthz /readyz /metrics");
-    Ok(Some(server))
 }
 
 /// Under systemd's `WatchdogSec=`, tells systemd we are alive at half the interval. The agent

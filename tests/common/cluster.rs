@@ -225,6 +225,12 @@ impl Cluster {
 
     /// Starts `weft agent` in host i's namespace on `eth0` with the cluster's weft.toml.
     pub fn start_agent(&mut self, i: usize, extra: &[&str]) {
+        self.start_agent_with_env(i, extra, &[]);
+    }
+
+    /// [`Cluster::start_agent`] with `env` added to the agent's environment (a cloud backend's
+    /// metadata endpoint and credentials).
+    pub fn start_agent_with_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
         assert!(self.agents[i - 1].is_none(), "h{i}'s agent already runs");
         let log = std::fs::File::create(self.agent_log_path(i)).expect("create agent log");
         let mut command = self.host_ns(i).command(WEFT).expect("enter host");
@@ -237,6 +243,7 @@ impl Cluster {
             .args(extra)
             .env("RUST_LOG", "info,weft=debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
@@ -377,7 +384,7 @@ fn etcd_binary() -> String {
 
 /// The child gets SIGKILL when the test thread that started it ends, even if the test process
 /// is killed and Drop never runs.
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl is async-signal-safe and nothing is allocated.
     unsafe {
         command.pre_exec(|| {

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,14 +54,22 @@ pub fn metadata_for(host: &Host) -> BTreeMap<String, String> {
 impl Imds {
     /// Serves `data` on a free port, on `runtime`.
     pub fn start(runtime: &tokio::runtime::Runtime, data: BTreeMap<String, String>) -> Imds {
+        Imds::start_at(runtime, data, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves `data` on `addr` (port 0: a free one), on `runtime`. The socket is made on one of
+    /// the runtime's threads: a runtime whose threads entered a network namespace serves there.
+    pub fn start_at(runtime: &tokio::runtime::Runtime, data: BTreeMap<String, String>, addr: SocketAddr) -> Imds {
         let tokens: Arc<Mutex<Tokens>> = Arc::default();
         let service = Service { data: Arc::new(data), tokens: tokens.clone() };
         let app = axum::Router::new()
             .route("/latest/api/token", put(token))
             .route("/latest/meta-data/{*path}", get(metadata))
             .with_state(service);
-        let listener =
-            runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind the metadata server");
+        let listener = runtime
+            .block_on(runtime.spawn(tokio::net::TcpListener::bind(addr)))
+            .expect("bind task")
+            .expect("bind the metadata server");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -115,17 +124,22 @@ async fn metadata(
 /// metadata endpoint and dummy credentials of the node being started.
 static SPAWN: Mutex<()> = Mutex::new(());
 
-/// Runs `spawn` (which starts an agent process) with this node's AWS environment.
-pub fn with_node_env<T>(imds: &Imds, spawn: impl FnOnce() -> T) -> T {
-    let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-    let vars = [
+/// A node's AWS environment: its metadata endpoint and dummy credentials.
+pub fn node_env(imds: &Imds) -> [(&'static str, &str); 5] {
+    [
         ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint.as_str()),
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         // Nothing from the machine's own AWS profile may leak into a test.
         ("AWS_CONFIG_FILE", "/dev/null"),
         ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
-    ];
+    ]
+}
+
+/// Runs `spawn` (which starts an agent process) with this node's AWS environment.
+pub fn with_node_env<T>(imds: &Imds, spawn: impl FnOnce() -> T) -> T {
+    let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    let vars = node_env(imds);
     for (name, value) in vars {
         std::env::set_var(name, value);
     }

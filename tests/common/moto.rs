@@ -19,6 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use tempfile::TempDir;
+use weft::netns::Netns;
 
 pub const REGION: &str = "us-east-1";
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -53,18 +54,41 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let mut moto = Moto { endpoint: format!("http://127.0.0.1:{port}"), child, dir };
-        moto.wait_ready(port);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        moto.wait_ready(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok());
         moto
     }
 
-    fn wait_ready(&mut self, port: u16) {
+    /// A moto server inside network namespace `netns`, on `addr` (an address of that namespace)
+    /// and `port`: for agents in other namespaces. It dies with the test thread as well.
+    pub fn start_in(netns: &Netns, addr: Ipv4Addr, port: u16) -> Moto {
+        let binary = moto_binary();
+        assert!(binary.exists(), "moto_server not found at {} (see Moto::start)", binary.display());
+        let dir = tempfile::tempdir().expect("temp dir for moto");
+        let log = std::fs::File::create(dir.path().join("moto.log")).expect("moto log");
+        let mut command = netns.command(&binary).expect("enter the namespace");
+        command
+            .args(["-H", &addr.to_string(), "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        super::cluster::die_with_parent(&mut command);
+        let child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        let mut moto = Moto { endpoint: format!("http://{addr}:{port}"), child, dir };
+        let target = SocketAddr::from((addr, port));
+        moto.wait_ready(|| {
+            netns.run(move || TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()).unwrap_or(false)
+        });
+        moto
+    }
+
+    fn wait_ready(&mut self, listening: impl Fn() -> bool) {
         let deadline = Instant::now() + START_DEADLINE;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("moto exited with {status}: {}", self.log());
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if listening() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -161,13 +185,13 @@ pub async fn build_vpc(ec2: &Client) -> Vpc {
     Vpc { id, subnets, tagged, untagged, main, loose_subnet, spare_interface }
 }
 
-async fn create_subnet(ec2: &Client, vpc: &str, cidr: &str, zone: &str) -> String {
+pub async fn create_subnet(ec2: &Client, vpc: &str, cidr: &str, zone: &str) -> String {
     let out =
         ec2.create_subnet().vpc_id(vpc).cidr_block(cidr).availability_zone(zone).send().await.expect("CreateSubnet");
     out.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string()
 }
 
-async fn create_table(ec2: &Client, vpc: &str, pairs: &[(&str, &str)]) -> String {
+pub async fn create_table(ec2: &Client, vpc: &str, pairs: &[(&str, &str)]) -> String {
     let mut request = ec2.create_route_table().vpc_id(vpc);
     if !pairs.is_empty() {
         request = request.tag_specifications(tags(ResourceType::RouteTable, pairs));
@@ -186,12 +210,18 @@ pub struct Host {
 }
 
 pub async fn launch(ec2: &Client, subnet: &str) -> Host {
+    launch_at(ec2, subnet, None).await
+}
+
+/// An instance in `subnet`, with `private_ip` as its primary address if given.
+pub async fn launch_at(ec2: &Client, subnet: &str, private_ip: Option<Ipv4Addr>) -> Host {
     let out = ec2
         .run_instances()
         .image_id("ami-12345678")
         .min_count(1)
         .max_count(1)
         .subnet_id(subnet)
+        .set_private_ip_address(private_ip.map(|ip| ip.to_string()))
         .send()
         .await
         .expect("RunInstances");

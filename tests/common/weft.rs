@@ -54,15 +54,26 @@ impl Setup {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `weft agent` for a host with `public_ip`.
+    /// Starts `weft agent` for a host with `public_ip`, serving health on a free port.
     pub fn agent(&self, name: &str, public_ip: &str, extra: &[&str]) -> Agent {
         let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        self.spawn_agent(name, public_ip, &args, listen.clone())
+    }
+
+    /// Starts `weft agent` with `agent.listen` as the config file says.
+    pub fn agent_without_listen(&self, name: &str, public_ip: &str) -> Agent {
+        self.spawn_agent(name, public_ip, &[], String::new())
+    }
+
+    fn spawn_agent(&self, name: &str, public_ip: &str, extra: &[&str], listen: String) -> Agent {
         let subnet_file = self.path(&format!("{name}.env"));
         let log = self.path(&format!("{name}.log"));
         let child = Command::new(WEFT)
             .arg("--config")
             .arg(&self.config)
-            .args(["agent", "--iface", "lo", "--public-ip", public_ip, "--listen", &listen])
+            .args(["agent", "--iface", "lo", "--public-ip", public_ip])
             .arg("--subnet-file")
             .arg(&subnet_file)
             .args(extra)
