@@ -41,6 +41,12 @@ pub enum LabCommand {
     Up(UpArgs),
     /// Show the lab's hosts, agents, leases and pod-to-pod pings.
     Status,
+    /// Switch the running lab's backend live, as `weft network apply` does in a cluster: every
+    /// agent keeps its subnet and moves its peers over; pods keep talking.
+    Switch {
+        #[arg(value_enum)]
+        backend: LabBackend,
+    },
     /// Remove everything `weft lab up` made, from any shell; running it again is harmless.
     Down,
 }
@@ -82,6 +88,7 @@ pub async fn run(global: &GlobalArgs, command: LabCommand) -> Result<(), Command
     tokio::task::spawn_blocking(move || match command {
         LabCommand::Up(args) => up(&global, args),
         LabCommand::Status => status(),
+        LabCommand::Switch { backend } => switch(backend),
         LabCommand::Down => down(),
     })
     .await
@@ -291,6 +298,44 @@ fn status() -> Result<(), CommandError> {
         });
     }
     print!("{}", report::render_hosts(&hosts));
+    show(&topology, &dir)
+}
+
+/// How long `lab switch` waits for every host's lease to show the new backend.
+const SWITCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn switch(backend: LabBackend) -> Result<(), CommandError> {
+    crate::lab::require_root("weft lab switch").map_err(input)?;
+    let dir = LabDir::default();
+    let topology = current_lab(&dir)?;
+    let mut lab = config::load(&dir.config(), true, Flags::default())?.config;
+    lab.network.backend = backend.config();
+    let network = Network::new(&lab.network).map_err(|e| CommandError::Input(e.to_string()))?;
+    let comment = "weft lab: the lab's store and network (weft lab down removes it)";
+    dir.write(&dir.config(), &state::render(&lab, comment).map_err(runtime)?).map_err(runtime)?;
+    let json = network.to_flannel_json();
+    with_store(&lab.store, |store| async move { store.put_network_config(&json).await })?;
+    let kind = network.backend.type_name();
+    println!("switching the lab to {kind}: published; each agent keeps its subnet and moves its peers");
+    let start = Instant::now();
+    let nodes = topology.host_nodes();
+    loop {
+        let leases = read_leases(&dir, &nodes)?;
+        let moved = leases.iter().filter(|l| l.backend == kind).count();
+        if moved == nodes.len() {
+            println!("  moved    every host's lease shows {kind} after {:.2}s", start.elapsed().as_secs_f64());
+            break;
+        }
+        if start.elapsed() > SWITCH_DEADLINE {
+            return Err(CommandError::Runtime(format!(
+                "only {moved} of {} hosts moved to {kind} within {SWITCH_DEADLINE:?}: see {}/<host>/agent.log",
+                nodes.len(),
+                dir.root.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    wait_for_peers(&topology);
     show(&topology, &dir)
 }
 
