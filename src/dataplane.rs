@@ -11,11 +11,20 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use crate::backend::route_sync::RouteSync;
+use crate::backend::route_sync::{PeerObjects, RouteSync};
 use crate::backend::{self, Backend, BackendContext, BackendError};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, KernelState};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
+
+/// The peer mapping of a backend that installs nothing in the kernel.
+struct NoObjects;
+
+impl PeerObjects for NoObjects {
+    fn objects(&self, _lease: &Lease) -> Result<KernelState, String> {
+        Ok(KernelState::default())
+    }
+}
 
 pub type KernelFactory = Box<dyn Fn() -> Result<Arc<dyn Kernel>, BackendError> + Send + Sync>;
 
@@ -88,10 +97,23 @@ impl Dataplane {
             let kernel = self.kernel()?;
             let sync = self.sync.get_or_insert_with(|| RouteSync::new(kernel));
             sync.add_mapper(backend.type_name(), mapping.mapper, &mapping.links);
+        } else if let Some(sync) = &mut self.sync {
+            // A backend without kernel objects (the cloud routes traffic: aws-vpc, gce) after one
+            // with: a peer on it needs none here. Without this mapper its old backend's objects
+            // would be kept as for a type we do not run yet — for good.
+            sync.add_mapper(backend.type_name(), Box::new(NoObjects), &[]);
         }
+        let kind = backend.type_name();
         let started = Started { backend, links, unused_since: None };
         if let Some(previous) = self.active.replace(started) {
             self.retire(previous).await;
+        }
+        // Back to a kind still retiring (a switch undone within the grace): the new backend
+        // replaces it as a new one of the same kind does. Retired later, it would take the new
+        // one's mapper (and devices) with it.
+        while let Some(at) = self.retiring.iter().position(|r| r.backend.type_name() == kind) {
+            let old = self.retiring.remove(at);
+            self.replace_same_kind(old).await;
         }
         self.follow_kernel_changes();
         Ok(())
@@ -125,17 +147,21 @@ impl Dataplane {
     async fn retire(&mut self, previous: Started) {
         let new_type = self.active_type();
         if new_type == Some(previous.backend.type_name()) {
-            // Same kind, new options (a VNI, direct routing): the new mapping replaced the old one;
-            // only a device the new one does not use goes away.
-            let active_links = self.active.as_ref().map(|a| a.links.clone()).unwrap_or_default();
-            let stale: Vec<u32> = previous.links.iter().copied().filter(|l| !active_links.contains(l)).collect();
-            if !stale.is_empty() {
-                self.tear_down(previous, &stale).await;
-            }
+            self.replace_same_kind(previous).await;
             return;
         }
         info!(from = previous.backend.type_name(), to = ?new_type, "switching backend: peers move as their leases change");
         self.retiring.push(previous);
+    }
+
+    /// `previous` is of the active backend's kind, with other options (a VNI, direct routing):
+    /// the new mapping replaced the old one; only a device the new one does not use goes away.
+    async fn replace_same_kind(&mut self, previous: Started) {
+        let active_links = self.active.as_ref().map(|a| a.links.clone()).unwrap_or_default();
+        let stale: Vec<u32> = previous.links.iter().copied().filter(|l| !active_links.contains(l)).collect();
+        if !stale.is_empty() {
+            self.tear_down(previous, &stale).await;
+        }
     }
 
     async fn tear_down(&mut self, mut old: Started, links: &[u32]) {
@@ -206,5 +232,95 @@ impl Dataplane {
         if let Some(sync) = &mut self.sync {
             sync.invalidate();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::backend::{LeaseData, PeerMapping};
+    use crate::kernel::memory::MemoryKernel;
+    use crate::kernel::{NexthopSpec, RouteSpec, RouteTarget};
+    use crate::lease::{Expiry, LeaseAttrs};
+
+    /// A route to each peer via its public IP.
+    struct ViaPublicIp;
+
+    impl PeerObjects for ViaPublicIp {
+        fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
+            let mut state = KernelState::default();
+            let id = u32::from(lease.subnet.network());
+            state.add_nexthop(NexthopSpec { id, gateway: lease.attrs.public_ip, oif: 2, onlink: false });
+            state.add_route(RouteSpec { dst: lease.subnet, target: RouteTarget::Nexthop(id) });
+            Ok(state)
+        }
+    }
+
+    /// A backend of kind `kind`: with kernel objects (like host-gw) or without (like aws-vpc).
+    struct Fake {
+        kind: &'static str,
+        kernel: bool,
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
+        fn type_name(&self) -> &'static str {
+            self.kind
+        }
+
+        async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
+            Ok(LeaseData { backend_type: self.kind, backend_data: serde_json::Value::Null, mtu: 1500 })
+        }
+
+        async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
+            Ok(self.kernel.then(|| PeerMapping { mapper: Box::new(ViaPublicIp), links: Vec::new() }))
+        }
+    }
+
+    fn lease(subnet: &str, backend: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend, serde_json::Value::Null),
+            expiry: Expiry::Unknown,
+        }
+    }
+
+    /// Moves the one peer to `backend`.
+    async fn peer_moves(dataplane: &mut Dataplane, peer: &mut Lease, backend: &str) -> LeaseMap {
+        let old = std::mem::replace(peer, lease("10.244.2.0/24", backend));
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        dataplane.apply(&peers, &[LeaseEvent::Changed { old, new: peer.clone() }]).await.unwrap();
+        peers
+    }
+
+    #[tokio::test]
+    async fn to_a_backend_without_kernel_objects_and_back() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let factory = kernel.clone();
+        let mut dataplane = Dataplane::new(Box::new(move || Ok(factory.clone() as Arc<dyn Kernel>)));
+        let own = lease("10.244.1.0/24", "host-gw");
+        dataplane.start(Box::new(Fake { kind: "host-gw", kernel: true }), &own).await.unwrap();
+        let mut peer = lease("10.244.2.0/24", "host-gw");
+        dataplane.reconcile(&[(peer.subnet, peer.clone())].into()).await.unwrap();
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+
+        // The peer on the cloud backend we run too: its route goes, now and on every repair.
+        dataplane.start(Box::new(Fake { kind: "aws-vpc", kernel: false }), &own).await.unwrap();
+        let peers = peer_moves(&mut dataplane, &mut peer, "aws-vpc").await;
+        assert!(kernel.snapshot().routes.is_empty());
+        dataplane.reconcile(&peers).await.unwrap();
+        assert!(kernel.snapshot().routes.is_empty());
+
+        // Back within the grace: the retiring host-gw is replaced, not retired later with the
+        // new one's mapper.
+        dataplane.start(Box::new(Fake { kind: "host-gw", kernel: true }), &own).await.unwrap();
+        assert_eq!(dataplane.retiring.len(), 1, "only aws-vpc retires");
+        let peers = peer_moves(&mut dataplane, &mut peer, "host-gw").await;
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+        dataplane.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+        assert!(dataplane.sync.as_ref().unwrap().handles("host-gw"));
     }
 }

@@ -198,3 +198,36 @@ impl Drop for RouteMonitor {
         }
     }
 }
+
+#[test]
+fn ip_masq_installs_weft_table_and_subnet_env_says_so() {
+    let mut cluster = Cluster::with_etcd(2);
+    cluster.write_config(&format!("{NETWORK}\n[network.backend]\ntype = \"host-gw\""));
+    cluster.weft_ok(&["network", "apply"]);
+    cluster.start_agent(1, &["--ip-masq", "true"]);
+    cluster.start_agent(2, &[]);
+    let info = cluster.wait_subnet(1);
+    cluster.wait_subnet(2);
+    let env = std::fs::read_to_string(cluster.subnet_file(1)).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    let nft = |i: usize| {
+        let out = weft::netns::Netns::open(&cluster.host(i).ns)
+            .unwrap()
+            .command("nft")
+            .unwrap()
+            .args(["-j", "list", "table", "ip", "weft"])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (present, json) = nft(1);
+    assert!(present, "no weft table on h1");
+    let rules: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rules: Vec<_> = rules["nftables"].as_array().unwrap().iter().filter(|o| o.get("rule").is_some()).collect();
+    assert_eq!(rules.len(), 4, "{json}");
+    let text = json.to_string();
+    assert!(text.contains("10.244.0.0") && text.contains(&info.subnet.network().to_string()), "{text}");
+    assert!(text.contains("masquerade"), "{text}");
+    // Without ip_masq, no table.
+    assert!(!nft(2).0, "h2 runs without ip_masq but has a weft table");
+}

@@ -320,6 +320,13 @@ fn host_gw_to_aws_vpc_and_back_leaves_no_cloud_routes() {
         world.cloud.cluster_routes().into_iter().filter(|(t, _, _)| world.cloud.untouched.contains(t)).collect();
     assert!(untouched.is_empty(), "untagged or main table written: {untouched:?}");
     assert_eq!(world.subnets(), subnets, "subnets changed on the way to aws-vpc");
+    // Steady on aws-vpc for a few rechecks (and past the agents' config file poll): the routes
+    // stay as they are, no kernel route comes back.
+    std::thread::sleep(RECHECK * 2);
+    assert_eq!(world.cloud.cluster_routes(), expected, "cloud routes changed on a steady aws-vpc cluster");
+    for i in 1..=HOSTS {
+        assert_eq!(world.kernel_routes(i), Vec::<serde_json::Value>::new(), "h{i}: kernel routes on aws-vpc");
+    }
 
     // aws-vpc → host-gw: each agent's teardown deletes its route from every table.
     world.apply("type = \"host-gw\"");
@@ -350,6 +357,9 @@ fn host_gw_to_aws_vpc_and_back_leaves_no_cloud_routes() {
             );
         }
         assert_eq!(log.matches("backend switched").count(), 2, "h{i}:\n{log}");
+        // The config file the test edits is the agents' as well: its `[network]` is for
+        // `network apply`; a restart of the agent loop would bypass the live switch.
+        assert!(!log.contains("restarting the agent loop"), "h{i} restarted instead of switching live:\n{log}");
     }
     eprintln!(
         "host-gw → aws-vpc: leases {to_aws:?}, cloud routes +{routes_in:?}, kernel routes gone +{kernel_clear:?}; \

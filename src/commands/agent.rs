@@ -9,7 +9,7 @@ use tracing::{error, info};
 
 use crate::agent;
 use crate::cli::{CommandError, GlobalArgs};
-use crate::config::{Config, Flags};
+use crate::config::{Config, Flags, StoreKind};
 use crate::health::{self, Health};
 use crate::store;
 
@@ -127,11 +127,19 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
 }
 
 /// Whether a change needs the agent loop restarted (the log level and listen address apply without).
+///
+/// With etcd or a local store, `[network]` in the file is what `weft network apply` publishes; the
+/// agent follows the store's copy and switches live (peer by peer, the old backend torn down).
+/// Restarting on the file's edit would race that switch and drop the old backend without its
+/// teardown (cloud routes left behind). Only the kube store takes the network from the file.
 fn needs_restart(old: &Config, new: &Config) -> bool {
     let strip = |c: &Config| {
         let mut c = c.clone();
         c.agent.log_level = String::new();
         c.agent.listen = String::new();
+        if c.store.kind != StoreKind::Kube {
+            c.network = Default::default();
+        }
         c
     };
     strip(old) != strip(new)
@@ -254,4 +262,28 @@ fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
 
 fn runtime(e: std::io::Error) -> CommandError {
     CommandError::Runtime(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_edits_restart_only_a_kube_agent() {
+        let mut old = Config::default();
+        old.store.kind = StoreKind::Etcd;
+        let mut new = old.clone();
+        new.network.cidr = "10.245.0.0/16".into();
+        assert!(!needs_restart(&old, &new), "an etcd agent follows the store's network config");
+        new.agent.iface = vec!["eth1".into()];
+        assert!(needs_restart(&old, &new));
+        let (mut old, mut new) = (old.clone(), old);
+        old.store.kind = StoreKind::Kube;
+        new.store.kind = StoreKind::Kube;
+        new.network.cidr = "10.245.0.0/16".into();
+        assert!(needs_restart(&old, &new));
+        let mut listen = old.clone();
+        listen.agent.listen = "127.0.0.1:1".into();
+        assert!(!needs_restart(&old, &listen));
+    }
 }
