@@ -115,7 +115,7 @@ fn release_agent() -> (PathBuf, String) {
         .and_then(|exe| exe.parent()?.parent().map(|dir| dir.join("weft")))
         .filter(|p| p.exists());
     if let Some(path) = beside.or_else(|| Some(PathBuf::from(env!("CARGO_BIN_EXE_weft"))).filter(|p| p.exists())) {
-        return (path, "built by cargo with this benchmark (release profile)".into());
+        return (path, "built by cargo for this benchmark, release profile".into());
     }
     eprintln!("target/release/weft is missing: running `cargo build --release --bin weft`");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -733,21 +733,26 @@ impl AgentRun {
 struct Usage {
     /// VmHWM.
     rss_kib: u64,
+    /// RssAnon and RssFile now (VmHWM is the peak of their sum, and of RssShmem).
+    anon_kib: u64,
+    file_kib: u64,
     /// utime + stime.
     cpu: Duration,
 }
 
 fn usage(pid: u32) -> Option<Usage> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status.lines().find_map(|l| l.strip_prefix(name))?.trim().trim_end_matches("kB").trim().parse().ok()
+    };
+    let (rss_kib, anon_kib, file_kib) = (field("VmHWM:")?, field("RssAnon:")?, field("RssFile:")?);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Usage { rss_kib, cpu: Duration::from_micros(ticks * 1_000_000 / hz) })
+    Some(Usage { rss_kib, anon_kib, file_kib, cpu: Duration::from_micros(ticks * 1_000_000 / hz) })
 }
 
 /// A running agent in its own host namespace, watched by a monitor there.
@@ -780,7 +785,9 @@ impl Agent {
         command
             .arg("--config")
             .arg(&config)
-            .args(["agent", "--iface", &HOST_ADDR.to_string(), "--listen", ""])
+            .args(["agent", "--iface"])
+            .arg(HOST_ADDR.to_string())
+            .args(["--listen", ""])
             .arg("--subnet-file")
             .arg(&subnet_file)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -948,7 +955,7 @@ fn batch(ns: &Netns, program: &str, file: &Path) -> io::Result<Duration> {
 fn floor(lab: &Lab, kind: BackendKind, install: Install, count: u32) -> io::Result<Floor> {
     let tag = format!("f-{}-{}-{count}", kind.name(), if install == Install::Nexthops { "nh" } else { "classic" });
     let ns = lab.new_isolated(&tag)?;
-    let result = (|| {
+    let result = (|| -> io::Result<Floor> {
         let setup = lab.path(&format!("{tag}.setup"));
         std::fs::write(&setup, FLOOR_SETUP)?;
         batch(&ns, "ip", &setup)?;
@@ -1005,7 +1012,7 @@ fn floor(lab: &Lab, kind: BackendKind, install: Install, count: u32) -> io::Resu
 fn library_apply(lab: &Lab, nexthops: bool, count: u32) -> io::Result<(Duration, Duration)> {
     let tag = format!("lib-{}-{count}", if nexthops { "nh" } else { "classic" });
     let ns = lab.new_isolated(&tag)?;
-    let result = (|| {
+    let result = (|| -> io::Result<(Duration, Duration)> {
         let setup = lab.path(&format!("{tag}.setup"));
         std::fs::write(&setup, FLOOR_SETUP)?;
         batch(&ns, "ip", &setup)?;
@@ -1308,9 +1315,11 @@ fn table(options: &Options, report: &Report, elapsed: Duration) -> String {
         let rss_mb = usage.rss_kib as f64 / 1024.0;
         let _ = writeln!(
             out,
-            "agent after converging on {} vxlan leases: RSS (VmHWM) {rss_mb:.1} MB, target ≤ 12 MB: {}, flanneld 38 MB; \
+            "agent after converging on {} vxlan leases: RSS (VmHWM) {rss_mb:.1} MB (now: {:.1} MB anonymous, {:.1} MB file), target ≤ 12 MB: {}, flanneld 38 MB; \
              CPU (utime+stime) {}, target ≤ 0.3 s: {}, flanneld 2.3 s",
             thousands(u64::from(size)),
+            usage.anon_kib as f64 / 1024.0,
+            usage.file_kib as f64 / 1024.0,
             verdict(rss_mb <= 12.0),
             ms(usage.cpu),
             verdict(usage.cpu <= Duration::from_millis(300)),

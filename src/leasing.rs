@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::lease::{self, Expiry, Lease, LeaseAttrs};
 use crate::network::Network;
-use crate::store::{RawLease, Revision, Store, StoreError, WriteOutcome};
+use crate::store::{LeaseListing, RawLease, Revision, Store, StoreError, WriteOutcome};
 
 /// How often to retry when another host wins the race for the subnet we picked.
 const CONFLICT_RETRIES: usize = 16;
@@ -54,8 +54,19 @@ pub struct LeaseRequest<'a> {
 
 /// Acquires a lease for this host.
 pub async fn acquire(store: &dyn Store, request: &LeaseRequest<'_>) -> Result<OwnLease, LeaseError> {
+    acquire_listed(store, request).await.map(|(own, _)| own)
+}
+
+/// [`acquire`], also returning the listing of every lease it chose from (taken before our own
+/// write), so the caller can hand the other hosts to its backend without listing them again; a
+/// watch from the listing's revision delivers everything after it, our own write included.
+/// `None` when the store assigned our subnet and nothing was listed.
+pub async fn acquire_listed(
+    store: &dyn Store,
+    request: &LeaseRequest<'_>,
+) -> Result<(OwnLease, Option<LeaseListing>), LeaseError> {
     if let Some(subnet) = store.assigned_subnet().await? {
-        return acquire_assigned(store, request, subnet).await;
+        return Ok((acquire_assigned(store, request, subnet).await?, None));
     }
     for _ in 0..CONFLICT_RETRIES {
         let listing = store.list_leases().await?;
@@ -66,7 +77,7 @@ pub async fn acquire(store: &dyn Store, request: &LeaseRequest<'_>) -> Result<Ow
             match store.update_lease(existing.subnet, &request.attrs.to_json(), ttl, revision).await? {
                 WriteOutcome::Written { revision, expiry } => {
                     info!(subnet = %existing.subnet, "took back our previous lease");
-                    return Ok(own(existing.subnet, request.attrs, expiry, revision));
+                    return Ok((own(existing.subnet, request.attrs, expiry, revision), Some(listing)));
                 }
                 WriteOutcome::Conflict => continue,
             }
@@ -83,7 +94,7 @@ pub async fn acquire(store: &dyn Store, request: &LeaseRequest<'_>) -> Result<Ow
         match store.create_lease(subnet, &request.attrs.to_json(), Some(request.ttl)).await? {
             WriteOutcome::Written { revision, expiry } => {
                 info!(%subnet, "acquired a new lease");
-                return Ok(own(subnet, request.attrs, expiry, revision));
+                return Ok((own(subnet, request.attrs, expiry, revision), Some(listing)));
             }
             WriteOutcome::Conflict => continue,
         }

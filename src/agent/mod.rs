@@ -17,7 +17,7 @@ use crate::lease::{self, Expiry, LeaseAttrs};
 use crate::leasing::{self, LeaseError, LeaseRequest, OwnLease};
 use crate::masq;
 use crate::network::Network;
-use crate::store::{LeaseUpdate, Store};
+use crate::store::{LeaseListing, LeaseUpdate, Store};
 use crate::subnet_env::{self, SubnetEnv};
 use crate::watch::{LeaseEvent, LeaseWatcher};
 
@@ -74,6 +74,9 @@ struct Running {
     data: LeaseData,
     attrs: LeaseAttrs,
     own: OwnLease,
+    /// Every lease as listed while acquiring ours: the first delivery to the backend, saving a
+    /// second listing of the whole cluster at start.
+    listing: Option<LeaseListing>,
 }
 
 /// Runs the agent until `cancel`. The lease and whatever the backend installed stay in place when
@@ -107,11 +110,11 @@ pub async fn run_with(
     let attrs = LeaseAttrs::new(ext.public_ip, data.backend_type, data.backend_data.clone());
     let previous = subnet_env::previous_subnet(&config.agent.subnet_file);
     let request = LeaseRequest { network: &network, attrs: &attrs, ttl: config.agent.lease_ttl, previous };
-    let Some(own) = acquire_until_held(store.as_ref(), &request, &health, &cancel).await else {
+    let Some((own, listing)) = acquire_until_held(store.as_ref(), &request, &health, &cancel).await else {
         return Ok(());
     };
     let pending = Some(backend);
-    let mut running = Running { store, health, config, network, ext, dataplane, pending, data, attrs, own };
+    let mut running = Running { store, health, config, network, ext, dataplane, pending, data, attrs, own, listing };
     running.take_up_lease().await?;
     running.watch_and_renew(cancel).await
 }
@@ -149,13 +152,13 @@ async fn acquire_until_held(
     request: &LeaseRequest<'_>,
     health: &Health,
     cancel: &CancellationToken,
-) -> Option<OwnLease> {
+) -> Option<(OwnLease, Option<LeaseListing>)> {
     let mut backoff = Backoff::new();
     loop {
-        match leasing::acquire(store, request).await {
-            Ok(own) => {
+        match leasing::acquire_listed(store, request).await {
+            Ok(acquired) => {
                 health.update(|r| r.problem = None);
-                return Some(own);
+                return Some(acquired);
             }
             Err(e) => {
                 if matches!(e, LeaseError::Store(_)) {
@@ -293,7 +296,11 @@ impl Running {
     async fn initial_listing(&mut self, watcher: &mut LeaseWatcher, cancel: &CancellationToken) -> Option<i64> {
         let mut backoff = Backoff::new();
         loop {
-            match self.store.list_leases().await {
+            let listed = match self.listing.take() {
+                Some(listing) => Ok(listing),
+                None => self.store.list_leases().await,
+            };
+            match listed {
                 Ok(listing) => {
                     let revision = listing.revision;
                     if let Err(e) = self.deliver(watcher, LeaseUpdate::Resync(listing.leases, revision)).await {
@@ -413,9 +420,11 @@ impl Running {
         let previous = Some(self.own.subnet());
         let request =
             LeaseRequest { network: &self.network, attrs: &self.attrs, ttl: self.config.agent.lease_ttl, previous };
-        let Some(own) = acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await else {
+        let Some((own, listing)) = acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await
+        else {
             return Ok(());
         };
+        self.listing = listing;
         if own.subnet() != self.own.subnet() {
             warn!(old = %self.own.subnet(), new = %own.subnet(), "our subnet changed: pods on the old one must be recreated");
         }

@@ -158,6 +158,9 @@ impl Filter {
 /// The socket is opened in the current thread's network namespace.
 pub fn watch_changes(ownership: Ownership, ignore_ports: Vec<u32>) -> io::Result<impl Stream<Item = ()>> {
     let subscription = Subscription::open()?;
+    if let Err(e) = attach_filter(subscription.socket.socket_ref(), &ignore_ports) {
+        tracing::debug!("no in-kernel filter on the change notifications: {e}");
+    }
     let filter = Filter { ownership, ignore_ports };
     Ok(futures::stream::unfold(Some((subscription, filter)), |state| async move {
         let (mut subscription, filter) = state?;
@@ -169,6 +172,62 @@ pub fn watch_changes(ownership: Ownership, ignore_ports: Vec<u32>) -> io::Result
             }
         }
     }))
+}
+
+/// `SO_ATTACH_FILTER` (asm-generic; the same on x86 and arm).
+const SO_ATTACH_FILTER: libc::c_int = 26;
+const NLMSG_PID_OFFSET: u32 = 12;
+const NLMSG_TYPE_OFFSET: u32 = 4;
+
+/// A classic BPF program that has the kernel drop, before they are queued, the notifications
+/// that come in bursts and that [`Filter::concerns`] ignores anyway: those caused by the sockets
+/// in `ignore_ports` (weft's own changes), and `RTM_NEWNEIGH` without a requester (the vxlan
+/// driver's echo of every FDB put). Without it an agent installing 10,000 peers overflows this
+/// socket with 40,000 notifications of its own changes, takes the overflow for a lost foreign
+/// change and reads and diffs the whole kernel again right after converging.
+fn own_notifications_filter(ignore_ports: &[u32]) -> Vec<libc::sock_filter> {
+    // Absolute loads read big-endian; the header's fields are in host order.
+    let be32 = |v: u32| u32::from_be_bytes(v.to_ne_bytes());
+    let be16 = |v: u16| u32::from(u16::from_be_bytes(v.to_ne_bytes()));
+    let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter { code: code as u16, jt, jf, k };
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let ports = &ignore_ports[..ignore_ports.len().min(200)];
+    let n = ports.len();
+    // Layout: 0 load pid; 1..=n pid == port → drop; n+1 pid == 0 → check type, else accept;
+    // n+2 load type; n+3 type == RTM_NEWNEIGH → drop, else accept; n+4 accept; n+5 drop.
+    // Jump offsets count from the next instruction.
+    let (accept, drop) = (n + 4, n + 5);
+    let mut program = vec![op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, NLMSG_PID_OFFSET, 0, 0)];
+    for (i, port) in ports.iter().enumerate() {
+        let at = i + 1;
+        program.push(op(jeq, be32(*port), (drop - at - 1) as u8, 0));
+    }
+    program.push(op(jeq, 0, 0, (accept - (n + 1) - 1) as u8));
+    program.push(op(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, NLMSG_TYPE_OFFSET, 0, 0));
+    program.push(op(jeq, be16(libc::RTM_NEWNEIGH), (drop - (n + 3) - 1) as u8, 0));
+    program.push(op(libc::BPF_RET | libc::BPF_K, u32::MAX, 0, 0));
+    program.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, 0));
+    program
+}
+
+fn attach_filter(socket: &Socket, ignore_ports: &[u32]) -> io::Result<()> {
+    let mut program = own_notifications_filter(ignore_ports);
+    let fprog = libc::sock_fprog { len: program.len() as libc::c_ushort, filter: program.as_mut_ptr() };
+    // SAFETY: a valid socket and a complete program; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Waits for a relevant notification, then drains what else is queued so a burst counts once.
@@ -243,5 +302,52 @@ impl ChangeCounter {
                 Batch::Messages => messages(&self.buf).for_each(|m| self.counts.count(&m)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the classic BPF subset the filter uses over one netlink message header.
+    fn accepts(program: &[libc::sock_filter], port: u32, kind: u16) -> bool {
+        let mut header = [0u8; 16];
+        header[4..6].copy_from_slice(&kind.to_ne_bytes());
+        header[12..16].copy_from_slice(&port.to_ne_bytes());
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let ins = program[pc];
+            let code = u32::from(ins.code);
+            match code {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    let k = ins.k as usize;
+                    acc = u32::from_be_bytes(header[k..k + 4].try_into().unwrap());
+                }
+                c if c == libc::BPF_LD | libc::BPF_H | libc::BPF_ABS => {
+                    let k = ins.k as usize;
+                    acc = u32::from(u16::from_be_bytes(header[k..k + 2].try_into().unwrap()));
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                    pc += usize::from(if acc == ins.k { ins.jt } else { ins.jf });
+                }
+                c if c == libc::BPF_RET | libc::BPF_K => return ins.k != 0,
+                other => panic!("unexpected instruction {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    #[test]
+    fn the_kernel_filter_drops_only_our_own_and_unrequested_neighbour_news() {
+        let program = own_notifications_filter(&[4001, 77]);
+        assert!(!accepts(&program, 4001, libc::RTM_NEWROUTE), "our own route put");
+        assert!(!accepts(&program, 77, libc::RTM_DELROUTE));
+        assert!(!accepts(&program, 0, libc::RTM_NEWNEIGH), "the vxlan driver's FDB echo");
+        assert!(accepts(&program, 0, libc::RTM_DELNEIGH), "an FDB entry that went");
+        assert!(accepts(&program, 0, libc::RTM_NEWLINK));
+        assert!(accepts(&program, 0, libc::RTM_DELROUTE), "the kernel dropping a route");
+        assert!(accepts(&program, 5555, libc::RTM_NEWNEIGH), "someone's neighbour change");
+        assert!(accepts(&program, 5555, libc::RTM_DELROUTE));
+        assert!(accepts(&own_notifications_filter(&[]), 9, libc::RTM_DELROUTE));
     }
 }
