@@ -70,7 +70,7 @@ pub async fn acquire_listed(
     }
     for _ in 0..CONFLICT_RETRIES {
         let listing = store.list_leases().await?;
-        let leases = readable(&listing.leases);
+        let leases = readable(&listing.leases, request.attrs.public_ip);
         if let Some((existing, revision)) = ours(&leases, request) {
             // A reservation for us stays a reservation: it never expires.
             let ttl = if existing.is_reservation() { None } else { Some(request.ttl) };
@@ -152,8 +152,17 @@ fn own(subnet: Ipv4Net, attrs: &LeaseAttrs, expiry: Expiry, revision: Revision) 
     OwnLease { lease: Lease { subnet, attrs: attrs.clone(), expiry }, revision }
 }
 
-fn readable(raw: &[RawLease]) -> Vec<(Lease, Revision)> {
+/// The leases whose PublicIP is `public_ip` (and the unreadable ones, to warn about), parsed.
+/// The others are only skimmed for their PublicIP: parsing every lease in full (its BackendData
+/// as a JSON tree) is a good part of an agent's start in a 10,000-host cluster.
+fn readable(raw: &[RawLease], public_ip: std::net::Ipv4Addr) -> Vec<(Lease, Revision)> {
+    #[derive(serde::Deserialize)]
+    struct Skim {
+        #[serde(rename = "PublicIP")]
+        public_ip: std::net::Ipv4Addr,
+    }
     raw.iter()
+        .filter(|r| serde_json::from_slice::<Skim>(&r.value).map_or(true, |skim| skim.public_ip == public_ip))
         .filter_map(|r| match r.parse() {
             Ok(lease) => Some((lease, r.mod_revision)),
             Err(e) => {

@@ -420,8 +420,7 @@ impl Running {
         let previous = Some(self.own.subnet());
         let request =
             LeaseRequest { network: &self.network, attrs: &self.attrs, ttl: self.config.agent.lease_ttl, previous };
-        let Some((own, listing)) = acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await
-        else {
+        let Some((own, listing)) = acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await else {
             return Ok(());
         };
         self.listing = listing;

@@ -11,7 +11,9 @@ use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
 use super::BackendError;
-use crate::kernel::{diff, FdbSpec, Kernel, KernelState, NeighbourSpec, NexthopSpec, Op, OpFailure, Ownership, RouteSpec};
+use crate::kernel::{
+    diff, FdbSpec, Kernel, KernelState, NeighbourSpec, NexthopSpec, Op, OpFailure, Ownership, RouteSpec,
+};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
