@@ -240,23 +240,10 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::backend::route_sync::test_support::ViaPublicIp;
     use crate::backend::{LeaseData, PeerMapping};
     use crate::kernel::memory::MemoryKernel;
-    use crate::kernel::{NexthopSpec, RouteSpec, RouteTarget};
     use crate::lease::{Expiry, LeaseAttrs};
-
-    /// A route to each peer via its public IP.
-    struct ViaPublicIp;
-
-    impl PeerObjects for ViaPublicIp {
-        fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
-            let mut state = KernelState::default();
-            let id = u32::from(lease.subnet.network());
-            state.add_nexthop(NexthopSpec { id, gateway: lease.attrs.public_ip, oif: 2, onlink: false });
-            state.add_route(RouteSpec { dst: lease.subnet, target: RouteTarget::Nexthop(id) });
-            Ok(state)
-        }
-    }
 
     /// A backend of kind `kind`: with kernel objects (like host-gw) or without (like aws-vpc).
     struct Fake {

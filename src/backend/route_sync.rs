@@ -232,15 +232,14 @@ fn finish(report: SyncReport, problems: Vec<String>) -> Result<SyncReport, Backe
     }
 }
 
+/// A mapper for tests of the engine and of the data plane.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
-    use crate::kernel::memory::MemoryKernel;
     use crate::kernel::{NexthopSpec, RouteSpec, RouteTarget};
-    use crate::lease::{Expiry, LeaseAttrs};
 
     /// Maps every peer to one route via its public IP.
-    struct ViaPublicIp;
+    pub(crate) struct ViaPublicIp;
 
     impl PeerObjects for ViaPublicIp {
         fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
@@ -251,6 +250,14 @@ mod tests {
             Ok(state)
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::ViaPublicIp;
+    use super::*;
+    use crate::kernel::memory::MemoryKernel;
+    use crate::lease::{Expiry, LeaseAttrs};
 
     fn lease(backend: &str) -> Lease {
         Lease {

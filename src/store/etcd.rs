@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
-    ResponseHeader, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+    ResponseHeader, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
@@ -264,16 +264,14 @@ impl EtcdStore {
             return None;
         }
         let options = WatchOptions::new().with_start_revision(revision + 1);
-        let mut client = self.client.clone();
-        let mut watch = match timed(context, client.watch(key, Some(options))).await {
+        let mut watch = match self.open_watch(key, options, context).await {
             Ok(watch) => watch,
-            Err(err) => return Some(unavailable(err)),
+            Err(err) => return Some(err),
         };
         loop {
-            let resp = match watch.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return Some(StoreError::Unavailable(format!("{context}: etcd closed the watch"))),
-                Err(err) => return Some(StoreError::Unavailable(format!("{context}: {err}"))),
+            let resp = match next_response(&mut watch, context).await {
+                Ok(resp) => resp,
+                Err(err) => return Some(err),
             };
             if resp.canceled() {
                 return Some(StoreError::Unavailable(format!("{context}: watch cancelled")));
@@ -293,6 +291,12 @@ impl EtcdStore {
         }
     }
 
+    /// Opens a watch; any failure is `Unavailable` (the caller starts over).
+    async fn open_watch(&self, key: String, options: WatchOptions, context: &str) -> Result<WatchStream, StoreError> {
+        let mut client = self.client.clone();
+        timed(context, client.watch(key, Some(options))).await.map_err(unavailable)
+    }
+
     /// Lists the leases, retrying with backoff until etcd answers.
     async fn relist(&self, backoff: &mut Backoff) -> LeaseListing {
         loop {
@@ -310,17 +314,14 @@ impl EtcdStore {
         let start = after.saturating_add(1);
         let options = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(start);
         let context = format!("watch leases from revision {start}");
-        let mut client = self.client.clone();
-        let watch = client.watch(self.keys.subnets.clone(), Some(options));
-        let mut watch = match timed(&context, watch).await {
+        let mut watch = match self.open_watch(self.keys.subnets.clone(), options, &context).await {
             Ok(watch) => watch,
-            Err(err) => return Some(unavailable(err)),
+            Err(err) => return Some(err),
         };
         loop {
-            let resp = match watch.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return Some(StoreError::Unavailable(format!("{context}: etcd closed the watch"))),
-                Err(err) => return Some(StoreError::Unavailable(format!("{context}: {err}"))),
+            let resp = match next_response(&mut watch, &context).await {
+                Ok(resp) => resp,
+                Err(err) => return Some(err),
             };
             if let Some(err) = watch_broken(&resp, start) {
                 return Some(err);
@@ -605,6 +606,15 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, StoreError> {
 fn ttl_secs(ttl: Duration) -> i64 {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+/// The next response of a watch; a watch etcd closed or broke is `Unavailable`.
+async fn next_response(watch: &mut WatchStream, context: &str) -> Result<WatchResponse, StoreError> {
+    match watch.message().await {
+        Ok(Some(resp)) => Ok(resp),
+        Ok(None) => Err(StoreError::Unavailable(format!("{context}: etcd closed the watch"))),
+        Err(err) => Err(StoreError::Unavailable(format!("{context}: {err}"))),
+    }
 }
 
 /// Sends `value` if it differs from the last one sent; false when the consumer is gone.
