@@ -84,15 +84,11 @@ impl World {
     }
 }
 
-fn wait_until(what: &str, secs: u64, agents: &[&Agent], mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = agents.iter().map(|a| a.log_text()).collect();
-            panic!("timed out waiting for {what}; agent logs:\n{}", logs.join("\n-----\n"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Waits for `done`, polling moto every 200 ms; on timeout the agents' logs say why.
+fn wait_until(what: &str, secs: u64, agents: &[&Agent], done: impl FnMut() -> bool) {
+    let logs = || agents.iter().map(|a| a.log_text()).collect::<Vec<_>>().join("\n-----\n");
+    let within = Duration::from_secs(secs);
+    common::wait::until_every(what, within, Duration::from_millis(200), done, || format!("agent logs:\n{}", logs()));
 }
 
 fn ready(agent: &Agent) -> bool {

@@ -76,14 +76,6 @@ fn wait_ready(agent: &Agent, secs: u64) {
     agent.wait_for("/readyz 200", secs, |a| a.get("/readyz").0 == 200);
 }
 
-fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn next_hop(api: &GceApi, route: &str) -> Option<String> {
     api.routes().get(route).and_then(|r| r["nextHopInstance"].as_str().map(str::to_string))
 }
@@ -154,7 +146,9 @@ fn three_agents_route_their_subnets_and_one_removes_stale_routes() {
     assert!(calls_on(api, "routes.insert", "weft-10-244-1-0-24").is_empty());
 
     // The stale route goes, removed by exactly one agent (two passes of the leader).
-    wait_until("the stale route removed", 30, || !api.routes().contains_key("weft-10-244-200-0-24"));
+    common::wait::until("the stale route removed", Duration::from_secs(30), || {
+        !api.routes().contains_key("weft-10-244-200-0-24")
+    });
     let startup_calls = api.call_counts(0);
     let deleters = calls_on(api, "routes.delete", "weft-10-244-200-0-24");
     assert_eq!(deleters.len(), 1, "{deleters:?}");

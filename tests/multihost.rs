@@ -5,9 +5,10 @@ mod common;
 
 use std::io::Read;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
+use common::wait::until as wait_until;
 use weft::lab::pods::SubnetInfo;
 use weft::lab::PodAddrs;
 
@@ -50,15 +51,6 @@ fn weft_routes(cluster: &Cluster, i: usize) -> Vec<String> {
         routes.as_array().unwrap().iter().map(|r| r["dst"].as_str().unwrap_or("").to_string()).collect();
     dsts.sort();
     dsts
-}
-
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
 }
 
 fn ip(_cluster: &Cluster, ns: &str, args: &[&str]) {

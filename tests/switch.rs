@@ -5,9 +5,10 @@
 mod common;
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
+use common::wait::until as wait_until;
 use weft::lab::pods::SubnetInfo;
 use weft::lab::PodAddrs;
 use weft::netns::Netns;
@@ -51,16 +52,6 @@ impl Flow {
         let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
         (numbers[0], numbers[1])
     }
-}
-
-/// Waits until `check` holds, polling; panics naming `what`.
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 fn lease_types(cluster: &Cluster) -> Vec<String> {

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
@@ -174,18 +174,7 @@ async fn build_vpc(ec2: &Client, addrs: &[Ipv4Addr]) -> (String, Vec<String>, Ve
         .await
         .expect("AssociateRouteTable");
     let untagged = moto::create_table(ec2, &vpc, &[]).await;
-    let main = ec2
-        .describe_route_tables()
-        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
-        .filters(Filter::builder().name("association.main").values("true").build())
-        .send()
-        .await
-        .expect("DescribeRouteTables")
-        .route_tables()
-        .first()
-        .and_then(|t| t.route_table_id())
-        .expect("the main table")
-        .to_string();
+    let main = moto::main_table(ec2, &vpc).await;
     let mut hosts = Vec::new();
     for addr in addrs {
         let host = moto::launch_at(ec2, &subnet, Some(*addr)).await;
@@ -247,20 +236,13 @@ impl World {
 
     /// Polls `check` until it holds; panics naming `what`, with the moto log (the Cluster's Drop
     /// prints the agents' logs).
-    fn wait_until(&self, what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
-        let start = Instant::now();
-        while !check() {
-            if start.elapsed() > within {
-                let log = self.cloud.moto.log();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                panic!(
-                    "{what}: not within {within:?}\n---- moto log (last lines, newest first) ----\n{}",
-                    tail.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        start.elapsed()
+    fn wait_until(&self, what: &str, within: Duration, check: impl FnMut() -> bool) -> Duration {
+        let moto_tail = || {
+            let log = self.cloud.moto.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            format!("---- moto log (last lines, newest first) ----\n{}", tail.join("\n"))
+        };
+        common::wait::until_every(what, within, Duration::from_millis(200), check, moto_tail)
     }
 
     fn pings(&self, pods: &[PodAddrs], within: Duration) {

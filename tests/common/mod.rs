@@ -6,4 +6,5 @@ pub mod gce_metadata;
 pub mod imds;
 pub mod kube_api;
 pub mod moto;
+pub mod wait;
 pub mod weft;

@@ -168,9 +168,16 @@ pub async fn build_vpc(ec2: &Client) -> Vpc {
     }
     let untagged = create_table(ec2, &id, &[]).await;
     let loose_subnet = create_subnet(ec2, &id, "10.0.9.0/24", &format!("{REGION}a")).await;
-    let main = ec2
-        .describe_route_tables()
-        .filters(filter("vpc-id", &id))
+    let main = main_table(ec2, &id).await;
+    let spare = ec2.create_network_interface().subnet_id(&subnets[0]).send().await.expect("CreateNetworkInterface");
+    let spare_interface = spare.network_interface().and_then(|n| n.network_interface_id()).expect("eni").to_string();
+    Vpc { id, subnets, tagged, untagged, main, loose_subnet, spare_interface }
+}
+
+/// The VPC's main route table (every VPC has one).
+pub async fn main_table(ec2: &Client, vpc: &str) -> String {
+    ec2.describe_route_tables()
+        .filters(filter("vpc-id", vpc))
         .filters(filter("association.main", "true"))
         .send()
         .await
@@ -179,10 +186,7 @@ pub async fn build_vpc(ec2: &Client) -> Vpc {
         .first()
         .and_then(|t| t.route_table_id())
         .expect("main table")
-        .to_string();
-    let spare = ec2.create_network_interface().subnet_id(&subnets[0]).send().await.expect("CreateNetworkInterface");
-    let spare_interface = spare.network_interface().and_then(|n| n.network_interface_id()).expect("eni").to_string();
-    Vpc { id, subnets, tagged, untagged, main, loose_subnet, spare_interface }
+        .to_string()
 }
 
 pub async fn create_subnet(ec2: &Client, vpc: &str, cidr: &str, zone: &str) -> String {
