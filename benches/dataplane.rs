@@ -19,7 +19,11 @@
 //!   its route shows up in the agent's kernel.
 //!
 //! Quick mode (`WEFT_BENCH_QUICK=1` or `--quick`): 1,000 leases only and fewer event samples,
-//! for the smoke test. `WEFT_BENCH_KEEP=1` keeps the agents' logs (their path is printed);
+//! for the smoke test. Headline mode (`--headline`): only the agent on 10,000 vxlan leases with
+//! nexthops, its event latency, RSS and CPU (no floor, no other variant), to iterate on those.
+//! `WEFT_BENCH_AGENT=/path/to/weft` measures that binary instead of the release build of this
+//! tree (e.g. one built with `--no-default-features`, without the cloud SDKs);
+//! `WEFT_BENCH_AGENT_WRAPPER="heaptrack -o /tmp/weft"` runs the agents under that command. `WEFT_BENCH_KEEP=1` keeps the agents' logs (their path is printed);
 //! `RUST_LOG` is passed on to the agents (default `info`).
 #![allow(dead_code)] // Also compiled as a module of tests/bench_smoke.rs, which uses `run` only.
 
@@ -60,12 +64,16 @@ const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 /// Peers of the event-latency leases are numbered from here (10.195.80.0/24 on).
 const EVENT_BASE: u32 = 50_000;
 const WEFT_PROTOCOL: u8 = 87;
+/// How long after converging the agent's settled RSS is read.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// 1,000 leases only, 20 event samples.
     pub quick: bool,
+    /// Only the 10,000-lease vxlan nexthop agent: no floor, no other variant.
+    pub headline: bool,
     /// The `weft` binary to run as the agent.
     pub agent: PathBuf,
     /// How the agent binary came to be, for the header.
@@ -76,6 +84,8 @@ impl Options {
     fn sizes(&self) -> Vec<u32> {
         if self.quick {
             vec![1_000]
+        } else if self.headline {
+            vec![10_000]
         } else {
             vec![1_000, 10_000]
         }
@@ -93,8 +103,9 @@ impl Options {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick")
         || std::env::var("WEFT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let headline = std::env::args().any(|a| a == "--headline");
     let (agent, agent_note) = release_agent();
-    match run(&Options { quick, agent, agent_note }) {
+    match run(&Options { quick, headline, agent, agent_note }) {
         Ok(report) => {
             if !report.complete() {
                 std::process::exit(1);
@@ -107,9 +118,13 @@ fn main() {
     }
 }
 
-/// `target/release/weft`: cargo builds it for a benchmark (`CARGO_BIN_EXE_weft`, next to the
-/// bench executable's `deps/` directory); if it is missing, `cargo build --release --bin weft`.
+/// `WEFT_BENCH_AGENT` if set (e.g. a build without the cloud SDKs), else `target/release/weft`:
+/// cargo builds it for a benchmark (`CARGO_BIN_EXE_weft`, next to the bench executable's `deps/`
+/// directory); if it is missing, `cargo build --release --bin weft`.
 fn release_agent() -> (PathBuf, String) {
+    if let Some(path) = std::env::var_os("WEFT_BENCH_AGENT").filter(|p| !p.is_empty()) {
+        return (PathBuf::from(path), "from WEFT_BENCH_AGENT".into());
+    }
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent()?.parent().map(|dir| dir.join("weft")))
@@ -781,7 +796,17 @@ impl Agent {
         let log = lab.path(&format!("{tag}.log"));
         let log_file = std::fs::File::create(&log)?;
         let monitor = Monitor::open(&ns)?;
-        let mut command = ns.command(&lab.agent)?;
+        // A profiler around the agent (`WEFT_BENCH_AGENT_WRAPPER="heaptrack -o /tmp/weft"`).
+        let wrapper = std::env::var("WEFT_BENCH_AGENT_WRAPPER").unwrap_or_default();
+        let mut wrapper = wrapper.split_whitespace();
+        let mut command = match wrapper.next() {
+            Some(program) => {
+                let mut command = ns.command(program)?;
+                command.args(wrapper).arg(&lab.agent);
+                command
+            }
+            None => ns.command(&lab.agent)?,
+        };
         command
             .arg("--config")
             .arg(&config)
@@ -1072,6 +1097,8 @@ pub struct Report {
     latency: Option<(u32, Latency)>,
     /// Usage after converging on the largest vxlan set (nexthops).
     usage: Option<(u32, Usage)>,
+    /// The same agent `SETTLE` later.
+    settled: Option<Usage>,
     pub problems: Vec<String>,
 }
 
@@ -1088,12 +1115,13 @@ pub fn run(options: &Options) -> io::Result<Report> {
         return Err(io::Error::other("the benchmark builds network namespaces: run it as root"));
     }
     let sizes = options.sizes();
-    let variants = [
+    let all_variants = [
         (BackendKind::Vxlan, true),
         (BackendKind::Vxlan, false),
         (BackendKind::HostGw, true),
         (BackendKind::HostGw, false),
     ];
+    let variants = if options.headline { &all_variants[..1] } else { &all_variants[..] };
     let mut lab = Lab::new(sizes.len() * variants.len(), options.agent.clone())?;
     let mut report = Report::default();
     let started = Instant::now();
@@ -1103,6 +1131,9 @@ pub fn run(options: &Options) -> io::Result<Report> {
     let mut sets = Vec::new();
     for &size in &sizes {
         for kind in [BackendKind::Vxlan, BackendKind::HostGw] {
+            if !variants.iter().any(|&(k, _)| k == kind) {
+                continue;
+            }
             let set = LeaseSet::new(kind, size);
             lab.store().fill(&set)?;
             sets.push(set);
@@ -1110,8 +1141,8 @@ pub fn run(options: &Options) -> io::Result<Report> {
     }
 
     eprintln!("measuring the floor …");
-    for &size in &sizes {
-        for &(kind, nexthops) in &variants {
+    for &size in sizes.iter().filter(|_| !options.headline) {
+        for &(kind, nexthops) in variants {
             let install = if nexthops { Install::Nexthops } else { Install::Classic };
             report.floors.push(floor(&lab, kind, install, size)?);
         }
@@ -1128,7 +1159,7 @@ pub fn run(options: &Options) -> io::Result<Report> {
 
     let largest = *sizes.last().expect("a size");
     for &size in &sizes {
-        for &(kind, nexthops) in &variants {
+        for &(kind, nexthops) in variants {
             let set = sets.iter().find(|s| s.kind == kind && s.count == size).expect("filled").clone();
             let (run, agent) = converge(&mut lab, &set, nexthops)?;
             if let Some(problem) = &run.problem {
@@ -1139,6 +1170,9 @@ pub fn run(options: &Options) -> io::Result<Report> {
                 if let Some(usage) = run.usage {
                     report.usage = Some((size, usage));
                 }
+                // What the agent keeps once the start-up is over (VmHWM keeps the start-up peak).
+                std::thread::sleep(SETTLE);
+                report.settled = usage(agent.child.id());
                 eprintln!("measuring event latency ({} samples) …", options.event_samples());
                 let latency = event_latency(lab.store(), &agent, options.event_samples())?;
                 if latency.missed > 0 {
@@ -1203,11 +1237,12 @@ fn table(options: &Options, report: &Report, elapsed: Duration) -> String {
         writeln!(out, "\nweft data-plane benchmark{}", if options.quick { " (quick mode: 1,000 leases)" } else { "" });
     let _ = writeln!(
         out,
-        "kernel {}, {cpus} CPUs, load average {}; agent {} ({}); {:.0} s in all",
+        "kernel {}, {cpus} CPUs, load average {}; agent {} ({}, {:.1} MB); {:.0} s in all",
         kernel.trim(),
         load.join(" "),
         options.agent.display(),
         options.agent_note,
+        std::fs::metadata(&options.agent).map_or(0.0, |m| m.len() as f64 / 1e6),
         elapsed.as_secs_f64()
     );
     let _ = writeln!(
@@ -1312,18 +1347,27 @@ fn table(options: &Options, report: &Report, elapsed: Duration) -> String {
         );
     }
     if let Some((size, usage)) = report.usage {
-        let rss_mb = usage.rss_kib as f64 / 1024.0;
+        let mb = |kib: u64| kib as f64 / 1024.0;
         let _ = writeln!(
             out,
-            "agent after converging on {} vxlan leases: RSS (VmHWM) {rss_mb:.1} MB (now: {:.1} MB anonymous, {:.1} MB file), target ≤ 12 MB: {}, flanneld 38 MB; \
+            "agent converged on {} vxlan leases: RSS peak (VmHWM) {:.1} MB, target ≤ 12 MB: {}, flanneld 38 MB; \
              CPU (utime+stime) {}, target ≤ 0.3 s: {}, flanneld 2.3 s",
             thousands(u64::from(size)),
-            usage.anon_kib as f64 / 1024.0,
-            usage.file_kib as f64 / 1024.0,
-            verdict(rss_mb <= 12.0),
+            mb(usage.rss_kib),
+            verdict(mb(usage.rss_kib) <= 12.0),
             ms(usage.cpu),
             verdict(usage.cpu <= Duration::from_millis(300)),
         );
+        if let Some(settled) = report.settled {
+            let _ = writeln!(
+                out,
+                "  RSS {} s later: {:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed: code and data of the binary and its libraries)",
+                SETTLE.as_secs(),
+                mb(settled.anon_kib + settled.file_kib),
+                mb(settled.anon_kib),
+                mb(settled.file_kib),
+            );
+        }
     }
     out
 }

@@ -162,6 +162,7 @@ pub fn set_log_level(level: &str) {
 
 /// Parses the command line and runs the command; the process exit code.
 pub fn main() -> ExitCode {
+    crate::heap::configure();
     let cli = Cli::parse();
     init_logging(cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

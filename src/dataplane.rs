@@ -243,7 +243,7 @@ mod tests {
     use crate::backend::route_sync::test_support::ViaPublicIp;
     use crate::backend::{LeaseData, PeerMapping};
     use crate::kernel::memory::MemoryKernel;
-    use crate::lease::{Expiry, LeaseAttrs};
+    use crate::lease::{BackendData, Expiry, LeaseAttrs};
 
     /// A backend of kind `kind`: with kernel objects (like host-gw) or without (like aws-vpc).
     struct Fake {
@@ -258,7 +258,7 @@ mod tests {
         }
 
         async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
-            Ok(LeaseData { backend_type: self.kind, backend_data: serde_json::Value::Null, mtu: 1500 })
+            Ok(LeaseData { backend_type: self.kind, backend_data: BackendData::null(), mtu: 1500 })
         }
 
         async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
@@ -269,16 +269,16 @@ mod tests {
     fn lease(subnet: &str, backend: &str) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
-            attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend, serde_json::Value::Null),
+            attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend, BackendData::null()),
             expiry: Expiry::Unknown,
         }
     }
 
     /// Moves the one peer to `backend`.
     async fn peer_moves(dataplane: &mut Dataplane, peer: &mut Lease, backend: &str) -> LeaseMap {
-        let old = std::mem::replace(peer, lease("10.244.2.0/24", backend));
+        *peer = lease("10.244.2.0/24", backend);
         let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
-        dataplane.apply(&peers, &[LeaseEvent::Changed { old, new: peer.clone() }]).await.unwrap();
+        dataplane.apply(&peers, &[LeaseEvent::Changed(peer.subnet)]).await.unwrap();
         peers
     }
 

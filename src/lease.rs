@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// What a host publishes about itself in its lease (flannel's `LeaseAttrs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,30 +18,101 @@ pub struct LeaseAttrs {
     pub public_ipv6: Option<Ipv6Addr>,
     #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
     pub backend_type: String,
-    #[serde(rename = "BackendData", default, skip_serializing_if = "is_null")]
-    pub backend_data: serde_json::Value,
-    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "is_null")]
-    pub backend_v6_data: serde_json::Value,
-}
-
-fn is_null(value: &serde_json::Value) -> bool {
-    value.is_null()
+    #[serde(rename = "BackendData", default, skip_serializing_if = "BackendData::is_null")]
+    pub backend_data: BackendData,
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "BackendData::is_null")]
+    pub backend_v6_data: BackendData,
 }
 
 impl LeaseAttrs {
-    pub fn new(public_ip: Ipv4Addr, backend_type: &str, backend_data: serde_json::Value) -> Self {
+    pub fn new(public_ip: Ipv4Addr, backend_type: &str, backend_data: impl Into<BackendData>) -> Self {
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
             backend_type: backend_type.to_string(),
-            backend_data,
-            backend_v6_data: serde_json::Value::Null,
+            backend_data: backend_data.into(),
+            backend_v6_data: BackendData::null(),
         }
     }
 
     /// The JSON flannel writes for these attributes.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("lease attributes always serialize")
+    }
+}
+
+/// A backend's own data in a lease (flannel's `BackendData`, e.g. the VTEP's MAC), kept as the
+/// JSON text it was read as: an agent holds every lease of the cluster, and a parsed JSON object
+/// costs over ten times the bytes of its text (and a tree of allocations to read it).
+#[derive(Clone, Default)]
+pub struct BackendData(Option<Box<RawValue>>);
+
+impl BackendData {
+    /// No data (`null`): what host-gw and the cloud backends publish.
+    pub fn null() -> Self {
+        BackendData(None)
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The data as a JSON value.
+    pub fn value(&self) -> serde_json::Value {
+        self.0.as_deref().map_or(serde_json::Value::Null, |raw| {
+            serde_json::from_str(raw.get()).expect("backend data holds the JSON it was read as")
+        })
+    }
+
+    /// One string field of the data, if the data is an object that has it.
+    pub fn str_field(&self, name: &str) -> Option<String> {
+        let raw = self.0.as_deref()?;
+        // Only the fields' raw text is read: nothing is allocated for the fields not asked for.
+        let fields: BTreeMap<&str, &RawValue> = serde_json::from_str(raw.get()).ok()?;
+        serde_json::from_str(fields.get(name)?.get()).ok()
+    }
+}
+
+impl From<serde_json::Value> for BackendData {
+    fn from(value: serde_json::Value) -> Self {
+        if value.is_null() {
+            return BackendData::null();
+        }
+        BackendData(Some(RawValue::from_string(value.to_string()).expect("a JSON value's text is valid JSON")))
+    }
+}
+
+/// Data compares by its text: the same data written with other spacing reads as a change, which
+/// costs a recomputation of that peer's objects and nothing in the kernel.
+impl PartialEq for BackendData {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_deref().map(RawValue::get) == other.0.as_deref().map(RawValue::get)
+    }
+}
+
+impl Eq for BackendData {}
+
+impl fmt::Display for BackendData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_deref().map_or("null", RawValue::get))
+    }
+}
+
+impl fmt::Debug for BackendData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for BackendData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Option::<Box<RawValue>>::deserialize(deserializer).map(BackendData)
     }
 }
 
@@ -141,8 +213,27 @@ mod tests {
         let lease = parse_lease("10.244.3.0-24", json, Expiry::Never).unwrap();
         assert_eq!(lease.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 10));
         assert_eq!(lease.attrs.backend_type, "vxlan");
-        assert_eq!(lease.attrs.backend_data["VtepMAC"], "aa:bb:cc:dd:ee:ff");
+        assert_eq!(lease.attrs.backend_data.str_field("VtepMAC").as_deref(), Some("aa:bb:cc:dd:ee:ff"));
         assert!(lease.is_reservation());
+    }
+
+    #[test]
+    fn backend_data_is_kept_as_written() {
+        let json = br#"{"PublicIP":"192.0.2.10","BackendType":"vxlan","BackendData":{"VtepMAC":"aa:bb:cc:dd:ee:ff", "VNI":1}}"#;
+        let lease = parse_lease("10.244.3.0-24", json, Expiry::Unknown).unwrap();
+        let data = &lease.attrs.backend_data;
+        assert_eq!(data.to_string(), r#"{"VtepMAC":"aa:bb:cc:dd:ee:ff", "VNI":1}"#);
+        assert_eq!(data.value()["VNI"], 1);
+        assert_eq!(data.str_field("VNI"), None, "not a string");
+        assert_eq!(data.str_field("Missing"), None);
+        assert_eq!(lease.attrs, parse_lease("10.244.3.0-24", json, Expiry::Never).unwrap().attrs);
+        assert_ne!(*data, BackendData::from(serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"})));
+        // Written back as it was read.
+        assert!(lease.attrs.to_json().ends_with(r#""BackendData":{"VtepMAC":"aa:bb:cc:dd:ee:ff", "VNI":1}}"#));
+        let null = parse_lease("10.244.3.0-24", br#"{"PublicIP":"192.0.2.10","BackendData":null}"#, Expiry::Unknown);
+        assert!(null.unwrap().attrs.backend_data.is_null());
+        assert_eq!(BackendData::null().to_string(), "null");
+        assert_eq!(BackendData::from(serde_json::Value::Null), BackendData::null());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod heap;
 pub mod iface;
 pub mod kernel;
 pub mod lab;

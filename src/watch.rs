@@ -8,11 +8,21 @@ use crate::lease::{self, Lease, LeaseMap};
 use crate::network::Network;
 use crate::store::{LeaseUpdate, RawLease};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One subnet's lease came, changed or went. The lease itself is in the watcher's map
+/// ([`LeaseWatcher::leases`]), so a first listing of 10,000 leases copies none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEvent {
-    Added(Lease),
-    Changed { old: Lease, new: Lease },
-    Removed(Lease),
+    Added(Ipv4Net),
+    Changed(Ipv4Net),
+    Removed(Ipv4Net),
+}
+
+impl LeaseEvent {
+    pub fn subnet(&self) -> Ipv4Net {
+        match *self {
+            LeaseEvent::Added(subnet) | LeaseEvent::Changed(subnet) | LeaseEvent::Removed(subnet) => subnet,
+        }
+    }
 }
 
 /// Why an entry from the store was not delivered.
@@ -61,18 +71,19 @@ impl LeaseWatcher {
                     delivery.events.extend(self.upsert(lease));
                 } else if let Ok(subnet) = lease::parse_subnet_key(&raw.key) {
                     // A lease we knew turned unreadable: it is gone as far as the backend knows.
-                    delivery.events.extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
+                    delivery.events.extend(self.known.remove(&subnet).map(|_| LeaseEvent::Removed(subnet)));
                 }
             }
             LeaseUpdate::Deleted { key, .. } => {
                 if let Ok(subnet) = lease::parse_subnet_key(&key) {
-                    delivery.events.extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
+                    delivery.events.extend(self.known.remove(&subnet).map(|_| LeaseEvent::Removed(subnet)));
                 }
             }
             LeaseUpdate::Resync(entries, _) => {
+                // Consumed one by one, so each raw entry is freed once read.
                 let fresh: LeaseMap = entries
-                    .iter()
-                    .filter_map(|raw| self.accept(raw, &mut delivery.skipped))
+                    .into_iter()
+                    .filter_map(|raw| self.accept(&raw, &mut delivery.skipped))
                     .map(|lease| (lease.subnet, lease))
                     .collect();
                 delivery.events = self.replace_all(fresh);
@@ -101,29 +112,27 @@ impl LeaseWatcher {
     }
 
     fn upsert(&mut self, lease: Lease) -> Option<LeaseEvent> {
-        match self.known.insert(lease.subnet, lease.clone()) {
-            None => Some(LeaseEvent::Added(lease)),
+        let subnet = lease.subnet;
+        let attrs_before = self.known.get(&subnet).map(|old| old.attrs == lease.attrs);
+        self.known.insert(subnet, lease);
+        match attrs_before {
+            None => Some(LeaseEvent::Added(subnet)),
             // A renewal changes only the expiry: nothing for the backend to do.
-            Some(old) if old.attrs == lease.attrs => None,
-            Some(old) => Some(LeaseEvent::Changed { old, new: lease }),
+            Some(true) => None,
+            Some(false) => Some(LeaseEvent::Changed(subnet)),
         }
     }
 
     fn replace_all(&mut self, fresh: LeaseMap) -> Vec<LeaseEvent> {
-        let old = std::mem::take(&mut self.known);
-        let mut events: Vec<LeaseEvent> =
-            old.values().filter(|lease| !fresh.contains_key(&lease.subnet)).cloned().map(LeaseEvent::Removed).collect();
-        for lease in fresh.into_values() {
-            match old.get(&lease.subnet) {
-                None => events.push(LeaseEvent::Added(lease.clone())),
-                Some(prev) if prev.attrs != lease.attrs => {
-                    events.push(LeaseEvent::Changed { old: prev.clone(), new: lease.clone() })
-                }
-                Some(_) => {}
-            }
-            self.known.insert(lease.subnet, lease);
-        }
-        events
+        let old = std::mem::replace(&mut self.known, fresh);
+        let gone =
+            old.keys().filter(|subnet| !self.known.contains_key(subnet)).map(|&subnet| LeaseEvent::Removed(subnet));
+        let came = self.known.values().filter_map(|lease| match old.get(&lease.subnet) {
+            None => Some(LeaseEvent::Added(lease.subnet)),
+            Some(prev) if prev.attrs != lease.attrs => Some(LeaseEvent::Changed(lease.subnet)),
+            Some(_) => None,
+        });
+        gone.chain(came).collect()
     }
 }
 
@@ -146,9 +155,9 @@ mod tests {
         events
             .iter()
             .map(|e| match e {
-                LeaseEvent::Added(l) => format!("+{}", l.subnet),
-                LeaseEvent::Changed { new, .. } => format!("~{}", new.subnet),
-                LeaseEvent::Removed(l) => format!("-{}", l.subnet),
+                LeaseEvent::Added(subnet) => format!("+{subnet}"),
+                LeaseEvent::Changed(subnet) => format!("~{subnet}"),
+                LeaseEvent::Removed(subnet) => format!("-{subnet}"),
             })
             .collect()
     }

@@ -12,6 +12,7 @@ fn quick_benchmark_runs_and_cleans_up() {
     }
     let options = dataplane::Options {
         quick: true,
+        headline: false,
         agent: env!("CARGO_BIN_EXE_weft").into(),
         agent_note: "debug build, smoke test".into(),
     };

@@ -12,6 +12,7 @@ use crate::backend::{self, BackendContext, LeaseData};
 use crate::config::Config;
 use crate::dataplane::Dataplane;
 use crate::health::{EventKind, EventLabels, Health};
+use crate::heap;
 use crate::iface;
 use crate::lease::{self, Expiry, LeaseAttrs};
 use crate::leasing::{self, LeaseError, LeaseRequest, OwnLease};
@@ -353,6 +354,7 @@ impl Running {
     }
 
     async fn deliver(&mut self, watcher: &mut LeaseWatcher, update: LeaseUpdate) -> Result<(), backend::BackendError> {
+        let full_listing = matches!(update, LeaseUpdate::Resync(..));
         let delivery = watcher.apply(update);
         for skipped in &delivery.skipped {
             self.health.metrics.malformed_leases.inc();
@@ -363,21 +365,31 @@ impl Running {
             return Ok(());
         }
         for event in &delivery.events {
-            let (kind, lease) = match event {
-                LeaseEvent::Added(l) => (EventKind::Added, l),
-                LeaseEvent::Changed { new, .. } => (EventKind::Changed, new),
-                LeaseEvent::Removed(l) => (EventKind::Removed, l),
+            let kind = match event {
+                LeaseEvent::Added(_) => EventKind::Added,
+                LeaseEvent::Changed(_) => EventKind::Changed,
+                LeaseEvent::Removed(_) => EventKind::Removed,
             };
-            debug!(?kind, %lease, "lease event");
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                match watcher.leases().get(&event.subnet()) {
+                    Some(lease) => debug!(?kind, %lease, "lease event"),
+                    None => debug!(?kind, subnet = %event.subnet(), "lease event"),
+                }
+            }
             self.health.metrics.events.get_or_create(&EventLabels { kind }).inc();
         }
-        self.dataplane.apply(watcher.leases(), &delivery.events).await
+        let applied = self.dataplane.apply(watcher.leases(), &delivery.events).await;
+        if full_listing {
+            heap::release_free_memory();
+        }
+        applied
     }
 
     async fn reconcile(&mut self, watcher: &LeaseWatcher) {
         if let Err(e) = self.dataplane.reconcile(watcher.leases()).await {
             warn!(error = %e, "repairing the data plane");
         }
+        heap::release_free_memory();
         self.sync_masquerade().await;
         self.check_backend(watcher, false).await;
     }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::{Backend, BackendError, LeaseData, PeerMapping};
-use crate::lease::Lease;
+use crate::lease::{BackendData, Lease};
 
 pub struct Alloc {
     mtu: u32,
@@ -22,7 +22,7 @@ impl Backend for Alloc {
     }
 
     async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
-        Ok(LeaseData { backend_type: "alloc", backend_data: serde_json::Value::Null, mtu: self.mtu })
+        Ok(LeaseData { backend_type: "alloc", backend_data: BackendData::null(), mtu: self.mtu })
     }
 
     async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {

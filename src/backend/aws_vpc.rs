@@ -21,7 +21,7 @@ use weft_aws::{Call, CallObserver, Ec2, SdkEc2, SdkOptions};
 use crate::backend::config::AwsVpcConfig;
 use crate::backend::{Backend, BackendContext, BackendError, LeaseData, PeerMapping};
 use crate::health::{CloudCallLabels, Health};
-use crate::lease::{Lease, LeaseMap};
+use crate::lease::{BackendData, Lease, LeaseMap};
 
 mod node;
 mod plan;
@@ -84,7 +84,7 @@ impl AwsVpc {
 
     fn lease_data(&self) -> LeaseData {
         // The VPC routes pod traffic as is: the interface's MTU is the pods' MTU.
-        LeaseData { backend_type: TYPE_NAME, backend_data: serde_json::Value::Null, mtu: self.ctx.ext.mtu }
+        LeaseData { backend_type: TYPE_NAME, backend_data: BackendData::null(), mtu: self.ctx.ext.mtu }
     }
 
     fn spawn_worker(&self, ec2: Arc<dyn Ec2>, node: Node, own: Ipv4Net) -> Running {

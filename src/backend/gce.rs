@@ -16,7 +16,7 @@ use weft_gce::{CallRecorder, ClientOptions, ComputeApi, CredentialSource, Metada
 use super::{Backend, BackendContext, BackendError, LeaseData, PeerMapping};
 use crate::backend::config::GceConfig;
 use crate::health::{CloudCallLabels, Health};
-use crate::lease::{Lease, LeaseMap};
+use crate::lease::{BackendData, Lease, LeaseMap};
 
 #[cfg(test)]
 mod fake;
@@ -133,7 +133,7 @@ impl Backend for Gce {
         );
         self.state = State::Prepared(Box::new(routing));
         // GCE routes carry packets unencapsulated: pods get the interface's MTU.
-        Ok(LeaseData { backend_type: "gce", backend_data: serde_json::Value::Null, mtu: self.ctx.ext.mtu })
+        Ok(LeaseData { backend_type: "gce", backend_data: BackendData::null(), mtu: self.ctx.ext.mtu })
     }
 
     /// Starts the API task; the first pass comes with the first `check()`, which the agent makes

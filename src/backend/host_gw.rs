@@ -10,7 +10,7 @@ use super::vxlan::add_route;
 use super::{Backend, BackendError, LeaseData, PeerMapping};
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelState};
-use crate::lease::Lease;
+use crate::lease::{BackendData, Lease};
 
 pub struct HostGw {
     kernel: Arc<dyn Kernel>,
@@ -31,7 +31,7 @@ impl Backend for HostGw {
 
     async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
         super::enable_forwarding();
-        Ok(LeaseData { backend_type: "host-gw", backend_data: serde_json::Value::Null, mtu: self.ext.mtu })
+        Ok(LeaseData { backend_type: "host-gw", backend_data: BackendData::null(), mtu: self.ext.mtu })
     }
 
     async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {

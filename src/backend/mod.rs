@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use crate::health::Health;
 use crate::iface::ExternalInterface;
 use crate::kernel::Kernel;
-use crate::lease::{Lease, LeaseMap};
+use crate::lease::{BackendData, Lease, LeaseMap};
 use crate::network::Network;
 use crate::store::Store;
 
@@ -29,7 +29,7 @@ pub use route_sync::PeerObjects;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseData {
     pub backend_type: &'static str,
-    pub backend_data: serde_json::Value,
+    pub backend_data: BackendData,
     pub mtu: u32,
 }
 

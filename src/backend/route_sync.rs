@@ -11,9 +11,7 @@ use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
 use super::BackendError;
-use crate::kernel::{
-    diff, FdbSpec, Kernel, KernelState, NeighbourSpec, NexthopSpec, Op, OpFailure, Ownership, RouteSpec,
-};
+use crate::kernel::{diff, diff_all, Kernel, KernelState, Object, Op, OpFailure, Ownership};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
@@ -95,9 +93,10 @@ impl RouteSync {
         let mut problems = Vec::new();
         let mut ops = Vec::new();
         for event in events {
-            let (subnet, lease) = match event {
-                LeaseEvent::Added(lease) | LeaseEvent::Changed { new: lease, .. } => (lease.subnet, Some(lease)),
-                LeaseEvent::Removed(lease) => (lease.subnet, None),
+            let subnet = event.subnet();
+            let lease = match event {
+                LeaseEvent::Added(_) | LeaseEvent::Changed(_) => peers.get(&subnet),
+                LeaseEvent::Removed(_) => None,
             };
             let old = self.installed.remove(&subnet).map(|e| e.state()).unwrap_or_default();
             let new = match lease.map(|l| self.objects(l)) {
@@ -124,18 +123,17 @@ impl RouteSync {
     /// longer wants — including leftovers from before a restart.
     pub async fn reconcile(&mut self, peers: &LeaseMap) -> Result<SyncReport, BackendError> {
         let mut problems = Vec::new();
-        let mut desired = KernelState::default();
+        // What each peer wants, kept for its next event; the plan is made from these directly, with
+        // no second picture of the whole kernel.
         let mut per_peer = HashMap::with_capacity(peers.len());
         for lease in peers.values() {
             match self.objects(lease) {
                 Some(Ok(objects)) => {
-                    merge(&mut desired, &objects);
                     per_peer.insert(lease.subnet, PeerEntries::of(&objects));
                 }
                 Some(Err(problem)) => problems.push(format!("{}: {problem}", lease.subnet)),
                 None => {
                     if let Some(kept) = self.installed.get(&lease.subnet) {
-                        merge(&mut desired, &kept.state());
                         per_peer.insert(lease.subnet, kept.clone());
                     }
                 }
@@ -146,7 +144,7 @@ impl RouteSync {
             .read_owned(&self.ownership)
             .await
             .map_err(|e| BackendError::Setup(format!("reading the kernel's routes: {e}")))?;
-        let plan = diff(&desired, &actual);
+        let plan = diff_all(per_peer.values().flat_map(|entries: &PeerEntries| entries.0.iter().copied()), actual);
         if !plan.is_empty() {
             info!(changes = plan.len(), peers = peers.len(), "bringing the kernel in line with the leases");
         }
@@ -181,47 +179,18 @@ impl RouteSync {
 /// One peer's objects as installed, in a flat slice: a [`KernelState`] of one peer is four
 /// one-entry B-trees (about 1 KiB of nodes), which at 10,000 peers is most of the agent's memory.
 #[derive(Debug, Clone)]
-struct PeerEntries(Box<[Entry]>);
-
-#[derive(Debug, Clone, Copy)]
-enum Entry {
-    Nexthop(NexthopSpec),
-    Route(RouteSpec),
-    Neighbour(NeighbourSpec),
-    Fdb(FdbSpec),
-}
+struct PeerEntries(Box<[Object]>);
 
 impl PeerEntries {
     fn of(state: &KernelState) -> Self {
-        let entries = state
-            .nexthops
-            .values()
-            .map(|n| Entry::Nexthop(*n))
-            .chain(state.routes.values().map(|r| Entry::Route(*r)))
-            .chain(state.neighbours.values().map(|n| Entry::Neighbour(*n)))
-            .chain(state.fdb.values().map(|f| Entry::Fdb(*f)));
-        PeerEntries(entries.collect())
+        PeerEntries(state.objects().collect())
     }
 
     fn state(&self) -> KernelState {
         let mut state = KernelState::default();
-        for entry in self.0.iter() {
-            match *entry {
-                Entry::Nexthop(n) => state.add_nexthop(n),
-                Entry::Route(r) => state.add_route(r),
-                Entry::Neighbour(n) => state.add_neighbour(n),
-                Entry::Fdb(f) => state.add_fdb(f),
-            }
-        }
+        self.0.iter().for_each(|object| state.add(*object));
         state
     }
-}
-
-fn merge(into: &mut KernelState, from: &KernelState) {
-    into.nexthops.extend(from.nexthops.iter().map(|(k, v)| (*k, *v)));
-    into.routes.extend(from.routes.iter().map(|(k, v)| (*k, *v)));
-    into.neighbours.extend(from.neighbours.iter().map(|(k, v)| (*k, *v)));
-    into.fdb.extend(from.fdb.iter().map(|(k, v)| (*k, *v)));
 }
 
 fn finish(report: SyncReport, problems: Vec<String>) -> Result<SyncReport, BackendError> {
@@ -279,7 +248,7 @@ mod tests {
         // The peer switched before we learnt of the new backend: nothing is torn down.
         let new = lease("host-gw");
         let peers: LeaseMap = [(new.subnet, new.clone())].into();
-        sync.on_events(&peers, &[LeaseEvent::Changed { old, new: new.clone() }]).await.unwrap();
+        sync.on_events(&peers, &[LeaseEvent::Changed(old.subnet)]).await.unwrap();
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         // Once we run it, the peer's objects are the new backend's.
@@ -287,7 +256,7 @@ mod tests {
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         // A peer gone is removed whatever its type.
-        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(new)]).await.unwrap();
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(new.subnet)]).await.unwrap();
         assert!(kernel.snapshot().is_empty());
     }
 }

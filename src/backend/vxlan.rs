@@ -72,7 +72,7 @@ impl Backend for Vxlan {
         self.use_nexthops = self.kernel.supports_nexthops().await;
         let data = serde_json::json!({ "VNI": self.config.vni, "VtepMAC": link.mac.to_string() });
         self.link = Some(link);
-        Ok(LeaseData { backend_type: "vxlan", backend_data: data, mtu })
+        Ok(LeaseData { backend_type: "vxlan", backend_data: data.into(), mtu })
     }
 
     async fn start(&mut self, own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
@@ -117,8 +117,10 @@ impl PeerObjects for VxlanPeers {
             add_route(&mut state, lease, public_ip, self.ext.index, false, self.use_nexthops);
             return Ok(state);
         }
-        let mac: MacAddr = lease.attrs.backend_data["VtepMAC"]
-            .as_str()
+        let mac: MacAddr = lease
+            .attrs
+            .backend_data
+            .str_field("VtepMAC")
             .ok_or("BackendData.VtepMAC is missing")?
             .parse()
             .map_err(|e| format!("BackendData.VtepMAC: {e}"))?;
@@ -178,8 +180,8 @@ mod tests {
         let mut vxlan = Vxlan::new(kernel.clone(), config, ext());
         let data = vxlan.prepare().await.unwrap();
         assert_eq!(data.mtu, 1450);
-        assert_eq!(data.backend_data["VNI"], 1);
-        let own = lease(1, "198.51.100.1", data.backend_data["VtepMAC"].as_str().unwrap());
+        assert_eq!(data.backend_data.value()["VNI"], 1);
+        let own = lease(1, "198.51.100.1", &data.backend_data.str_field("VtepMAC").unwrap());
         let mapping = vxlan.start(&own).await.unwrap().unwrap();
         let mut sync = RouteSync::new(kernel);
         sync.add_mapper("vxlan", mapping.mapper, &mapping.links);
@@ -193,7 +195,7 @@ mod tests {
         let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
         let b = lease(3, "203.0.113.3", "02:00:00:00:00:03");
         let all = peers(&[a.clone(), b.clone()]);
-        sync.on_events(&all, &[LeaseEvent::Added(a), LeaseEvent::Added(b)]).await.unwrap();
+        sync.on_events(&all, &[LeaseEvent::Added(a.subnet), LeaseEvent::Added(b.subnet)]).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!((state.routes.len(), state.neighbours.len(), state.fdb.len(), state.nexthops.len()), (2, 2, 2, 2));
         let nh = state.nexthops.values().find(|n| n.gateway == Ipv4Addr::new(10, 244, 3, 0)).unwrap();
@@ -206,15 +208,15 @@ mod tests {
         let kernel = Arc::new(MemoryKernel::default());
         let mut sync = started(kernel.clone(), VxlanConfig::default()).await;
         let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
-        sync.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.clone())]).await.unwrap();
+        sync.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.subnet)]).await.unwrap();
         let rebooted = lease(2, "198.51.100.2", "02:00:00:00:00:22");
-        let change = LeaseEvent::Changed { old: a.clone(), new: rebooted.clone() };
+        let change = LeaseEvent::Changed(rebooted.subnet);
         sync.on_events(&peers(std::slice::from_ref(&rebooted)), &[change]).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!(state.fdb.len(), 1);
         assert_eq!(state.fdb.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
         assert_eq!(state.neighbours.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
-        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(rebooted)]).await.unwrap();
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(rebooted.subnet)]).await.unwrap();
         assert!(kernel.snapshot().is_empty());
     }
 
@@ -241,7 +243,7 @@ mod tests {
         let before = kernel.applied_count();
         // The new run sees only `a`: it changes nothing for `a`, and removes `gone`'s 4 objects.
         let mut second = started(kernel.clone(), VxlanConfig::default()).await;
-        second.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.clone())]).await.unwrap();
+        second.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.subnet)]).await.unwrap();
         assert_eq!(kernel.applied_count() - before, 4);
         assert_eq!(kernel.snapshot().routes.len(), 1);
     }

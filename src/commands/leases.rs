@@ -65,7 +65,7 @@ impl From<&Lease> for LeaseRow {
             subnet: lease.subnet.to_string(),
             public_ip: lease.attrs.public_ip,
             backend_type: lease.attrs.backend_type.clone(),
-            backend_data: lease.attrs.backend_data.clone(),
+            backend_data: lease.attrs.backend_data.value(),
             reservation: lease.is_reservation(),
             expires: match lease.expiry {
                 Expiry::At(when) => Some(humantime::format_rfc3339_seconds(when).to_string()),

@@ -19,7 +19,7 @@ pub mod nexthop;
 pub mod plan;
 pub mod sysctl;
 
-pub use plan::{diff, Op, Plan};
+pub use plan::{diff, diff_all, Op, Plan};
 
 /// Route protocol number of every route and nexthop weft installs (`ip route show proto 87`).
 pub const WEFT_PROTOCOL: u8 = 87;
@@ -100,6 +100,15 @@ pub struct FdbSpec {
     pub dst: Ipv4Addr,
 }
 
+/// One kernel object of any kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    Nexthop(NexthopSpec),
+    Route(RouteSpec),
+    Neighbour(NeighbourSpec),
+    Fdb(FdbSpec),
+}
+
 /// Kernel objects by identity. Used both for what weft wants and for what it finds installed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelState {
@@ -124,6 +133,23 @@ impl KernelState {
 
     pub fn add_fdb(&mut self, fdb: FdbSpec) {
         self.fdb.insert((fdb.ifindex, fdb.mac), fdb);
+    }
+
+    pub fn add(&mut self, object: Object) {
+        match object {
+            Object::Nexthop(n) => self.add_nexthop(n),
+            Object::Route(r) => self.add_route(r),
+            Object::Neighbour(n) => self.add_neighbour(n),
+            Object::Fdb(f) => self.add_fdb(f),
+        }
+    }
+
+    /// Every object, nexthops first.
+    pub fn objects(&self) -> impl Iterator<Item = Object> + Clone + '_ {
+        let nexthops = self.nexthops.values().map(|n| Object::Nexthop(*n));
+        let routes = self.routes.values().map(|r| Object::Route(*r));
+        let neighbours = self.neighbours.values().map(|n| Object::Neighbour(*n));
+        nexthops.chain(routes).chain(neighbours).chain(self.fdb.values().map(|f| Object::Fdb(*f)))
     }
 
     pub fn len(&self) -> usize {

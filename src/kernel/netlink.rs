@@ -170,8 +170,7 @@ fn open_failed(what: &str, e: io::Error) -> KernelError {
 }
 
 /// The failure of `op`, unless it is a delete of something already gone.
-fn failure(op: &Op, outcome: Result<(), AckError>) -> Option<OpFailure> {
-    let error = outcome.err()?;
+fn failure(op: &Op, error: AckError) -> Option<OpFailure> {
     if encode::already_gone(op, error.errno) {
         return None;
     }
@@ -201,12 +200,12 @@ impl Kernel for NetlinkKernel {
             return Vec::new();
         }
         let started = Instant::now();
-        let outcomes = {
+        let rejected = {
             let mut socket = self.batch.lock().await;
             let encode = |index: usize, seq, out: &mut Vec<u8>| encode::encode_op(&ops[index], seq, out);
             socket.transact(ops.len(), encode).await
         };
-        let failures: Vec<_> = ops.iter().zip(outcomes).filter_map(|(op, outcome)| failure(op, outcome)).collect();
+        let failures: Vec<_> = rejected.into_iter().filter_map(|(index, error)| failure(&ops[index], error)).collect();
         tracing::debug!(
             ops = ops.len(),
             failed = failures.len(),

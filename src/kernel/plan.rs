@@ -1,7 +1,9 @@
 //! The diff between the kernel state weft wants and the one it owns: a plan of operations in an
 //! order the kernel accepts (what routes point at exists before them, and goes after them).
 
-use super::{FdbSpec, KernelState, NeighbourSpec, NexthopSpec, RouteSpec};
+use std::collections::BTreeMap;
+
+use super::{FdbSpec, KernelState, NeighbourSpec, NexthopSpec, Object, RouteSpec};
 
 /// One kernel change. `Put` creates or replaces in place (no delete + add, so no flap).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,44 +37,49 @@ impl Plan {
 /// Computes the plan. Objects equal on both sides are left alone, which is what lets a restarted
 /// agent adopt what it installed before without touching it.
 pub fn diff(desired: &KernelState, actual: &KernelState) -> Plan {
+    diff_all(desired.objects(), actual.clone())
+}
+
+/// The plan for everything at once, without a second picture of the kernel: `desired` is walked
+/// (once per kind of object) and `actual` shrinks as its objects are matched; what is left of it
+/// at the end is what nobody wants any more. An object wanted twice (two peers claiming the same
+/// FDB entry) is put twice, the last one winning, as the kernel would have it anyway.
+pub fn diff_all(desired: impl Iterator<Item = Object> + Clone, mut actual: KernelState) -> Plan {
     let mut ops = Vec::new();
-    // Puts, per peer: neighbour and FDB first so the first packet routed finds its way.
-    puts(&desired.neighbours, &actual.neighbours, Op::PutNeighbour, &mut ops);
-    puts(&desired.fdb, &actual.fdb, Op::PutFdb, &mut ops);
-    puts(&desired.nexthops, &actual.nexthops, Op::PutNexthop, &mut ops);
+    // Puts, per kind: neighbours and FDB entries first so the first packet routed finds its way.
+    for object in desired.clone() {
+        if let Object::Neighbour(n) = object {
+            put(&mut actual.neighbours, (n.ifindex, n.ip), n, Op::PutNeighbour, &mut ops);
+        }
+    }
+    for object in desired.clone() {
+        if let Object::Fdb(f) = object {
+            put(&mut actual.fdb, (f.ifindex, f.mac), f, Op::PutFdb, &mut ops);
+        }
+    }
+    for object in desired.clone() {
+        if let Object::Nexthop(n) = object {
+            put(&mut actual.nexthops, n.id, n, Op::PutNexthop, &mut ops);
+        }
+    }
     // A route whose nexthop object changed id must be re-pointed; one still pointing at a
     // nexthop that goes away is deleted with it by the kernel, so puts come before deletes.
-    puts(&desired.routes, &actual.routes, Op::PutRoute, &mut ops);
-    deletes(&desired.routes, &actual.routes, Op::DeleteRoute, &mut ops);
-    deletes(&desired.nexthops, &actual.nexthops, Op::DeleteNexthop, &mut ops);
-    deletes(&desired.neighbours, &actual.neighbours, Op::DeleteNeighbour, &mut ops);
-    deletes(&desired.fdb, &actual.fdb, Op::DeleteFdb, &mut ops);
+    for object in desired {
+        if let Object::Route(r) = object {
+            put(&mut actual.routes, r.dst, r, Op::PutRoute, &mut ops);
+        }
+    }
+    ops.extend(actual.routes.into_values().map(Op::DeleteRoute));
+    ops.extend(actual.nexthops.into_values().map(Op::DeleteNexthop));
+    ops.extend(actual.neighbours.into_values().map(Op::DeleteNeighbour));
+    ops.extend(actual.fdb.into_values().map(Op::DeleteFdb));
     Plan { ops }
 }
 
-fn puts<K: Ord, V: PartialEq + Copy>(
-    desired: &std::collections::BTreeMap<K, V>,
-    actual: &std::collections::BTreeMap<K, V>,
-    op: fn(V) -> Op,
-    ops: &mut Vec<Op>,
-) {
-    for (key, want) in desired {
-        if actual.get(key) != Some(want) {
-            ops.push(op(*want));
-        }
-    }
-}
-
-fn deletes<K: Ord, V: Copy>(
-    desired: &std::collections::BTreeMap<K, V>,
-    actual: &std::collections::BTreeMap<K, V>,
-    op: fn(V) -> Op,
-    ops: &mut Vec<Op>,
-) {
-    for (key, have) in actual {
-        if !desired.contains_key(key) {
-            ops.push(op(*have));
-        }
+/// Puts `want` unless the kernel has exactly it; either way it is no longer a leftover.
+fn put<K: Ord, V: PartialEq>(actual: &mut BTreeMap<K, V>, key: K, want: V, op: fn(V) -> Op, ops: &mut Vec<Op>) {
+    if actual.remove(&key).as_ref() != Some(&want) {
+        ops.push(op(want));
     }
 }
 
@@ -128,6 +135,52 @@ mod tests {
         assert!(matches!(plan.ops[0], Op::PutNeighbour(n) if n.mac.0[5] == 9));
         assert!(matches!(plan.ops[1], Op::PutFdb(f) if f.mac.0[5] == 9));
         assert!(matches!(plan.ops[2], Op::DeleteFdb(f) if f.mac.0[5] == 1));
+    }
+
+    #[test]
+    fn diff_all_matches_diff_whatever_the_order_of_peers() {
+        let mut have = KernelState::default();
+        for n in [1, 2, 3] {
+            peer(&mut have, n, n);
+        }
+        let mut want = KernelState::default();
+        for (n, mac) in [(3, 3), (2, 7), (4, 4)] {
+            peer(&mut want, n, mac);
+        }
+        // Each peer's objects in turn, peers in reverse: the kinds still come in apply order.
+        let per_peer: Vec<Vec<Object>> =
+            [4u8, 3, 2].iter().map(|&n| want.objects().filter(|o| object_peer(o) == n).collect()).collect();
+        let streamed = diff_all(per_peer.iter().flatten().copied(), have.clone());
+        let mut sorted = streamed.ops.clone();
+        let mut expected = diff(&want, &have).ops;
+        let key = |op: &Op| format!("{op:?}");
+        sorted.sort_by_key(key);
+        expected.sort_by_key(key);
+        assert_eq!(sorted, expected);
+        let rank = |op: &Op| match op {
+            Op::PutNeighbour(_) => 0,
+            Op::PutFdb(_) => 1,
+            Op::PutNexthop(_) => 2,
+            Op::PutRoute(_) => 3,
+            Op::DeleteRoute(_) => 4,
+            Op::DeleteNexthop(_) => 5,
+            Op::DeleteNeighbour(_) => 6,
+            Op::DeleteFdb(_) => 7,
+        };
+        assert!(streamed.ops.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{streamed:?}");
+        // Peer 1 gone (4 deletes), peer 2's MAC changed (neighbour + FDB put, old FDB deleted),
+        // peer 4 new (4 puts), peer 3 untouched.
+        assert_eq!(streamed.len(), 4 + 3 + 4, "{streamed:?}");
+    }
+
+    /// The peer number an object of `peer()` belongs to.
+    fn object_peer(object: &Object) -> u8 {
+        match object {
+            Object::Nexthop(n) => n.id as u8,
+            Object::Route(r) => r.dst.network().octets()[2],
+            Object::Neighbour(n) => n.ip.octets()[2],
+            Object::Fdb(f) => f.dst.octets()[3],
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::Node;
 
 use super::annotations::AnnotationNames;
-use crate::lease::{self, Expiry, LeaseAttrs};
+use crate::lease::{self, BackendData, Expiry, LeaseAttrs};
 use crate::store::{RawLease, Revision};
 
 /// Why a node managed by flannel or weft cannot be read as a lease.
@@ -82,8 +82,8 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
     })?;
     // A vxlan node without its VTEP yet carries no data annotation: that reads as `null`.
     let backend_data = match notes.get(&names.backend_data) {
-        None => serde_json::Value::Null,
-        Some(text) => serde_json::from_str(text).map_err(|e| NodeSkip::BadBackendData {
+        None => BackendData::null(),
+        Some(text) => serde_json::from_str::<BackendData>(text).map_err(|e| NodeSkip::BadBackendData {
             node: node_name.clone(),
             key: names.backend_data.clone(),
             reason: e.to_string(),
@@ -151,7 +151,7 @@ pub(crate) mod tests {
         assert_eq!(subnet, "10.244.3.0/24".parse::<Ipv4Net>().unwrap());
         assert_eq!(attrs.public_ip, Ipv4Addr::new(198, 51, 100, 3));
         assert_eq!(attrs.backend_type, "vxlan");
-        assert_eq!(attrs.backend_data["VtepMAC"], "6e:0b:1c:3a:9f:01");
+        assert_eq!(attrs.backend_data.str_field("VtepMAC").as_deref(), Some("6e:0b:1c:3a:9f:01"));
     }
 
     #[test]
