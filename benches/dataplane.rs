@@ -21,8 +21,9 @@
 //! Quick mode (`WEFT_BENCH_QUICK=1` or `--quick`): 1,000 leases only and fewer event samples,
 //! for the smoke test. Headline mode (`--headline`): only the agent on 10,000 vxlan leases with
 //! nexthops, its event latency, RSS and CPU (no floor, no other variant), to iterate on those.
-//! `WEFT_BENCH_AGENT=/path/to/weft` measures that binary instead of the release build of this
-//! tree (e.g. one built with `--no-default-features`, without the cloud SDKs);
+//! The release build of this tree is measured, and the same built without the cloud and
+//! Kubernetes SDKs (`--no-default-features`, in `target/kernel-only`) on the 10,000 vxlan leases.
+//! `WEFT_BENCH_AGENT=/path/to/weft` measures that binary alone;
 //! `WEFT_BENCH_AGENT_WRAPPER="heaptrack -o /tmp/weft"` runs the agents under that command. `WEFT_BENCH_KEEP=1` keeps the agents' logs (their path is printed);
 //! `RUST_LOG` is passed on to the agents (default `info`).
 #![allow(dead_code)] // Also compiled as a module of tests/bench_smoke.rs, which uses `run` only.
@@ -78,6 +79,9 @@ pub struct Options {
     pub agent: PathBuf,
     /// How the agent binary came to be, for the header.
     pub agent_note: String,
+    /// The agent built without the cloud and Kubernetes SDKs: its memory on the largest vxlan
+    /// set is measured too (the code of the SDKs alone is a few MB of the other's RSS).
+    pub lean_agent: Option<PathBuf>,
 }
 
 impl Options {
@@ -105,7 +109,8 @@ fn main() {
         || std::env::var("WEFT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let headline = std::env::args().any(|a| a == "--headline");
     let (agent, agent_note) = release_agent();
-    match run(&Options { quick, headline, agent, agent_note }) {
+    let lean_agent = if quick || std::env::var_os("WEFT_BENCH_AGENT").is_some() { None } else { lean_agent() };
+    match run(&Options { quick, headline, agent, agent_note, lean_agent }) {
         Ok(report) => {
             if !report.complete() {
                 std::process::exit(1);
@@ -140,6 +145,23 @@ fn release_agent() -> (PathBuf, String) {
     assert!(status.is_ok_and(|s| s.success()), "cargo build --release --bin weft failed");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/weft");
     (path, "built just now with `cargo build --release --bin weft`".into())
+}
+
+/// `target/kernel-only/release/weft`, built now with `--no-default-features` (a minute or two
+/// the first time); `None`, with a note, if that build fails.
+fn lean_agent() -> Option<PathBuf> {
+    let target_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kernel-only");
+    eprintln!("building the agent without the SDKs: cargo build --release --no-default-features --bin weft …");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--no-default-features", "--bin", "weft", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("that build failed: the agent without the SDKs is not measured");
+        return None;
+    }
+    Some(target_dir.join("release/weft"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1099,6 +1121,8 @@ pub struct Report {
     usage: Option<(u32, Usage)>,
     /// The same agent `SETTLE` later.
     settled: Option<Usage>,
+    /// The agent without the SDKs on the same set: at convergence and `SETTLE` later.
+    lean: Option<(Usage, Usage)>,
     pub problems: Vec<String>,
 }
 
@@ -1122,7 +1146,8 @@ pub fn run(options: &Options) -> io::Result<Report> {
         (BackendKind::HostGw, false),
     ];
     let variants = if options.headline { &all_variants[..1] } else { &all_variants[..] };
-    let mut lab = Lab::new(sizes.len() * variants.len(), options.agent.clone())?;
+    let hosts = sizes.len() * variants.len() + usize::from(options.lean_agent.is_some());
+    let mut lab = Lab::new(hosts, options.agent.clone())?;
     let mut report = Report::default();
     let started = Instant::now();
 
@@ -1183,6 +1208,19 @@ pub fn run(options: &Options) -> io::Result<Report> {
             report.agents.push(run);
             agent.finish(lab.store());
         }
+    }
+    if let Some(lean) = &options.lean_agent {
+        let set = sets.iter().find(|s| s.kind == BackendKind::Vxlan && s.count == largest).expect("filled").clone();
+        lab.agent = lean.clone();
+        let (run, agent) = converge(&mut lab, &set, true)?;
+        if let Some(problem) = &run.problem {
+            report.problems.push(format!("without the SDKs: {problem}"));
+        }
+        if run.convergence.complete {
+            std::thread::sleep(SETTLE);
+            report.lean = run.usage.zip(usage(agent.child.id()));
+        }
+        agent.finish(lab.store());
     }
     drop(lab);
     print!("{}", table(options, &report, started.elapsed()));
@@ -1273,12 +1311,11 @@ fn table(options: &Options, report: &Report, elapsed: Duration) -> String {
                     let limit = floor_of(BackendKind::Vxlan, Install::Nexthops, 10_000).map(|f| f.mul_f64(1.3));
                     let full_ok = matches!((run.full(), limit), (Some(d), Some(l)) if d <= l);
                     let first_ok = run.first().is_some_and(|d| d <= Duration::from_millis(100));
-                    target = format!(
-                        "full ≤ 1.3× floor = {}: {}; first ≤ 100 ms: {}",
-                        opt_ms(limit),
-                        verdict(full_ok),
-                        verdict(first_ok)
-                    );
+                    let full_target = match limit {
+                        Some(limit) => format!("full ≤ 1.3× floor = {}: {}", ms(limit), verdict(full_ok)),
+                        None => "full: floor not measured".into(),
+                    };
+                    target = format!("{full_target}; first ≤ 100 ms: {}", verdict(first_ok));
                     flannel = "2.3 s (first entry 0.22 s)";
                 }
                 _ => {}
@@ -1358,15 +1395,29 @@ fn table(options: &Options, report: &Report, elapsed: Duration) -> String {
             ms(usage.cpu),
             verdict(usage.cpu <= Duration::from_millis(300)),
         );
-        if let Some(settled) = report.settled {
-            let _ = writeln!(
-                out,
-                "  RSS {} s later: {:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed: code and data of the binary and its libraries)",
+        let settled_line = |settled: Usage| {
+            format!(
+                "RSS {} s later: {:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed: code and data of the binary and its libraries)",
                 SETTLE.as_secs(),
                 mb(settled.anon_kib + settled.file_kib),
                 mb(settled.anon_kib),
                 mb(settled.file_kib),
+            )
+        };
+        if let Some(settled) = report.settled {
+            let _ = writeln!(out, "  {}", settled_line(settled));
+        }
+        if let (Some(lean), Some((peak, settled))) = (&options.lean_agent, report.lean) {
+            let _ = writeln!(
+                out,
+                "the same agent built without the cloud and Kubernetes SDKs (--no-default-features, {:.1} MB): \
+                 RSS peak {:.1} MB, target ≤ 12 MB: {}; CPU {}",
+                std::fs::metadata(lean).map_or(0.0, |m| m.len() as f64 / 1e6),
+                mb(peak.rss_kib),
+                verdict(mb(peak.rss_kib) <= 12.0),
+                ms(peak.cpu),
             );
+            let _ = writeln!(out, "  {}", settled_line(settled));
         }
     }
     out

@@ -15,6 +15,7 @@ fn quick_benchmark_runs_and_cleans_up() {
         headline: false,
         agent: env!("CARGO_BIN_EXE_weft").into(),
         agent_note: "debug build, smoke test".into(),
+        lean_agent: None,
     };
     let report = dataplane::run(&options).expect("the benchmark runs");
     assert!(report.complete(), "{:#?}", report.problems);
