@@ -1212,14 +1212,16 @@ pub fn run(options: &Options) -> io::Result<Report> {
     if let Some(lean) = &options.lean_agent {
         let set = sets.iter().find(|s| s.kind == BackendKind::Vxlan && s.count == largest).expect("filled").clone();
         lab.agent = lean.clone();
-        let (run, agent) = converge(&mut lab, &set, true)?;
+        let (mut run, agent) = converge(&mut lab, &set, true)?;
+        run.label.push_str(", no SDKs");
         if let Some(problem) = &run.problem {
-            report.problems.push(format!("without the SDKs: {problem}"));
+            report.problems.push(problem.clone());
         }
         if run.convergence.complete {
             std::thread::sleep(SETTLE);
             report.lean = run.usage.zip(usage(agent.child.id()));
         }
+        report.agents.push(run);
         agent.finish(lab.store());
     }
     drop(lab);
@@ -1288,7 +1290,7 @@ fn table(options: &Options, report: &Report, elapsed: Duration) -> String {
         "Times: from `weft agent` process start, to the kernel's notification of the first / last peer object."
     );
     let _ = writeln!(out);
-    let w = 44;
+    let w = 46;
     let _ = writeln!(
         out,
         "{:<w$} {:>10} {:>10} {:>8} {:>8}  {:<26} flanneld v0.10 (quoted)",
