@@ -10,6 +10,7 @@ packages=(
   build-essential pkg-config protobuf-compiler   # etcd-client's build, libnftnl bindings
   libnftnl-dev libmnl-dev                         # nftables masquerade
   etcd-server etcd-client                         # the real etcd the tests run
+  openssl                                         # certificates for the etcd-over-TLS tests
   iproute2 iputils-ping nftables                  # lab and tests inspect with ip/nft, ping pods
   containernetworking-plugins                     # real CNI plugins for weft-cni tests
   python3-venv                                    # moto (EC2 model) for the aws-vpc tests

@@ -17,26 +17,50 @@ const START_DEADLINE: Duration = Duration::from_secs(20);
 const START_ATTEMPTS: usize = 3;
 
 pub struct EtcdServer {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://…` with TLS.
     pub endpoint: String,
+    /// With TLS: the certificates, a CA's and a client's (and the server's, in the same place).
+    pub tls: Option<TestCerts>,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
     dir: TempDir,
 }
 
+/// PEM files made by `openssl` for one test: a CA, and a server and a client certificate it signed.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
 impl EtcdServer {
     /// Starts etcd and waits until it answers; panics with etcd's log if it does not.
     pub fn start() -> EtcdServer {
+        Self::start_with(false)
+    }
+
+    /// Starts etcd serving clients over TLS only, and only those with a certificate of its CA.
+    pub fn start_tls() -> EtcdServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> EtcdServer {
         let mut failure = String::new();
         for _ in 0..START_ATTEMPTS {
             let (client_port, peer_port) = free_ports();
+            let dir = tempfile::tempdir().expect("create a temp dir for etcd");
+            let tls = tls.then(|| TestCerts::make(dir.path()));
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let mut server = EtcdServer {
-                endpoint: format!("http://127.0.0.1:{client_port}"),
+                endpoint: format!("{scheme}://127.0.0.1:{client_port}"),
+                tls,
                 client_port,
                 peer_port,
                 child: None,
-                dir: tempfile::tempdir().expect("create a temp dir for etcd"),
+                dir,
             };
             match server.launch() {
                 Ok(()) => return server,
@@ -99,7 +123,12 @@ impl EtcdServer {
 
     fn etcdctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("etcdctl");
-        command.env("ETCDCTL_API", "3").arg("--endpoints").arg(&self.endpoint).args(args).stdin(Stdio::null());
+        command.env("ETCDCTL_API", "3").arg("--endpoints").arg(&self.endpoint);
+        if let Some(certs) = &self.tls {
+            command.arg("--cacert").arg(&certs.ca).arg("--cert").arg(&certs.client_cert);
+            command.arg("--key").arg(&certs.client_key);
+        }
+        command.args(args).stdin(Stdio::null());
         command
     }
 
@@ -127,7 +156,7 @@ impl EtcdServer {
     }
 
     fn etcd_command(&self) -> Command {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint.clone();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new(etcd_binary());
         command
@@ -139,6 +168,10 @@ impl EtcdServer {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=weft-test={peer}"))
             .args(["--logger=zap", "--log-outputs=stderr", "--log-level=warn"]);
+        if let Some(certs) = &self.tls {
+            command.arg("--cert-file").arg(&certs.server_cert).arg("--key-file").arg(&certs.server_key);
+            command.arg("--trusted-ca-file").arg(&certs.ca).arg("--client-cert-auth");
+        }
         command
     }
 
@@ -172,6 +205,63 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+impl TestCerts {
+    /// Writes the CA, the server's certificate (for 127.0.0.1) and a client's into `dir`.
+    fn make(dir: &std::path::Path) -> TestCerts {
+        let path = |name: &str| dir.join(name);
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &["req", "-x509", "-days", "2", "-subj", "/CN=weft test CA", "-keyout"],
+            &ec,
+            &path("ca.key"),
+            &path("ca.pem"),
+        );
+        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            let ext = path(&format!("{name}.ext"));
+            std::fs::write(&ext, format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"))
+                .expect("write ext");
+            let subject = format!("/CN=weft test {name}");
+            let csr = path(&format!("{name}.csr"));
+            openssl(&["req", "-subj", &subject, "-keyout"], &ec, &path(&format!("{name}.key")), &csr);
+            let signed = Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-in"])
+                .arg(&csr)
+                .arg("-CA")
+                .arg(path("ca.pem"))
+                .arg("-CAkey")
+                .arg(path("ca.key"))
+                .arg("-CAcreateserial")
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(path(&format!("{name}.pem")))
+                .output()
+                .unwrap_or_else(|e| panic!("run openssl: {e} (install Debian's openssl)"));
+            assert!(signed.status.success(), "openssl x509: {}", String::from_utf8_lossy(&signed.stderr));
+        }
+        TestCerts {
+            ca: path("ca.pem"),
+            client_cert: path("client.pem"),
+            client_key: path("client.key"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+        }
+    }
+}
+
+/// `openssl <args> <key> <ec args> -out <out>`: a new EC key and a request or self-signed cert.
+fn openssl(args: &[&str], ec: &[&str], key: &std::path::Path, out: &std::path::Path) {
+    let output = Command::new("openssl")
+        .args(args)
+        .arg(key)
+        .args(ec)
+        .arg("-out")
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl: {e} (install Debian's openssl)"));
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn etcd_binary() -> String {
