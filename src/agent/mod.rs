@@ -355,6 +355,19 @@ impl Running {
 
     async fn deliver(&mut self, watcher: &mut LeaseWatcher, update: LeaseUpdate) -> Result<(), backend::BackendError> {
         let full_listing = matches!(update, LeaseUpdate::Resync(..));
+        let result = self.deliver_events(watcher, update).await;
+        if full_listing {
+            // Every lease was read and, when something changed, the kernel synced in full.
+            heap::release_free_memory();
+        }
+        result
+    }
+
+    async fn deliver_events(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        update: LeaseUpdate,
+    ) -> Result<(), backend::BackendError> {
         let delivery = watcher.apply(update);
         for skipped in &delivery.skipped {
             self.health.metrics.malformed_leases.inc();
@@ -378,11 +391,7 @@ impl Running {
             }
             self.health.metrics.events.get_or_create(&EventLabels { kind }).inc();
         }
-        let applied = self.dataplane.apply(watcher.leases(), &delivery.events).await;
-        if full_listing {
-            heap::release_free_memory();
-        }
-        applied
+        self.dataplane.apply(watcher.leases(), &delivery.events).await
     }
 
     async fn reconcile(&mut self, watcher: &LeaseWatcher) {
