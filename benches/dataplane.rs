@@ -138,11 +138,7 @@ fn release_agent() -> (PathBuf, String) {
         return (path, "built by cargo for this benchmark, release profile".into());
     }
     eprintln!("target/release/weft is missing: running `cargo build --release --bin weft`");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--bin", "weft"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "cargo build --release --bin weft failed");
+    assert!(cargo_build_release(&[]), "cargo build --release --bin weft failed");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/weft");
     (path, "built just now with `cargo build --release --bin weft`".into())
 }
@@ -152,16 +148,22 @@ fn release_agent() -> (PathBuf, String) {
 fn lean_agent() -> Option<PathBuf> {
     let target_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kernel-only");
     eprintln!("building the agent without the SDKs: cargo build --release --no-default-features --bin weft …");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--no-default-features", "--bin", "weft", "--target-dir"])
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
+    let target_arg = target_dir.to_string_lossy();
+    if !cargo_build_release(&["--no-default-features", "--target-dir", &target_arg]) {
         eprintln!("that build failed: the agent without the SDKs is not measured");
         return None;
     }
     Some(target_dir.join("release/weft"))
+}
+
+/// `cargo build --release --bin weft <extra>` in this tree; whether it succeeded.
+fn cargo_build_release(extra: &[&str]) -> bool {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--bin", "weft"])
+        .args(extra)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
 use super::BackendError;
-use crate::kernel::{diff, diff_all, Kernel, KernelState, Object, Op, OpFailure, Ownership};
+use crate::kernel::{diff_all, Kernel, KernelState, Object, Op, OpFailure, Ownership};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
@@ -110,7 +110,8 @@ impl RouteSync {
                 Some(None) => old.clone(),
                 None => KernelState::default(),
             };
-            ops.extend(diff(&new, &old).ops);
+            // `old` is this peer's own copy: the diff consumes it rather than cloning it.
+            ops.extend(diff_all(new.objects(), old).ops);
             if !new.is_empty() {
                 self.installed.insert(subnet, PeerEntries::of(&new));
             }

@@ -210,37 +210,24 @@ impl Drop for EtcdServer {
 impl TestCerts {
     /// Writes the CA, the server's certificate (for 127.0.0.1) and a client's into `dir`.
     fn make(dir: &std::path::Path) -> TestCerts {
-        let path = |name: &str| dir.join(name);
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        openssl(
-            &["req", "-x509", "-days", "2", "-subj", "/CN=weft test CA", "-keyout"],
-            &ec,
-            &path("ca.key"),
-            &path("ca.pem"),
-        );
+        let (ca, ca_key) = (path("ca.pem"), path("ca.key"));
+        openssl(&[
+            &["req", "-x509", "-days", "2", "-subj", "/CN=weft test CA", "-keyout", &ca_key, "-out", &ca],
+            &ec[..],
+        ]);
         for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
-            let ext = path(&format!("{name}.ext"));
+            let (ext, csr) = (path(&format!("{name}.ext")), path(&format!("{name}.csr")));
+            let (key, cert) = (path(&format!("{name}.key")), path(&format!("{name}.pem")));
             std::fs::write(&ext, format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"))
                 .expect("write ext");
             let subject = format!("/CN=weft test {name}");
-            let csr = path(&format!("{name}.csr"));
-            openssl(&["req", "-subj", &subject, "-keyout"], &ec, &path(&format!("{name}.key")), &csr);
-            let signed = Command::new("openssl")
-                .args(["x509", "-req", "-days", "2", "-in"])
-                .arg(&csr)
-                .arg("-CA")
-                .arg(path("ca.pem"))
-                .arg("-CAkey")
-                .arg(path("ca.key"))
-                .arg("-CAcreateserial")
-                .arg("-extfile")
-                .arg(&ext)
-                .arg("-out")
-                .arg(path(&format!("{name}.pem")))
-                .output()
-                .unwrap_or_else(|e| panic!("run openssl: {e} (install Debian's openssl)"));
-            assert!(signed.status.success(), "openssl x509: {}", String::from_utf8_lossy(&signed.stderr));
+            openssl(&[&["req", "-subj", &subject, "-keyout", &key, "-out", &csr], &ec[..]]);
+            let sign = ["x509", "-req", "-days", "2", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial"];
+            openssl(&[&sign[..], &["-extfile", &ext, "-out", &cert]]);
         }
+        let path = |name: &str| dir.join(name);
         TestCerts {
             ca: path("ca.pem"),
             client_cert: path("client.pem"),
@@ -251,14 +238,11 @@ impl TestCerts {
     }
 }
 
-/// `openssl <args> <key> <ec args> -out <out>`: a new EC key and a request or self-signed cert.
-fn openssl(args: &[&str], ec: &[&str], key: &std::path::Path, out: &std::path::Path) {
+/// Runs `openssl` with the concatenated `args`; panics with its message if it fails.
+fn openssl(args: &[&[&str]]) {
+    let args = args.concat();
     let output = Command::new("openssl")
-        .args(args)
-        .arg(key)
-        .args(ec)
-        .arg("-out")
-        .arg(out)
+        .args(&args)
         .output()
         .unwrap_or_else(|e| panic!("run openssl: {e} (install Debian's openssl)"));
     assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
