@@ -1,18 +1,26 @@
-//! The host's data plane: the active backend, backends being retired after a switch, and the one
-//! route-sync engine that installs every peer's kernel objects by the peer's backend type.
+//! The host's data plane: the backend's whole life (prepared, started, active, retired), backends
+//! being retired after a switch, and the one route-sync engine that installs every peer's kernel
+//! objects by the peer's backend type.
 //!
 //! A switch (say vxlan → host-gw) starts the new backend beside the old one. Each peer moves when
 //! its lease shows the new type — its route replaced in place — and the old backend is torn down
-//! (its device, its cloud route) once no peer uses it any more.
+//! (its device, its cloud route) once no peer has used it for [`RETIRE_GRACE`].
+//!
+//! The agent sees a backend only as the lease data it publishes: [`Prepared`] and [`Ready`] are
+//! opaque, and each step consumes the previous one, so the order cannot go wrong.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::backend::route_sync::{PeerObjects, RouteSync};
-use crate::backend::{self, Backend, BackendContext, BackendError};
+use crate::backend::{
+    self, Active, BackendContext, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started,
+};
 use crate::kernel::{Kernel, KernelState};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
@@ -30,22 +38,45 @@ pub type KernelFactory = Box<dyn Fn() -> Result<Arc<dyn Kernel>, BackendError> +
 
 /// How long a retiring backend stays after its last peer moved: peers may still send to us the
 /// old way until they have seen our own lease change.
-const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+pub const RETIRE_GRACE: Duration = Duration::from_secs(3);
 
-/// A started backend and the devices the route-sync engine manages for it.
-struct Started {
-    backend: Box<dyn Backend>,
+/// A backend set up on the host, not started: what it would publish in our lease.
+pub struct Prepared {
+    backend: Box<dyn Registered>,
+}
+
+impl Prepared {
+    pub fn lease_data(&self) -> &LeaseData {
+        self.backend.lease_data()
+    }
+}
+
+/// A started backend, not yet the active one: peers are not installed through it yet.
+pub struct Ready {
+    backend: Box<dyn Active>,
+    peers: Option<PeerMapping>,
+}
+
+impl Ready {
+    pub fn lease_data(&self) -> &LeaseData {
+        self.backend.lease_data()
+    }
+}
+
+/// A backend serving peers, and the devices the route-sync engine manages for it.
+struct Live {
+    backend: Box<dyn Active>,
     links: Vec<u32>,
     /// Retiring: since when no peer uses it.
-    unused_since: Option<std::time::Instant>,
+    unused_since: Option<Instant>,
 }
 
 pub struct Dataplane {
     kernel_factory: KernelFactory,
     kernel: Option<Arc<dyn Kernel>>,
     sync: Option<RouteSync>,
-    active: Option<Started>,
-    retiring: Vec<Started>,
+    active: Option<Live>,
+    retiring: Vec<Live>,
     /// Kernel changes made by someone else to what weft owns. In a mutex only to make the data
     /// plane `Sync`; it is only ever used through `&mut self` (`get_mut`, no locking).
     changes: std::sync::Mutex<Option<BoxStream<'static, ()>>>,
@@ -67,56 +98,97 @@ impl Dataplane {
     pub fn netlink() -> Self {
         Dataplane::new(Box::new(|| {
             let kernel =
-                crate::kernel::netlink::NetlinkKernel::new().map_err(|e| BackendError::Setup(e.to_string()))?;
+                crate::kernel::netlink::NetlinkKernel::new().map_err(|e| BackendError::kernel("opening netlink", e))?;
             Ok(Arc::new(kernel) as Arc<dyn Kernel>)
         }))
     }
 
-    /// One kernel connection for every backend, opened when the first kernel backend needs it.
+    /// One kernel connection and one route-sync engine for every backend, opened when the first
+    /// kernel backend needs them.
     fn kernel(&mut self) -> Result<Arc<dyn Kernel>, BackendError> {
         if let Some(kernel) = &self.kernel {
             return Ok(kernel.clone());
         }
         let kernel = (self.kernel_factory)()?;
         self.kernel = Some(kernel.clone());
+        self.sync = Some(RouteSync::new(kernel.clone()));
         Ok(kernel)
     }
 
-    /// Builds (but does not start) the backend the network asks for.
-    pub fn create_backend(&mut self, ctx: &BackendContext) -> Result<Box<dyn Backend>, BackendError> {
-        backend::create_with_kernel(ctx, || self.kernel())
+    /// Builds the backend the network asks for and sets the host up for it.
+    pub async fn prepare(&mut self, ctx: &BackendContext) -> Result<Prepared, BackendError> {
+        let backend = backend::create(ctx, || self.kernel())?;
+        Ok(Prepared { backend: backend.register().await? })
     }
 
-    /// Starts `backend` on our lease and makes it the active one. A previously active backend of
-    /// another kind keeps serving the peers still on it until none is left.
-    pub async fn start(&mut self, mut backend: Box<dyn Backend>, own: &Lease) -> Result<(), BackendError> {
-        let mapping = backend.start(own).await?;
-        let mut links = Vec::new();
-        if let Some(mapping) = mapping {
-            links = mapping.links.clone();
-            let kernel = self.kernel()?;
-            let sync = self.sync.get_or_insert_with(|| RouteSync::new(kernel));
-            sync.add_mapper(backend.type_name(), mapping.mapper, &mapping.links);
-        } else if let Some(sync) = &mut self.sync {
-            // A backend without kernel objects (the cloud routes traffic: aws-vpc, gce) after one
-            // with: a peer on it needs none here. Without this mapper its old backend's objects
-            // would be kept as for a type we do not run yet — for good.
-            sync.add_mapper(backend.type_name(), Box::new(NoObjects), &[]);
+    /// Starts `prepared` on our lease, beside the active backend. On failure what it set up is
+    /// removed again.
+    pub async fn start(&mut self, prepared: Prepared, own: &Lease) -> Result<Ready, BackendError> {
+        match prepared.backend.start(own).await {
+            Ok(Started { backend, peers }) => Ok(Ready { backend, peers }),
+            Err(StartFailed { error, backend }) => {
+                self.discard(Prepared { backend }).await;
+                Err(error)
+            }
         }
-        let kind = backend.type_name();
-        let started = Started { backend, links, unused_since: None };
-        if let Some(previous) = self.active.replace(started) {
+    }
+
+    /// Makes `ready` the active backend. A previously active backend of another kind keeps
+    /// serving the peers still on it until none is left.
+    pub async fn activate(&mut self, ready: Ready) {
+        let kind = ready.backend.kind();
+        let links = ready.peers.as_ref().map(|m| m.links.clone()).unwrap_or_default();
+        if let Some(sync) = &mut self.sync {
+            match ready.peers {
+                Some(mapping) => sync.add_mapper(kind, mapping.mapper, &mapping.links),
+                // A backend without kernel objects (the cloud routes traffic: aws-vpc, gce) after
+                // one with: a peer on it needs none here. Without this mapper its old backend's
+                // objects would be kept as for a type we do not run yet — for good.
+                None => sync.add_mapper(kind, Box::new(NoObjects), &[]),
+            }
+        }
+        let live = Live { backend: ready.backend, links, unused_since: None };
+        if let Some(previous) = self.active.replace(live) {
             self.retire(previous).await;
         }
         // Back to a kind still retiring (a switch undone within the grace): the new backend
         // replaces it as a new one of the same kind does. Retired later, it would take the new
         // one's mapper (and devices) with it.
-        while let Some(at) = self.retiring.iter().position(|r| r.backend.type_name() == kind) {
+        while let Some(at) = self.retiring.iter().position(|r| r.backend.kind() == kind) {
             let old = self.retiring.remove(at);
             self.replace_same_kind(old).await;
         }
         self.follow_kernel_changes();
-        Ok(())
+    }
+
+    /// Undoes a prepared backend that will not be started (a switch that did not go through).
+    pub async fn discard(&mut self, prepared: Prepared) {
+        let (kind, links) = (prepared.backend.kind(), prepared.backend.links());
+        if self.shares_everything(kind, &links) {
+            return;
+        }
+        if let Err(e) = prepared.backend.abandon().await {
+            warn!(backend = %kind, error = %e, "removing the backend that was not started");
+        }
+    }
+
+    /// Stops a started backend that never became active (a switch rolled back).
+    pub async fn stop(&mut self, ready: Ready) {
+        let kind = ready.backend.kind();
+        let links = ready.peers.map(|m| m.links).unwrap_or_default();
+        if self.shares_everything(kind, &links) {
+            return;
+        }
+        if let Err(e) = ready.backend.teardown().await {
+            warn!(backend = %kind, error = %e, "removing the backend that was not activated");
+        }
+    }
+
+    /// Whether a live backend of `kind` uses every one of `links`: the candidate made nothing of
+    /// its own (the same device, the same cloud route), so removing it would break the live one.
+    fn shares_everything(&self, kind: BackendKind, links: &[u32]) -> bool {
+        let mut live = self.active.iter().chain(&self.retiring);
+        live.any(|l| l.backend.kind() == kind && links.iter().all(|link| l.links.contains(link)))
     }
 
     /// (Re)subscribes to kernel changes for what we own now (devices come and go on a switch).
@@ -140,23 +212,28 @@ impl Dataplane {
         }
     }
 
-    pub fn active_type(&self) -> Option<&'static str> {
-        self.active.as_ref().map(|s| s.backend.type_name())
+    pub fn active_kind(&self) -> Option<BackendKind> {
+        self.active.as_ref().map(|s| s.backend.kind())
     }
 
-    async fn retire(&mut self, previous: Started) {
-        let new_type = self.active_type();
-        if new_type == Some(previous.backend.type_name()) {
+    /// The kinds still serving peers that have not moved to the active one.
+    pub fn retiring_kinds(&self) -> Vec<BackendKind> {
+        self.retiring.iter().map(|r| r.backend.kind()).collect()
+    }
+
+    async fn retire(&mut self, previous: Live) {
+        let new_kind = self.active_kind();
+        if new_kind == Some(previous.backend.kind()) {
             self.replace_same_kind(previous).await;
             return;
         }
-        info!(from = previous.backend.type_name(), to = ?new_type, "switching backend: peers move as their leases change");
+        info!(from = %previous.backend.kind(), to = ?new_kind.map(BackendKind::as_str), "switching backend: peers move as their leases change");
         self.retiring.push(previous);
     }
 
     /// `previous` is of the active backend's kind, with other options (a VNI, direct routing):
     /// the new mapping replaced the old one; only a device the new one does not use goes away.
-    async fn replace_same_kind(&mut self, previous: Started) {
+    async fn replace_same_kind(&mut self, previous: Live) {
         let active_links = self.active.as_ref().map(|a| a.links.clone()).unwrap_or_default();
         let stale: Vec<u32> = previous.links.iter().copied().filter(|l| !active_links.contains(l)).collect();
         if !stale.is_empty() {
@@ -164,26 +241,33 @@ impl Dataplane {
         }
     }
 
-    async fn tear_down(&mut self, mut old: Started, links: &[u32]) {
+    async fn tear_down(&mut self, old: Live, links: &[u32]) {
         if let Some(sync) = &mut self.sync {
             sync.forget_links(links);
         }
+        let kind = old.backend.kind();
         match old.backend.teardown().await {
-            Ok(()) => info!(backend = old.backend.type_name(), "old backend removed"),
-            Err(e) => warn!(backend = old.backend.type_name(), error = %e, "removing the old backend"),
+            Ok(()) => info!(backend = %kind, "old backend removed"),
+            Err(e) => warn!(backend = %kind, error = %e, "removing the old backend"),
         }
         self.follow_kernel_changes();
     }
 
+    /// When the next retiring backend's grace runs out; `None` while every retiring backend
+    /// still has peers (or there is none). The agent calls [`Dataplane::retire_unused`] then.
+    pub fn retirement_due(&self) -> Option<Instant> {
+        self.retiring.iter().filter_map(|r| r.unused_since).map(|since| since + RETIRE_GRACE).min()
+    }
+
     /// Retires old backends no peer has used for [`RETIRE_GRACE`].
-    async fn retire_unused(&mut self, peers: &LeaseMap) {
+    pub async fn retire_unused(&mut self, peers: &LeaseMap) {
         let mut i = 0;
         while i < self.retiring.len() {
-            let kind = self.retiring[i].backend.type_name();
-            let unused_since = if peers.values().any(|l| l.attrs.backend_type == kind) {
+            let kind = self.retiring[i].backend.kind();
+            let unused_since = if peers.values().any(|l| l.attrs.backend_type == kind.as_str()) {
                 None
             } else {
-                Some(self.retiring[i].unused_since.unwrap_or_else(std::time::Instant::now))
+                Some(self.retiring[i].unused_since.unwrap_or_else(Instant::now))
             };
             self.retiring[i].unused_since = unused_since;
             if unused_since.is_none_or(|since| since.elapsed() < RETIRE_GRACE) {
@@ -219,7 +303,15 @@ impl Dataplane {
         result
     }
 
-    /// The active backend's own checks (cloud routes); see [`Backend::check`].
+    /// Our lease moved to another subnet: every live backend follows.
+    pub async fn own_lease_changed(&mut self, own: &Lease) -> Result<(), BackendError> {
+        for live in self.active.iter_mut().chain(self.retiring.iter_mut()) {
+            live.backend.own_lease_changed(own).await?;
+        }
+        Ok(())
+    }
+
+    /// The active backend's own checks (cloud routes); see [`Active::check`].
     pub async fn check(&mut self, own: &Lease, peers: &LeaseMap, forced: bool) -> Result<(), BackendError> {
         match &mut self.active {
             Some(active) => active.backend.check(own, peers, forced).await,
@@ -237,45 +329,106 @@ impl Dataplane {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use async_trait::async_trait;
 
     use super::*;
     use crate::backend::route_sync::test_support::ViaPublicIp;
-    use crate::backend::{LeaseData, PeerMapping};
     use crate::kernel::memory::MemoryKernel;
-    use crate::lease::{BackendData, Expiry, LeaseAttrs};
+    use crate::lease::{Expiry, LeaseAttrs};
+
+    /// What the fake backends did, in order.
+    type Journal = Arc<Mutex<Vec<String>>>;
 
     /// A backend of kind `kind`: with kernel objects (like host-gw) or without (like aws-vpc).
     struct Fake {
-        kind: &'static str,
+        kind: BackendKind,
         kernel: bool,
+        data: LeaseData,
+        journal: Journal,
+        fail_start: bool,
+    }
+
+    fn fake(kind: BackendKind, kernel: bool, journal: &Journal) -> Prepared {
+        fake_failing(kind, kernel, journal, false)
+    }
+
+    fn fake_failing(kind: BackendKind, kernel: bool, journal: &Journal, fail_start: bool) -> Prepared {
+        let data = LeaseData::plain(kind, 1500);
+        Prepared { backend: Box::new(Fake { kind, kernel, data, journal: journal.clone(), fail_start }) }
+    }
+
+    impl Fake {
+        fn note(&self, what: &str) {
+            self.journal.lock().unwrap().push(format!("{what} {}", self.kind));
+        }
     }
 
     #[async_trait]
-    impl Backend for Fake {
-        fn type_name(&self) -> &'static str {
+    impl Registered for Fake {
+        fn kind(&self) -> BackendKind {
             self.kind
         }
 
-        async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
-            Ok(LeaseData { backend_type: self.kind, backend_data: BackendData::null(), mtu: 1500 })
+        fn lease_data(&self) -> &LeaseData {
+            &self.data
         }
 
-        async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
-            Ok(self.kernel.then(|| PeerMapping { mapper: Box::new(ViaPublicIp), links: Vec::new() }))
+        async fn start(self: Box<Self>, _own: &Lease) -> Result<Started, StartFailed> {
+            if self.fail_start {
+                let error = BackendError::Config { backend: self.kind, problem: "refused by test".into() };
+                return Err(StartFailed { error, backend: self });
+            }
+            self.note("start");
+            let peers = self.kernel.then(|| PeerMapping { mapper: Box::new(ViaPublicIp), links: Vec::new() });
+            Ok(Started { backend: self, peers })
+        }
+
+        async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
+            self.note("abandon");
+            Ok(())
         }
     }
 
-    fn lease(subnet: &str, backend: &str) -> Lease {
+    #[async_trait]
+    impl Active for Fake {
+        fn kind(&self) -> BackendKind {
+            self.kind
+        }
+
+        fn lease_data(&self) -> &LeaseData {
+            &self.data
+        }
+
+        async fn teardown(self: Box<Self>) -> Result<(), BackendError> {
+            self.note("teardown");
+            Ok(())
+        }
+    }
+
+    fn lease(subnet: &str, backend: BackendKind) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
-            attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend, BackendData::null()),
+            attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend.as_str(), serde_json::Value::Null),
             expiry: Expiry::Unknown,
         }
     }
 
+    fn dataplane(kernel: &Arc<MemoryKernel>) -> Dataplane {
+        let factory = kernel.clone();
+        let mut dataplane = Dataplane::new(Box::new(move || Ok(factory.clone() as Arc<dyn Kernel>)));
+        dataplane.kernel().unwrap();
+        dataplane
+    }
+
+    async fn start_and_activate(dataplane: &mut Dataplane, prepared: Prepared, own: &Lease) {
+        let ready = dataplane.start(prepared, own).await.unwrap();
+        dataplane.activate(ready).await;
+    }
+
     /// Moves the one peer to `backend`.
-    async fn peer_moves(dataplane: &mut Dataplane, peer: &mut Lease, backend: &str) -> LeaseMap {
+    async fn peer_moves(dataplane: &mut Dataplane, peer: &mut Lease, backend: BackendKind) -> LeaseMap {
         *peer = lease("10.244.2.0/24", backend);
         let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
         dataplane.apply(&peers, &[LeaseEvent::Changed(peer.subnet)]).await.unwrap();
@@ -285,29 +438,82 @@ mod tests {
     #[tokio::test]
     async fn to_a_backend_without_kernel_objects_and_back() {
         let kernel = Arc::new(MemoryKernel::default());
-        let factory = kernel.clone();
-        let mut dataplane = Dataplane::new(Box::new(move || Ok(factory.clone() as Arc<dyn Kernel>)));
-        let own = lease("10.244.1.0/24", "host-gw");
-        dataplane.start(Box::new(Fake { kind: "host-gw", kernel: true }), &own).await.unwrap();
-        let mut peer = lease("10.244.2.0/24", "host-gw");
+        let journal = Journal::default();
+        let mut dataplane = dataplane(&kernel);
+        let own = lease("10.244.1.0/24", BackendKind::HostGw);
+        start_and_activate(&mut dataplane, fake(BackendKind::HostGw, true, &journal), &own).await;
+        let mut peer = lease("10.244.2.0/24", BackendKind::HostGw);
         dataplane.reconcile(&[(peer.subnet, peer.clone())].into()).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
 
         // The peer on the cloud backend we run too: its route goes, now and on every repair.
-        dataplane.start(Box::new(Fake { kind: "aws-vpc", kernel: false }), &own).await.unwrap();
-        let peers = peer_moves(&mut dataplane, &mut peer, "aws-vpc").await;
+        start_and_activate(&mut dataplane, fake(BackendKind::AwsVpc, false, &journal), &own).await;
+        let peers = peer_moves(&mut dataplane, &mut peer, BackendKind::AwsVpc).await;
         assert!(kernel.snapshot().routes.is_empty());
         dataplane.reconcile(&peers).await.unwrap();
         assert!(kernel.snapshot().routes.is_empty());
 
         // Back within the grace: the retiring host-gw is replaced, not retired later with the
         // new one's mapper.
-        dataplane.start(Box::new(Fake { kind: "host-gw", kernel: true }), &own).await.unwrap();
-        assert_eq!(dataplane.retiring.len(), 1, "only aws-vpc retires");
-        let peers = peer_moves(&mut dataplane, &mut peer, "host-gw").await;
+        start_and_activate(&mut dataplane, fake(BackendKind::HostGw, true, &journal), &own).await;
+        assert_eq!(dataplane.retiring_kinds(), [BackendKind::AwsVpc], "only aws-vpc retires");
+        let peers = peer_moves(&mut dataplane, &mut peer, BackendKind::HostGw).await;
         assert_eq!(kernel.snapshot().routes.len(), 1);
         dataplane.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
-        assert!(dataplane.sync.as_ref().unwrap().handles("host-gw"));
+        assert!(dataplane.sync.as_ref().unwrap().handles(BackendKind::HostGw));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_old_backend_is_torn_down_a_grace_after_its_last_peer_left_without_more_events() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let journal = Journal::default();
+        let mut dataplane = dataplane(&kernel);
+        let own = lease("10.244.1.0/24", BackendKind::Vxlan);
+        start_and_activate(&mut dataplane, fake(BackendKind::Vxlan, true, &journal), &own).await;
+        let mut peer = lease("10.244.2.0/24", BackendKind::Vxlan);
+        dataplane.reconcile(&[(peer.subnet, peer.clone())].into()).await.unwrap();
+        start_and_activate(&mut dataplane, fake(BackendKind::HostGw, true, &journal), &own).await;
+        assert_eq!(dataplane.retirement_due(), None, "not known to be unused before the peers were looked at");
+        // The last peer moves: from then on nothing happens but the clock.
+        let peers = peer_moves(&mut dataplane, &mut peer, BackendKind::HostGw).await;
+        let due = dataplane.retirement_due().expect("a retirement is due once the last peer left");
+        assert_eq!(due.duration_since(Instant::now()), RETIRE_GRACE);
+        tokio::time::sleep_until(due).await;
+        dataplane.retire_unused(&peers).await;
+        assert!(dataplane.retiring_kinds().is_empty());
+        assert_eq!(*journal.lock().unwrap(), ["start vxlan", "start host-gw", "teardown vxlan"]);
+        assert_eq!(dataplane.retirement_due(), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_removes_what_was_prepared_and_keeps_the_active_backend() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let journal = Journal::default();
+        let mut dataplane = dataplane(&kernel);
+        let own = lease("10.244.1.0/24", BackendKind::Vxlan);
+        start_and_activate(&mut dataplane, fake(BackendKind::Vxlan, true, &journal), &own).await;
+        let failing = fake_failing(BackendKind::HostGw, true, &journal, true);
+        assert!(dataplane.start(failing, &own).await.is_err());
+        assert_eq!(*journal.lock().unwrap(), ["start vxlan", "abandon host-gw"]);
+        assert_eq!(dataplane.active_kind(), Some(BackendKind::Vxlan));
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_candidate_of_the_active_kind_leaves_the_active_one_alone() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let journal = Journal::default();
+        let mut dataplane = dataplane(&kernel);
+        let own = lease("10.244.1.0/24", BackendKind::AwsVpc);
+        start_and_activate(&mut dataplane, fake(BackendKind::AwsVpc, false, &journal), &own).await;
+        // Same kind, other options (say another recheck): its teardown would remove the route the
+        // active one keeps.
+        let ready = dataplane.start(fake(BackendKind::AwsVpc, false, &journal), &own).await.unwrap();
+        dataplane.stop(ready).await;
+        // Another kind: it goes.
+        let ready = dataplane.start(fake(BackendKind::Gce, false, &journal), &own).await.unwrap();
+        dataplane.stop(ready).await;
+        assert_eq!(*journal.lock().unwrap(), ["start aws-vpc", "start aws-vpc", "start gce", "teardown gce"]);
+        assert_eq!(dataplane.active_kind(), Some(BackendKind::AwsVpc));
     }
 }

@@ -1,5 +1,6 @@
 //! `/healthz`, `/readyz` and `/metrics` (Prometheus text) on `agent.listen`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -121,45 +122,91 @@ impl Metrics {
     }
 }
 
-/// What readiness waits for.
-#[derive(Debug, Clone, Default)]
+/// One thing readiness waits for. Each is written by one owner only, so that one part's
+/// recovery never hides another's failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Condition {
+    /// The cluster network config is read (the agent loop, at start).
+    Network,
+    /// Our lease is held and `subnet.env` written (the lease loop).
+    Lease,
+    /// The stored network config is the one running (network changes: refused or failed switches).
+    Config,
+    /// The backend is started and its own checks pass (the data plane).
+    Backend,
+    /// weft's nftables masquerade rules are as `agent.ip_masq` wants (the host's side effects).
+    Masquerade,
+    /// Our cloud route is in place (the cloud backend's worker).
+    Cloud,
+}
+
+impl Condition {
+    pub const ALL: [Condition; 6] = [
+        Condition::Network,
+        Condition::Lease,
+        Condition::Config,
+        Condition::Backend,
+        Condition::Masquerade,
+        Condition::Cloud,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Condition::Network => "network",
+            Condition::Lease => "lease",
+            Condition::Config => "config",
+            Condition::Backend => "backend",
+            Condition::Masquerade => "masquerade",
+            Condition::Cloud => "cloud",
+        }
+    }
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every failing condition with its reason; ready when none fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
-    pub lease_held: bool,
-    pub subnet_env_written: bool,
-    pub backend_ready: bool,
-    /// Set while the backend's last check failed (a full cloud route table, an API refusing).
-    pub backend_problem: Option<String>,
-    /// Set while something keeps the agent from being ready (network full, backend error...).
-    pub problem: Option<String>,
+    failing: BTreeMap<Condition, String>,
+}
+
+impl Default for Readiness {
+    /// At start: nothing read, leased or started yet.
+    fn default() -> Self {
+        let failing = [
+            (Condition::Network, "no network config read yet"),
+            (Condition::Lease, "no lease held yet"),
+            (Condition::Backend, "backend not started yet"),
+        ];
+        Readiness { failing: failing.into_iter().map(|(c, why)| (c, why.to_string())).collect() }
+    }
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.lease_held
-            && self.subnet_env_written
-            && self.backend_ready
-            && self.problem.is_none()
-            && self.backend_problem.is_none()
+        self.failing.is_empty()
     }
 
+    /// Why `condition` fails; `None` when it holds.
+    pub fn problem(&self, condition: Condition) -> Option<&str> {
+        self.failing.get(&condition).map(String::as_str)
+    }
+
+    /// The failing conditions, in the order of [`Condition::ALL`].
+    pub fn failing(&self) -> impl Iterator<Item = (Condition, &str)> {
+        self.failing.iter().map(|(c, why)| (*c, why.as_str()))
+    }
+
+    /// `/readyz`'s body: `ok`, or a line per failing condition.
     fn explain(&self) -> String {
         if self.is_ready() {
             return "ok\n".into();
         }
-        let mut missing = Vec::new();
-        if !self.lease_held {
-            missing.push("no lease held");
-        }
-        if !self.subnet_env_written {
-            missing.push("subnet.env not written");
-        }
-        if !self.backend_ready {
-            missing.push("backend not ready");
-        }
-        let mut parts: Vec<&str> = missing;
-        parts.extend(self.problem.as_deref());
-        parts.extend(self.backend_problem.as_deref());
-        parts.join("; ") + "\n"
+        self.failing().map(|(condition, why)| format!("{condition}: {why}\n")).collect()
     }
 }
 
@@ -171,9 +218,23 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn update(&self, change: impl FnOnce(&mut Readiness)) {
+    /// `condition` holds.
+    pub fn ok(&self, condition: Condition) {
+        self.set(condition, None);
+    }
+
+    /// `condition` fails, for `why`.
+    pub fn fail(&self, condition: Condition, why: impl std::fmt::Display) {
+        self.set(condition, Some(why.to_string()));
+    }
+
+    /// `condition` holds (`None`) or fails for the reason given.
+    pub fn set(&self, condition: Condition, problem: Option<String>) {
         let mut readiness = self.readiness.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut readiness);
+        match problem {
+            Some(why) => readiness.failing.insert(condition, why),
+            None => readiness.failing.remove(&condition),
+        };
         self.metrics.ready.set(readiness.is_ready() as i64);
     }
 
@@ -221,15 +282,31 @@ mod tests {
     fn readiness_needs_everything() {
         let health = Health::default();
         assert!(!health.readiness().is_ready());
-        health.update(|r| {
-            r.lease_held = true;
-            r.subnet_env_written = true;
-            r.backend_ready = true;
-        });
+        for condition in [Condition::Network, Condition::Lease, Condition::Backend] {
+            health.ok(condition);
+        }
         assert!(health.readiness().is_ready());
-        health.update(|r| r.problem = Some("network full".into()));
-        assert_eq!(health.readiness().explain(), "network full\n");
+        assert!(health.metrics.encode().contains("weft_ready 1"));
+        health.fail(Condition::Lease, "network full");
+        assert_eq!(health.readiness().explain(), "lease: network full\n");
         assert!(health.metrics.encode().contains("weft_ready 0"));
+    }
+
+    #[test]
+    fn every_failing_condition_is_listed_and_each_owner_clears_only_its_own() {
+        let health = Health::default();
+        for condition in Condition::ALL {
+            health.ok(condition);
+        }
+        health.fail(Condition::Masquerade, "nftables: permission denied");
+        health.fail(Condition::Cloud, "route table rtb-1 is full");
+        // The backend's check passing says nothing about masquerade or the cloud.
+        health.ok(Condition::Backend);
+        let readiness = health.readiness();
+        assert_eq!(readiness.explain(), "masquerade: nftables: permission denied\ncloud: route table rtb-1 is full\n");
+        assert_eq!(readiness.problem(Condition::Cloud), Some("route table rtb-1 is full"));
+        health.ok(Condition::Cloud);
+        assert_eq!(health.readiness().failing().map(|(c, _)| c).collect::<Vec<_>>(), [Condition::Masquerade]);
     }
 
     #[test]

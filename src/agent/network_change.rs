@@ -7,6 +7,7 @@ use tracing::{error, info, warn};
 
 use super::{AgentError, Running};
 use crate::backend::BackendContext;
+use crate::health::Condition;
 use crate::lease::LeaseAttrs;
 use crate::leasing::{self, LeaseError};
 use crate::network::Network;
@@ -45,12 +46,13 @@ pub(super) fn classify(current: &Network, stored: Option<&str>) -> Change {
 }
 
 impl Running {
+    /// The one writer of the config condition.
     pub(super) async fn on_network_config(
         &mut self,
         stored: Option<String>,
         watcher: &mut LeaseWatcher,
         cancel: &CancellationToken,
-    ) {
+    ) -> Result<(), AgentError> {
         match classify(&self.network, stored.as_deref()) {
             Change::Keep(network) => {
                 self.network = network;
@@ -59,40 +61,37 @@ impl Running {
             Change::Refuse(why) => {
                 error!("keeping the running network config: {why}");
                 self.health.metrics.network_config_rejected.set(1);
-                self.health.update(|r| r.problem = Some(format!("network config not applied: {why}")));
+                self.health.fail(Condition::Config, format!("network config not applied: {why}"));
             }
             Change::SwitchBackend(network) => {
-                let (from, to) = (self.network.backend.type_name(), network.backend.type_name());
+                let (from, to) = (self.network.backend.kind(), network.backend.kind());
                 match self.switch_backend(network, watcher, cancel).await {
                     Ok(()) => {
-                        info!(from, to, "backend switched; peers move over as their leases change");
+                        info!(%from, %to, "backend switched; peers move over as their leases change");
                         self.health.metrics.backend_switches.inc();
                         self.accept_config();
                     }
+                    Err(AgentError::Cancelled) => return Err(AgentError::Cancelled),
                     Err(e) => {
-                        error!(from, to, error = %e, "cannot switch backend; keeping the running one");
+                        error!(%from, %to, error = %e, "cannot switch backend; keeping the running one");
                         self.health.metrics.network_config_rejected.set(1);
-                        self.health.update(|r| r.problem = Some(format!("backend switch to {to} failed: {e}")));
+                        self.health.fail(Condition::Config, format!("backend switch to {to} failed: {e}"));
                     }
                 }
             }
         }
+        Ok(())
     }
 
     fn accept_config(&self) {
         self.health.metrics.network_config_rejected.set(0);
-        self.health.update(|r| {
-            if r.problem
-                .as_deref()
-                .is_some_and(|p| p.starts_with("network config not applied") || p.starts_with("backend switch"))
-            {
-                r.problem = None;
-            }
-        });
+        self.health.ok(Condition::Config);
     }
 
-    /// Brings the new backend up beside the old one, publishes it in our lease (same subnet), and
-    /// lets the data plane move each peer as its lease follows.
+    /// Brings the new backend up beside the old one on our subnet, then publishes it in our
+    /// lease; only then does it become the active one, and the data plane moves each peer as its
+    /// lease follows. A failure at any step undoes the steps before it: the old backend stays
+    /// active and our lease keeps announcing it.
     async fn switch_backend(
         &mut self,
         network: Network,
@@ -105,27 +104,34 @@ impl Running {
             store: self.store.clone(),
             health: self.health.clone(),
         };
-        let mut backend = self.dataplane.create_backend(&ctx)?;
-        let data = backend.prepare().await?;
-        let attrs = LeaseAttrs::new(self.ext.public_ip, data.backend_type, data.backend_data.clone());
-        match leasing::renew(self.store.as_ref(), &self.own, &attrs, self.config.agent.lease_ttl).await {
-            Ok(own) => self.own = own,
+        let prepared = self.dataplane.prepare(&ctx).await?;
+        let ready = self.dataplane.start(prepared, &self.own.lease).await?;
+        let data = ready.lease_data().clone();
+        let attrs = LeaseAttrs::new(self.ext.public_ip, data.kind.as_str(), data.backend_data.clone());
+        let lost = match leasing::renew(self.store.as_ref(), &self.own, &attrs, self.config.agent.lease_ttl).await {
+            Ok(own) => {
+                self.own = own;
+                false
+            }
             Err(LeaseError::Lost(subnet)) => {
                 warn!(%subnet, "our lease changed while switching backend; acquiring again");
-                self.attrs = attrs.clone();
-                self.reacquire(watcher, cancel).await?;
+                true
             }
             Err(e) => {
-                return Err(AgentError::Backend(crate::backend::BackendError::Setup(format!(
-                    "publishing the new backend in our lease: {e}"
-                ))))
+                self.dataplane.stop(ready).await;
+                return Err(AgentError::Publish(e));
             }
-        }
+        };
+        self.dataplane.activate(ready).await;
         self.attrs = attrs;
-        self.dataplane.start(backend, &self.own.lease).await?;
         self.data = data;
         self.network = network;
-        self.write_subnet_env()?;
+        if lost {
+            // Leased again with the new backend's data.
+            self.reacquire(watcher, cancel).await?;
+        } else {
+            self.write_subnet_env()?;
+        }
         // Peers already on the new backend are installed now, not at the next resync.
         if let Err(e) = self.dataplane.reconcile(watcher.leases()).await {
             warn!(error = %e, "installing peers after the switch");
@@ -152,7 +158,7 @@ mod tests {
         assert!(matches!(classify(&current, Some(&same)), Change::Keep(_)));
         let host_gw = network("10.244.0.0/16", "host-gw").to_flannel_json();
         assert!(
-            matches!(classify(&current, Some(&host_gw)), Change::SwitchBackend(n) if n.backend.type_name() == "host-gw")
+            matches!(classify(&current, Some(&host_gw)), Change::SwitchBackend(n) if n.backend.kind() == crate::backend::BackendKind::HostGw)
         );
         let moved = network("10.245.0.0/16", "vxlan").to_flannel_json();
         assert!(matches!(classify(&current, Some(&moved)), Change::Refuse(why) if why.contains("10.245.0.0/16")));

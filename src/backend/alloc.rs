@@ -2,30 +2,45 @@
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, LeaseData, PeerMapping};
-use crate::lease::{BackendData, Lease};
+use super::{Backend, BackendError, BackendKind, LeaseData, Passive, Registered, StartFailed, Started};
+use crate::lease::Lease;
 
 pub struct Alloc {
-    mtu: u32,
+    data: LeaseData,
 }
 
 impl Alloc {
     pub fn new(mtu: u32) -> Self {
-        Alloc { mtu }
+        Alloc { data: LeaseData::plain(BackendKind::Alloc, mtu) }
     }
 }
 
 #[async_trait]
 impl Backend for Alloc {
-    fn type_name(&self) -> &'static str {
-        "alloc"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Alloc
     }
 
-    async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
-        Ok(LeaseData { backend_type: "alloc", backend_data: BackendData::null(), mtu: self.mtu })
+    async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
+        Ok(self)
+    }
+}
+
+#[async_trait]
+impl Registered for Alloc {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Alloc
     }
 
-    async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
-        Ok(None)
+    fn lease_data(&self) -> &LeaseData {
+        &self.data
+    }
+
+    async fn start(self: Box<Self>, _own: &Lease) -> Result<Started, StartFailed> {
+        Ok(Started { backend: Box::new(Passive(self.data)), peers: None })
+    }
+
+    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
+        Ok(())
     }
 }

@@ -117,16 +117,67 @@ const KEY_NAMES: &[(&str, &str)] = &[
     ("endpoint", "Endpoint"),
 ];
 
+/// Which backend, without its options: the one list of backend types and their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendKind {
+    Vxlan,
+    HostGw,
+    AwsVpc,
+    Gce,
+    Alloc,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 5] =
+        [BackendKind::Vxlan, BackendKind::HostGw, BackendKind::AwsVpc, BackendKind::Gce, BackendKind::Alloc];
+
+    /// The `type` value, as flannel spells it (and as leases carry it in `BackendType`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+            BackendKind::AwsVpc => "aws-vpc",
+            BackendKind::Gce => "gce",
+            BackendKind::Alloc => "alloc",
+        }
+    }
+
+    /// The kind named `name`; `None` for a type weft does not know (flannel's `udp`, a typo).
+    pub fn from_name(name: &str) -> Option<BackendKind> {
+        BackendKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The keys of `[network.backend]` this kind takes besides `type`.
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            BackendKind::Vxlan => &["vni", "port", "gbp", "learning", "direct_routing", "mtu"],
+            BackendKind::HostGw | BackendKind::Alloc => &[],
+            BackendKind::AwsVpc => &["route_table_ids", "route_table_tag", "region", "endpoint_url", "recheck"],
+            BackendKind::Gce => &["project", "network", "route_prefix", "priority", "tags", "endpoint", "recheck"],
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl BackendConfig {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendConfig::Vxlan(_) => BackendKind::Vxlan,
+            BackendConfig::HostGw(_) => BackendKind::HostGw,
+            BackendConfig::AwsVpc(_) => BackendKind::AwsVpc,
+            BackendConfig::Gce(_) => BackendKind::Gce,
+            BackendConfig::Alloc(_) => BackendKind::Alloc,
+        }
+    }
+
     /// The `type` value, as flannel spells it.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            BackendConfig::Vxlan(_) => "vxlan",
-            BackendConfig::HostGw(_) => "host-gw",
-            BackendConfig::AwsVpc(_) => "aws-vpc",
-            BackendConfig::Gce(_) => "gce",
-            BackendConfig::Alloc(_) => "alloc",
-        }
+        self.kind().as_str()
     }
 
     /// flannel's `Backend` object for this config.
@@ -185,15 +236,14 @@ fn normalize(key: &str, value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-fn known_keys(type_name: &serde_json::Value) -> Result<Vec<&'static str>, String> {
-    let keys: &[&str] = match type_name.as_str() {
-        Some("vxlan") => &["vni", "port", "gbp", "learning", "direct_routing", "mtu"],
-        Some("host-gw") | Some("alloc") => &[],
-        Some("aws-vpc") => &["route_table_ids", "route_table_tag", "region", "endpoint_url", "recheck"],
-        Some("gce") => &["project", "network", "route_prefix", "priority", "tags", "endpoint", "recheck"],
-        _ => return Err(format!("unknown backend type {type_name} (vxlan, host-gw, aws-vpc, gce, alloc)")),
-    };
-    Ok(keys.to_vec())
+fn known_keys(type_name: &serde_json::Value) -> Result<&'static [&'static str], String> {
+    match type_name.as_str().and_then(BackendKind::from_name) {
+        Some(kind) => Ok(kind.keys()),
+        None => {
+            let names: Vec<&str> = BackendKind::ALL.iter().map(|k| k.as_str()).collect();
+            Err(format!("unknown backend type {type_name} ({})", names.join(", ")))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +288,16 @@ mod tests {
         assert!(BackendConfig::from_flannel_json(&json!({"Type": "udp"})).unwrap_err().contains("udp"));
         assert!(BackendConfig::from_flannel_json(&json!({"Type": "vxlan", "VNI": "x"})).is_err());
         assert!(BackendConfig::from_flannel_json(&json!(3)).is_err());
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in BackendKind::ALL {
+            assert_eq!(BackendKind::from_name(kind.as_str()), Some(kind));
+            let config: BackendConfig = toml::from_str(&format!("type = \"{kind}\"")).unwrap();
+            assert_eq!(config.kind(), kind);
+        }
+        assert_eq!(BackendKind::from_name("udp"), None);
     }
 
     #[test]

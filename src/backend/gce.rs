@@ -3,7 +3,7 @@
 //! backend's own ([`worker`]) so that the agent loop never waits on GCE.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -13,75 +13,30 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use weft_gce::{CallRecorder, ClientOptions, ComputeApi, CredentialSource, MetadataClient, Metered, SdkCompute};
 
-use super::{Backend, BackendContext, BackendError, LeaseData, PeerMapping};
+use super::{
+    Active, Backend, BackendContext, BackendError, BackendKind, CloudError, LeaseData, Registered, StartFailed, Started,
+};
 use crate::backend::config::GceConfig;
-use crate::health::{CloudCallLabels, Health};
-use crate::lease::{BackendData, Lease, LeaseMap};
+use crate::health::{CloudCallLabels, Condition, Health};
+use crate::lease::{Lease, LeaseMap};
 
 #[cfg(test)]
 mod fake;
 pub mod plan;
 pub mod worker;
 
-use worker::{Desired, Outcome, Routing, SharedOutcome};
+use ipnet::Ipv4Net;
+use worker::{Desired, Routing};
 
+/// gce as configured.
 pub struct Gce {
     config: GceConfig,
     ctx: BackendContext,
-    state: State,
-    outcome: SharedOutcome,
-    last_request: Option<Instant>,
-    /// Our subnet, for teardown.
-    own: Option<ipnet::Ipv4Net>,
-}
-
-enum State {
-    /// Before `prepare()`.
-    New,
-    /// Metadata read and client built; the task is not running.
-    Prepared(Box<Routing>),
-    Running {
-        requests: watch::Sender<Option<Desired>>,
-        task: JoinHandle<Routing>,
-        cancel: CancellationToken,
-    },
-    /// Torn down (or the task was lost).
-    Done,
 }
 
 impl Gce {
     pub fn new(config: GceConfig, ctx: BackendContext) -> Self {
-        Gce {
-            config,
-            ctx,
-            state: State::New,
-            outcome: Arc::new(Mutex::new(Outcome::Pending)),
-            last_request: None,
-            own: None,
-        }
-    }
-
-    /// Asks the task for a pass over `own` and the leased subnets.
-    fn request(&mut self, own: &Lease, peers: &LeaseMap) {
-        if let State::Running { requests, .. } = &self.state {
-            let mut leased: BTreeSet<_> = peers.keys().copied().collect();
-            leased.insert(own.subnet);
-            // A pass already queued is replaced: only the latest view matters.
-            requests.send_replace(Some(Desired { own: own.subnet, leased: Some(leased) }));
-            self.last_request = Some(Instant::now());
-        }
-    }
-
-    /// Stops the task after its current pass and takes back what it worked with.
-    async fn stop(&mut self) -> Option<Routing> {
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Prepared(routing) => Some(*routing),
-            State::Running { task, cancel, .. } => {
-                cancel.cancel();
-                task.await.ok()
-            }
-            State::New | State::Done => None,
-        }
+        Gce { config, ctx }
     }
 }
 
@@ -95,20 +50,20 @@ impl CallRecorder for HealthRecorder {
     }
 }
 
-fn setup_error(context: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Setup(format!("gce: {context}: {e}"))
+fn cloud_error(context: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BackendError {
+    CloudError::new("gce", context, source).into()
 }
 
 #[async_trait]
 impl Backend for Gce {
-    fn type_name(&self) -> &'static str {
-        "gce"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Gce
     }
 
     /// Reads who we are from the metadata server and builds the client; no API call yet.
-    async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
-        let metadata = MetadataClient::from_env().map_err(|e| setup_error("metadata server", e))?;
-        let mut meta = metadata.instance().await.map_err(|e| setup_error("reading instance metadata", e))?;
+    async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
+        let metadata = MetadataClient::from_env().map_err(|e| cloud_error("metadata server", e))?;
+        let mut meta = metadata.instance().await.map_err(|e| cloud_error("reading instance metadata", e))?;
         if !self.config.project.is_empty() {
             meta.project = self.config.project.clone();
         }
@@ -121,7 +76,7 @@ impl Backend for Gce {
             endpoint: self.config.endpoint.clone(),
             credentials: CredentialSource::from_env(),
         };
-        let sdk = SdkCompute::new(&options).await.map_err(|e| setup_error("compute client", e))?;
+        let sdk = SdkCompute::new(&options).await.map_err(|e| cloud_error("compute client", e))?;
         let api: Arc<dyn ComputeApi> = Arc::new(Metered::new(sdk, Arc::new(HealthRecorder(self.ctx.health.clone()))));
         let routing = Routing::new(
             api,
@@ -131,68 +86,106 @@ impl Backend for Gce {
             self.ctx.store.clone(),
             self.ctx.health.clone(),
         );
-        self.state = State::Prepared(Box::new(routing));
         // GCE routes carry packets unencapsulated: pods get the interface's MTU.
-        Ok(LeaseData { backend_type: "gce", backend_data: BackendData::null(), mtu: self.ctx.ext.mtu })
+        let data = LeaseData::plain(BackendKind::Gce, self.ctx.ext.mtu);
+        Ok(Box::new(GceRegistered { routing, config: self.config, health: self.ctx.health, data }))
+    }
+}
+
+/// gce with its client built, the route task not started.
+struct GceRegistered {
+    routing: Routing,
+    config: GceConfig,
+    health: Arc<Health>,
+    data: LeaseData,
+}
+
+#[async_trait]
+impl Registered for GceRegistered {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Gce
+    }
+
+    fn lease_data(&self) -> &LeaseData {
+        &self.data
     }
 
     /// Starts the API task; the first pass comes with the first `check()`, which the agent makes
-    /// once it has listed the leases.
-    async fn start(&mut self, own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
-        self.own = Some(own.subnet);
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Prepared(routing) => {
-                let (requests, receiver) = watch::channel(None);
-                let cancel = CancellationToken::new();
-                let task = tokio::spawn(routing.run(receiver, self.outcome.clone(), cancel.clone()));
-                self.state = State::Running { requests, task, cancel };
-                Ok(None)
-            }
-            // Started again after our lease changed: the running task takes the new subnet.
-            running @ State::Running { .. } => {
-                self.state = running;
-                Ok(None)
-            }
-            other => {
-                self.state = other;
-                Err(BackendError::Setup("gce: start before prepare".into()))
-            }
-        }
+    /// once it has listed the leases. Until that pass confirms our route, /readyz says so.
+    async fn start(self: Box<Self>, own: &Lease) -> Result<Started, StartFailed> {
+        let GceRegistered { routing, config, health, data } = *self;
+        health.fail(Condition::Cloud, format!("gce: route for {} not confirmed yet (first check running)", own.subnet));
+        let (requests, receiver) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(routing.run(receiver, cancel.clone()));
+        let active =
+            GceActive { config, health, data, requests, task: Some(task), cancel, last_request: None, own: own.subnet };
+        Ok(Started { backend: Box::new(active), peers: None })
+    }
+
+    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+struct GceActive {
+    config: GceConfig,
+    health: Arc<Health>,
+    data: LeaseData,
+    requests: watch::Sender<Option<Desired>>,
+    /// Taken by teardown, which gets the task's [`Routing`] back.
+    task: Option<JoinHandle<Routing>>,
+    cancel: CancellationToken,
+    last_request: Option<Instant>,
+    /// Our subnet, for teardown.
+    own: Ipv4Net,
+}
+
+impl GceActive {
+    /// Asks the task for a pass over `own` and the leased subnets.
+    fn request(&mut self, own: &Lease, peers: &LeaseMap) {
+        let mut leased: BTreeSet<_> = peers.keys().copied().collect();
+        leased.insert(own.subnet);
+        // A pass already queued is replaced: only the latest view matters.
+        self.requests.send_replace(Some(Desired { own: own.subnet, leased: Some(leased) }));
+        self.last_request = Some(Instant::now());
+    }
+}
+
+#[async_trait]
+impl Active for GceActive {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Gce
+    }
+
+    fn lease_data(&self) -> &LeaseData {
+        &self.data
     }
 
     async fn check(&mut self, own: &Lease, peers: &LeaseMap, forced: bool) -> Result<(), BackendError> {
-        self.own = Some(own.subnet);
+        self.own = own.subnet;
         let due = self.last_request.is_none_or(|at| at.elapsed() >= self.config.recheck);
         if forced || due {
             self.request(own, peers);
         }
-        if let State::Running { task, .. } = &self.state {
-            if task.is_finished() {
-                return Err(BackendError::Setup("gce: the route task stopped".into()));
-            }
-        }
-        match &*self.outcome.lock().unwrap_or_else(|e| e.into_inner()) {
-            Outcome::Ok => Ok(()),
-            Outcome::Pending => Err(BackendError::Setup(format!(
-                "gce: route for {} not confirmed yet (first check running)",
-                own.subnet
-            ))),
-            Outcome::Failed(e) => Err(BackendError::Setup(e.clone())),
+        match &self.task {
+            Some(task) if !task.is_finished() => Ok(()),
+            _ => Err(BackendError::TaskStopped(BackendKind::Gce)),
         }
     }
 
-    async fn teardown(&mut self) -> Result<(), BackendError> {
-        match self.stop().await {
-            Some(mut routing) => routing.teardown(self.own).await.map_err(BackendError::Setup),
-            None => Ok(()),
-        }
+    /// Stops the task after its current pass, then removes our route with what it worked with.
+    async fn teardown(mut self: Box<Self>) -> Result<(), BackendError> {
+        self.cancel.cancel();
+        self.health.ok(Condition::Cloud);
+        let Some(task) = self.task.take() else { return Ok(()) };
+        let mut routing = task.await.map_err(|e| cloud_error("route task", e))?;
+        routing.teardown(Some(self.own)).await.map_err(|e| cloud_error("teardown", e))
     }
 }
 
-impl Drop for Gce {
+impl Drop for GceActive {
     fn drop(&mut self) {
-        if let State::Running { cancel, .. } = &self.state {
-            cancel.cancel();
-        }
+        self.cancel.cancel();
     }
 }

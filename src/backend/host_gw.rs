@@ -7,10 +7,10 @@ use async_trait::async_trait;
 
 use super::route_sync::PeerObjects;
 use super::vxlan::add_route;
-use super::{Backend, BackendError, LeaseData, PeerMapping};
+use super::{Backend, BackendError, BackendKind, LeaseData, Passive, PeerMapping, Registered, StartFailed, Started};
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelState};
-use crate::lease::{BackendData, Lease};
+use crate::lease::Lease;
 
 pub struct HostGw {
     kernel: Arc<dyn Kernel>,
@@ -25,19 +25,42 @@ impl HostGw {
 
 #[async_trait]
 impl Backend for HostGw {
-    fn type_name(&self) -> &'static str {
-        "host-gw"
+    fn kind(&self) -> BackendKind {
+        BackendKind::HostGw
     }
 
-    async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
+    async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
         super::enable_forwarding();
-        Ok(LeaseData { backend_type: "host-gw", backend_data: BackendData::null(), mtu: self.ext.mtu })
+        let data = LeaseData::plain(BackendKind::HostGw, self.ext.mtu);
+        Ok(Box::new(HostGwRegistered { kernel: self.kernel, ext: self.ext, data }))
+    }
+}
+
+struct HostGwRegistered {
+    kernel: Arc<dyn Kernel>,
+    ext: ExternalInterface,
+    data: LeaseData,
+}
+
+#[async_trait]
+impl Registered for HostGwRegistered {
+    fn kind(&self) -> BackendKind {
+        BackendKind::HostGw
     }
 
-    async fn start(&mut self, _own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
-        let peers = HostGwPeers { ext: self.ext.clone(), use_nexthops: self.kernel.supports_nexthops().await };
+    fn lease_data(&self) -> &LeaseData {
+        &self.data
+    }
+
+    async fn start(self: Box<Self>, _own: &Lease) -> Result<Started, StartFailed> {
+        let peers = HostGwPeers { ext: self.ext, use_nexthops: self.kernel.supports_nexthops().await };
         // Routes are recognised by weft's protocol number; no device is ours.
-        Ok(Some(PeerMapping { mapper: Box::new(peers), links: Vec::new() }))
+        let mapping = PeerMapping { mapper: Box::new(peers), links: Vec::new() };
+        Ok(Started { backend: Box::new(Passive(self.data)), peers: Some(mapping) })
+    }
+
+    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
+        Ok(())
     }
 }
 
@@ -88,11 +111,12 @@ mod tests {
             addr: "198.51.100.1/24".parse().unwrap(),
             public_ip: "198.51.100.1".parse().unwrap(),
         };
-        let mut backend = HostGw::new(kernel.clone(), ext);
-        assert_eq!(backend.prepare().await.unwrap().mtu, 1500);
-        let mapping = backend.start(&lease(1, "198.51.100.1")).await.unwrap().unwrap();
+        let backend = Box::new(HostGw::new(kernel.clone(), ext)).register().await.unwrap();
+        assert_eq!(backend.lease_data().mtu, 1500);
+        let Ok(started) = backend.start(&lease(1, "198.51.100.1")).await else { panic!("host-gw start") };
+        let mapping = started.peers.expect("host-gw maps peers");
         let mut sync = RouteSync::new(kernel.clone());
-        sync.add_mapper("host-gw", mapping.mapper, &mapping.links);
+        sync.add_mapper(BackendKind::HostGw, mapping.mapper, &mapping.links);
         let near = lease(2, "198.51.100.2");
         let far = lease(3, "203.0.113.3");
         let peers: LeaseMap = [near.clone(), far.clone()].into_iter().map(|l| (l.subnet, l)).collect();

@@ -1,5 +1,10 @@
-//! Backends make the other hosts' subnets reachable. Each is chosen by `[network.backend] type`
-//! and driven by the agent through one trait.
+//! Backends make the other hosts' subnets reachable. Each is chosen by `[network.backend] type`.
+//!
+//! A backend's life is three types, so its steps cannot come out of order:
+//! [`Backend`] (configured, nothing touched) → [`Backend::register`] sets the host up and yields a
+//! [`Registered`] backend, which knows what to publish in our lease → once the lease is held,
+//! [`Registered::start`] yields an [`Active`] one, checked on every resync and torn down when the
+//! cluster moves to another backend. The data plane ([`crate::dataplane`]) drives all of it.
 
 use std::sync::Arc;
 
@@ -7,7 +12,7 @@ use async_trait::async_trait;
 
 use crate::health::Health;
 use crate::iface::ExternalInterface;
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, KernelError};
 use crate::lease::{BackendData, Lease, LeaseMap};
 use crate::network::Network;
 use crate::store::Store;
@@ -22,26 +27,72 @@ pub mod host_gw;
 pub mod route_sync;
 pub mod vxlan;
 
-pub use config::BackendConfig;
+pub use config::{BackendConfig, BackendKind};
 pub use route_sync::PeerObjects;
 
 /// What a backend publishes in our lease, and the MTU it leaves for pods.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseData {
-    pub backend_type: &'static str,
+    pub kind: BackendKind,
     pub backend_data: BackendData,
     pub mtu: u32,
 }
 
+impl LeaseData {
+    /// A backend that publishes nothing of its own (`BackendData: null`).
+    pub fn plain(kind: BackendKind, mtu: u32) -> Self {
+        LeaseData { kind, backend_data: BackendData::null(), mtu }
+    }
+}
+
+/// A cloud API's refusal or failure, with the call that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{provider}: {context}: {source}")]
+pub struct CloudError {
+    pub provider: &'static str,
+    pub context: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl CloudError {
+    pub fn new(
+        provider: &'static str,
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        CloudError { provider, context: context.into(), source: source.into() }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("backend {0:?} is not built into this weft")]
-    Unsupported(&'static str),
-    #[error("{0}")]
-    Setup(String),
+    #[error("backend {0} is not built into this weft (it needs the cargo feature of that backend)")]
+    Unsupported(BackendKind),
+    #[error("{backend} config: {problem}")]
+    Config { backend: BackendKind, problem: String },
+    #[error("{context}: {source}")]
+    Kernel {
+        context: String,
+        #[source]
+        source: KernelError,
+    },
+    #[error(transparent)]
+    Cloud(#[from] CloudError),
+    /// The backend's own task (cloud API work) is gone; the agent must be restarted to get it back.
+    #[error("{0}: its worker task stopped")]
+    TaskStopped(BackendKind),
     /// Some peers could not be installed; the others were.
     #[error("{} peer(s) failed: {}", .0.len(), .0.join("; "))]
     Peers(Vec<String>),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl BackendError {
+    pub fn kernel(context: impl Into<String>, source: KernelError) -> Self {
+        BackendError::Kernel { context: context.into(), source }
+    }
 }
 
 /// How a kernel backend's peers become kernel objects, and the devices whose entries are its own.
@@ -50,28 +101,62 @@ pub struct PeerMapping {
     pub links: Vec<u32>,
 }
 
-/// One backend. Kernel objects for peers are installed by the data plane's shared route-sync
-/// engine from the backend's [`PeerMapping`]; a backend does its own host setup, cloud work and
-/// teardown.
+/// A backend as configured: nothing on the host touched yet.
 #[async_trait]
-pub trait Backend: Send + Sync {
-    /// flannel's name for it, as published in leases (`BackendType`).
-    fn type_name(&self) -> &'static str;
-    /// Prepares the host (devices, cloud lookups) and says what to publish in our lease.
-    async fn prepare(&mut self) -> Result<LeaseData, BackendError>;
-    /// Our lease is held: finish what needs our subnet. Kernel backends return their mapping.
-    async fn start(&mut self, own: &Lease) -> Result<Option<PeerMapping>, BackendError>;
+pub trait Backend: Send {
+    fn kind(&self) -> BackendKind;
+    /// Sets the host up for this backend (devices, cloud lookups); the result knows what to
+    /// publish in our lease. On failure nothing is left half made that a retry would trip over.
+    async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError>;
+}
+
+/// A backend whose host side is set up, waiting for our lease.
+#[async_trait]
+pub trait Registered: Send + Sync {
+    fn kind(&self) -> BackendKind;
+    fn lease_data(&self) -> &LeaseData;
+    /// Devices this backend made or adopted (kept while another live backend uses them).
+    fn links(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Our lease is held: finish what needs our subnet. A failure hands the backend back, so
+    /// that what `register` made can be removed.
+    async fn start(self: Box<Self>, own: &Lease) -> Result<Started, StartFailed>;
+    /// Undoes `register` (a switch that did not go through).
+    async fn abandon(self: Box<Self>) -> Result<(), BackendError>;
+}
+
+/// A started backend and, for a kernel backend, how its peers map to kernel objects.
+pub struct Started {
+    pub backend: Box<dyn Active>,
+    pub peers: Option<PeerMapping>,
+}
+
+/// A start that failed, with the backend it was given.
+pub struct StartFailed {
+    pub error: BackendError,
+    pub backend: Box<dyn Registered>,
+}
+
+/// A running backend. Kernel objects for peers are installed by the data plane's route-sync
+/// engine from the backend's [`PeerMapping`]; the backend keeps its own cloud work and teardown.
+#[async_trait]
+pub trait Active: Send + Sync {
+    fn kind(&self) -> BackendKind;
+    fn lease_data(&self) -> &LeaseData;
+    /// Our lease moved to another subnet (it was lost and leased again).
+    async fn own_lease_changed(&mut self, _own: &Lease) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Work of the backend's own (cloud routes), called on every resync with `forced = false`
     /// (a backend keeps its own pace, e.g. `recheck`) and after each lease renewal with
-    /// `forced = true`. `peers` is every other lease. An error makes `/readyz` fail until a later
-    /// check succeeds. Must not block for long: slow API work belongs on a task of its own.
+    /// `forced = true`. `peers` is every other lease. Must not block for long: slow API work
+    /// belongs on a task of its own, which reports through its own readiness condition.
     async fn check(&mut self, _own: &Lease, _peers: &LeaseMap, _forced: bool) -> Result<(), BackendError> {
         Ok(())
     }
     /// Removes what this backend set up on the host, when the cluster moved to another backend.
-    async fn teardown(&mut self) -> Result<(), BackendError> {
-        Ok(())
-    }
+    async fn teardown(self: Box<Self>) -> Result<(), BackendError>;
 }
 
 /// What a backend may need from the agent besides the kernel.
@@ -84,8 +169,8 @@ pub struct BackendContext {
     pub health: Arc<Health>,
 }
 
-/// Builds the backend the network asks for; `kernel` gives kernel backends their kernel.
-pub fn create_with_kernel(
+/// The backend the network asks for; `kernel` gives kernel backends their kernel.
+pub fn create(
     ctx: &BackendContext,
     kernel: impl FnOnce() -> Result<Arc<dyn Kernel>, BackendError>,
 ) -> Result<Box<dyn Backend>, BackendError> {
@@ -100,7 +185,7 @@ pub fn create_with_kernel(
         BackendConfig::Gce(config) => Ok(Box::new(gce::Gce::new(config.clone(), ctx.clone()))),
         // Reached only when a cloud backend's feature is left out of the build.
         #[allow(unreachable_patterns)]
-        other => Err(BackendError::Unsupported(other.type_name())),
+        other => Err(BackendError::Unsupported(other.kind())),
     }
 }
 
@@ -110,5 +195,23 @@ fn enable_forwarding() {
         Ok(true) => tracing::info!("enabled IPv4 forwarding (net.ipv4.ip_forward = 1)"),
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "could not enable IPv4 forwarding"),
+    }
+}
+
+/// An [`Active`] backend with nothing of its own to check or remove.
+pub(crate) struct Passive(pub LeaseData);
+
+#[async_trait]
+impl Active for Passive {
+    fn kind(&self) -> BackendKind {
+        self.0.kind
+    }
+
+    fn lease_data(&self) -> &LeaseData {
+        &self.0
+    }
+
+    async fn teardown(self: Box<Self>) -> Result<(), BackendError> {
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
-use super::BackendError;
+use super::{BackendError, BackendKind};
 use crate::kernel::{diff_all, Kernel, KernelState, Object, Op, OpFailure, Ownership};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
@@ -32,7 +32,7 @@ pub struct RouteSync {
     kernel: Arc<dyn Kernel>,
     ownership: Ownership,
     /// By backend type (`vxlan`, `host-gw`): peers of other types get no kernel objects.
-    mappers: Vec<(&'static str, Box<dyn PeerObjects>)>,
+    mappers: Vec<(BackendKind, Box<dyn PeerObjects>)>,
     /// What we installed per peer, as of the last successful sync.
     installed: HashMap<Ipv4Net, PeerEntries>,
     /// False until a full pass has seen the kernel: the first sync must adopt what is there.
@@ -51,7 +51,7 @@ impl RouteSync {
     }
 
     /// Installs peers of `backend_type` with `mapper`; `links` are devices whose entries it owns.
-    pub fn add_mapper(&mut self, backend_type: &'static str, mapper: Box<dyn PeerObjects>, links: &[u32]) {
+    pub fn add_mapper(&mut self, backend_type: BackendKind, mapper: Box<dyn PeerObjects>, links: &[u32]) {
         self.remove_mapper(backend_type);
         self.mappers.push((backend_type, mapper));
         self.ownership.links.extend_from_slice(links);
@@ -59,7 +59,7 @@ impl RouteSync {
     }
 
     /// Stops installing peers of `backend_type`; its devices' entries are no longer ours to manage.
-    pub fn remove_mapper(&mut self, backend_type: &str) {
+    pub fn remove_mapper(&mut self, backend_type: BackendKind) {
         self.mappers.retain(|(t, _)| *t != backend_type);
         self.synced = false;
     }
@@ -74,14 +74,14 @@ impl RouteSync {
         &self.ownership
     }
 
-    pub fn handles(&self, backend_type: &str) -> bool {
+    pub fn handles(&self, backend_type: BackendKind) -> bool {
         self.mappers.iter().any(|(t, _)| *t == backend_type)
     }
 
     /// The peer's objects by its backend type's mapper; `None` when no mapper here handles that
     /// type (yet).
     fn objects(&self, lease: &Lease) -> Option<Result<KernelState, String>> {
-        let (_, mapper) = self.mappers.iter().find(|(t, _)| *t == lease.attrs.backend_type)?;
+        let (_, mapper) = self.mappers.iter().find(|(t, _)| t.as_str() == lease.attrs.backend_type)?;
         Some(mapper.objects(lease))
     }
 
@@ -144,7 +144,7 @@ impl RouteSync {
             .kernel
             .read_owned(&self.ownership)
             .await
-            .map_err(|e| BackendError::Setup(format!("reading the kernel's routes: {e}")))?;
+            .map_err(|e| BackendError::kernel("reading the kernel's routes", e))?;
         let plan = diff_all(per_peer.values().flat_map(|entries: &PeerEntries| entries.0.iter().copied()), actual);
         if !plan.is_empty() {
             info!(changes = plan.len(), peers = peers.len(), "bringing the kernel in line with the leases");
@@ -241,7 +241,7 @@ mod tests {
     async fn a_peer_on_a_type_we_do_not_run_yet_keeps_its_objects() {
         let kernel = Arc::new(MemoryKernel::default());
         let mut sync = RouteSync::new(kernel.clone());
-        sync.add_mapper("vxlan", Box::new(ViaPublicIp), &[]);
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
         let old = lease("vxlan");
         let peers: LeaseMap = [(old.subnet, old.clone())].into();
         sync.reconcile(&peers).await.unwrap();
@@ -253,7 +253,7 @@ mod tests {
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         // Once we run it, the peer's objects are the new backend's.
-        sync.add_mapper("host-gw", Box::new(ViaPublicIp), &[]);
+        sync.add_mapper(BackendKind::HostGw, Box::new(ViaPublicIp), &[]);
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         // A peer gone is removed whatever its type.

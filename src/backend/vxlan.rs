@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::config::VxlanConfig;
 use super::route_sync::PeerObjects;
-use super::{Backend, BackendError, LeaseData, PeerMapping};
+use super::{Active, Backend, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started};
 use crate::iface::ExternalInterface;
 use crate::kernel::{
     FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, NexthopSpec, RouteSpec, RouteTarget, VxlanSpec,
@@ -23,13 +23,11 @@ pub struct Vxlan {
     kernel: Arc<dyn Kernel>,
     config: VxlanConfig,
     ext: ExternalInterface,
-    link: Option<LinkHandle>,
-    use_nexthops: bool,
 }
 
 impl Vxlan {
     pub fn new(kernel: Arc<dyn Kernel>, config: VxlanConfig, ext: ExternalInterface) -> Self {
-        Vxlan { kernel, config, ext, link: None, use_nexthops: false }
+        Vxlan { kernel, config, ext }
     }
 
     pub fn device_name(vni: u32) -> String {
@@ -50,11 +48,12 @@ pub fn stable_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
 
 #[async_trait]
 impl Backend for Vxlan {
-    fn type_name(&self) -> &'static str {
-        "vxlan"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Vxlan
     }
 
-    async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
+    /// Makes (or adopts) the device; the VtepMAC goes in our lease.
+    async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
         super::enable_forwarding();
         let mtu = if self.config.mtu > 0 { self.config.mtu } else { self.ext.mtu.saturating_sub(VXLAN_OVERHEAD) };
         let spec = VxlanSpec {
@@ -68,36 +67,120 @@ impl Backend for Vxlan {
             mtu,
             mac: Some(stable_mac(self.ext.public_ip, self.config.vni)),
         };
-        let link = self.kernel.ensure_vxlan(&spec).await.map_err(|e| BackendError::Setup(e.to_string()))?;
-        self.use_nexthops = self.kernel.supports_nexthops().await;
-        let data = serde_json::json!({ "VNI": self.config.vni, "VtepMAC": link.mac.to_string() });
-        self.link = Some(link);
-        Ok(LeaseData { backend_type: "vxlan", backend_data: data.into(), mtu })
+        let link = self
+            .kernel
+            .ensure_vxlan(&spec)
+            .await
+            .map_err(|e| BackendError::kernel(format!("vxlan device {}", spec.name), e))?;
+        let use_nexthops = self.kernel.supports_nexthops().await;
+        let backend_data = serde_json::json!({ "VNI": self.config.vni, "VtepMAC": link.mac.to_string() }).into();
+        let data = LeaseData { kind: BackendKind::Vxlan, backend_data, mtu };
+        let Vxlan { kernel, config, ext } = *self;
+        Ok(Box::new(VxlanRegistered {
+            device: Device { kernel, vni: config.vni, link },
+            config,
+            ext,
+            use_nexthops,
+            data,
+        }))
     }
+}
 
-    async fn start(&mut self, own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
-        let link =
-            self.link.clone().ok_or_else(|| BackendError::Setup("vxlan backend started before prepare".into()))?;
+/// Our `flannel.<vni>` device.
+struct Device {
+    kernel: Arc<dyn Kernel>,
+    vni: u32,
+    link: LinkHandle,
+}
+
+impl Device {
+    /// Our subnet's first address on the device: the source of what we send through it.
+    async fn address(&self, own: &Lease) -> Result<(), BackendError> {
         let addr = ipnet::Ipv4Net::new(own.subnet.network(), 32).expect("/32 is valid");
-        self.kernel.ensure_address(link.index, addr).await.map_err(|e| BackendError::Setup(e.to_string()))?;
-        let peers = VxlanPeers {
-            link: link.index,
-            ext: self.ext.clone(),
-            direct_routing: self.config.direct_routing,
-            use_nexthops: self.use_nexthops,
-        };
-        Ok(Some(PeerMapping { mapper: Box::new(peers), links: vec![link.index] }))
+        self.kernel
+            .ensure_address(self.link.index, addr)
+            .await
+            .map_err(|e| BackendError::kernel(format!("address {addr} on {}", Vxlan::device_name(self.vni)), e))
     }
 
     /// Deleting the device takes its neighbours, FDB entries and routes with it.
-    async fn teardown(&mut self) -> Result<(), BackendError> {
-        let name = Self::device_name(self.config.vni);
-        let link = self.kernel.link_by_name(&name).await.map_err(|e| BackendError::Setup(e.to_string()))?;
-        if let Some(link) = link {
-            self.kernel.delete_link(link.index).await.map_err(|e| BackendError::Setup(e.to_string()))?;
+    async fn delete(self) -> Result<(), BackendError> {
+        let name = Vxlan::device_name(self.vni);
+        let found =
+            self.kernel.link_by_name(&name).await.map_err(|e| BackendError::kernel(format!("looking up {name}"), e))?;
+        if let Some(link) = found {
+            self.kernel
+                .delete_link(link.index)
+                .await
+                .map_err(|e| BackendError::kernel(format!("deleting {name}"), e))?;
             tracing::info!(device = %name, "removed the vxlan device");
         }
         Ok(())
+    }
+}
+
+struct VxlanRegistered {
+    device: Device,
+    config: VxlanConfig,
+    ext: ExternalInterface,
+    use_nexthops: bool,
+    data: LeaseData,
+}
+
+#[async_trait]
+impl Registered for VxlanRegistered {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Vxlan
+    }
+
+    fn lease_data(&self) -> &LeaseData {
+        &self.data
+    }
+
+    fn links(&self) -> Vec<u32> {
+        vec![self.device.link.index]
+    }
+
+    async fn start(self: Box<Self>, own: &Lease) -> Result<Started, StartFailed> {
+        if let Err(error) = self.device.address(own).await {
+            return Err(StartFailed { error, backend: self });
+        }
+        let peers = VxlanPeers {
+            link: self.device.link.index,
+            ext: self.ext,
+            direct_routing: self.config.direct_routing,
+            use_nexthops: self.use_nexthops,
+        };
+        let mapping = PeerMapping { mapper: Box::new(peers), links: vec![self.device.link.index] };
+        Ok(Started { backend: Box::new(VxlanActive { device: self.device, data: self.data }), peers: Some(mapping) })
+    }
+
+    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
+        self.device.delete().await
+    }
+}
+
+struct VxlanActive {
+    device: Device,
+    data: LeaseData,
+}
+
+#[async_trait]
+impl Active for VxlanActive {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Vxlan
+    }
+
+    fn lease_data(&self) -> &LeaseData {
+        &self.data
+    }
+
+    async fn own_lease_changed(&mut self, own: &Lease) -> Result<(), BackendError> {
+        self.device.address(own).await
+    }
+
+    async fn teardown(self: Box<Self>) -> Result<(), BackendError> {
+        self.device.delete().await
     }
 }
 
@@ -177,14 +260,15 @@ mod tests {
 
     /// A vxlan backend prepared and started on `kernel`, its peers synced by a fresh engine.
     async fn started(kernel: Arc<MemoryKernel>, config: VxlanConfig) -> RouteSync {
-        let mut vxlan = Vxlan::new(kernel.clone(), config, ext());
-        let data = vxlan.prepare().await.unwrap();
+        let vxlan = Box::new(Vxlan::new(kernel.clone(), config, ext())).register().await.unwrap();
+        let data = vxlan.lease_data().clone();
         assert_eq!(data.mtu, 1450);
         assert_eq!(data.backend_data.value()["VNI"], 1);
         let own = lease(1, "198.51.100.1", &data.backend_data.str_field("VtepMAC").unwrap());
-        let mapping = vxlan.start(&own).await.unwrap().unwrap();
+        let Ok(started) = vxlan.start(&own).await else { panic!("vxlan start") };
+        let mapping = started.peers.expect("vxlan maps peers");
         let mut sync = RouteSync::new(kernel);
-        sync.add_mapper("vxlan", mapping.mapper, &mapping.links);
+        sync.add_mapper(BackendKind::Vxlan, mapping.mapper, &mapping.links);
         sync
     }
 

@@ -32,12 +32,12 @@ pub async fn discover(ec2: &dyn Ec2, meta: &InstanceMetadata, addresses: &[Ipv4A
     let instance = ec2
         .instance(&meta.instance_id)
         .await
-        .map_err(|e| BackendError::Setup(format!("looking up instance {}: {e}", meta.instance_id)))?;
+        .map_err(|e| super::cloud_error(format!("looking up instance {}", meta.instance_id), e))?;
     let interface = choose_interface(&instance, addresses, &meta.interface_id).ok_or_else(|| {
-        BackendError::Setup(format!(
-            "instance {} has no network interface with address {addresses:?} nor {}",
-            instance.id, meta.interface_id
-        ))
+        super::cloud_error(
+            format!("instance {}", instance.id),
+            format!("no network interface with address {addresses:?} nor {}", meta.interface_id),
+        )
     })?;
     if interface.source_dest_check != Some(false) {
         match ec2.set_source_dest_check(&interface.id, false).await {
@@ -47,7 +47,7 @@ pub async fn discover(ec2: &dyn Ec2, meta: &InstanceMetadata, addresses: &[Ipv4A
                 "cannot turn the source/dest check off: pods on other hosts will not reach this one until it is"
             ),
             Err(e) => {
-                return Err(BackendError::Setup(format!("turning the source/dest check off on {}: {e}", interface.id)))
+                return Err(super::cloud_error(format!("turning the source/dest check off on {}", interface.id), e))
             }
         }
     }

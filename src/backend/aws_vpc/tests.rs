@@ -190,7 +190,7 @@ fn tagged_config() -> AwsVpcConfig {
 fn lease(subnet: &str) -> Lease {
     Lease {
         subnet: net(subnet),
-        attrs: LeaseAttrs::new("10.0.1.10".parse().unwrap(), TYPE_NAME, serde_json::Value::Null),
+        attrs: LeaseAttrs::new("10.0.1.10".parse().unwrap(), BackendKind::AwsVpc.as_str(), serde_json::Value::Null),
         expiry: Expiry::At(SystemTime::now() + Duration::from_secs(3600)),
     }
 }
@@ -200,18 +200,15 @@ fn peers(subnets: &[&str]) -> LeaseMap {
 }
 
 /// Asks for a pass and waits until the worker finished it; the outcome.
-async fn pass(backend: &mut AwsVpc, own: &Lease, peers: &LeaseMap) -> Result<(), BackendError> {
-    // What check returns is the previous pass's outcome; this one's comes through the channel.
-    let _previous = backend.check(own, peers, true).await;
-    let State::Running(running) = &mut backend.state else { panic!("not running") };
-    running.outcomes.changed().await.unwrap();
-    running.outcomes.borrow_and_update().clone().map_err(BackendError::Setup)
+async fn pass(backend: &mut AwsVpcActive, own: &Lease, peers: &LeaseMap) -> Result<(), String> {
+    backend.check(own, peers, true).await.unwrap();
+    let outcomes = &mut backend.running.outcomes;
+    outcomes.changed().await.unwrap();
+    outcomes.borrow_and_update().clone()
 }
 
-async fn started(h: &Harness, config: AwsVpcConfig, ec2: Arc<FakeEc2>, node: Node, own: &Lease) -> AwsVpc {
-    let mut backend = AwsVpc::with_ec2(&h.ctx, config, ec2, node);
-    assert!(backend.start(own).await.unwrap().is_none(), "aws-vpc installs no kernel objects");
-    backend
+async fn started(h: &Harness, config: AwsVpcConfig, ec2: Arc<FakeEc2>, node: Node, own: &Lease) -> AwsVpcActive {
+    AwsVpc::with_ec2(&h.ctx, config, ec2, node).activate(own)
 }
 
 #[tokio::test]
@@ -265,17 +262,18 @@ async fn full_table_is_reported_and_others_still_get_the_route() {
     let h = harness(&tagged_config());
     let own = lease("10.244.1.0/24");
     let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
-    let err = pass(&mut backend, &own, &peers(&[])).await.unwrap_err().to_string();
+    let err = pass(&mut backend, &own, &peers(&[])).await.unwrap_err();
     assert!(err.starts_with("route table rtb-a is full: 1 routes (50 is the default limit, 1000 at most)"), "{err}");
     assert!(ec2.route("rtb-b", "10.244.1.0/24").is_some());
-    assert_eq!(h.ctx.health.readiness().backend_problem.as_deref(), Some(err.as_str()));
+    assert_eq!(h.ctx.health.readiness().problem(Condition::Cloud), Some(err.as_str()));
     let metrics = h.ctx.health.metrics.encode();
     assert!(metrics.contains(r#"weft_cloud_route_limit_reached{provider="aws",table="rtb-a"} 1"#), "{metrics}");
-    // The check reports the last outcome until a pass succeeds.
-    assert!(backend.check(&own, &peers(&[]), false).await.is_err());
+    // The cloud condition stays failed until a pass succeeds; the backend's own check is fine.
+    assert!(backend.check(&own, &peers(&[]), false).await.is_ok());
+    assert!(h.ctx.health.readiness().problem(Condition::Cloud).is_some());
     ec2.full.lock().unwrap().clear();
     pass(&mut backend, &own, &peers(&[])).await.unwrap();
-    assert!(backend.check(&own, &peers(&[]), false).await.is_ok());
+    assert_eq!(h.ctx.health.readiness().problem(Condition::Cloud), None);
 }
 
 #[tokio::test]
@@ -347,8 +345,7 @@ async fn recheck_paces_unforced_checks() {
     assert!(ec2.take_calls().is_empty(), "no pass before recheck elapsed");
     tokio::time::sleep(recheck).await;
     backend.check(&own, &peers(&[]), false).await.unwrap();
-    let State::Running(running) = &mut backend.state else { panic!("not running") };
-    running.outcomes.changed().await.unwrap();
+    backend.running.outcomes.changed().await.unwrap();
     assert_eq!(ec2.take_calls(), ["DescribeRouteTables"]);
 }
 
@@ -379,7 +376,7 @@ async fn teardown_removes_only_routes_to_us() {
     // rtb-b's route went to another node since (our subnet is its now): not ours to delete.
     ec2.edit("rtb-b", |t| t.routes[1].target = Target::Interface("eni-new-owner".into())).unwrap();
     ec2.take_calls();
-    backend.teardown().await.unwrap();
+    Box::new(backend).teardown().await.unwrap();
     assert_eq!(ec2.take_calls(), ["DescribeRouteTables", "DeleteRoute rtb-a 10.244.1.0/24"]);
     assert!(ec2.route("rtb-b", "10.244.1.0/24").is_some());
 }

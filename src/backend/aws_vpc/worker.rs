@@ -13,7 +13,7 @@ use weft_aws::{Ec2, Ec2Error, RouteTable};
 
 use super::node::Node;
 use super::plan::{self, OwnRoute, PlanInput, Removal, TableMode};
-use crate::health::{CloudTableLabels, Health};
+use crate::health::{CloudTableLabels, Condition, Health};
 use crate::store::Store;
 
 /// The store's leadership for removing other nodes' stale routes.
@@ -59,8 +59,8 @@ impl Worker {
                 Ok(()) => debug!("aws-vpc routes checked"),
                 Err(problem) => warn!(%problem, "aws-vpc routes"),
             }
-            // Straight into /readyz: the agent's next check would only say the same, later.
-            self.health.update(|r| r.backend_problem = outcome.clone().err());
+            // This worker alone writes the cloud condition of /readyz.
+            self.health.set(Condition::Cloud, outcome.clone().err());
             let _previous = outcomes.send_replace(outcome);
         }
     }

@@ -3,7 +3,7 @@
 //! never waits on GCE. Each pass publishes its outcome for `check()` and `/readyz`.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -14,7 +14,7 @@ use weft_gce::{same_resource, wait_for_operation, ComputeApi, GceError, Instance
 
 use super::plan::{self, plan_own, route_name, stale_routes, StaleTracker, Step, Target, FLANNEL_PREFIX};
 use crate::backend::config::GceConfig;
-use crate::health::{CloudTableLabels, Health};
+use crate::health::{CloudTableLabels, Condition, Health};
 use crate::store::Store;
 
 /// What the backend wants the routes to reflect.
@@ -25,17 +25,6 @@ pub struct Desired {
     /// until then no route is judged stale.
     pub leased: Option<BTreeSet<Ipv4Net>>,
 }
-
-/// The last pass's outcome, as `check()` reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// No pass has finished yet: our route is not known to be in place.
-    Pending,
-    Ok,
-    Failed(String),
-}
-
-pub type SharedOutcome = Arc<Mutex<Outcome>>;
 
 /// The links our route is made of, looked up once.
 #[derive(Debug, Clone)]
@@ -91,12 +80,7 @@ impl Routing {
 
     /// Serves requests until `cancel` (checked between passes, never in the middle of one).
     /// A failed pass is retried with backoff without waiting for the next request.
-    pub async fn run(
-        mut self,
-        mut requests: watch::Receiver<Option<Desired>>,
-        outcome: SharedOutcome,
-        cancel: CancellationToken,
-    ) -> Self {
+    pub async fn run(mut self, mut requests: watch::Receiver<Option<Desired>>, cancel: CancellationToken) -> Self {
         const FIRST_RETRY: Duration = Duration::from_secs(1);
         let mut retry: Option<Duration> = None;
         loop {
@@ -115,23 +99,13 @@ impl Routing {
             if let Err(e) = &result {
                 warn!(error = %e, retry_in = ?retry.unwrap_or_default(), "gce routes");
             }
-            self.publish(&outcome, result);
+            self.publish(result);
         }
     }
 
-    /// The outcome goes to `check()` and straight to `/readyz`, so that readiness follows a
-    /// pass at once rather than at the agent's next check.
-    fn publish(&self, outcome: &SharedOutcome, result: Result<(), String>) {
-        let next = match result {
-            Ok(()) => Outcome::Ok,
-            Err(e) => Outcome::Failed(e),
-        };
-        let problem = match &next {
-            Outcome::Failed(e) => Some(e.clone()),
-            _ => None,
-        };
-        *outcome.lock().unwrap_or_else(|e| e.into_inner()) = next;
-        self.health.update(|r| r.backend_problem = problem);
+    /// Each pass's outcome goes straight to `/readyz`; this worker alone writes its cloud condition.
+    fn publish(&self, result: Result<(), String>) {
+        self.health.set(Condition::Cloud, result.err());
     }
 
     /// One pass: our route, then (when leading) the stale ones.

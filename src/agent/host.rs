@@ -1,0 +1,72 @@
+//! The host's side of holding a lease: `subnet.env` for the CNI plugins, weft's masquerade rules,
+//! the lease-expiry metric and systemd's readiness notification.
+
+use std::time::UNIX_EPOCH;
+
+use tracing::{debug, error, info};
+
+use super::{AgentError, Running};
+use crate::health::Condition;
+use crate::lease::Expiry;
+use crate::masq;
+use crate::subnet_env::SubnetEnv;
+
+impl Running {
+    /// Our lease is (newly) held: tell the host's CNI about it, and systemd.
+    pub(super) async fn take_up_lease(&mut self) -> Result<(), AgentError> {
+        self.note_expiry();
+        self.write_subnet_env()?;
+        self.sync_masquerade().await;
+        info!(subnet = %self.own.subnet(), file = %self.config.agent.subnet_file.display(), "lease held, subnet.env written");
+        // systemd (Type=notify) starts dependants only now; without NOTIFY_SOCKET this does nothing.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            debug!(error = %e, "sd_notify READY");
+        }
+        self.health.ok(Condition::Lease);
+        Ok(())
+    }
+
+    /// `agent.ip_masq`: weft's nftables table installed (or repaired) when on, removed when off.
+    /// The one writer of the masquerade condition.
+    pub(super) async fn sync_masquerade(&self) {
+        let (network, own, wanted) = (self.network.network, self.own.subnet(), self.config.agent.ip_masq);
+        let result = tokio::task::spawn_blocking(move || masq::sync(wanted, network, own)).await;
+        match result {
+            Ok(Ok(change)) => {
+                match change {
+                    masq::Change::Installed => info!(network = %network, "masquerade rules installed"),
+                    masq::Change::Removed => info!("masquerade rules removed (agent.ip_masq = false)"),
+                    masq::Change::None => {}
+                }
+                self.health.ok(Condition::Masquerade);
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "masquerade");
+                self.health.fail(Condition::Masquerade, e);
+            }
+            Err(e) => {
+                error!(error = %e, "masquerade task failed");
+                self.health.fail(Condition::Masquerade, format!("the masquerade task failed: {e}"));
+            }
+        }
+    }
+
+    pub(super) fn write_subnet_env(&self) -> Result<(), AgentError> {
+        let env = SubnetEnv {
+            network: self.network.network,
+            subnet: self.own.subnet(),
+            mtu: self.data.mtu,
+            ip_masq: self.config.agent.ip_masq,
+        };
+        let path = &self.config.agent.subnet_file;
+        env.write(path).map_err(|source| AgentError::SubnetEnv { path: path.display().to_string(), source })
+    }
+
+    pub(super) fn note_expiry(&self) {
+        let seconds = match self.own.lease.expiry {
+            Expiry::At(when) => when.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            Expiry::Never | Expiry::Unknown => 0.0,
+        };
+        self.health.metrics.lease_expiry_seconds.set(seconds);
+    }
+}

@@ -1,0 +1,337 @@
+//! The lease loop: wait for the network config, acquire our lease, then renew it, watch the other
+//! hosts' leases and hand every change to the data plane, repairing on a timer and whenever the
+//! kernel changed under us.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{AgentError, Running};
+use crate::backend::BackendError;
+use crate::health::{Condition, EventKind, EventLabels, Health};
+use crate::heap;
+use crate::lease;
+use crate::leasing::{self, LeaseError, LeaseRequest, OwnLease};
+use crate::network::Network;
+use crate::store::{LeaseListing, LeaseUpdate, Store};
+use crate::watch::{LeaseEvent, LeaseWatcher};
+
+/// How long to let a burst of kernel changes settle before repairing.
+const KERNEL_CHANGE_SETTLE: Duration = Duration::from_millis(50);
+
+/// Retry pacing for the store and lease acquisition.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        now
+    }
+}
+
+/// The network config from the store, once there is a valid one. The one writer of the network
+/// condition.
+pub(super) async fn wait_for_network(
+    store: &dyn Store,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> Result<Network, AgentError> {
+    let mut backoff = Backoff::new();
+    loop {
+        let problem = match store.network_config().await {
+            Ok(Some(text)) => match Network::from_flannel_json(&text) {
+                Ok((network, ignored)) => {
+                    if !ignored.is_empty() {
+                        warn!(keys = ?ignored, "ignoring unknown keys in the stored network config");
+                    }
+                    info!(network = %network.network, subnet_len = network.subnet_len, backend = network.backend.type_name(), "network config");
+                    health.ok(Condition::Network);
+                    return Ok(network);
+                }
+                Err(e) => format!("{e}"),
+            },
+            Ok(None) => "no network config in the store yet: publish one with `weft network apply`".to_string(),
+            Err(e) => {
+                health.metrics.store_errors.inc();
+                format!("reading the network config: {e}")
+            }
+        };
+        warn!("{problem}");
+        health.fail(Condition::Network, problem);
+        sleep_or_cancel(backoff.step().max(Duration::from_secs(1)), cancel).await?;
+    }
+}
+
+/// Our lease, retried until held. Readiness says why while it is not; the lease condition is
+/// cleared once `subnet.env` is written too ([`Running::take_up_lease`]).
+pub(super) async fn acquire_until_held(
+    store: &dyn Store,
+    request: &LeaseRequest<'_>,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> Result<(OwnLease, Option<LeaseListing>), AgentError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match leasing::acquire_listed(store, request).await {
+            Ok(acquired) => return Ok(acquired),
+            Err(e) => {
+                if matches!(e, LeaseError::Store(_)) {
+                    health.metrics.store_errors.inc();
+                }
+                error!(error = %e, "cannot acquire a lease; retrying");
+                health.fail(Condition::Lease, &e);
+            }
+        }
+        sleep_or_cancel(backoff.step(), cancel).await?;
+    }
+}
+
+/// Sleeps; [`AgentError::Cancelled`] when cancelled first.
+async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> Result<(), AgentError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(AgentError::Cancelled),
+        _ = tokio::time::sleep(duration) => Ok(()),
+    }
+}
+
+/// Resolves at `at`; never when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Running {
+    pub(super) async fn watch_and_renew(&mut self, cancel: &CancellationToken) -> Result<(), AgentError> {
+        let mut watcher = LeaseWatcher::new(self.network.clone(), Some(self.own.subnet()));
+        let revision = self.initial_listing(&mut watcher, cancel).await?;
+        let mut updates = self.store.watch_leases(revision);
+        let mut network_configs = self.store.watch_network_config();
+        let mut resync = tokio::time::interval(self.config.agent.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        loop {
+            let renew_in = leasing::renew_in(&self.own.lease, self.config.agent.renew_margin);
+            let renew_at = tokio::time::sleep(renew_in.unwrap_or(Duration::from_secs(86400 * 365)));
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    info!(subnet = %self.own.subnet(), "stopping; the lease and installed state stay in place");
+                    return Ok(());
+                }
+                update = updates.next() => match update {
+                    Some(Ok(update)) => self.handle_update(&mut watcher, update, cancel).await?,
+                    Some(Err(e)) => {
+                        self.health.metrics.store_errors.inc();
+                        warn!(error = %e, "lease watch interrupted; it resumes by itself");
+                    }
+                    None => {
+                        warn!("lease watch ended; starting a new one");
+                        updates = self.store.watch_leases(revision);
+                    }
+                },
+                _ = renew_at, if renew_in.is_some() => self.renew(&mut watcher, cancel).await?,
+                _ = resync.tick() => self.reconcile(&watcher).await,
+                // A backend switched away from is torn down once its last peer moved, without
+                // waiting for the next resync.
+                _ = sleep_until(self.dataplane.retirement_due()) => {
+                    self.dataplane.retire_unused(watcher.leases()).await;
+                }
+                _ = self.dataplane.next_kernel_change() => {
+                    // Let a burst of changes settle, then repair everything at once.
+                    tokio::time::sleep(KERNEL_CHANGE_SETTLE).await;
+                    debug!("kernel changed under us; repairing");
+                    self.reconcile(&watcher).await;
+                }
+                Some(config) = network_configs.next() => match config {
+                    Ok(text) => self.on_network_config(text, &mut watcher, cancel).await?,
+                    Err(e) => {
+                        self.health.metrics.store_errors.inc();
+                        debug!(error = %e, "network config watch interrupted; it resumes by itself");
+                    }
+                },
+            }
+        }
+    }
+
+    /// Lists every lease once and hands them to the backend; returns the revision to watch from.
+    async fn initial_listing(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        cancel: &CancellationToken,
+    ) -> Result<i64, AgentError> {
+        let mut backoff = Backoff::new();
+        loop {
+            let listed = match self.listing.take() {
+                Some(listing) => Ok(listing),
+                None => self.store.list_leases().await,
+            };
+            match listed {
+                Ok(listing) => {
+                    let revision = listing.revision;
+                    if let Err(e) = self.deliver(watcher, LeaseUpdate::Resync(listing.leases, revision)).await {
+                        warn!(error = %e, "backend could not install every peer");
+                    }
+                    self.check_backend(watcher, true).await;
+                    return Ok(revision);
+                }
+                Err(e) => {
+                    self.health.metrics.store_errors.inc();
+                    warn!(error = %e, "listing leases; retrying");
+                }
+            }
+            sleep_or_cancel(backoff.step(), cancel).await?;
+        }
+    }
+
+    async fn handle_update(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        update: LeaseUpdate,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        if self.lost_our_lease(&update) {
+            warn!(subnet = %self.own.subnet(), "our lease was removed or taken in the store; acquiring again");
+            return self.reacquire(watcher, cancel).await;
+        }
+        if let Err(e) = self.deliver(watcher, update).await {
+            warn!(error = %e, "backend could not install every peer");
+        }
+        Ok(())
+    }
+
+    /// Whether `update` shows our key gone or holding someone else's lease.
+    fn lost_our_lease(&self, update: &LeaseUpdate) -> bool {
+        let own_key = lease::subnet_key(self.own.subnet());
+        match update {
+            LeaseUpdate::Deleted { key, .. } => *key == own_key,
+            LeaseUpdate::Put(raw) if raw.key == own_key => {
+                raw.parse().map(|l| l.attrs.public_ip != self.attrs.public_ip).unwrap_or(true)
+            }
+            LeaseUpdate::Resync(entries, _) => match entries.iter().find(|r| r.key == own_key) {
+                None => true,
+                Some(raw) => raw.parse().map(|l| l.attrs.public_ip != self.attrs.public_ip).unwrap_or(true),
+            },
+            LeaseUpdate::Put(_) => false,
+        }
+    }
+
+    async fn deliver(&mut self, watcher: &mut LeaseWatcher, update: LeaseUpdate) -> Result<(), BackendError> {
+        let full_listing = matches!(update, LeaseUpdate::Resync(..));
+        let result = self.deliver_events(watcher, update).await;
+        if full_listing {
+            // Every lease was read and, when something changed, the kernel synced in full.
+            heap::release_free_memory();
+        }
+        result
+    }
+
+    async fn deliver_events(&mut self, watcher: &mut LeaseWatcher, update: LeaseUpdate) -> Result<(), BackendError> {
+        let delivery = watcher.apply(update);
+        for skipped in &delivery.skipped {
+            self.health.metrics.malformed_leases.inc();
+            warn!(key = %skipped.key, reason = %skipped.reason, "skipping lease");
+        }
+        self.health.metrics.leases_watched.set(watcher.leases().len() as i64);
+        if delivery.events.is_empty() {
+            return Ok(());
+        }
+        for event in &delivery.events {
+            let kind = match event {
+                LeaseEvent::Added(_) => EventKind::Added,
+                LeaseEvent::Changed(_) => EventKind::Changed,
+                LeaseEvent::Removed(_) => EventKind::Removed,
+            };
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                match watcher.leases().get(&event.subnet()) {
+                    Some(lease) => debug!(?kind, %lease, "lease event"),
+                    None => debug!(?kind, subnet = %event.subnet(), "lease event"),
+                }
+            }
+            self.health.metrics.events.get_or_create(&EventLabels { kind }).inc();
+        }
+        self.dataplane.apply(watcher.leases(), &delivery.events).await
+    }
+
+    async fn reconcile(&mut self, watcher: &LeaseWatcher) {
+        if let Err(e) = self.dataplane.reconcile(watcher.leases()).await {
+            warn!(error = %e, "repairing the data plane");
+        }
+        heap::release_free_memory();
+        self.sync_masquerade().await;
+        self.check_backend(watcher, false).await;
+    }
+
+    /// The backend's own checks; the one writer of the backend condition once started.
+    pub(super) async fn check_backend(&mut self, watcher: &LeaseWatcher, forced: bool) {
+        match self.dataplane.check(&self.own.lease, watcher.leases(), forced).await {
+            Ok(()) => self.health.ok(Condition::Backend),
+            Err(e) => {
+                warn!(error = %e, "backend check failed");
+                self.health.fail(Condition::Backend, e);
+            }
+        }
+    }
+
+    async fn renew(&mut self, watcher: &mut LeaseWatcher, cancel: &CancellationToken) -> Result<(), AgentError> {
+        match leasing::renew(self.store.as_ref(), &self.own, &self.attrs, self.config.agent.lease_ttl).await {
+            Ok(own) => {
+                debug!(subnet = %own.subnet(), "lease renewed");
+                self.own = own;
+                self.health.metrics.renewals.inc();
+                self.note_expiry();
+                self.check_backend(watcher, true).await;
+                Ok(())
+            }
+            Err(LeaseError::Lost(subnet)) => {
+                warn!(%subnet, "our lease changed in the store before renewal; acquiring again");
+                self.reacquire(watcher, cancel).await
+            }
+            Err(e) => {
+                // Try again shortly: the lease is still valid for the renew margin.
+                self.health.metrics.store_errors.inc();
+                warn!(error = %e, "renewing the lease; retrying");
+                sleep_or_cancel(Duration::from_secs(1), cancel).await
+            }
+        }
+    }
+
+    pub(super) async fn reacquire(
+        &mut self,
+        watcher: &mut LeaseWatcher,
+        cancel: &CancellationToken,
+    ) -> Result<(), AgentError> {
+        self.health.fail(Condition::Lease, format!("our lease on {} was lost; acquiring again", self.own.subnet()));
+        let previous = Some(self.own.subnet());
+        let request =
+            LeaseRequest { network: &self.network, attrs: &self.attrs, ttl: self.config.agent.lease_ttl, previous };
+        let (own, listing) = acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await?;
+        self.listing = listing;
+        let moved = own.subnet() != self.own.subnet();
+        if moved {
+            warn!(old = %self.own.subnet(), new = %own.subnet(), "our subnet changed: pods on the old one must be recreated");
+        }
+        self.own = own;
+        watcher.set_own(self.own.subnet());
+        if moved {
+            self.dataplane.own_lease_changed(&self.own.lease).await?;
+        }
+        self.take_up_lease().await?;
+        // Our old subnet may be someone else's now: bring the backend up to date at once.
+        self.initial_listing(watcher, cancel).await?;
+        Ok(())
+    }
+}
