@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::Value;
-use weft::kernel::monitor::ChangeCounter;
+use weft::kernel::netlink::monitor::ChangeCounter;
 use weft::kernel::netlink::{NetlinkKernel, NexthopMode};
 use weft::kernel::{
     diff, sysctl, FdbSpec, Kernel, KernelError, KernelState, MacAddr, NeighbourSpec, NexthopSpec, Op, Ownership,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::peer_route::{add_route, enable_forwarding};
 use super::route_sync::PeerObjects;
-use super::vxlan::add_route;
 use super::{Backend, BackendError, LeaseData, PeerMapping};
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelState};
@@ -30,7 +30,7 @@ impl Backend for HostGw {
     }
 
     async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
-        super::enable_forwarding();
+        enable_forwarding(self.kernel.as_ref()).await;
         Ok(LeaseData { backend_type: "host-gw", backend_data: BackendData::null(), mtu: self.ext.mtu })
     }
 

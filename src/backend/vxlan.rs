@@ -8,12 +8,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config::VxlanConfig;
+use super::peer_route::{add_route, enable_forwarding};
 use super::route_sync::PeerObjects;
 use super::{Backend, BackendError, LeaseData, PeerMapping};
 use crate::iface::ExternalInterface;
-use crate::kernel::{
-    FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, NexthopSpec, RouteSpec, RouteTarget, VxlanSpec,
-};
+use crate::kernel::{vxlan_device_name, FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, VxlanSpec};
 use crate::lease::Lease;
 
 /// Bytes of outer headers vxlan adds to every packet.
@@ -32,8 +31,9 @@ impl Vxlan {
         Vxlan { kernel, config, ext, link: None, use_nexthops: false }
     }
 
+    /// `flannel.<vni>` (see [`vxlan_device_name`]).
     pub fn device_name(vni: u32) -> String {
-        format!("flannel.{vni}")
+        vxlan_device_name(vni)
     }
 }
 
@@ -55,7 +55,7 @@ impl Backend for Vxlan {
     }
 
     async fn prepare(&mut self) -> Result<LeaseData, BackendError> {
-        super::enable_forwarding();
+        enable_forwarding(self.kernel.as_ref()).await;
         let mtu = if self.config.mtu > 0 { self.config.mtu } else { self.ext.mtu.saturating_sub(VXLAN_OVERHEAD) };
         let spec = VxlanSpec {
             name: Self::device_name(self.config.vni),
@@ -130,19 +130,6 @@ impl PeerObjects for VxlanPeers {
         add_route(&mut state, lease, vtep, self.link, true, self.use_nexthops);
         Ok(state)
     }
-}
-
-/// A route to the lease's subnet via `gateway`, through a nexthop object where the kernel has them.
-pub fn add_route(state: &mut KernelState, lease: &Lease, gateway: Ipv4Addr, oif: u32, onlink: bool, nexthops: bool) {
-    let target = if nexthops {
-        // One nexthop object per peer, named after its subnet: unique and stable across restarts.
-        let id = u32::from(lease.subnet.network());
-        state.add_nexthop(NexthopSpec { id, gateway, oif, onlink });
-        RouteTarget::Nexthop(id)
-    } else {
-        RouteTarget::Gateway { gateway, oif, onlink }
-    };
-    state.add_route(RouteSpec { dst: lease.subnet, target });
 }
 
 #[cfg(test)]

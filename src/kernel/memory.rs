@@ -1,11 +1,12 @@
 //! An in-memory kernel for unit tests of the backends and the sync engine.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
-use super::{Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure, Ownership, VxlanSpec};
+use super::{IpFamily, Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure, Ownership, VxlanSpec};
 
 /// Decides which ops a [`MemoryKernel`] refuses.
 pub type RefuseOp = fn(&Op) -> bool;
@@ -19,6 +20,8 @@ pub struct MemoryKernel {
     pub applied: Mutex<Vec<Op>>,
     /// Ops matching this are refused, to test partial failures.
     pub refuse: Mutex<Option<RefuseOp>>,
+    /// Families whose forwarding is on: recorded here, never written to the machine's `/proc/sys`.
+    pub forwarding: Mutex<BTreeSet<IpFamily>>,
 }
 
 impl MemoryKernel {
@@ -103,7 +106,15 @@ impl Kernel for MemoryKernel {
         Ok(())
     }
 
+    async fn links(&self) -> Result<Vec<LinkHandle>, KernelError> {
+        Ok(self.links.lock().expect("lock").clone())
+    }
+
     async fn supports_nexthops(&self) -> bool {
         true
+    }
+
+    async fn enable_forwarding(&self, family: IpFamily) -> Result<bool, KernelError> {
+        Ok(self.forwarding.lock().expect("lock").insert(family))
     }
 }

@@ -13,9 +13,7 @@ use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
 pub mod memory;
-pub mod monitor;
 pub mod netlink;
-pub mod nexthop;
 pub mod plan;
 pub mod sysctl;
 
@@ -26,6 +24,40 @@ pub const WEFT_PROTOCOL: u8 = 87;
 
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
+
+/// What every vxlan device weft creates is called before its VNI.
+const VXLAN_DEVICE_PREFIX: &str = "flannel.";
+
+/// The name of weft's vxlan device for `vni`: `flannel.<vni>`, as flannel names it. The one place
+/// that knows the name; everything else calls this or [`vxlan_device_vni`].
+pub fn vxlan_device_name(vni: u32) -> String {
+    format!("{VXLAN_DEVICE_PREFIX}{vni}")
+}
+
+/// The VNI of a device named like weft's vxlan devices (`flannel.<vni>`), or `None`.
+pub fn vxlan_device_vni(name: &str) -> Option<u32> {
+    let vni = name.strip_prefix(VXLAN_DEVICE_PREFIX)?;
+    if vni.is_empty() || !vni.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    vni.parse().ok()
+}
+
+/// An IP address family, for the per-family knobs (forwarding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
@@ -226,8 +258,13 @@ pub trait Kernel: Send + Sync {
     async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError>;
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkHandle>, KernelError>;
     async fn delete_link(&self, index: u32) -> Result<(), KernelError>;
+    /// Every link in the namespace.
+    async fn links(&self) -> Result<Vec<LinkHandle>, KernelError>;
     /// Whether the kernel has nexthop objects (5.3+).
     async fn supports_nexthops(&self) -> bool;
+    /// Turns forwarding of `family` on (peers' traffic is forwarded through this host); true when
+    /// it was off and this changed it.
+    async fn enable_forwarding(&self, family: IpFamily) -> Result<bool, KernelError>;
     /// A notification each time something weft owns under `ownership` may have been changed or
     /// removed by someone else, so it is repaired at once rather than at the next resync. `None`
     /// where the kernel cannot tell.

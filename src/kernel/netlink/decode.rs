@@ -8,7 +8,7 @@ use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, Neig
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType};
 use netlink_packet_route::AddressFamily;
 
-use crate::kernel::nexthop::{NexthopMessage, RTM_NEWNEXTHOP};
+use super::nexthop::{NexthopMessage, RTM_NEWNEXTHOP};
 use crate::kernel::{
     FdbSpec, MacAddr, NeighbourSpec, NexthopSpec, Ownership, RouteSpec, RouteTarget, MAIN_TABLE, WEFT_PROTOCOL,
 };

@@ -12,7 +12,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::kernel::nexthop::{NexthopMessage, NexthopNetlinkMessage};
+use super::nexthop::{NexthopMessage, NexthopNetlinkMessage};
 use crate::kernel::{FdbSpec, NeighbourSpec, NexthopSpec, Op, RouteSpec, RouteTarget, WEFT_PROTOCOL};
 
 /// Create or replace in place: an existing object is changed, never deleted and re-added.

@@ -38,6 +38,16 @@ pub async fn message_by_name(handle: &Handle, name: &str) -> Result<Option<LinkM
     }
 }
 
+/// Every link in the namespace.
+pub async fn all(handle: &Handle) -> Result<Vec<LinkHandle>, KernelError> {
+    let mut request = std::pin::pin!(handle.link().get().execute());
+    let mut links = Vec::new();
+    while let Some(message) = request.try_next().await.map_err(|e| failed("list links", e))? {
+        links.push(link_handle(&message));
+    }
+    Ok(links)
+}
+
 async fn message_by_index(handle: &Handle, index: u32) -> Result<LinkMessage, KernelError> {
     let mut request = std::pin::pin!(handle.link().get().match_index(index).execute());
     match request.try_next().await {

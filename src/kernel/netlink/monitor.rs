@@ -15,10 +15,10 @@ use std::os::fd::AsRawFd;
 
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, Socket, TokioSocket};
 
-use super::netlink::decode;
-use super::netlink::{messages, set_buffer, RawMessage};
+use super::decode;
 use super::nexthop::{NexthopMessage, RTM_DELNEXTHOP, RTM_NEWNEXTHOP, RTNLGRP_NEXTHOP};
-use super::{Ownership, WEFT_PROTOCOL};
+use super::socket::{messages, set_buffer, RawMessage};
+use crate::kernel::{Ownership, WEFT_PROTOCOL};
 
 const GROUPS: [u32; 4] = [libc::RTNLGRP_LINK, libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, RTNLGRP_NEXTHOP];
 /// Room for a burst of notifications (each costs about 1 KiB of receive buffer).
@@ -151,7 +151,7 @@ impl Filter {
 
 /// A stream that yields once whenever something weft owns under `ownership` may have been
 /// changed or deleted by someone else; a burst of notifications yields once. Changes made
-/// through the sockets in `ignore_ports` (see [`super::netlink::NetlinkKernel::ports`]) are
+/// through the sockets in `ignore_ports` (see [`super::NetlinkKernel::ports`]) are
 /// ignored. Lost notifications (a full receive buffer) count as a change. The stream ends on a
 /// socket error, after one last item.
 ///

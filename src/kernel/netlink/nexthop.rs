@@ -11,7 +11,7 @@ use netlink_packet_core::{
     NlasIterator, Parseable,
 };
 
-use super::NexthopSpec;
+use crate::kernel::NexthopSpec;
 
 pub const RTM_NEWNEXTHOP: u16 = 104;
 pub const RTM_DELNEXTHOP: u16 = 105;

@@ -5,9 +5,11 @@
 //! 40,000 objects and a request/ack round trip each is most of the cost. Links and addresses,
 //! a handful per start, use rtnetlink's request builders.
 
-pub(super) mod decode;
+mod decode;
 mod encode;
 mod link;
+pub mod monitor;
+pub mod nexthop;
 mod socket;
 
 use std::io;
@@ -19,9 +21,7 @@ use netlink_packet_route::AddressFamily;
 use tokio::sync::{Mutex, OnceCell};
 
 use self::socket::{AckError, BatchSocket};
-use super::{monitor, Kernel, KernelError, KernelState, LinkHandle, Op, OpFailure, Ownership, VxlanSpec};
-
-pub(crate) use self::socket::{messages, set_buffer, RawMessage};
+use super::{sysctl, IpFamily, Kernel, KernelError, KernelState, LinkHandle, Op, OpFailure, Ownership, VxlanSpec};
 
 const RTM_NEWROUTE: u16 = libc::RTM_NEWROUTE;
 const RTM_NEWNEIGH: u16 = libc::RTM_NEWNEIGH;
@@ -230,6 +230,16 @@ impl Kernel for NetlinkKernel {
 
     async fn delete_link(&self, index: u32) -> Result<(), KernelError> {
         link::delete_link(&self.handle, index).await
+    }
+
+    async fn links(&self) -> Result<Vec<LinkHandle>, KernelError> {
+        link::all(&self.handle).await
+    }
+
+    /// Through `/proc/sys`, on this thread: those files belong to the namespace of the thread that
+    /// opens them, as the sockets do, so this must not move to a blocking pool (a tiny read/write).
+    async fn enable_forwarding(&self, family: IpFamily) -> Result<bool, KernelError> {
+        Ok(sysctl::enable_forwarding(family)?)
     }
 
     async fn supports_nexthops(&self) -> bool {
