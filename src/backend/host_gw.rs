@@ -90,6 +90,8 @@ mod tests {
         };
         let mut backend = HostGw::new(kernel.clone(), ext);
         assert_eq!(backend.prepare().await.unwrap().mtu, 1500);
+        // Forwarding is turned on in the (memory) kernel, never in the test machine's /proc/sys.
+        assert!(kernel.forwarding.lock().unwrap().contains(&crate::kernel::IpFamily::V4));
         let mapping = backend.start(&lease(1, "198.51.100.1")).await.unwrap().unwrap();
         let mut sync = RouteSync::new(kernel.clone());
         sync.add_mapper("host-gw", mapping.mapper, &mapping.links);

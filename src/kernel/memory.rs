@@ -1,12 +1,16 @@
 //! An in-memory kernel for unit tests of the backends and the sync engine.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
-use super::{IpFamily, Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure, Ownership, VxlanSpec};
+use super::{
+    InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure,
+    Ownership, VxlanSpec,
+};
 
 /// Decides which ops a [`MemoryKernel`] refuses.
 pub type RefuseOp = fn(&Op) -> bool;
@@ -22,6 +26,11 @@ pub struct MemoryKernel {
     pub refuse: Mutex<Option<RefuseOp>>,
     /// Families whose forwarding is on: recorded here, never written to the machine's `/proc/sys`.
     pub forwarding: Mutex<BTreeSet<IpFamily>>,
+    /// What [`Interfaces`] reports: links with addresses, the default route's link, and the link
+    /// a route to each address leaves by.
+    pub interfaces: Mutex<Vec<InterfaceInfo>>,
+    pub default_oif: Mutex<Option<u32>>,
+    pub reach_oif: Mutex<BTreeMap<Ipv4Addr, u32>>,
 }
 
 impl MemoryKernel {
@@ -116,5 +125,20 @@ impl Kernel for MemoryKernel {
 
     async fn enable_forwarding(&self, family: IpFamily) -> Result<bool, KernelError> {
         Ok(self.forwarding.lock().expect("lock").insert(family))
+    }
+}
+
+#[async_trait]
+impl Interfaces for MemoryKernel {
+    async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, KernelError> {
+        Ok(self.interfaces.lock().expect("lock").clone())
+    }
+
+    async fn default_route_oif(&self) -> Result<Option<u32>, KernelError> {
+        Ok(*self.default_oif.lock().expect("lock"))
+    }
+
+    async fn route_oif_to(&self, target: Ipv4Addr) -> Option<u32> {
+        self.reach_oif.lock().expect("lock").get(&target).copied()
     }
 }

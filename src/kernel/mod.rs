@@ -244,6 +244,27 @@ pub struct LinkHandle {
     pub mtu: u32,
 }
 
+/// A link as interface choice sees it: with its IPv4 addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub addrs: Vec<Ipv4Net>,
+}
+
+/// What choosing the external interface reads from the kernel (`iface::discover`). Implemented
+/// over netlink and, in unit tests, in memory.
+#[async_trait]
+pub trait Interfaces: Send + Sync {
+    /// Every link with its IPv4 addresses.
+    async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, KernelError>;
+    /// The link the IPv4 default route (main table) leaves by, if there is one.
+    async fn default_route_oif(&self) -> Result<Option<u32>, KernelError>;
+    /// The link a packet to `target` would leave by, or `None` when there is no route.
+    async fn route_oif_to(&self, target: Ipv4Addr) -> Option<u32>;
+}
+
 /// The kernel as the data plane sees it. Implemented over netlink ([`netlink`]) and, in unit
 /// tests, in memory.
 #[async_trait]

@@ -7,6 +7,7 @@
 
 mod decode;
 mod encode;
+mod interfaces;
 mod link;
 pub mod monitor;
 pub mod nexthop;
@@ -21,7 +22,10 @@ use netlink_packet_route::AddressFamily;
 use tokio::sync::{Mutex, OnceCell};
 
 use self::socket::{AckError, BatchSocket};
-use super::{sysctl, IpFamily, Kernel, KernelError, KernelState, LinkHandle, Op, OpFailure, Ownership, VxlanSpec};
+use super::{
+    sysctl, InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelState, LinkHandle, Op, OpFailure,
+    Ownership, VxlanSpec,
+};
 
 const RTM_NEWROUTE: u16 = libc::RTM_NEWROUTE;
 const RTM_NEWNEIGH: u16 = libc::RTM_NEWNEIGH;
@@ -273,5 +277,20 @@ mod tests {
         assert_eq!(NexthopMode::from_setting(Some("0")), NexthopMode::Auto);
         assert_eq!(NexthopMode::from_setting(Some("1")), NexthopMode::Disabled);
         assert_eq!(NexthopMode::from_setting(Some("yes")), NexthopMode::Disabled);
+    }
+}
+
+#[async_trait::async_trait]
+impl Interfaces for NetlinkKernel {
+    async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, KernelError> {
+        interfaces::all(&self.handle).await
+    }
+
+    async fn default_route_oif(&self) -> Result<Option<u32>, KernelError> {
+        interfaces::default_route_oif(&self.handle).await
+    }
+
+    async fn route_oif_to(&self, target: std::net::Ipv4Addr) -> Option<u32> {
+        interfaces::route_oif_to(&self.handle, target).await
     }
 }
