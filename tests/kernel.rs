@@ -4,12 +4,12 @@
 //! checks the result both through `read_owned` and through `ip -j` / `bridge -j`.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::Value;
@@ -123,17 +123,17 @@ fn vxlan_spec(underlay: u32) -> VxlanSpec {
 
 /// Peer `n`: subnet 198.18.n.0/24 behind VTEP 198.51.100.(10+n) with MAC 02:00:00:00:00:n.
 fn peer(state: &mut KernelState, ifindex: u32, n: u8, mac_byte: u8, nexthops: bool) {
-    let gateway = Ipv4Addr::new(198, 18, n, 0);
+    let gateway = IpAddr::from(Ipv4Addr::new(198, 18, n, 0));
     let mac = MacAddr([2, 0, 0, 0, 0, mac_byte]);
     state.add_neighbour(NeighbourSpec { ifindex, ip: gateway, mac });
-    state.add_fdb(FdbSpec { ifindex, mac, dst: Ipv4Addr::new(198, 51, 100, 10 + n) });
+    state.add_fdb(FdbSpec { ifindex, mac, dst: Ipv4Addr::new(198, 51, 100, 10 + n).into() });
     let target = if nexthops {
         state.add_nexthop(NexthopSpec { id: u32::from(n), gateway, oif: ifindex, onlink: true });
         RouteTarget::Nexthop(u32::from(n))
     } else {
         RouteTarget::Gateway { gateway, oif: ifindex, onlink: true }
     };
-    state.add_route(RouteSpec { dst: Ipv4Net::new(gateway, 24).unwrap(), target });
+    state.add_route(RouteSpec { dst: IpNet::new(gateway, 24).unwrap(), target });
 }
 
 fn peers(ifindex: u32, nexthops: bool) -> KernelState {
@@ -309,11 +309,15 @@ fn deleting_what_is_gone_succeeds_and_failures_name_the_object() {
         // around it still go in.
         let unreachable = RouteSpec {
             dst: "198.18.50.0/24".parse().unwrap(),
-            target: RouteTarget::Gateway { gateway: Ipv4Addr::new(192, 0, 2, 1), oif: underlay, onlink: false },
+            target: RouteTarget::Gateway { gateway: Ipv4Addr::new(192, 0, 2, 1).into(), oif: underlay, onlink: false },
         };
         let good = |n: u8| RouteSpec {
-            dst: Ipv4Net::new(Ipv4Addr::new(198, 18, n, 0), 24).unwrap(),
-            target: RouteTarget::Gateway { gateway: Ipv4Addr::new(198, 51, 100, n), oif: underlay, onlink: false },
+            dst: Ipv4Net::new(Ipv4Addr::new(198, 18, n, 0), 24).unwrap().into(),
+            target: RouteTarget::Gateway {
+                gateway: Ipv4Addr::new(198, 51, 100, n).into(),
+                oif: underlay,
+                onlink: false,
+            },
         };
         let ops = [Op::PutRoute(good(51)), Op::PutRoute(unreachable), Op::PutRoute(good(52))];
         let failures = kernel.apply(&ops).await;
@@ -482,12 +486,16 @@ fn ip_forwarding_is_per_namespace() {
 fn many_peers(ifindex: u32, count: u32) -> KernelState {
     let mut state = KernelState::default();
     for i in 1..=count {
-        let gateway = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i * 4);
+        let gateway = IpAddr::from(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i * 4));
         let mac = MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
         state.add_neighbour(NeighbourSpec { ifindex, ip: gateway, mac });
-        state.add_fdb(FdbSpec { ifindex, mac, dst: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i) });
+        state.add_fdb(FdbSpec {
+            ifindex,
+            mac,
+            dst: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i).into(),
+        });
         state.add_nexthop(NexthopSpec { id: i, gateway, oif: ifindex, onlink: true });
-        state.add_route(RouteSpec { dst: Ipv4Net::new(gateway, 30).unwrap(), target: RouteTarget::Nexthop(i) });
+        state.add_route(RouteSpec { dst: IpNet::new(gateway, 30).unwrap(), target: RouteTarget::Nexthop(i) });
     }
     state
 }

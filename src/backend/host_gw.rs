@@ -102,7 +102,7 @@ mod tests {
         assert!(err.contains("203.0.113.3") && err.contains("not on-link"), "{err}");
         let state = kernel.snapshot();
         assert_eq!(state.routes.len(), 1);
-        let route = state.routes[&near.subnet];
+        let route = state.routes[&near.subnet.into()];
         let RouteTarget::Nexthop(id) = route.target else { panic!("expected a nexthop route") };
         assert_eq!(state.nexthops[&id].gateway.to_string(), "198.51.100.2");
     }

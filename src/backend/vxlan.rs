@@ -125,8 +125,8 @@ impl PeerObjects for VxlanPeers {
             .parse()
             .map_err(|e| format!("BackendData.VtepMAC: {e}"))?;
         let vtep = lease.subnet.network();
-        state.add_neighbour(NeighbourSpec { ifindex: self.link, ip: vtep, mac });
-        state.add_fdb(FdbSpec { ifindex: self.link, mac, dst: public_ip });
+        state.add_neighbour(NeighbourSpec { ifindex: self.link, ip: vtep.into(), mac });
+        state.add_fdb(FdbSpec { ifindex: self.link, mac, dst: public_ip.into() });
         add_route(&mut state, lease, vtep, self.link, true, self.use_nexthops);
         Ok(state)
     }

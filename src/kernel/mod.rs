@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 pub mod memory;
 pub mod netlink;
@@ -96,14 +96,15 @@ impl std::str::FromStr for MacAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteTarget {
     /// `via <gateway> dev <oif> [onlink]`.
-    Gateway { gateway: Ipv4Addr, oif: u32, onlink: bool },
+    Gateway { gateway: IpAddr, oif: u32, onlink: bool },
     /// `nhid <id>`: a nexthop object (kernel 5.3+), much cheaper for the kernel to install.
     Nexthop(u32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteSpec {
-    pub dst: Ipv4Net,
+    /// IPv4 or IPv6: one model and one code path for both families.
+    pub dst: IpNet,
     pub target: RouteTarget,
 }
 
@@ -111,16 +112,16 @@ pub struct RouteSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NexthopSpec {
     pub id: u32,
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     pub oif: u32,
     pub onlink: bool,
 }
 
-/// A permanent ARP entry: `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`.
+/// A permanent ARP (IPv4) or NDP (IPv6) entry: `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NeighbourSpec {
     pub ifindex: u32,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: MacAddr,
 }
 
@@ -129,7 +130,7 @@ pub struct NeighbourSpec {
 pub struct FdbSpec {
     pub ifindex: u32,
     pub mac: MacAddr,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
 }
 
 /// One kernel object of any kind.
@@ -145,8 +146,8 @@ pub enum Object {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelState {
     pub nexthops: BTreeMap<u32, NexthopSpec>,
-    pub routes: BTreeMap<Ipv4Net, RouteSpec>,
-    pub neighbours: BTreeMap<(u32, Ipv4Addr), NeighbourSpec>,
+    pub routes: BTreeMap<IpNet, RouteSpec>,
+    pub neighbours: BTreeMap<(u32, IpAddr), NeighbourSpec>,
     pub fdb: BTreeMap<(u32, MacAddr), FdbSpec>,
 }
 

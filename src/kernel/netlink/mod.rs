@@ -128,10 +128,13 @@ impl NetlinkKernel {
         ownership: &Ownership,
         state: &mut KernelState,
     ) -> Result<(), KernelError> {
-        for (kind, payload) in Self::dump(socket, "routes", encode::dump_routes).await? {
-            if kind == RTM_NEWROUTE {
-                if let Some(route) = decode::route(&payload, ownership) {
-                    state.add_route(route);
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let request = |seq, out: &mut Vec<u8>| encode::dump_routes(family, seq, out);
+            for (kind, payload) in Self::dump(socket, "routes", request).await? {
+                if kind == RTM_NEWROUTE {
+                    if let Some(route) = decode::route(&payload, ownership) {
+                        state.add_route(route);
+                    }
                 }
             }
         }
@@ -194,8 +197,9 @@ impl Kernel for NetlinkKernel {
         if self.kernel_has_nexthops(&mut socket).await {
             Self::read_nexthops(&mut socket, &mut state).await?;
         }
-        Self::read_neighbours(&mut socket, AddressFamily::Inet, ownership, &mut state).await?;
-        Self::read_neighbours(&mut socket, AddressFamily::Bridge, ownership, &mut state).await?;
+        for family in [AddressFamily::Inet, AddressFamily::Inet6, AddressFamily::Bridge] {
+            Self::read_neighbours(&mut socket, family, ownership, &mut state).await?;
+        }
         Ok(state)
     }
 
