@@ -531,3 +531,58 @@ fn a_thousand_peers_converge_quickly() {
     // Generous for a loaded 2-core CI machine; the target is about 60 ms.
     assert!(apply_ms < 2000.0, "{apply_ms} ms");
 }
+
+/// IPv6 peers (2001:db8:n::/64 behind 2001:db8:n::) through the same encoder as IPv4 ones:
+/// peer 1 through a nexthop object, peer 2 by a classic gateway route; its FDB entry towards an
+/// IPv6 VTEP goes on a vxlan device with an IPv6 underlay (the kernel wants the FDB entry's
+/// family to be the device's), peer 2's towards an IPv4 one on `flannel.1`.
+#[test]
+fn ipv6_routes_neighbours_and_fdb_entries() {
+    let ns = TestNs::new("v6");
+    ns.block_on(|| async {
+        let kernel = NetlinkKernel::with_nexthops(NexthopMode::Auto).unwrap();
+        vxlan_setup(&kernel).await;
+    });
+    // weft creates IPv4-underlay devices only (VxlanSpec.local); the test makes the IPv6 one.
+    ns.run("ip", "link add flannel.6 type vxlan id 6 local 2001:db8:ff::100 dstport 8472 nolearning");
+    ns.run("ip", "link set flannel.6 up");
+    let fdb = ns.block_on(|| async {
+        let kernel = NetlinkKernel::with_nexthops(NexthopMode::Auto).unwrap();
+        let flannel = kernel.link_by_name("flannel.1").await.unwrap().unwrap().index;
+        let flannel6 = kernel.link_by_name("flannel.6").await.unwrap().unwrap().index;
+        let ours = Ownership { links: vec![flannel, flannel6] };
+        let mut want = KernelState::default();
+        for n in 1..=2u8 {
+            let subnet: IpNet = format!("2001:db8:{n}::/64").parse().unwrap();
+            let gateway = subnet.network();
+            let mac = MacAddr([2, 0, 0, 0, 6, n]);
+            want.add_neighbour(NeighbourSpec { ifindex: flannel, ip: gateway, mac });
+            let target = if n == 1 {
+                want.add_fdb(FdbSpec { ifindex: flannel6, mac, dst: "2001:db8:ff::1".parse().unwrap() });
+                want.add_nexthop(NexthopSpec { id: 0x8000_0001, gateway, oif: flannel, onlink: true });
+                RouteTarget::Nexthop(0x8000_0001)
+            } else {
+                want.add_fdb(FdbSpec { ifindex: flannel, mac, dst: Ipv4Addr::new(198, 51, 100, 12).into() });
+                RouteTarget::Gateway { gateway, oif: flannel, onlink: true }
+            };
+            want.add_route(RouteSpec { dst: subnet, target });
+        }
+        assert_eq!(converge(&kernel, &ours, &want).await, 7);
+        assert_eq!(kernel.read_owned(&ours).await.unwrap(), want);
+        assert_eq!(converge(&kernel, &ours, &want).await, 0, "a second pass changes nothing");
+        assert_eq!(converge(&kernel, &ours, &KernelState::default()).await, 7, "and all of it goes");
+        assert!(kernel.read_owned(&ours).await.unwrap().is_empty());
+        converge(&kernel, &ours, &want).await;
+        ours
+    });
+    let routes = ns.json("ip", "-6 route show proto 87");
+    assert_eq!(strings(&routes, "dst"), ["2001:db8:1::/64", "2001:db8:2::/64"], "{routes:?}");
+    let nexthops = ns.json("ip", "-6 nexthop show");
+    assert_eq!(strings(&nexthops, "gateway"), ["2001:db8:1::"], "{nexthops:?}");
+    let neighbours = ns.json("ip", "-6 neigh show dev flannel.1");
+    assert_eq!(strings(&neighbours, "dst"), ["2001:db8:1::", "2001:db8:2::"], "{neighbours:?}");
+    assert!(neighbours.iter().all(|n| n["state"][0] == "PERMANENT"), "{neighbours:?}");
+    assert_eq!(strings(&ns.json("bridge", "fdb show dev flannel.6"), "dst"), ["2001:db8:ff::1"]);
+    assert_eq!(strings(&ns.json("bridge", "fdb show dev flannel.1"), "dst"), ["198.51.100.12"]);
+    drop(fdb);
+}

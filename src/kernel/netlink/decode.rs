@@ -8,7 +8,7 @@ use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, Neig
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType};
 use netlink_packet_route::AddressFamily;
 
-use super::encode::family as encode_family;
+use super::encode::{family as encode_family, IPV6_DEFAULT_METRIC};
 use super::nexthop::{NexthopMessage, RTM_NEWNEXTHOP};
 use crate::kernel::{
     FdbSpec, MacAddr, NeighbourSpec, NexthopSpec, Ownership, RouteSpec, RouteTarget, MAIN_TABLE, WEFT_PROTOCOL,
@@ -59,6 +59,12 @@ pub fn owned_route(message: &RouteMessage, ownership: &Ownership) -> Option<Rout
         }
         _ => return None,
     };
+    // The metric weft's routes get: none for IPv4, the kernel's default for IPv6 (a route with
+    // another one is someone else's choice, not weft's shape).
+    let default_metric = if unspecified.is_ipv4() { 0 } else { IPV6_DEFAULT_METRIC };
+    if attrs.metric != default_metric {
+        return None;
+    }
     let dst = attrs.dst.unwrap_or(unspecified);
     if dst.is_ipv4() != unspecified.is_ipv4() || attrs.gateway.is_some_and(|g| g.is_ipv4() != dst.is_ipv4()) {
         return None;
@@ -85,6 +91,7 @@ struct RouteAttrs {
     gateway: Option<IpAddr>,
     oif: Option<u32>,
     nexthop: Option<u32>,
+    metric: u32,
 }
 
 impl RouteAttrs {
@@ -97,9 +104,8 @@ impl RouteAttrs {
             RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => self.gateway = Some((*ip).into()),
             RouteAttribute::Oif(oif) => self.oif = Some(*oif),
             RouteAttribute::NhId(id) => self.nexthop = Some(*id),
-            RouteAttribute::Priority(0) => {}
-            RouteAttribute::Priority(_)
-            | RouteAttribute::MultiPath(_)
+            RouteAttribute::Priority(metric) => self.metric = *metric,
+            RouteAttribute::MultiPath(_)
             | RouteAttribute::Via(_)
             | RouteAttribute::Encap(_)
             | RouteAttribute::Destination(_)
@@ -274,5 +280,26 @@ mod tests {
         assert!(owned_neighbour(&stale, &ours()).is_none());
         let elsewhere = Ownership { links: vec![6] };
         assert!(owned_neighbour(&arp, &elsewhere).is_none());
+    }
+
+    #[test]
+    fn ipv6_routes_carry_the_kernels_default_metric() {
+        let mut message = gateway_route(RouteProtocol::from(WEFT_PROTOCOL), 9);
+        message.header.address_family = AddressFamily::Inet6;
+        message.header.destination_prefix_length = 64;
+        message.attributes = vec![
+            RouteAttribute::Destination(RouteAddress::Inet6("2001:db8:3::".parse().unwrap())),
+            RouteAttribute::Gateway(RouteAddress::Inet6("2001:db8:3::".parse().unwrap())),
+            RouteAttribute::Oif(9),
+            RouteAttribute::Priority(IPV6_DEFAULT_METRIC),
+        ];
+        let spec = owned_route(&message, &ours()).unwrap();
+        assert_eq!(spec.dst.to_string(), "2001:db8:3::/64");
+        message.attributes[3] = RouteAttribute::Priority(100);
+        assert!(owned_route(&message, &ours()).is_none(), "another metric is someone else's route");
+        // An IPv4 gateway on an IPv6 route (RFC 5549 style) is not a shape weft installs.
+        message.attributes[1] = RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(192, 0, 2, 1)));
+        message.attributes[3] = RouteAttribute::Priority(IPV6_DEFAULT_METRIC);
+        assert!(owned_route(&message, &ours()).is_none());
     }
 }

@@ -21,6 +21,8 @@ use crate::kernel::{FdbSpec, NeighbourSpec, NexthopSpec, Op, RouteSpec, RouteTar
 const PUT: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
 const DELETE: u16 = NLM_F_REQUEST | NLM_F_ACK;
 const DUMP: u16 = NLM_F_REQUEST | NLM_F_DUMP;
+/// `IP6_RT_PRIO_USER`: the metric of an IPv6 route added without one (IPv4 routes have none).
+pub const IPV6_DEFAULT_METRIC: u32 = 1024;
 
 /// Appends `op` as one netlink message with sequence number `seq`.
 pub fn encode_op(op: &Op, seq: u32, out: &mut Vec<u8>) {
@@ -101,6 +103,10 @@ fn route(spec: &RouteSpec, delete: bool) -> RouteMessage {
     }
     let attributes = &mut message.attributes;
     attributes.push(RouteAttribute::Destination(route_address(spec.dst.addr())));
+    if spec.dst.addr().is_ipv6() && !delete {
+        // What the kernel would give it anyway, said so that what is put decodes as it reads back.
+        attributes.push(RouteAttribute::Priority(IPV6_DEFAULT_METRIC));
+    }
     match spec.target {
         RouteTarget::Nexthop(id) => attributes.push(RouteAttribute::NhId(id)),
         RouteTarget::Gateway { gateway, oif, onlink } => {
@@ -312,8 +318,8 @@ mod tests {
         };
         let mut out = Vec::new();
         encode_op(&Op::PutRoute(route), 7, &mut out);
-        // nlmsghdr(16) + rtmsg(12) + RTA_DST(20) + RTA_GATEWAY(20) + RTA_OIF(8)
-        assert_eq!(out.len(), 76);
+        // nlmsghdr(16) + rtmsg(12) + RTA_DST(20) + RTA_PRIORITY(8) + RTA_GATEWAY(20) + RTA_OIF(8)
+        assert_eq!(out.len(), 84);
         assert_eq!(&out[16..24], &[libc::AF_INET6 as u8, 64, 0, 0, 254, 87, 0, 1]);
         assert_eq!(describe(&Op::PutRoute(route)), "route 2001:db8:3::/64 via 2001:db8:3:: dev 5 onlink");
     }
