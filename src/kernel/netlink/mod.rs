@@ -270,20 +270,6 @@ impl Kernel for NetlinkKernel {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weft_no_nexthop_forces_the_classic_path() {
-        assert_eq!(NexthopMode::from_setting(None), NexthopMode::Auto);
-        assert_eq!(NexthopMode::from_setting(Some("")), NexthopMode::Auto);
-        assert_eq!(NexthopMode::from_setting(Some("0")), NexthopMode::Auto);
-        assert_eq!(NexthopMode::from_setting(Some("1")), NexthopMode::Disabled);
-        assert_eq!(NexthopMode::from_setting(Some("yes")), NexthopMode::Disabled);
-    }
-}
-
 #[async_trait::async_trait]
 impl Interfaces for NetlinkKernel {
     async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, KernelError> {
@@ -296,5 +282,19 @@ impl Interfaces for NetlinkKernel {
 
     async fn route_oif_to(&self, target: std::net::Ipv4Addr) -> Option<u32> {
         interfaces::route_oif_to(&self.handle, target).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weft_no_nexthop_forces_the_classic_path() {
+        assert_eq!(NexthopMode::from_setting(None), NexthopMode::Auto);
+        assert_eq!(NexthopMode::from_setting(Some("")), NexthopMode::Auto);
+        assert_eq!(NexthopMode::from_setting(Some("0")), NexthopMode::Auto);
+        assert_eq!(NexthopMode::from_setting(Some("1")), NexthopMode::Disabled);
+        assert_eq!(NexthopMode::from_setting(Some("yes")), NexthopMode::Disabled);
     }
 }
