@@ -90,7 +90,7 @@ fn output(mut command: Command, what: &str) -> String {
 /// A veth underlay with 198.51.100.1/24 and `flannel.1` on it; returns (underlay, flannel.1).
 async fn vxlan_setup(kernel: &NetlinkKernel) -> (u32, u32) {
     let underlay = veth(kernel, "under0").await;
-    kernel.ensure_address(underlay, Ipv4Net::new(LOCAL, 24).unwrap()).await.unwrap();
+    kernel.ensure_address(underlay, Ipv4Net::new(LOCAL, 24).unwrap().into()).await.unwrap();
     let link = kernel.ensure_vxlan(&vxlan_spec(underlay)).await.unwrap();
     kernel.ensure_address(link.index, "198.18.0.0/32".parse().unwrap()).await.unwrap();
     (underlay, link.index)
@@ -109,7 +109,7 @@ async fn veth(kernel: &NetlinkKernel, name: &str) -> u32 {
 
 fn vxlan_spec(underlay: u32) -> VxlanSpec {
     VxlanSpec {
-        name: "flannel.1".into(),
+        name: weft::kernel::vxlan_device_name(1),
         vni: 1,
         port: 8472,
         local: LOCAL,
@@ -391,6 +391,9 @@ fn ensure_address_leaves_exactly_one_ipv4_address() {
         handle.address().add(index, "192.0.2.8".parse().unwrap(), 24).execute().await.unwrap();
         kernel.ensure_address(index, "198.51.100.1/24".parse().unwrap()).await.unwrap();
         kernel.ensure_address(index, "198.51.100.1/24".parse().unwrap()).await.unwrap();
+        // IPv6 the same way: one of its family, the IPv4 one and the link-local one untouched.
+        kernel.ensure_address(index, "2001:db8::7/64".parse().unwrap()).await.unwrap();
+        kernel.ensure_address(index, "2001:db8::1/64".parse().unwrap()).await.unwrap();
     });
     let links = ns.json("ip", "addr show dev under0");
     let addresses: Vec<String> = links[0]["addr_info"]
@@ -401,6 +404,14 @@ fn ensure_address_leaves_exactly_one_ipv4_address() {
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
         .collect();
     assert_eq!(addresses, ["198.51.100.1/24"]);
+    let v6: Vec<String> = links[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["family"] == "inet6" && a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert_eq!(v6, ["2001:db8::1/64"], "{links:?}");
     assert!(links[0]["flags"].to_string().contains("UP"), "{links:?}");
 }
 

@@ -78,7 +78,7 @@ impl Backend for Vxlan {
     async fn start(&mut self, own: &Lease) -> Result<Option<PeerMapping>, BackendError> {
         let link =
             self.link.clone().ok_or_else(|| BackendError::Setup("vxlan backend started before prepare".into()))?;
-        let addr = ipnet::Ipv4Net::new(own.subnet.network(), 32).expect("/32 is valid");
+        let addr = ipnet::IpNet::V4(ipnet::Ipv4Net::new(own.subnet.network(), 32).expect("/32 is valid"));
         self.kernel.ensure_address(link.index, addr).await.map_err(|e| BackendError::Setup(e.to_string()))?;
         let peers = VxlanPeers {
             link: link.index,

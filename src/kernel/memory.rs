@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{
     InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure,
@@ -19,7 +19,7 @@ pub type RefuseOp = fn(&Op) -> bool;
 pub struct MemoryKernel {
     pub state: Mutex<KernelState>,
     pub links: Mutex<Vec<LinkHandle>>,
-    pub addresses: Mutex<Vec<(u32, Ipv4Net)>>,
+    pub addresses: Mutex<Vec<(u32, IpNet)>>,
     /// Every op applied, in order, to count changes.
     pub applied: Mutex<Vec<Op>>,
     /// Ops matching this are refused, to test partial failures.
@@ -99,9 +99,9 @@ impl Kernel for MemoryKernel {
         Ok(link)
     }
 
-    async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError> {
+    async fn ensure_address(&self, ifindex: u32, addr: IpNet) -> Result<(), KernelError> {
         let mut addresses = self.addresses.lock().expect("lock");
-        addresses.retain(|(i, _)| *i != ifindex);
+        addresses.retain(|(i, a)| *i != ifindex || a.addr().is_ipv4() != addr.addr().is_ipv4());
         addresses.push((ifindex, addr));
         Ok(())
     }

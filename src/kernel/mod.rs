@@ -276,8 +276,9 @@ pub trait Kernel: Send + Sync {
     async fn apply(&self, ops: &[Op]) -> Vec<OpFailure>;
     /// Creates the vxlan device, or adopts an existing one that matches; explains a mismatch.
     async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<LinkHandle, KernelError>;
-    /// Gives `ifindex` exactly `addr` (IPv4), removing other IPv4 addresses, and sets it up.
-    async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError>;
+    /// Gives `ifindex` exactly `addr` among the addresses of its family (IPv6 link-local ones
+    /// aside), removing the others of that family, and sets it up.
+    async fn ensure_address(&self, ifindex: u32, addr: IpNet) -> Result<(), KernelError>;
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkHandle>, KernelError>;
     async fn delete_link(&self, index: u32) -> Result<(), KernelError>;
     /// Every link in the namespace.

@@ -17,7 +17,7 @@ use std::io;
 use std::time::Instant;
 
 use futures::Stream;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
 use tokio::sync::{Mutex, OnceCell};
 
@@ -227,7 +227,7 @@ impl Kernel for NetlinkKernel {
         link::ensure_vxlan(&self.handle, spec).await
     }
 
-    async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError> {
+    async fn ensure_address(&self, ifindex: u32, addr: IpNet) -> Result<(), KernelError> {
         link::ensure_address(&self.handle, ifindex, addr).await
     }
 
