@@ -4,8 +4,7 @@
 
 use tracing::info;
 
-use crate::iface;
-use crate::kernel::{diff, Kernel, KernelState, Ownership};
+use crate::kernel::{diff, vxlan_device_vni, Kernel, KernelState, Ownership};
 
 /// What was removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -17,15 +16,15 @@ pub struct Removed {
 
 /// Devices weft creates: `flannel.<vni>`.
 pub fn is_weft_device(name: &str) -> bool {
-    name.strip_prefix("flannel.").is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()))
+    vxlan_device_vni(name).is_some()
 }
 
 /// Removes weft's kernel objects, devices and masquerade table; every failure is reported, and a
 /// failure does not stop the rest.
-pub async fn cleanup(kernel: &dyn Kernel, handle: &rtnetlink::Handle) -> Result<Removed, Vec<String>> {
+pub async fn cleanup(kernel: &dyn Kernel) -> Result<Removed, Vec<String>> {
     let mut errors = Vec::new();
     let mut removed = Removed::default();
-    let links = iface::read_links(handle).await.map_err(|e| vec![format!("listing links: {e}")])?;
+    let links = kernel.links().await.map_err(|e| vec![format!("listing links: {e}")])?;
     let devices: Vec<_> = links.iter().filter(|l| is_weft_device(&l.name)).collect();
     let ownership = Ownership { links: devices.iter().map(|l| l.index).collect() };
     match kernel.read_owned(&ownership).await {
@@ -59,10 +58,11 @@ pub async fn cleanup(kernel: &dyn Kernel, handle: &rtnetlink::Handle) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::vxlan_device_name;
 
     #[test]
     fn recognises_weft_devices_only() {
-        assert!(is_weft_device("flannel.1"));
+        assert!(is_weft_device(&vxlan_device_name(1)));
         assert!(is_weft_device("flannel.4096"));
         assert!(!is_weft_device("flannel.x"));
         assert!(!is_weft_device("flannel."));

@@ -47,6 +47,17 @@ pub struct AgentSection {
     pub log_level: String,
 }
 
+impl From<&AgentSection> for crate::iface::InterfaceChoice {
+    fn from(agent: &AgentSection) -> Self {
+        crate::iface::InterfaceChoice {
+            iface: agent.iface.clone(),
+            iface_regex: agent.iface_regex.clone(),
+            iface_can_reach: agent.iface_can_reach.clone(),
+            public_ip: agent.public_ip.clone(),
+        }
+    }
+}
+
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {

@@ -1,24 +1,28 @@
 //! Which interface other hosts reach us on, and our public IP. Selection is pure
-//! ([`select`]); [`discover`] reads links, addresses and routes over netlink.
+//! ([`select`]); [`discover`] reads links, addresses and routes through [`Interfaces`] (netlink
+//! on a host, memory in unit tests).
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::RouteAttribute;
-use rtnetlink::RouteMessageBuilder;
 
-use crate::config::AgentSection;
+use crate::kernel::{Interfaces, KernelError};
 
-/// A link as netlink shows it, with its IPv4 addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkInfo {
-    pub index: u32,
-    pub name: String,
-    pub mtu: u32,
-    pub addrs: Vec<Ipv4Net>,
+/// A link with its IPv4 addresses (the kernel's [`crate::kernel::InterfaceInfo`]).
+pub use crate::kernel::InterfaceInfo as LinkInfo;
+
+/// How to choose the external interface: the `agent` settings interface choice reads (see
+/// `impl From<&AgentSection>` in `config.rs`). Empty means "not set".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceChoice {
+    /// Interface names or addresses, tried in order (`agent.iface`).
+    pub iface: Vec<String>,
+    /// Patterns over interface names and addresses (`agent.iface_regex`).
+    pub iface_regex: Vec<String>,
+    /// The interface that routes to this address (`agent.iface_can_reach`).
+    pub iface_can_reach: String,
+    /// What other hosts reach us on, when not the interface's address (`agent.public_ip`).
+    pub public_ip: String,
 }
 
 /// The interface weft runs the cluster over.
@@ -45,10 +49,8 @@ pub enum IfaceError {
     NoDefaultRoute,
     #[error("interface {0} has no IPv4 address")]
     NoAddress(String),
-    #[error("netlink: {0}")]
-    Netlink(#[from] rtnetlink::Error),
-    #[error("netlink: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("reading interfaces: {0}")]
+    Kernel(#[from] KernelError),
 }
 
 /// What the kernel says about routes, for the choices that need it.
@@ -60,7 +62,11 @@ pub struct RouteFacts {
 
 /// Picks the external interface as flannel does: explicit names/addresses in order, then regexes,
 /// then the interface routing to `iface_can_reach`, then the default route's.
-pub fn select(links: &[LinkInfo], agent: &AgentSection, routes: &RouteFacts) -> Result<ExternalInterface, IfaceError> {
+pub fn select(
+    links: &[LinkInfo],
+    agent: &InterfaceChoice,
+    routes: &RouteFacts,
+) -> Result<ExternalInterface, IfaceError> {
     let with_addr = |link: &LinkInfo, want: Option<Ipv4Addr>| -> Option<ExternalInterface> {
         let addr = match want {
             Some(ip) => *link.addrs.iter().find(|a| a.addr() == ip)?,
@@ -104,7 +110,7 @@ pub fn select(links: &[LinkInfo], agent: &AgentSection, routes: &RouteFacts) -> 
     with_addr(link, None).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))
 }
 
-fn external(link: &LinkInfo, addr: Ipv4Net, agent: &AgentSection) -> ExternalInterface {
+fn external(link: &LinkInfo, addr: Ipv4Net, agent: &InterfaceChoice) -> ExternalInterface {
     ExternalInterface {
         index: link.index,
         name: link.name.clone(),
@@ -114,78 +120,23 @@ fn external(link: &LinkInfo, addr: Ipv4Net, agent: &AgentSection) -> ExternalInt
     }
 }
 
-/// Reads the host's links and routes and selects the external interface.
-pub async fn discover(agent: &AgentSection) -> Result<ExternalInterface, IfaceError> {
-    let (connection, handle, _) = rtnetlink::new_connection()?;
-    let task = tokio::spawn(connection);
-    let result = async {
-        let links = read_links(&handle).await?;
-        let mut facts = RouteFacts { default_oif: default_route_oif(&handle).await?, ..Default::default() };
-        if let Ok(target) = agent.iface_can_reach.parse::<Ipv4Addr>() {
-            facts.can_reach_oif = route_oif_to(&handle, target).await;
-        }
-        select(&links, agent, &facts)
-    }
-    .await;
-    task.abort();
-    result
+/// Reads the host's links and routes over netlink and selects the external interface.
+pub async fn discover(choice: impl Into<InterfaceChoice>) -> Result<ExternalInterface, IfaceError> {
+    let kernel = crate::kernel::netlink::NetlinkKernel::new()?;
+    discover_with(&kernel, &choice.into()).await
 }
 
-/// Every link with its IPv4 addresses.
-pub async fn read_links(handle: &rtnetlink::Handle) -> Result<Vec<LinkInfo>, IfaceError> {
-    let mut links = Vec::new();
-    let mut stream = handle.link().get().execute();
-    while let Some(msg) = stream.try_next().await? {
-        let mut link = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, addrs: Vec::new() };
-        for attr in msg.attributes {
-            match attr {
-                LinkAttribute::IfName(name) => link.name = name,
-                LinkAttribute::Mtu(mtu) => link.mtu = mtu,
-                _ => {}
-            }
-        }
-        links.push(link);
+/// Reads links and routes from `interfaces` and selects the external interface.
+pub async fn discover_with(
+    interfaces: &dyn Interfaces,
+    choice: &InterfaceChoice,
+) -> Result<ExternalInterface, IfaceError> {
+    let links = interfaces.interfaces().await?;
+    let mut facts = RouteFacts { default_oif: interfaces.default_route_oif().await?, ..Default::default() };
+    if let Ok(target) = choice.iface_can_reach.parse::<Ipv4Addr>() {
+        facts.can_reach_oif = interfaces.route_oif_to(target).await;
     }
-    let mut stream = handle.address().get().execute();
-    while let Some(msg) = stream.try_next().await? {
-        let local = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
-        });
-        let (Some(ip), Some(link)) = (local, links.iter_mut().find(|l| l.index == msg.header.index)) else {
-            continue;
-        };
-        if let Ok(net) = Ipv4Net::new(ip, msg.header.prefix_len) {
-            link.addrs.push(net);
-        }
-    }
-    Ok(links)
-}
-
-async fn default_route_oif(handle: &rtnetlink::Handle) -> Result<Option<u32>, IfaceError> {
-    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-    while let Some(route) = routes.try_next().await? {
-        if route.header.destination_prefix_length != 0 || route.header.table != 254 {
-            continue;
-        }
-        if let Some(oif) = route.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Oif(oif) => Some(*oif),
-            _ => None,
-        }) {
-            return Ok(Some(oif));
-        }
-    }
-    Ok(None)
-}
-
-async fn route_oif_to(handle: &rtnetlink::Handle, target: Ipv4Addr) -> Option<u32> {
-    let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(target, 32).build();
-    let mut routes = handle.route().get(query).execute();
-    let route = routes.try_next().await.ok()??;
-    route.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Oif(oif) => Some(*oif),
-        _ => None,
-    })
+    select(&links, choice, &facts)
 }
 
 #[cfg(test)]
@@ -201,8 +152,8 @@ mod tests {
         ]
     }
 
-    fn agent() -> AgentSection {
-        AgentSection::default()
+    fn agent() -> InterfaceChoice {
+        InterfaceChoice::default()
     }
 
     #[test]
@@ -217,29 +168,44 @@ mod tests {
     #[test]
     fn explicit_names_and_addresses_in_order() {
         let facts = RouteFacts { default_oif: Some(2), ..Default::default() };
-        let a = AgentSection { iface: vec!["dummy0".into(), "nope".into(), "198.51.100.7".into()], ..agent() };
+        let a = InterfaceChoice { iface: vec!["dummy0".into(), "nope".into(), "198.51.100.7".into()], ..agent() };
         assert_eq!(select(&links(), &a, &facts).unwrap().name, "eth1");
-        let a = AgentSection { iface: vec!["nope".into()], ..agent() };
+        let a = InterfaceChoice { iface: vec!["nope".into()], ..agent() };
         assert!(select(&links(), &a, &facts).unwrap_err().to_string().contains("nope"));
     }
 
     #[test]
     fn regex_and_can_reach() {
-        let a = AgentSection { iface_regex: vec!["^eth1$".into()], ..agent() };
+        let a = InterfaceChoice { iface_regex: vec!["^eth1$".into()], ..agent() };
         assert_eq!(select(&links(), &a, &RouteFacts::default()).unwrap().name, "eth1");
-        let a = AgentSection { iface_regex: vec![r"^192\.0\.2\.".into()], ..agent() };
+        let a = InterfaceChoice { iface_regex: vec![r"^192\.0\.2\.".into()], ..agent() };
         assert_eq!(select(&links(), &a, &RouteFacts::default()).unwrap().name, "eth0");
-        let a = AgentSection { iface_can_reach: "198.51.100.99".into(), ..agent() };
+        let a = InterfaceChoice { iface_can_reach: "198.51.100.99".into(), ..agent() };
         let facts = RouteFacts { default_oif: Some(2), can_reach_oif: Some(3) };
         assert_eq!(select(&links(), &a, &facts).unwrap().name, "eth1");
     }
 
     #[test]
     fn public_ip_overrides() {
-        let a = AgentSection { public_ip: "203.0.113.5".into(), ..agent() };
+        let a = InterfaceChoice { public_ip: "203.0.113.5".into(), ..agent() };
         let facts = RouteFacts { default_oif: Some(2), ..Default::default() };
         let ext = select(&links(), &a, &facts).unwrap();
         assert_eq!(ext.public_ip, Ipv4Addr::new(203, 0, 113, 5));
         assert_eq!(ext.addr.addr(), Ipv4Addr::new(192, 0, 2, 10));
+    }
+
+    #[tokio::test]
+    async fn discovers_through_the_interfaces_seam() {
+        let kernel = crate::kernel::memory::MemoryKernel::default();
+        *kernel.interfaces.lock().unwrap() = links();
+        let err = discover_with(&kernel, &agent()).await.unwrap_err();
+        assert!(matches!(err, IfaceError::NoDefaultRoute), "{err}");
+        *kernel.default_oif.lock().unwrap() = Some(2);
+        assert_eq!(discover_with(&kernel, &agent()).await.unwrap().name, "eth0");
+        let reach = InterfaceChoice { iface_can_reach: "198.51.100.99".into(), ..agent() };
+        let err = discover_with(&kernel, &reach).await.unwrap_err();
+        assert!(matches!(err, IfaceError::Unreachable(_)), "{err}");
+        kernel.reach_oif.lock().unwrap().insert("198.51.100.99".parse().unwrap(), 3);
+        assert_eq!(discover_with(&kernel, &reach).await.unwrap().name, "eth1");
     }
 }

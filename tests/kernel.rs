@@ -4,16 +4,16 @@
 //! checks the result both through `read_owned` and through `ip -j` / `bridge -j`.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::Value;
-use weft::kernel::monitor::ChangeCounter;
+use weft::kernel::netlink::monitor::ChangeCounter;
 use weft::kernel::netlink::{NetlinkKernel, NexthopMode};
 use weft::kernel::{
     diff, sysctl, FdbSpec, Kernel, KernelError, KernelState, MacAddr, NeighbourSpec, NexthopSpec, Op, Ownership,
@@ -90,7 +90,7 @@ fn output(mut command: Command, what: &str) -> String {
 /// A veth underlay with 198.51.100.1/24 and `flannel.1` on it; returns (underlay, flannel.1).
 async fn vxlan_setup(kernel: &NetlinkKernel) -> (u32, u32) {
     let underlay = veth(kernel, "under0").await;
-    kernel.ensure_address(underlay, Ipv4Net::new(LOCAL, 24).unwrap()).await.unwrap();
+    kernel.ensure_address(underlay, Ipv4Net::new(LOCAL, 24).unwrap().into()).await.unwrap();
     let link = kernel.ensure_vxlan(&vxlan_spec(underlay)).await.unwrap();
     kernel.ensure_address(link.index, "198.18.0.0/32".parse().unwrap()).await.unwrap();
     (underlay, link.index)
@@ -109,7 +109,7 @@ async fn veth(kernel: &NetlinkKernel, name: &str) -> u32 {
 
 fn vxlan_spec(underlay: u32) -> VxlanSpec {
     VxlanSpec {
-        name: "flannel.1".into(),
+        name: weft::kernel::vxlan_device_name(1),
         vni: 1,
         port: 8472,
         local: LOCAL,
@@ -123,17 +123,17 @@ fn vxlan_spec(underlay: u32) -> VxlanSpec {
 
 /// Peer `n`: subnet 198.18.n.0/24 behind VTEP 198.51.100.(10+n) with MAC 02:00:00:00:00:n.
 fn peer(state: &mut KernelState, ifindex: u32, n: u8, mac_byte: u8, nexthops: bool) {
-    let gateway = Ipv4Addr::new(198, 18, n, 0);
+    let gateway = IpAddr::from(Ipv4Addr::new(198, 18, n, 0));
     let mac = MacAddr([2, 0, 0, 0, 0, mac_byte]);
     state.add_neighbour(NeighbourSpec { ifindex, ip: gateway, mac });
-    state.add_fdb(FdbSpec { ifindex, mac, dst: Ipv4Addr::new(198, 51, 100, 10 + n) });
+    state.add_fdb(FdbSpec { ifindex, mac, dst: Ipv4Addr::new(198, 51, 100, 10 + n).into() });
     let target = if nexthops {
         state.add_nexthop(NexthopSpec { id: u32::from(n), gateway, oif: ifindex, onlink: true });
         RouteTarget::Nexthop(u32::from(n))
     } else {
         RouteTarget::Gateway { gateway, oif: ifindex, onlink: true }
     };
-    state.add_route(RouteSpec { dst: Ipv4Net::new(gateway, 24).unwrap(), target });
+    state.add_route(RouteSpec { dst: IpNet::new(gateway, 24).unwrap(), target });
 }
 
 fn peers(ifindex: u32, nexthops: bool) -> KernelState {
@@ -309,11 +309,15 @@ fn deleting_what_is_gone_succeeds_and_failures_name_the_object() {
         // around it still go in.
         let unreachable = RouteSpec {
             dst: "198.18.50.0/24".parse().unwrap(),
-            target: RouteTarget::Gateway { gateway: Ipv4Addr::new(192, 0, 2, 1), oif: underlay, onlink: false },
+            target: RouteTarget::Gateway { gateway: Ipv4Addr::new(192, 0, 2, 1).into(), oif: underlay, onlink: false },
         };
         let good = |n: u8| RouteSpec {
-            dst: Ipv4Net::new(Ipv4Addr::new(198, 18, n, 0), 24).unwrap(),
-            target: RouteTarget::Gateway { gateway: Ipv4Addr::new(198, 51, 100, n), oif: underlay, onlink: false },
+            dst: Ipv4Net::new(Ipv4Addr::new(198, 18, n, 0), 24).unwrap().into(),
+            target: RouteTarget::Gateway {
+                gateway: Ipv4Addr::new(198, 51, 100, n).into(),
+                oif: underlay,
+                onlink: false,
+            },
         };
         let ops = [Op::PutRoute(good(51)), Op::PutRoute(unreachable), Op::PutRoute(good(52))];
         let failures = kernel.apply(&ops).await;
@@ -387,6 +391,9 @@ fn ensure_address_leaves_exactly_one_ipv4_address() {
         handle.address().add(index, "192.0.2.8".parse().unwrap(), 24).execute().await.unwrap();
         kernel.ensure_address(index, "198.51.100.1/24".parse().unwrap()).await.unwrap();
         kernel.ensure_address(index, "198.51.100.1/24".parse().unwrap()).await.unwrap();
+        // IPv6 the same way: one of its family, the IPv4 one and the link-local one untouched.
+        kernel.ensure_address(index, "2001:db8::7/64".parse().unwrap()).await.unwrap();
+        kernel.ensure_address(index, "2001:db8::1/64".parse().unwrap()).await.unwrap();
     });
     let links = ns.json("ip", "addr show dev under0");
     let addresses: Vec<String> = links[0]["addr_info"]
@@ -397,6 +404,14 @@ fn ensure_address_leaves_exactly_one_ipv4_address() {
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
         .collect();
     assert_eq!(addresses, ["198.51.100.1/24"]);
+    let v6: Vec<String> = links[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["family"] == "inet6" && a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert_eq!(v6, ["2001:db8::1/64"], "{links:?}");
     assert!(links[0]["flags"].to_string().contains("UP"), "{links:?}");
 }
 
@@ -482,12 +497,16 @@ fn ip_forwarding_is_per_namespace() {
 fn many_peers(ifindex: u32, count: u32) -> KernelState {
     let mut state = KernelState::default();
     for i in 1..=count {
-        let gateway = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i * 4);
+        let gateway = IpAddr::from(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i * 4));
         let mac = MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
         state.add_neighbour(NeighbourSpec { ifindex, ip: gateway, mac });
-        state.add_fdb(FdbSpec { ifindex, mac, dst: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i) });
+        state.add_fdb(FdbSpec {
+            ifindex,
+            mac,
+            dst: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i).into(),
+        });
         state.add_nexthop(NexthopSpec { id: i, gateway, oif: ifindex, onlink: true });
-        state.add_route(RouteSpec { dst: Ipv4Net::new(gateway, 30).unwrap(), target: RouteTarget::Nexthop(i) });
+        state.add_route(RouteSpec { dst: IpNet::new(gateway, 30).unwrap(), target: RouteTarget::Nexthop(i) });
     }
     state
 }
@@ -522,4 +541,59 @@ fn a_thousand_peers_converge_quickly() {
     eprintln!("1,000 peers (4,000 objects): apply {apply_ms:.1} ms, read_owned {read_ms:.1} ms");
     // Generous for a loaded 2-core CI machine; the target is about 60 ms.
     assert!(apply_ms < 2000.0, "{apply_ms} ms");
+}
+
+/// IPv6 peers (2001:db8:n::/64 behind 2001:db8:n::) through the same encoder as IPv4 ones:
+/// peer 1 through a nexthop object, peer 2 by a classic gateway route; its FDB entry towards an
+/// IPv6 VTEP goes on a vxlan device with an IPv6 underlay (the kernel wants the FDB entry's
+/// family to be the device's), peer 2's towards an IPv4 one on `flannel.1`.
+#[test]
+fn ipv6_routes_neighbours_and_fdb_entries() {
+    let ns = TestNs::new("v6");
+    ns.block_on(|| async {
+        let kernel = NetlinkKernel::with_nexthops(NexthopMode::Auto).unwrap();
+        vxlan_setup(&kernel).await;
+    });
+    // weft creates IPv4-underlay devices only (VxlanSpec.local); the test makes the IPv6 one.
+    ns.run("ip", "link add flannel.6 type vxlan id 6 local 2001:db8:ff::100 dstport 8472 nolearning");
+    ns.run("ip", "link set flannel.6 up");
+    let fdb = ns.block_on(|| async {
+        let kernel = NetlinkKernel::with_nexthops(NexthopMode::Auto).unwrap();
+        let flannel = kernel.link_by_name("flannel.1").await.unwrap().unwrap().index;
+        let flannel6 = kernel.link_by_name("flannel.6").await.unwrap().unwrap().index;
+        let ours = Ownership { links: vec![flannel, flannel6] };
+        let mut want = KernelState::default();
+        for n in 1..=2u8 {
+            let subnet: IpNet = format!("2001:db8:{n}::/64").parse().unwrap();
+            let gateway = subnet.network();
+            let mac = MacAddr([2, 0, 0, 0, 6, n]);
+            want.add_neighbour(NeighbourSpec { ifindex: flannel, ip: gateway, mac });
+            let target = if n == 1 {
+                want.add_fdb(FdbSpec { ifindex: flannel6, mac, dst: "2001:db8:ff::1".parse().unwrap() });
+                want.add_nexthop(NexthopSpec { id: 0x8000_0001, gateway, oif: flannel, onlink: true });
+                RouteTarget::Nexthop(0x8000_0001)
+            } else {
+                want.add_fdb(FdbSpec { ifindex: flannel, mac, dst: Ipv4Addr::new(198, 51, 100, 12).into() });
+                RouteTarget::Gateway { gateway, oif: flannel, onlink: true }
+            };
+            want.add_route(RouteSpec { dst: subnet, target });
+        }
+        assert_eq!(converge(&kernel, &ours, &want).await, 7);
+        assert_eq!(kernel.read_owned(&ours).await.unwrap(), want);
+        assert_eq!(converge(&kernel, &ours, &want).await, 0, "a second pass changes nothing");
+        assert_eq!(converge(&kernel, &ours, &KernelState::default()).await, 7, "and all of it goes");
+        assert!(kernel.read_owned(&ours).await.unwrap().is_empty());
+        converge(&kernel, &ours, &want).await;
+        ours
+    });
+    let routes = ns.json("ip", "-6 route show proto 87");
+    assert_eq!(strings(&routes, "dst"), ["2001:db8:1::/64", "2001:db8:2::/64"], "{routes:?}");
+    let nexthops = ns.json("ip", "-6 nexthop show");
+    assert_eq!(strings(&nexthops, "gateway"), ["2001:db8:1::"], "{nexthops:?}");
+    let neighbours = ns.json("ip", "-6 neigh show dev flannel.1");
+    assert_eq!(strings(&neighbours, "dst"), ["2001:db8:1::", "2001:db8:2::"], "{neighbours:?}");
+    assert!(neighbours.iter().all(|n| n["state"][0] == "PERMANENT"), "{neighbours:?}");
+    assert_eq!(strings(&ns.json("bridge", "fdb show dev flannel.6"), "dst"), ["2001:db8:ff::1"]);
+    assert_eq!(strings(&ns.json("bridge", "fdb show dev flannel.1"), "dst"), ["198.51.100.12"]);
+    drop(fdb);
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::peer_route::{add_route, enable_forwarding};
 use super::route_sync::PeerObjects;
-use super::vxlan::add_route;
 use super::{Backend, BackendError, BackendKind, LeaseData, Passive, PeerMapping, Registered, StartFailed, Started};
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelState};
@@ -30,7 +30,7 @@ impl Backend for HostGw {
     }
 
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        super::enable_forwarding();
+        enable_forwarding(self.kernel.as_ref()).await;
         let data = LeaseData::plain(BackendKind::HostGw, self.ext.mtu);
         Ok(Box::new(HostGwRegistered { kernel: self.kernel, ext: self.ext, data }))
     }
@@ -113,6 +113,8 @@ mod tests {
         };
         let backend = Box::new(HostGw::new(kernel.clone(), ext)).register().await.unwrap();
         assert_eq!(backend.lease_data().mtu, 1500);
+        // Forwarding is turned on in the (memory) kernel, never in the test machine's /proc/sys.
+        assert!(kernel.forwarding.lock().unwrap().contains(&crate::kernel::IpFamily::V4));
         let Ok(started) = backend.start(&lease(1, "198.51.100.1")).await else { panic!("host-gw start") };
         let mapping = started.peers.expect("host-gw maps peers");
         let mut sync = RouteSync::new(kernel.clone());
@@ -124,7 +126,7 @@ mod tests {
         assert!(err.contains("203.0.113.3") && err.contains("not on-link"), "{err}");
         let state = kernel.snapshot();
         assert_eq!(state.routes.len(), 1);
-        let route = state.routes[&near.subnet];
+        let route = state.routes[&near.subnet.into()];
         let RouteTarget::Nexthop(id) = route.target else { panic!("expected a nexthop route") };
         assert_eq!(state.nexthops[&id].gateway.to_string(), "198.51.100.2");
     }

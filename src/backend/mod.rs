@@ -24,6 +24,7 @@ pub mod config;
 #[cfg(feature = "gce")]
 pub mod gce;
 pub mod host_gw;
+pub mod peer_route;
 pub mod route_sync;
 pub mod vxlan;
 
@@ -186,15 +187,6 @@ pub fn create(
         // Reached only when a cloud backend's feature is left out of the build.
         #[allow(unreachable_patterns)]
         other => Err(BackendError::Unsupported(other.kind())),
-    }
-}
-
-/// Peers' traffic is forwarded through this host: turn IPv4 forwarding on (in our namespace).
-fn enable_forwarding() {
-    match crate::kernel::sysctl::enable_ipv4_forwarding() {
-        Ok(true) => tracing::info!("enabled IPv4 forwarding (net.ipv4.ip_forward = 1)"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "could not enable IPv4 forwarding"),
     }
 }
 

@@ -215,8 +215,8 @@ pub(crate) mod test_support {
         fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
             let mut state = KernelState::default();
             let id = u32::from(lease.subnet.network());
-            state.add_nexthop(NexthopSpec { id, gateway: lease.attrs.public_ip, oif: 2, onlink: false });
-            state.add_route(RouteSpec { dst: lease.subnet, target: RouteTarget::Nexthop(id) });
+            state.add_nexthop(NexthopSpec { id, gateway: lease.attrs.public_ip.into(), oif: 2, onlink: false });
+            state.add_route(RouteSpec { dst: lease.subnet.into(), target: RouteTarget::Nexthop(id) });
             Ok(state)
         }
     }

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::config::VxlanConfig;
+use super::peer_route::{add_route, enable_forwarding};
 use super::route_sync::PeerObjects;
 use super::{Active, Backend, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started};
 use crate::iface::ExternalInterface;
-use crate::kernel::{
-    FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, NexthopSpec, RouteSpec, RouteTarget, VxlanSpec,
-};
+use crate::kernel::{vxlan_device_name, FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, VxlanSpec};
 use crate::lease::Lease;
 
 /// Bytes of outer headers vxlan adds to every packet.
@@ -30,8 +29,9 @@ impl Vxlan {
         Vxlan { kernel, config, ext }
     }
 
+    /// `flannel.<vni>` (see [`vxlan_device_name`]).
     pub fn device_name(vni: u32) -> String {
-        format!("flannel.{vni}")
+        vxlan_device_name(vni)
     }
 }
 
@@ -54,7 +54,7 @@ impl Backend for Vxlan {
 
     /// Makes (or adopts) the device; the VtepMAC goes in our lease.
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        super::enable_forwarding();
+        enable_forwarding(self.kernel.as_ref()).await;
         let mtu = if self.config.mtu > 0 { self.config.mtu } else { self.ext.mtu.saturating_sub(VXLAN_OVERHEAD) };
         let spec = VxlanSpec {
             name: Self::device_name(self.config.vni),
@@ -96,7 +96,7 @@ struct Device {
 impl Device {
     /// Our subnet's first address on the device: the source of what we send through it.
     async fn address(&self, own: &Lease) -> Result<(), BackendError> {
-        let addr = ipnet::Ipv4Net::new(own.subnet.network(), 32).expect("/32 is valid");
+        let addr = ipnet::IpNet::V4(ipnet::Ipv4Net::new(own.subnet.network(), 32).expect("/32 is valid"));
         self.kernel
             .ensure_address(self.link.index, addr)
             .await
@@ -208,24 +208,11 @@ impl PeerObjects for VxlanPeers {
             .parse()
             .map_err(|e| format!("BackendData.VtepMAC: {e}"))?;
         let vtep = lease.subnet.network();
-        state.add_neighbour(NeighbourSpec { ifindex: self.link, ip: vtep, mac });
-        state.add_fdb(FdbSpec { ifindex: self.link, mac, dst: public_ip });
+        state.add_neighbour(NeighbourSpec { ifindex: self.link, ip: vtep.into(), mac });
+        state.add_fdb(FdbSpec { ifindex: self.link, mac, dst: public_ip.into() });
         add_route(&mut state, lease, vtep, self.link, true, self.use_nexthops);
         Ok(state)
     }
-}
-
-/// A route to the lease's subnet via `gateway`, through a nexthop object where the kernel has them.
-pub fn add_route(state: &mut KernelState, lease: &Lease, gateway: Ipv4Addr, oif: u32, onlink: bool, nexthops: bool) {
-    let target = if nexthops {
-        // One nexthop object per peer, named after its subnet: unique and stable across restarts.
-        let id = u32::from(lease.subnet.network());
-        state.add_nexthop(NexthopSpec { id, gateway, oif, onlink });
-        RouteTarget::Nexthop(id)
-    } else {
-        RouteTarget::Gateway { gateway, oif, onlink }
-    };
-    state.add_route(RouteSpec { dst: lease.subnet, target });
 }
 
 #[cfg(test)]

@@ -220,9 +220,7 @@ async fn serve(
 
 async fn cleanup() -> Result<(), CommandError> {
     let kernel = crate::kernel::netlink::NetlinkKernel::new().map_err(|e| CommandError::Runtime(e.to_string()))?;
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(runtime)?;
-    tokio::spawn(connection);
-    match crate::cleanup::cleanup(&kernel, &handle).await {
+    match crate::cleanup::cleanup(&kernel).await {
         Ok(removed) => {
             println!(
                 "removed {} kernel objects, devices {:?}, masquerade table: {}",

@@ -1,11 +1,16 @@
 //! An in-memory kernel for unit tests of the backends and the sync engine.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
-use super::{Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure, Ownership, VxlanSpec};
+use super::{
+    InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure,
+    Ownership, VxlanSpec,
+};
 
 /// Decides which ops a [`MemoryKernel`] refuses.
 pub type RefuseOp = fn(&Op) -> bool;
@@ -14,11 +19,18 @@ pub type RefuseOp = fn(&Op) -> bool;
 pub struct MemoryKernel {
     pub state: Mutex<KernelState>,
     pub links: Mutex<Vec<LinkHandle>>,
-    pub addresses: Mutex<Vec<(u32, Ipv4Net)>>,
+    pub addresses: Mutex<Vec<(u32, IpNet)>>,
     /// Every op applied, in order, to count changes.
     pub applied: Mutex<Vec<Op>>,
     /// Ops matching this are refused, to test partial failures.
     pub refuse: Mutex<Option<RefuseOp>>,
+    /// Families whose forwarding is on: recorded here, never written to the machine's `/proc/sys`.
+    pub forwarding: Mutex<BTreeSet<IpFamily>>,
+    /// What [`Interfaces`] reports: links with addresses, the default route's link, and the link
+    /// a route to each address leaves by.
+    pub interfaces: Mutex<Vec<InterfaceInfo>>,
+    pub default_oif: Mutex<Option<u32>>,
+    pub reach_oif: Mutex<BTreeMap<Ipv4Addr, u32>>,
 }
 
 impl MemoryKernel {
@@ -87,9 +99,9 @@ impl Kernel for MemoryKernel {
         Ok(link)
     }
 
-    async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError> {
+    async fn ensure_address(&self, ifindex: u32, addr: IpNet) -> Result<(), KernelError> {
         let mut addresses = self.addresses.lock().expect("lock");
-        addresses.retain(|(i, _)| *i != ifindex);
+        addresses.retain(|(i, a)| *i != ifindex || a.addr().is_ipv4() != addr.addr().is_ipv4());
         addresses.push((ifindex, addr));
         Ok(())
     }
@@ -103,7 +115,30 @@ impl Kernel for MemoryKernel {
         Ok(())
     }
 
+    async fn links(&self) -> Result<Vec<LinkHandle>, KernelError> {
+        Ok(self.links.lock().expect("lock").clone())
+    }
+
     async fn supports_nexthops(&self) -> bool {
         true
+    }
+
+    async fn enable_forwarding(&self, family: IpFamily) -> Result<bool, KernelError> {
+        Ok(self.forwarding.lock().expect("lock").insert(family))
+    }
+}
+
+#[async_trait]
+impl Interfaces for MemoryKernel {
+    async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, KernelError> {
+        Ok(self.interfaces.lock().expect("lock").clone())
+    }
+
+    async fn default_route_oif(&self) -> Result<Option<u32>, KernelError> {
+        Ok(*self.default_oif.lock().expect("lock"))
+    }
+
+    async fn route_oif_to(&self, target: Ipv4Addr) -> Option<u32> {
+        self.reach_oif.lock().expect("lock").get(&target).copied()
     }
 }

@@ -7,15 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 pub mod memory;
-pub mod monitor;
 pub mod netlink;
-pub mod nexthop;
 pub mod plan;
 pub mod sysctl;
 
@@ -26,6 +24,40 @@ pub const WEFT_PROTOCOL: u8 = 87;
 
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
+
+/// What every vxlan device weft creates is called before its VNI.
+const VXLAN_DEVICE_PREFIX: &str = "flannel.";
+
+/// The name of weft's vxlan device for `vni`: `flannel.<vni>`, as flannel names it. The one place
+/// that knows the name; everything else calls this or [`vxlan_device_vni`].
+pub fn vxlan_device_name(vni: u32) -> String {
+    format!("{VXLAN_DEVICE_PREFIX}{vni}")
+}
+
+/// The VNI of a device named like weft's vxlan devices (`flannel.<vni>`), or `None`.
+pub fn vxlan_device_vni(name: &str) -> Option<u32> {
+    let vni = name.strip_prefix(VXLAN_DEVICE_PREFIX)?;
+    if vni.is_empty() || !vni.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    vni.parse().ok()
+}
+
+/// An IP address family, for the per-family knobs (forwarding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
@@ -64,14 +96,15 @@ impl std::str::FromStr for MacAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteTarget {
     /// `via <gateway> dev <oif> [onlink]`.
-    Gateway { gateway: Ipv4Addr, oif: u32, onlink: bool },
+    Gateway { gateway: IpAddr, oif: u32, onlink: bool },
     /// `nhid <id>`: a nexthop object (kernel 5.3+), much cheaper for the kernel to install.
     Nexthop(u32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteSpec {
-    pub dst: Ipv4Net,
+    /// IPv4 or IPv6: one model and one code path for both families.
+    pub dst: IpNet,
     pub target: RouteTarget,
 }
 
@@ -79,16 +112,16 @@ pub struct RouteSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NexthopSpec {
     pub id: u32,
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     pub oif: u32,
     pub onlink: bool,
 }
 
-/// A permanent ARP entry: `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`.
+/// A permanent ARP (IPv4) or NDP (IPv6) entry: `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NeighbourSpec {
     pub ifindex: u32,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: MacAddr,
 }
 
@@ -97,7 +130,7 @@ pub struct NeighbourSpec {
 pub struct FdbSpec {
     pub ifindex: u32,
     pub mac: MacAddr,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
 }
 
 /// One kernel object of any kind.
@@ -113,8 +146,8 @@ pub enum Object {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelState {
     pub nexthops: BTreeMap<u32, NexthopSpec>,
-    pub routes: BTreeMap<Ipv4Net, RouteSpec>,
-    pub neighbours: BTreeMap<(u32, Ipv4Addr), NeighbourSpec>,
+    pub routes: BTreeMap<IpNet, RouteSpec>,
+    pub neighbours: BTreeMap<(u32, IpAddr), NeighbourSpec>,
     pub fdb: BTreeMap<(u32, MacAddr), FdbSpec>,
 }
 
@@ -212,6 +245,27 @@ pub struct LinkHandle {
     pub mtu: u32,
 }
 
+/// A link as interface choice sees it: with its IPv4 addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub addrs: Vec<Ipv4Net>,
+}
+
+/// What choosing the external interface reads from the kernel (`iface::discover`). Implemented
+/// over netlink and, in unit tests, in memory.
+#[async_trait]
+pub trait Interfaces: Send + Sync {
+    /// Every link with its IPv4 addresses.
+    async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, KernelError>;
+    /// The link the IPv4 default route (main table) leaves by, if there is one.
+    async fn default_route_oif(&self) -> Result<Option<u32>, KernelError>;
+    /// The link a packet to `target` would leave by, or `None` when there is no route.
+    async fn route_oif_to(&self, target: Ipv4Addr) -> Option<u32>;
+}
+
 /// The kernel as the data plane sees it. Implemented over netlink ([`netlink`]) and, in unit
 /// tests, in memory.
 #[async_trait]
@@ -222,12 +276,18 @@ pub trait Kernel: Send + Sync {
     async fn apply(&self, ops: &[Op]) -> Vec<OpFailure>;
     /// Creates the vxlan device, or adopts an existing one that matches; explains a mismatch.
     async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<LinkHandle, KernelError>;
-    /// Gives `ifindex` exactly `addr` (IPv4), removing other IPv4 addresses, and sets it up.
-    async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError>;
+    /// Gives `ifindex` exactly `addr` among the addresses of its family (IPv6 link-local ones
+    /// aside), removing the others of that family, and sets it up.
+    async fn ensure_address(&self, ifindex: u32, addr: IpNet) -> Result<(), KernelError>;
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkHandle>, KernelError>;
     async fn delete_link(&self, index: u32) -> Result<(), KernelError>;
+    /// Every link in the namespace.
+    async fn links(&self) -> Result<Vec<LinkHandle>, KernelError>;
     /// Whether the kernel has nexthop objects (5.3+).
     async fn supports_nexthops(&self) -> bool;
+    /// Turns forwarding of `family` on (peers' traffic is forwarded through this host); true when
+    /// it was off and this changed it.
+    async fn enable_forwarding(&self, family: IpFamily) -> Result<bool, KernelError>;
     /// A notification each time something weft owns under `ownership` may have been changed or
     /// removed by someone else, so it is repaired at once rather than at the next resync. `None`
     /// where the kernel cannot tell.

@@ -90,10 +90,10 @@ mod tests {
 
     fn peer(state: &mut KernelState, n: u8, mac_byte: u8) {
         let subnet = format!("10.244.{n}.0/24").parse().unwrap();
-        let gw = std::net::Ipv4Addr::new(10, 244, n, 0);
+        let gw = std::net::Ipv4Addr::new(10, 244, n, 0).into();
         let mac = MacAddr([2, 0, 0, 0, 0, mac_byte]);
         state.add_neighbour(NeighbourSpec { ifindex: 5, ip: gw, mac });
-        state.add_fdb(FdbSpec { ifindex: 5, mac, dst: std::net::Ipv4Addr::new(198, 51, 100, n) });
+        state.add_fdb(FdbSpec { ifindex: 5, mac, dst: std::net::Ipv4Addr::new(198, 51, 100, n).into() });
         state.add_nexthop(NexthopSpec { id: n as u32, gateway: gw, oif: 5, onlink: true });
         state.add_route(RouteSpec { dst: subnet, target: RouteTarget::Nexthop(n as u32) });
     }
@@ -173,13 +173,20 @@ mod tests {
         assert_eq!(streamed.len(), 4 + 3 + 4, "{streamed:?}");
     }
 
+    fn v4(ip: std::net::IpAddr) -> std::net::Ipv4Addr {
+        match ip {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(ip) => panic!("{ip} in an IPv4 test"),
+        }
+    }
+
     /// The peer number an object of `peer()` belongs to.
     fn object_peer(object: &Object) -> u8 {
         match object {
             Object::Nexthop(n) => n.id as u8,
-            Object::Route(r) => r.dst.network().octets()[2],
-            Object::Neighbour(n) => n.ip.octets()[2],
-            Object::Fdb(f) => f.dst.octets()[3],
+            Object::Route(r) => v4(r.dst.network()).octets()[2],
+            Object::Neighbour(n) => v4(n.ip).octets()[2],
+            Object::Fdb(f) => v4(f.dst).octets()[3],
         }
     }
 
@@ -190,5 +197,49 @@ mod tests {
         assert!("aa:bb".parse::<MacAddr>().is_err());
         assert!("aa:bb:cc:dd:ee:ff:00".parse::<MacAddr>().is_err());
         assert!("zz:bb:cc:dd:ee:ff".parse::<MacAddr>().is_err());
+    }
+
+    /// Peer `n` of an IPv6 cluster: subnet 2001:db8:n::/64 behind VTEP 2001:db8:ff::n.
+    fn peer6(state: &mut KernelState, n: u16, mac_byte: u8) {
+        let subnet: ipnet::IpNet = format!("2001:db8:{n:x}::/64").parse().unwrap();
+        let gw = subnet.network();
+        let mac = MacAddr([2, 0, 0, 0, 1, mac_byte]);
+        state.add_neighbour(NeighbourSpec { ifindex: 5, ip: gw, mac });
+        state.add_fdb(FdbSpec { ifindex: 5, mac, dst: format!("2001:db8:ff::{n:x}").parse().unwrap() });
+        state.add_nexthop(NexthopSpec { id: 1000 + u32::from(n), gateway: gw, oif: 5, onlink: true });
+        state.add_route(RouteSpec { dst: subnet, target: RouteTarget::Nexthop(1000 + u32::from(n)) });
+    }
+
+    #[test]
+    fn ipv6_peers_diff_like_ipv4_ones() {
+        let mut have = KernelState::default();
+        peer(&mut have, 1, 1);
+        peer6(&mut have, 1, 1);
+        peer6(&mut have, 2, 2);
+        assert!(diff(&have, &have.clone()).is_empty());
+        let mut want = KernelState::default();
+        peer(&mut want, 1, 1);
+        peer6(&mut want, 1, 9); // new VtepMAC
+        peer6(&mut want, 3, 3); // new peer; peer 2 gone
+        let plan = diff(&want, &have);
+        let kinds: Vec<_> = plan.ops.iter().map(|o| format!("{o:?}").split('(').next().unwrap().to_string()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "PutNeighbour",
+                "PutNeighbour",
+                "PutFdb",
+                "PutFdb",
+                "PutNexthop",
+                "PutRoute",
+                "DeleteRoute",
+                "DeleteNexthop",
+                "DeleteNeighbour",
+                "DeleteFdb",
+                "DeleteFdb"
+            ],
+            "{plan:?}"
+        );
+        assert!(plan.ops.iter().all(|op| !format!("{op:?}").contains("10.244.")), "the IPv4 peer is untouched");
     }
 }

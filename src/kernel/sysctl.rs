@@ -6,11 +6,26 @@
 use std::io;
 use std::path::Path;
 
+use super::IpFamily;
+
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+fn forwarding_path(family: IpFamily) -> &'static Path {
+    Path::new(match family {
+        IpFamily::V4 => IP_FORWARD,
+        IpFamily::V6 => IPV6_FORWARD,
+    })
+}
+
+/// Turns on forwarding of `family`; returns whether it was off before.
+pub fn enable_forwarding(family: IpFamily) -> io::Result<bool> {
+    ensure_value(forwarding_path(family), "1")
+}
 
 /// Turns on IPv4 forwarding; returns whether it was off before.
 pub fn enable_ipv4_forwarding() -> io::Result<bool> {
-    ensure_value(Path::new(IP_FORWARD), "1")
+    enable_forwarding(IpFamily::V4)
 }
 
 /// Whether IPv4 forwarding is on.

@@ -1,14 +1,15 @@
 //! Dumped kernel objects into weft's model, keeping only what weft owns and models.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_core::Parseable;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType};
 use netlink_packet_route::AddressFamily;
 
-use crate::kernel::nexthop::{NexthopMessage, RTM_NEWNEXTHOP};
+use super::encode::{family as encode_family, IPV6_DEFAULT_METRIC};
+use super::nexthop::{NexthopMessage, RTM_NEWNEXTHOP};
 use crate::kernel::{
     FdbSpec, MacAddr, NeighbourSpec, NexthopSpec, Ownership, RouteSpec, RouteTarget, MAIN_TABLE, WEFT_PROTOCOL,
 };
@@ -30,8 +31,12 @@ pub fn route(payload: &[u8], ownership: &Ownership) -> Option<RouteSpec> {
 pub fn owned_route(message: &RouteMessage, ownership: &Ownership) -> Option<RouteSpec> {
     let header = &message.header;
     let protocol = u8::from(header.protocol);
-    let simple = header.address_family == AddressFamily::Inet
-        && header.kind == RouteType::Unicast
+    let unspecified: IpAddr = match header.address_family {
+        AddressFamily::Inet => Ipv4Addr::UNSPECIFIED.into(),
+        AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+        _ => return None,
+    };
+    let simple = header.kind == RouteType::Unicast
         && header.tos == 0
         && header.source_prefix_length == 0
         && header.protocol != RouteProtocol::Kernel
@@ -54,7 +59,17 @@ pub fn owned_route(message: &RouteMessage, ownership: &Ownership) -> Option<Rout
         }
         _ => return None,
     };
-    let dst = Ipv4Net::new(attrs.dst.unwrap_or(Ipv4Addr::UNSPECIFIED), header.destination_prefix_length).ok()?;
+    // The metric weft's routes get: none for IPv4, the kernel's default for IPv6 (a route with
+    // another one is someone else's choice, not weft's shape).
+    let default_metric = if unspecified.is_ipv4() { 0 } else { IPV6_DEFAULT_METRIC };
+    if attrs.metric != default_metric {
+        return None;
+    }
+    let dst = attrs.dst.unwrap_or(unspecified);
+    if dst.is_ipv4() != unspecified.is_ipv4() || attrs.gateway.is_some_and(|g| g.is_ipv4() != dst.is_ipv4()) {
+        return None;
+    }
+    let dst = IpNet::new(dst, header.destination_prefix_length).ok()?;
     Some(RouteSpec { dst, target })
 }
 
@@ -72,23 +87,25 @@ fn table(message: &RouteMessage) -> u32 {
 
 #[derive(Default)]
 struct RouteAttrs {
-    dst: Option<Ipv4Addr>,
-    gateway: Option<Ipv4Addr>,
+    dst: Option<IpAddr>,
+    gateway: Option<IpAddr>,
     oif: Option<u32>,
     nexthop: Option<u32>,
+    metric: u32,
 }
 
 impl RouteAttrs {
     /// Records one attribute; `None` when it makes the route something weft does not model.
     fn take(&mut self, attribute: &RouteAttribute) -> Option<()> {
         match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => self.dst = Some(*ip),
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => self.gateway = Some(*ip),
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => self.dst = Some((*ip).into()),
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => self.dst = Some((*ip).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => self.gateway = Some((*ip).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => self.gateway = Some((*ip).into()),
             RouteAttribute::Oif(oif) => self.oif = Some(*oif),
             RouteAttribute::NhId(id) => self.nexthop = Some(*id),
-            RouteAttribute::Priority(0) => {}
-            RouteAttribute::Priority(_)
-            | RouteAttribute::MultiPath(_)
+            RouteAttribute::Priority(metric) => self.metric = *metric,
+            RouteAttribute::MultiPath(_)
             | RouteAttribute::Via(_)
             | RouteAttribute::Encap(_)
             | RouteAttribute::Destination(_)
@@ -109,7 +126,7 @@ pub fn nexthop(kind: u16, payload: &[u8]) -> Option<NexthopSpec> {
     (message.header.protocol == WEFT_PROTOCOL).then(|| message.to_spec())?
 }
 
-/// A neighbour (AF_INET) or FDB entry (AF_BRIDGE), whichever it is.
+/// A neighbour (AF_INET, AF_INET6) or FDB entry (AF_BRIDGE), whichever it is.
 pub enum Neighbour {
     Arp(NeighbourSpec),
     Fdb(FdbSpec),
@@ -131,7 +148,7 @@ pub fn owned_neighbour(message: &NeighbourMessage, ownership: &Ownership) -> Opt
     let (mut ip, mut mac) = (None, None);
     for attribute in &message.attributes {
         match attribute {
-            NeighbourAttribute::Destination(address) => ip = ipv4(address),
+            NeighbourAttribute::Destination(address) => ip = ip_of(address),
             NeighbourAttribute::LinkLayerAddress(bytes) => {
                 mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
             }
@@ -140,7 +157,9 @@ pub fn owned_neighbour(message: &NeighbourMessage, ownership: &Ownership) -> Opt
     }
     let (ip, mac) = (ip?, mac?);
     match header.family {
-        AddressFamily::Inet => Some(Neighbour::Arp(NeighbourSpec { ifindex: header.ifindex, ip, mac })),
+        AddressFamily::Inet | AddressFamily::Inet6 if encode_family(ip) == header.family => {
+            Some(Neighbour::Arp(NeighbourSpec { ifindex: header.ifindex, ip, mac }))
+        }
         AddressFamily::Bridge if header.flags.contains(NeighbourFlags::Own) && mac != MacAddr::default() => {
             Some(Neighbour::Fdb(FdbSpec { ifindex: header.ifindex, mac, dst: ip }))
         }
@@ -148,11 +167,17 @@ pub fn owned_neighbour(message: &NeighbourMessage, ownership: &Ownership) -> Opt
     }
 }
 
-/// NDA_DST of an AF_BRIDGE entry parses as raw bytes; of an AF_INET one as an address.
-fn ipv4(address: &NeighbourAddress) -> Option<Ipv4Addr> {
+/// NDA_DST of an AF_BRIDGE entry parses as raw bytes (4 for an IPv4 remote, 16 for IPv6); of an
+/// AF_INET or AF_INET6 one as an address.
+fn ip_of(address: &NeighbourAddress) -> Option<IpAddr> {
     match address {
-        NeighbourAddress::Inet(ip) => Some(*ip),
-        NeighbourAddress::Other(bytes) => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from),
+        NeighbourAddress::Inet(ip) => Some((*ip).into()),
+        NeighbourAddress::Inet6(ip) => Some((*ip).into()),
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(|b| Ipv4Addr::from(b).into()),
+            16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(|b| Ipv6Addr::from(b).into()),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -190,7 +215,10 @@ mod tests {
     fn routes_by_protocol_or_device() {
         let weft = RouteProtocol::from(WEFT_PROTOCOL);
         let spec = owned_route(&gateway_route(weft, 9), &ours()).unwrap();
-        assert_eq!(spec.target, RouteTarget::Gateway { gateway: Ipv4Addr::new(10, 244, 3, 0), oif: 9, onlink: true });
+        assert_eq!(
+            spec.target,
+            RouteTarget::Gateway { gateway: Ipv4Addr::new(10, 244, 3, 0).into(), oif: 9, onlink: true }
+        );
         // flannel's routes on flannel.1 are adopted; the kernel's and foreign ones elsewhere not.
         assert!(owned_route(&gateway_route(RouteProtocol::Boot, 5), &ours()).is_some());
         assert!(owned_route(&gateway_route(RouteProtocol::Kernel, 5), &ours()).is_none());
@@ -252,5 +280,26 @@ mod tests {
         assert!(owned_neighbour(&stale, &ours()).is_none());
         let elsewhere = Ownership { links: vec![6] };
         assert!(owned_neighbour(&arp, &elsewhere).is_none());
+    }
+
+    #[test]
+    fn ipv6_routes_carry_the_kernels_default_metric() {
+        let mut message = gateway_route(RouteProtocol::from(WEFT_PROTOCOL), 9);
+        message.header.address_family = AddressFamily::Inet6;
+        message.header.destination_prefix_length = 64;
+        message.attributes = vec![
+            RouteAttribute::Destination(RouteAddress::Inet6("2001:db8:3::".parse().unwrap())),
+            RouteAttribute::Gateway(RouteAddress::Inet6("2001:db8:3::".parse().unwrap())),
+            RouteAttribute::Oif(9),
+            RouteAttribute::Priority(IPV6_DEFAULT_METRIC),
+        ];
+        let spec = owned_route(&message, &ours()).unwrap();
+        assert_eq!(spec.dst.to_string(), "2001:db8:3::/64");
+        message.attributes[3] = RouteAttribute::Priority(100);
+        assert!(owned_route(&message, &ours()).is_none(), "another metric is someone else's route");
+        // An IPv4 gateway on an IPv6 route (RFC 5549 style) is not a shape weft installs.
+        message.attributes[1] = RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(192, 0, 2, 1)));
+        message.attributes[3] = RouteAttribute::Priority(IPV6_DEFAULT_METRIC);
+        assert!(owned_route(&message, &ours()).is_none());
     }
 }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::AddressFamily;
@@ -36,6 +36,16 @@ pub async fn message_by_name(handle: &Handle, name: &str) -> Result<Option<LinkM
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
         Err(e) => Err(failed(format!("look up link {name}"), e)),
     }
+}
+
+/// Every link in the namespace.
+pub async fn all(handle: &Handle) -> Result<Vec<LinkHandle>, KernelError> {
+    let mut request = std::pin::pin!(handle.link().get().execute());
+    let mut links = Vec::new();
+    while let Some(message) = request.try_next().await.map_err(|e| failed("list links", e))? {
+        links.push(link_handle(&message));
+    }
+    Ok(links)
 }
 
 async fn message_by_index(handle: &Handle, index: u32) -> Result<LinkMessage, KernelError> {
@@ -196,23 +206,32 @@ pub async fn ensure_vxlan(handle: &Handle, spec: &VxlanSpec) -> Result<LinkHandl
     adopt_vxlan(handle, spec, &created).await
 }
 
-fn ipv4_of(message: &AddressMessage) -> Option<Ipv4Net> {
-    if message.header.family != AddressFamily::Inet {
+/// The address of `message` when it is of `want`'s family and weft may replace it (an IPv6
+/// link-local address is the kernel's, never stale).
+fn address_like(message: &AddressMessage, want: &IpNet) -> Option<IpNet> {
+    let family = if want.addr().is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    if message.header.family != family {
         return None;
     }
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS the peer's on point-to-point links.
     let local = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
     });
     let address = message.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     });
-    Ipv4Net::new(local.or(address)?, message.header.prefix_len).ok()
+    let ip = local.or(address)?;
+    if let IpAddr::V6(v6) = ip {
+        if v6.segments()[0] & 0xffc0 == 0xfe80 {
+            return None;
+        }
+    }
+    IpNet::new(ip, message.header.prefix_len).ok()
 }
 
-pub async fn ensure_address(handle: &Handle, ifindex: u32, want: Ipv4Net) -> Result<(), KernelError> {
+pub async fn ensure_address(handle: &Handle, ifindex: u32, want: IpNet) -> Result<(), KernelError> {
     let mut present = false;
     let mut addresses = std::pin::pin!(handle.address().get().set_link_index_filter(ifindex).execute());
     let mut stale = Vec::new();
@@ -222,7 +241,7 @@ pub async fn ensure_address(handle: &Handle, ifindex: u32, want: Ipv4Net) -> Res
         if message.header.index != ifindex {
             continue;
         }
-        match ipv4_of(&message) {
+        match address_like(&message, &want) {
             Some(have) if have == want => present = true,
             Some(have) => stale.push((have, message)),
             None => {}
@@ -240,7 +259,7 @@ pub async fn ensure_address(handle: &Handle, ifindex: u32, want: Ipv4Net) -> Res
     if !present {
         handle
             .address()
-            .add(ifindex, IpAddr::V4(want.addr()), want.prefix_len())
+            .add(ifindex, want.addr(), want.prefix_len())
             .execute()
             .await
             .map_err(|e| failed(format!("add address {want} to link {ifindex}"), e))?;

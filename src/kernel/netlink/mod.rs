@@ -5,23 +5,27 @@
 //! 40,000 objects and a request/ack round trip each is most of the cost. Links and addresses,
 //! a handful per start, use rtnetlink's request builders.
 
-pub(super) mod decode;
+mod decode;
 mod encode;
+mod interfaces;
 mod link;
+pub mod monitor;
+pub mod nexthop;
 mod socket;
 
 use std::io;
 use std::time::Instant;
 
 use futures::Stream;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
 use tokio::sync::{Mutex, OnceCell};
 
 use self::socket::{AckError, BatchSocket};
-use super::{monitor, Kernel, KernelError, KernelState, LinkHandle, Op, OpFailure, Ownership, VxlanSpec};
-
-pub(crate) use self::socket::{messages, set_buffer, RawMessage};
+use super::{
+    sysctl, InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelState, LinkHandle, Op, OpFailure,
+    Ownership, VxlanSpec,
+};
 
 const RTM_NEWROUTE: u16 = libc::RTM_NEWROUTE;
 const RTM_NEWNEIGH: u16 = libc::RTM_NEWNEIGH;
@@ -124,10 +128,13 @@ impl NetlinkKernel {
         ownership: &Ownership,
         state: &mut KernelState,
     ) -> Result<(), KernelError> {
-        for (kind, payload) in Self::dump(socket, "routes", encode::dump_routes).await? {
-            if kind == RTM_NEWROUTE {
-                if let Some(route) = decode::route(&payload, ownership) {
-                    state.add_route(route);
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let request = |seq, out: &mut Vec<u8>| encode::dump_routes(family, seq, out);
+            for (kind, payload) in Self::dump(socket, "routes", request).await? {
+                if kind == RTM_NEWROUTE {
+                    if let Some(route) = decode::route(&payload, ownership) {
+                        state.add_route(route);
+                    }
                 }
             }
         }
@@ -190,8 +197,9 @@ impl Kernel for NetlinkKernel {
         if self.kernel_has_nexthops(&mut socket).await {
             Self::read_nexthops(&mut socket, &mut state).await?;
         }
-        Self::read_neighbours(&mut socket, AddressFamily::Inet, ownership, &mut state).await?;
-        Self::read_neighbours(&mut socket, AddressFamily::Bridge, ownership, &mut state).await?;
+        for family in [AddressFamily::Inet, AddressFamily::Inet6, AddressFamily::Bridge] {
+            Self::read_neighbours(&mut socket, family, ownership, &mut state).await?;
+        }
         Ok(state)
     }
 
@@ -219,7 +227,7 @@ impl Kernel for NetlinkKernel {
         link::ensure_vxlan(&self.handle, spec).await
     }
 
-    async fn ensure_address(&self, ifindex: u32, addr: Ipv4Net) -> Result<(), KernelError> {
+    async fn ensure_address(&self, ifindex: u32, addr: IpNet) -> Result<(), KernelError> {
         link::ensure_address(&self.handle, ifindex, addr).await
     }
 
@@ -230,6 +238,16 @@ impl Kernel for NetlinkKernel {
 
     async fn delete_link(&self, index: u32) -> Result<(), KernelError> {
         link::delete_link(&self.handle, index).await
+    }
+
+    async fn links(&self) -> Result<Vec<LinkHandle>, KernelError> {
+        link::all(&self.handle).await
+    }
+
+    /// Through `/proc/sys`, on this thread: those files belong to the namespace of the thread that
+    /// opens them, as the sockets do, so this must not move to a blocking pool (a tiny read/write).
+    async fn enable_forwarding(&self, family: IpFamily) -> Result<bool, KernelError> {
+        Ok(sysctl::enable_forwarding(family)?)
     }
 
     async fn supports_nexthops(&self) -> bool {
@@ -249,6 +267,21 @@ impl Kernel for NetlinkKernel {
                 None
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Interfaces for NetlinkKernel {
+    async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, KernelError> {
+        interfaces::all(&self.handle).await
+    }
+
+    async fn default_route_oif(&self) -> Result<Option<u32>, KernelError> {
+        interfaces::default_route_oif(&self.handle).await
+    }
+
+    async fn route_oif_to(&self, target: std::net::Ipv4Addr) -> Option<u32> {
+        interfaces::route_oif_to(&self.handle, target).await
     }
 }
 

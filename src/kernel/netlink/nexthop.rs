@@ -11,7 +11,7 @@ use netlink_packet_core::{
     NlasIterator, Parseable,
 };
 
-use super::NexthopSpec;
+use crate::kernel::NexthopSpec;
 
 pub const RTM_NEWNEXTHOP: u16 = 104;
 pub const RTM_DELNEXTHOP: u16 = 105;
@@ -32,6 +32,7 @@ const NHA_FDB: u16 = 11;
 pub const NHMSG_LEN: usize = 8;
 
 const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
 
 /// `struct nhmsg`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -156,14 +157,14 @@ impl NexthopMessage {
     pub fn put(spec: &NexthopSpec, protocol: u8) -> Self {
         NexthopMessage {
             header: NexthopHeader {
-                family: AF_INET,
+                family: family_of(spec.gateway),
                 scope: 0,
                 protocol,
                 flags: if spec.onlink { RTNH_F_ONLINK } else { 0 },
             },
             attributes: vec![
                 NexthopAttribute::Id(spec.id),
-                NexthopAttribute::Gateway(IpAddr::V4(spec.gateway)),
+                NexthopAttribute::Gateway(spec.gateway),
                 NexthopAttribute::Oif(spec.oif),
             ],
         }
@@ -186,10 +187,10 @@ impl NexthopMessage {
         })
     }
 
-    /// The nexthop as weft models it: a single IPv4 gateway on a device. Groups, blackholes,
-    /// FDB nexthops and IPv6 ones are something else and yield `None`.
+    /// The nexthop as weft models it: a single gateway (of the nexthop's family) on a device.
+    /// Groups, blackholes, FDB nexthops and family-less ones are something else and yield `None`.
     pub fn to_spec(&self) -> Option<NexthopSpec> {
-        if self.header.family != AF_INET {
+        if self.header.family != AF_INET && self.header.family != AF_INET6 {
             return None;
         }
         let (mut id, mut gateway, mut oif) = (None, None, None);
@@ -197,8 +198,8 @@ impl NexthopMessage {
             match attribute {
                 NexthopAttribute::Id(v) => id = Some(*v),
                 NexthopAttribute::Oif(v) => oif = Some(*v),
-                NexthopAttribute::Gateway(IpAddr::V4(ip)) => gateway = Some(*ip),
-                NexthopAttribute::Gateway(IpAddr::V6(_))
+                NexthopAttribute::Gateway(ip) if family_of(*ip) == self.header.family => gateway = Some(*ip),
+                NexthopAttribute::Gateway(_)
                 | NexthopAttribute::Group(_)
                 | NexthopAttribute::Blackhole
                 | NexthopAttribute::Fdb => return None,
@@ -284,13 +285,19 @@ impl From<NexthopNetlinkMessage> for netlink_packet_core::NetlinkPayload<Nexthop
     }
 }
 
+/// The nexthop family (`nh_family`) of a gateway.
+fn family_of(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 
     use super::*;
-
-    const AF_INET6: u8 = libc::AF_INET6 as u8;
 
     fn frame(message: NexthopNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
         let mut nl = NetlinkMessage::from(message);
@@ -304,7 +311,7 @@ mod tests {
 
     #[test]
     fn put_matches_the_uapi_layout() {
-        let spec = NexthopSpec { id: 7, gateway: Ipv4Addr::new(10, 244, 3, 0), oif: 5, onlink: true };
+        let spec = NexthopSpec { id: 7, gateway: Ipv4Addr::new(10, 244, 3, 0).into(), oif: 5, onlink: true };
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
         let bytes = frame(NexthopNetlinkMessage::New(NexthopMessage::put(&spec, 87)), flags, 9);
         #[rustfmt::skip]
@@ -389,18 +396,41 @@ mod tests {
             specs.extend(m.to_spec());
         }
         assert_eq!(ids, [1, 2, 3, 4]);
-        assert_eq!(specs, [NexthopSpec { id: 1, gateway: Ipv4Addr::new(10, 244, 1, 0), oif: 5, onlink: true }]);
+        assert_eq!(
+            specs,
+            [
+                NexthopSpec { id: 1, gateway: Ipv4Addr::new(10, 244, 1, 0).into(), oif: 5, onlink: true },
+                NexthopSpec { id: 3, gateway: "2001:db8::1".parse().unwrap(), oif: 5, onlink: false },
+            ]
+        );
     }
 
     #[test]
     fn round_trips() {
         let message = NexthopMessage::put(
-            &NexthopSpec { id: 42, gateway: Ipv4Addr::new(192, 0, 2, 1), oif: 3, onlink: false },
+            &NexthopSpec { id: 42, gateway: Ipv4Addr::new(192, 0, 2, 1).into(), oif: 3, onlink: false },
             87,
         );
         let bytes = frame(NexthopNetlinkMessage::New(message.clone()), 0x1, 1);
         let nl = NetlinkMessage::<NexthopNetlinkMessage>::deserialize(&bytes).unwrap();
         assert_eq!(nl.payload, netlink_packet_core::NetlinkPayload::InnerMessage(NexthopNetlinkMessage::New(message)));
+    }
+
+    #[test]
+    fn ipv6_put_round_trips_to_its_spec() {
+        let spec = NexthopSpec { id: 0x8000_0042, gateway: "2001:db8:1::".parse().unwrap(), oif: 3, onlink: true };
+        let message = NexthopMessage::put(&spec, 87);
+        assert_eq!(message.header.family, AF_INET6);
+        let bytes = frame(NexthopNetlinkMessage::New(message), 0x1, 1);
+        let nl = NetlinkMessage::<NexthopNetlinkMessage>::deserialize(&bytes).unwrap();
+        let netlink_packet_core::NetlinkPayload::InnerMessage(NexthopNetlinkMessage::New(m)) = nl.payload else {
+            panic!("not a RTM_NEWNEXTHOP: {nl:?}");
+        };
+        assert_eq!(m.to_spec(), Some(spec));
+        // A gateway of the other family than the header's is not modelled.
+        let mut mixed = m.clone();
+        mixed.header.family = AF_INET;
+        assert_eq!(mixed.to_spec(), None);
     }
 
     #[test]

@@ -15,21 +15,26 @@ use std::os::fd::AsRawFd;
 
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, Socket, TokioSocket};
 
-use super::netlink::decode;
-use super::netlink::{messages, set_buffer, RawMessage};
+use super::decode;
 use super::nexthop::{NexthopMessage, RTM_DELNEXTHOP, RTM_NEWNEXTHOP, RTNLGRP_NEXTHOP};
-use super::{Ownership, WEFT_PROTOCOL};
+use super::socket::{messages, set_buffer, RawMessage};
+use crate::kernel::{Ownership, WEFT_PROTOCOL};
 
-const GROUPS: [u32; 4] = [libc::RTNLGRP_LINK, libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, RTNLGRP_NEXTHOP];
+/// What [`watch_changes`] listens to: weft's objects of either family.
+const GROUPS: &[u32] =
+    &[libc::RTNLGRP_LINK, libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, libc::RTNLGRP_IPV6_ROUTE, RTNLGRP_NEXTHOP];
+/// What [`ChangeCounter`] counts: as before IPv6 routes were modelled (IPv4 routes only), so the
+/// kernel's own IPv6 link-local churn does not show as changes.
+const COUNTER_GROUPS: &[u32] = &[libc::RTNLGRP_LINK, libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, RTNLGRP_NEXTHOP];
 /// Room for a burst of notifications (each costs about 1 KiB of receive buffer).
 const RECEIVE_BUFFER: usize = 4 << 20;
 const RECV_BUFFER: usize = 64 << 10;
 const NUD_PERMANENT: u16 = 0x80;
 
-/// Subscribes `socket` to link, neighbour, IPv4 route and nexthop notifications.
-fn subscribe(socket: &mut Socket) -> io::Result<()> {
+/// Subscribes `socket` to `groups` (link, neighbour, route and nexthop notifications).
+fn subscribe(socket: &mut Socket, groups: &[u32]) -> io::Result<()> {
     socket.bind_auto()?;
-    for group in GROUPS {
+    for &group in groups {
         socket.add_membership(group)?;
     }
     set_buffer(socket.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER);
@@ -72,7 +77,7 @@ struct Subscription {
 impl Subscription {
     fn open() -> io::Result<Self> {
         let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
-        subscribe(socket.socket_mut())?;
+        subscribe(socket.socket_mut(), GROUPS)?;
         Ok(Subscription { socket, buf: Vec::with_capacity(RECV_BUFFER) })
     }
 
@@ -151,7 +156,7 @@ impl Filter {
 
 /// A stream that yields once whenever something weft owns under `ownership` may have been
 /// changed or deleted by someone else; a burst of notifications yields once. Changes made
-/// through the sockets in `ignore_ports` (see [`super::netlink::NetlinkKernel::ports`]) are
+/// through the sockets in `ignore_ports` (see [`super::NetlinkKernel::ports`]) are
 /// ignored. Lost notifications (a full receive buffer) count as a change. The stream ends on a
 /// socket error, after one last item.
 ///
@@ -289,7 +294,7 @@ pub struct ChangeCounter {
 impl ChangeCounter {
     pub fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
-        subscribe(&mut socket)?;
+        subscribe(&mut socket, COUNTER_GROUPS)?;
         Ok(ChangeCounter { socket, buf: Vec::with_capacity(RECV_BUFFER), counts: ChangeCounts::default() })
     }
 

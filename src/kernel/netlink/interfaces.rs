@@ -1,0 +1,77 @@
+//! What interface choice needs to know (links with their IPv4 addresses, which link the default
+//! route and a route to a given address leave by), read over rtnetlink.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::RouteAttribute;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::kernel::{InterfaceInfo, KernelError, MAIN_TABLE};
+
+fn failed(what: &str, error: rtnetlink::Error) -> KernelError {
+    KernelError::Netlink(format!("{what}: {error}"))
+}
+
+/// Every link with its IPv4 addresses.
+pub async fn all(handle: &Handle) -> Result<Vec<InterfaceInfo>, KernelError> {
+    let mut links = Vec::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(msg) = stream.try_next().await.map_err(|e| failed("list links", e))? {
+        let mut link = InterfaceInfo { index: msg.header.index, name: String::new(), mtu: 0, addrs: Vec::new() };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name,
+                LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                _ => {}
+            }
+        }
+        links.push(link);
+    }
+    let mut stream = handle.address().get().execute();
+    while let Some(msg) = stream.try_next().await.map_err(|e| failed("list addresses", e))? {
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        let (Some(ip), Some(link)) = (local, links.iter_mut().find(|l| l.index == msg.header.index)) else {
+            continue;
+        };
+        if let Ok(net) = Ipv4Net::new(ip, msg.header.prefix_len) {
+            link.addrs.push(net);
+        }
+    }
+    Ok(links)
+}
+
+/// The link the IPv4 default route of the main table leaves by.
+pub async fn default_route_oif(handle: &Handle) -> Result<Option<u32>, KernelError> {
+    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    while let Some(route) = routes.try_next().await.map_err(|e| failed("list routes", e))? {
+        if route.header.destination_prefix_length != 0 || u32::from(route.header.table) != MAIN_TABLE {
+            continue;
+        }
+        if let Some(oif) = oif_of(&route.attributes) {
+            return Ok(Some(oif));
+        }
+    }
+    Ok(None)
+}
+
+/// The link a packet to `target` would leave by (`ip route get`), or `None` when unreachable.
+pub async fn route_oif_to(handle: &Handle, target: Ipv4Addr) -> Option<u32> {
+    let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(target, 32).build();
+    let mut routes = handle.route().get(query).execute();
+    let route = routes.try_next().await.ok()??;
+    oif_of(&route.attributes)
+}
+
+fn oif_of(attributes: &[RouteAttribute]) -> Option<u32> {
+    attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(oif) => Some(*oif),
+        _ => None,
+    })
+}
