@@ -14,6 +14,7 @@ pub mod iface;
 pub mod kernel;
 pub mod lab;
 pub mod lease;
+pub mod logging;
 pub mod leasing;
 pub mod masq;
 pub mod netns;

@@ -15,13 +15,13 @@ use crate::store::Store;
 pub mod alloc;
 #[cfg(feature = "aws")]
 pub mod aws_vpc;
-pub mod config;
 #[cfg(feature = "gce")]
 pub mod gce;
 pub mod host_gw;
 pub mod route_sync;
 pub mod vxlan;
 
+pub use crate::network::backend as config;
 pub use config::BackendConfig;
 pub use route_sync::PeerObjects;
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::backend::config::{BackendConfig, NoOptions, VxlanConfig};
-use crate::cli::{CommandError, GlobalArgs};
+use crate::network::backend::{BackendConfig, NoOptions, VxlanConfig};
+use crate::commands::{CommandError, GlobalArgs};
 use crate::config::{self, Config, Flags, StoreKind, StoreSection};
 use crate::lab::agents::{self, AgentSpec, Waiting};
 use crate::lab::pods::{self, SubnetInfo};

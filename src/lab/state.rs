@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::topology::{Node, HOST_IFACE};
 use super::LabError;
-use crate::backend::config::BackendConfig;
+use crate::network::backend::BackendConfig;
 use crate::config::{Config, StoreKind, StoreSection};
 
 pub const STATE_DIR: &str = "/run/weft-lab";
@@ -132,7 +132,7 @@ pub fn render(config: &Config, comment: &str) -> Result<String, LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::config::NoOptions;
+    use crate::network::backend::NoOptions;
     use crate::config::{self, Flags};
     use crate::lab::Topology;
 
@@ -158,7 +158,7 @@ mod tests {
         let mut base = Config::default();
         base.network.cidr = "10.50.0.0/16".into();
         base.network.backend =
-            BackendConfig::Vxlan(crate::backend::config::VxlanConfig { vni: 7, ..Default::default() });
+            BackendConfig::Vxlan(crate::network::backend::VxlanConfig { vni: 7, ..Default::default() });
         base.agent.ip_masq = true;
         base.store.endpoints = vec!["http://192.0.2.1:2379".into()];
         let dir = LabDir::new("/tmp/lab");

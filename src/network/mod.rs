@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::config::BackendConfig;
+pub mod backend;
+
+use backend::BackendConfig;
 
 /// Subnets smaller than this leave too few addresses for a host's pods.
 const SMALLEST_SUBNET_LEN: u8 = 28;
