@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{self, BackendContext, LeaseData};
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::dataplane::Dataplane;
 use crate::health::{EventKind, EventLabels, Health};
@@ -40,27 +41,6 @@ pub enum AgentError {
 
 /// How long to let a burst of kernel changes settle before repairing.
 const KERNEL_CHANGE_SETTLE: Duration = Duration::from_millis(50);
-
-/// Retry pacing for the store and lease acquisition.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(10);
-
-    fn new() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-
-    fn step(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        now
-    }
-}
 
 /// Everything the loop works with once started.
 struct Running {

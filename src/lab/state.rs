@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use super::topology::{Node, HOST_IFACE};
 use super::LabError;
-use crate::network::backend::BackendConfig;
 use crate::config::{Config, StoreKind, StoreSection};
+use crate::network::backend::BackendConfig;
 
 pub const STATE_DIR: &str = "/run/weft-lab";
 /// Each host namespace has a loopback of its own, so every agent can use the default address.
@@ -132,9 +132,9 @@ pub fn render(config: &Config, comment: &str) -> Result<String, LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::backend::NoOptions;
     use crate::config::{self, Flags};
     use crate::lab::Topology;
+    use crate::network::backend::NoOptions;
 
     fn alloc() -> BackendConfig {
         BackendConfig::Alloc(NoOptions {})

@@ -48,6 +48,26 @@ pub struct Network {
     pub backend: BackendConfig,
 }
 
+/// A change of the network's shape: its CIDR or its subnet length. Leases taken in the old shape
+/// may not fit the new one, so a reshape cannot apply while hosts hold leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reshape {
+    pub old_network: Ipv4Net,
+    pub old_subnet_len: u8,
+    pub new_network: Ipv4Net,
+    pub new_subnet_len: u8,
+}
+
+impl std::fmt::Display for Reshape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "from {} (/{} subnets) to {} (/{} subnets)",
+            self.old_network, self.old_subnet_len, self.new_network, self.new_subnet_len
+        )
+    }
+}
+
 /// A network config that cannot be used; names the key and the value.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 #[error("{key} = {value:?}: {reason}")]
@@ -203,6 +223,17 @@ pub enum StoredConfigError {
 }
 
 impl Network {
+    /// How this network reshapes `old`, if it does: another CIDR or subnet length. The subnet
+    /// range and the backend can change live; these cannot.
+    pub fn reshape_from(&self, old: &Network) -> Option<Reshape> {
+        (self.network != old.network || self.subnet_len != old.subnet_len).then_some(Reshape {
+            old_network: old.network,
+            old_subnet_len: old.subnet_len,
+            new_network: self.network,
+            new_subnet_len: self.subnet_len,
+        })
+    }
+
     /// flannel's JSON for this network, as `weft network apply` publishes it.
     pub fn to_flannel_json(&self) -> String {
         let json = FlannelNetworkJson {
@@ -243,6 +274,24 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_the_cidr_or_the_subnet_length_reshape() {
+        let old = Network::new(&section("10.244.0.0/16")).unwrap();
+        let ranged =
+            Network::new(&NetworkSection { subnet_min: "10.244.9.0".into(), ..section("10.244.0.0/16") }).unwrap();
+        assert_eq!(ranged.reshape_from(&old), None);
+        let mut other_backend = old.clone();
+        other_backend.backend = BackendConfig::HostGw(backend::NoOptions {});
+        assert_eq!(other_backend.reshape_from(&old), None);
+
+        let wider = Network::new(&section("10.0.0.0/8")).unwrap();
+        let reshape = wider.reshape_from(&old).unwrap();
+        assert_eq!(reshape.to_string(), "from 10.244.0.0/16 (/24 subnets) to 10.0.0.0/8 (/24 subnets)");
+        let longer = Network::new(&NetworkSection { subnet_len: 26, ..section("10.244.0.0/16") }).unwrap();
+        let reshape = longer.reshape_from(&old).unwrap();
+        assert_eq!((reshape.old_subnet_len, reshape.new_subnet_len), (24, 26));
     }
 
     #[test]
