@@ -5,13 +5,13 @@
 //! `[first, min(max, first * 2^n)]`, so the first retry is never sooner than `first` and no retry
 //! waits longer than `max`.
 
-use std::fmt;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Exponential backoff with a cap and jitter.
+#[derive(Debug)]
 pub struct Backoff {
     first: Duration,
     max: Duration,
@@ -70,17 +70,6 @@ impl Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl fmt::Debug for Backoff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backoff")
-            .field("first", &self.first)
-            .field("max", &self.max)
-            .field("ceiling", &self.ceiling)
-            .field("jitter", &self.rng.is_some())
-            .finish()
     }
 }
 

@@ -34,12 +34,7 @@ mod tests {
     fn reads_the_agents_format() {
         let text =
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
-        let file = parse(text, "subnet.env").unwrap();
-        assert_eq!(file.network.to_string(), "10.244.0.0/16");
-        assert_eq!(file.subnet.to_string(), "10.244.3.0/24");
-        assert_eq!(file.mtu, 1450);
-        assert!(file.ip_masq);
-        assert_eq!(file.gateway().to_string(), "10.244.3.1");
+        assert_eq!(parse(text, "subnet.env").unwrap(), SubnetEnv::parse(text).unwrap());
     }
 
     #[test]
