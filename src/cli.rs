@@ -4,10 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands;
-pub use crate::commands::{CommandError, GlobalArgs};
+use crate::commands::{self, GlobalArgs};
 use crate::logging::init_logging;
-pub use crate::logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about = "Host-subnet network agent, compatible with flannel's data")]

@@ -3,6 +3,7 @@
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
+/// How log lines are written to stderr (`--log-format`).
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -19,6 +20,7 @@ fn default_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Installs the subscriber, once per process, with the filter `set_log_level` can change later.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
