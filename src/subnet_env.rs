@@ -156,6 +156,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
         assert_eq!(previous_subnet(&path), Some("10.244.3.0/24".parse().unwrap()));
         assert_eq!(previous_subnet(&dir.path().join("missing")), None);
+        // The previous subnet needs only its own key; reading the whole file needs the others.
+        std::fs::write(&path, "FLANNEL_SUBNET=10.244.9.1/24\n").unwrap();
+        assert_eq!(previous_subnet(&path), Some("10.244.9.0/24".parse().unwrap()));
+        assert!(matches!(SubnetEnv::read(&path), Err(SubnetEnvError::Missing { key: "FLANNEL_NETWORK" })));
+        let absent = SubnetEnv::read(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(&absent, SubnetEnvError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
     }
 
     const FLANNELD: &str =
@@ -183,14 +189,19 @@ mod tests {
 
     #[test]
     fn a_malformed_value_names_its_line_and_key() {
-        let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=big\n";
-        let err = SubnetEnv::parse(text).unwrap_err();
-        assert!(matches!(err, SubnetEnvError::BadValue { line: 3, key: "FLANNEL_MTU", .. }), "{err:?}");
-        assert!(err.to_string().starts_with("line 3: FLANNEL_MTU: "), "{err}");
-        let err = SubnetEnv::parse("FLANNEL_SUBNET=x\n").unwrap_err();
-        assert!(matches!(err, SubnetEnvError::BadValue { line: 1, key: "FLANNEL_SUBNET", .. }), "{err:?}");
-        let err = SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_IPMASQ=yes\n").unwrap_err();
-        assert!(matches!(err, SubnetEnvError::BadValue { line: 2, key: "FLANNEL_IPMASQ", .. }), "{err:?}");
+        let cases = [
+            ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=big\n", 3, "FLANNEL_MTU"),
+            ("FLANNEL_SUBNET=x\n", 1, "FLANNEL_SUBNET"),
+            ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_IPMASQ=yes\n", 2, "FLANNEL_IPMASQ"),
+        ];
+        for (text, line, key) in cases {
+            let err = SubnetEnv::parse(text).unwrap_err();
+            assert!(
+                matches!(err, SubnetEnvError::BadValue { line: l, key: k, .. } if l == line && k == key),
+                "{err:?}"
+            );
+            assert!(err.to_string().starts_with(&format!("line {line}: {key}: ")), "{err}");
+        }
     }
 
     #[test]
@@ -200,19 +211,5 @@ mod tests {
         assert_eq!(err.to_string(), "FLANNEL_SUBNET: missing");
         let err = SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n").unwrap_err();
         assert!(matches!(err, SubnetEnvError::Missing { key: "FLANNEL_MTU" }), "{err:?}");
-    }
-
-    #[test]
-    fn reading_an_absent_file_is_an_io_error() {
-        let err = SubnetEnv::read(Path::new("/nonexistent/weft/subnet.env")).unwrap_err();
-        assert!(matches!(&err, SubnetEnvError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
-    }
-
-    #[test]
-    fn the_previous_subnet_needs_only_its_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("subnet.env");
-        std::fs::write(&path, "FLANNEL_SUBNET=10.244.9.1/24\n").unwrap();
-        assert_eq!(previous_subnet(&path), Some("10.244.9.0/24".parse().unwrap()));
     }
 }

@@ -295,22 +295,19 @@ mod tests {
     }
 
     #[test]
-    fn flannel_defaults_for_a_16() {
+    fn flannel_defaults_a_24_per_host_or_four_subnets() {
+        // cidr, subnet_len, subnet_min, subnet_max, count
+        let cases = [
+            ("10.244.0.0/16", 24, Ipv4Addr::new(10, 244, 1, 0), Ipv4Addr::new(10, 244, 255, 0), 255),
+            ("192.0.2.0/24", 26, Ipv4Addr::new(192, 0, 2, 64), Ipv4Addr::new(192, 0, 2, 192), 3),
+        ];
+        for (cidr, len, min, max, count) in cases {
+            let n = Network::new(&section(cidr)).unwrap();
+            assert_eq!((n.subnet_len, n.subnet_min, n.subnet_max, n.subnet_count()), (len, min, max, count), "{cidr}");
+        }
         let n = Network::new(&section("10.244.0.0/16")).unwrap();
-        assert_eq!(n.subnet_len, 24);
-        assert_eq!(n.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(n.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert_eq!(n.subnet_count(), 255);
         assert_eq!(n.nth_subnet(0), net("10.244.1.0/24"));
         assert_eq!(n.nth_subnet(254), net("10.244.255.0/24"));
-    }
-
-    #[test]
-    fn small_networks_get_four_subnets() {
-        let n = Network::new(&section("192.0.2.0/24")).unwrap();
-        assert_eq!(n.subnet_len, 26);
-        assert_eq!(n.subnet_min, Ipv4Addr::new(192, 0, 2, 64));
-        assert_eq!(n.subnet_max, Ipv4Addr::new(192, 0, 2, 192));
         assert_eq!(default_subnet_len(net("10.0.0.0/22")), 24);
         assert_eq!(default_subnet_len(net("10.0.0.0/23")), 25);
     }
