@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod backoff;
 pub mod cleanup;
 pub mod cli;
 pub mod cni;
@@ -15,6 +16,7 @@ pub mod kernel;
 pub mod lab;
 pub mod lease;
 pub mod leasing;
+pub mod logging;
 pub mod masq;
 pub mod netns;
 pub mod network;

@@ -1,12 +1,35 @@
-//! `subnet.env`: what CNI plugins and docker helpers read to learn the host's subnet.
+//! `subnet.env`: what CNI plugins and docker helpers read to learn the host's subnet. Written by
+//! the agent and read back by the agent (its previous subnet), the CNI plugin and the lab: the
+//! format is known here only.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
-/// The contents of subnet.env.
+const NETWORK: &str = "FLANNEL_NETWORK";
+const SUBNET: &str = "FLANNEL_SUBNET";
+const MTU: &str = "FLANNEL_MTU";
+const IPMASQ: &str = "FLANNEL_IPMASQ";
+
+/// Why a subnet.env could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetEnvError {
+    /// A known key with a value that does not parse; `line` counts from 1.
+    #[error("line {line}: {key}: {reason}")]
+    BadValue { line: usize, key: &'static str, reason: String },
+    #[error("{key}: missing")]
+    Missing { key: &'static str },
+    #[error("reading {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The contents of subnet.env: `network` and `subnet` as network addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
     pub network: Ipv4Net,
@@ -18,15 +41,39 @@ pub struct SubnetEnv {
 impl SubnetEnv {
     /// flannel's format: the subnet is written with its first host address (the bridge's).
     pub fn render(&self) -> String {
-        let gateway = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
         format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            "{NETWORK}={}\n{SUBNET}={}/{}\n{MTU}={}\n{IPMASQ}={}\n",
             self.network,
-            gateway,
+            self.gateway(),
             self.subnet.prefix_len(),
             self.mtu,
             self.ip_masq
         )
+    }
+
+    /// The bridge's address: the subnet's first host.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    }
+
+    /// Parses the text as flannel's readers do: `KEY=VALUE` lines, unknown keys (flanneld's
+    /// `FLANNEL_IPV6_*`), comments and lines without `=` ignored. `FLANNEL_NETWORK`,
+    /// `FLANNEL_SUBNET` and `FLANNEL_MTU` are required; `FLANNEL_IPMASQ` defaults to false.
+    pub fn parse(text: &str) -> Result<SubnetEnv, SubnetEnvError> {
+        let keys = Keys::scan(text)?;
+        Ok(SubnetEnv {
+            network: keys.network.ok_or(SubnetEnvError::Missing { key: NETWORK })?,
+            subnet: keys.subnet.ok_or(SubnetEnvError::Missing { key: SUBNET })?,
+            mtu: keys.mtu.ok_or(SubnetEnvError::Missing { key: MTU })?,
+            ip_masq: keys.ip_masq.unwrap_or(false),
+        })
+    }
+
+    /// Reads and parses the file.
+    pub fn read(path: &Path) -> Result<SubnetEnv, SubnetEnvError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SubnetEnvError::Io { path: path.to_path_buf(), source })?;
+        Self::parse(&text)
     }
 
     /// Writes the file atomically (temp file + rename), so a reader never sees half of it.
@@ -44,11 +91,47 @@ impl SubnetEnv {
 /// The subnet a previous run wrote, if the file is there and readable: an agent restarting takes
 /// that subnet back when it can.
 pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-        .and_then(|v| v.trim().parse::<Ipv4Net>().ok())
-        .map(|net| net.trunc())
+    Keys::scan(&std::fs::read_to_string(path).ok()?).ok()?.subnet
+}
+
+/// The known keys of one file, each as far as it was there.
+#[derive(Debug, Default)]
+struct Keys {
+    network: Option<Ipv4Net>,
+    subnet: Option<Ipv4Net>,
+    mtu: Option<u32>,
+    ip_masq: Option<bool>,
+}
+
+impl Keys {
+    fn scan(text: &str) -> Result<Keys, SubnetEnvError> {
+        let mut keys = Keys::default();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.trim();
+            let bad = |key: &'static str, reason: String| SubnetEnvError::BadValue { line: index + 1, key, reason };
+            // The subnet is written with the bridge's address (10.244.3.1/24): the range is its network.
+            let net =
+                |key: &'static str| value.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|e| bad(key, e.to_string()));
+            match key.trim() {
+                NETWORK => keys.network = Some(net(NETWORK)?),
+                SUBNET => keys.subnet = Some(net(SUBNET)?),
+                MTU => keys.mtu = Some(value.parse().map_err(|e: std::num::ParseIntError| bad(MTU, e.to_string()))?),
+                IPMASQ => {
+                    keys.ip_masq =
+                        Some(value.parse().map_err(|e: std::str::ParseBoolError| bad(IPMASQ, e.to_string()))?)
+                }
+                _ => {}
+            }
+        }
+        Ok(keys)
+    }
 }
 
 #[cfg(test)]
@@ -73,5 +156,60 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
         assert_eq!(previous_subnet(&path), Some("10.244.3.0/24".parse().unwrap()));
         assert_eq!(previous_subnet(&dir.path().join("missing")), None);
+        // The previous subnet needs only its own key; reading the whole file needs the others.
+        std::fs::write(&path, "FLANNEL_SUBNET=10.244.9.1/24\n").unwrap();
+        assert_eq!(previous_subnet(&path), Some("10.244.9.0/24".parse().unwrap()));
+        assert!(matches!(SubnetEnv::read(&path), Err(SubnetEnvError::Missing { key: "FLANNEL_NETWORK" })));
+        let absent = SubnetEnv::read(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(&absent, SubnetEnvError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
+    }
+
+    const FLANNELD: &str =
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+    #[test]
+    fn parses_flannels_format() {
+        let env = SubnetEnv::parse(FLANNELD).unwrap();
+        assert_eq!(env.network.to_string(), "10.244.0.0/16");
+        assert_eq!(env.subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(env.mtu, 1450);
+        assert!(env.ip_masq);
+        assert_eq!(env.gateway().to_string(), "10.244.3.1");
+        assert_eq!(SubnetEnv::parse(&env.render()).unwrap(), env);
+    }
+
+    #[test]
+    fn unknown_keys_comments_and_stray_lines_are_ignored_and_ipmasq_defaults_to_false() {
+        let text = "# written by flanneld\nFLANNEL_NETWORK=10.244.0.0/16\n\nFLANNEL_IPV6_NETWORK=fd00::/56\n\
+                    junk\nFLANNEL_SUBNET_X=nope\n FLANNEL_SUBNET = 10.244.3.1/24 \nFLANNEL_MTU=1450\n";
+        let env = SubnetEnv::parse(text).unwrap();
+        assert_eq!(env.subnet.to_string(), "10.244.3.0/24");
+        assert!(!env.ip_masq);
+    }
+
+    #[test]
+    fn a_malformed_value_names_its_line_and_key() {
+        let cases = [
+            ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=big\n", 3, "FLANNEL_MTU"),
+            ("FLANNEL_SUBNET=x\n", 1, "FLANNEL_SUBNET"),
+            ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_IPMASQ=yes\n", 2, "FLANNEL_IPMASQ"),
+        ];
+        for (text, line, key) in cases {
+            let err = SubnetEnv::parse(text).unwrap_err();
+            assert!(
+                matches!(err, SubnetEnvError::BadValue { line: l, key: k, .. } if l == line && k == key),
+                "{err:?}"
+            );
+            assert!(err.to_string().starts_with(&format!("line {line}: {key}: ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named() {
+        let err = SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\n").unwrap_err();
+        assert!(matches!(err, SubnetEnvError::Missing { key: "FLANNEL_SUBNET" }), "{err:?}");
+        assert_eq!(err.to_string(), "FLANNEL_SUBNET: missing");
+        let err = SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n").unwrap_err();
+        assert!(matches!(err, SubnetEnvError::Missing { key: "FLANNEL_MTU" }), "{err:?}");
     }
 }

@@ -10,6 +10,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{AgentError, Running};
 use crate::backend::BackendError;
+use crate::backoff::Backoff;
 use crate::health::{Condition, EventKind, EventLabels, Health};
 use crate::heap;
 use crate::lease;
@@ -20,27 +21,6 @@ use crate::watch::{LeaseEvent, LeaseWatcher};
 
 /// How long to let a burst of kernel changes settle before repairing.
 const KERNEL_CHANGE_SETTLE: Duration = Duration::from_millis(50);
-
-/// Retry pacing for the store and lease acquisition.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(10);
-
-    fn new() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-
-    fn step(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        now
-    }
-}
 
 /// The network config from the store, once there is a valid one. The one writer of the network
 /// condition.

@@ -31,11 +31,10 @@ pub(super) fn classify(current: &Network, stored: Option<&str>) -> Change {
         Ok((network, _)) => network,
         Err(e) => return Change::Refuse(e.to_string()),
     };
-    if stored.network != current.network || stored.subnet_len != current.subnet_len {
+    if let Some(reshape) = stored.reshape_from(current) {
         return Change::Refuse(format!(
-            "the network changed from {} (/{} subnets) to {} (/{} subnets), which cannot apply while this host \
-             holds a lease: restart the agent to lease again in the new network",
-            current.network, current.subnet_len, stored.network, stored.subnet_len
+            "the network changed {reshape}, which cannot apply while this host \
+             holds a lease: restart the agent to lease again in the new network"
         ));
     }
     if stored.backend == current.backend {

@@ -18,12 +18,12 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use weft_aws::{Call, CallObserver, Ec2, SdkEc2, SdkOptions};
 
-use crate::backend::config::AwsVpcConfig;
 use crate::backend::{
     Active, Backend, BackendContext, BackendError, BackendKind, CloudError, LeaseData, Registered, StartFailed, Started,
 };
 use crate::health::{CloudCallLabels, Condition, Health};
 use crate::lease::{Lease, LeaseMap};
+use crate::network::backend::AwsVpcConfig;
 
 mod node;
 mod plan;

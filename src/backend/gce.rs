@@ -16,9 +16,9 @@ use weft_gce::{CallRecorder, ClientOptions, ComputeApi, CredentialSource, Metada
 use super::{
     Active, Backend, BackendContext, BackendError, BackendKind, CloudError, LeaseData, Registered, StartFailed, Started,
 };
-use crate::backend::config::GceConfig;
 use crate::health::{CloudCallLabels, Condition, Health};
 use crate::lease::{Lease, LeaseMap};
+use crate::network::backend::GceConfig;
 
 #[cfg(test)]
 mod fake;

@@ -20,7 +20,6 @@ use crate::store::Store;
 pub mod alloc;
 #[cfg(feature = "aws")]
 pub mod aws_vpc;
-pub mod config;
 #[cfg(feature = "gce")]
 pub mod gce;
 pub mod host_gw;
@@ -28,7 +27,7 @@ pub mod peer_route;
 pub mod route_sync;
 pub mod vxlan;
 
-pub use config::{BackendConfig, BackendKind};
+pub use crate::network::backend::{BackendConfig, BackendKind};
 pub use route_sync::PeerObjects;
 
 /// What a backend publishes in our lease, and the MTU it leaves for pods.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config::VxlanConfig;
 use super::peer_route::{add_route, enable_forwarding};
 use super::route_sync::PeerObjects;
 use super::{Active, Backend, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started};
 use crate::iface::ExternalInterface;
 use crate::kernel::{vxlan_device_name, FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, VxlanSpec};
 use crate::lease::Lease;
+use crate::network::backend::VxlanConfig;
 
 /// Bytes of outer headers vxlan adds to every packet.
 const VXLAN_OVERHEAD: u32 = 50;

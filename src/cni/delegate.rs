@@ -6,13 +6,13 @@
 use serde_json::{json, Map, Value};
 
 use super::conf::NetConf;
-use super::subnet_file::SubnetFile;
+use crate::subnet_env::SubnetEnv;
 
 /// The bridge flannel's setups use; CNI's bridge plugin defaults to it too.
 pub const DEFAULT_BRIDGE: &str = "cni0";
 
 /// The delegate's network config. Pure: the same inputs always give the same JSON.
-pub fn build(conf: &NetConf, subnet: &SubnetFile) -> Map<String, Value> {
+pub fn build(conf: &NetConf, subnet: &SubnetEnv) -> Map<String, Value> {
     let mut delegate = conf.delegate.clone();
     delegate.insert("name".into(), json!(conf.name));
     delegate.insert("cniVersion".into(), json!(conf.cni_version));
@@ -34,7 +34,7 @@ pub fn build(conf: &NetConf, subnet: &SubnetFile) -> Map<String, Value> {
     delegate
 }
 
-fn ipam(conf: &NetConf, subnet: &SubnetFile) -> Map<String, Value> {
+fn ipam(conf: &NetConf, subnet: &SubnetEnv) -> Map<String, Value> {
     let mut ipam = conf.ipam.clone();
     ipam.entry("type").or_insert(json!("host-local"));
     ipam.insert("ranges".into(), json!([[{ "subnet": subnet.subnet.to_string() }]]));
@@ -54,8 +54,8 @@ fn ipam(conf: &NetConf, subnet: &SubnetFile) -> Map<String, Value> {
 mod tests {
     use super::*;
 
-    fn subnet(ip_masq: bool) -> SubnetFile {
-        SubnetFile {
+    fn subnet(ip_masq: bool) -> SubnetEnv {
+        SubnetEnv {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet: "10.244.3.0/24".parse().unwrap(),
             mtu: 1450,

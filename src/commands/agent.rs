@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::agent;
-use crate::cli::{CommandError, GlobalArgs};
+use crate::commands::{CommandError, GlobalArgs};
 use crate::config::{Config, Flags, StoreKind};
 use crate::health::{self, Health};
 use crate::store;
@@ -65,7 +65,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     let loaded = global.load_config(args.flags())?;
     let mut config = loaded.config;
     let mut file = FileWatch::new(loaded.file);
-    crate::cli::set_log_level(&config.agent.log_level);
+    crate::logging::set_log_level(&config.agent.log_level);
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     let mut server = HealthServer::start(&config.agent.listen, &health, &shutdown).await?;
@@ -104,7 +104,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
                 continue;
             }
             if new.agent.log_level != config.agent.log_level {
-                crate::cli::set_log_level(&new.agent.log_level);
+                crate::logging::set_log_level(&new.agent.log_level);
                 info!(log_level = %new.agent.log_level, "{why}: log level changed");
             }
             if new.agent.listen != config.agent.listen {

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use crate::cli::{CommandError, GlobalArgs};
+use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
 
 #[derive(Subcommand, Debug)]

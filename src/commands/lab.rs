@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::backend::config::{BackendConfig, NoOptions, VxlanConfig};
-use crate::cli::{CommandError, GlobalArgs};
+use crate::commands::{CommandError, GlobalArgs};
 use crate::config::{self, Config, Flags, StoreKind, StoreSection};
 use crate::lab::agents::{self, AgentSpec, Waiting};
 use crate::lab::pods::{self, SubnetInfo};
@@ -22,6 +21,7 @@ use crate::lab::report::{self, HostLine, LeaseLine};
 use crate::lab::state::{self, LabDir, AGENT_LISTEN};
 use crate::lab::{probe, wire, LabError, Node, Topology, LAB_PREFIX};
 use crate::netns::Netns;
+use crate::network::backend::{BackendConfig, NoOptions, VxlanConfig};
 use crate::network::Network;
 use crate::store::{self, Store};
 

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::cli::{CommandError, GlobalArgs};
+use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
 use crate::lease::{Expiry, Lease, LeaseAttrs};
 use crate::network::Network;

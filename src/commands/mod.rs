@@ -5,3 +5,6 @@ pub mod config_check;
 pub mod lab;
 pub mod leases;
 pub mod network;
+
+mod common;
+pub use common::{CommandError, GlobalArgs};

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use crate::cli::{CommandError, GlobalArgs};
+use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
 use crate::network::Network;
 use crate::store::{self, Store};
@@ -38,14 +38,13 @@ pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), Com
 async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), CommandError> {
     if let Some(text) = store.network_config().await? {
         if let Ok((current, _)) = Network::from_flannel_json(&text) {
-            let reshaped = current.network != network.network || current.subnet_len != network.subnet_len;
-            if reshaped && !force {
+            if let Some(reshape) = network.reshape_from(&current).filter(|_| !force) {
                 let leases = store.list_leases().await?.leases.len();
                 if leases > 0 {
                     return Err(CommandError::Input(format!(
                         "refusing to change the network from {}/{} (subnet_len) to {}/{} while {leases} lease(s) exist: \
                          hosts would keep subnets outside the new layout. Use --force to do it anyway.",
-                        current.network, current.subnet_len, network.network, network.subnet_len
+                        reshape.old_network, reshape.old_subnet_len, reshape.new_network, reshape.new_subnet_len
                     )));
                 }
             }

@@ -125,23 +125,26 @@ pub fn is_agent_under(pid: u32, root: &Path) -> bool {
 /// SIGTERM to every pid, SIGKILL to those still alive after `grace`; returns the pids that needed
 /// SIGKILL. Waits (briefly) until they are gone so their namespaces can go too.
 pub fn stop_all(pids: &[u32], grace: Duration) -> Vec<u32> {
-    let alive = |pids: &[u32]| -> Vec<u32> { pids.iter().copied().filter(|p| is_alive(*p)).collect() };
-    for pid in alive(pids) {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + grace;
-    while !alive(pids).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    signal_all(pids, Signal::SIGTERM, grace, Duration::from_millis(50));
     let stubborn = alive(pids);
-    for pid in &stubborn {
-        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !alive(&stubborn).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    signal_all(&stubborn, Signal::SIGKILL, Duration::from_secs(1), Duration::from_millis(20));
     stubborn
+}
+
+fn alive(pids: &[u32]) -> Vec<u32> {
+    pids.iter().copied().filter(|p| is_alive(*p)).collect()
+}
+
+/// Sends `signal` to the live ones of `pids` and waits up to `within`, looking every `poll`, until
+/// they are gone.
+fn signal_all(pids: &[u32], signal: Signal, within: Duration, poll: Duration) {
+    for pid in alive(pids) {
+        let _ = kill(Pid::from_raw(pid as i32), signal);
+    }
+    let deadline = Instant::now() + within;
+    while !alive(pids).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(poll);
+    }
 }
 
 /// The last `lines` lines of a log, to show why an agent failed.

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use super::topology::{Node, PodAddrs, Topology};
 use super::{wire, LabError};
 use crate::netns::Netns;
+use crate::subnet_env::SubnetEnv;
 
 /// The bridge pods hang off, as flannel's CNI config names it.
 pub const POD_BRIDGE: &str = "cni0";
@@ -28,15 +29,18 @@ pub struct SubnetInfo {
 
 /// Reads `FLANNEL_SUBNET` and `FLANNEL_MTU` out of subnet.env's text.
 pub fn parse_subnet_env(text: &str) -> Option<SubnetInfo> {
-    let value = |key: &str| text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('=')).map(str::trim);
-    let subnet: Ipv4Net = value("FLANNEL_SUBNET")?.parse().ok()?;
-    let mtu = value("FLANNEL_MTU")?.parse().ok()?;
-    Some(SubnetInfo { subnet: subnet.trunc(), mtu })
+    SubnetEnv::parse(text).ok().map(SubnetInfo::from)
 }
 
 /// Reads a host's subnet.env; `None` while the agent has not written it.
 pub fn read_subnet_env(path: &Path) -> Option<SubnetInfo> {
-    parse_subnet_env(&std::fs::read_to_string(path).ok()?)
+    SubnetEnv::read(path).ok().map(SubnetInfo::from)
+}
+
+impl From<SubnetEnv> for SubnetInfo {
+    fn from(env: SubnetEnv) -> Self {
+        SubnetInfo { subnet: env.subnet, mtu: env.mtu }
+    }
 }
 
 /// Builds the pod behind `node` for `info`'s subnet; returns its addresses.

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use super::topology::{Node, HOST_IFACE};
 use super::LabError;
-use crate::backend::config::BackendConfig;
 use crate::config::{Config, StoreKind, StoreSection};
+use crate::network::backend::BackendConfig;
 
 pub const STATE_DIR: &str = "/run/weft-lab";
 /// Each host namespace has a loopback of its own, so every agent can use the default address.
@@ -132,9 +132,9 @@ pub fn render(config: &Config, comment: &str) -> Result<String, LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::config::NoOptions;
     use crate::config::{self, Flags};
     use crate::lab::Topology;
+    use crate::network::backend::NoOptions;
 
     fn alloc() -> BackendConfig {
         BackendConfig::Alloc(NoOptions {})
@@ -158,7 +158,7 @@ mod tests {
         let mut base = Config::default();
         base.network.cidr = "10.50.0.0/16".into();
         base.network.backend =
-            BackendConfig::Vxlan(crate::backend::config::VxlanConfig { vni: 7, ..Default::default() });
+            BackendConfig::Vxlan(crate::network::backend::VxlanConfig { vni: 7, ..Default::default() });
         base.agent.ip_masq = true;
         base.store.endpoints = vec!["http://192.0.2.1:2379".into()];
         let dir = LabDir::new("/tmp/lab");

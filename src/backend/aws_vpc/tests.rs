@@ -11,9 +11,9 @@ use ipnet::Ipv4Net;
 use weft_aws::{Ec2, Ec2Error, Instance, Interface, Origin, Route, RouteTable, TableFilter, Target};
 
 use super::*;
-use crate::backend::config::BackendConfig;
 use crate::iface::ExternalInterface;
 use crate::lease::{Expiry, LeaseAttrs};
+use crate::network::backend::BackendConfig;
 use crate::network::{Network, NetworkSection};
 use crate::store::local::LocalStore;
 use crate::store::Store;

@@ -13,8 +13,8 @@ use tracing::{debug, info, warn};
 use weft_gce::{same_resource, wait_for_operation, ComputeApi, GceError, InstanceMetadata, Route, WaitPolicy};
 
 use super::plan::{self, plan_own, route_name, stale_routes, StaleTracker, Step, Target, FLANNEL_PREFIX};
-use crate::backend::config::GceConfig;
 use crate::health::{CloudTableLabels, Condition, Health};
+use crate::network::backend::GceConfig;
 use crate::store::Store;
 
 /// What the backend wants the routes to reflect.

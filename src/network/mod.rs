@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::config::BackendConfig;
+pub mod backend;
+
+use backend::BackendConfig;
 
 /// Subnets smaller than this leave too few addresses for a host's pods.
 const SMALLEST_SUBNET_LEN: u8 = 28;
@@ -44,6 +46,26 @@ pub struct Network {
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
     pub backend: BackendConfig,
+}
+
+/// A change of the network's shape: its CIDR or its subnet length. Leases taken in the old shape
+/// may not fit the new one, so a reshape cannot apply while hosts hold leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reshape {
+    pub old_network: Ipv4Net,
+    pub old_subnet_len: u8,
+    pub new_network: Ipv4Net,
+    pub new_subnet_len: u8,
+}
+
+impl std::fmt::Display for Reshape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "from {} (/{} subnets) to {} (/{} subnets)",
+            self.old_network, self.old_subnet_len, self.new_network, self.new_subnet_len
+        )
+    }
 }
 
 /// A network config that cannot be used; names the key and the value.
@@ -201,6 +223,17 @@ pub enum StoredConfigError {
 }
 
 impl Network {
+    /// How this network reshapes `old`, if it does: another CIDR or subnet length. The subnet
+    /// range and the backend can change live; these cannot.
+    pub fn reshape_from(&self, old: &Network) -> Option<Reshape> {
+        (self.network != old.network || self.subnet_len != old.subnet_len).then_some(Reshape {
+            old_network: old.network,
+            old_subnet_len: old.subnet_len,
+            new_network: self.network,
+            new_subnet_len: self.subnet_len,
+        })
+    }
+
     /// flannel's JSON for this network, as `weft network apply` publishes it.
     pub fn to_flannel_json(&self) -> String {
         let json = FlannelNetworkJson {
@@ -244,22 +277,37 @@ mod tests {
     }
 
     #[test]
-    fn flannel_defaults_for_a_16() {
-        let n = Network::new(&section("10.244.0.0/16")).unwrap();
-        assert_eq!(n.subnet_len, 24);
-        assert_eq!(n.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(n.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert_eq!(n.subnet_count(), 255);
-        assert_eq!(n.nth_subnet(0), net("10.244.1.0/24"));
-        assert_eq!(n.nth_subnet(254), net("10.244.255.0/24"));
+    fn only_the_cidr_or_the_subnet_length_reshape() {
+        let old = Network::new(&section("10.244.0.0/16")).unwrap();
+        let ranged =
+            Network::new(&NetworkSection { subnet_min: "10.244.9.0".into(), ..section("10.244.0.0/16") }).unwrap();
+        assert_eq!(ranged.reshape_from(&old), None);
+        let mut other_backend = old.clone();
+        other_backend.backend = BackendConfig::HostGw(backend::NoOptions {});
+        assert_eq!(other_backend.reshape_from(&old), None);
+
+        let wider = Network::new(&section("10.0.0.0/8")).unwrap();
+        let reshape = wider.reshape_from(&old).unwrap();
+        assert_eq!(reshape.to_string(), "from 10.244.0.0/16 (/24 subnets) to 10.0.0.0/8 (/24 subnets)");
+        let longer = Network::new(&NetworkSection { subnet_len: 26, ..section("10.244.0.0/16") }).unwrap();
+        let reshape = longer.reshape_from(&old).unwrap();
+        assert_eq!((reshape.old_subnet_len, reshape.new_subnet_len), (24, 26));
     }
 
     #[test]
-    fn small_networks_get_four_subnets() {
-        let n = Network::new(&section("192.0.2.0/24")).unwrap();
-        assert_eq!(n.subnet_len, 26);
-        assert_eq!(n.subnet_min, Ipv4Addr::new(192, 0, 2, 64));
-        assert_eq!(n.subnet_max, Ipv4Addr::new(192, 0, 2, 192));
+    fn flannel_defaults_a_24_per_host_or_four_subnets() {
+        // cidr, subnet_len, subnet_min, subnet_max, count
+        let cases = [
+            ("10.244.0.0/16", 24, Ipv4Addr::new(10, 244, 1, 0), Ipv4Addr::new(10, 244, 255, 0), 255),
+            ("192.0.2.0/24", 26, Ipv4Addr::new(192, 0, 2, 64), Ipv4Addr::new(192, 0, 2, 192), 3),
+        ];
+        for (cidr, len, min, max, count) in cases {
+            let n = Network::new(&section(cidr)).unwrap();
+            assert_eq!((n.subnet_len, n.subnet_min, n.subnet_max, n.subnet_count()), (len, min, max, count), "{cidr}");
+        }
+        let n = Network::new(&section("10.244.0.0/16")).unwrap();
+        assert_eq!(n.nth_subnet(0), net("10.244.1.0/24"));
+        assert_eq!(n.nth_subnet(254), net("10.244.255.0/24"));
         assert_eq!(default_subnet_len(net("10.0.0.0/22")), 24);
         assert_eq!(default_subnet_len(net("10.0.0.0/23")), 25);
     }
