@@ -350,10 +350,6 @@ mod tests {
         fail_start: bool,
     }
 
-    fn fake(kind: BackendKind, kernel: bool, journal: &Journal) -> Prepared {
-        fake_failing(kind, kernel, journal, false)
-    }
-
     fn fake_failing(kind: BackendKind, kernel: bool, journal: &Journal, fail_start: bool) -> Prepared {
         let data = LeaseData::plain(kind, 1500);
         Prepared { backend: Box::new(Fake { kind, kernel, data, journal: journal.clone(), fail_start }) }
@@ -367,10 +363,6 @@ mod tests {
 
     #[async_trait]
     impl Registered for Fake {
-        fn kind(&self) -> BackendKind {
-            self.kind
-        }
-
         fn lease_data(&self) -> &LeaseData {
             &self.data
         }
@@ -393,10 +385,6 @@ mod tests {
 
     #[async_trait]
     impl Active for Fake {
-        fn kind(&self) -> BackendKind {
-            self.kind
-        }
-
         fn lease_data(&self) -> &LeaseData {
             &self.data
         }
@@ -415,16 +403,41 @@ mod tests {
         }
     }
 
-    fn dataplane(kernel: &Arc<MemoryKernel>) -> Dataplane {
-        let factory = kernel.clone();
-        let mut dataplane = Dataplane::new(Box::new(move || Ok(factory.clone() as Arc<dyn Kernel>)));
-        dataplane.kernel().unwrap();
-        dataplane
+    /// A data plane on a memory kernel, its fakes' journal, and our lease.
+    struct Rig {
+        kernel: Arc<MemoryKernel>,
+        journal: Journal,
+        dataplane: Dataplane,
+        own: Lease,
     }
 
-    async fn start_and_activate(dataplane: &mut Dataplane, prepared: Prepared, own: &Lease) {
-        let ready = dataplane.start(prepared, own).await.unwrap();
-        dataplane.activate(ready).await;
+    impl Rig {
+        /// Running `kind` (with kernel objects or not), with one peer on it installed.
+        async fn running(kind: BackendKind, kernel_objects: bool) -> (Rig, Lease) {
+            let kernel = Arc::new(MemoryKernel::default());
+            let factory = kernel.clone();
+            let mut dataplane = Dataplane::new(Box::new(move || Ok(factory.clone() as Arc<dyn Kernel>)));
+            dataplane.kernel().unwrap();
+            let own = lease("10.244.1.0/24", kind);
+            let mut rig = Rig { kernel, journal: Journal::default(), dataplane, own };
+            rig.switch_to(kind, kernel_objects).await;
+            let peer = lease("10.244.2.0/24", kind);
+            rig.dataplane.reconcile(&[(peer.subnet, peer.clone())].into()).await.unwrap();
+            (rig, peer)
+        }
+
+        fn fake(&self, kind: BackendKind, kernel_objects: bool) -> Prepared {
+            fake_failing(kind, kernel_objects, &self.journal, false)
+        }
+
+        async fn switch_to(&mut self, kind: BackendKind, kernel_objects: bool) {
+            let ready = self.dataplane.start(self.fake(kind, kernel_objects), &self.own).await.unwrap();
+            self.dataplane.activate(ready).await;
+        }
+
+        fn journal(&self) -> Vec<String> {
+            self.journal.lock().unwrap().clone()
+        }
     }
 
     /// Moves the one peer to `backend`.
@@ -437,83 +450,63 @@ mod tests {
 
     #[tokio::test]
     async fn to_a_backend_without_kernel_objects_and_back() {
-        let kernel = Arc::new(MemoryKernel::default());
-        let journal = Journal::default();
-        let mut dataplane = dataplane(&kernel);
-        let own = lease("10.244.1.0/24", BackendKind::HostGw);
-        start_and_activate(&mut dataplane, fake(BackendKind::HostGw, true, &journal), &own).await;
-        let mut peer = lease("10.244.2.0/24", BackendKind::HostGw);
-        dataplane.reconcile(&[(peer.subnet, peer.clone())].into()).await.unwrap();
-        assert_eq!(kernel.snapshot().routes.len(), 1);
+        let (mut rig, mut peer) = Rig::running(BackendKind::HostGw, true).await;
+        assert_eq!(rig.kernel.snapshot().routes.len(), 1);
 
         // The peer on the cloud backend we run too: its route goes, now and on every repair.
-        start_and_activate(&mut dataplane, fake(BackendKind::AwsVpc, false, &journal), &own).await;
-        let peers = peer_moves(&mut dataplane, &mut peer, BackendKind::AwsVpc).await;
-        assert!(kernel.snapshot().routes.is_empty());
-        dataplane.reconcile(&peers).await.unwrap();
-        assert!(kernel.snapshot().routes.is_empty());
+        rig.switch_to(BackendKind::AwsVpc, false).await;
+        let peers = peer_moves(&mut rig.dataplane, &mut peer, BackendKind::AwsVpc).await;
+        assert!(rig.kernel.snapshot().routes.is_empty());
+        rig.dataplane.reconcile(&peers).await.unwrap();
+        assert!(rig.kernel.snapshot().routes.is_empty());
 
         // Back within the grace: the retiring host-gw is replaced, not retired later with the
         // new one's mapper.
-        start_and_activate(&mut dataplane, fake(BackendKind::HostGw, true, &journal), &own).await;
-        assert_eq!(dataplane.retiring_kinds(), [BackendKind::AwsVpc], "only aws-vpc retires");
-        let peers = peer_moves(&mut dataplane, &mut peer, BackendKind::HostGw).await;
-        assert_eq!(kernel.snapshot().routes.len(), 1);
-        dataplane.reconcile(&peers).await.unwrap();
-        assert_eq!(kernel.snapshot().routes.len(), 1);
-        assert!(dataplane.sync.as_ref().unwrap().handles(BackendKind::HostGw));
+        rig.switch_to(BackendKind::HostGw, true).await;
+        assert_eq!(rig.dataplane.retiring_kinds(), [BackendKind::AwsVpc], "only aws-vpc retires");
+        let peers = peer_moves(&mut rig.dataplane, &mut peer, BackendKind::HostGw).await;
+        assert_eq!(rig.kernel.snapshot().routes.len(), 1);
+        rig.dataplane.reconcile(&peers).await.unwrap();
+        assert_eq!(rig.kernel.snapshot().routes.len(), 1);
+        assert!(rig.dataplane.sync.as_ref().unwrap().handles(BackendKind::HostGw));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_old_backend_is_torn_down_a_grace_after_its_last_peer_left_without_more_events() {
-        let kernel = Arc::new(MemoryKernel::default());
-        let journal = Journal::default();
-        let mut dataplane = dataplane(&kernel);
-        let own = lease("10.244.1.0/24", BackendKind::Vxlan);
-        start_and_activate(&mut dataplane, fake(BackendKind::Vxlan, true, &journal), &own).await;
-        let mut peer = lease("10.244.2.0/24", BackendKind::Vxlan);
-        dataplane.reconcile(&[(peer.subnet, peer.clone())].into()).await.unwrap();
-        start_and_activate(&mut dataplane, fake(BackendKind::HostGw, true, &journal), &own).await;
-        assert_eq!(dataplane.retirement_due(), None, "not known to be unused before the peers were looked at");
+        let (mut rig, mut peer) = Rig::running(BackendKind::Vxlan, true).await;
+        rig.switch_to(BackendKind::HostGw, true).await;
+        assert_eq!(rig.dataplane.retirement_due(), None, "not known to be unused before the peers were looked at");
         // The last peer moves: from then on nothing happens but the clock.
-        let peers = peer_moves(&mut dataplane, &mut peer, BackendKind::HostGw).await;
-        let due = dataplane.retirement_due().expect("a retirement is due once the last peer left");
+        let peers = peer_moves(&mut rig.dataplane, &mut peer, BackendKind::HostGw).await;
+        let due = rig.dataplane.retirement_due().expect("a retirement is due once the last peer left");
         assert_eq!(due.duration_since(Instant::now()), RETIRE_GRACE);
         tokio::time::sleep_until(due).await;
-        dataplane.retire_unused(&peers).await;
-        assert!(dataplane.retiring_kinds().is_empty());
-        assert_eq!(*journal.lock().unwrap(), ["start vxlan", "start host-gw", "teardown vxlan"]);
-        assert_eq!(dataplane.retirement_due(), None);
+        rig.dataplane.retire_unused(&peers).await;
+        assert!(rig.dataplane.retiring_kinds().is_empty());
+        assert_eq!(rig.journal(), ["start vxlan", "start host-gw", "teardown vxlan"]);
+        assert_eq!(rig.dataplane.retirement_due(), None);
     }
 
     #[tokio::test]
     async fn a_failed_start_removes_what_was_prepared_and_keeps_the_active_backend() {
-        let kernel = Arc::new(MemoryKernel::default());
-        let journal = Journal::default();
-        let mut dataplane = dataplane(&kernel);
-        let own = lease("10.244.1.0/24", BackendKind::Vxlan);
-        start_and_activate(&mut dataplane, fake(BackendKind::Vxlan, true, &journal), &own).await;
-        let failing = fake_failing(BackendKind::HostGw, true, &journal, true);
-        assert!(dataplane.start(failing, &own).await.is_err());
-        assert_eq!(*journal.lock().unwrap(), ["start vxlan", "abandon host-gw"]);
-        assert_eq!(dataplane.active_kind(), Some(BackendKind::Vxlan));
+        let (mut rig, _) = Rig::running(BackendKind::Vxlan, true).await;
+        let failing = fake_failing(BackendKind::HostGw, true, &rig.journal, true);
+        assert!(rig.dataplane.start(failing, &rig.own).await.is_err());
+        assert_eq!(rig.journal(), ["start vxlan", "abandon host-gw"]);
+        assert_eq!(rig.dataplane.active_kind(), Some(BackendKind::Vxlan));
     }
 
     #[tokio::test]
     async fn a_rolled_back_candidate_of_the_active_kind_leaves_the_active_one_alone() {
-        let kernel = Arc::new(MemoryKernel::default());
-        let journal = Journal::default();
-        let mut dataplane = dataplane(&kernel);
-        let own = lease("10.244.1.0/24", BackendKind::AwsVpc);
-        start_and_activate(&mut dataplane, fake(BackendKind::AwsVpc, false, &journal), &own).await;
+        let (mut rig, _) = Rig::running(BackendKind::AwsVpc, false).await;
         // Same kind, other options (say another recheck): its teardown would remove the route the
         // active one keeps.
-        let ready = dataplane.start(fake(BackendKind::AwsVpc, false, &journal), &own).await.unwrap();
-        dataplane.stop(ready).await;
+        let ready = rig.dataplane.start(rig.fake(BackendKind::AwsVpc, false), &rig.own).await.unwrap();
+        rig.dataplane.stop(ready).await;
         // Another kind: it goes.
-        let ready = dataplane.start(fake(BackendKind::Gce, false, &journal), &own).await.unwrap();
-        dataplane.stop(ready).await;
-        assert_eq!(*journal.lock().unwrap(), ["start aws-vpc", "start aws-vpc", "start gce", "teardown gce"]);
-        assert_eq!(dataplane.active_kind(), Some(BackendKind::AwsVpc));
+        let ready = rig.dataplane.start(rig.fake(BackendKind::Gce, false), &rig.own).await.unwrap();
+        rig.dataplane.stop(ready).await;
+        assert_eq!(rig.journal(), ["start aws-vpc", "start aws-vpc", "start gce", "teardown gce"]);
+        assert_eq!(rig.dataplane.active_kind(), Some(BackendKind::AwsVpc));
     }
 }

@@ -110,8 +110,10 @@ fn backends_switch_live_keeping_subnets_and_traffic() {
     let mut cluster = Cluster::with_etcd(HOSTS);
     cluster.write_config(&network("type = \"vxlan\""));
     cluster.weft_ok(&["network", "apply"]);
+    // A resync far beyond the waits below: the old backend must go on its own retirement timer,
+    // not at the next full repair (an old vxlan device used to stay until then).
     for i in 1..=HOSTS {
-        cluster.start_agent(i, &[]);
+        cluster.start_agent_with_env(i, &[], &[("WEFT_AGENT__RESYNC", "120s")]);
     }
     let infos: Vec<SubnetInfo> = (1..=HOSTS).map(|i| cluster.wait_subnet(i)).collect();
     let pods: Vec<PodAddrs> = (1..=HOSTS).map(|i| cluster.make_pod(i, infos[i - 1])).collect();

@@ -17,10 +17,6 @@ impl Alloc {
 
 #[async_trait]
 impl Backend for Alloc {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Alloc
-    }
-
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
         Ok(self)
     }
@@ -28,19 +24,11 @@ impl Backend for Alloc {
 
 #[async_trait]
 impl Registered for Alloc {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Alloc
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.data
     }
 
     async fn start(self: Box<Self>, _own: &Lease) -> Result<Started, StartFailed> {
         Ok(Started { backend: Box::new(Passive(self.data)), peers: None })
-    }
-
-    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
-        Ok(())
     }
 }

@@ -104,10 +104,6 @@ fn call_observer(health: Arc<Health>) -> CallObserver {
 
 #[async_trait]
 impl Backend for AwsVpc {
-    fn kind(&self) -> BackendKind {
-        BackendKind::AwsVpc
-    }
-
     /// Asks the metadata service and EC2 who we are; turns the source/dest check off.
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
         let meta = weft_aws::imds::instance_metadata()
@@ -135,10 +131,6 @@ struct AwsVpcRegistered {
 
 #[async_trait]
 impl Registered for AwsVpcRegistered {
-    fn kind(&self) -> BackendKind {
-        BackendKind::AwsVpc
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.data
     }
@@ -146,10 +138,6 @@ impl Registered for AwsVpcRegistered {
     /// Starts the worker; its first pass comes with the first `check`.
     async fn start(self: Box<Self>, own: &Lease) -> Result<Started, StartFailed> {
         Ok(Started { backend: Box::new(self.activate(own)), peers: None })
-    }
-
-    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
-        Ok(())
     }
 }
 
@@ -188,10 +176,6 @@ struct AwsVpcActive {
 
 #[async_trait]
 impl Active for AwsVpcActive {
-    fn kind(&self) -> BackendKind {
-        BackendKind::AwsVpc
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.data
     }

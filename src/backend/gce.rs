@@ -56,10 +56,6 @@ fn cloud_error(context: &str, source: impl Into<Box<dyn std::error::Error + Send
 
 #[async_trait]
 impl Backend for Gce {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Gce
-    }
-
     /// Reads who we are from the metadata server and builds the client; no API call yet.
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
         let metadata = MetadataClient::from_env().map_err(|e| cloud_error("metadata server", e))?;
@@ -102,10 +98,6 @@ struct GceRegistered {
 
 #[async_trait]
 impl Registered for GceRegistered {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Gce
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.data
     }
@@ -121,10 +113,6 @@ impl Registered for GceRegistered {
         let active =
             GceActive { config, health, data, requests, task: Some(task), cancel, last_request: None, own: own.subnet };
         Ok(Started { backend: Box::new(active), peers: None })
-    }
-
-    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
-        Ok(())
     }
 }
 
@@ -154,10 +142,6 @@ impl GceActive {
 
 #[async_trait]
 impl Active for GceActive {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Gce
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.data
     }

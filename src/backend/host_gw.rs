@@ -25,10 +25,6 @@ impl HostGw {
 
 #[async_trait]
 impl Backend for HostGw {
-    fn kind(&self) -> BackendKind {
-        BackendKind::HostGw
-    }
-
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
         enable_forwarding(self.kernel.as_ref()).await;
         let data = LeaseData::plain(BackendKind::HostGw, self.ext.mtu);
@@ -44,10 +40,6 @@ struct HostGwRegistered {
 
 #[async_trait]
 impl Registered for HostGwRegistered {
-    fn kind(&self) -> BackendKind {
-        BackendKind::HostGw
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.data
     }
@@ -57,10 +49,6 @@ impl Registered for HostGwRegistered {
         // Routes are recognised by weft's protocol number; no device is ours.
         let mapping = PeerMapping { mapper: Box::new(peers), links: Vec::new() };
         Ok(Started { backend: Box::new(Passive(self.data)), peers: Some(mapping) })
-    }
-
-    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
-        Ok(())
     }
 }
 

@@ -104,7 +104,6 @@ pub struct PeerMapping {
 /// A backend as configured: nothing on the host touched yet.
 #[async_trait]
 pub trait Backend: Send {
-    fn kind(&self) -> BackendKind;
     /// Sets the host up for this backend (devices, cloud lookups); the result knows what to
     /// publish in our lease. On failure nothing is left half made that a retry would trip over.
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError>;
@@ -113,8 +112,10 @@ pub trait Backend: Send {
 /// A backend whose host side is set up, waiting for our lease.
 #[async_trait]
 pub trait Registered: Send + Sync {
-    fn kind(&self) -> BackendKind;
     fn lease_data(&self) -> &LeaseData;
+    fn kind(&self) -> BackendKind {
+        self.lease_data().kind
+    }
     /// Devices this backend made or adopted (kept while another live backend uses them).
     fn links(&self) -> Vec<u32> {
         Vec::new()
@@ -122,8 +123,10 @@ pub trait Registered: Send + Sync {
     /// Our lease is held: finish what needs our subnet. A failure hands the backend back, so
     /// that what `register` made can be removed.
     async fn start(self: Box<Self>, own: &Lease) -> Result<Started, StartFailed>;
-    /// Undoes `register` (a switch that did not go through).
-    async fn abandon(self: Box<Self>) -> Result<(), BackendError>;
+    /// Undoes `register` (a switch that did not go through). Most backends leave nothing to undo.
+    async fn abandon(self: Box<Self>) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// A started backend and, for a kernel backend, how its peers map to kernel objects.
@@ -142,8 +145,10 @@ pub struct StartFailed {
 /// engine from the backend's [`PeerMapping`]; the backend keeps its own cloud work and teardown.
 #[async_trait]
 pub trait Active: Send + Sync {
-    fn kind(&self) -> BackendKind;
     fn lease_data(&self) -> &LeaseData;
+    fn kind(&self) -> BackendKind {
+        self.lease_data().kind
+    }
     /// Our lease moved to another subnet (it was lost and leased again).
     async fn own_lease_changed(&mut self, _own: &Lease) -> Result<(), BackendError> {
         Ok(())
@@ -194,10 +199,6 @@ pub(crate) struct Passive(pub LeaseData);
 
 #[async_trait]
 impl Active for Passive {
-    fn kind(&self) -> BackendKind {
-        self.0.kind
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.0
     }

@@ -48,10 +48,6 @@ pub fn stable_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
 
 #[async_trait]
 impl Backend for Vxlan {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Vxlan
-    }
-
     /// Makes (or adopts) the device; the VtepMAC goes in our lease.
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
         enable_forwarding(self.kernel.as_ref()).await;
@@ -129,10 +125,6 @@ struct VxlanRegistered {
 
 #[async_trait]
 impl Registered for VxlanRegistered {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Vxlan
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.data
     }
@@ -167,10 +159,6 @@ struct VxlanActive {
 
 #[async_trait]
 impl Active for VxlanActive {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Vxlan
-    }
-
     fn lease_data(&self) -> &LeaseData {
         &self.data
     }
