@@ -211,6 +211,14 @@ async fn started(h: &Harness, config: AwsVpcConfig, ec2: Arc<FakeEc2>, node: Nod
     AwsVpc::with_ec2(&h.ctx, config, ec2, node).activate(own)
 }
 
+/// The usual node: tagged tables, instance i-1 with eni-1, leasing 10.244.1.0/24.
+async fn started_tagged(ec2: &Arc<FakeEc2>) -> (Harness, Lease, AwsVpcActive) {
+    let h = harness(&tagged_config());
+    let own = lease("10.244.1.0/24");
+    let backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    (h, own, backend)
+}
+
 #[tokio::test]
 async fn routes_in_every_tagged_table_then_nothing_to_do() {
     let ec2 = FakeEc2::with_tables(vec![
@@ -218,9 +226,7 @@ async fn routes_in_every_tagged_table_then_nothing_to_do() {
         table("rtb-b", Some("az"), vec![]),
         table("rtb-untagged", None, vec![]),
     ]);
-    let h = harness(&tagged_config());
-    let own = lease("10.244.1.0/24");
-    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    let (h, own, mut backend) = started_tagged(&ec2).await;
     pass(&mut backend, &own, &peers(&[])).await.unwrap();
     assert_eq!(
         ec2.take_calls(),
@@ -243,9 +249,7 @@ async fn conflicting_and_blackhole_routes_are_replaced() {
         table("rtb-a", Some("az"), vec![api_route(net("10.244.1.0/24"), Target::Interface("eni-other".into()))]),
         table("rtb-b", Some("az"), vec![hole]),
     ]);
-    let h = harness(&tagged_config());
-    let own = lease("10.244.1.0/24");
-    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    let (_h, own, mut backend) = started_tagged(&ec2).await;
     pass(&mut backend, &own, &peers(&[])).await.unwrap();
     assert_eq!(
         ec2.take_calls(),
@@ -259,9 +263,7 @@ async fn conflicting_and_blackhole_routes_are_replaced() {
 async fn full_table_is_reported_and_others_still_get_the_route() {
     let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![]), table("rtb-b", Some("az"), vec![])]);
     ec2.full.lock().unwrap().push("rtb-a".into());
-    let h = harness(&tagged_config());
-    let own = lease("10.244.1.0/24");
-    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    let (h, own, mut backend) = started_tagged(&ec2).await;
     let err = pass(&mut backend, &own, &peers(&[])).await.unwrap_err();
     assert!(err.starts_with("route table rtb-a is full: 1 routes (50 is the default limit, 1000 at most)"), "{err}");
     assert!(ec2.route("rtb-b", "10.244.1.0/24").is_some());
@@ -369,9 +371,7 @@ async fn teardown_removes_only_routes_to_us() {
         table("rtb-a", Some("az"), vec![]),
         table("rtb-b", Some("az"), vec![api_route(net("10.244.1.0/24"), Target::Interface("eni-new-owner".into()))]),
     ]);
-    let h = harness(&tagged_config());
-    let own = lease("10.244.1.0/24");
-    let mut backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    let (_h, own, mut backend) = started_tagged(&ec2).await;
     pass(&mut backend, &own, &peers(&[])).await.unwrap();
     // rtb-b's route went to another node since (our subnet is its now): not ours to delete.
     ec2.edit("rtb-b", |t| t.routes[1].target = Target::Interface("eni-new-owner".into())).unwrap();
