@@ -9,7 +9,7 @@ use tracing::{error, info};
 
 use crate::agent;
 use crate::commands::{CommandError, GlobalArgs};
-use crate::config::{Config, Flags, StoreKind};
+use crate::config::{Config, Flags};
 use crate::health::{self, Health};
 use crate::store;
 
@@ -73,8 +73,11 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(runtime)?;
+    // `[network]` as the file has it, for the stores that take it from there (kube); edits flow
+    // to the running agent like a `weft network apply` does with etcd.
+    let (file_network, file_network_rx) = tokio::sync::watch::channel(store::file_network_json(&config.network).ok());
     loop {
-        let store = store::open_with_network(&config.store, Some(&config.network)).await?;
+        let store = store::open_with_network(&config.store, Some(file_network_rx.clone())).await?;
         let generation = shutdown.child_token();
         let mut task = tokio::spawn(agent::run(config.clone(), store, health.clone(), generation.clone()));
         let next = loop {
@@ -110,6 +113,14 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
             if new.agent.listen != config.agent.listen {
                 server.move_to(&new.agent.listen, &health, &shutdown).await;
             }
+            if new.network != config.network {
+                match store::file_network_json(&new.network) {
+                    Ok(json) => {
+                        file_network.send_replace(Some(json));
+                    }
+                    Err(e) => error!(error = %e, "{why}: keeping the running [network]"),
+                }
+            }
             let restart = needs_restart(&config, &new);
             config = new;
             if restart {
@@ -128,18 +139,17 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
 
 /// Whether a change needs the agent loop restarted (the log level and listen address apply without).
 ///
-/// With etcd or a local store, `[network]` in the file is what `weft network apply` publishes; the
-/// agent follows the store's copy and switches live (peer by peer, the old backend torn down).
-/// Restarting on the file's edit would race that switch and drop the old backend without its
-/// teardown (cloud routes left behind). Only the kube store takes the network from the file.
+/// `[network]` never restarts it, whatever the store: with etcd or a local store the file's copy is
+/// what `weft network apply` publishes and the agent follows the store's; with kube the reload loop
+/// hands the edit to the store's network watch ([`store::FileNetwork`]). Either way the backend
+/// switches live (peer by peer, the old backend torn down), where a restart would drop the old
+/// backend without its teardown (cloud routes left behind).
 fn needs_restart(old: &Config, new: &Config) -> bool {
     let strip = |c: &Config| {
         let mut c = c.clone();
         c.agent.log_level = String::new();
         c.agent.listen = String::new();
-        if c.store.kind != StoreKind::Kube {
-            c.network = Default::default();
-        }
+        c.network = Default::default();
         c
     };
     strip(old) != strip(new)
@@ -265,9 +275,10 @@ fn runtime(e: std::io::Error) -> CommandError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StoreKind;
 
     #[test]
-    fn network_edits_restart_only_a_kube_agent() {
+    fn network_edits_restart_no_agent() {
         let mut old = Config::default();
         old.store.kind = StoreKind::Etcd;
         let mut new = old.clone();
@@ -279,6 +290,8 @@ mod tests {
         old.store.kind = StoreKind::Kube;
         new.store.kind = StoreKind::Kube;
         new.network.cidr = "10.245.0.0/16".into();
+        assert!(!needs_restart(&old, &new), "a kube agent follows the file's network through its store");
+        new.store.node_name = "other".into();
         assert!(needs_restart(&old, &new));
         let mut listen = old.clone();
         listen.agent.listen = "127.0.0.1:1".into();

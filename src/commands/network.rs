@@ -25,7 +25,8 @@ pub struct ApplyArgs {
 
 pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), CommandError> {
     let config = global.load_config(Flags::default())?.config;
-    let store = store::open_with_network(&config.store, Some(&config.network)).await?;
+    let (_edits, file_network) = store::file_network(&config.network)?;
+    let store = store::open_with_network(&config.store, Some(file_network)).await?;
     match command {
         NetworkCommand::Apply(args) => {
             let network = Network::new(&config.network).map_err(|e| CommandError::Input(e.to_string()))?;

@@ -137,10 +137,64 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// The network config as the agent's own file has it (`[network]` as flannel JSON), for a store
+/// that keeps none in the cluster (Kubernetes: every agent reads the ConfigMap). The agent's reload
+/// loop sends each edit, and the store serves it like etcd serves its `config` key: an edit of
+/// `[network.backend]` then switches live on every store alike.
+pub type FileNetwork = tokio::sync::watch::Receiver<Option<String>>;
+
+/// A [`FileNetwork`] starting at `section`, and the sender that keeps it current.
+pub fn file_network(
+    section: &crate::network::NetworkSection,
+) -> Result<(tokio::sync::watch::Sender<Option<String>>, FileNetwork), StoreError> {
+    let json = file_network_json(section)?;
+    Ok(tokio::sync::watch::channel(Some(json)))
+}
+
+/// `section` as the flannel JSON a [`FileNetwork`] carries.
+pub fn file_network_json(section: &crate::network::NetworkSection) -> Result<String, StoreError> {
+    let network = crate::network::Network::new(section).map_err(|e| StoreError::Config(e.to_string()))?;
+    Ok(network.to_flannel_json())
+}
+
+/// [`Store::watch_network_config`] over a [`FileNetwork`]: the current value, then each change.
+/// It never ends, also when the sender is gone (the config simply stops changing).
+pub fn follow_file_network(mut network: FileNetwork) -> BoxStream<'static, Result<Option<String>, StoreError>> {
+    use futures::StreamExt;
+    let current = network.borrow_and_update().clone();
+    let changes = futures::stream::unfold(network, |mut network| async move {
+        if network.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let current = network.borrow_and_update().clone();
+        Some((Ok(current), network))
+    });
+    futures::stream::once(async move { Ok(current) }).chain(changes).boxed()
+}
+
 /// Turns a TTL into the moment it runs out.
 pub fn expiry_after(ttl: Option<Duration>) -> Expiry {
     match ttl {
         None => Expiry::Never,
         Some(ttl) => Expiry::At(SystemTime::now() + ttl),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_network_serves_the_current_config_then_each_edit_and_never_ends() {
+        let (edits, network) = tokio::sync::watch::channel(Some("one".to_string()));
+        let mut watch = follow_file_network(network);
+        assert_eq!(watch.next().await.unwrap().unwrap().as_deref(), Some("one"));
+        edits.send_replace(Some("two".into()));
+        assert_eq!(watch.next().await.unwrap().unwrap().as_deref(), Some("two"));
+        drop(edits);
+        let more = tokio::time::timeout(std::time::Duration::from_millis(50), watch.next()).await;
+        assert!(more.is_err(), "the watch goes on (pending) after the sender is gone");
     }
 }

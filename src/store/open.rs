@@ -6,20 +6,20 @@ use std::time::Duration;
 
 use super::etcd::{EtcdOptions, EtcdStore};
 use super::local::LocalStore;
-use super::{Store, StoreError};
+use super::{FileNetwork, Store, StoreError};
 use crate::config::{StoreKind, StoreSection};
-use crate::network::NetworkSection;
 
 /// Opens the store for commands that do not need the network config from it.
 pub async fn open(section: &StoreSection) -> Result<Arc<dyn Store>, StoreError> {
     open_with_network(section, None).await
 }
 
-/// Opens the store; `network` is the config file's `[network]`, which stores that do not hold the
-/// network config themselves (Kubernetes: it comes from the ConfigMap) serve as theirs.
+/// Opens the store; `network` is the config file's `[network]`, kept current by the caller, which
+/// stores that do not hold the network config themselves (Kubernetes: it comes from the ConfigMap)
+/// serve as theirs.
 pub async fn open_with_network(
     section: &StoreSection,
-    network: Option<&NetworkSection>,
+    network: Option<FileNetwork>,
 ) -> Result<Arc<dyn Store>, StoreError> {
     match section.kind {
         StoreKind::Etcd => {
@@ -47,10 +47,8 @@ pub async fn open_with_network(
         #[cfg(feature = "kube")]
         StoreKind::Kube => {
             use super::kube::{KubeOptions, KubeStore};
-            let network_json = network
-                .map(|n| crate::network::Network::new(n).map(|n| n.to_flannel_json()))
-                .transpose()
-                .map_err(|e| StoreError::Config(e.to_string()))?;
+            // Commands that do not read the network (`weft leases`) give none.
+            let network = network.unwrap_or_else(|| tokio::sync::watch::channel(None).1);
             let node_name = if section.node_name.is_empty() {
                 std::env::var("NODE_NAME").unwrap_or_default()
             } else {
@@ -60,7 +58,7 @@ pub async fn open_with_network(
                 node_name,
                 kubeconfig: (!section.kubeconfig.is_empty()).then(|| PathBuf::from(&section.kubeconfig)),
                 annotation_prefix: section.annotation_prefix.clone(),
-                network_json,
+                network,
                 lease_namespace: KubeOptions::default_lease_namespace(),
             };
             Ok(Arc::new(KubeStore::connect(options).await?))

@@ -20,7 +20,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use tracing::{info, warn};
 
 use crate::lease::{Expiry, LeaseAttrs};
-use crate::store::{LeaseListing, LeaseUpdate, Revision, Store, StoreError, WriteOutcome};
+use crate::store::{FileNetwork, LeaseListing, LeaseUpdate, Revision, Store, StoreError, WriteOutcome};
 use annotations::AnnotationNames;
 use events::{NodeTracker, OwnNode};
 
@@ -39,8 +39,9 @@ pub struct KubeOptions {
     /// `None`: in-cluster, then `$KUBECONFIG` or `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     pub annotation_prefix: String,
-    /// flannel's JSON of the `[network]` table; `None` when the caller has none (`weft leases`).
-    pub network_json: Option<String>,
+    /// The `[network]` of the agent's own file as flannel JSON, kept current by the agent's
+    /// reload loop: this store keeps no network config in the cluster.
+    pub network: FileNetwork,
     /// Namespace of the coordination Leases used for leadership.
     pub lease_namespace: String,
 }
@@ -61,7 +62,7 @@ pub struct KubeStore {
     leases: Api<CoordinationLease>,
     names: AnnotationNames,
     own: Arc<OwnNode>,
-    network_json: Option<String>,
+    network: FileNetwork,
 }
 
 impl KubeStore {
@@ -85,7 +86,7 @@ impl KubeStore {
             leases: Api::namespaced(client, &options.lease_namespace),
             names,
             own: Arc::new(OwnNode::new(&options.node_name)),
-            network_json: options.network_json,
+            network: options.network,
         })
     }
 
@@ -161,7 +162,7 @@ pub(crate) fn api_error(error: kube::Error) -> StoreError {
 #[async_trait]
 impl Store for KubeStore {
     async fn network_config(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.network_json.clone())
+        Ok(self.network.borrow().clone())
     }
 
     async fn put_network_config(&self, _json: &str) -> Result<(), StoreError> {
@@ -258,7 +259,7 @@ impl Store for KubeStore {
     /// The config is fixed for the life of the store: a changed ConfigMap reaches the agent as
     /// a changed weft.toml (SIGHUP or a restart), which opens a new store.
     fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
-        stream::once(futures::future::ready(Ok(self.network_json.clone()))).chain(stream::pending()).boxed()
+        crate::store::follow_file_network(self.network.clone())
     }
 
     async fn assigned_subnet(&self) -> Result<Option<Ipv4Net>, StoreError> {
