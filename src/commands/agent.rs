@@ -9,9 +9,9 @@ use tracing::{error, info};
 
 use crate::agent;
 use crate::cli::{CommandError, GlobalArgs};
-use crate::config::{Config, Flags, StoreKind};
+use crate::config::{Config, Flags};
 use crate::health::{self, Health};
-use crate::store;
+use crate::store::{self, FileNetworkSource};
 
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
@@ -73,8 +73,10 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(runtime)?;
+    // The file's [network], for stores that keep none (kube); a reload hands it the new table.
+    let network_file = FileNetworkSource::new(&config.network);
     loop {
-        let store = store::open_with_network(&config.store, Some(&config.network)).await?;
+        let store = store::open_with_network(&config.store, &network_file).await?;
         let generation = shutdown.child_token();
         let mut task = tokio::spawn(agent::run(config.clone(), store, health.clone(), generation.clone()));
         let next = loop {
@@ -110,6 +112,9 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
             if new.agent.listen != config.agent.listen {
                 server.move_to(&new.agent.listen, &health, &shutdown).await;
             }
+            if network_file.set(&new.network) {
+                info!("{why}: [network] changed: followed live where it comes from this file (kube), else once published with `weft network apply`");
+            }
             let restart = needs_restart(&config, &new);
             config = new;
             if restart {
@@ -128,18 +133,16 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
 
 /// Whether a change needs the agent loop restarted (the log level and listen address apply without).
 ///
-/// With etcd or a local store, `[network]` in the file is what `weft network apply` publishes; the
-/// agent follows the store's copy and switches live (peer by peer, the old backend torn down).
-/// Restarting on the file's edit would race that switch and drop the old backend without its
-/// teardown (cloud routes left behind). Only the kube store takes the network from the file.
+/// `[network]` never does: the agent follows its network source and switches live (peer by peer,
+/// the old backend torn down) — with etcd or a local store the store's copy, which `weft network
+/// apply` publishes from the file; with kube the file itself, handed to the source on reload.
+/// Restarting instead would drop the old backend without its teardown (cloud routes left behind).
 fn needs_restart(old: &Config, new: &Config) -> bool {
     let strip = |c: &Config| {
         let mut c = c.clone();
         c.agent.log_level = String::new();
         c.agent.listen = String::new();
-        if c.store.kind != StoreKind::Kube {
-            c.network = Default::default();
-        }
+        c.network = Default::default();
         c
     };
     strip(old) != strip(new)
@@ -268,22 +271,47 @@ fn runtime(e: std::io::Error) -> CommandError {
 mod tests {
     use super::*;
 
+    use crate::config::StoreKind;
+    use crate::store::NetworkSource;
+    use futures::StreamExt;
+
     #[test]
-    fn network_edits_restart_only_a_kube_agent() {
-        let mut old = Config::default();
-        old.store.kind = StoreKind::Etcd;
-        let mut new = old.clone();
-        new.network.cidr = "10.245.0.0/16".into();
-        assert!(!needs_restart(&old, &new), "an etcd agent follows the store's network config");
-        new.agent.iface = vec!["eth1".into()];
-        assert!(needs_restart(&old, &new));
-        let (mut old, mut new) = (old.clone(), old);
-        old.store.kind = StoreKind::Kube;
-        new.store.kind = StoreKind::Kube;
-        new.network.cidr = "10.245.0.0/16".into();
-        assert!(needs_restart(&old, &new));
+    fn network_edits_never_restart_the_loop() {
+        for kind in [StoreKind::Etcd, StoreKind::Local, StoreKind::Kube] {
+            let mut old = Config::default();
+            old.store.kind = kind;
+            let mut new = old.clone();
+            new.network.cidr = "10.245.0.0/16".into();
+            new.network.backend = toml::from_str("type = \"host-gw\"").unwrap();
+            assert!(!needs_restart(&old, &new), "{kind:?}: the agent follows its network source");
+            new.agent.iface = vec!["eth1".into()];
+            assert!(needs_restart(&old, &new), "{kind:?}: other sections restart");
+        }
+        let old = Config::default();
         let mut listen = old.clone();
         listen.agent.listen = "127.0.0.1:1".into();
+        listen.agent.log_level = "debug".into();
         assert!(!needs_restart(&old, &listen));
+        let mut store = old.clone();
+        store.store.kind = StoreKind::Kube;
+        assert!(needs_restart(&old, &store));
+    }
+
+    /// What the reload loop does with a kube agent's edited file: the new table reaches the
+    /// agent through the network source's watch, as an etcd agent hears of `weft network apply`.
+    #[tokio::test]
+    async fn a_reloaded_network_reaches_the_agent_without_a_restart() {
+        let old = Config::default();
+        let source = FileNetworkSource::new(&old.network);
+        let mut watch = source.watch_network_config();
+        let first = watch.next().await.unwrap().unwrap().unwrap();
+        let mut new = old.clone();
+        new.network.backend = toml::from_str("type = \"host-gw\"").unwrap();
+        assert!(!needs_restart(&old, &new));
+        assert!(source.set(&new.network));
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.unwrap();
+        let switched = next.unwrap().unwrap().unwrap();
+        assert_ne!(first, switched);
+        assert!(switched.contains("host-gw"), "{switched}");
     }
 }

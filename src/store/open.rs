@@ -6,20 +6,20 @@ use std::time::Duration;
 
 use super::etcd::{EtcdOptions, EtcdStore};
 use super::local::LocalStore;
-use super::{Store, StoreError};
+use super::{FileNetworkSource, Store, StoreError};
 use crate::config::{StoreKind, StoreSection};
-use crate::network::NetworkSection;
 
 /// Opens the store for commands that do not need the network config from it.
 pub async fn open(section: &StoreSection) -> Result<Arc<dyn Store>, StoreError> {
-    open_with_network(section, None).await
+    open_with_network(section, &FileNetworkSource::default()).await
 }
 
 /// Opens the store; `network` is the config file's `[network]`, which stores that do not hold the
-/// network config themselves (Kubernetes: it comes from the ConfigMap) serve as theirs.
+/// network config themselves (Kubernetes: it comes from the ConfigMap) serve as theirs, following
+/// it as the file is reloaded.
 pub async fn open_with_network(
     section: &StoreSection,
-    network: Option<&NetworkSection>,
+    network: &FileNetworkSource,
 ) -> Result<Arc<dyn Store>, StoreError> {
     match section.kind {
         StoreKind::Etcd => {
@@ -41,16 +41,15 @@ pub async fn open_with_network(
             let path = section.path.clone();
             let store = tokio::task::spawn_blocking(move || LocalStore::open(&path))
                 .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+                .map_err(|e| StoreError::join(format!("open the local store {}", section.path.display()), e))??;
             Ok(Arc::new(store))
         }
         #[cfg(feature = "kube")]
         StoreKind::Kube => {
             use super::kube::{KubeOptions, KubeStore};
-            let network_json = network
-                .map(|n| crate::network::Network::new(n).map(|n| n.to_flannel_json()))
-                .transpose()
-                .map_err(|e| StoreError::Config(e.to_string()))?;
+            use super::{NetworkSource, WithNetwork};
+            // An unusable [network] fails the start, not the first switch.
+            network.network_config().await?;
             let node_name = if section.node_name.is_empty() {
                 std::env::var("NODE_NAME").unwrap_or_default()
             } else {
@@ -60,15 +59,15 @@ pub async fn open_with_network(
                 node_name,
                 kubeconfig: (!section.kubeconfig.is_empty()).then(|| PathBuf::from(&section.kubeconfig)),
                 annotation_prefix: section.annotation_prefix.clone(),
-                network_json,
                 lease_namespace: KubeOptions::default_lease_namespace(),
             };
-            Ok(Arc::new(KubeStore::connect(options).await?))
+            let store = KubeStore::connect(options).await?;
+            Ok(Arc::new(WithNetwork::new(store, network.clone())))
         }
         #[cfg(not(feature = "kube"))]
         StoreKind::Kube => {
             let _ = network;
-            Err(StoreError::Config("store.kind = \"kube\" needs weft built with the \"kube\" feature".into()))
+            Err(StoreError::config("store.kind = \"kube\" needs weft built with the \"kube\" feature"))
         }
     }
 }

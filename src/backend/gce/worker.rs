@@ -15,7 +15,7 @@ use weft_gce::{same_resource, wait_for_operation, ComputeApi, GceError, Instance
 use super::plan::{self, plan_own, route_name, stale_routes, StaleTracker, Step, Target, FLANNEL_PREFIX};
 use crate::backend::config::GceConfig;
 use crate::health::{CloudTableLabels, Health};
-use crate::store::Store;
+use crate::store::Leadership;
 
 /// What the backend wants the routes to reflect.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +53,7 @@ pub struct Routing {
     pub meta: InstanceMetadata,
     /// The flannel network (`10.244.0.0/16`): stale routes are looked for only inside it.
     pub cluster: Ipv4Net,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Leadership>,
     pub health: Arc<Health>,
     pub wait: WaitPolicy,
     resolved: Option<Resolved>,
@@ -71,7 +71,7 @@ impl Routing {
         config: GceConfig,
         meta: InstanceMetadata,
         cluster: Ipv4Net,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Leadership>,
         health: Arc<Health>,
     ) -> Self {
         Routing {
@@ -356,14 +356,14 @@ mod tests {
     struct Rig {
         api: Arc<FakeApi>,
         health: Arc<Health>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Leadership>,
         _dir: tempfile::TempDir,
     }
 
     impl Rig {
         fn new() -> Rig {
             let dir = tempfile::tempdir().unwrap();
-            let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+            let store: Arc<dyn Leadership> = Arc::new(LocalStore::open(dir.path()).unwrap());
             Rig { api: Arc::new(FakeApi::default()), health: Arc::new(Health::default()), store, _dir: dir }
         }
 
