@@ -50,7 +50,7 @@ const GRPC_NOT_FOUND: i32 = 5;
 const GRPC_UNAVAILABLE: i32 = 14;
 
 /// How to reach etcd.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     /// Key prefix, flannel's default is `/coreos.com/network`.
@@ -59,8 +59,36 @@ pub struct EtcdOptions {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Password>,
     pub dial_timeout: Duration,
+}
+
+/// A password that never reaches a log: its `Debug` is `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<&str> for Password {
+    fn from(password: &str) -> Self {
+        Password(password.to_string())
+    }
+}
+
+impl From<String> for Password {
+    fn from(password: String) -> Self {
+        Password(password)
+    }
 }
 
 impl Default for EtcdOptions {
@@ -75,22 +103,6 @@ impl Default for EtcdOptions {
             password: None,
             dial_timeout: Duration::from_secs(5),
         }
-    }
-}
-
-// By hand so that the password never reaches a log.
-impl fmt::Debug for EtcdOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdOptions")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("dial_timeout", &self.dial_timeout)
-            .finish()
     }
 }
 
@@ -598,7 +610,7 @@ fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
         options = options.with_tls(tls);
     }
     match (&opts.username, &opts.password) {
-        (Some(user), Some(password)) => Ok(options.with_user(user, password)),
+        (Some(user), Some(password)) => Ok(options.with_user(user, password.expose())),
         (None, None) => Ok(options),
         (Some(_), None) => Err(StoreError::config("etcd username given without a password")),
         (None, Some(_)) => Err(StoreError::config("etcd password given without a username")),

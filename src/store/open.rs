@@ -32,7 +32,7 @@ pub async fn open_with_network(
                 cert_file: path(&section.cert_file),
                 key_file: path(&section.key_file),
                 username: text(&section.username),
-                password: text(&section.password),
+                password: text(&section.password).map(Into::into),
                 dial_timeout: Duration::from_secs(5),
             };
             Ok(Arc::new(EtcdStore::connect(options).await?))
