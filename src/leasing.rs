@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::lease::{self, Expiry, Lease, LeaseAttrs};
 use crate::network::Network;
-use crate::store::{LeaseListing, RawLease, Revision, Store, StoreError, WriteOutcome};
+use crate::store::{LeaseListing, LeaseStore, LeaseWrite, RawLease, Revision, StoreError, WriteOutcome};
 
 /// How often to retry when another host wins the race for the subnet we picked.
 const CONFLICT_RETRIES: usize = 16;
@@ -53,7 +53,7 @@ pub struct LeaseRequest<'a> {
 }
 
 /// Acquires a lease for this host.
-pub async fn acquire(store: &dyn Store, request: &LeaseRequest<'_>) -> Result<OwnLease, LeaseError> {
+pub async fn acquire(store: &dyn LeaseStore, request: &LeaseRequest<'_>) -> Result<OwnLease, LeaseError> {
     acquire_listed(store, request).await.map(|(own, _)| own)
 }
 
@@ -62,7 +62,7 @@ pub async fn acquire(store: &dyn Store, request: &LeaseRequest<'_>) -> Result<Ow
 /// watch from the listing's revision delivers everything after it, our own write included.
 /// `None` when the store assigned our subnet and nothing was listed.
 pub async fn acquire_listed(
-    store: &dyn Store,
+    store: &dyn LeaseStore,
     request: &LeaseRequest<'_>,
 ) -> Result<(OwnLease, Option<LeaseListing>), LeaseError> {
     if let Some(subnet) = store.assigned_subnet().await? {
@@ -74,7 +74,8 @@ pub async fn acquire_listed(
         if let Some((existing, revision)) = ours(&leases, request) {
             // A reservation for us stays a reservation: it never expires.
             let ttl = if existing.is_reservation() { None } else { Some(request.ttl) };
-            match store.update_lease(existing.subnet, &request.attrs.to_json(), ttl, revision).await? {
+            let json = request.attrs.to_json();
+            match store.update_lease(LeaseWrite::new(existing.subnet, &json, ttl), revision).await? {
                 WriteOutcome::Written { revision, expiry } => {
                     info!(subnet = %existing.subnet, "took back our previous lease");
                     return Ok((own(existing.subnet, request.attrs, expiry, revision), Some(listing)));
@@ -91,7 +92,8 @@ pub async fn acquire_listed(
                 count: request.network.subnet_count(),
             })?,
         };
-        match store.create_lease(subnet, &request.attrs.to_json(), Some(request.ttl)).await? {
+        let json = request.attrs.to_json();
+        match store.create_lease(LeaseWrite::new(subnet, &json, Some(request.ttl))).await? {
             WriteOutcome::Written { revision, expiry } => {
                 info!(%subnet, "acquired a new lease");
                 return Ok((own(subnet, request.attrs, expiry, revision), Some(listing)));
@@ -105,14 +107,15 @@ pub async fn acquire_listed(
 /// Takes the subnet the store assigned to this host (Kubernetes: the node's podCIDR): nothing to
 /// choose, only our attributes to write.
 async fn acquire_assigned(
-    store: &dyn Store,
+    store: &dyn LeaseStore,
     request: &LeaseRequest<'_>,
     subnet: Ipv4Net,
 ) -> Result<OwnLease, LeaseError> {
     if !request.network.contains_subnet(&subnet) {
         return Err(LeaseError::OutsideNetwork { subnet, network: request.network.network });
     }
-    match store.create_lease(subnet, &request.attrs.to_json(), None).await? {
+    let json = request.attrs.to_json();
+    match store.create_lease(LeaseWrite::new(subnet, &json, None)).await? {
         WriteOutcome::Written { revision, expiry } => {
             info!(%subnet, "holding the subnet assigned to this host");
             Ok(own(subnet, request.attrs, expiry, revision))
@@ -124,13 +127,14 @@ async fn acquire_assigned(
 
 /// Rewrites our lease with a fresh TTL (and the current attributes).
 pub async fn renew(
-    store: &dyn Store,
+    store: &dyn LeaseStore,
     current: &OwnLease,
     attrs: &LeaseAttrs,
     ttl: Duration,
 ) -> Result<OwnLease, LeaseError> {
     let ttl = if current.lease.is_reservation() { None } else { Some(ttl) };
-    match store.update_lease(current.subnet(), &attrs.to_json(), ttl, current.revision).await? {
+    let json = attrs.to_json();
+    match store.update_lease(LeaseWrite::new(current.subnet(), &json, ttl), current.revision).await? {
         WriteOutcome::Written { revision, expiry } => Ok(own(current.subnet(), attrs, expiry, revision)),
         WriteOutcome::Conflict => Err(LeaseError::Lost(current.subnet())),
     }
@@ -222,6 +226,118 @@ mod tests {
             assert!(taken.insert(s));
         }
         assert_eq!(choose_free_subnet(&n, &taken, &mut rng), None);
+    }
+
+    mod over_memory {
+        use super::*;
+        use crate::store::memory::MemoryStore;
+        use crate::store::LeaseWrite;
+        use std::net::Ipv4Addr;
+
+        const TTL: Duration = Duration::from_secs(60);
+
+        fn attrs(last: u8) -> LeaseAttrs {
+            LeaseAttrs::new(Ipv4Addr::new(192, 0, 2, last), "alloc", serde_json::Value::Null)
+        }
+
+        fn request<'a>(network: &'a Network, attrs: &'a LeaseAttrs, previous: Option<&str>) -> LeaseRequest<'a> {
+            LeaseRequest { network, attrs, ttl: TTL, previous: previous.map(|p| p.parse().unwrap()) }
+        }
+
+        #[tokio::test]
+        async fn acquires_a_free_subnet_in_the_range() {
+            let (store, n, me) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
+            let (own, listing) = acquire_listed(&store, &request(&n, &me, None)).await.unwrap();
+            assert!(n.in_allocation_range(&own.subnet()));
+            assert!(listing.unwrap().leases.is_empty(), "the listing is from before our write");
+            let stored = store.list_leases().await.unwrap();
+            assert_eq!(stored.leases.len(), 1);
+            assert_eq!(stored.leases[0].parse().unwrap().attrs, me);
+            assert_eq!(stored.leases[0].mod_revision, own.revision);
+            assert!(matches!(own.lease.expiry, Expiry::At(_)));
+        }
+
+        #[tokio::test]
+        async fn takes_the_previous_subnet_when_free() {
+            let (store, n, me) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
+            let own = acquire(&store, &request(&n, &me, Some("10.244.42.0/24"))).await.unwrap();
+            assert_eq!(own.subnet().to_string(), "10.244.42.0/24");
+        }
+
+        #[tokio::test]
+        async fn takes_back_its_own_lease_rather_than_a_new_one() {
+            let (store, n, me) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
+            let first = acquire(&store, &request(&n, &me, None)).await.unwrap();
+            // Restarted without subnet.env: the lease of our address is found and renewed.
+            let again = acquire(&store, &request(&n, &me, None)).await.unwrap();
+            assert_eq!(again.subnet(), first.subnet());
+            assert!(again.revision > first.revision);
+            assert_eq!(store.list_leases().await.unwrap().leases.len(), 1);
+        }
+
+        #[tokio::test]
+        async fn another_hosts_previous_subnet_is_not_taken() {
+            let (store, n) = (MemoryStore::new(), network("10.244.0.0/16"));
+            let other = attrs(2);
+            acquire(&store, &request(&n, &other, Some("10.244.42.0/24"))).await.unwrap();
+            let me = attrs(1);
+            let own = acquire(&store, &request(&n, &me, Some("10.244.42.0/24"))).await.unwrap();
+            assert_ne!(own.subnet().to_string(), "10.244.42.0/24");
+        }
+
+        #[tokio::test]
+        async fn renewal_rewrites_the_lease_and_a_changed_one_is_lost() {
+            let (store, n, me) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
+            let own = acquire(&store, &request(&n, &me, None)).await.unwrap();
+            let renewed = renew(&store, &own, &me, TTL).await.unwrap();
+            assert!(renewed.revision > own.revision);
+            // Renewing from the stale revision: someone (here, our own renewal) wrote since.
+            assert!(matches!(renew(&store, &own, &me, TTL).await, Err(LeaseError::Lost(s)) if s == own.subnet()));
+            // Taken over by another host.
+            let json = attrs(2).to_json();
+            let write = LeaseWrite::new(own.subnet(), &json, Some(TTL));
+            store.update_lease(write, renewed.revision).await.unwrap();
+            assert!(matches!(renew(&store, &renewed, &me, TTL).await, Err(LeaseError::Lost(_))));
+            // Removed.
+            store.delete_lease(own.subnet()).await.unwrap();
+            assert!(matches!(renew(&store, &renewed, &me, TTL).await, Err(LeaseError::Lost(_))));
+        }
+
+        #[tokio::test]
+        async fn an_expired_lease_is_lost_and_its_subnet_free_again() {
+            tokio::time::pause();
+            let (store, n, me) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
+            let own = acquire(&store, &request(&n, &me, None)).await.unwrap();
+            tokio::time::advance(TTL + Duration::from_secs(1)).await;
+            assert!(store.list_leases().await.unwrap().leases.is_empty());
+            assert!(matches!(renew(&store, &own, &me, TTL).await, Err(LeaseError::Lost(_))));
+            let previous = own.subnet().to_string();
+            let other = attrs(2);
+            let taken = acquire(&store, &request(&n, &other, Some(&previous))).await.unwrap();
+            assert_eq!(taken.subnet(), own.subnet(), "the expired subnet is free for the next host");
+        }
+
+        #[tokio::test]
+        async fn a_full_network_says_so() {
+            let (store, n) = (MemoryStore::new(), network("192.0.2.0/24")); // three allocatable /26
+            for host in 1..=3 {
+                acquire(&store, &request(&n, &attrs(host), None)).await.unwrap();
+            }
+            let full = acquire(&store, &request(&n, &attrs(4), None)).await;
+            assert!(matches!(full, Err(LeaseError::NetworkFull { count: 3, .. })), "{full:?}");
+        }
+
+        #[tokio::test]
+        async fn a_reservation_stays_one() {
+            let (store, n, me) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
+            let json = me.to_json();
+            let reserved: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+            store.create_lease(LeaseWrite::new(reserved, &json, None)).await.unwrap();
+            let own = acquire(&store, &request(&n, &me, None)).await.unwrap();
+            assert_eq!(own.subnet(), reserved);
+            assert_eq!(own.lease.expiry, Expiry::Never);
+            assert_eq!(renew(&store, &own, &me, TTL).await.unwrap().lease.expiry, Expiry::Never);
+        }
     }
 
     #[test]

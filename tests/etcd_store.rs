@@ -11,7 +11,9 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use weft::lease::{Expiry, LeaseAttrs};
 use weft::store::etcd::{EtcdOptions, EtcdStore};
-use weft::store::{LeaseUpdate, RawLease, Revision, Store, StoreError, WriteOutcome};
+use weft::store::{
+    Leadership, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease, Revision, StoreError, WriteOutcome,
+};
 
 /// A lease exactly as flanneld writes it.
 const FLANNEL_JSON: &str = r#"{"PublicIP":"192.0.2.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#;
@@ -42,7 +44,7 @@ fn written(outcome: WriteOutcome) -> Revision {
 }
 
 async fn create(store: &EtcdStore, cidr: &str, ttl: Option<Duration>) -> Revision {
-    written(store.create_lease(net(cidr), &attrs(1), ttl).await.expect("create lease"))
+    written(store.create_lease(LeaseWrite::new(net(cidr), &attrs(1), ttl)).await.expect("create lease"))
 }
 
 async fn next_within(updates: &mut Updates, limit: Duration) -> Result<LeaseUpdate, StoreError> {
@@ -83,12 +85,12 @@ async fn second_create_of_a_subnet_conflicts() {
     let server = EtcdServer::start();
     let store = connect(&server).await;
 
-    let outcome = store.create_lease(net("10.244.3.0/24"), &attrs(1), HOUR).await.unwrap();
+    let outcome = store.create_lease(LeaseWrite::new(net("10.244.3.0/24"), &attrs(1), HOUR)).await.unwrap();
     let WriteOutcome::Written { revision, expiry } = outcome else { panic!("{outcome:?}") };
     assert!(revision > 1);
     assert!(matches!(expiry, Expiry::At(t) if t > SystemTime::now() + Duration::from_secs(3500)));
 
-    let again = store.create_lease(net("10.244.3.0/24"), &attrs(2), HOUR).await.unwrap();
+    let again = store.create_lease(LeaseWrite::new(net("10.244.3.0/24"), &attrs(2), HOUR)).await.unwrap();
     assert_eq!(again, WriteOutcome::Conflict);
     // The loser's etcd lease is revoked, not left behind.
     assert_eq!(etcd_lease_count(&server), 1);
@@ -102,7 +104,7 @@ async fn second_create_of_a_subnet_conflicts() {
 async fn reservations_never_expire_and_leases_resolve_their_ttl() {
     let server = EtcdServer::start();
     let store = connect(&server).await;
-    let outcome = store.create_lease(net("10.244.9.0/24"), &attrs(9), None).await.unwrap();
+    let outcome = store.create_lease(LeaseWrite::new(net("10.244.9.0/24"), &attrs(9), None)).await.unwrap();
     assert!(matches!(outcome, WriteOutcome::Written { expiry: Expiry::Never, .. }));
     create(&store, "10.244.3.0/24", HOUR).await;
 
@@ -136,11 +138,11 @@ async fn update_needs_the_current_revision() {
     let store = connect(&server).await;
     let first = create(&store, "10.244.3.0/24", HOUR).await;
 
-    let outcome = store.update_lease(net("10.244.3.0/24"), &attrs(1), HOUR, first).await.unwrap();
+    let outcome = store.update_lease(LeaseWrite::new(net("10.244.3.0/24"), &attrs(1), HOUR), first).await.unwrap();
     let second = written(outcome);
     assert!(second > first);
 
-    let stale = store.update_lease(net("10.244.3.0/24"), &attrs(1), HOUR, first).await.unwrap();
+    let stale = store.update_lease(LeaseWrite::new(net("10.244.3.0/24"), &attrs(1), HOUR), first).await.unwrap();
     assert_eq!(stale, WriteOutcome::Conflict);
     let listing = store.list_leases().await.unwrap();
     assert_eq!(find(&listing.leases, "10.244.3.0-24").mod_revision, second);
@@ -218,7 +220,7 @@ async fn watch_from_a_compacted_revision_resyncs() {
 
     let mut updates = store.watch_leases(start);
     let lost = next(&mut updates).await;
-    assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+    assert!(matches!(lost, Err(StoreError::Unavailable { .. })), "{lost:?}");
     let resync = next(&mut updates).await.unwrap();
     assert_eq!(resync, LeaseUpdate::Resync(current.leases, current.revision));
 
@@ -239,7 +241,7 @@ async fn watch_resyncs_after_etcd_restarts() {
 
     server.stop();
     let lost = next(&mut updates).await;
-    assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+    assert!(matches!(lost, Err(StoreError::Unavailable { .. })), "{lost:?}");
     server.restart();
 
     let resync = next_within(&mut updates, Duration::from_secs(30)).await.unwrap();
@@ -282,7 +284,7 @@ async fn writes_the_bytes_flannel_writes() {
     let server = EtcdServer::start();
     let store = connect(&server).await;
     let attrs: LeaseAttrs = serde_json::from_str(FLANNEL_JSON).unwrap();
-    let outcome = store.create_lease(net("10.244.3.0/24"), &attrs.to_json(), HOUR).await.unwrap();
+    let outcome = store.create_lease(LeaseWrite::new(net("10.244.3.0/24"), &attrs.to_json(), HOUR)).await.unwrap();
     written(outcome);
 
     let key = format!("{SUBNETS}/10.244.3.0-24");
@@ -382,7 +384,7 @@ async fn tls_with_client_certificates() {
     let store = EtcdStore::connect(opts.clone()).await.expect("connect over TLS");
     store.put_network_config(r#"{"Network":"10.244.0.0/16"}"#).await.expect("write over TLS");
     assert_eq!(store.network_config().await.unwrap().as_deref(), Some(r#"{"Network":"10.244.0.0/16"}"#));
-    let outcome = store.create_lease(net("10.244.7.0/24"), FLANNEL_JSON, HOUR).await.unwrap();
+    let outcome = store.create_lease(LeaseWrite::new(net("10.244.7.0/24"), FLANNEL_JSON, HOUR)).await.unwrap();
     assert!(matches!(outcome, WriteOutcome::Written { .. }), "{outcome:?}");
     // etcdctl with the same certificates sees what the store wrote.
     assert!(server.etcdctl(&["get", "--prefix", SUBNETS, "--keys-only"]).contains("10.244.7.0-24"));

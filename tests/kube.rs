@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::kube_api::KubeApi;
 use common::weft::{Agent, Setup};
 use weft::config::{StoreKind, StoreSection};
-use weft::store::Store;
+use weft::store::{LeaseWrite, Store};
 
 const PREFIX: &str = "flannel.alpha.coreos.com";
 const NETWORK: &str = "[network]\ncidr = \"10.244.0.0/16\"\n[network.backend]\ntype = \"alloc\"\n";
@@ -215,9 +215,9 @@ fn store_lists_nodes_and_elects_one_leader() {
 
         let attrs = r#"{"PublicIP":"198.51.100.1","PublicIPv6":null,"BackendType":"alloc"}"#;
         // Only our own podCIDR can be "leased".
-        let other = a.create_lease("10.244.2.0/24".parse().unwrap(), attrs, None).await.unwrap();
+        let other = a.create_lease(LeaseWrite::new("10.244.2.0/24".parse().unwrap(), attrs, None)).await.unwrap();
         assert_eq!(other, weft::store::WriteOutcome::Conflict);
-        let own = a.create_lease("10.244.1.0/24".parse().unwrap(), attrs, None).await.unwrap();
+        let own = a.create_lease(LeaseWrite::new("10.244.1.0/24".parse().unwrap(), attrs, None)).await.unwrap();
         assert!(matches!(own, weft::store::WriteOutcome::Written { .. }), "{own:?}");
         let listing = b.list_leases().await.unwrap();
         assert_eq!(listing.leases.len(), 1, "only the annotated node is a lease");

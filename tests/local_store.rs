@@ -10,7 +10,7 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use weft::lease::{Expiry, LeaseAttrs};
 use weft::store::local::LocalStore;
-use weft::store::{LeaseUpdate, RawLease, Store, StoreError, WriteOutcome};
+use weft::store::{Leadership, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease, StoreError, WriteOutcome};
 
 /// Set in a re-executed copy of this test binary: the store directory to race in.
 const CHILD_DIR_ENV: &str = "WEFT_LOCAL_STORE_CHILD_DIR";
@@ -90,9 +90,9 @@ async fn network_config_round_trips() {
 async fn create_conflicts_with_a_live_lease() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let first = store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
+    let first = store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), HOUR)).await.unwrap();
     assert_eq!(written_revision(first), 1);
-    let second = store.create_lease(net("10.244.1.0/24"), &attrs(2), HOUR).await.unwrap();
+    let second = store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(2), HOUR)).await.unwrap();
     assert_eq!(second, WriteOutcome::Conflict);
 
     let listing = store.list_leases().await.unwrap();
@@ -107,14 +107,14 @@ async fn update_needs_the_current_revision() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let subnet = net("10.244.1.0/24");
-    let created = written_revision(store.create_lease(subnet, &attrs(1), HOUR).await.unwrap());
+    let created = written_revision(store.create_lease(LeaseWrite::new(subnet, &attrs(1), HOUR)).await.unwrap());
 
-    let updated = store.update_lease(subnet, &attrs(1), HOUR, created).await.unwrap();
+    let updated = store.update_lease(LeaseWrite::new(subnet, &attrs(1), HOUR), created).await.unwrap();
     let renewed = written_revision(updated);
     assert!(renewed > created);
-    let stale = store.update_lease(subnet, &attrs(2), HOUR, created).await.unwrap();
+    let stale = store.update_lease(LeaseWrite::new(subnet, &attrs(2), HOUR), created).await.unwrap();
     assert_eq!(stale, WriteOutcome::Conflict);
-    let missing = store.update_lease(net("10.244.9.0/24"), &attrs(2), HOUR, renewed).await.unwrap();
+    let missing = store.update_lease(LeaseWrite::new(net("10.244.9.0/24"), &attrs(2), HOUR), renewed).await.unwrap();
     assert_eq!(missing, WriteOutcome::Conflict);
 
     let listing = store.list_leases().await.unwrap();
@@ -127,7 +127,7 @@ async fn listing_reports_the_written_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let before = SystemTime::now();
-    let outcome = store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
+    let outcome = store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), HOUR)).await.unwrap();
     let WriteOutcome::Written { expiry, .. } = outcome else { panic!("conflict") };
     let Expiry::At(at) = expiry else { panic!("expected a deadline, got {expiry:?}") };
     assert!(at >= before + Duration::from_secs(3599) && at <= SystemTime::now() + HOUR.unwrap());
@@ -138,11 +138,11 @@ async fn listing_reports_the_written_expiry() {
 async fn reservations_never_expire() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let outcome = store.create_lease(net("10.244.7.0/24"), &attrs(7), None).await.unwrap();
+    let outcome = store.create_lease(LeaseWrite::new(net("10.244.7.0/24"), &attrs(7), None)).await.unwrap();
     assert!(matches!(outcome, WriteOutcome::Written { expiry: Expiry::Never, .. }));
     let listing = open(dir.path()).list_leases().await.unwrap();
     assert_eq!(listing.leases[0].expiry, Expiry::Never);
-    let conflict = store.create_lease(net("10.244.7.0/24"), &attrs(8), HOUR).await.unwrap();
+    let conflict = store.create_lease(LeaseWrite::new(net("10.244.7.0/24"), &attrs(8), HOUR)).await.unwrap();
     assert_eq!(conflict, WriteOutcome::Conflict);
 }
 
@@ -150,7 +150,7 @@ async fn reservations_never_expire() {
 async fn delete_reports_whether_there_was_a_lease() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
+    store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), HOUR)).await.unwrap();
     assert!(store.delete_lease(net("10.244.1.0/24")).await.unwrap());
     assert!(!store.delete_lease(net("10.244.1.0/24")).await.unwrap());
     assert!(keys(&store).await.is_empty());
@@ -161,13 +161,13 @@ async fn expired_leases_vanish_and_free_their_subnet() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let short = Some(Duration::from_millis(700));
-    store.create_lease(net("10.244.1.0/24"), &attrs(1), short).await.unwrap();
-    store.create_lease(net("10.244.2.0/24"), &attrs(2), None).await.unwrap();
+    store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), short)).await.unwrap();
+    store.create_lease(LeaseWrite::new(net("10.244.2.0/24"), &attrs(2), None)).await.unwrap();
     assert_eq!(keys(&store).await, ["10.244.1.0-24", "10.244.2.0-24"]);
 
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(keys(&store).await, ["10.244.2.0-24"]);
-    let retaken = store.create_lease(net("10.244.1.0/24"), &attrs(3), HOUR).await.unwrap();
+    let retaken = store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(3), HOUR)).await.unwrap();
     assert!(matches!(retaken, WriteOutcome::Written { .. }));
 }
 
@@ -175,8 +175,11 @@ async fn expired_leases_vanish_and_free_their_subnet() {
 async fn watcher_sees_expiry_without_any_writer() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.create_lease(net("10.244.1.0/24"), &attrs(1), Some(Duration::from_millis(800))).await.unwrap();
-    store.create_lease(net("10.244.2.0/24"), &attrs(2), HOUR).await.unwrap();
+    store
+        .create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), Some(Duration::from_millis(800))))
+        .await
+        .unwrap();
+    store.create_lease(LeaseWrite::new(net("10.244.2.0/24"), &attrs(2), HOUR)).await.unwrap();
     let listing = store.list_leases().await.unwrap();
 
     let mut watch = store.watch_leases(listing.revision);
@@ -195,7 +198,7 @@ async fn watcher_sees_another_instance_within_a_second() {
     let listing = watcher.list_leases().await.unwrap();
     let mut watch = watcher.watch_leases(listing.revision);
 
-    let created = writer.create_lease(net("10.244.5.0/24"), &attrs(5), HOUR).await.unwrap();
+    let created = writer.create_lease(LeaseWrite::new(net("10.244.5.0/24"), &attrs(5), HOUR)).await.unwrap();
     let (leases, revision) = next_resync(&mut watch, Duration::from_secs(1)).await;
     assert_eq!(revision, written_revision(created));
     assert_eq!(leases.len(), 1);
@@ -210,7 +213,7 @@ async fn watcher_sees_another_instance_within_a_second() {
 async fn watch_from_an_old_revision_resyncs_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
+    store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), HOUR)).await.unwrap();
     let mut watch = store.watch_leases(0);
     let (leases, revision) = next_resync(&mut watch, Duration::from_millis(500)).await;
     assert_eq!((leases.len(), revision), (1, 1));
@@ -227,18 +230,18 @@ async fn corrupt_state_is_an_error_naming_the_file_and_is_kept() {
     let store = open(dir.path());
 
     let err = store.list_leases().await.unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains(&state.display().to_string()), "{err}");
-    let err = store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    let err = store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), HOUR)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "{ not json");
 
     // A watcher reports it and keeps polling: a repaired store is seen.
     let mut watch = store.watch_leases(0);
     let first = tokio::time::timeout(Duration::from_secs(1), watch.next()).await.unwrap().unwrap();
-    assert!(matches!(first, Err(StoreError::Corrupt(_))), "{first:?}");
+    assert!(matches!(first, Err(StoreError::Corrupt { .. })), "{first:?}");
     std::fs::remove_file(&state).unwrap();
-    store.create_lease(net("10.244.1.0/24"), &attrs(1), HOUR).await.unwrap();
+    store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), HOUR)).await.unwrap();
     let (leases, _) = next_resync(&mut watch, Duration::from_secs(1)).await;
     assert_eq!(leases.len(), 1);
 }
@@ -254,10 +257,10 @@ async fn racing_instances_get_one_winner_per_subnet_and_lose_nothing() {
         let store = open(dir.path());
         tasks.push(tokio::spawn(async move {
             let own = net(&format!("10.244.{id}.0/24"));
-            let created = store.create_lease(own, &attrs(id), HOUR).await.unwrap();
+            let created = store.create_lease(LeaseWrite::new(own, &attrs(id), HOUR)).await.unwrap();
             assert!(matches!(created, WriteOutcome::Written { .. }), "lost {own}");
             let shared = net(&format!("10.245.{}.0/24", id % SHARED));
-            let won = store.create_lease(shared, &attrs(id), HOUR).await.unwrap();
+            let won = store.create_lease(LeaseWrite::new(shared, &attrs(id), HOUR)).await.unwrap();
             matches!(won, WriteOutcome::Written { .. }).then_some((shared, id))
         }));
     }
@@ -289,10 +292,12 @@ async fn child_creates_leases() {
     let store = LocalStore::open(Path::new(&dir)).unwrap();
     for n in 0..CHILD_LEASES {
         let subnet = net(&format!("10.{}.{n}.0/24", 100 + id));
-        let own = store.create_lease(subnet, &attrs(id), HOUR).await.unwrap();
+        let own = store.create_lease(LeaseWrite::new(subnet, &attrs(id), HOUR)).await.unwrap();
         assert!(matches!(own, WriteOutcome::Written { .. }), "lost {subnet}");
         let shared = net(&format!("10.99.{n}.0/24"));
-        if let WriteOutcome::Written { .. } = store.create_lease(shared, &attrs(id), HOUR).await.unwrap() {
+        if let WriteOutcome::Written { .. } =
+            store.create_lease(LeaseWrite::new(shared, &attrs(id), HOUR)).await.unwrap()
+        {
             println!("WON {shared}");
         }
     }

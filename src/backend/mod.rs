@@ -15,7 +15,7 @@ use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelError};
 use crate::lease::{BackendData, Lease, LeaseMap};
 use crate::network::Network;
-use crate::store::Store;
+use crate::store::Leadership;
 
 pub mod alloc;
 #[cfg(feature = "aws")]
@@ -169,8 +169,8 @@ pub trait Active: Send + Sync {
 pub struct BackendContext {
     pub network: Network,
     pub ext: ExternalInterface,
-    /// For cluster-wide chores done by one agent at a time ([`Store::lead`]).
-    pub store: Arc<dyn Store>,
+    /// For cluster-wide chores done by one agent at a time ([`Leadership::lead`]).
+    pub store: Arc<dyn Leadership>,
     pub health: Arc<Health>,
 }
 

@@ -11,7 +11,7 @@ use crate::agent;
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::{Config, Flags};
 use crate::health::{self, Health};
-use crate::store;
+use crate::store::{self, FileNetworkSource};
 
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
@@ -73,11 +73,10 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     let mut terminate = signal(SignalKind::terminate()).map_err(runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(runtime)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(runtime)?;
-    // `[network]` as the file has it, for the stores that take it from there (kube); edits flow
-    // to the running agent like a `weft network apply` does with etcd.
-    let (file_network, file_network_rx) = tokio::sync::watch::channel(store::file_network_json(&config.network).ok());
+    // The file's [network], for stores that keep none (kube); a reload hands it the new table.
+    let network_file = FileNetworkSource::new(&config.network);
     loop {
-        let store = store::open_with_network(&config.store, Some(file_network_rx.clone())).await?;
+        let store = store::open_with_network(&config.store, &network_file).await?;
         let generation = shutdown.child_token();
         let mut task = tokio::spawn(agent::run(config.clone(), store, health.clone(), generation.clone()));
         let next = loop {
@@ -113,13 +112,8 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
             if new.agent.listen != config.agent.listen {
                 server.move_to(&new.agent.listen, &health, &shutdown).await;
             }
-            if new.network != config.network {
-                match store::file_network_json(&new.network) {
-                    Ok(json) => {
-                        file_network.send_replace(Some(json));
-                    }
-                    Err(e) => error!(error = %e, "{why}: keeping the running [network]"),
-                }
+            if network_file.set(&new.network) {
+                info!("{why}: [network] changed: followed live where it comes from this file (kube), else once published with `weft network apply`");
             }
             let restart = needs_restart(&config, &new);
             config = new;
@@ -139,11 +133,10 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
 
 /// Whether a change needs the agent loop restarted (the log level and listen address apply without).
 ///
-/// `[network]` never restarts it, whatever the store: with etcd or a local store the file's copy is
-/// what `weft network apply` publishes and the agent follows the store's; with kube the reload loop
-/// hands the edit to the store's network watch ([`store::FileNetwork`]). Either way the backend
-/// switches live (peer by peer, the old backend torn down), where a restart would drop the old
-/// backend without its teardown (cloud routes left behind).
+/// `[network]` never does: the agent follows its network source and switches live (peer by peer,
+/// the old backend torn down) — with etcd or a local store the store's copy, which `weft network
+/// apply` publishes from the file; with kube the file itself, handed to the source on reload.
+/// Restarting instead would drop the old backend without its teardown (cloud routes left behind).
 fn needs_restart(old: &Config, new: &Config) -> bool {
     let strip = |c: &Config| {
         let mut c = c.clone();
@@ -275,26 +268,48 @@ fn runtime(e: std::io::Error) -> CommandError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::config::StoreKind;
+    use crate::store::NetworkSource;
+    use futures::StreamExt;
 
     #[test]
-    fn network_edits_restart_no_agent() {
-        let mut old = Config::default();
-        old.store.kind = StoreKind::Etcd;
-        let mut new = old.clone();
-        new.network.cidr = "10.245.0.0/16".into();
-        assert!(!needs_restart(&old, &new), "an etcd agent follows the store's network config");
-        new.agent.iface = vec!["eth1".into()];
-        assert!(needs_restart(&old, &new));
-        let (mut old, mut new) = (old.clone(), old);
-        old.store.kind = StoreKind::Kube;
-        new.store.kind = StoreKind::Kube;
-        new.network.cidr = "10.245.0.0/16".into();
-        assert!(!needs_restart(&old, &new), "a kube agent follows the file's network through its store");
-        new.store.node_name = "other".into();
-        assert!(needs_restart(&old, &new));
+    fn network_edits_never_restart_the_loop() {
+        for kind in [StoreKind::Etcd, StoreKind::Local, StoreKind::Kube] {
+            let mut old = Config::default();
+            old.store.kind = kind;
+            let mut new = old.clone();
+            new.network.cidr = "10.245.0.0/16".into();
+            new.network.backend = toml::from_str("type = \"host-gw\"").unwrap();
+            assert!(!needs_restart(&old, &new), "{kind:?}: the agent follows its network source");
+            new.agent.iface = vec!["eth1".into()];
+            assert!(needs_restart(&old, &new), "{kind:?}: other sections restart");
+        }
+        let old = Config::default();
         let mut listen = old.clone();
         listen.agent.listen = "127.0.0.1:1".into();
+        listen.agent.log_level = "debug".into();
         assert!(!needs_restart(&old, &listen));
+        let mut store = old.clone();
+        store.store.kind = StoreKind::Kube;
+        assert!(needs_restart(&old, &store));
+    }
+
+    /// What the reload loop does with a kube agent's edited file: the new table reaches the
+    /// agent through the network source's watch, as an etcd agent hears of `weft network apply`.
+    #[tokio::test]
+    async fn a_reloaded_network_reaches_the_agent_without_a_restart() {
+        let old = Config::default();
+        let source = FileNetworkSource::new(&old.network);
+        let mut watch = source.watch_network_config();
+        let first = watch.next().await.unwrap().unwrap().unwrap();
+        let mut new = old.clone();
+        new.network.backend = toml::from_str("type = \"host-gw\"").unwrap();
+        assert!(!needs_restart(&old, &new));
+        assert!(source.set(&new.network));
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.unwrap();
+        let switched = next.unwrap().unwrap().unwrap();
+        assert_ne!(first, switched);
+        assert!(switched.contains("host-gw"), "{switched}");
     }
 }

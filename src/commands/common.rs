@@ -58,7 +58,7 @@ impl From<config::ConfigError> for CommandError {
 impl From<crate::store::StoreError> for CommandError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
-            crate::store::StoreError::Config(message) => CommandError::Input(message),
+            e @ crate::store::StoreError::Config { .. } => CommandError::Input(e.to_string()),
             other => CommandError::Runtime(other.to_string()),
         }
     }

@@ -11,7 +11,7 @@ use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
 use crate::lease::{Expiry, Lease, LeaseAttrs};
 use crate::network::Network;
-use crate::store::{self, Store, WriteOutcome};
+use crate::store::{self, LeaseStore, LeaseWrite, Store, WriteOutcome};
 
 #[derive(Subcommand, Debug)]
 pub enum LeasesCommand {
@@ -75,7 +75,7 @@ impl From<&Lease> for LeaseRow {
     }
 }
 
-async fn list(store: &dyn Store, json: bool) -> Result<(), CommandError> {
+async fn list(store: &dyn LeaseStore, json: bool) -> Result<(), CommandError> {
     let mut listing = store.list_leases().await?;
     store.resolve_expiry(&mut listing.leases).await?;
     let mut leases = Vec::new();
@@ -127,7 +127,8 @@ async fn reserve(store: &dyn Store, args: ReserveArgs) -> Result<(), CommandErro
         }
     }
     let attrs = LeaseAttrs::new(args.public_ip, "", serde_json::Value::Null);
-    match store.create_lease(subnet, &attrs.to_json(), None).await? {
+    let json = attrs.to_json();
+    match store.create_lease(LeaseWrite::new(subnet, &json, None)).await? {
         WriteOutcome::Written { .. } => {
             println!("reserved {subnet} for {}", args.public_ip);
             Ok(())
@@ -138,7 +139,11 @@ async fn reserve(store: &dyn Store, args: ReserveArgs) -> Result<(), CommandErro
 
 /// The subnet is already leased: by the same host, the lease becomes a reservation (its attributes
 /// kept); by another host, that is an error.
-async fn make_existing_permanent(store: &dyn Store, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Result<(), CommandError> {
+async fn make_existing_permanent(
+    store: &dyn LeaseStore,
+    subnet: Ipv4Net,
+    public_ip: Ipv4Addr,
+) -> Result<(), CommandError> {
     let listing = store.list_leases().await?;
     let key = crate::lease::subnet_key(subnet);
     let Some(raw) = listing.leases.iter().find(|r| r.key == key) else {
@@ -149,7 +154,7 @@ async fn make_existing_permanent(store: &dyn Store, subnet: Ipv4Net, public_ip: 
         return Err(CommandError::Runtime(format!("{subnet} is held by {}", holder.attrs.public_ip)));
     }
     let value = String::from_utf8_lossy(&raw.value);
-    match store.update_lease(subnet, &value, None, raw.mod_revision).await? {
+    match store.update_lease(LeaseWrite::new(subnet, &value, None), raw.mod_revision).await? {
         WriteOutcome::Written { .. } => {
             println!("reserved {subnet} for {public_ip} (its lease no longer expires)");
             Ok(())
@@ -158,7 +163,7 @@ async fn make_existing_permanent(store: &dyn Store, subnet: Ipv4Net, public_ip: 
     }
 }
 
-async fn release(store: &dyn Store, subnet: Ipv4Net) -> Result<(), CommandError> {
+async fn release(store: &dyn LeaseStore, subnet: Ipv4Net) -> Result<(), CommandError> {
     if store.delete_lease(subnet).await? {
         println!("released {subnet}");
         Ok(())

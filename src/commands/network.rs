@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
 use crate::network::Network;
-use crate::store::{self, Store};
+use crate::store::{self, FileNetworkSource, NetworkSource, Store};
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
@@ -25,8 +25,7 @@ pub struct ApplyArgs {
 
 pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), CommandError> {
     let config = global.load_config(Flags::default())?.config;
-    let (_edits, file_network) = store::file_network(&config.network)?;
-    let store = store::open_with_network(&config.store, Some(file_network)).await?;
+    let store = store::open_with_network(&config.store, &FileNetworkSource::new(&config.network)).await?;
     match command {
         NetworkCommand::Apply(args) => {
             let network = Network::new(&config.network).map_err(|e| CommandError::Input(e.to_string()))?;
@@ -57,7 +56,7 @@ async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), 
     Ok(())
 }
 
-async fn show(store: &dyn Store) -> Result<(), CommandError> {
+async fn show(store: &dyn NetworkSource) -> Result<(), CommandError> {
     let Some(text) = store.network_config().await? else {
         return Err(CommandError::Runtime("no network config in the store: run `weft network apply`".into()));
     };

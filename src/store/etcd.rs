@@ -17,7 +17,10 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
-use super::{expiry_after, LeaseListing, LeaseUpdate, RawLease, Revision, Store, StoreError, WriteOutcome};
+use super::{
+    expiry_after, receiver_stream, Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource,
+    RawLease, Revision, StoreError, WriteOutcome,
+};
 use crate::lease::{subnet_key, Expiry};
 
 /// How long one request may take before etcd counts as unavailable. The client's balancer waits
@@ -47,7 +50,7 @@ const GRPC_NOT_FOUND: i32 = 5;
 const GRPC_UNAVAILABLE: i32 = 14;
 
 /// How to reach etcd.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     /// Key prefix, flannel's default is `/coreos.com/network`.
@@ -56,8 +59,36 @@ pub struct EtcdOptions {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Password>,
     pub dial_timeout: Duration,
+}
+
+/// A password that never reaches a log: its `Debug` is `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<&str> for Password {
+    fn from(password: &str) -> Self {
+        Password(password.to_string())
+    }
+}
+
+impl From<String> for Password {
+    fn from(password: String) -> Self {
+        Password(password)
+    }
 }
 
 impl Default for EtcdOptions {
@@ -72,22 +103,6 @@ impl Default for EtcdOptions {
             password: None,
             dial_timeout: Duration::from_secs(5),
         }
-    }
-}
-
-// By hand so that the password never reaches a log.
-impl fmt::Debug for EtcdOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdOptions")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("dial_timeout", &self.dial_timeout)
-            .finish()
     }
 }
 
@@ -108,7 +123,7 @@ impl EtcdStore {
     /// Builds the client. etcd is dialled lazily: an unreachable etcd shows on the first request.
     pub async fn connect(opts: EtcdOptions) -> Result<Self, StoreError> {
         if opts.endpoints.is_empty() {
-            return Err(StoreError::Config("no etcd endpoints given".to_string()));
+            return Err(StoreError::config("no etcd endpoints given"));
         }
         let options = connect_options(&opts)?;
         let context = format!("connect to etcd at {}", opts.endpoints.join(","));
@@ -122,7 +137,7 @@ impl EtcdStore {
         let context = format!("{context}: grant lease");
         let resp = timed(&context, self.client.clone().lease_grant(ttl_secs(ttl), None)).await?;
         if !resp.error().is_empty() {
-            return Err(StoreError::Request(format!("{context}: {}", resp.error())));
+            return Err(StoreError::request(format!("{context}: etcd refused: {}", resp.error())));
         }
         // etcd may lengthen short TTLs to its minimum; its answer is what it enforces.
         let granted = u64::try_from(resp.ttl()).ok().filter(|s| *s > 0).map(Duration::from_secs);
@@ -278,7 +293,10 @@ impl EtcdStore {
                 Err(err) => return Some(err),
             };
             if resp.canceled() {
-                return Some(StoreError::Unavailable(format!("{context}: watch cancelled")));
+                return Some(StoreError::unavailable(format!(
+                    "{context}: etcd cancelled the watch: {}",
+                    resp.cancel_reason()
+                )));
             }
             if resp.created() {
                 backoff.reset();
@@ -298,7 +316,7 @@ impl EtcdStore {
     /// Opens a watch; any failure is `Unavailable` (the caller starts over).
     async fn open_watch(&self, key: String, options: WatchOptions, context: &str) -> Result<WatchStream, StoreError> {
         let mut client = self.client.clone();
-        timed(context, client.watch(key, Some(options))).await.map_err(unavailable)
+        timed(context, client.watch(key, Some(options))).await.map_err(StoreError::into_unavailable)
     }
 
     /// Lists the leases, retrying with backoff until etcd answers.
@@ -360,25 +378,7 @@ impl EtcdStore {
 }
 
 #[async_trait]
-impl Store for EtcdStore {
-    async fn network_config(&self) -> Result<Option<String>, StoreError> {
-        let context = format!("read network config {}", self.keys.config);
-        let kvs = self.get_kvs(self.keys.config.clone(), GetOptions::new(), &context).await?;
-        let Some(kv) = kvs.into_iter().next() else {
-            return Ok(None);
-        };
-        let (_, value) = kv.into_key_value();
-        String::from_utf8(value)
-            .map(Some)
-            .map_err(|_| StoreError::Corrupt(format!("{} is not UTF-8", self.keys.config)))
-    }
-
-    async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
-        let context = format!("write network config {}", self.keys.config);
-        timed(&context, self.client.clone().put(self.keys.config.clone(), json, None)).await?;
-        Ok(())
-    }
-
+impl LeaseStore for EtcdStore {
     async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
         let context = "list leases";
         let mut kv = self.client.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
@@ -415,34 +415,23 @@ impl Store for EtcdStore {
         Ok(LeaseListing { leases, revision: revision.expect("the first page was read") })
     }
 
-    async fn create_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs_json: &str,
-        ttl: Option<Duration>,
-    ) -> Result<WriteOutcome, StoreError> {
-        let key = self.keys.subnet(subnet);
+    async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
+        let key = self.keys.subnet(write.subnet);
         let context = format!("create lease {key}");
-        let grant = self.grant(ttl, &context).await?;
+        let grant = self.grant(write.ttl, &context).await?;
         // flannel's rule: only a key that does not exist yet may be taken.
         let absent = Compare::version(key.clone(), CompareOp::Equal, 0);
-        self.conditional_put(key, attrs_json, absent, grant, &context).await
+        self.conditional_put(key, write.attrs_json, absent, grant, &context).await
     }
 
-    async fn update_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs_json: &str,
-        ttl: Option<Duration>,
-        expected: Revision,
-    ) -> Result<WriteOutcome, StoreError> {
-        let key = self.keys.subnet(subnet);
+    async fn update_lease(&self, write: LeaseWrite<'_>, expected: Revision) -> Result<WriteOutcome, StoreError> {
+        let key = self.keys.subnet(write.subnet);
         let context = format!("renew lease {key}");
         // Like flannel, renewal re-puts the key with a new etcd lease; the old one runs out
         // unused (it may hold other keys, so it is not revoked).
-        let grant = self.grant(ttl, &context).await?;
+        let grant = self.grant(write.ttl, &context).await?;
         let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, expected);
-        self.conditional_put(key, attrs_json, unchanged, grant, &context).await
+        self.conditional_put(key, write.attrs_json, unchanged, grant, &context).await
     }
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
@@ -450,18 +439,6 @@ impl Store for EtcdStore {
         let context = format!("delete lease {key}");
         let resp = timed(&context, self.client.clone().delete(key, None)).await?;
         Ok(resp.deleted() > 0)
-    }
-
-    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
-        let (tx, rx) = mpsc::channel(4);
-        let store = self.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tx.closed() => {}
-                _ = store.config_loop(&tx) => {}
-            }
-        });
-        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
     }
 
     /// Runs the watch on a task of the current Tokio runtime; dropping the stream ends it.
@@ -475,23 +452,7 @@ impl Store for EtcdStore {
                 _ = store.watch_loop(after, &tx) => {}
             }
         });
-        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
-    }
-
-    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let key = format!("{}{name}", self.keys.leaders);
-        let context = format!("lead {key}");
-        let grant = self.grant(Some(ttl), &context).await?;
-        let vacant = Compare::version(key.clone(), CompareOp::Equal, 0);
-        if let WriteOutcome::Written { .. } = self.conditional_put(key.clone(), holder, vacant, grant, &context).await?
-        {
-            return Ok(true);
-        }
-        // Held: by us, the turn is extended; by another agent, we wait for it to lapse.
-        let grant = self.grant(Some(ttl), &context).await?;
-        let ours = Compare::value(key.clone(), CompareOp::Equal, holder);
-        let outcome = self.conditional_put(key, holder, ours, grant, &context).await?;
-        Ok(matches!(outcome, WriteOutcome::Written { .. }))
+        receiver_stream(rx)
     }
 
     async fn resolve_expiry(&self, leases: &mut [RawLease]) -> Result<(), StoreError> {
@@ -512,6 +473,58 @@ impl Store for EtcdStore {
             };
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl NetworkSource for EtcdStore {
+    async fn network_config(&self) -> Result<Option<String>, StoreError> {
+        let context = format!("read network config {}", self.keys.config);
+        let kvs = self.get_kvs(self.keys.config.clone(), GetOptions::new(), &context).await?;
+        let Some(kv) = kvs.into_iter().next() else {
+            return Ok(None);
+        };
+        let (_, value) = kv.into_key_value();
+        String::from_utf8(value)
+            .map(Some)
+            .map_err(|e| StoreError::corrupt(format!("network config {}", self.keys.config)).because(e))
+    }
+
+    async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
+        let context = format!("write network config {}", self.keys.config);
+        timed(&context, self.client.clone().put(self.keys.config.clone(), json, None)).await?;
+        Ok(())
+    }
+
+    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
+        let (tx, rx) = mpsc::channel(4);
+        let store = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = store.config_loop(&tx) => {}
+            }
+        });
+        receiver_stream(rx)
+    }
+}
+
+#[async_trait]
+impl Leadership for EtcdStore {
+    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = format!("{}{name}", self.keys.leaders);
+        let context = format!("lead {key}");
+        let grant = self.grant(Some(ttl), &context).await?;
+        let vacant = Compare::version(key.clone(), CompareOp::Equal, 0);
+        if let WriteOutcome::Written { .. } = self.conditional_put(key.clone(), holder, vacant, grant, &context).await?
+        {
+            return Ok(true);
+        }
+        // Held: by us, the turn is extended; by another agent, we wait for it to lapse.
+        let grant = self.grant(Some(ttl), &context).await?;
+        let ours = Compare::value(key.clone(), CompareOp::Equal, holder);
+        let outcome = self.conditional_put(key, holder, ours, grant, &context).await?;
+        Ok(matches!(outcome, WriteOutcome::Written { .. }))
     }
 }
 
@@ -597,10 +610,10 @@ fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
         options = options.with_tls(tls);
     }
     match (&opts.username, &opts.password) {
-        (Some(user), Some(password)) => Ok(options.with_user(user, password)),
+        (Some(user), Some(password)) => Ok(options.with_user(user, password.expose())),
         (None, None) => Ok(options),
-        (Some(_), None) => Err(StoreError::Config("etcd username given without a password".into())),
-        (None, Some(_)) => Err(StoreError::Config("etcd password given without a username".into())),
+        (Some(_), None) => Err(StoreError::config("etcd username given without a password")),
+        (None, Some(_)) => Err(StoreError::config("etcd password given without a username")),
     }
 }
 
@@ -619,13 +632,13 @@ fn tls_options(opts: &EtcdOptions) -> Result<Option<TlsOptions>, StoreError> {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
         (None, None) => {}
-        _ => return Err(StoreError::Config("etcd client certificate and key must be given together".into())),
+        _ => return Err(StoreError::config("etcd client certificate and key must be given together")),
     }
     Ok(Some(tls))
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|e| StoreError::Config(format!("read etcd {what} {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| StoreError::config(format!("read etcd {what} {}", path.display())).because(e))
 }
 
 /// etcd leases count whole seconds: round up, at least 1.
@@ -638,8 +651,8 @@ fn ttl_secs(ttl: Duration) -> i64 {
 async fn next_response(watch: &mut WatchStream, context: &str) -> Result<WatchResponse, StoreError> {
     match watch.message().await {
         Ok(Some(resp)) => Ok(resp),
-        Ok(None) => Err(StoreError::Unavailable(format!("{context}: etcd closed the watch"))),
-        Err(err) => Err(StoreError::Unavailable(format!("{context}: {err}"))),
+        Ok(None) => Err(StoreError::unavailable(format!("{context}: etcd closed the watch"))),
+        Err(err) => Err(StoreError::unavailable(context).because(err)),
     }
 }
 
@@ -673,18 +686,18 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 fn header_revision(header: Option<&ResponseHeader>, context: &str) -> Result<Revision, StoreError> {
     header
         .map(ResponseHeader::revision)
-        .ok_or_else(|| StoreError::Corrupt(format!("{context}: etcd answered without a header")))
+        .ok_or_else(|| StoreError::corrupt(format!("{context}: etcd answered without a header")))
 }
 
 /// Why a watch response ends the watch, if it does.
 fn watch_broken(resp: &WatchResponse, start: Revision) -> Option<StoreError> {
     if resp.compact_revision() > 0 {
-        return Some(StoreError::Unavailable(format!(
+        return Some(StoreError::unavailable(format!(
             "watch from revision {start} lost: etcd compacted history up to revision {}",
             resp.compact_revision()
         )));
     }
-    resp.canceled().then(|| StoreError::Unavailable(format!("etcd cancelled the watch: {}", resp.cancel_reason())))
+    resp.canceled().then(|| StoreError::unavailable(format!("etcd cancelled the watch: {}", resp.cancel_reason())))
 }
 
 /// Runs one etcd request with a deadline.
@@ -696,31 +709,25 @@ async fn timed<T>(context: &str, call: impl Future<Output = Result<T, etcd_clien
 }
 
 fn timeout_error(context: &str) -> StoreError {
-    StoreError::Unavailable(format!("{context}: no answer from etcd within {REQUEST_TIMEOUT:?}"))
+    StoreError::unavailable(format!("{context}: no answer from etcd within {REQUEST_TIMEOUT:?}"))
 }
 
 /// Sorts etcd errors into "try again later" and "this request is wrong".
 fn store_error(context: &str, err: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
-    let message = format!("{context}: {err}");
-    match &err {
-        E::TransportError(_) | E::IoError(_) => StoreError::Unavailable(message),
+    let kind = match &err {
+        E::TransportError(_) | E::IoError(_) => StoreError::unavailable,
+        // A request etcd gave up on (its leader changed, it is shutting down) is tried again, as
+        // flannel does.
         E::GRpcStatus(status)
             if matches!(status.code() as i32, GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE) =>
         {
-            StoreError::Unavailable(message)
+            StoreError::unavailable
         }
-        E::InvalidArgs(_) | E::InvalidUri(_) => StoreError::Config(message),
-        _ => StoreError::Request(message),
-    }
-}
-
-/// A broken watch is reported as unavailability whatever the cause: the watch goes on.
-fn unavailable(err: StoreError) -> StoreError {
-    match err {
-        StoreError::Unavailable(_) => err,
-        other => StoreError::Unavailable(other.to_string()),
-    }
+        E::InvalidArgs(_) | E::InvalidUri(_) => StoreError::config,
+        _ => StoreError::request,
+    };
+    kind(context).because(err)
 }
 
 #[cfg(test)]
@@ -754,9 +761,9 @@ mod tests {
     #[test]
     fn half_given_credentials_are_rejected() {
         let opts = EtcdOptions { username: Some("u".into()), ..EtcdOptions::default() };
-        assert!(matches!(connect_options(&opts), Err(StoreError::Config(_))));
+        assert!(matches!(connect_options(&opts), Err(StoreError::Config { .. })));
         let opts = EtcdOptions { cert_file: Some("/c.pem".into()), ..EtcdOptions::default() };
-        assert!(matches!(connect_options(&opts), Err(StoreError::Config(_))));
+        assert!(matches!(connect_options(&opts), Err(StoreError::Config { .. })));
     }
 
     #[test]

@@ -16,12 +16,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fs4::FileExt;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::BoxStream;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{LeaseListing, LeaseUpdate, RawLease, Revision, Store, StoreError, WriteOutcome};
+use super::{
+    receiver_stream, Failure, Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease,
+    Revision, StoreError, WriteOutcome,
+};
 use crate::lease::{subnet_key, Expiry};
 
 const STATE_FILE: &str = "state.json";
@@ -77,33 +80,14 @@ impl LocalStore {
 }
 
 #[async_trait]
-impl Store for LocalStore {
-    async fn network_config(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.read().await?.config)
-    }
-
-    async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
-        let json = json.to_string();
-        self.write(move |state, _| {
-            state.config = Some(json);
-            Applied::Changed(())
-        })
-        .await
-    }
-
+impl LeaseStore for LocalStore {
     async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
         let state = self.read().await?;
         Ok(LeaseListing { leases: state.visible_leases(now_unix_ms()), revision: state.revision })
     }
 
-    async fn create_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs_json: &str,
-        ttl: Option<Duration>,
-    ) -> Result<WriteOutcome, StoreError> {
-        let key = subnet_key(subnet);
-        let value = attrs_json.to_string();
+    async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
+        let (key, value, ttl) = owned(write);
         self.write(move |state, next| {
             // Expired leases are already gone, so an existing key is a live holder.
             if state.leases.contains_key(&key) {
@@ -114,31 +98,8 @@ impl Store for LocalStore {
         .await
     }
 
-    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let (name, holder) = (name.to_string(), holder.to_string());
-        self.write(move |state, _| {
-            let now = now_unix_ms();
-            let until = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-            match state.leaders.get(&name) {
-                Some((current, expires)) if *current != holder && *expires > now => Applied::Unchanged(false),
-                _ => {
-                    state.leaders.insert(name, (holder, until));
-                    Applied::Changed(true)
-                }
-            }
-        })
-        .await
-    }
-
-    async fn update_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs_json: &str,
-        ttl: Option<Duration>,
-        expected: Revision,
-    ) -> Result<WriteOutcome, StoreError> {
-        let key = subnet_key(subnet);
-        let value = attrs_json.to_string();
+    async fn update_lease(&self, write: LeaseWrite<'_>, expected: Revision) -> Result<WriteOutcome, StoreError> {
+        let (key, value, ttl) = owned(write);
         self.write(move |state, next| {
             let ours = state.leases.get(&key).is_some_and(|lease| lease.mod_revision == expected);
             if !ours {
@@ -161,15 +122,40 @@ impl Store for LocalStore {
     /// Polls the state file; yields `Resync` whenever the visible leases change (a write by
     /// anyone, or a TTL running out). Must be called inside a tokio runtime: it spawns the poller,
     /// which stops when the stream is dropped.
+    fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let watcher = Watcher::new(self.files.clone(), after);
+        tokio::spawn(watcher.run(tx, self.poll_interval));
+        receiver_stream(rx)
+    }
+}
+
+#[async_trait]
+impl NetworkSource for LocalStore {
+    async fn network_config(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.read().await?.config)
+    }
+
+    async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
+        let json = json.to_string();
+        self.write(move |state, _| {
+            state.config = Some(json);
+            Applied::Changed(())
+        })
+        .await
+    }
+
+    /// Polls the state file; yields the config when it changes, a lasting error once. Must be
+    /// called inside a tokio runtime: it spawns the poller, which stops when the stream is dropped.
     fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let (store, interval) = (self.clone(), self.poll_interval);
         tokio::spawn(async move {
-            let mut last: Option<Result<Option<String>, String>> = None;
+            let mut last: Option<Result<Option<String>, Failure>> = None;
             loop {
                 let now = store.network_config().await;
                 // Report a change of value, or an error once, not every poll.
-                let seen = now.as_ref().map(Clone::clone).map_err(ToString::to_string);
+                let seen = now.as_ref().map(Clone::clone).map_err(StoreError::failure);
                 if last.as_ref() != Some(&seen) {
                     last = Some(seen);
                     if tx.send(now).await.is_err() {
@@ -182,14 +168,26 @@ impl Store for LocalStore {
                 }
             }
         });
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+        receiver_stream(rx)
     }
+}
 
-    fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        let watcher = Watcher::new(self.files.clone(), after);
-        tokio::spawn(watcher.run(tx, self.poll_interval));
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+#[async_trait]
+impl Leadership for LocalStore {
+    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.write(move |state, _| {
+            let now = now_unix_ms();
+            let until = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            match state.leaders.get(&name) {
+                Some((current, expires)) if *current != holder && *expires > now => Applied::Unchanged(false),
+                _ => {
+                    state.leaders.insert(name, (holder, until));
+                    Applied::Changed(true)
+                }
+            }
+        })
+        .await
     }
 }
 
@@ -380,8 +378,9 @@ impl Files {
         let meta = file.metadata().map_err(|e| io_error("stat", &self.state, e))?;
         let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
         file.read_to_end(&mut bytes).map_err(|e| io_error("read", &self.state, e))?;
-        let state = serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::Corrupt(format!("{}: not a weft store state file: {e}", self.state.display())))?;
+        let state = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::corrupt(format!("{}: not a weft store state file", self.state.display())).because(e)
+        })?;
         Ok(Snapshot { state, fingerprint: Some(Fingerprint::of(&meta)), _file: Some(file) })
     }
 
@@ -398,7 +397,7 @@ impl Files {
     /// and a crash leaves one of them.
     fn save(&self, state: &State) -> Result<(), StoreError> {
         let bytes =
-            serde_json::to_vec_pretty(state).map_err(|e| StoreError::Request(format!("encode store state: {e}")))?;
+            serde_json::to_vec_pretty(state).map_err(|e| StoreError::request("encode store state").because(e))?;
         let mut temp = OpenOptions::new()
             .write(true)
             .create(true)
@@ -422,7 +421,7 @@ struct Watcher {
     /// The leases the consumer was last told about (or listed itself).
     sent: Option<Vec<RawLease>>,
     /// The last error yielded, so a lasting problem is reported once, not every poll.
-    last_error: Option<String>,
+    last_error: Option<Failure>,
 }
 
 type WatchItem = Result<LeaseUpdate, StoreError>;
@@ -504,13 +503,18 @@ impl Watcher {
     }
 
     fn report(&mut self, error: StoreError) -> Option<WatchItem> {
-        let message = error.to_string();
-        if self.last_error.as_ref() == Some(&message) {
+        let failure = error.failure();
+        if self.last_error.as_ref() == Some(&failure) {
             return None;
         }
-        self.last_error = Some(message);
+        self.last_error = Some(failure);
         Some(Err(error))
     }
+}
+
+/// A write's key, value and TTL, owned, for a blocking thread.
+fn owned(write: LeaseWrite<'_>) -> (String, String, Option<Duration>) {
+    (subnet_key(write.subnet), write.attrs_json.to_string(), write.ttl)
 }
 
 /// Runs file work off the async threads.
@@ -519,13 +523,11 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("local store task failed: {e}")))?
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::join("local store task", e))?
 }
 
 fn io_error(action: &str, path: &Path, error: io::Error) -> StoreError {
-    StoreError::Unavailable(format!("{action} {}: {error}", path.display()))
+    StoreError::unavailable(format!("{action} {}", path.display())).because(error)
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -600,7 +602,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut watcher = Watcher::new(Arc::new(Files::new(dir.path())), 0);
         fs::write(dir.path().join(STATE_FILE), "garbage").unwrap();
-        assert!(matches!(watcher.tick(), Some(Err(StoreError::Corrupt(_)))));
+        assert!(matches!(watcher.tick(), Some(Err(StoreError::Corrupt { .. }))));
         assert!(watcher.tick().is_none());
     }
 

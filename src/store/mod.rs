@@ -1,12 +1,19 @@
-//! Where leases and the network config live. One trait, several stores: etcd v3 (flannel's layout)
-//! and an embedded store for one machine. Stores move raw keys and bytes; reading them into leases
-//! is shared (`lease::parse_lease`) so every store skips malformed data the same way.
+//! Where leases, the network config and leaderships live. Three jobs, one trait each:
+//! [`LeaseStore`] (this host's lease and everyone else's), [`NetworkSource`] (the cluster network
+//! config: from the store for etcd and local, from the agent's own config file for kube) and
+//! [`Leadership`] (cluster-wide chores one agent at a time). [`Store`] is all three, the handle
+//! the agent holds; functions take the narrowest trait they need.
+//!
+//! Stores: etcd v3 (flannel's layout), an embedded store for one machine, the Kubernetes API, and
+//! an in-memory one for tests. Stores move raw keys and bytes; reading them into leases is shared
+//! (`lease::parse_lease`) so every store skips malformed data the same way.
 
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use ipnet::Ipv4Net;
+use tokio::sync::mpsc;
 
 use crate::lease::{self, Expiry, Lease, LeaseParseError};
 
@@ -14,8 +21,11 @@ pub mod etcd;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod local;
+pub mod memory;
+pub mod network_source;
 pub mod open;
 
+pub use network_source::{FileNetworkSource, WithNetwork};
 pub use open::{open, open_with_network};
 
 /// Store revision: increases with every write. Used to watch from a listing and to update a key
@@ -59,16 +69,20 @@ pub enum LeaseUpdate {
     Resync(Vec<RawLease>, Revision),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    #[error("store request failed: {0}")]
-    Request(String),
-    #[error("store data: {0}")]
-    Corrupt(String),
-    #[error("{0}")]
-    Config(String),
+/// What a lease write puts in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseWrite<'a> {
+    pub subnet: Ipv4Net,
+    /// The lease attributes, flannel's JSON.
+    pub attrs_json: &'a str,
+    /// How long the lease lives; `None` writes a reservation, which never expires.
+    pub ttl: Option<Duration>,
+}
+
+impl<'a> LeaseWrite<'a> {
+    pub fn new(subnet: Ipv4Net, attrs_json: &'a str, ttl: Option<Duration>) -> Self {
+        LeaseWrite { subnet, attrs_json, ttl }
+    }
 }
 
 /// What a conditional write found.
@@ -82,31 +96,137 @@ pub enum WriteOutcome {
     Conflict,
 }
 
-#[async_trait]
-pub trait Store: Send + Sync {
-    /// The cluster network config (flannel's JSON), if published.
-    async fn network_config(&self) -> Result<Option<String>, StoreError>;
-    async fn put_network_config(&self, json: &str) -> Result<(), StoreError>;
+/// The underlying error of a store error: etcd's, the file system's, JSON's, Kubernetes'.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Why a store operation failed. `context` says what was being done (and on which key or file);
+/// `source`, when there is one, is the error underneath, kept whole.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Try again later: the store did not answer, the connection or a watch broke.
+    #[error("store unavailable: {context}{}", because(source))]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// The store answered, and refused.
+    #[error("store request failed: {context}{}", because(source))]
+    Request {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// What the store holds (or answered) cannot be read.
+    #[error("store data: {context}{}", because(source))]
+    Corrupt {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// The store is configured wrong, or asked for something it cannot do: retrying will not help.
+    #[error("{context}{}", because(source))]
+    Config {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// The operation was given up before it finished (the runtime is shutting down).
+    #[error("store operation cancelled: {context}")]
+    Cancelled { context: String },
+}
+
+/// The kind of a [`StoreError`] and what was being done: two errors with the same `Failure` are
+/// the same problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    kind: std::mem::Discriminant<StoreError>,
+    context: String,
+}
+
+/// `": <source>"`, so that a message read alone (a log line, a CLI error) says everything.
+fn because(source: &Option<Cause>) -> String {
+    source.as_ref().map(|s| format!(": {s}")).unwrap_or_default()
+}
+
+impl StoreError {
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        StoreError::Unavailable { context: context.into(), source: None }
+    }
+
+    pub fn request(context: impl Into<String>) -> Self {
+        StoreError::Request { context: context.into(), source: None }
+    }
+
+    pub fn corrupt(context: impl Into<String>) -> Self {
+        StoreError::Corrupt { context: context.into(), source: None }
+    }
+
+    pub fn config(context: impl Into<String>) -> Self {
+        StoreError::Config { context: context.into(), source: None }
+    }
+
+    /// The same error, caused by `cause`.
+    pub fn because(mut self, cause: impl Into<Cause>) -> Self {
+        match &mut self {
+            StoreError::Unavailable { source, .. }
+            | StoreError::Request { source, .. }
+            | StoreError::Corrupt { source, .. }
+            | StoreError::Config { source, .. } => *source = Some(cause.into()),
+            StoreError::Cancelled { .. } => {}
+        }
+        self
+    }
+
+    /// What was being done.
+    pub fn context(&self) -> &str {
+        match self {
+            StoreError::Unavailable { context, .. }
+            | StoreError::Request { context, .. }
+            | StoreError::Corrupt { context, .. }
+            | StoreError::Config { context, .. }
+            | StoreError::Cancelled { context } => context,
+        }
+    }
+
+    /// What failed, without why: a watch that polls reports a lasting problem once, not on every
+    /// poll, however its cause words it this time.
+    pub fn failure(&self) -> Failure {
+        Failure { kind: std::mem::discriminant(self), context: self.context().to_string() }
+    }
+
+    /// This error as unavailability: a watch that breaks, whatever the reason, starts over.
+    pub fn into_unavailable(self) -> Self {
+        match self {
+            StoreError::Request { context, source }
+            | StoreError::Corrupt { context, source }
+            | StoreError::Config { context, source } => StoreError::Unavailable { context, source },
+            StoreError::Cancelled { context } => StoreError::Unavailable { context, source: None },
+            unavailable @ StoreError::Unavailable { .. } => unavailable,
+        }
+    }
+
+    /// A blocking store task that did not finish.
+    pub(crate) fn join(context: impl Into<String>, error: tokio::task::JoinError) -> Self {
+        if error.is_cancelled() {
+            StoreError::Cancelled { context: context.into() }
+        } else {
+            StoreError::unavailable(context).because(error)
+        }
+    }
+}
+
+/// Leases: this host's own (create, renew, release) and everyone's (list, watch).
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     async fn list_leases(&self) -> Result<LeaseListing, StoreError>;
 
-    /// Creates `subnet`'s key only if it does not exist (flannel's `version(key) == 0`
-    /// transaction). `ttl: None` writes a reservation.
-    async fn create_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs_json: &str,
-        ttl: Option<Duration>,
-    ) -> Result<WriteOutcome, StoreError>;
+    /// Creates the subnet's key only if it does not exist (flannel's `version(key) == 0`
+    /// transaction).
+    async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError>;
 
-    /// Rewrites `subnet`'s key with a fresh TTL, only if it is still at `expected` (still ours).
-    async fn update_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs_json: &str,
-        ttl: Option<Duration>,
-        expected: Revision,
-    ) -> Result<WriteOutcome, StoreError>;
+    /// Rewrites the subnet's key with a fresh TTL, only if it is still at `expected` (still ours).
+    async fn update_lease(&self, write: LeaseWrite<'_>, expected: Revision) -> Result<WriteOutcome, StoreError>;
 
     /// Deletes `subnet`'s key; false when there was none.
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError>;
@@ -114,15 +234,6 @@ pub trait Store: Send + Sync {
     /// Changes to leases after `after`. The stream never ends on its own: it reconnects and
     /// yields `Resync` when it had to start over; errors are reported and the watch goes on.
     fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>>;
-
-    /// Takes, or keeps, the leadership `name` for `holder` during `ttl`; true while `holder`
-    /// leads. Cluster-wide chores (removing stale cloud routes) run on one agent at a time: the
-    /// leader calls again before `ttl` runs out to keep leading; a dead leader's turn expires.
-    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
-
-    /// The network config now, then again each time it changes (`None`: removed). Never ends on
-    /// its own; errors are reported and the watch goes on. Agents follow it to switch backends.
-    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>>;
 
     /// Looks up when leases of `Expiry::Unknown` run out (etcd lists without TTLs).
     async fn resolve_expiry(&self, _leases: &mut [RawLease]) -> Result<(), StoreError> {
@@ -137,39 +248,38 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// The network config as the agent's own file has it (`[network]` as flannel JSON), for a store
-/// that keeps none in the cluster (Kubernetes: every agent reads the ConfigMap). The agent's reload
-/// loop sends each edit, and the store serves it like etcd serves its `config` key: an edit of
-/// `[network.backend]` then switches live on every store alike.
-pub type FileNetwork = tokio::sync::watch::Receiver<Option<String>>;
+/// The cluster network config (flannel's JSON): in the store for etcd and local (`weft network
+/// apply` publishes it), the `[network]` table of the agent's own config file for kube.
+#[async_trait]
+pub trait NetworkSource: Send + Sync {
+    /// The network config, if published.
+    async fn network_config(&self) -> Result<Option<String>, StoreError>;
 
-/// A [`FileNetwork`] starting at `section`, and the sender that keeps it current.
-pub fn file_network(
-    section: &crate::network::NetworkSection,
-) -> Result<(tokio::sync::watch::Sender<Option<String>>, FileNetwork), StoreError> {
-    let json = file_network_json(section)?;
-    Ok(tokio::sync::watch::channel(Some(json)))
+    async fn put_network_config(&self, json: &str) -> Result<(), StoreError>;
+
+    /// The network config now, then again each time it changes (`None`: removed). Never ends on
+    /// its own; errors are reported and the watch goes on. Agents follow it to switch backends.
+    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>>;
 }
 
-/// `section` as the flannel JSON a [`FileNetwork`] carries.
-pub fn file_network_json(section: &crate::network::NetworkSection) -> Result<String, StoreError> {
-    let network = crate::network::Network::new(section).map_err(|e| StoreError::Config(e.to_string()))?;
-    Ok(network.to_flannel_json())
+/// Cluster-wide chores (removing stale cloud routes) run on one agent at a time.
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    /// Takes, or keeps, the leadership `name` for `holder` during `ttl`; true while `holder`
+    /// leads. The leader calls again before `ttl` runs out to keep leading; a dead leader's turn
+    /// expires.
+    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
 }
 
-/// [`Store::watch_network_config`] over a [`FileNetwork`]: the current value, then each change.
-/// It never ends, also when the sender is gone (the config simply stops changing).
-pub fn follow_file_network(mut network: FileNetwork) -> BoxStream<'static, Result<Option<String>, StoreError>> {
-    use futures::StreamExt;
-    let current = network.borrow_and_update().clone();
-    let changes = futures::stream::unfold(network, |mut network| async move {
-        if network.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-        let current = network.borrow_and_update().clone();
-        Some((Ok(current), network))
-    });
-    futures::stream::once(async move { Ok(current) }).chain(changes).boxed()
+/// All three jobs behind one handle: what the agent holds. Every type that does the three is one.
+pub trait Store: LeaseStore + NetworkSource + Leadership {}
+
+impl<T: LeaseStore + NetworkSource + Leadership + ?Sized> Store for T {}
+
+/// A channel's receiving end as a stream, for stores that produce a watch on a task of their own:
+/// dropping the stream drops the receiver, which tells the task to stop.
+pub fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> BoxStream<'static, T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
 /// Turns a TTL into the moment it runs out.
@@ -177,24 +287,5 @@ pub fn expiry_after(ttl: Option<Duration>) -> Expiry {
     match ttl {
         None => Expiry::Never,
         Some(ttl) => Expiry::At(SystemTime::now() + ttl),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use futures::StreamExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_file_network_serves_the_current_config_then_each_edit_and_never_ends() {
-        let (edits, network) = tokio::sync::watch::channel(Some("one".to_string()));
-        let mut watch = follow_file_network(network);
-        assert_eq!(watch.next().await.unwrap().unwrap().as_deref(), Some("one"));
-        edits.send_replace(Some("two".into()));
-        assert_eq!(watch.next().await.unwrap().unwrap().as_deref(), Some("two"));
-        drop(edits);
-        let more = tokio::time::timeout(std::time::Duration::from_millis(50), watch.next()).await;
-        assert!(more.is_err(), "the watch goes on (pending) after the sender is gone");
     }
 }

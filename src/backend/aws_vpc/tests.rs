@@ -16,7 +16,7 @@ use crate::lease::{Expiry, LeaseAttrs};
 use crate::network::backend::BackendConfig;
 use crate::network::{Network, NetworkSection};
 use crate::store::local::LocalStore;
-use crate::store::Store;
+use crate::store::Leadership;
 
 /// An in-memory EC2 with route tables, a call log and failures to inject.
 #[derive(Default)]
@@ -162,7 +162,7 @@ struct Harness {
 
 fn harness(config: &AwsVpcConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Leadership> = Arc::new(LocalStore::open(dir.path()).unwrap());
     let section = NetworkSection {
         cidr: "10.244.0.0/16".into(),
         backend: BackendConfig::AwsVpc(config.clone()),

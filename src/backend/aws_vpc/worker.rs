@@ -14,7 +14,7 @@ use weft_aws::{Ec2, Ec2Error, RouteTable};
 use super::node::Node;
 use super::plan::{self, OwnRoute, PlanInput, Removal, TableMode};
 use crate::health::{CloudTableLabels, Condition, Health};
-use crate::store::Store;
+use crate::store::Leadership;
 
 /// The store's leadership for removing other nodes' stale routes.
 pub const LEADERSHIP: &str = "aws-vpc-routes";
@@ -36,7 +36,7 @@ pub struct Worker {
     pub mode: TableMode,
     pub network: Ipv4Net,
     pub subnet_len: u8,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Leadership>,
     pub health: Arc<Health>,
     /// How long a leadership turn lasts without renewal: a few rechecks.
     pub lead_ttl: Duration,

@@ -15,7 +15,7 @@ use weft_gce::{same_resource, wait_for_operation, ComputeApi, GceError, Instance
 use super::plan::{self, plan_own, route_name, stale_routes, StaleTracker, Step, Target, FLANNEL_PREFIX};
 use crate::health::{CloudTableLabels, Condition, Health};
 use crate::network::backend::GceConfig;
-use crate::store::Store;
+use crate::store::Leadership;
 
 /// What the backend wants the routes to reflect.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +42,7 @@ pub struct Routing {
     pub meta: InstanceMetadata,
     /// The flannel network (`10.244.0.0/16`): stale routes are looked for only inside it.
     pub cluster: Ipv4Net,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Leadership>,
     pub health: Arc<Health>,
     pub wait: WaitPolicy,
     resolved: Option<Resolved>,
@@ -60,7 +60,7 @@ impl Routing {
         config: GceConfig,
         meta: InstanceMetadata,
         cluster: Ipv4Net,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Leadership>,
         health: Arc<Health>,
     ) -> Self {
         Routing {
@@ -330,14 +330,14 @@ mod tests {
     struct Rig {
         api: Arc<FakeApi>,
         health: Arc<Health>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Leadership>,
         _dir: tempfile::TempDir,
     }
 
     impl Rig {
         fn new() -> Rig {
             let dir = tempfile::tempdir().unwrap();
-            let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+            let store: Arc<dyn Leadership> = Arc::new(LocalStore::open(dir.path()).unwrap());
             Rig { api: Arc::new(FakeApi::default()), health: Arc::new(Health::default()), store, _dir: dir }
         }
 

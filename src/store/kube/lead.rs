@@ -55,7 +55,7 @@ fn taken(previous: Option<&LeaseSpec>, holder: &str, ttl: Duration, now: DateTim
 pub async fn lead(api: &Api<Lease>, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
     let object = object_name(name);
     let now = Utc::now();
-    let existing = api.get_opt(&object).await.map_err(api_error)?;
+    let existing = api.get_opt(&object).await.map_err(|e| api_error(format!("read Lease {object}"), e))?;
     let result = match existing {
         None => {
             let lease = Lease {
@@ -78,7 +78,7 @@ pub async fn lead(api: &Api<Lease>, name: &str, holder: &str, ttl: Duration) -> 
     match result {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-        Err(e) => Err(api_error(e)),
+        Err(e) => Err(api_error(format!("write Lease {object}"), e)),
     }
 }
 

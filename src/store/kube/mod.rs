@@ -2,7 +2,9 @@
 //! manager. A node's lease is the node itself: its subnet is `spec.podCIDR` (assigned by the
 //! controller manager, never chosen here), its attributes are flannel's annotations on it. The
 //! agent writes only its own node; the others are watched. The network config is not stored in
-//! the cluster: it comes from weft.toml (the ConfigMap) and is handed in at open.
+//! the cluster: it comes from weft.toml (the ConfigMap), through a
+//! [`FileNetworkSource`](crate::store::FileNetworkSource) that `store::open_with_network` puts
+//! beside this store.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use tracing::{info, warn};
 
 use crate::lease::{Expiry, LeaseAttrs};
-use crate::store::{FileNetwork, LeaseListing, LeaseUpdate, Revision, Store, StoreError, WriteOutcome};
+use crate::store::{Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, Revision, StoreError, WriteOutcome};
 use annotations::AnnotationNames;
 use events::{NodeTracker, OwnNode};
 
@@ -39,9 +41,6 @@ pub struct KubeOptions {
     /// `None`: in-cluster, then `$KUBECONFIG` or `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     pub annotation_prefix: String,
-    /// The `[network]` of the agent's own file as flannel JSON, kept current by the agent's
-    /// reload loop: this store keeps no network config in the cluster.
-    pub network: FileNetwork,
     /// Namespace of the coordination Leases used for leadership.
     pub lease_namespace: String,
 }
@@ -62,51 +61,56 @@ pub struct KubeStore {
     leases: Api<CoordinationLease>,
     names: AnnotationNames,
     own: Arc<OwnNode>,
-    network: FileNetwork,
 }
 
 impl KubeStore {
     pub async fn connect(options: KubeOptions) -> Result<Self, StoreError> {
-        let names =
-            AnnotationNames::new(&options.annotation_prefix).map_err(|e| StoreError::Config(format!("store.{e}")))?;
+        let names = AnnotationNames::new(&options.annotation_prefix)
+            .map_err(|e| StoreError::config("store.annotation_prefix").because(e))?;
         if options.node_name.is_empty() {
-            return Err(StoreError::Config(
-                "store.kind = \"kube\" needs this host's node name: set store.node_name or NODE_NAME".into(),
+            return Err(StoreError::config(
+                "store.kind = \"kube\" needs this host's node name: set store.node_name or NODE_NAME",
             ));
         }
         let config = client_config(options.kubeconfig.as_ref()).await?;
         // rustls cannot pick a crypto provider by itself when several are compiled in (the AWS
         // SDK brings aws-lc-rs); kube builds its TLS config from the process default.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client =
-            kube::Client::try_from(config).map_err(|e| StoreError::Config(format!("kubernetes client: {e}")))?;
+        let client = kube::Client::try_from(config).map_err(|e| StoreError::config("kubernetes client").because(e))?;
         info!(node = %options.node_name, prefix = %options.annotation_prefix, "kubernetes store");
         Ok(KubeStore {
             nodes: Api::all(client.clone()),
             leases: Api::namespaced(client, &options.lease_namespace),
             names,
             own: Arc::new(OwnNode::new(&options.node_name)),
-            network: options.network,
         })
     }
 
     async fn own_node(&self) -> Result<Node, StoreError> {
         self.nodes.get(&self.own.name).await.map_err(|e| match e {
-            kube::Error::Api(ref r) if r.code == 404 => StoreError::Config(format!(
+            kube::Error::Api(ref r) if r.code == 404 => StoreError::config(format!(
                 "node {:?} does not exist: store.node_name (or NODE_NAME) must name this host's node",
                 self.own.name
-            )),
-            e => api_error(e),
+            ))
+            .because(e),
+            e => api_error(format!("read node {:?}", self.own.name), e),
         })
+    }
+
+    /// Our node's pod subnet, `None` while unassigned.
+    async fn own_pod_cidr(&self) -> Result<(Node, Option<Ipv4Net>), StoreError> {
+        let node = self.own_node().await?;
+        let cidr =
+            node::pod_cidr(&node).map_err(|e| StoreError::corrupt(format!("node {:?}", self.own.name)).because(e))?;
+        Ok((node, cidr))
     }
 
     /// Annotates our node with `attrs_json`, if `subnet` is its pod subnet: that is the only
     /// lease this host can hold in Kubernetes mode.
     async fn write_own(&self, subnet: Ipv4Net, attrs_json: &str) -> Result<WriteOutcome, StoreError> {
         let attrs: LeaseAttrs = serde_json::from_str(attrs_json)
-            .map_err(|e| StoreError::Corrupt(format!("lease attributes to write: {e}")))?;
-        let node = self.own_node().await?;
-        let assigned = node::pod_cidr(&node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            .map_err(|e| StoreError::corrupt(format!("lease attributes to write for {subnet}")).because(e))?;
+        let (node, assigned) = self.own_pod_cidr().await?;
         if assigned != Some(subnet) {
             return Ok(WriteOutcome::Conflict);
         }
@@ -123,7 +127,7 @@ impl KubeStore {
                 .nodes
                 .patch_status(&self.own.name, &PatchParams::default(), &Patch::Strategic(body))
                 .await
-                .map_err(api_error)?;
+                .map_err(|e| api_error(format!("annotate node {:?} with its lease", self.own.name), e))?;
             revision = node::revision(patched.metadata.resource_version.as_deref());
         }
         self.own.remember(attrs_json);
@@ -134,45 +138,35 @@ impl KubeStore {
 async fn client_config(kubeconfig: Option<&PathBuf>) -> Result<kube::Config, StoreError> {
     let options = KubeConfigOptions::default();
     if let Some(path) = kubeconfig {
-        let file = Kubeconfig::read_from(path)
-            .map_err(|e| StoreError::Config(format!("store.kubeconfig {}: {e}", path.display())))?;
-        return kube::Config::from_custom_kubeconfig(file, &options)
-            .await
-            .map_err(|e| StoreError::Config(format!("store.kubeconfig {}: {e}", path.display())));
+        let context = || StoreError::config(format!("store.kubeconfig {}", path.display()));
+        let file = Kubeconfig::read_from(path).map_err(|e| context().because(e))?;
+        return kube::Config::from_custom_kubeconfig(file, &options).await.map_err(|e| context().because(e));
     }
     // flannel's order: the pod's service account first, then the user's kubeconfig.
     match kube::Config::incluster() {
         Ok(config) => Ok(config),
         Err(in_cluster) => kube::Config::from_kubeconfig(&options).await.map_err(|e| {
-            StoreError::Config(format!(
-                "no Kubernetes API to talk to: not in a cluster ({in_cluster}) and no kubeconfig ({e}); set store.kubeconfig"
+            StoreError::config(format!(
+                "no Kubernetes API to talk to: not in a cluster ({in_cluster}) and no kubeconfig; set store.kubeconfig"
             ))
+            .because(e)
         }),
     }
 }
 
-/// API errors keep their status code in the message; transport errors mean the API is away.
-pub(crate) fn api_error(error: kube::Error) -> StoreError {
-    match error {
-        kube::Error::Api(e) => StoreError::Request(format!("kubernetes API: {} ({})", e.message, e.code)),
-        e => StoreError::Unavailable(format!("kubernetes API: {e}")),
-    }
+/// The API answering is a refused request; any other failure means the API is away.
+pub(crate) fn api_error(context: impl Into<String>, error: kube::Error) -> StoreError {
+    let kind = match error {
+        kube::Error::Api(_) => StoreError::request,
+        _ => StoreError::unavailable,
+    };
+    kind(format!("kubernetes API: {}", context.into())).because(error)
 }
 
 #[async_trait]
-impl Store for KubeStore {
-    async fn network_config(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.network.borrow().clone())
-    }
-
-    async fn put_network_config(&self, _json: &str) -> Result<(), StoreError> {
-        Err(StoreError::Config(
-            "store.kind = \"kube\" keeps no network config in the cluster: every agent reads the [network] table of its weft.toml (the ConfigMap)".into(),
-        ))
-    }
-
+impl LeaseStore for KubeStore {
     async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
-        let list = self.nodes.list(&ListParams::default()).await.map_err(api_error)?;
+        let list = self.nodes.list(&ListParams::default()).await.map_err(|e| api_error("list nodes", e))?;
         let mut leases = Vec::new();
         for node in &list.items {
             match events::lease_of(&self.names, &self.own, node) {
@@ -187,33 +181,21 @@ impl Store for KubeStore {
     /// Kubernetes decides who holds a subnet (the controller manager assigns `spec.podCIDR`):
     /// "creating" a lease annotates our node when `subnet` is its pod subnet, and is a conflict
     /// for any other subnet. TTLs do not apply.
-    async fn create_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs_json: &str,
-        _ttl: Option<Duration>,
-    ) -> Result<WriteOutcome, StoreError> {
-        self.write_own(subnet, attrs_json).await
+    async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
+        self.write_own(write.subnet, write.attrs_json).await
     }
 
     /// As `create_lease`: the node is ours whatever its resourceVersion, since only this agent
     /// writes these annotations on it.
-    async fn update_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs_json: &str,
-        _ttl: Option<Duration>,
-        _expected: Revision,
-    ) -> Result<WriteOutcome, StoreError> {
-        self.write_own(subnet, attrs_json).await
+    async fn update_lease(&self, write: LeaseWrite<'_>, _expected: Revision) -> Result<WriteOutcome, StoreError> {
+        self.write_own(write.subnet, write.attrs_json).await
     }
 
     /// Removes our node's lease annotations; other nodes are never written.
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
-        let node = self.own_node().await?;
-        let assigned = node::pod_cidr(&node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (node, assigned) = self.own_pod_cidr().await?;
         if assigned != Some(subnet) {
-            return Err(StoreError::Config(format!(
+            return Err(StoreError::config(format!(
                 "{subnet} is not the pod subnet of node {:?}: in Kubernetes mode an agent changes only its own node; delete the node to free its subnet",
                 self.own.name
             )));
@@ -231,7 +213,7 @@ impl Store for KubeStore {
         self.nodes
             .patch_status(&self.own.name, &PatchParams::default(), &Patch::Merge(body))
             .await
-            .map_err(api_error)?;
+            .map_err(|e| api_error(format!("remove the lease annotations of node {:?}", self.own.name), e))?;
         Ok(true)
     }
 
@@ -245,34 +227,30 @@ impl Store for KubeStore {
             .flat_map(move |event| {
                 let updates: Vec<Result<LeaseUpdate, StoreError>> = match event {
                     Ok(event) => tracker.on_event(event).into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(StoreError::Unavailable(format!("watching nodes: {e}")))],
+                    Err(e) => vec![Err(StoreError::unavailable("kubernetes API: watch nodes").because(e))],
                 };
                 stream::iter(updates)
             })
             .boxed()
     }
 
-    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        lead::lead(&self.leases, name, holder, ttl).await
-    }
-
-    /// The config is fixed for the life of the store: a changed ConfigMap reaches the agent as
-    /// a changed weft.toml (SIGHUP or a restart), which opens a new store.
-    fn watch_network_config(&self) -> BoxStream<'static, Result<Option<String>, StoreError>> {
-        crate::store::follow_file_network(self.network.clone())
-    }
-
     async fn assigned_subnet(&self) -> Result<Option<Ipv4Net>, StoreError> {
-        let node = self.own_node().await?;
-        match node::pod_cidr(&node).map_err(|e| StoreError::Corrupt(e.to_string()))? {
+        match self.own_pod_cidr().await?.1 {
             Some(subnet) => Ok(Some(subnet)),
             None => {
                 info!(node = %self.own.name, "waiting for the node's spec.podCIDR (assigned by kube-controller-manager --allocate-node-cidrs)");
-                Err(StoreError::Unavailable(format!(
+                Err(StoreError::unavailable(format!(
                     "node {:?} has no IPv4 spec.podCIDR yet; waiting for the controller manager to assign one",
                     self.own.name
                 )))
             }
         }
+    }
+}
+
+#[async_trait]
+impl Leadership for KubeStore {
+    async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        lead::lead(&self.leases, name, holder, ttl).await
     }
 }
