@@ -21,7 +21,7 @@ use crate::lab::report::{self, HostLine, LeaseLine};
 use crate::lab::state::{self, LabDir, AGENT_LISTEN};
 use crate::lab::{probe, wire, LabError, Node, Topology, LAB_PREFIX};
 use crate::netns::Netns;
-use crate::network::backend::{BackendConfig, NoOptions, VxlanConfig};
+use crate::network::backend::{BackendConfig, BackendKind, NoOptions, VxlanConfig};
 use crate::network::Network;
 use crate::store::{self, Store};
 
@@ -123,7 +123,7 @@ fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), CommandError> {
         return Err(e);
     }
     show(&topology, &dir)?;
-    if network.backend.type_name() == "alloc" {
+    if network.backend.kind() == BackendKind::Alloc {
         println!("\nBackend alloc leases subnets and installs no routes: ✗ between pods is expected.");
     }
     let h1 = topology.host(1);

@@ -101,7 +101,7 @@ pub fn lab_config(base: Option<&Config>, backend: Option<BackendConfig>, dir: &L
         None => config.agent.resync = LAB_RESYNC,
     }
     if let Some(backend) = backend {
-        if backend.type_name() != config.network.backend.type_name() {
+        if backend.kind() != config.network.backend.kind() {
             config.network.backend = backend;
         }
     }
