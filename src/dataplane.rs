@@ -217,7 +217,8 @@ impl Dataplane {
     }
 
     /// The kinds still serving peers that have not moved to the active one.
-    pub fn retiring_kinds(&self) -> Vec<BackendKind> {
+    #[cfg(test)]
+    fn retiring_kinds(&self) -> Vec<BackendKind> {
         self.retiring.iter().map(|r| r.backend.kind()).collect()
     }
 

@@ -16,7 +16,7 @@ use crate::heap;
 use crate::lease;
 use crate::leasing::{self, LeaseError, LeaseRequest, OwnLease};
 use crate::network::Network;
-use crate::store::{LeaseListing, LeaseUpdate, Store};
+use crate::store::{LeaseListing, LeaseStore, LeaseUpdate, NetworkSource};
 use crate::watch::{LeaseEvent, LeaseWatcher};
 
 /// How long to let a burst of kernel changes settle before repairing.
@@ -25,7 +25,7 @@ const KERNEL_CHANGE_SETTLE: Duration = Duration::from_millis(50);
 /// The network config from the store, once there is a valid one. The one writer of the network
 /// condition.
 pub(super) async fn wait_for_network(
-    store: &dyn Store,
+    store: &dyn NetworkSource,
     health: &Health,
     cancel: &CancellationToken,
 ) -> Result<Network, AgentError> {
@@ -58,7 +58,7 @@ pub(super) async fn wait_for_network(
 /// Our lease, retried until held. Readiness says why while it is not; the lease condition is
 /// cleared once `subnet.env` is written too ([`Running::take_up_lease`]).
 pub(super) async fn acquire_until_held(
-    store: &dyn Store,
+    store: &dyn LeaseStore,
     request: &LeaseRequest<'_>,
     health: &Health,
     cancel: &CancellationToken,

@@ -85,8 +85,6 @@ pub enum BackendError {
     /// Some peers could not be installed; the others were.
     #[error("{} peer(s) failed: {}", .0.len(), .0.join("; "))]
     Peers(Vec<String>),
-    #[error("cancelled")]
-    Cancelled,
 }
 
 impl BackendError {
