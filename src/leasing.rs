@@ -2,10 +2,11 @@
 //! with a create-if-absent write so two hosts never hold one subnet; renew before it runs out.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ipnet::Ipv4Net;
 use rand::Rng;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::lease::{self, Expiry, Lease, LeaseAttrs};
@@ -22,11 +23,20 @@ const RANDOM_TRIES: usize = 32;
 pub struct OwnLease {
     pub lease: Lease,
     pub revision: Revision,
+    /// When the lease runs out by this host's monotonic clock, fixed when it was written (`None`:
+    /// a reservation). Renewal is timed by it, not by the wall clock: a clock stepped back by an
+    /// hour must not let the lease lapse, one stepped forward must not renew it at once.
+    pub runs_out: Option<Instant>,
 }
 
 impl OwnLease {
     pub fn subnet(&self) -> Ipv4Net {
         self.lease.subnet
+    }
+
+    /// Whether the lease has run out by our clock (the store may have given the subnet away).
+    pub fn has_run_out(&self) -> bool {
+        self.runs_out.is_some_and(|at| at <= Instant::now())
     }
 }
 
@@ -50,6 +60,17 @@ pub struct LeaseRequest<'a> {
     pub ttl: Duration,
     /// The subnet written to subnet.env by a previous run.
     pub previous: Option<Ipv4Net>,
+    /// The lease this process held until a moment ago, and the revision of its last write: after
+    /// a reload changed our public IP, it is rewritten with the new one if nobody wrote it since,
+    /// rather than left behind for its TTL while we take another subnet.
+    pub handover: Option<(Ipv4Net, Revision)>,
+}
+
+impl<'a> LeaseRequest<'a> {
+    /// A request with nothing of a previous run.
+    pub fn new(network: &'a Network, attrs: &'a LeaseAttrs, ttl: Duration) -> Self {
+        LeaseRequest { network, attrs, ttl, previous: None, handover: None }
+    }
 }
 
 /// Acquires a lease for this host.
@@ -71,7 +92,7 @@ pub async fn acquire_listed(
     for _ in 0..CONFLICT_RETRIES {
         let listing = store.list_leases().await?;
         let leases = readable(&listing.leases, request.attrs.public_ip);
-        if let Some((existing, revision)) = ours(&leases, request) {
+        if let Some((existing, revision)) = ours(&leases, request).or_else(|| handed_over(&listing.leases, request)) {
             // A reservation for us stays a reservation: it never expires.
             let ttl = if existing.is_reservation() { None } else { Some(request.ttl) };
             let json = request.attrs.to_json();
@@ -140,20 +161,22 @@ pub async fn renew(
     }
 }
 
-/// How long until our lease should be renewed; zero when it is already due.
-pub fn renew_in(lease: &Lease, margin: Duration) -> Option<Duration> {
-    match lease.expiry {
-        Expiry::Never => None,
-        Expiry::Unknown => Some(Duration::ZERO),
-        Expiry::At(when) => {
-            let left = when.duration_since(std::time::SystemTime::now()).unwrap_or_default();
-            Some(left.saturating_sub(margin))
-        }
-    }
+/// How long until our lease should be renewed, `margin` before it runs out; zero when it is
+/// already due, `None` for a reservation.
+pub fn renew_in(own: &OwnLease, margin: Duration) -> Option<Duration> {
+    let left = own.runs_out?.saturating_duration_since(Instant::now());
+    Some(left.saturating_sub(margin))
 }
 
 fn own(subnet: Ipv4Net, attrs: &LeaseAttrs, expiry: Expiry, revision: Revision) -> OwnLease {
-    OwnLease { lease: Lease { subnet, attrs: attrs.clone(), expiry }, revision }
+    let now = Instant::now();
+    let runs_out = match expiry {
+        Expiry::Never => None,
+        // Not said until when: renew at once, which tells us.
+        Expiry::Unknown => Some(now),
+        Expiry::At(when) => Some(now + when.duration_since(SystemTime::now()).unwrap_or_default()),
+    };
+    OwnLease { lease: Lease { subnet, attrs: attrs.clone(), expiry }, revision, runs_out }
 }
 
 /// The leases whose PublicIP is `public_ip` (and the unreadable ones, to warn about), parsed.
@@ -185,6 +208,15 @@ fn ours(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<(Lea
     let mut candidates: Vec<_> = mine.cloned().collect();
     candidates.sort_by_key(|(l, _)| Some(l.subnet) != request.previous);
     candidates.into_iter().next()
+}
+
+/// The lease handed over from before a reload, if it is still as we last wrote it.
+fn handed_over(raw: &[RawLease], request: &LeaseRequest<'_>) -> Option<(Lease, Revision)> {
+    let (subnet, revision) = request.handover?;
+    let key = lease::subnet_key(subnet);
+    let entry = raw.iter().find(|r| r.key == key && r.mod_revision == revision)?;
+    let lease = entry.parse().ok()?;
+    request.network.contains_subnet(&lease.subnet).then_some((lease, revision))
 }
 
 /// A random subnet in the allocation range that no key holds.
@@ -241,7 +273,7 @@ mod tests {
         }
 
         fn request<'a>(network: &'a Network, attrs: &'a LeaseAttrs, previous: Option<&str>) -> LeaseRequest<'a> {
-            LeaseRequest { network, attrs, ttl: TTL, previous: previous.map(|p| p.parse().unwrap()) }
+            LeaseRequest { previous: previous.map(|p| p.parse().unwrap()), ..LeaseRequest::new(network, attrs, TTL) }
         }
 
         #[tokio::test]
@@ -273,6 +305,25 @@ mod tests {
             assert_eq!(again.subnet(), first.subnet());
             assert!(again.revision > first.revision);
             assert_eq!(store.list_leases().await.unwrap().leases.len(), 1);
+        }
+
+        #[tokio::test]
+        async fn a_handed_over_lease_moves_to_our_new_address() {
+            let (store, n, before) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
+            let held = acquire(&store, &request(&n, &before, None)).await.unwrap();
+            // A reload changed our public IP: the lease we held is rewritten, not orphaned.
+            let after = attrs(9);
+            let handover = Some((held.subnet(), held.revision));
+            let moved = acquire(&store, &LeaseRequest { handover, ..request(&n, &after, None) }).await.unwrap();
+            assert_eq!(moved.subnet(), held.subnet());
+            let stored = store.list_leases().await.unwrap().leases;
+            assert_eq!(stored.len(), 1, "one lease, not two");
+            assert_eq!(stored[0].parse().unwrap().attrs, after);
+            // Written by someone since (here: renewed by the new address): not handed over again.
+            let stale = Some((held.subnet(), held.revision));
+            let third = attrs(10);
+            let other = acquire(&store, &LeaseRequest { handover: stale, ..request(&n, &third, None) }).await.unwrap();
+            assert_ne!(other.subnet(), held.subnet());
         }
 
         #[tokio::test]
@@ -340,18 +391,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn renewal_timing() {
-        let lease = |expiry| Lease {
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            attrs: LeaseAttrs::new("192.0.2.1".parse().unwrap(), "alloc", serde_json::Value::Null),
-            expiry,
-        };
-        assert_eq!(renew_in(&lease(Expiry::Never), Duration::from_secs(60)), None);
-        let soon = Expiry::At(std::time::SystemTime::now() + Duration::from_secs(30));
-        assert_eq!(renew_in(&lease(soon), Duration::from_secs(60)), Some(Duration::ZERO));
-        let later = Expiry::At(std::time::SystemTime::now() + Duration::from_secs(3600));
-        let due = renew_in(&lease(later), Duration::from_secs(600)).unwrap();
+    #[tokio::test(start_paused = true)]
+    async fn renewal_is_timed_by_the_monotonic_clock() {
+        let attrs = LeaseAttrs::new("192.0.2.1".parse().unwrap(), "alloc", serde_json::Value::Null);
+        let subnet = "10.244.1.0/24".parse().unwrap();
+        let margin = Duration::from_secs(600);
+        assert_eq!(renew_in(&own(subnet, &attrs, Expiry::Never, 1), margin), None);
+        assert_eq!(renew_in(&own(subnet, &attrs, Expiry::Unknown, 1), margin), Some(Duration::ZERO));
+        let soon = own(subnet, &attrs, Expiry::At(SystemTime::now() + Duration::from_secs(30)), 1);
+        assert_eq!(renew_in(&soon, margin), Some(Duration::ZERO));
+
+        let mut held = own(subnet, &attrs, Expiry::At(SystemTime::now() + Duration::from_secs(3600)), 1);
+        let due = renew_in(&held, margin).unwrap();
         assert!(due > Duration::from_secs(2990) && due <= Duration::from_secs(3000), "{due:?}");
+        // The wall clock stepped (what it says of the expiry moves), the monotonic one did not:
+        // renewal stays where it was.
+        held.lease.expiry = Expiry::At(SystemTime::now() - Duration::from_secs(7200));
+        assert_eq!(renew_in(&held, margin), Some(due));
+        assert!(!held.has_run_out());
+        tokio::time::advance(Duration::from_secs(3000)).await;
+        assert_eq!(renew_in(&held, margin), Some(Duration::ZERO));
+        assert!(!held.has_run_out(), "due for renewal, not run out");
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(held.has_run_out());
     }
 }

@@ -91,8 +91,7 @@ async fn fifty_concurrent_acquisitions_get_fifty_subnets() {
             let options = EtcdOptions { endpoints: vec![endpoint], ..Default::default() };
             let store = EtcdStore::connect(options).await.unwrap();
             let attrs = LeaseAttrs::new([198, 51, 100, host].into(), "alloc", serde_json::Value::Null);
-            let request =
-                LeaseRequest { network: &network, attrs: &attrs, ttl: Duration::from_secs(60), previous: None };
+            let request = LeaseRequest::new(&network, &attrs, Duration::from_secs(60));
             leasing::acquire(&store, &request).await.unwrap().subnet()
         }));
     }
@@ -309,6 +308,106 @@ fn sighup_with_a_broken_file_keeps_running() {
     a.signal("HUP");
     a.wait_for("the reload error", 10, |ag| ag.log_text().contains("keeping the running configuration"));
     assert_eq!(a.get("/readyz").0, 200);
+    assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
+    a.stop();
+}
+
+/// An edit whose store cannot be opened (here an unreadable CA file) is reported and changes
+/// nothing: the running agent keeps its store, its lease and its readiness.
+#[test]
+fn a_reload_whose_store_cannot_be_opened_keeps_running() {
+    let etcd = EtcdServer::start();
+    let setup = Setup::etcd(&etcd.endpoint, ALLOC);
+    setup.ok(&["network", "apply"]);
+    let mut a = setup.agent("a", "198.51.100.1", &[]);
+    let subnet = a.wait_subnet();
+    let original = std::fs::read_to_string(&setup.config).unwrap();
+    let broken = original.replace("[store]\n", "[store]\nca_file = \"/nonexistent/weft-ca.pem\"\n");
+    assert_ne!(broken, original);
+    std::fs::write(&setup.config, broken).unwrap();
+    a.signal("HUP");
+    a.wait_for("the reload error", 10, |ag| ag.log_text().contains("cannot open the store of the new configuration"));
+    assert!(a.log_text().contains("/nonexistent/weft-ca.pem"), "the error names the file: {}", a.log_text());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(a.get("/readyz").0, 200, "{}", a.log_text());
+    assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
+    // The running agent still follows the store: another host (started from the mended file)
+    // appears.
+    std::fs::write(&setup.config, original).unwrap();
+    let mut b = setup.agent("b", "198.51.100.2", &[]);
+    b.wait_subnet();
+    a.wait_for("the other host", 10, |ag| ag.metric("weft_leases_watched") == 1.0);
+    a.stop();
+    b.stop();
+}
+
+/// An edit that opens but then fails to run (an interface that does not exist) goes back to the
+/// configuration that ran before it, with the same lease.
+#[test]
+fn a_reload_that_fails_to_run_goes_back_to_the_previous_configuration() {
+    let etcd = EtcdServer::start();
+    let setup = Setup::etcd(&etcd.endpoint, ALLOC);
+    let original = std::fs::read_to_string(&setup.config).unwrap();
+    let with_host = original.replace("[agent]\n", "[agent]\niface = [\"lo\"]\npublic_ip = \"198.51.100.1\"\n");
+    std::fs::write(&setup.config, &with_host).unwrap();
+    setup.ok(&["network", "apply"]);
+    let mut a = setup.agent_from_file("a");
+    let subnet = a.wait_subnet();
+    std::fs::write(&setup.config, with_host.replace("iface = [\"lo\"]", "iface = [\"weft-missing0\"]")).unwrap();
+    a.wait_for("the fallback", 15, |ag| ag.log_text().contains("going back to the previous one"));
+    a.wait_for("readiness again", 15, |ag| ag.get("/readyz").0 == 200);
+    assert!(a.log_text().contains("weft-missing0"), "the error names the interface: {}", a.log_text());
+    assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
+    a.stop();
+}
+
+/// etcd gone for longer than the lease's TTL: the agent says its lease ran out (readiness 503
+/// naming it) instead of reporting ready, and is ready again with the same subnet once etcd is
+/// back.
+#[test]
+fn a_lease_that_runs_out_while_the_store_is_gone_is_reported() {
+    let mut etcd = EtcdServer::start();
+    let setup = Setup::etcd(&etcd.endpoint, ALLOC);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let short = text
+        .replace("lease_ttl = \"30s\"", "lease_ttl = \"4s\"")
+        .replace("renew_margin = \"10s\"", "renew_margin = \"2s\"");
+    assert_ne!(short, text);
+    std::fs::write(&setup.config, short).unwrap();
+    setup.ok(&["network", "apply"]);
+    let mut a = setup.agent("a", "198.51.100.1", &[]);
+    let subnet = a.wait_subnet();
+    a.wait_for("readiness", 10, |ag| ag.get("/readyz").0 == 200);
+    etcd.stop();
+    a.wait_for("the lease to be reported run out", 20, |ag| {
+        let (status, body) = ag.get("/readyz");
+        status == 503 && body.contains("lease") && body.contains("ran out")
+    });
+    assert_eq!(a.get("/healthz").0, 200, "alive all along");
+    etcd.restart();
+    a.wait_for("readiness after etcd returned", 30, |ag| ag.get("/readyz").0 == 200);
+    assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
+    a.stop();
+}
+
+/// An edit of the public IP moves our lease to the new address: the same subnet, one lease in
+/// the store, not a second one while the first is left to run out.
+#[test]
+fn an_edited_public_ip_keeps_the_subnet_and_leaves_no_lease_behind() {
+    let etcd = EtcdServer::start();
+    let setup = Setup::etcd(&etcd.endpoint, ALLOC);
+    let original = std::fs::read_to_string(&setup.config).unwrap();
+    let with_host = original.replace("[agent]\n", "[agent]\niface = [\"lo\"]\npublic_ip = \"198.51.100.1\"\n");
+    std::fs::write(&setup.config, &with_host).unwrap();
+    setup.ok(&["network", "apply"]);
+    let mut a = setup.agent_from_file("a");
+    let subnet = a.wait_subnet();
+    std::fs::write(&setup.config, with_host.replace("198.51.100.1", "198.51.100.9")).unwrap();
+    let value = || etcd.etcdctl(&["get", "--print-value-only", &key(&subnet)]);
+    a.wait_for("the lease to move", 15, |_| value().contains("198.51.100.9"));
+    let keys = etcd.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"]);
+    assert_eq!(keys.split_whitespace().count(), 1, "{keys}");
+    a.wait_for("readiness", 10, |ag| ag.get("/readyz").0 == 200);
     assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
     a.stop();
 }

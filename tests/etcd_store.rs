@@ -404,3 +404,34 @@ async fn tls_with_client_certificates() {
     let error = refused(EtcdOptions { ca_file: Some(certs.client_cert.clone()), ..opts }).await;
     assert!(error.contains("UnknownIssuer"), "{error}");
 }
+
+/// etcd with authentication on and simple tokens lapsing after 2 s idle: an agent's store that
+/// sat idle for three times that still renews its lease (the client signs in again when etcd
+/// says its token is no longer valid), and a wrong password is an error, not a hang.
+#[tokio::test]
+async fn an_idle_client_renews_after_its_auth_token_lapsed() {
+    const TOKEN_TTL_SECS: u32 = 2;
+    let server = EtcdServer::start_with_auth("s3cret", TOKEN_TTL_SECS);
+    let opts = EtcdOptions {
+        endpoints: vec![server.endpoint.clone()],
+        username: Some("root".into()),
+        password: Some("s3cret".into()),
+        ..EtcdOptions::default()
+    };
+    let store = EtcdStore::connect(opts.clone()).await.expect("connect with a password");
+    let revision = create(&store, "10.244.9.0/24", HOUR).await;
+    tokio::time::sleep(Duration::from_secs(3 * u64::from(TOKEN_TTL_SECS) + 1)).await;
+    let renewed = store
+        .update_lease(LeaseWrite::new(net("10.244.9.0/24"), &attrs(1), HOUR), revision)
+        .await
+        .expect("renewal after the token lapsed");
+    assert!(written(renewed) > revision);
+    let listed = store.list_leases().await.expect("list after the token lapsed");
+    assert_eq!(listed.leases.len(), 1);
+
+    let wrong = EtcdOptions { password: Some("wrong".into()), ..opts };
+    let started = Instant::now();
+    let error = EtcdStore::connect(wrong).await.expect_err("a wrong password is refused");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(error.to_string().contains("authentication failed"), "{error}");
+}

@@ -79,6 +79,42 @@ pub(super) async fn acquire_until_held(
     }
 }
 
+/// When to renew our lease: `renew_margin` before it runs out, or, after a failed attempt, at the
+/// next step of a jittered backoff.
+#[derive(Debug)]
+pub(super) struct Renewal {
+    backoff: Backoff,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Renewal {
+    const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+    pub(super) fn new() -> Self {
+        Renewal { backoff: Backoff::exponential(Self::RETRY_FIRST, Backoff::MAX), retry_at: None }
+    }
+
+    /// How long until the next attempt; `None`: never (a reservation).
+    fn due_in(&self, own: &OwnLease, margin: Duration) -> Option<Duration> {
+        match self.retry_at {
+            Some(at) => Some(at.saturating_duration_since(tokio::time::Instant::now())),
+            None => leasing::renew_in(own, margin),
+        }
+    }
+
+    /// Schedules the next attempt; returns how far off it is.
+    fn failed(&mut self) -> Duration {
+        let delay = self.backoff.step();
+        self.retry_at = Some(tokio::time::Instant::now() + delay);
+        delay
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff.reset();
+        self.retry_at = None;
+    }
+}
+
 /// Sleeps; [`AgentError::Cancelled`] when cancelled first.
 async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> Result<(), AgentError> {
     tokio::select! {
@@ -105,7 +141,7 @@ impl Running {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
         loop {
-            let renew_in = leasing::renew_in(&self.own.lease, self.config.agent.renew_margin);
+            let renew_in = self.renewal.due_in(&self.own, self.config.agent.renew_margin);
             let renew_at = tokio::time::sleep(renew_in.unwrap_or(Duration::from_secs(86400 * 365)));
             tokio::select! {
                 _ = cancel.cancelled() => {
@@ -271,20 +307,34 @@ impl Running {
             Ok(own) => {
                 debug!(subnet = %own.subnet(), "lease renewed");
                 self.own = own;
+                self.renewal.succeeded();
+                self.health.ok(Condition::Lease);
                 self.health.metrics.renewals.inc();
                 self.note_expiry();
                 self.check_backend(watcher, true).await;
                 Ok(())
             }
             Err(LeaseError::Lost(subnet)) => {
+                self.renewal.succeeded();
                 warn!(%subnet, "our lease changed in the store before renewal; acquiring again");
                 self.reacquire(watcher, cancel).await
             }
             Err(e) => {
-                // Try again shortly: the lease is still valid for the renew margin.
+                // Tried again on a jittered backoff, without holding up the watch: the lease is
+                // still valid for the renew margin, and hosts cut off together do not retry in
+                // step.
                 self.health.metrics.store_errors.inc();
-                warn!(error = %e, "renewing the lease; retrying");
-                sleep_or_cancel(Duration::from_secs(1), cancel).await
+                let retry_in = self.renewal.failed();
+                warn!(error = %e, ?retry_in, "renewing the lease; retrying");
+                if self.own.has_run_out() {
+                    let problem = format!(
+                        "our lease on {} ran out while the store could not be reached; another host may be given the subnet ({e})",
+                        self.own.subnet()
+                    );
+                    error!("{problem}");
+                    self.health.fail(Condition::Lease, problem);
+                }
+                Ok(())
             }
         }
     }
@@ -297,7 +347,7 @@ impl Running {
         self.health.fail(Condition::Lease, format!("our lease on {} was lost; acquiring again", self.own.subnet()));
         let previous = Some(self.own.subnet());
         let request =
-            LeaseRequest { network: &self.network, attrs: &self.attrs, ttl: self.config.agent.lease_ttl, previous };
+            LeaseRequest { previous, ..LeaseRequest::new(&self.network, &self.attrs, self.config.agent.lease_ttl) };
         let (own, listing) = acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await?;
         self.listing = listing;
         let moved = own.subnet() != self.own.subnet();
@@ -313,5 +363,34 @@ impl Running {
         // Our old subnet may be someone else's now: bring the backend up to date at once.
         self.initial_listing(watcher, cancel).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{Expiry, Lease, LeaseAttrs};
+
+    fn held_for(ttl: Duration) -> OwnLease {
+        let attrs = LeaseAttrs::new("192.0.2.1".parse().unwrap(), "alloc", serde_json::Value::Null);
+        let lease = Lease { subnet: "10.244.1.0/24".parse().unwrap(), attrs, expiry: Expiry::Unknown };
+        OwnLease { lease, revision: 1, runs_out: Some(tokio::time::Instant::now() + ttl) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_renewals_back_off_with_jitter_and_a_success_resumes_the_schedule() {
+        let (own, margin) = (held_for(Duration::from_secs(3600)), Duration::from_secs(600));
+        let mut renewal = Renewal::new();
+        assert_eq!(renewal.due_in(&own, margin), Some(Duration::from_secs(3000)));
+        let delays: Vec<Duration> = (0..8).map(|_| renewal.failed()).collect();
+        assert_eq!(delays[0], Renewal::RETRY_FIRST, "the first retry comes after a second");
+        assert!(delays.iter().all(|d| *d >= Renewal::RETRY_FIRST && *d <= Backoff::MAX), "{delays:?}");
+        assert_eq!(renewal.due_in(&own, margin), Some(delays[7]), "the watch is not held up: a timer");
+        // Hosts that failed together draw different delays.
+        let mut other = Renewal::new();
+        let theirs: Vec<Duration> = (0..8).map(|_| other.failed()).collect();
+        assert_ne!(delays, theirs);
+        renewal.succeeded();
+        assert_eq!(renewal.due_in(&own, margin), Some(Duration::from_secs(3000)));
     }
 }

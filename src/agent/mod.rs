@@ -59,20 +59,25 @@ struct Running {
     data: LeaseData,
     attrs: LeaseAttrs,
     own: OwnLease,
+    /// When to renew `own` next.
+    renewal: lease_loop::Renewal,
     /// Every lease as listed while acquiring ours: the first delivery to the backend, saving a
     /// second listing of the whole cluster at start.
     listing: Option<LeaseListing>,
 }
 
 /// Runs the agent until `cancel`. The lease and whatever the backend installed stay in place when
-/// it returns: a restarted agent takes them back without disturbing traffic.
+/// it returns: a restarted agent takes them back without disturbing traffic. `handover` is the
+/// lease a previous run in this process held (a reload); the lease held at the end is returned
+/// for the next one.
 pub async fn run(
     config: Config,
     store: Arc<dyn Store>,
     health: Arc<Health>,
+    handover: Option<OwnLease>,
     cancel: CancellationToken,
-) -> Result<(), AgentError> {
-    run_with(config, store, health, Dataplane::netlink(), cancel).await
+) -> Result<Option<OwnLease>, AgentError> {
+    run_with(config, store, health, Dataplane::netlink(), handover, cancel).await
 }
 
 /// [`run`] with the data plane supplied (tests use an in-memory kernel).
@@ -81,11 +86,15 @@ pub async fn run_with(
     store: Arc<dyn Store>,
     health: Arc<Health>,
     dataplane: Dataplane,
+    handover: Option<OwnLease>,
     cancel: CancellationToken,
-) -> Result<(), AgentError> {
-    match start_and_run(config, store, health, dataplane, &cancel).await {
-        Err(AgentError::Cancelled) => Ok(()),
-        other => other,
+) -> Result<Option<OwnLease>, AgentError> {
+    match start_and_run(config, store, health, dataplane, handover.clone(), &cancel).await {
+        Ok(own) => Ok(Some(own)),
+        // Stopped before a lease was held (or while acquiring it again): what was handed over
+        // is still the best guess for the next run.
+        Err(AgentError::Cancelled) => Ok(handover),
+        Err(e) => Err(e),
     }
 }
 
@@ -94,8 +103,9 @@ async fn start_and_run(
     store: Arc<dyn Store>,
     health: Arc<Health>,
     mut dataplane: Dataplane,
+    handover: Option<OwnLease>,
     cancel: &CancellationToken,
-) -> Result<(), AgentError> {
+) -> Result<OwnLease, AgentError> {
     let ext = iface::discover(&config.agent).await?;
     info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
     let network = lease_loop::wait_for_network(store.as_ref(), &health, cancel).await?;
@@ -105,12 +115,15 @@ async fn start_and_run(
     let data = prepared.lease_data().clone();
     let attrs = LeaseAttrs::new(ext.public_ip, data.kind.as_str(), data.backend_data.clone());
     let previous = subnet_env::previous_subnet(&config.agent.subnet_file);
-    let request = LeaseRequest { network: &network, attrs: &attrs, ttl: config.agent.lease_ttl, previous };
+    let handover = handover.map(|own| (own.subnet(), own.revision));
+    let request = LeaseRequest { previous, handover, ..LeaseRequest::new(&network, &attrs, config.agent.lease_ttl) };
     let (own, listing) = lease_loop::acquire_until_held(store.as_ref(), &request, &health, cancel).await?;
     let ready = dataplane.start(prepared, &own.lease).await?;
     dataplane.activate(ready).await;
     health.ok(Condition::Backend);
-    let mut running = Running { store, health, config, network, ext, dataplane, data, attrs, own, listing };
+    let renewal = lease_loop::Renewal::new();
+    let mut running = Running { store, health, config, network, ext, dataplane, data, attrs, own, renewal, listing };
     running.take_up_lease().await?;
-    running.watch_and_renew(cancel).await
+    running.watch_and_renew(cancel).await?;
+    Ok(running.own)
 }

@@ -75,21 +75,34 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     let mut hangup = signal(SignalKind::hangup()).map_err(runtime)?;
     // The file's [network], for stores that keep none (kube); a reload hands it the new table.
     let network_file = FileNetworkSource::new(&config.network);
+    let mut store = store::open_with_network(&config.store, &network_file).await?;
+    // The configuration that ran before the last reload: where to go back to if the new one
+    // fails (say its interface does not exist), once.
+    let mut fallback: Option<Config> = None;
+    // The lease the last run held: after a reload that changed our address it moves with us.
+    let mut handover = None;
     loop {
-        let store = store::open_with_network(&config.store, &network_file).await?;
         let generation = shutdown.child_token();
-        let mut task = tokio::spawn(agent::run(config.clone(), store, health.clone(), generation.clone()));
+        let run = agent::run(config.clone(), store, health.clone(), handover.take(), generation.clone());
+        let mut task = tokio::spawn(run);
         let next = loop {
             let why = tokio::select! {
                 finished = &mut task => {
-                    return match finished {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(CommandError::Runtime(e.to_string())),
-                        Err(e) => Err(CommandError::Runtime(format!("agent task failed: {e}"))),
+                    let error = match finished {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => format!("agent task failed: {e}"),
                     };
+                    let Some(previous) = fallback.take() else {
+                        return Err(CommandError::Runtime(error));
+                    };
+                    error!(%error, "the new configuration failed; going back to the previous one");
+                    network_file.set(&previous.network);
+                    config = previous;
+                    break Next::Fallback(store::open_with_network(&config.store, &network_file).await?);
                 }
-                _ = terminate.recv() => break None,
-                _ = interrupt.recv() => break None,
+                _ = terminate.recv() => break Next::Stop,
+                _ = interrupt.recv() => break Next::Stop,
                 _ = hangup.recv() => "SIGHUP",
                 _ = file.changed() => "config file changed",
             };
@@ -105,6 +118,19 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
                 info!("{why}: configuration unchanged");
                 continue;
             }
+            // The new store is opened while the running agent goes on: a store that cannot be
+            // opened (an unreadable CA file, etcd refusing the password) keeps the running one.
+            let reopened = if needs_restart(&config, &new) {
+                match store::open_with_network(&new.store, &network_file).await {
+                    Ok(store) => Some(store),
+                    Err(e) => {
+                        error!(error = %e, "{why}: cannot open the store of the new configuration; keeping the running configuration");
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             if new.agent.log_level != config.agent.log_level {
                 crate::logging::set_log_level(&new.agent.log_level);
                 info!(log_level = %new.agent.log_level, "{why}: log level changed");
@@ -115,20 +141,38 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
             if network_file.set(&new.network) {
                 info!("{why}: [network] changed: followed live where it comes from this file (kube), else once published with `weft network apply`");
             }
-            let restart = needs_restart(&config, &new);
-            config = new;
-            if restart {
-                break Some(());
+            let previous = std::mem::replace(&mut config, new);
+            if let Some(store) = reopened {
+                fallback = Some(previous);
+                break Next::Reload(store);
             }
         };
-        generation.cancel();
-        wait(task).await?;
-        if next.is_none() {
-            shutdown.cancel();
-            return Ok(());
+        match next {
+            Next::Stop => {
+                generation.cancel();
+                wait(task).await?;
+                shutdown.cancel();
+                return Ok(());
+            }
+            Next::Reload(reopened) => {
+                generation.cancel();
+                handover = wait(task).await?;
+                store = reopened;
+            }
+            // The failed run is over already.
+            Next::Fallback(reopened) => store = reopened,
         }
         info!("configuration changed: restarting the agent loop; the lease and installed state are kept");
     }
+}
+
+/// What the reload loop does once the running agent loop is over.
+enum Next {
+    Stop,
+    /// Stop the running loop and start it again with the new configuration and its store.
+    Reload(Arc<dyn crate::store::Store>),
+    /// The loop of a new configuration failed: start it again with the previous one and its store.
+    Fallback(Arc<dyn crate::store::Store>),
 }
 
 /// Whether a change needs the agent loop restarted (the log level and listen address apply without).
@@ -237,7 +281,9 @@ async fn cleanup() -> Result<(), CommandError> {
     }
 }
 
-async fn wait(task: tokio::task::JoinHandle<Result<(), agent::AgentError>>) -> Result<(), CommandError> {
+async fn wait(
+    task: tokio::task::JoinHandle<Result<Option<crate::leasing::OwnLease>, agent::AgentError>>,
+) -> Result<Option<crate::leasing::OwnLease>, CommandError> {
     match task.await {
         Ok(result) => result.map_err(|e| CommandError::Runtime(e.to_string())),
         Err(e) => Err(CommandError::Runtime(format!("agent task failed: {e}"))),

@@ -21,6 +21,7 @@ use super::{
     expiry_after, receiver_stream, Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource,
     RawLease, Revision, StoreError, WriteOutcome,
 };
+use crate::backoff::Backoff;
 use crate::lease::{subnet_key, Expiry};
 
 /// How long one request may take before etcd counts as unavailable. The client's balancer waits
@@ -40,8 +41,10 @@ const KEY_BY_KEY_LOOKUPS: usize = 32;
 const TTL_LOOKUP_CONCURRENCY: usize = 16;
 /// Updates a watch buffers for a slow consumer before it stops reading from etcd.
 const WATCH_BUFFER: usize = 256;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A broken watch is opened again after 100 ms, growing to 5 s, jittered: the agents of a cluster
+/// whose etcd restarted come back spread out, not in one burst.
+const WATCH_RETRY_FIRST: Duration = Duration::from_millis(100);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 // gRPC status codes (tonic's `Code` is not re-exported by etcd-client).
 const GRPC_CANCELLED: i32 = 1;
@@ -153,30 +156,36 @@ impl EtcdStore {
         }
     }
 
-    /// Puts `key` attached to `grant` if `condition` holds.
+    /// Puts `key` attached to `grant` if `condition` holds. The grant is revoked when the put
+    /// certainly did not happen, and when its outcome is unknown only if `write` says so.
     async fn conditional_put(
         &self,
         key: String,
         value: &str,
         condition: Compare,
         grant: Option<Grant>,
+        write: WriteKind,
         context: &str,
     ) -> Result<WriteOutcome, StoreError> {
         let put_options = grant.map(|g| PutOptions::new().with_lease(g.id));
         let txn = Txn::new().when([condition]).and_then([TxnOp::put(key, value, put_options)]);
-        let outcome = match timed(context, self.client.clone().txn(txn)).await {
+        match timed(context, self.client.clone().txn(txn)).await {
             Ok(resp) if resp.succeeded() => {
                 let revision = header_revision(resp.header(), context)?;
                 let expiry = expiry_after(grant.map(|g| g.ttl));
-                return Ok(WriteOutcome::Written { revision, expiry });
+                Ok(WriteOutcome::Written { revision, expiry })
             }
-            Ok(_) => Ok(WriteOutcome::Conflict),
-            // Whether the put happened is unknown: revoking removes the key if it did, so the
-            // caller's view (not written) stays true.
-            Err(err) => Err(err),
-        };
-        self.revoke(grant).await;
-        outcome
+            Ok(_) => {
+                self.revoke(grant).await;
+                Ok(WriteOutcome::Conflict)
+            }
+            Err(err) => {
+                if write.revoke_when_unknown() {
+                    self.revoke(grant).await;
+                }
+                Err(err)
+            }
+        }
     }
 
     /// The etcd lease id of each of `names` that still exists (0: no lease).
@@ -225,7 +234,7 @@ impl EtcdStore {
     /// Streams watch updates into `tx` until the consumer goes away. Every broken watch is
     /// reported once, then the leases are listed again (`Resync`) and watched from there.
     async fn watch_loop(&self, mut after: Revision, tx: &mpsc::Sender<WatchItem>) {
-        let mut backoff = Backoff::default();
+        let mut backoff = watch_backoff();
         loop {
             let Some(err) = self.follow(after, tx, &mut backoff).await else {
                 return;
@@ -246,7 +255,7 @@ impl EtcdStore {
     /// Sends only changes of value.
     async fn config_loop(&self, tx: &mpsc::Sender<Result<Option<String>, StoreError>>) {
         let context = format!("watch network config {}", self.keys.config);
-        let mut backoff = Backoff::default();
+        let mut backoff = watch_backoff();
         let mut last: Option<Option<String>> = None;
         loop {
             match self.follow_config(&context, &mut last, tx, &mut backoff).await {
@@ -257,7 +266,7 @@ impl EtcdStore {
                     }
                 }
             }
-            tokio::time::sleep(backoff.next_delay()).await;
+            tokio::time::sleep(backoff.step()).await;
         }
     }
 
@@ -322,7 +331,7 @@ impl EtcdStore {
     /// Lists the leases, retrying with backoff until etcd answers.
     async fn relist(&self, backoff: &mut Backoff) -> LeaseListing {
         loop {
-            tokio::time::sleep(backoff.next_delay()).await;
+            tokio::time::sleep(backoff.step()).await;
             match self.list_leases().await {
                 Ok(listing) => return listing,
                 Err(err) => tracing::debug!(%err, "etcd watch: listing leases again failed"),
@@ -421,7 +430,7 @@ impl LeaseStore for EtcdStore {
         let grant = self.grant(write.ttl, &context).await?;
         // flannel's rule: only a key that does not exist yet may be taken.
         let absent = Compare::version(key.clone(), CompareOp::Equal, 0);
-        self.conditional_put(key, write.attrs_json, absent, grant, &context).await
+        self.conditional_put(key, write.attrs_json, absent, grant, WriteKind::Create, &context).await
     }
 
     async fn update_lease(&self, write: LeaseWrite<'_>, expected: Revision) -> Result<WriteOutcome, StoreError> {
@@ -431,7 +440,7 @@ impl LeaseStore for EtcdStore {
         // unused (it may hold other keys, so it is not revoked).
         let grant = self.grant(write.ttl, &context).await?;
         let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, expected);
-        self.conditional_put(key, write.attrs_json, unchanged, grant, &context).await
+        self.conditional_put(key, write.attrs_json, unchanged, grant, WriteKind::Rewrite, &context).await
     }
 
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
@@ -516,14 +525,14 @@ impl Leadership for EtcdStore {
         let context = format!("lead {key}");
         let grant = self.grant(Some(ttl), &context).await?;
         let vacant = Compare::version(key.clone(), CompareOp::Equal, 0);
-        if let WriteOutcome::Written { .. } = self.conditional_put(key.clone(), holder, vacant, grant, &context).await?
-        {
+        let taken = self.conditional_put(key.clone(), holder, vacant, grant, WriteKind::Create, &context).await?;
+        if let WriteOutcome::Written { .. } = taken {
             return Ok(true);
         }
         // Held: by us, the turn is extended; by another agent, we wait for it to lapse.
         let grant = self.grant(Some(ttl), &context).await?;
         let ours = Compare::value(key.clone(), CompareOp::Equal, holder);
-        let outcome = self.conditional_put(key, holder, ours, grant, &context).await?;
+        let outcome = self.conditional_put(key, holder, ours, grant, WriteKind::Rewrite, &context).await?;
         Ok(matches!(outcome, WriteOutcome::Written { .. }))
     }
 }
@@ -535,6 +544,24 @@ type WatchItem = Result<LeaseUpdate, StoreError>;
 struct Grant {
     id: i64,
     ttl: Duration,
+}
+
+/// What a conditional put does, which decides what to do with its new grant when etcd's answer
+/// never came (a timeout, a broken connection: the put may or may not have landed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteKind {
+    /// Creates a key that did not exist: revoking removes it again if the put landed, so "not
+    /// written" stays true for the caller, who tries again.
+    Create,
+    /// Rewrites a key we hold (a renewal): if the put landed, the key now hangs on the new grant
+    /// and revoking it would delete our own lease. Left alone, an unused grant runs out.
+    Rewrite,
+}
+
+impl WriteKind {
+    fn revoke_when_unknown(self) -> bool {
+        self == WriteKind::Create
+    }
 }
 
 /// The store's key names under one prefix.
@@ -578,28 +605,8 @@ impl Keys {
     }
 }
 
-/// Retry delays: 100 ms doubling up to 5 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: BACKOFF_MIN }
-    }
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (delay * 2).min(BACKOFF_MAX);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
+fn watch_backoff() -> Backoff {
+    Backoff::exponential(WATCH_RETRY_FIRST, WATCH_RETRY_MAX)
 }
 
 fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
@@ -610,7 +617,9 @@ fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
         options = options.with_tls(tls);
     }
     match (&opts.username, &opts.password) {
-        (Some(user), Some(password)) => Ok(options.with_user(user, password.expose())),
+        // etcd's tokens lapse (simple tokens after `--auth-token-ttl` idle, 5 min by default; all
+        // of them when a member restarts): the client signs in again when one is refused.
+        (Some(user), Some(password)) => Ok(options.with_user(user, password.expose()).with_auto_token_refresh(true)),
         (None, None) => Ok(options),
         (Some(_), None) => Err(StoreError::config("etcd username given without a password")),
         (None, Some(_)) => Err(StoreError::config("etcd password given without a username")),
@@ -785,11 +794,10 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_five_seconds() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<_> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        backoff.reset();
-        assert_eq!(backoff.next_delay(), BACKOFF_MIN);
+    fn a_renewal_of_unknown_outcome_keeps_its_grant() {
+        // Revoking the grant of a renewal that landed would delete our own lease.
+        assert!(!WriteKind::Rewrite.revoke_when_unknown());
+        // A creation that may have landed is undone, so it counts as not written.
+        assert!(WriteKind::Create.revoke_when_unknown());
     }
 }

@@ -21,6 +21,10 @@ pub struct EtcdServer {
     pub endpoint: String,
     /// With TLS: the certificates, a CA's and a client's (and the server's, in the same place).
     pub tls: Option<TestCerts>,
+    /// With auth on: `user:password` of the root user, which etcdctl then sends.
+    pub root_user: Option<String>,
+    /// Extra flags for etcd (e.g. `--auth-token-ttl`).
+    extra_args: Vec<String>,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
@@ -47,7 +51,22 @@ impl EtcdServer {
         Self::start_with(true)
     }
 
+    /// Starts etcd with authentication on: a `root` user with `password`, and simple tokens that
+    /// lapse after `token_ttl_secs` idle (`--auth-token-ttl`, 300 s by default in etcd).
+    pub fn start_with_auth(password: &str, token_ttl_secs: u32) -> EtcdServer {
+        let mut server = Self::start_with_args(false, vec![format!("--auth-token-ttl={token_ttl_secs}")]);
+        server.etcdctl(&["user", "add", &format!("root:{password}")]);
+        server.etcdctl(&["user", "grant-role", "root", "root"]);
+        server.etcdctl(&["auth", "enable"]);
+        server.root_user = Some(format!("root:{password}"));
+        server
+    }
+
     fn start_with(tls: bool) -> EtcdServer {
+        Self::start_with_args(tls, Vec::new())
+    }
+
+    fn start_with_args(tls: bool, extra_args: Vec<String>) -> EtcdServer {
         let mut failure = String::new();
         for _ in 0..START_ATTEMPTS {
             let (client_port, peer_port) = free_ports();
@@ -57,6 +76,8 @@ impl EtcdServer {
             let mut server = EtcdServer {
                 endpoint: format!("{scheme}://127.0.0.1:{client_port}"),
                 tls,
+                root_user: None,
+                extra_args: extra_args.clone(),
                 client_port,
                 peer_port,
                 child: None,
@@ -128,6 +149,9 @@ impl EtcdServer {
             command.arg("--cacert").arg(&certs.ca).arg("--cert").arg(&certs.client_cert);
             command.arg("--key").arg(&certs.client_key);
         }
+        if let Some(user) = &self.root_user {
+            command.arg("--user").arg(user);
+        }
         command.args(args).stdin(Stdio::null());
         command
     }
@@ -172,6 +196,7 @@ impl EtcdServer {
             command.arg("--cert-file").arg(&certs.server_cert).arg("--key-file").arg(&certs.server_key);
             command.arg("--trusted-ca-file").arg(&certs.ca).arg("--client-cert-auth");
         }
+        command.args(&self.extra_args);
         command
     }
 

@@ -67,16 +67,28 @@ impl Setup {
         self.spawn_agent(name, public_ip, &[], String::new())
     }
 
+    /// Starts `weft agent` with only `--listen` and `--subnet-file` given: the interface and public
+    /// IP come from the config file, so an edit of the file can change them.
+    pub fn agent_from_file(&self, name: &str) -> Agent {
+        let listen = format!("127.0.0.1:{}", free_port());
+        self.spawn(name, &["agent", "--listen", listen.as_str()], listen.clone())
+    }
+
     fn spawn_agent(&self, name: &str, public_ip: &str, extra: &[&str], listen: String) -> Agent {
+        let mut args = vec!["agent", "--iface", "lo", "--public-ip", public_ip];
+        args.extend_from_slice(extra);
+        self.spawn(name, &args, listen)
+    }
+
+    fn spawn(&self, name: &str, args: &[&str], listen: String) -> Agent {
         let subnet_file = self.path(&format!("{name}.env"));
         let log = self.path(&format!("{name}.log"));
         let child = Command::new(WEFT)
             .arg("--config")
             .arg(&self.config)
-            .args(["agent", "--iface", "lo", "--public-ip", public_ip])
+            .args(args)
             .arg("--subnet-file")
             .arg(&subnet_file)
-            .args(extra)
             .env("RUST_LOG", "info,weft=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
