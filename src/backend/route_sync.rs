@@ -11,7 +11,8 @@ use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
 use super::{BackendError, BackendKind};
-use crate::kernel::{diff_all, Kernel, KernelState, Object, Op, OpFailure, Ownership};
+use crate::kernel::packed::{self, PackedObjects};
+use crate::kernel::{diff_all, Kernel, KernelState, Op, OpFailure, Ownership};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
@@ -145,7 +146,7 @@ impl RouteSync {
             .read_owned(&self.ownership)
             .await
             .map_err(|e| BackendError::kernel("reading the kernel's routes", e))?;
-        let plan = diff_all(per_peer.values().flat_map(|entries: &PeerEntries| entries.0.iter().copied()), actual);
+        let plan = diff_all(per_peer.values().flat_map(PeerEntries::objects), actual);
         if !plan.is_empty() {
             info!(changes = plan.len(), peers = peers.len(), "bringing the kernel in line with the leases");
         }
@@ -177,19 +178,24 @@ impl RouteSync {
     }
 }
 
-/// One peer's objects as installed, in a flat slice: a [`KernelState`] of one peer is four
-/// one-entry B-trees (about 1 KiB of nodes), which at 10,000 peers is most of the agent's memory.
+/// One peer's objects as installed, packed: a [`KernelState`] of one peer is four one-entry
+/// B-trees (about 1 KiB of nodes), and even a slice of [`Object`]s is sized for IPv6 addresses;
+/// at 10,000 peers either would be a good part of the agent's memory.
 #[derive(Debug, Clone)]
-struct PeerEntries(Box<[Object]>);
+struct PeerEntries(PackedObjects);
 
 impl PeerEntries {
     fn of(state: &KernelState) -> Self {
-        PeerEntries(state.objects().collect())
+        PeerEntries(PackedObjects::pack(state.objects()))
+    }
+
+    fn objects(&self) -> packed::Iter<'_> {
+        self.0.iter()
     }
 
     fn state(&self) -> KernelState {
         let mut state = KernelState::default();
-        self.0.iter().for_each(|object| state.add(*object));
+        self.objects().for_each(|object| state.add(object));
         state
     }
 }

@@ -14,6 +14,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 pub mod memory;
 pub mod netlink;
+pub mod packed;
 pub mod plan;
 pub mod sysctl;
 
