@@ -238,7 +238,7 @@ mod tests {
         let vxlan = Box::new(Vxlan::new(kernel.clone(), config, ext())).register().await.unwrap();
         let data = vxlan.lease_data().clone();
         assert_eq!(data.mtu, 1450);
-        assert_eq!(data.backend_data.value()["VNI"], 1);
+        assert_eq!(data.backend_data.value().unwrap()["VNI"], 1);
         let own = lease(1, "198.51.100.1", &data.backend_data.str_field("VtepMAC").unwrap());
         let Ok(started) = vxlan.start(&own).await else { panic!("vxlan start") };
         let mapping = started.peers.expect("vxlan maps peers");
