@@ -4,12 +4,14 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::network::{Network, NetworkSection};
@@ -32,6 +34,9 @@ pub struct AgentSection {
     pub iface_regex: Vec<String>,
     pub iface_can_reach: String,
     pub public_ip: String,
+    /// The networks other hosts' public IPs must be in (CIDRs); empty: any unicast address but
+    /// ours. A lease announcing another address gets no kernel objects.
+    pub underlay_cidrs: Vec<String>,
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
     #[serde(with = "humantime_serde")]
@@ -58,6 +63,13 @@ impl From<&AgentSection> for crate::iface::InterfaceChoice {
     }
 }
 
+impl AgentSection {
+    /// `underlay_cidrs` parsed (they were validated when the config was loaded).
+    pub fn underlay(&self) -> Vec<Ipv4Net> {
+        self.underlay_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()
+    }
+}
+
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
@@ -65,6 +77,7 @@ impl Default for AgentSection {
             iface_regex: Vec::new(),
             iface_can_reach: String::new(),
             public_ip: String::new(),
+            underlay_cidrs: Vec::new(),
             subnet_file: "/run/flannel/subnet.env".into(),
             ip_masq: false,
             renew_margin: Duration::from_secs(3600),
@@ -292,7 +305,13 @@ pub fn line_of(text: &str, dotted: &str) -> Option<usize> {
     None
 }
 
-/// Checks what serde cannot: addresses, patterns, the network. Returns the key and a message.
+/// How long a lease may last: flannel's is a day; a month at most keeps an orphaned lease from
+/// holding its subnet for ever (and every expiry computed from it representable).
+const LEASE_TTL_RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600);
+/// How often the kernel is repaired: a second at least, a day at most.
+const RESYNC_RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
+/// Checks what serde cannot: addresses, patterns, durations, the network. Returns the key and a message.
 fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     let agent = &config.agent;
     let bad = |key: &'static str, value: &str, why: &str| Err((key, format!("{key} = {value:?}: {why}")));
@@ -301,6 +320,15 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     }
     if !agent.iface_can_reach.is_empty() && agent.iface_can_reach.parse::<IpAddr>().is_err() {
         return bad("agent.iface_can_reach", &agent.iface_can_reach, "not an IP address");
+    }
+    for cidr in &agent.underlay_cidrs {
+        match cidr.parse::<Ipv4Net>() {
+            Err(_) => return bad("agent.underlay_cidrs", cidr, "not an IPv4 CIDR such as 192.0.2.0/24"),
+            Ok(net) if net.trunc() != net => {
+                return bad("agent.underlay_cidrs", cidr, &format!("host bits set: did you mean {}?", net.trunc()))
+            }
+            Ok(_) => {}
+        }
     }
     for pattern in &agent.iface_regex {
         if let Err(e) = regex::Regex::new(pattern) {
@@ -315,12 +343,14 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
             return bad("agent.log_level", &agent.log_level, &e.to_string());
         }
     }
+    for (key, value, range) in
+        [("agent.lease_ttl", agent.lease_ttl, LEASE_TTL_RANGE), ("agent.resync", agent.resync, RESYNC_RANGE)]
+    {
+        crate::network::bounded_duration(key, value, range).map_err(|e| (e.key, e.to_string()))?;
+    }
     if agent.renew_margin >= agent.lease_ttl {
         let value = humantime::format_duration(agent.renew_margin).to_string();
         return bad("agent.renew_margin", &value, "must be shorter than agent.lease_ttl");
-    }
-    if agent.resync.is_zero() {
-        return bad("agent.resync", "0s", "must be longer than zero");
     }
     if config.store.kind == StoreKind::Etcd && config.store.endpoints.is_empty() {
         return bad("store.endpoints", "[]", "etcd needs at least one endpoint");
@@ -460,12 +490,47 @@ mod tests {
             ("[agent]\npublic_ip = \"nope\"\n", "agent.public_ip", "nope"),
             ("[agent]\nlisten = \"localhost\"\n", "agent.listen", "localhost"),
             ("[agent]\niface_regex = [\"(\"]\n", "agent.iface_regex", "("),
+            ("[agent]\nunderlay_cidrs = [\"192.0.2.0/24\", \"10.0.0.0/33\"]\n", "agent.underlay_cidrs", "10.0.0.0/33"),
+            ("[agent]\nunderlay_cidrs = [\"underlay\"]\n", "agent.underlay_cidrs", "underlay"),
+            ("[agent]\nunderlay_cidrs = [\"192.0.2.1/24\"]\n", "agent.underlay_cidrs", "192.0.2.1/24"),
         ];
         for (text, key, value) in cases {
             let err = load_text(text).err().unwrap().to_string();
             assert!(err.contains(key) && err.contains(value), "{err}");
             assert!(err.contains("line "), "{err}");
         }
+    }
+
+    /// Out of range, a duration would overflow a timer or TTL later (a panic in a cloud worker).
+    #[test]
+    fn durations_out_of_range_name_key_and_value() {
+        let cases = [
+            ("[agent]\nresync = \"0s\"\n", "agent.resync", "0s"),
+            ("[agent]\nresync = \"2days\"\n", "agent.resync", "2days"),
+            ("[agent]\nlease_ttl = \"99999999999999h\"\n", "agent.lease_ttl", "11407711613years"),
+            (
+                "[network.backend]\ntype = \"aws-vpc\"\nrecheck = \"99999999999999h\"\n",
+                "network.backend.recheck",
+                "11407711613years",
+            ),
+            ("[network.backend]\ntype = \"gce\"\nrecheck = \"0s\"\n", "network.backend.recheck", "0s"),
+        ];
+        for (text, key, value) in cases {
+            let err = load_text(text).err().unwrap_or_else(|| panic!("{text} accepted")).to_string();
+            assert!(err.contains(key) && err.contains(value) && err.contains("must be between"), "{err}");
+        }
+        let ok = load_text(
+            "[agent]\nlease_ttl = \"30days\"\nresync = \"1s\"\n[network.backend]\ntype = \"gce\"\nrecheck = \"24h\"\n",
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    #[test]
+    fn underlay_cidrs_are_read() {
+        let loaded = load_text("[agent]\nunderlay_cidrs = [\"192.0.2.0/24\", \"198.51.100.0/25\"]\n").unwrap();
+        let want: Vec<Ipv4Net> = vec!["192.0.2.0/24".parse().unwrap(), "198.51.100.0/25".parse().unwrap()];
+        assert_eq!(loaded.config.agent.underlay(), want);
+        assert!(Config::default().agent.underlay().is_empty());
     }
 
     #[test]

@@ -14,13 +14,17 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::backend::peer_trust::PeerTrust;
 use crate::backend::route_sync::{PeerObjects, RouteSync};
 use crate::backend::{
     self, Active, BackendContext, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started,
 };
+use crate::health::PeerRejectedLabels;
 use crate::kernel::{Kernel, KernelState};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
@@ -77,6 +81,8 @@ pub struct Dataplane {
     sync: Option<RouteSync>,
     active: Option<Live>,
     retiring: Vec<Live>,
+    /// Whose public IPs peers' objects may point at, for the engine once it exists.
+    trust: (PeerTrust, Family<PeerRejectedLabels, Counter>),
     /// Kernel changes made by someone else to what weft owns. In a mutex only to make the data
     /// plane `Sync`; it is only ever used through `&mut self` (`get_mut`, no locking).
     changes: std::sync::Mutex<Option<BoxStream<'static, ()>>>,
@@ -90,8 +96,18 @@ impl Dataplane {
             sync: None,
             active: None,
             retiring: Vec::new(),
+            trust: Default::default(),
             changes: Default::default(),
         }
+    }
+
+    /// Peers are installed only towards public IPs `trust` accepts; refusals are counted in
+    /// `rejected_total` (the agent's `weft_peers_rejected_total`).
+    pub fn trust_peers(&mut self, trust: PeerTrust, rejected_total: Family<PeerRejectedLabels, Counter>) {
+        if let Some(sync) = &mut self.sync {
+            sync.set_trust(trust.clone(), rejected_total.clone());
+        }
+        self.trust = (trust, rejected_total);
     }
 
     /// A data plane on this process's network namespace, through netlink.
@@ -111,7 +127,9 @@ impl Dataplane {
         }
         let kernel = (self.kernel_factory)()?;
         self.kernel = Some(kernel.clone());
-        self.sync = Some(RouteSync::new(kernel.clone()));
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.set_trust(self.trust.0.clone(), self.trust.1.clone());
+        self.sync = Some(sync);
         Ok(kernel)
     }
 

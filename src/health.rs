@@ -45,6 +45,12 @@ pub struct CloudTableLabels {
     pub table: String,
 }
 
+/// Why a peer was not installed (`weft_peers_rejected_total`): `own_address`, `multicast`...
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerRejectedLabels {
+    pub reason: String,
+}
+
 /// The agent's counters and gauges.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +58,8 @@ pub struct Metrics {
     pub leases_watched: Gauge,
     pub store_errors: Counter,
     pub malformed_leases: Counter,
+    /// Peers whose public IP the kernel backends refused to send traffic to.
+    pub peers_rejected: Family<PeerRejectedLabels, Counter>,
     pub events: Family<EventLabels, Counter>,
     pub renewals: Counter,
     pub ready: Gauge,
@@ -73,6 +81,7 @@ impl Default for Metrics {
             leases_watched: Gauge::default(),
             store_errors: Counter::default(),
             malformed_leases: Counter::default(),
+            peers_rejected: Family::default(),
             events: Family::default(),
             renewals: Counter::default(),
             ready: Gauge::default(),
@@ -90,6 +99,11 @@ impl Default for Metrics {
         registry.register("leases_watched", "Other hosts' leases known to this agent", m.leases_watched.clone());
         registry.register("store_errors", "Failed requests to the lease store", m.store_errors.clone());
         registry.register("malformed_leases", "Store entries skipped as unreadable", m.malformed_leases.clone());
+        registry.register(
+            "peers_rejected",
+            "Peer leases whose public IP no kernel object is installed towards, by reason",
+            m.peers_rejected.clone(),
+        );
         registry.register("lease_events", "Lease events handed to the backend", m.events.clone());
         registry.register("lease_renewals", "Renewals of this host's lease", m.renewals.clone());
         registry.register("ready", "1 when /readyz answers 200", m.ready.clone());
@@ -313,12 +327,14 @@ mod tests {
     fn metrics_names() {
         let m = Metrics::default();
         m.events.get_or_create(&EventLabels { kind: EventKind::Added }).inc();
+        m.peers_rejected.get_or_create(&PeerRejectedLabels { reason: "multicast".into() }).inc();
         let text = m.encode();
         for name in [
             "weft_lease_expiry_timestamp_seconds",
             "weft_leases_watched",
             "weft_store_errors_total",
             "weft_lease_events_total{kind=\"Added\"} 1",
+            "weft_peers_rejected_total{reason=\"multicast\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing in {text}");
         }

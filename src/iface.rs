@@ -139,6 +139,19 @@ pub async fn discover_with(
     select(&links, choice, &facts)
 }
 
+/// Every IPv4 address on this host's links: a peer announcing one of them as its public IP
+/// would have us send its subnet's traffic to ourselves.
+pub async fn host_addresses() -> Result<Vec<Ipv4Addr>, IfaceError> {
+    let kernel = crate::kernel::netlink::NetlinkKernel::new()?;
+    host_addresses_with(&kernel).await
+}
+
+/// [`host_addresses`] read from `interfaces`.
+pub async fn host_addresses_with(interfaces: &dyn Interfaces) -> Result<Vec<Ipv4Addr>, IfaceError> {
+    let links = interfaces.interfaces().await?;
+    Ok(links.iter().flat_map(|link| link.addrs.iter().map(|net| net.addr())).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +220,17 @@ mod tests {
         assert!(matches!(err, IfaceError::Unreachable(_)), "{err}");
         kernel.reach_oif.lock().unwrap().insert("198.51.100.99".parse().unwrap(), 3);
         assert_eq!(discover_with(&kernel, &reach).await.unwrap().name, "eth1");
+    }
+
+    #[tokio::test]
+    async fn host_addresses_are_every_links() {
+        let kernel = crate::kernel::memory::MemoryKernel::default();
+        *kernel.interfaces.lock().unwrap() = links();
+        let mut want: Vec<Ipv4Addr> = links().iter().flat_map(|l| l.addrs.iter().map(|a| a.addr())).collect();
+        let mut got = host_addresses_with(&kernel).await.unwrap();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(got.len() >= 2, "{got:?}");
     }
 }

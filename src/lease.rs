@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -57,11 +57,10 @@ impl BackendData {
         self.0.is_none()
     }
 
-    /// The data as a JSON value.
-    pub fn value(&self) -> serde_json::Value {
-        self.0.as_deref().map_or(serde_json::Value::Null, |raw| {
-            serde_json::from_str(raw.get()).expect("backend data holds the JSON it was read as")
-        })
+    /// The data as a JSON value. Fails on data nested deeper than serde_json builds values
+    /// (128 levels): the text was read without that limit, as a peer may have written anything.
+    pub fn value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        self.0.as_deref().map_or(Ok(serde_json::Value::Null), |raw| serde_json::from_str(raw.get()))
     }
 
     /// One string field of the data, if the data is an object that has it.
@@ -146,7 +145,7 @@ pub type LeaseMap = BTreeMap<Ipv4Net, Lease>;
 /// A key or value in the store that is not a lease we can read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LeaseParseError {
-    #[error("subnet key {key:?} is not of the form a.b.c.d-len")]
+    #[error("subnet key {key:?} is not of the form a.b.c.d-len (or a.b.c.d-len&ipv6-len)")]
     BadKey { key: String },
     #[error("lease {key:?} holds invalid JSON: {reason}")]
     BadJson { key: String, reason: String },
@@ -157,19 +156,29 @@ pub fn subnet_key(subnet: Ipv4Net) -> String {
     format!("{}-{}", subnet.network(), subnet.prefix_len())
 }
 
-/// Parses the last path element of a subnet key. Dual-stack keys
-/// (`10.244.3.0-24&fd00::-64`) yield their IPv4 part.
+/// Parses a subnet key as the store names it (the part after `subnets/`): exactly
+/// `<a.b.c.d>-<len>`, or flannel's dual-stack `<a.b.c.d>-<len>&<ipv6>-<len6>`, which yields its
+/// IPv4 part. Each part must be written as flannel writes it (the prefix's network address, no
+/// leading zeros, nothing before or after): any other spelling of a subnet would be a second key
+/// for it, and its deletion or junk would alias the real lease.
 pub fn parse_subnet_key(key: &str) -> Result<Ipv4Net, LeaseParseError> {
     let bad = || LeaseParseError::BadKey { key: key.to_string() };
-    let name = key.rsplit('/').next().unwrap_or(key);
-    let v4 = name.split('&').next().unwrap_or(name);
+    let (v4, v6) = match key.split_once('&') {
+        Some((v4, v6)) => (v4, Some(v6)),
+        None => (key, None),
+    };
     let (addr, len) = v4.split_once('-').ok_or_else(bad)?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    let net = Ipv4Net::new(addr, len).map_err(|_| bad())?;
-    // A key whose address has host bits set is not one flannel would write.
-    if net.network() != addr {
+    let net = Ipv4Net::new(addr.parse().map_err(|_| bad())?, len.parse().map_err(|_| bad())?).map_err(|_| bad())?;
+    if subnet_key(net) != v4 {
         return Err(bad());
+    }
+    if let Some(v6) = v6 {
+        let (addr, len) = v6.split_once('-').ok_or_else(bad)?;
+        let net6 =
+            Ipv6Net::new(addr.parse().map_err(|_| bad())?, len.parse().map_err(|_| bad())?).map_err(|_| bad())?;
+        if format!("{}-{}", net6.network(), net6.prefix_len()) != v6 {
+            return Err(bad());
+        }
     }
     Ok(net)
 }
@@ -196,14 +205,45 @@ mod tests {
     fn subnet_keys_round_trip() {
         let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
         assert_eq!(subnet_key(net), "10.244.3.0-24");
-        assert_eq!(parse_subnet_key("/coreos.com/network/subnets/10.244.3.0-24"), Ok(net));
+        assert_eq!(parse_subnet_key("10.244.3.0-24"), Ok(net));
+        // flannel's dual-stack key: the IPv4 part is the subnet.
         assert_eq!(parse_subnet_key("10.244.3.0-24&fd00:10:244:3::-64"), Ok(net));
+        assert_eq!(parse_subnet_key("0.0.0.0-0"), Ok("0.0.0.0/0".parse().unwrap()));
     }
 
     #[test]
     fn bad_subnet_keys_are_rejected() {
-        for key in ["10.244.3.0", "10.244.3.0-33", "10.244.3.1-24", "x-24", "10.244.3.0-"] {
+        for key in ["10.244.3.0", "10.244.3.0-33", "10.244.3.1-24", "x-24", "10.244.3.0-", "", "-24"] {
             assert!(parse_subnet_key(key).is_err(), "{key} accepted");
+        }
+    }
+
+    /// Each of these would otherwise be read as 10.244.5.0/24: a second key for a real subnet,
+    /// whose deletion (or junk) would remove or replace the real lease.
+    #[test]
+    fn keys_aliasing_a_subnet_are_rejected() {
+        for key in [
+            "x/10.244.5.0-24",
+            "subnets/10.244.5.0-24",
+            "/coreos.com/network/subnets/10.244.5.0-24",
+            "10.244.5.0-24/",
+            "10.244.5.0-24&junk",
+            "10.244.5.0-24&",
+            "10.244.5.0-24&fd00::-64&fd01::-64",
+            "10.244.5.0-24&fd00::1-64",
+            "10.244.5.0-24&fd00::-129",
+            "10.244.5.0-24&fd00:0::-64",
+            "10.244.5.0-24&FD00::-64",
+            "10.244.5.0-24&10.244.5.0-24",
+            "10.244.5.0-024",
+            "10.244.5.0-+24",
+            "010.244.5.0-24",
+            " 10.244.5.0-24",
+            "10.244.5.0-24 ",
+            "10.244.5.0-24\n",
+            "10.244.5.0-24-24",
+        ] {
+            assert!(parse_subnet_key(key).is_err(), "{key:?} accepted as {:?}", parse_subnet_key(key));
         }
     }
 
@@ -223,7 +263,7 @@ mod tests {
         let lease = parse_lease("10.244.3.0-24", json, Expiry::Unknown).unwrap();
         let data = &lease.attrs.backend_data;
         assert_eq!(data.to_string(), r#"{"VtepMAC":"aa:bb:cc:dd:ee:ff", "VNI":1}"#);
-        assert_eq!(data.value()["VNI"], 1);
+        assert_eq!(data.value().unwrap()["VNI"], 1);
         assert_eq!(data.str_field("VNI"), None, "not a string");
         assert_eq!(data.str_field("Missing"), None);
         assert_eq!(lease.attrs, parse_lease("10.244.3.0-24", json, Expiry::Never).unwrap().attrs);
@@ -234,6 +274,16 @@ mod tests {
         assert!(null.unwrap().attrs.backend_data.is_null());
         assert_eq!(BackendData::null().to_string(), "null");
         assert_eq!(BackendData::from(serde_json::Value::Null), BackendData::null());
+    }
+
+    #[test]
+    fn deeply_nested_backend_data_is_read_and_kept_but_not_built_into_a_value() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let json = format!(r#"{{"PublicIP":"192.0.2.10","BackendData":{deep}}}"#);
+        let lease = parse_lease("10.244.3.0-24", json.as_bytes(), Expiry::Unknown).unwrap();
+        assert_eq!(lease.attrs.backend_data.to_string(), deep);
+        assert!(lease.attrs.backend_data.value().is_err());
+        assert_eq!(lease.attrs.backend_data.str_field("VtepMAC"), None);
     }
 
     #[test]

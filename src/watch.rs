@@ -209,6 +209,23 @@ mod tests {
         assert_eq!(keys, ["10.244.1.0-24", "garbage", "10.99.0.0-24", "10.244.4.0-26"]);
     }
 
+    /// A key that only looks like a subnet's (another path, junk after the subnet) is skipped,
+    /// and neither its arrival nor its deletion touches the real lease.
+    #[test]
+    fn aliasing_keys_do_not_touch_the_real_lease() {
+        let mut w = LeaseWatcher::new(network(), None);
+        w.apply(LeaseUpdate::Put(raw("10.244.5.0-24", "192.0.2.5")));
+        for alias in ["x/10.244.5.0-24", "10.244.5.0-24&junk", "10.244.5.0-024"] {
+            let d = w.apply(LeaseUpdate::Put(raw(alias, "192.0.2.66")));
+            assert!(d.events.is_empty(), "{alias}: {:?}", d.events);
+            assert_eq!(d.skipped.len(), 1, "{alias} skipped with a reason");
+            let d = w.apply(LeaseUpdate::Deleted { key: alias.into(), revision: 9 });
+            assert!(d.events.is_empty(), "deleting {alias}: {:?}", d.events);
+        }
+        let real = &w.leases()[&"10.244.5.0/24".parse().unwrap()];
+        assert_eq!(real.attrs.public_ip.to_string(), "192.0.2.5");
+    }
+
     #[test]
     fn a_lease_turning_unreadable_is_removed() {
         let mut w = LeaseWatcher::new(network(), None);

@@ -223,3 +223,62 @@ fn ip_masq_installs_weft_table_and_subnet_env_says_so() {
     // Without ip_masq, no table.
     assert!(!nft(2).0, "h2 runs without ip_masq but has a weft table");
 }
+
+/// A lease is anyone's write to the store. One announcing this host's own address, a multicast
+/// group or the unspecified address gets no FDB entry, neighbour or route on this host (and is
+/// counted once per reason); the real peer keeps working.
+#[test]
+fn hostile_public_ips_get_nothing_installed() {
+    let (cluster, _, pods) = cluster_with_pods(2, "type = \"vxlan\"");
+    assert_full_mesh(&cluster, &pods);
+    let own = cluster.host(1).addr.to_string();
+    let hostile = [("10.244.20.0", own.as_str()), ("10.244.21.0", "224.0.0.1"), ("10.244.22.0", "0.0.0.0")];
+    for (n, (subnet, public_ip)) in hostile.iter().enumerate() {
+        let attrs = format!(
+            r#"{{"PublicIP":"{public_ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:de:ad:00:00:0{n}"}}}}"#
+        );
+        cluster.etcdctl(&["put", &format!("/coreos.com/network/subnets/{subnet}-24"), &attrs]);
+    }
+    let metrics = || {
+        let addr = common::cluster::AGENT_LISTEN.parse().unwrap();
+        let answer = weft::lab::probe::http_get(&cluster.host_ns(1), addr, "/metrics").unwrap();
+        answer.map(|(_, body)| body).unwrap_or_default()
+    };
+    let rejected = |body: &str, reason: &str| {
+        weft::lab::probe::metric(body, &format!("weft_peers_rejected_total{{reason=\"{reason}\"}}"))
+    };
+    wait_until("h1 sees the three leases", Duration::from_secs(5), || {
+        weft::lab::probe::metric(&metrics(), "weft_leases_watched") == Some(4.0)
+    });
+    // A resync later (the cluster's is 2 s): still nothing for them.
+    std::thread::sleep(Duration::from_secs(3));
+    let routes = weft_routes(&cluster, 1);
+    assert!(hostile.iter().all(|(subnet, _)| !routes.contains(&format!("{subnet}/24"))), "{routes:?}");
+    let out = weft::netns::Netns::open(&cluster.host(1).ns)
+        .unwrap()
+        .command("bridge")
+        .unwrap()
+        .args(["-j", "fdb", "show", "dev", "flannel.1"])
+        .output()
+        .unwrap();
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dsts: Vec<&str> = entries.as_array().unwrap().iter().filter_map(|e| e["dst"].as_str()).collect();
+    assert_eq!(dsts, [cluster.host(2).addr.to_string()], "only h2's FDB entry: {entries}");
+    let neighbours = cluster.ip_json(&cluster.host(1).ns, &["-4", "neigh", "show", "dev", "flannel.1"]);
+    assert_eq!(neighbours.as_array().unwrap().len(), 1, "only h2's neighbour: {neighbours}");
+    // Each refused once, with a warning naming the lease and the address.
+    let body = metrics();
+    for reason in ["own_address", "multicast", "unspecified"] {
+        assert_eq!(rejected(&body, reason), Some(1.0), "{reason}: {body}");
+    }
+    let log = cluster.agent_log(1);
+    for (subnet, public_ip) in hostile {
+        let named = log.lines().any(|l| {
+            l.contains("skipping peer")
+                && l.contains(&format!("{subnet}/24"))
+                && l.contains(&format!("public_ip={public_ip}"))
+        });
+        assert!(named, "no warning naming {subnet}/24 and {public_ip} in h1's log:\n{log}");
+    }
+    assert_full_mesh(&cluster, &pods);
+}

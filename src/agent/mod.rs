@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::backend::peer_trust::PeerTrust;
 use crate::backend::{self, BackendContext, LeaseData};
 use crate::config::Config;
 use crate::dataplane::Dataplane;
@@ -108,6 +109,10 @@ async fn start_and_run(
 ) -> Result<OwnLease, AgentError> {
     let ext = iface::discover(&config.agent).await?;
     info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
+    // Read once: what a peer must not announce as its public IP (ours) and where it must be.
+    let own = iface::host_addresses().await?.into_iter().chain([ext.addr.addr(), ext.public_ip]);
+    let trust = PeerTrust::new(own, config.agent.underlay());
+    dataplane.trust_peers(trust, health.metrics.peers_rejected.clone());
     let network = lease_loop::wait_for_network(store.as_ref(), &health, cancel).await?;
     let ctx =
         BackendContext { network: network.clone(), ext: ext.clone(), store: store.clone(), health: health.clone() };

@@ -163,5 +163,10 @@ mod tests {
         assert!(matches!(classify(&current, Some(&moved)), Change::Refuse(why) if why.contains("10.245.0.0/16")));
         assert!(matches!(classify(&current, Some("{broken")), Change::Refuse(_)));
         assert!(matches!(classify(&current, None), Change::Refuse(_)));
+        // A recheck that would overflow the cloud worker's timers: refused, the agent runs on.
+        let huge = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"gce","Recheck":"99999999999999h"}}"#;
+        assert!(
+            matches!(classify(&current, Some(huge)), Change::Refuse(why) if why.contains("network.backend.recheck"))
+        );
     }
 }

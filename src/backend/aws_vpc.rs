@@ -153,7 +153,7 @@ impl AwsVpcRegistered {
             subnet_len: self.ctx.network.subnet_len,
             store: self.ctx.store.clone(),
             health: self.ctx.health.clone(),
-            lead_ttl: self.config.recheck * LEAD_TURN_RECHECKS,
+            lead_ttl: self.config.recheck.saturating_mul(LEAD_TURN_RECHECKS),
             last_own: None,
             suspects: BTreeSet::new(),
         };

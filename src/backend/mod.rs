@@ -24,6 +24,7 @@ pub mod aws_vpc;
 pub mod gce;
 pub mod host_gw;
 pub mod peer_route;
+pub mod peer_trust;
 pub mod route_sync;
 pub mod vxlan;
 

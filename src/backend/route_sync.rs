@@ -5,12 +5,17 @@
 //! backend to another peer by peer, each route replaced in place.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tracing::{debug, info, warn};
 
+use super::peer_trust::PeerTrust;
 use super::{BackendError, BackendKind};
+use crate::health::PeerRejectedLabels;
 use crate::kernel::packed::{self, PackedObjects};
 use crate::kernel::{diff_all, Kernel, KernelState, Op, OpFailure, Ownership};
 use crate::lease::{Lease, LeaseMap};
@@ -38,6 +43,12 @@ pub struct RouteSync {
     installed: HashMap<Ipv4Net, PeerEntries>,
     /// False until a full pass has seen the kernel: the first sync must adopt what is there.
     synced: bool,
+    /// Whose public IPs we install objects towards (every mapper's: written once, here).
+    trust: PeerTrust,
+    /// `weft_peers_rejected_total` (unregistered until the agent hands its own in).
+    rejected_total: Family<PeerRejectedLabels, Counter>,
+    /// Peers refused, by the address refused: each is warned about and counted once.
+    rejected: HashMap<Ipv4Net, Ipv4Addr>,
 }
 
 impl RouteSync {
@@ -48,7 +59,19 @@ impl RouteSync {
             mappers: Vec::new(),
             installed: HashMap::new(),
             synced: false,
+            trust: PeerTrust::default(),
+            rejected_total: Family::default(),
+            rejected: HashMap::new(),
         }
+    }
+
+    /// Installs peers only towards public IPs `trust` accepts; counts the others in
+    /// `rejected_total`. Without it, only non-unicast addresses are refused.
+    pub fn set_trust(&mut self, trust: PeerTrust, rejected_total: Family<PeerRejectedLabels, Counter>) {
+        self.trust = trust;
+        self.rejected_total = rejected_total;
+        self.rejected.clear();
+        self.synced = false;
     }
 
     /// Installs peers of `backend_type` with `mapper`; `links` are devices whose entries it owns.
@@ -80,10 +103,32 @@ impl RouteSync {
     }
 
     /// The peer's objects by its backend type's mapper; `None` when no mapper here handles that
-    /// type (yet).
-    fn objects(&self, lease: &Lease) -> Option<Result<KernelState, String>> {
+    /// type (yet). A peer whose public IP we do not trust gets none (and a warning).
+    fn objects(&mut self, lease: &Lease) -> Option<Result<KernelState, String>> {
         let (_, mapper) = self.mappers.iter().find(|(t, _)| t.as_str() == lease.attrs.backend_type)?;
-        Some(mapper.objects(lease))
+        let objects = mapper.objects(lease);
+        // A peer with nothing to install (a cloud backend's) sends nothing to its public IP. A
+        // mapper's complaint about an untrusted address is that address's fault: reported as such.
+        let sends = !matches!(&objects, Ok(state) if state.is_empty());
+        if sends && !self.trusted(lease) {
+            return Some(Ok(KernelState::default()));
+        }
+        Some(objects)
+    }
+
+    /// Whether `lease`'s public IP may be sent to; a refusal is logged and counted once for each
+    /// address a peer announces.
+    fn trusted(&mut self, lease: &Lease) -> bool {
+        let ip = lease.attrs.public_ip;
+        let Err(why) = self.trust.check(ip) else {
+            self.rejected.remove(&lease.subnet);
+            return true;
+        };
+        if self.rejected.insert(lease.subnet, ip) != Some(ip) {
+            warn!(lease = %lease.subnet, public_ip = %ip, reason = why.reason(), "skipping peer: its public IP is {why}");
+            self.rejected_total.get_or_create(&PeerRejectedLabels { reason: why.reason().to_string() }).inc();
+        }
+        false
     }
 
     /// Applies lease events: only the peers they name are touched.
@@ -97,7 +142,10 @@ impl RouteSync {
             let subnet = event.subnet();
             let lease = match event {
                 LeaseEvent::Added(_) | LeaseEvent::Changed(_) => peers.get(&subnet),
-                LeaseEvent::Removed(_) => None,
+                LeaseEvent::Removed(_) => {
+                    self.rejected.remove(&subnet);
+                    None
+                }
             };
             let old = self.installed.remove(&subnet).map(|e| e.state()).unwrap_or_default();
             let new = match lease.map(|l| self.objects(l)) {
@@ -128,6 +176,7 @@ impl RouteSync {
         // What each peer wants, kept for its next event; the plan is made from these directly, with
         // no second picture of the whole kernel.
         let mut per_peer = HashMap::with_capacity(peers.len());
+        self.rejected.retain(|subnet, _| peers.contains_key(subnet));
         for lease in peers.values() {
             match self.objects(lease) {
                 Some(Ok(objects)) => {
@@ -240,6 +289,95 @@ mod tests {
             subnet: "10.244.2.0/24".parse().unwrap(),
             attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend, serde_json::Value::Null),
             expiry: Expiry::Unknown,
+        }
+    }
+
+    fn lease_at(subnet: &str, public_ip: &str, backend: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            attrs: LeaseAttrs::new(public_ip.parse().unwrap(), backend, serde_json::Value::Null),
+            expiry: Expiry::Unknown,
+        }
+    }
+
+    fn map(leases: &[Lease]) -> LeaseMap {
+        leases.iter().map(|l| (l.subnet, l.clone())).collect()
+    }
+
+    fn rejected(family: &Family<PeerRejectedLabels, Counter>, reason: &str) -> u64 {
+        family.get_or_create(&PeerRejectedLabels { reason: reason.into() }).get()
+    }
+
+    #[tokio::test]
+    async fn peers_with_untrusted_public_ips_get_no_kernel_objects() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        sync.add_mapper(BackendKind::AwsVpc, Box::new(NoneToInstall), &[]);
+        let family = Family::<PeerRejectedLabels, Counter>::default();
+        let underlay = vec!["198.51.100.0/24".parse().unwrap()];
+        sync.set_trust(PeerTrust::new(["198.51.100.1".parse().unwrap()], underlay), family.clone());
+
+        let good = lease_at("10.244.2.0/24", "198.51.100.2", "vxlan");
+        let ours = lease_at("10.244.3.0/24", "198.51.100.1", "vxlan");
+        let multicast = lease_at("10.244.4.0/24", "224.0.0.1", "vxlan");
+        let outside = lease_at("10.244.5.0/24", "203.0.113.5", "vxlan");
+        // A cloud peer has nothing installed for it: its address is nobody's concern here.
+        let cloud = lease_at("10.244.6.0/24", "0.0.0.0", "aws-vpc");
+        let mut peers = map(&[good.clone(), ours.clone(), multicast.clone(), outside.clone(), cloud.clone()]);
+        sync.reconcile(&peers).await.unwrap();
+        let routes: Vec<_> = kernel.snapshot().routes.keys().map(|dst| dst.to_string()).collect();
+        assert_eq!(routes, ["10.244.2.0/24"]);
+        // Every repair pass refuses them again, but they are counted (and warned about) once.
+        sync.reconcile(&peers).await.unwrap();
+        let events: Vec<_> = peers.keys().map(|&s| LeaseEvent::Changed(s)).collect();
+        sync.on_events(&peers, &events).await.unwrap();
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+        assert_eq!(rejected(&family, "own_address"), 1);
+        assert_eq!(rejected(&family, "multicast"), 1);
+        assert_eq!(rejected(&family, "outside_underlay"), 1);
+        assert_eq!(rejected(&family, "unspecified"), 0, "a cloud peer is not checked");
+
+        // A trusted peer turning untrusted loses what it had; a refused one fixed is installed.
+        let hijacked = lease_at("10.244.2.0/24", "127.0.0.1", "vxlan");
+        let fixed = lease_at("10.244.4.0/24", "198.51.100.4", "vxlan");
+        peers.insert(hijacked.subnet, hijacked.clone());
+        peers.insert(fixed.subnet, fixed.clone());
+        let changes = [LeaseEvent::Changed(hijacked.subnet), LeaseEvent::Changed(fixed.subnet)];
+        sync.on_events(&peers, &changes).await.unwrap();
+        let routes: Vec<_> = kernel.snapshot().routes.keys().map(|dst| dst.to_string()).collect();
+        assert_eq!(routes, ["10.244.4.0/24"]);
+        assert_eq!(rejected(&family, "loopback"), 1);
+        // Refused again with the same address after it was accepted in between: counted again.
+        peers.insert(multicast.subnet, multicast.clone());
+        sync.on_events(&peers, &[LeaseEvent::Changed(multicast.subnet)]).await.unwrap();
+        assert_eq!(rejected(&family, "multicast"), 2);
+        sync.reconcile(&peers).await.unwrap();
+        assert!(kernel.snapshot().routes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_a_trust_set_non_unicast_peers_are_still_refused() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        let peers = map(&[
+            lease_at("10.244.2.0/24", "0.0.0.0", "vxlan"),
+            lease_at("10.244.3.0/24", "255.255.255.255", "vxlan"),
+            lease_at("10.244.4.0/24", "169.254.169.254", "vxlan"),
+            lease_at("10.244.5.0/24", "192.0.2.5", "vxlan"),
+        ]);
+        sync.reconcile(&peers).await.unwrap();
+        let routes: Vec<_> = kernel.snapshot().routes.keys().map(|dst| dst.to_string()).collect();
+        assert_eq!(routes, ["10.244.5.0/24"]);
+    }
+
+    /// A mapper like a cloud backend's: nothing in the kernel.
+    struct NoneToInstall;
+
+    impl PeerObjects for NoneToInstall {
+        fn objects(&self, _lease: &Lease) -> Result<KernelState, String> {
+            Ok(KernelState::default())
         }
     }
 

@@ -238,7 +238,7 @@ mod tests {
         let vxlan = Box::new(Vxlan::new(kernel.clone(), config, ext())).register().await.unwrap();
         let data = vxlan.lease_data().clone();
         assert_eq!(data.mtu, 1450);
-        assert_eq!(data.backend_data.value()["VNI"], 1);
+        assert_eq!(data.backend_data.value().unwrap()["VNI"], 1);
         let own = lease(1, "198.51.100.1", &data.backend_data.str_field("VtepMAC").unwrap());
         let Ok(started) = vxlan.start(&own).await else { panic!("vxlan start") };
         let mapping = started.peers.expect("vxlan maps peers");
@@ -318,6 +318,38 @@ mod tests {
         let err = sync.reconcile(&peers(&[good, bad, other])).await.unwrap_err();
         assert!(err.to_string().contains("10.244.3.0/24") && err.to_string().contains("VtepMAC"), "{err}");
         assert_eq!(kernel.snapshot().routes.len(), 1, "only the good vxlan peer");
+    }
+
+    /// No FDB entry (nor neighbour, nor route) towards a public IP that is ours, multicast or
+    /// outside the underlay: the one check in RouteSync covers vxlan's mapper.
+    #[tokio::test]
+    async fn no_fdb_entry_towards_an_untrusted_public_ip() {
+        use crate::backend::peer_trust::PeerTrust;
+        use crate::health::PeerRejectedLabels;
+        use prometheus_client::metrics::family::Family;
+
+        let kernel = Arc::new(MemoryKernel::default());
+        let mut sync = started(kernel.clone(), VxlanConfig::default()).await;
+        let family = Family::<PeerRejectedLabels, _>::default();
+        let underlay = vec!["198.51.100.0/24".parse().unwrap()];
+        sync.set_trust(PeerTrust::new([ext().public_ip], underlay), family.clone());
+        let good = lease(2, "198.51.100.2", "02:00:00:00:00:02");
+        let hostile = [
+            lease(3, "198.51.100.1", "02:00:00:00:00:03"),
+            lease(4, "239.1.1.1", "02:00:00:00:00:04"),
+            lease(5, "203.0.113.5", "02:00:00:00:00:05"),
+            lease(6, "0.0.0.0", "02:00:00:00:00:06"),
+        ];
+        let mut all = hostile.to_vec();
+        all.push(good.clone());
+        sync.reconcile(&peers(&all)).await.unwrap();
+        let state = kernel.snapshot();
+        let fdb: Vec<_> = state.fdb.values().map(|f| f.dst.to_string()).collect();
+        assert_eq!(fdb, ["198.51.100.2"]);
+        assert_eq!((state.routes.len(), state.neighbours.len()), (1, 1));
+        let count = |reason: &str| family.get_or_create(&PeerRejectedLabels { reason: reason.into() }).get();
+        let counts = [count("own_address"), count("multicast"), count("outside_underlay"), count("unspecified")];
+        assert_eq!(counts, [1, 1, 1, 1]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `weft leases list|reserve|release`.
 
 use std::net::Ipv4Addr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use ipnet::Ipv4Net;
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
-use crate::lease::{Expiry, Lease, LeaseAttrs};
+use crate::lease::{BackendData, Expiry, Lease, LeaseAttrs};
 use crate::network::Network;
 use crate::store::{self, LeaseStore, LeaseWrite, Store, WriteOutcome};
 
@@ -54,9 +54,13 @@ struct LeaseRow {
     subnet: String,
     public_ip: Ipv4Addr,
     backend_type: String,
-    backend_data: serde_json::Value,
+    /// Printed as the store holds it, never parsed: a peer's data may be nested deeper than
+    /// serde_json reads (128 levels).
+    backend_data: BackendData,
     reservation: bool,
     expires: Option<String>,
+    #[serde(skip)]
+    expiry: Expiry,
 }
 
 impl From<&Lease> for LeaseRow {
@@ -65,14 +69,25 @@ impl From<&Lease> for LeaseRow {
             subnet: lease.subnet.to_string(),
             public_ip: lease.attrs.public_ip,
             backend_type: lease.attrs.backend_type.clone(),
-            backend_data: lease.attrs.backend_data.value(),
+            backend_data: lease.attrs.backend_data.clone(),
             reservation: lease.is_reservation(),
             expires: match lease.expiry {
-                Expiry::At(when) => Some(humantime::format_rfc3339_seconds(when).to_string()),
+                Expiry::At(when) => Some(rfc3339(when)),
                 Expiry::Never | Expiry::Unknown => None,
             },
+            expiry: lease.expiry,
         }
     }
+}
+
+/// The last second RFC 3339 (a four-digit year) can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// `when` in RFC 3339, clamped to what the format can write: humantime fails (and `to_string`
+/// panics) on a time before 1970 or after year 9999, and a store may hold either.
+fn rfc3339(when: SystemTime) -> String {
+    let last = UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND);
+    humantime::format_rfc3339_seconds(when.clamp(UNIX_EPOCH, last)).to_string()
 }
 
 async fn list(store: &dyn LeaseStore, json: bool) -> Result<(), CommandError> {
@@ -92,23 +107,25 @@ async fn list(store: &dyn LeaseStore, json: bool) -> Result<(), CommandError> {
     }
     println!("{:<20} {:<16} {:<10} EXPIRES", "SUBNET", "PUBLIC IP", "BACKEND");
     for row in rows {
-        let expires = match (row.reservation, &row.expires) {
+        let expires = match (row.reservation, row.expiry) {
             (true, _) => "never (reserved)".to_string(),
-            (false, Some(at)) => in_words(at),
-            (false, None) => "unknown".to_string(),
+            (false, Expiry::At(at)) => in_words(at, SystemTime::now()),
+            (false, _) => "unknown".to_string(),
         };
         println!("{:<20} {:<16} {:<10} {expires}", row.subnet, row.public_ip, row.backend_type);
     }
     Ok(())
 }
 
-fn in_words(rfc3339: &str) -> String {
-    let left = humantime::parse_rfc3339(rfc3339)
-        .ok()
-        .and_then(|at| at.duration_since(SystemTime::now()).ok())
-        .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string())
-        .unwrap_or_else(|| "now".into());
-    format!("{rfc3339} (in {left})")
+fn in_words(at: SystemTime, now: SystemTime) -> String {
+    let left = at
+        .duration_since(now)
+        .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
+        .unwrap_or_else(|_| "now".into());
+    let when = rfc3339(at);
+    let later = at.duration_since(UNIX_EPOCH).is_ok_and(|d| d.as_secs() > LAST_RFC3339_SECOND);
+    let or_later = if later { " or later" } else { "" };
+    format!("{when}{or_later} (in {left})")
 }
 
 async fn reserve(store: &dyn Store, args: ReserveArgs) -> Result<(), CommandError> {
@@ -169,5 +186,41 @@ async fn release(store: &dyn LeaseStore, subnet: Ipv4Net) -> Result<(), CommandE
         Ok(())
     } else {
         Err(CommandError::Runtime(format!("no lease for {subnet}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease_with(backend_data: &str, expiry: Expiry) -> Lease {
+        let json = format!(r#"{{"PublicIP":"192.0.2.1","BackendType":"vxlan","BackendData":{backend_data}}}"#);
+        crate::lease::parse_lease("10.244.1.0-24", json.as_bytes(), expiry).expect("a readable lease")
+    }
+
+    /// Deeper than serde_json parses into a `Value` (128): the row must not parse it.
+    #[test]
+    fn deeply_nested_backend_data_is_printed_as_stored() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let row = LeaseRow::from(&lease_with(&deep, Expiry::Unknown));
+        let json = serde_json::to_string_pretty(&[row]).unwrap();
+        assert!(json.contains(&deep));
+        let deep_objects = format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000));
+        let row = LeaseRow::from(&lease_with(&deep_objects, Expiry::Unknown));
+        assert!(serde_json::to_string(&row).unwrap().contains(&deep_objects));
+    }
+
+    #[test]
+    fn expiries_rfc3339_cannot_write_are_clamped() {
+        let far = UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND * 1000);
+        let row = LeaseRow::from(&lease_with("null", Expiry::At(far)));
+        assert_eq!(row.expires.as_deref(), Some("9999-12-31T23:59:59Z"));
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(in_words(far, now).starts_with("9999-12-31T23:59:59Z or later (in "), "{}", in_words(far, now));
+        let last = UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND);
+        assert_eq!(in_words(last, last), "9999-12-31T23:59:59Z (in 0s)");
+        let soon = now + Duration::from_secs(90);
+        assert_eq!(in_words(soon, now), "2023-11-14T22:14:50Z (in 1m 30s)");
+        assert_eq!(in_words(now, soon), "2023-11-14T22:13:20Z (in now)");
     }
 }

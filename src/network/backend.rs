@@ -95,6 +95,11 @@ impl Default for GceConfig {
     }
 }
 
+/// How often a cloud backend looks at its route (`recheck`): at least a second, so an agent
+/// stays inside the cloud's API quotas; at most a day, so a lost route comes back the same day
+/// (and the leadership TTL of three rechecks stays far from overflowing).
+pub const RECHECK_RANGE: std::ops::RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
+
 /// weft.toml key ↔ flannel JSON key, for every backend key.
 const KEY_NAMES: &[(&str, &str)] = &[
     ("type", "Type"),
@@ -178,6 +183,16 @@ impl BackendConfig {
     /// The `type` value, as flannel spells it.
     pub fn type_name(&self) -> &'static str {
         self.kind().as_str()
+    }
+
+    /// Checks what serde cannot: that each duration is in its range.
+    pub fn check(&self) -> Result<(), super::NetworkError> {
+        let recheck = match self {
+            BackendConfig::AwsVpc(aws) => aws.recheck,
+            BackendConfig::Gce(gce) => gce.recheck,
+            BackendConfig::Vxlan(_) | BackendConfig::HostGw(_) | BackendConfig::Alloc(_) => return Ok(()),
+        };
+        super::bounded_duration("network.backend.recheck", recheck, RECHECK_RANGE).map(|_| ())
     }
 
     /// flannel's `Backend` object for this config.

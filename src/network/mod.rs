@@ -2,6 +2,8 @@
 //! validation into a typed [`Network`], and the subnet arithmetic over it.
 
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,20 @@ fn invalid(key: &'static str, value: impl ToString, reason: impl Into<String>) -
     NetworkError { key, value: value.to_string(), reason: reason.into() }
 }
 
+/// `value` of `key` if inside `range`: a duration read from a file or the store is bounded where
+/// it is read, so no timer or TTL made from it later can overflow (`Instant + d` panics).
+pub fn bounded_duration(
+    key: &'static str,
+    value: Duration,
+    range: RangeInclusive<Duration>,
+) -> Result<Duration, NetworkError> {
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let (min, max) = (humantime::format_duration(*range.start()), humantime::format_duration(*range.end()));
+    Err(invalid(key, humantime::format_duration(value), format!("must be between {min} and {max}")))
+}
+
 /// flannel's default subnet length: a /24 per host where the network is /22 or larger,
 /// otherwise four subnets.
 pub fn default_subnet_len(network: Ipv4Net) -> u8 {
@@ -125,6 +141,7 @@ impl Network {
         if subnet_min > subnet_max {
             return Err(invalid("network.subnet_min", subnet_min, format!("above network.subnet_max {subnet_max}")));
         }
+        section.backend.check()?;
         Ok(Network { network, subnet_len, subnet_min, subnet_max, backend: section.backend.clone() })
     }
 
@@ -380,5 +397,26 @@ mod tests {
         assert!(matches!(Network::from_flannel_json("{"), Err(StoredConfigError::Json(_))));
         let err = Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","SubnetLen":8}"#).unwrap_err();
         assert!(err.to_string().contains("subnet_len"), "{err}");
+    }
+
+    /// A recheck this long would overflow the cloud worker's timers and leadership TTL (a
+    /// crash-loop on every cloud agent): it is an invalid network config instead.
+    #[test]
+    fn stored_durations_out_of_range_are_invalid_configs() {
+        for backend in ["aws-vpc", "gce"] {
+            for recheck in ["99999999999999h", "0s", "25h"] {
+                let json =
+                    format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}","Recheck":"{recheck}"}}}}"#);
+                let err = Network::from_flannel_json(&json).unwrap_err();
+                assert!(matches!(err, StoredConfigError::Invalid(_)), "{err}");
+                let text = err.to_string();
+                assert!(
+                    text.contains("network.backend.recheck") && text.contains("must be between 1s and 1day"),
+                    "{text}"
+                );
+            }
+            let json = format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}","Recheck":"24h"}}}}"#);
+            assert!(Network::from_flannel_json(&json).is_ok());
+        }
     }
 }

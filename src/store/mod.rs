@@ -282,10 +282,23 @@ pub fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> BoxStream<'s
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
-/// Turns a TTL into the moment it runs out.
+/// Turns a TTL into the moment it runs out. A TTL past what the clock can hold (a store's
+/// answer is not ours to trust) gives an unknown expiry rather than a panic.
 pub fn expiry_after(ttl: Option<Duration>) -> Expiry {
     match ttl {
         None => Expiry::Never,
-        Some(ttl) => Expiry::At(SystemTime::now() + ttl),
+        Some(ttl) => SystemTime::now().checked_add(ttl).map_or(Expiry::Unknown, Expiry::At),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_past_the_clock_gives_an_unknown_expiry() {
+        assert_eq!(expiry_after(Some(Duration::MAX)), Expiry::Unknown);
+        assert!(matches!(expiry_after(Some(Duration::from_secs(60))), Expiry::At(_)));
+        assert_eq!(expiry_after(None), Expiry::Never);
     }
 }

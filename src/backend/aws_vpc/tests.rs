@@ -333,7 +333,8 @@ async fn fallback_association_then_main() {
 #[tokio::test]
 async fn recheck_paces_unforced_checks() {
     let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![])]);
-    let recheck = Duration::from_millis(500);
+    // The shortest recheck a config may set (`RECHECK_RANGE`).
+    let recheck = Duration::from_secs(1);
     let config = AwsVpcConfig { recheck, ..tagged_config() };
     let h = harness(&config);
     let own = lease("10.244.1.0/24");

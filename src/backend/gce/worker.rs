@@ -94,7 +94,9 @@ impl Routing {
             let result = self.pass(&desired).await;
             retry = match &result {
                 Ok(()) => None,
-                Err(_) => Some(retry.map_or(FIRST_RETRY, |r| (r * 2).min(self.config.recheck.max(FIRST_RETRY)))),
+                Err(_) => {
+                    Some(retry.map_or(FIRST_RETRY, |r| r.saturating_mul(2).min(self.config.recheck.max(FIRST_RETRY))))
+                }
             };
             if let Err(e) = &result {
                 warn!(error = %e, retry_in = ?retry.unwrap_or_default(), "gce routes");
@@ -244,7 +246,7 @@ impl Routing {
     /// Whether this agent removes stale routes now. A store error means "not now".
     async fn lead(&mut self) -> bool {
         // Three rechecks: a leader that died is replaced within that, a live one renews in time.
-        let ttl = (self.config.recheck * 3).max(Duration::from_secs(15));
+        let ttl = self.config.recheck.saturating_mul(3).max(Duration::from_secs(15));
         match self.store.lead(LEADERSHIP, &self.meta.instance, ttl).await {
             Ok(true) => true,
             Ok(false) => {
