@@ -21,7 +21,7 @@ use crate::backend::route_sync::{PeerObjects, RouteSync};
 use crate::backend::{
     self, Active, BackendContext, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started,
 };
-use crate::kernel::{Kernel, KernelState};
+use crate::kernel::{Kernel, KernelState, RouteConflict};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
@@ -302,6 +302,12 @@ impl Dataplane {
         };
         self.retire_unused(peers).await;
         result
+    }
+
+    /// Routes of others that keep peers out of the kernel (weft never replaces them), as of the
+    /// last sync.
+    pub fn kernel_conflicts(&self) -> Vec<RouteConflict> {
+        self.sync.as_ref().map(|sync| sync.conflicts().copied().collect()).unwrap_or_default()
     }
 
     /// Our lease moved to another subnet: every live backend follows.

@@ -2,16 +2,20 @@
 //! to a few kernel objects, by the mapper of the peer's backend type; events change only that
 //! peer's objects (fast path), and a periodic full pass diffs everything weft wants against
 //! everything it owns in the kernel (repair). Several mappers at once let a cluster move from one
-//! backend to another peer by peer, each route replaced in place.
+//! backend to another peer by peer, each route replaced in place. A peer whose route would replace
+//! a route of someone else (`proto static`...) gets nothing installed: see [`RouteSync::conflicts`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
 use super::{BackendError, BackendKind};
-use crate::kernel::{diff_all, Kernel, KernelState, Object, Op, OpFailure, Ownership};
+use crate::kernel::{
+    diff_all, route_conflicts, ForeignRoutes, Kernel, KernelReading, KernelState, Object, Op, OpFailure, Ownership,
+    RouteConflict,
+};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
@@ -37,6 +41,10 @@ pub struct RouteSync {
     installed: HashMap<Ipv4Net, PeerEntries>,
     /// False until a full pass has seen the kernel: the first sync must adopt what is there.
     synced: bool,
+    /// Routes of others as of the last full pass; the fast path checks new peers against them.
+    foreign: ForeignRoutes,
+    /// Peers left out because their route would replace one of someone else's, with those routes.
+    conflicts: BTreeMap<Ipv4Net, Vec<RouteConflict>>,
 }
 
 impl RouteSync {
@@ -47,7 +55,35 @@ impl RouteSync {
             mappers: Vec::new(),
             installed: HashMap::new(),
             synced: false,
+            foreign: ForeignRoutes::new(),
+            conflicts: BTreeMap::new(),
         }
+    }
+
+    /// The routes of others that keep peers out of the kernel, peer by peer: weft never replaces
+    /// or deletes them. For readiness and the metrics.
+    pub fn conflicts(&self) -> impl Iterator<Item = &RouteConflict> {
+        self.conflicts.values().flatten()
+    }
+
+    /// `objects` for the peer on `subnet`, or nothing when one of its routes would replace a
+    /// route of someone else; a conflict is logged when it starts and when it ends, not at
+    /// every pass.
+    fn admit(&mut self, subnet: Ipv4Net, objects: KernelState) -> KernelState {
+        let conflicts = route_conflicts(objects.objects(), &self.foreign);
+        if conflicts.is_empty() {
+            if let Some(ended) = self.conflicts.remove(&subnet) {
+                info!(peer = %subnet, routes = ?ended, "the route of someone else is gone; installing this peer's");
+            }
+            return objects;
+        }
+        if self.conflicts.get(&subnet) != Some(&conflicts) {
+            for conflict in &conflicts {
+                warn!(peer = %subnet, "{conflict}: another program routes there, so this peer gets nothing installed");
+            }
+        }
+        self.conflicts.insert(subnet, conflicts);
+        KernelState::default()
     }
 
     /// Installs peers of `backend_type` with `mapper`; `links` are devices whose entries it owns.
@@ -100,15 +136,19 @@ impl RouteSync {
             };
             let old = self.installed.remove(&subnet).map(|e| e.state()).unwrap_or_default();
             let new = match lease.map(|l| self.objects(l)) {
-                Some(Some(Ok(objects))) => objects,
+                Some(Some(Ok(objects))) => self.admit(subnet, objects),
                 Some(Some(Err(problem))) => {
                     problems.push(format!("{subnet}: {problem}"));
+                    self.conflicts.remove(&subnet);
                     KernelState::default()
                 }
                 // A backend type we do not run (yet — a switch reaches peers in any order): what
                 // the peer had keeps working until we do.
-                Some(None) => old.clone(),
-                None => KernelState::default(),
+                Some(None) => self.admit(subnet, old.clone()),
+                None => {
+                    self.conflicts.remove(&subnet);
+                    KernelState::default()
+                }
             };
             // `old` is this peer's own copy: the diff consumes it rather than cloning it.
             ops.extend(diff_all(new.objects(), old).ops);
@@ -123,28 +163,36 @@ impl RouteSync {
     /// Makes the kernel match `peers` exactly: adds, replaces, and removes what weft owns and no
     /// longer wants — including leftovers from before a restart.
     pub async fn reconcile(&mut self, peers: &LeaseMap) -> Result<SyncReport, BackendError> {
+        let KernelReading { owned: actual, foreign_routes } = self
+            .kernel
+            .read(&self.ownership)
+            .await
+            .map_err(|e| BackendError::kernel("reading the kernel's routes", e))?;
+        self.foreign = foreign_routes;
+        // Conflicts of peers that are gone end with them.
+        self.conflicts.retain(|subnet, _| peers.contains_key(subnet));
         let mut problems = Vec::new();
         // What each peer wants, kept for its next event; the plan is made from these directly, with
         // no second picture of the whole kernel.
         let mut per_peer = HashMap::with_capacity(peers.len());
         for lease in peers.values() {
-            match self.objects(lease) {
-                Some(Ok(objects)) => {
-                    per_peer.insert(lease.subnet, PeerEntries::of(&objects));
+            let objects = match self.objects(lease) {
+                Some(Ok(objects)) => objects,
+                Some(Err(problem)) => {
+                    problems.push(format!("{}: {problem}", lease.subnet));
+                    self.conflicts.remove(&lease.subnet);
+                    continue;
                 }
-                Some(Err(problem)) => problems.push(format!("{}: {problem}", lease.subnet)),
-                None => {
-                    if let Some(kept) = self.installed.get(&lease.subnet) {
-                        per_peer.insert(lease.subnet, kept.clone());
-                    }
-                }
+                None => match self.installed.get(&lease.subnet) {
+                    Some(kept) => kept.state(),
+                    None => continue,
+                },
+            };
+            let admitted = self.admit(lease.subnet, objects);
+            if !admitted.is_empty() {
+                per_peer.insert(lease.subnet, PeerEntries::of(&admitted));
             }
         }
-        let actual = self
-            .kernel
-            .read_owned(&self.ownership)
-            .await
-            .map_err(|e| BackendError::kernel("reading the kernel's routes", e))?;
         let plan = diff_all(per_peer.values().flat_map(|entries: &PeerEntries| entries.0.iter().copied()), actual);
         if !plan.is_empty() {
             info!(changes = plan.len(), peers = peers.len(), "bringing the kernel in line with the leases");
@@ -228,6 +276,7 @@ mod tests {
     use super::*;
     use crate::kernel::memory::MemoryKernel;
     use crate::lease::{Expiry, LeaseAttrs};
+    use ipnet::IpNet;
 
     fn lease(backend: &str) -> Lease {
         Lease {
@@ -259,5 +308,63 @@ mod tests {
         // A peer gone is removed whatever its type.
         sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(new.subnet)]).await.unwrap();
         assert!(kernel.snapshot().is_empty());
+    }
+
+    /// A peer on 10.244.2.0/24 while `proto static` (4) routes there.
+    fn kernel_with_a_static_route() -> Arc<MemoryKernel> {
+        let kernel = Arc::new(MemoryKernel::default());
+        kernel.foreign_routes.lock().unwrap().insert("10.244.2.0/24".parse().unwrap(), 4);
+        kernel
+    }
+
+    fn conflicts(sync: &RouteSync) -> Vec<String> {
+        sync.conflicts().map(ToString::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn a_route_of_someone_else_is_neither_replaced_nor_deleted() {
+        let kernel = kernel_with_a_static_route();
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        let peer = lease("vxlan");
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        sync.reconcile(&peers).await.unwrap();
+        sync.on_events(&peers, &[LeaseEvent::Changed(peer.subnet)]).await.unwrap();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
+        assert_eq!(conflicts(&sync), ["route to 10.244.2.0/24 owned by proto static; not replaced"]);
+        // The peer leaves: still nothing of ours to delete there, and the conflict ends with it.
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(peer.subnet)]).await.unwrap();
+        sync.reconcile(&LeaseMap::new()).await.unwrap();
+        assert_eq!(kernel.applied_count(), 0);
+        assert!(conflicts(&sync).is_empty());
+        assert_eq!(kernel.foreign_routes.lock().unwrap().get(&IpNet::V4(peer.subnet)), Some(&4));
+    }
+
+    #[tokio::test]
+    async fn a_new_peer_on_the_fast_path_yields_to_a_route_seen_by_the_last_pass() {
+        let kernel = kernel_with_a_static_route();
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        sync.reconcile(&LeaseMap::new()).await.unwrap();
+        let peer = lease("vxlan");
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        sync.on_events(&peers, &[LeaseEvent::Added(peer.subnet)]).await.unwrap();
+        assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
+        assert_eq!(conflicts(&sync).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn once_the_route_of_someone_else_is_gone_the_peer_is_installed() {
+        let kernel = kernel_with_a_static_route();
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        let peer = lease("vxlan");
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        sync.reconcile(&peers).await.unwrap();
+        kernel.foreign_routes.lock().unwrap().clear();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+        assert!(conflicts(&sync).is_empty());
     }
 }

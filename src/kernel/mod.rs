@@ -3,7 +3,8 @@
 //!
 //! Ownership: routes and nexthop objects weft installs carry [`WEFT_PROTOCOL`]; neighbours and
 //! FDB entries are weft's when they sit on a device weft owns (`flannel.<vni>`). weft removes what
-//! it owns and no longer wants, and never touches anything else.
+//! it owns and no longer wants, and never touches anything else: a peer whose route would replace
+//! a route of someone else ([`ForeignRoutes`]) is left out ([`plan::route_conflicts`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,7 +18,7 @@ pub mod netlink;
 pub mod plan;
 pub mod sysctl;
 
-pub use plan::{diff, diff_all, Op, Plan};
+pub use plan::{diff, diff_all, route_conflicts, Op, Plan, RouteConflict};
 
 /// Route protocol number of every route and nexthop weft installs (`ip route show proto 87`).
 pub const WEFT_PROTOCOL: u8 = 87;
@@ -201,6 +202,18 @@ pub struct Ownership {
     pub links: Vec<u32>,
 }
 
+/// Main-table routes that are not weft's, by destination, with the protocol that put them there
+/// (`proto static` is 4). weft's own put to such a destination would replace them (`NLM_F_REPLACE`
+/// matches on the destination), so weft leaves those destinations alone.
+pub type ForeignRoutes = BTreeMap<IpNet, u8>;
+
+/// One read of the kernel: what weft owns, and the routes of others that its puts must not touch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelReading {
+    pub owned: KernelState,
+    pub foreign_routes: ForeignRoutes,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("netlink: {0}")]
@@ -270,8 +283,13 @@ pub trait Interfaces: Send + Sync {
 /// tests, in memory.
 #[async_trait]
 pub trait Kernel: Send + Sync {
+    /// Every route, nexthop, neighbour and FDB entry weft owns under `ownership`, and the
+    /// main-table routes of others, from one dump.
+    async fn read(&self, ownership: &Ownership) -> Result<KernelReading, KernelError>;
     /// Every route, nexthop, neighbour and FDB entry weft owns under `ownership`.
-    async fn read_owned(&self, ownership: &Ownership) -> Result<KernelState, KernelError>;
+    async fn read_owned(&self, ownership: &Ownership) -> Result<KernelState, KernelError> {
+        Ok(self.read(ownership).await?.owned)
+    }
     /// Applies `ops` in order, in batches; a failed op does not stop the others.
     async fn apply(&self, ops: &[Op]) -> Vec<OpFailure>;
     /// Creates the vxlan device, or adopts an existing one that matches; explains a mismatch.
