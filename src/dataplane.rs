@@ -21,7 +21,7 @@ use crate::backend::route_sync::{PeerObjects, RouteSync};
 use crate::backend::{
     self, Active, BackendContext, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started,
 };
-use crate::kernel::{Kernel, KernelState, RouteConflict};
+use crate::kernel::{Conflict, Kernel, KernelState};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
@@ -304,9 +304,9 @@ impl Dataplane {
         result
     }
 
-    /// Routes of others that keep peers out of the kernel (weft never replaces them), as of the
-    /// last sync.
-    pub fn kernel_conflicts(&self) -> Vec<RouteConflict> {
+    /// Routes and nexthop objects of others that keep peers out of the kernel (weft never
+    /// replaces them), as of the last sync.
+    pub fn kernel_conflicts(&self) -> Vec<Conflict> {
         self.sync.as_ref().map(|sync| sync.conflicts().copied().collect()).unwrap_or_default()
     }
 

@@ -62,7 +62,7 @@ pub struct Metrics {
     pub cloud_routes_owned: Family<CloudTableLabels, Gauge>,
     /// Route tables or projects that refused our route for lack of room (quota, route limit).
     pub cloud_route_limit: Family<CloudTableLabels, Gauge>,
-    /// Peers' destinations routed by someone else's route, which weft leaves alone.
+    /// Routes and nexthop objects of others in peers' way, which weft leaves alone.
     pub kernel_conflicts: Gauge,
 }
 
@@ -115,7 +115,7 @@ impl Default for Metrics {
         );
         registry.register(
             "kernel_conflicts",
-            "Peers' subnets the kernel routes by a route of someone else (not replaced; the peer is not installed)",
+            "Routes and nexthop objects of others where a peer's would go (not replaced; the peer is not installed)",
             m.kernel_conflicts.clone(),
         );
         Metrics { registry, ..m }
@@ -146,8 +146,8 @@ pub enum Condition {
     Masquerade,
     /// Our cloud route is in place (the cloud backend's worker).
     Cloud,
-    /// No peer is kept out of the kernel by a route of someone else (the lease loop, after each
-    /// sync of the data plane).
+    /// No peer is kept out of the kernel by a route or nexthop object of someone else (the lease
+    /// loop, after each sync of the data plane).
     Kernel,
 }
 

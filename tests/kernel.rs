@@ -625,18 +625,22 @@ fn host_gw_lease(n: u8) -> (Ipv4Net, Lease) {
 }
 
 #[test]
-fn a_static_route_to_a_leased_subnet_is_neither_replaced_nor_deleted() {
+fn what_others_put_in_a_peers_way_is_neither_replaced_nor_deleted() {
     let ns = TestNs::new("owner");
     let name = ns.0.name.clone();
     ns.block_on(move || async move {
         let netns = Netns::open(&name).unwrap();
-        // `ip -j route show` of the main table's routes to exactly `dst`.
-        let routes_to = |dst: &str| {
+        let ip = |args: &[&str]| {
             let mut command = netns.command("timeout").unwrap();
-            command.args(["20", "ip", "-j", "route", "show", "table", "main", "exact", dst]);
-            let text = output(command, &format!("ip route show exact {dst}"));
+            command.arg("20").arg("ip").args(args);
+            let text = output(command, &format!("ip {args:?}"));
+            if text.trim().is_empty() {
+                return Vec::new();
+            }
             serde_json::from_str::<Vec<Value>>(text.trim()).unwrap()
         };
+        // `ip -j route show` of the main table's routes to exactly `dst`.
+        let routes_to = |dst: &str| ip(&["-j", "route", "show", "table", "main", "exact", dst]);
         let kernel = Arc::new(NetlinkKernel::new().unwrap());
         let underlay = veth(&kernel, "under0").await;
         kernel.ensure_address(underlay, Ipv4Net::new(LOCAL, 24).unwrap().into()).await.unwrap();
@@ -653,15 +657,29 @@ fn a_static_route_to_a_leased_subnet_is_neither_replaced_nor_deleted() {
         let before = routes_to("198.18.3.0/24");
         assert_eq!(before.len(), 1, "{before:?}");
         assert_eq!(before[0]["protocol"], "static", "{before:?}");
+        // A routing daemon's nexthop object holds the id weft would give peer 5's.
+        let taken = peer_route::nexthop_id(&"198.18.5.0/24".parse().unwrap()).to_string();
+        ip(&["nexthop", "add", "id", &taken, "via", "198.51.100.254", "dev", "under0", "proto", "zebra"]);
+        let nexthop = || ip(&["-j", "nexthop", "show", "id", &taken]);
+        let daemons = nexthop();
+        assert_eq!(daemons[0]["protocol"], "zebra", "{daemons:?}");
 
         let mut sync = RouteSync::new(kernel.clone());
         sync.add_mapper(BackendKind::HostGw, Box::new(ViaUnderlay { underlay }), &[]);
-        let peers: LeaseMap = [host_gw_lease(3), host_gw_lease(4)].into();
-        let (three, four) = (host_gw_lease(3).0, host_gw_lease(4).0);
+        let peers: LeaseMap = [host_gw_lease(3), host_gw_lease(4), host_gw_lease(5)].into();
+        let (three, four, five) = (host_gw_lease(3).0, host_gw_lease(4).0, host_gw_lease(5).0);
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(routes_to("198.18.3.0/24"), before, "the static route was touched");
+        assert_eq!(nexthop(), daemons, "the daemon's nexthop was touched");
+        assert!(routes_to("198.18.5.0/24").is_empty(), "peer 5 is left out");
         let conflicts: Vec<String> = sync.conflicts().map(ToString::to_string).collect();
-        assert_eq!(conflicts, ["route to 198.18.3.0/24 owned by proto static; not replaced"]);
+        assert_eq!(
+            conflicts,
+            [
+                "route to 198.18.3.0/24 owned by proto static; not replaced".to_string(),
+                format!("nexthop {taken} owned by proto zebra; not replaced")
+            ]
+        );
         // The other peer is installed as ever.
         assert_eq!(routes_to("198.18.4.0/24")[0]["protocol"], "87");
         // An event for the peer (the fast path) and another full pass: still untouched.
@@ -671,7 +689,7 @@ fn a_static_route_to_a_leased_subnet_is_neither_replaced_nor_deleted() {
 
         // The peers' leases go: weft removes its own route and nothing else.
         let without_three: LeaseMap = [host_gw_lease(4)].into();
-        sync.on_events(&without_three, &[LeaseEvent::Removed(three)]).await.unwrap();
+        sync.on_events(&without_three, &[LeaseEvent::Removed(three), LeaseEvent::Removed(five)]).await.unwrap();
         sync.reconcile(&without_three).await.unwrap();
         assert_eq!(routes_to("198.18.3.0/24"), before, "the static route was deleted or changed");
         assert_eq!(sync.conflicts().count(), 0);
@@ -679,6 +697,7 @@ fn a_static_route_to_a_leased_subnet_is_neither_replaced_nor_deleted() {
         sync.reconcile(&LeaseMap::new()).await.unwrap();
         assert!(routes_to("198.18.4.0/24").is_empty());
         assert_eq!(routes_to("198.18.3.0/24"), before, "the static route was deleted or changed");
+        assert_eq!(nexthop(), daemons, "the daemon's nexthop was deleted or changed");
     });
     assert!(ns.json("ip", "route show proto 87").is_empty());
 }

@@ -258,7 +258,7 @@ impl Running {
         self.check_backend(watcher, false).await;
     }
 
-    /// Routes of others that keep peers out of the kernel, after each sync of it: the one writer
+    /// What of others keeps peers out of the kernel, after each sync of it: the one writer
     /// of the kernel condition and of `weft_kernel_conflicts`. (The data plane logs each conflict
     /// once, when it starts.)
     pub(super) fn report_kernel_conflicts(&self) {

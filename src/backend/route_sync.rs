@@ -13,8 +13,8 @@ use tracing::{debug, info, warn};
 
 use super::{BackendError, BackendKind};
 use crate::kernel::{
-    diff_all, route_conflicts, ForeignRoutes, Kernel, KernelReading, KernelState, Object, Op, OpFailure, Ownership,
-    RouteConflict,
+    diff_all, foreign_conflicts, Conflict, Foreign, Kernel, KernelReading, KernelState, Object, Op, OpFailure,
+    Ownership,
 };
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
@@ -41,10 +41,10 @@ pub struct RouteSync {
     installed: HashMap<Ipv4Net, PeerEntries>,
     /// False until a full pass has seen the kernel: the first sync must adopt what is there.
     synced: bool,
-    /// Routes of others as of the last full pass; the fast path checks new peers against them.
-    foreign: ForeignRoutes,
-    /// Peers left out because their route would replace one of someone else's, with those routes.
-    conflicts: BTreeMap<Ipv4Net, Vec<RouteConflict>>,
+    /// What of others was in the way at the last full pass; the fast path checks against it.
+    foreign: Foreign,
+    /// Peers left out because their objects would replace some of someone else's, with those.
+    conflicts: BTreeMap<Ipv4Net, Vec<Conflict>>,
 }
 
 impl RouteSync {
@@ -55,25 +55,25 @@ impl RouteSync {
             mappers: Vec::new(),
             installed: HashMap::new(),
             synced: false,
-            foreign: ForeignRoutes::new(),
+            foreign: Foreign::default(),
             conflicts: BTreeMap::new(),
         }
     }
 
-    /// The routes of others that keep peers out of the kernel, peer by peer: weft never replaces
-    /// or deletes them. For readiness and the metrics.
-    pub fn conflicts(&self) -> impl Iterator<Item = &RouteConflict> {
+    /// The routes and nexthop objects of others that keep peers out of the kernel, peer by peer:
+    /// weft never replaces or deletes them. For readiness and the metrics.
+    pub fn conflicts(&self) -> impl Iterator<Item = &Conflict> {
         self.conflicts.values().flatten()
     }
 
-    /// `objects` for the peer on `subnet`, or nothing when one of its routes would replace a
-    /// route of someone else; a conflict is logged when it starts and when it ends, not at
+    /// `objects` for the peer on `subnet`, or nothing when one of them would replace an object
+    /// of someone else; a conflict is logged when it starts and when it ends, not at
     /// every pass.
     fn admit(&mut self, subnet: Ipv4Net, objects: KernelState) -> KernelState {
-        let conflicts = route_conflicts(objects.objects(), &self.foreign);
+        let conflicts = foreign_conflicts(objects.objects(), &self.foreign);
         if conflicts.is_empty() {
             if let Some(ended) = self.conflicts.remove(&subnet) {
-                info!(peer = %subnet, routes = ?ended, "the route of someone else is gone; installing this peer's");
+                info!(peer = %subnet, ?ended, "what of someone else was in the way is gone; installing this peer");
             }
             return objects;
         }
@@ -163,12 +163,12 @@ impl RouteSync {
     /// Makes the kernel match `peers` exactly: adds, replaces, and removes what weft owns and no
     /// longer wants — including leftovers from before a restart.
     pub async fn reconcile(&mut self, peers: &LeaseMap) -> Result<SyncReport, BackendError> {
-        let KernelReading { owned: actual, foreign_routes } = self
+        let KernelReading { owned: actual, foreign } = self
             .kernel
             .read(&self.ownership)
             .await
             .map_err(|e| BackendError::kernel("reading the kernel's routes", e))?;
-        self.foreign = foreign_routes;
+        self.foreign = foreign;
         // Conflicts of peers that are gone end with them.
         self.conflicts.retain(|subnet, _| peers.contains_key(subnet));
         let mut problems = Vec::new();
@@ -313,7 +313,7 @@ mod tests {
     /// A peer on 10.244.2.0/24 while `proto static` (4) routes there.
     fn kernel_with_a_static_route() -> Arc<MemoryKernel> {
         let kernel = Arc::new(MemoryKernel::default());
-        kernel.foreign_routes.lock().unwrap().insert("10.244.2.0/24".parse().unwrap(), 4);
+        kernel.foreign.lock().unwrap().routes.insert("10.244.2.0/24".parse().unwrap(), 4);
         kernel
     }
 
@@ -338,7 +338,7 @@ mod tests {
         sync.reconcile(&LeaseMap::new()).await.unwrap();
         assert_eq!(kernel.applied_count(), 0);
         assert!(conflicts(&sync).is_empty());
-        assert_eq!(kernel.foreign_routes.lock().unwrap().get(&IpNet::V4(peer.subnet)), Some(&4));
+        assert_eq!(kernel.foreign.lock().unwrap().routes.get(&IpNet::V4(peer.subnet)), Some(&4));
     }
 
     #[tokio::test]
@@ -355,6 +355,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_nexthop_object_of_someone_else_with_our_id_is_not_replaced() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let peer = lease("vxlan");
+        // ViaPublicIp names the peer's nexthop after its subnet's address; a routing daemon's
+        // object (proto zebra, 11) already has that id.
+        let id = u32::from(peer.subnet.network());
+        kernel.foreign.lock().unwrap().nexthops.insert(id, 11);
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
+        assert_eq!(conflicts(&sync), [format!("nexthop {id} owned by proto zebra; not replaced")]);
+        assert_eq!(kernel.foreign.lock().unwrap().nexthops.get(&id), Some(&11));
+    }
+
+    #[tokio::test]
     async fn once_the_route_of_someone_else_is_gone_the_peer_is_installed() {
         let kernel = kernel_with_a_static_route();
         let mut sync = RouteSync::new(kernel.clone());
@@ -362,7 +379,7 @@ mod tests {
         let peer = lease("vxlan");
         let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
         sync.reconcile(&peers).await.unwrap();
-        kernel.foreign_routes.lock().unwrap().clear();
+        kernel.foreign.lock().unwrap().routes.clear();
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         assert!(conflicts(&sync).is_empty());

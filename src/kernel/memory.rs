@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{
-    ForeignRoutes, InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelReading, KernelState, LinkHandle,
-    MacAddr, Op, OpFailure, Ownership, VxlanSpec,
+    Foreign, InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelReading, KernelState, LinkHandle, MacAddr,
+    Op, OpFailure, Ownership, VxlanSpec,
 };
 
 /// Decides which ops a [`MemoryKernel`] refuses.
@@ -18,9 +18,9 @@ pub type RefuseOp = fn(&Op) -> bool;
 #[derive(Default)]
 pub struct MemoryKernel {
     pub state: Mutex<KernelState>,
-    /// Routes of others (`proto static`...). A put to one of their destinations takes it over, as
-    /// `NLM_F_REPLACE` does in the kernel.
-    pub foreign_routes: Mutex<ForeignRoutes>,
+    /// Routes and nexthop objects of others (`proto static`...). A put to one of their places
+    /// takes it over, as `NLM_F_REPLACE` does in the kernel.
+    pub foreign: Mutex<Foreign>,
     pub links: Mutex<Vec<LinkHandle>>,
     pub addresses: Mutex<Vec<(u32, IpNet)>>,
     /// Every op applied, in order, to count changes.
@@ -49,8 +49,8 @@ impl MemoryKernel {
 #[async_trait]
 impl Kernel for MemoryKernel {
     async fn read(&self, _ownership: &Ownership) -> Result<KernelReading, KernelError> {
-        let foreign_routes = self.foreign_routes.lock().expect("lock").clone();
-        Ok(KernelReading { owned: self.snapshot(), foreign_routes })
+        let foreign = self.foreign.lock().expect("lock").clone();
+        Ok(KernelReading { owned: self.snapshot(), foreign })
     }
 
     async fn apply(&self, ops: &[Op]) -> Vec<OpFailure> {
@@ -69,9 +69,12 @@ impl Kernel for MemoryKernel {
             match *op {
                 Op::PutNeighbour(n) => state.add_neighbour(n),
                 Op::PutFdb(f) => state.add_fdb(f),
-                Op::PutNexthop(n) => state.add_nexthop(n),
+                Op::PutNexthop(n) => {
+                    self.foreign.lock().expect("lock").nexthops.remove(&n.id);
+                    state.add_nexthop(n);
+                }
                 Op::PutRoute(r) => {
-                    self.foreign_routes.lock().expect("lock").remove(&r.dst);
+                    self.foreign.lock().expect("lock").routes.remove(&r.dst);
                     state.add_route(r);
                 }
                 Op::DeleteRoute(r) => {

@@ -4,7 +4,7 @@
 //! Ownership: routes and nexthop objects weft installs carry [`WEFT_PROTOCOL`]; neighbours and
 //! FDB entries are weft's when they sit on a device weft owns (`flannel.<vni>`). weft removes what
 //! it owns and no longer wants, and never touches anything else: a peer whose route would replace
-//! a route of someone else ([`ForeignRoutes`]) is left out ([`plan::route_conflicts`]).
+//! a route or nexthop object of someone else ([`Foreign`]) is left out ([`plan::foreign_conflicts`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,7 +18,7 @@ pub mod netlink;
 pub mod plan;
 pub mod sysctl;
 
-pub use plan::{diff, diff_all, route_conflicts, Op, Plan, RouteConflict};
+pub use plan::{diff, diff_all, foreign_conflicts, Claimed, Conflict, Op, Plan};
 
 /// Route protocol number of every route and nexthop weft installs (`ip route show proto 87`).
 pub const WEFT_PROTOCOL: u8 = 87;
@@ -202,16 +202,26 @@ pub struct Ownership {
     pub links: Vec<u32>,
 }
 
-/// Main-table routes that are not weft's, by destination, with the protocol that put them there
-/// (`proto static` is 4). weft's own put to such a destination would replace them (`NLM_F_REPLACE`
-/// matches on the destination), so weft leaves those destinations alone.
-pub type ForeignRoutes = BTreeMap<IpNet, u8>;
+/// Kernel objects that are not weft's but sit where weft's would go, each with the protocol that
+/// put it there (`proto static` is 4): main-table routes by destination, nexthop objects by id.
+/// weft's puts are `NLM_F_REPLACE`, which would take them over, so weft leaves those places alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Foreign {
+    pub routes: BTreeMap<IpNet, u8>,
+    pub nexthops: BTreeMap<u32, u8>,
+}
 
-/// One read of the kernel: what weft owns, and the routes of others that its puts must not touch.
+impl Foreign {
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.nexthops.is_empty()
+    }
+}
+
+/// One read of the kernel: what weft owns, and what of others its puts must not touch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelReading {
     pub owned: KernelState,
-    pub foreign_routes: ForeignRoutes,
+    pub foreign: Foreign,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,8 +293,8 @@ pub trait Interfaces: Send + Sync {
 /// tests, in memory.
 #[async_trait]
 pub trait Kernel: Send + Sync {
-    /// Every route, nexthop, neighbour and FDB entry weft owns under `ownership`, and the
-    /// main-table routes of others, from one dump.
+    /// Every route, nexthop, neighbour and FDB entry weft owns under `ownership`, and the routes
+    /// and nexthop objects of others in their way, from the same dumps.
     async fn read(&self, ownership: &Ownership) -> Result<KernelReading, KernelError>;
     /// Every route, nexthop, neighbour and FDB entry weft owns under `ownership`.
     async fn read_owned(&self, ownership: &Ownership) -> Result<KernelState, KernelError> {

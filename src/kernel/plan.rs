@@ -6,7 +6,7 @@ use std::fmt;
 
 use ipnet::IpNet;
 
-use super::{FdbSpec, ForeignRoutes, KernelState, NeighbourSpec, NexthopSpec, Object, RouteSpec, WEFT_PROTOCOL};
+use super::{FdbSpec, Foreign, KernelState, NeighbourSpec, NexthopSpec, Object, RouteSpec, WEFT_PROTOCOL};
 
 /// One kernel change. `Put` creates or replaces in place (no delete + add, so no flap).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,17 +79,30 @@ pub fn diff_all(desired: impl Iterator<Item = Object> + Clone, mut actual: Kerne
     Plan { ops }
 }
 
-/// A route weft wants to a destination the kernel already routes by someone else's route.
+/// A place in the kernel weft wants that an object of someone else already holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RouteConflict {
-    pub dst: IpNet,
-    /// The protocol of the route in the way (`proto static` is 4).
+pub enum Claimed {
+    /// The main table's route to this destination.
+    Route(IpNet),
+    /// The nexthop object with this id.
+    Nexthop(u32),
+}
+
+/// An object weft wants where the kernel already has one of someone else's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Conflict {
+    pub claimed: Claimed,
+    /// The protocol of the object in the way (`proto static` is 4).
     pub protocol: u8,
 }
 
-impl fmt::Display for RouteConflict {
+impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "route to {} owned by proto {}; not replaced", self.dst, ProtocolName(self.protocol))
+        match self.claimed {
+            Claimed::Route(dst) => write!(f, "route to {dst}")?,
+            Claimed::Nexthop(id) => write!(f, "nexthop {id}")?,
+        }
+        write!(f, " owned by proto {}; not replaced", ProtocolName(self.protocol))
     }
 }
 
@@ -125,20 +138,29 @@ impl fmt::Display for ProtocolName {
     }
 }
 
-/// The routes among `wanted` that would replace a route weft does not own: a put is
-/// `NLM_F_REPLACE`, which takes over any route to the same destination whoever put it there.
-/// weft never does; the caller leaves out the peer these routes belong to. Only the exact
-/// destination counts: a route of others that covers it (a /16) or lies inside it (a /25) is not
-/// replaced by ours and stays as it is. An entry with weft's own protocol is never in the way.
-pub fn route_conflicts(wanted: impl IntoIterator<Item = Object>, foreign: &ForeignRoutes) -> Vec<RouteConflict> {
+/// The objects among `wanted` that would replace one weft does not own: a put is
+/// `NLM_F_REPLACE`, which takes over any route to the same destination, or any nexthop object
+/// with the same id, whoever put it there. weft never does; the caller leaves out the peer these
+/// objects belong to. Only the exact destination counts: a route of others that covers it (a /16)
+/// or lies inside it (a /25) is not replaced by ours and stays as it is. Neighbours and FDB
+/// entries never conflict: weft puts them only on its own devices, where everything is weft's.
+/// An entry with weft's own protocol is never in the way.
+pub fn foreign_conflicts(wanted: impl IntoIterator<Item = Object>, foreign: &Foreign) -> Vec<Conflict> {
     if foreign.is_empty() {
         return Vec::new();
     }
     wanted
         .into_iter()
         .filter_map(|object| match object {
-            Object::Route(route) => foreign.get(&route.dst).map(|&protocol| RouteConflict { dst: route.dst, protocol }),
-            _ => None,
+            Object::Route(route) => foreign
+                .routes
+                .get(&route.dst)
+                .map(|&protocol| Conflict { claimed: Claimed::Route(route.dst), protocol }),
+            Object::Nexthop(nexthop) => foreign
+                .nexthops
+                .get(&nexthop.id)
+                .map(|&protocol| Conflict { claimed: Claimed::Nexthop(nexthop.id), protocol }),
+            Object::Neighbour(_) | Object::Fdb(_) => None,
         })
         .filter(|conflict| conflict.protocol != WEFT_PROTOCOL)
         .collect()
@@ -263,11 +285,13 @@ mod tests {
         let mut want = KernelState::default();
         peer(&mut want, 3, 3);
         peer6(&mut want, 3, 3);
-        let foreign = |entries: &[(&str, u8)]| -> ForeignRoutes {
-            entries.iter().map(|(dst, protocol)| (dst.parse().unwrap(), *protocol)).collect()
+        let foreign = |entries: &[(&str, u8)]| Foreign {
+            routes: entries.iter().map(|(dst, protocol)| (dst.parse().unwrap(), *protocol)).collect(),
+            nexthops: BTreeMap::new(),
         };
-        let conflict = |dst: &str, protocol| RouteConflict { dst: dst.parse().unwrap(), protocol };
-        let cases: [(&str, ForeignRoutes, Vec<RouteConflict>); 9] = [
+        let conflict = |dst: &str, protocol| Conflict { claimed: Claimed::Route(dst.parse().unwrap()), protocol };
+        let nexthop = |id: u32, protocol| Foreign { routes: BTreeMap::new(), nexthops: [(id, protocol)].into() };
+        let cases: [(&str, Foreign, Vec<Conflict>); 11] = [
             ("nothing of others", foreign(&[]), vec![]),
             ("proto static to it", foreign(&[("10.244.3.0/24", 4)]), vec![conflict("10.244.3.0/24", 4)]),
             ("proto boot to it", foreign(&[("10.244.3.0/24", 3)]), vec![conflict("10.244.3.0/24", 3)]),
@@ -277,18 +301,27 @@ mod tests {
             ("a route inside it", foreign(&[("10.244.3.0/25", 4)]), vec![]),
             ("another peer's", foreign(&[("10.244.4.0/24", 4)]), vec![]),
             ("weft's own protocol", foreign(&[("10.244.3.0/24", WEFT_PROTOCOL)]), vec![]),
+            // peer(3) uses nexthop id 3.
+            (
+                "a nexthop object with its id",
+                nexthop(3, 11),
+                vec![Conflict { claimed: Claimed::Nexthop(3), protocol: 11 }],
+            ),
+            ("a nexthop object with another id", nexthop(4, 11), vec![]),
         ];
         for (what, foreign, expected) in cases {
-            assert_eq!(route_conflicts(want.objects(), &foreign), expected, "{what}");
+            assert_eq!(foreign_conflicts(want.objects(), &foreign), expected, "{what}");
         }
     }
 
     #[test]
     fn a_conflict_says_what_is_in_the_way_and_whose_it_is() {
-        let conflict = |protocol| RouteConflict { dst: "10.244.3.0/24".parse().unwrap(), protocol };
+        let conflict = |protocol| Conflict { claimed: Claimed::Route("10.244.3.0/24".parse().unwrap()), protocol };
         assert_eq!(conflict(4).to_string(), "route to 10.244.3.0/24 owned by proto static; not replaced");
         assert_eq!(conflict(3).to_string(), "route to 10.244.3.0/24 owned by proto boot; not replaced");
         assert_eq!(conflict(200).to_string(), "route to 10.244.3.0/24 owned by proto 200; not replaced");
+        let nexthop = Conflict { claimed: Claimed::Nexthop(183_763_712), protocol: 11 };
+        assert_eq!(nexthop.to_string(), "nexthop 183763712 owned by proto zebra; not replaced");
     }
 
     #[test]

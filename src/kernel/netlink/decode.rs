@@ -166,14 +166,25 @@ impl RouteAttrs {
     }
 }
 
-pub fn nexthop(kind: u16, payload: &[u8]) -> Option<NexthopSpec> {
+/// A dumped nexthop object: weft's, or the id of someone else's, which a put of ours with that id
+/// would replace.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DumpedNexthop {
+    Owned(NexthopSpec),
+    Foreign { id: u32, protocol: u8 },
+}
+
+pub fn dumped_nexthop(kind: u16, payload: &[u8]) -> Option<DumpedNexthop> {
     if kind != RTM_NEWNEXTHOP {
         return None;
     }
     let message = NexthopMessage::parse(payload)
         .map_err(|e| tracing::warn!("skipping an unparsable nexthop in a dump: {e}"))
         .ok()?;
-    (message.header.protocol == WEFT_PROTOCOL).then(|| message.to_spec())?
+    if message.header.protocol == WEFT_PROTOCOL {
+        return message.to_spec().map(DumpedNexthop::Owned);
+    }
+    Some(DumpedNexthop::Foreign { id: message.id()?, protocol: message.header.protocol })
 }
 
 /// A neighbour (AF_INET, AF_INET6) or FDB entry (AF_BRIDGE), whichever it is.
@@ -308,6 +319,22 @@ mod tests {
         assert!(matches!(dumped_route(&adopted, &ours()), Some(DumpedRoute::Owned(_))));
         let foreign = bytes(gateway_route(RouteProtocol::Static, 9));
         assert_eq!(dumped_route(&foreign, &ours()), Some(DumpedRoute::Foreign { dst: ten_244_3, protocol: 4 }));
+    }
+
+    #[test]
+    fn nexthop_objects_of_others_are_foreign() {
+        let spec =
+            NexthopSpec { id: 0x0af4_0300, gateway: Ipv4Addr::new(198, 51, 100, 3).into(), oif: 9, onlink: false };
+        let bytes = |protocol| {
+            let message = NexthopMessage::put(&spec, protocol);
+            let mut out = vec![0; message.buffer_len()];
+            message.emit(&mut out);
+            out
+        };
+        assert_eq!(dumped_nexthop(RTM_NEWNEXTHOP, &bytes(WEFT_PROTOCOL)), Some(DumpedNexthop::Owned(spec)));
+        let foreign = Some(DumpedNexthop::Foreign { id: spec.id, protocol: 4 });
+        assert_eq!(dumped_nexthop(RTM_NEWNEXTHOP, &bytes(4)), foreign);
+        assert_eq!(dumped_nexthop(RTM_NEWNEXTHOP + 1, &bytes(4)), None, "not a RTM_NEWNEXTHOP");
     }
 
     #[test]

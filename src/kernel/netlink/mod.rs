@@ -139,7 +139,7 @@ impl NetlinkKernel {
                     Some(decode::DumpedRoute::Owned(route)) => reading.owned.add_route(route),
                     // Two of them to one destination (two metrics): the first names the owner.
                     Some(decode::DumpedRoute::Foreign { dst, protocol }) => {
-                        reading.foreign_routes.entry(dst).or_insert(protocol);
+                        reading.foreign.routes.entry(dst).or_insert(protocol);
                     }
                     None => {}
                 }
@@ -148,10 +148,14 @@ impl NetlinkKernel {
         Ok(())
     }
 
-    async fn read_nexthops(socket: &mut BatchSocket, state: &mut KernelState) -> Result<(), KernelError> {
+    async fn read_nexthops(socket: &mut BatchSocket, reading: &mut KernelReading) -> Result<(), KernelError> {
         for (kind, payload) in Self::dump(socket, "nexthops", encode::dump_nexthops).await? {
-            if let Some(nexthop) = decode::nexthop(kind, &payload) {
-                state.add_nexthop(nexthop);
+            match decode::dumped_nexthop(kind, &payload) {
+                Some(decode::DumpedNexthop::Owned(nexthop)) => reading.owned.add_nexthop(nexthop),
+                Some(decode::DumpedNexthop::Foreign { id, protocol }) => {
+                    reading.foreign.nexthops.insert(id, protocol);
+                }
+                None => {}
             }
         }
         Ok(())
@@ -200,13 +204,12 @@ impl Kernel for NetlinkKernel {
         let mut socket = self.batch.lock().await;
         let mut reading = KernelReading::default();
         Self::read_routes(&mut socket, ownership, &mut reading).await?;
-        let state = &mut reading.owned;
         // Read nexthops even when not using them: ones left from a run that did are removed.
         if self.kernel_has_nexthops(&mut socket).await {
-            Self::read_nexthops(&mut socket, state).await?;
+            Self::read_nexthops(&mut socket, &mut reading).await?;
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6, AddressFamily::Bridge] {
-            Self::read_neighbours(&mut socket, family, ownership, state).await?;
+            Self::read_neighbours(&mut socket, family, ownership, &mut reading.owned).await?;
         }
         Ok(reading)
     }
