@@ -63,13 +63,23 @@ impl NftSocket {
     /// The next answers from the kernel; an error of kind `TimedOut` naming `operation` when
     /// none came within the timeout.
     fn receive(&mut self, operation: &str) -> io::Result<mnl::NlMessages<'_>> {
-        match self.socket.recv(aligned(&mut self.buffer)) {
+        let buffer = aligned(&mut self.buffer);
+        let received = loop {
+            match self.socket.recv_raw(buffer) {
+                // A signal was handled meanwhile: with SO_RCVTIMEO set, the kernel does not restart
+                // the call by itself (signal(7)).
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                received => break received,
+            }
+        };
+        match received {
+            Ok(length) => Ok(mnl::NlMessages::new(&buffer[..length])),
             // SO_RCVTIMEO ran out: the kernel's EAGAIN.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("no answer from nf_tables within {:?} while {operation}", self.timeout),
             )),
-            received => received,
+            Err(e) => Err(e),
         }
     }
 
@@ -160,5 +170,37 @@ mod tests {
         assert_eq!(kind, io::ErrorKind::TimedOut, "{message}");
         assert_eq!(message, "no answer from nf_tables within 200ms while listing the rules");
         assert!(waited >= Duration::from_millis(150), "gave up after {waited:?}");
+    }
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    /// A signal handled during the wait (SIGHUP for a reload, say) neither ends it early nor
+    /// turns into an error: the wait goes on to its deadline.
+    #[test]
+    fn a_signal_during_the_wait_does_not_end_it() {
+        // SAFETY: a handler that does nothing, for a signal no other test uses.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()), 0);
+        }
+        let (thread_id, receiver_thread) = std::sync::mpsc::channel();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut socket = NftSocket::open_with_timeout(Duration::from_millis(600)).expect("open a netfilter socket");
+            // SAFETY: pthread_self has no preconditions.
+            let _ = thread_id.send(unsafe { libc::pthread_self() });
+            let started = std::time::Instant::now();
+            let error = socket.receive("reading the chain").map(|_| ()).expect_err("nothing was sent, nothing comes");
+            let _ = done.send((error.kind(), started.elapsed()));
+        });
+        let receiving = receiver_thread.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        // SAFETY: the thread is alive: it waits up to 600 ms and reports before ending.
+        assert_eq!(unsafe { libc::pthread_kill(receiving, libc::SIGUSR2) }, 0);
+        let (kind, waited) = result.recv_timeout(Duration::from_secs(10)).expect("the receive hung");
+        assert_eq!(kind, io::ErrorKind::TimedOut);
+        assert!(waited >= Duration::from_millis(500), "the signal ended the wait after {waited:?}");
     }
 }
