@@ -3,7 +3,7 @@
 //!
 //! Ownership: routes and nexthop objects weft installs carry [`WEFT_PROTOCOL`]; neighbours and
 //! FDB entries are weft's when they sit on a device weft owns (`flannel.<vni>`). weft removes what
-//! it owns and no longer wants, and never touches anything else: a peer whose route would replace
+//! it owns and no longer wants, and never touches anything else: a peer whose objects would replace
 //! a route or nexthop object of someone else ([`Foreign`]) is left out ([`plan::foreign_conflicts`]).
 
 use std::collections::BTreeMap;
