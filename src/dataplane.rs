@@ -25,7 +25,7 @@ use crate::backend::{
     self, Active, BackendContext, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started,
 };
 use crate::health::PeerRejectedLabels;
-use crate::kernel::{Kernel, KernelState};
+use crate::kernel::{Conflict, Kernel, KernelState};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
@@ -320,6 +320,12 @@ impl Dataplane {
         };
         self.retire_unused(peers).await;
         result
+    }
+
+    /// Routes and nexthop objects of others that keep peers out of the kernel (weft never
+    /// replaces them), as of the last sync.
+    pub fn kernel_conflicts(&self) -> Vec<Conflict> {
+        self.sync.as_ref().map(|sync| sync.conflicts().copied().collect()).unwrap_or_default()
     }
 
     /// Our lease moved to another subnet: every live backend follows.

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub cloud_routes_owned: Family<CloudTableLabels, Gauge>,
     /// Route tables or projects that refused our route for lack of room (quota, route limit).
     pub cloud_route_limit: Family<CloudTableLabels, Gauge>,
+    /// Routes and nexthop objects of others in peers' way, which weft leaves alone.
+    pub kernel_conflicts: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +92,7 @@ impl Default for Metrics {
             cloud_calls: Family::default(),
             cloud_routes_owned: Family::default(),
             cloud_route_limit: Family::default(),
+            kernel_conflicts: Gauge::default(),
         };
         registry.register(
             "lease_expiry_timestamp_seconds",
@@ -124,6 +127,11 @@ impl Default for Metrics {
             "1 while a route table (or project quota) has no room for our route",
             m.cloud_route_limit.clone(),
         );
+        registry.register(
+            "kernel_conflicts",
+            "Routes and nexthop objects of others where a peer's would go (not replaced; the peer is not installed)",
+            m.kernel_conflicts.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -152,16 +160,20 @@ pub enum Condition {
     Masquerade,
     /// Our cloud route is in place (the cloud backend's worker).
     Cloud,
+    /// No peer is kept out of the kernel by a route or nexthop object of someone else (the lease
+    /// loop, after each sync of the data plane).
+    Kernel,
 }
 
 impl Condition {
-    pub const ALL: [Condition; 6] = [
+    pub const ALL: [Condition; 7] = [
         Condition::Network,
         Condition::Lease,
         Condition::Config,
         Condition::Backend,
         Condition::Masquerade,
         Condition::Cloud,
+        Condition::Kernel,
     ];
 
     pub fn name(self) -> &'static str {
@@ -172,6 +184,7 @@ impl Condition {
             Condition::Backend => "backend",
             Condition::Masquerade => "masquerade",
             Condition::Cloud => "cloud",
+            Condition::Kernel => "kernel",
         }
     }
 }
@@ -335,6 +348,7 @@ mod tests {
             "weft_store_errors_total",
             "weft_lease_events_total{kind=\"Added\"} 1",
             "weft_peers_rejected_total{reason=\"multicast\"} 1",
+            "weft_kernel_conflicts 0",
         ] {
             assert!(text.contains(name), "{name} missing in {text}");
         }

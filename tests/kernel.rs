@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -13,13 +14,18 @@ use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::route::RouteProtocol;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde_json::Value;
+use weft::backend::peer_route;
+use weft::backend::route_sync::{PeerObjects, RouteSync};
+use weft::backend::BackendKind;
 use weft::kernel::netlink::monitor::ChangeCounter;
 use weft::kernel::netlink::{NetlinkKernel, NexthopMode};
 use weft::kernel::{
     diff, sysctl, FdbSpec, Kernel, KernelError, KernelState, MacAddr, NeighbourSpec, NexthopSpec, Op, Ownership,
     RouteSpec, RouteTarget, VxlanSpec,
 };
+use weft::lease::{Expiry, Lease, LeaseAttrs, LeaseMap};
 use weft::netns::Netns;
+use weft::watch::LeaseEvent;
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
@@ -596,4 +602,102 @@ fn ipv6_routes_neighbours_and_fdb_entries() {
     assert_eq!(strings(&ns.json("bridge", "fdb show dev flannel.6"), "dst"), ["2001:db8:ff::1"]);
     assert_eq!(strings(&ns.json("bridge", "fdb show dev flannel.1"), "dst"), ["198.51.100.12"]);
     drop(fdb);
+}
+
+/// host-gw's shape: a peer's subnet via its public IP on the underlay, through a nexthop object.
+struct ViaUnderlay {
+    underlay: u32,
+}
+
+impl PeerObjects for ViaUnderlay {
+    fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
+        let mut state = KernelState::default();
+        peer_route::add_route(&mut state, lease, lease.attrs.public_ip, self.underlay, false, true);
+        Ok(state)
+    }
+}
+
+/// Peer `n` of a host-gw cluster: subnet 198.18.n.0/24 behind 198.51.100.(10+n).
+fn host_gw_lease(n: u8) -> (Ipv4Net, Lease) {
+    let subnet = Ipv4Net::new(Ipv4Addr::new(198, 18, n, 0), 24).unwrap();
+    let attrs = LeaseAttrs::new(Ipv4Addr::new(198, 51, 100, 10 + n), "host-gw", Value::Null);
+    (subnet, Lease { subnet, attrs, expiry: Expiry::Unknown })
+}
+
+#[test]
+fn what_others_put_in_a_peers_way_is_neither_replaced_nor_deleted() {
+    let ns = TestNs::new("owner");
+    let name = ns.0.name.clone();
+    ns.block_on(move || async move {
+        let netns = Netns::open(&name).unwrap();
+        let ip = |args: &[&str]| {
+            let mut command = netns.command("timeout").unwrap();
+            command.arg("20").arg("ip").args(args);
+            let text = output(command, &format!("ip {args:?}"));
+            if text.trim().is_empty() {
+                return Vec::new();
+            }
+            serde_json::from_str::<Vec<Value>>(text.trim()).unwrap()
+        };
+        // `ip -j route show` of the main table's routes to exactly `dst`.
+        let routes_to = |dst: &str| ip(&["-j", "route", "show", "table", "main", "exact", dst]);
+        let kernel = Arc::new(NetlinkKernel::new().unwrap());
+        let underlay = veth(&kernel, "under0").await;
+        kernel.ensure_address(underlay, Ipv4Net::new(LOCAL, 24).unwrap().into()).await.unwrap();
+        let (connection, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(connection);
+        // The operator routes peer 3's subnet elsewhere, by hand.
+        let by_hand = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::new(198, 18, 3, 0), 24)
+            .gateway(Ipv4Addr::new(198, 51, 100, 254))
+            .output_interface(underlay)
+            .protocol(RouteProtocol::Static)
+            .build();
+        handle.route().add(by_hand).execute().await.unwrap();
+        let before = routes_to("198.18.3.0/24");
+        assert_eq!(before.len(), 1, "{before:?}");
+        assert_eq!(before[0]["protocol"], "static", "{before:?}");
+        // A routing daemon's nexthop object holds the id weft would give peer 5's.
+        let taken = peer_route::nexthop_id(&"198.18.5.0/24".parse().unwrap()).to_string();
+        ip(&["nexthop", "add", "id", &taken, "via", "198.51.100.254", "dev", "under0", "proto", "zebra"]);
+        let nexthop = || ip(&["-j", "nexthop", "show", "id", &taken]);
+        let daemons = nexthop();
+        assert_eq!(daemons[0]["protocol"], "zebra", "{daemons:?}");
+
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::HostGw, Box::new(ViaUnderlay { underlay }), &[]);
+        let peers: LeaseMap = [host_gw_lease(3), host_gw_lease(4), host_gw_lease(5)].into();
+        let (three, four, five) = (host_gw_lease(3).0, host_gw_lease(4).0, host_gw_lease(5).0);
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(routes_to("198.18.3.0/24"), before, "the static route was touched");
+        assert_eq!(nexthop(), daemons, "the daemon's nexthop was touched");
+        assert!(routes_to("198.18.5.0/24").is_empty(), "peer 5 is left out");
+        let conflicts: Vec<String> = sync.conflicts().map(ToString::to_string).collect();
+        assert_eq!(
+            conflicts,
+            [
+                "route to 198.18.3.0/24 owned by proto static; not replaced".to_string(),
+                format!("nexthop {taken} owned by proto zebra; not replaced")
+            ]
+        );
+        // The other peer is installed as ever.
+        assert_eq!(routes_to("198.18.4.0/24")[0]["protocol"], "87");
+        // An event for the peer (the fast path) and another full pass: still untouched.
+        sync.on_events(&peers, &[LeaseEvent::Changed(three)]).await.unwrap();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(routes_to("198.18.3.0/24"), before, "the static route was touched");
+
+        // The peers' leases go: weft removes its own route and nothing else.
+        let without_three: LeaseMap = [host_gw_lease(4)].into();
+        sync.on_events(&without_three, &[LeaseEvent::Removed(three), LeaseEvent::Removed(five)]).await.unwrap();
+        sync.reconcile(&without_three).await.unwrap();
+        assert_eq!(routes_to("198.18.3.0/24"), before, "the static route was deleted or changed");
+        assert_eq!(sync.conflicts().count(), 0);
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(four)]).await.unwrap();
+        sync.reconcile(&LeaseMap::new()).await.unwrap();
+        assert!(routes_to("198.18.4.0/24").is_empty());
+        assert_eq!(routes_to("198.18.3.0/24"), before, "the static route was deleted or changed");
+        assert_eq!(nexthop(), daemons, "the daemon's nexthop was deleted or changed");
+    });
+    assert!(ns.json("ip", "route show proto 87").is_empty());
 }

@@ -111,6 +111,39 @@ fn a_route_deleted_by_hand_comes_back_within_the_resync() {
 }
 
 #[test]
+fn a_route_of_someone_else_to_a_peers_subnet_is_left_alone_and_reported() {
+    // The harness's config resyncs every 2 s.
+    let (mut cluster, infos, _) = cluster_with_pods(2, "type = \"host-gw\"");
+    let peer = infos[1].subnet.to_string();
+    let h1 = cluster.host(1).ns;
+    wait_until("h1 knows h2", Duration::from_secs(5), || weft_routes(&cluster, 1).contains(&peer));
+    // The operator takes the destination over by hand.
+    ip(&cluster, &h1, &["route", "replace", "blackhole", &peer, "proto", "static"]);
+    let by_hand = |cluster: &Cluster| cluster.ip_json(&h1, &["-4", "route", "show", "table", "main", "exact", &peer]);
+    let before = by_hand(&cluster);
+    assert_eq!(before[0]["type"], "blackhole", "{before}");
+    let reason = format!("kernel: route to {peer} owned by proto static; not replaced");
+    wait_until("/readyz names the conflict", Duration::from_secs(5), || {
+        cluster.agent_get(1, "/readyz").is_some_and(|(status, body)| status == 503 && body.contains(&reason))
+    });
+    let (_, metrics) = cluster.agent_get(1, "/metrics").unwrap();
+    assert!(metrics.contains("weft_kernel_conflicts 1"), "{metrics}");
+    std::thread::sleep(Duration::from_millis(2500)); // one resync later
+    assert_eq!(by_hand(&cluster), before, "a resync touched the route of someone else");
+    let warned = cluster.agent_log(1).lines().filter(|l| l.contains("another program routes there")).count();
+    assert_eq!(warned, 1, "warned once, not at every resync:\n{}", cluster.agent_log(1));
+
+    // The peer leaves: weft deletes nothing of the operator's, and the conflict ends.
+    cluster.stop_agent(2);
+    cluster.weft_ok(&["leases", "release", &peer]);
+    wait_until("h1 is ready again", Duration::from_secs(5), || cluster.readyz(1) == Some(200));
+    std::thread::sleep(Duration::from_millis(2500)); // one resync later
+    assert_eq!(by_hand(&cluster), before, "the route of someone else was deleted or changed");
+    let (_, metrics) = cluster.agent_get(1, "/metrics").unwrap();
+    assert!(metrics.contains("weft_kernel_conflicts 0"), "{metrics}");
+}
+
+#[test]
 fn stale_entries_go_and_foreign_routes_stay() {
     let mut cluster = Cluster::with_etcd(2);
     cluster.write_config(&format!("{NETWORK}\n[network.backend]\ntype = \"host-gw\""));

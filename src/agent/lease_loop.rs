@@ -279,16 +279,30 @@ impl Running {
             }
             self.health.metrics.events.get_or_create(&EventLabels { kind }).inc();
         }
-        self.dataplane.apply(watcher.leases(), &delivery.events).await
+        let applied = self.dataplane.apply(watcher.leases(), &delivery.events).await;
+        self.report_kernel_conflicts();
+        applied
     }
 
     async fn reconcile(&mut self, watcher: &LeaseWatcher) {
         if let Err(e) = self.dataplane.reconcile(watcher.leases()).await {
             warn!(error = %e, "repairing the data plane");
         }
+        self.report_kernel_conflicts();
         heap::release_free_memory();
         self.sync_masquerade().await;
         self.check_backend(watcher, false).await;
+    }
+
+    /// What of others keeps peers out of the kernel, after each sync of it: the one writer
+    /// of the kernel condition and of `weft_kernel_conflicts`. (The data plane logs each conflict
+    /// once, when it starts.)
+    pub(super) fn report_kernel_conflicts(&self) {
+        let conflicts = self.dataplane.kernel_conflicts();
+        self.health.metrics.kernel_conflicts.set(conflicts.len() as i64);
+        let problem =
+            (!conflicts.is_empty()).then(|| conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+        self.health.set(Condition::Kernel, problem);
     }
 
     /// The backend's own checks; the one writer of the backend condition once started.

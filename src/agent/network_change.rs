@@ -135,6 +135,7 @@ impl Running {
         if let Err(e) = self.dataplane.reconcile(watcher.leases()).await {
             warn!(error = %e, "installing peers after the switch");
         }
+        self.report_kernel_conflicts();
         self.check_backend(watcher, true).await;
         Ok(())
     }

@@ -2,9 +2,10 @@
 //! to a few kernel objects, by the mapper of the peer's backend type; events change only that
 //! peer's objects (fast path), and a periodic full pass diffs everything weft wants against
 //! everything it owns in the kernel (repair). Several mappers at once let a cluster move from one
-//! backend to another peer by peer, each route replaced in place.
+//! backend to another peer by peer, each route replaced in place. A peer whose route would replace
+//! a route of someone else (`proto static`...) gets nothing installed: see [`RouteSync::conflicts`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -17,7 +18,9 @@ use super::peer_trust::PeerTrust;
 use super::{BackendError, BackendKind};
 use crate::health::PeerRejectedLabels;
 use crate::kernel::packed::{self, PackedObjects};
-use crate::kernel::{diff_all, Kernel, KernelState, Op, OpFailure, Ownership};
+use crate::kernel::{
+    diff_all, foreign_conflicts, Conflict, Foreign, Kernel, KernelReading, KernelState, Op, OpFailure, Ownership,
+};
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
 
@@ -49,6 +52,10 @@ pub struct RouteSync {
     rejected_total: Family<PeerRejectedLabels, Counter>,
     /// Peers refused, by the address refused: each is warned about and counted once.
     rejected: HashMap<Ipv4Net, Ipv4Addr>,
+    /// What of others was in the way at the last full pass; the fast path checks against it.
+    foreign: Foreign,
+    /// Peers left out because their objects would replace some of someone else's, with those.
+    conflicts: BTreeMap<Ipv4Net, Vec<Conflict>>,
 }
 
 impl RouteSync {
@@ -62,6 +69,8 @@ impl RouteSync {
             trust: PeerTrust::default(),
             rejected_total: Family::default(),
             rejected: HashMap::new(),
+            foreign: Foreign::default(),
+            conflicts: BTreeMap::new(),
         }
     }
 
@@ -72,6 +81,32 @@ impl RouteSync {
         self.rejected_total = rejected_total;
         self.rejected.clear();
         self.synced = false;
+    }
+
+    /// The routes and nexthop objects of others that keep peers out of the kernel, peer by peer:
+    /// weft never replaces or deletes them. For readiness and the metrics.
+    pub fn conflicts(&self) -> impl Iterator<Item = &Conflict> {
+        self.conflicts.values().flatten()
+    }
+
+    /// `objects` for the peer on `subnet`, or nothing when one of them would replace an object
+    /// of someone else; a conflict is logged when it starts and when it ends, not at
+    /// every pass.
+    fn admit(&mut self, subnet: Ipv4Net, objects: KernelState) -> KernelState {
+        let conflicts = foreign_conflicts(objects.objects(), &self.foreign);
+        if conflicts.is_empty() {
+            if let Some(ended) = self.conflicts.remove(&subnet) {
+                info!(peer = %subnet, ?ended, "what of someone else was in the way is gone; installing this peer");
+            }
+            return objects;
+        }
+        if self.conflicts.get(&subnet) != Some(&conflicts) {
+            for conflict in &conflicts {
+                warn!(peer = %subnet, "{conflict}: another program routes there, so this peer gets nothing installed");
+            }
+        }
+        self.conflicts.insert(subnet, conflicts);
+        KernelState::default()
     }
 
     /// Installs peers of `backend_type` with `mapper`; `links` are devices whose entries it owns.
@@ -149,15 +184,19 @@ impl RouteSync {
             };
             let old = self.installed.remove(&subnet).map(|e| e.state()).unwrap_or_default();
             let new = match lease.map(|l| self.objects(l)) {
-                Some(Some(Ok(objects))) => objects,
+                Some(Some(Ok(objects))) => self.admit(subnet, objects),
                 Some(Some(Err(problem))) => {
                     problems.push(format!("{subnet}: {problem}"));
+                    self.conflicts.remove(&subnet);
                     KernelState::default()
                 }
                 // A backend type we do not run (yet — a switch reaches peers in any order): what
                 // the peer had keeps working until we do.
-                Some(None) => old.clone(),
-                None => KernelState::default(),
+                Some(None) => self.admit(subnet, old.clone()),
+                None => {
+                    self.conflicts.remove(&subnet);
+                    KernelState::default()
+                }
             };
             // `old` is this peer's own copy: the diff consumes it rather than cloning it.
             ops.extend(diff_all(new.objects(), old).ops);
@@ -172,29 +211,37 @@ impl RouteSync {
     /// Makes the kernel match `peers` exactly: adds, replaces, and removes what weft owns and no
     /// longer wants — including leftovers from before a restart.
     pub async fn reconcile(&mut self, peers: &LeaseMap) -> Result<SyncReport, BackendError> {
+        let KernelReading { owned: actual, foreign } = self
+            .kernel
+            .read(&self.ownership)
+            .await
+            .map_err(|e| BackendError::kernel("reading the kernel's routes", e))?;
+        self.foreign = foreign;
+        // Conflicts of peers that are gone end with them.
+        self.conflicts.retain(|subnet, _| peers.contains_key(subnet));
         let mut problems = Vec::new();
         // What each peer wants, kept for its next event; the plan is made from these directly, with
         // no second picture of the whole kernel.
         let mut per_peer = HashMap::with_capacity(peers.len());
         self.rejected.retain(|subnet, _| peers.contains_key(subnet));
         for lease in peers.values() {
-            match self.objects(lease) {
-                Some(Ok(objects)) => {
-                    per_peer.insert(lease.subnet, PeerEntries::of(&objects));
+            let objects = match self.objects(lease) {
+                Some(Ok(objects)) => objects,
+                Some(Err(problem)) => {
+                    problems.push(format!("{}: {problem}", lease.subnet));
+                    self.conflicts.remove(&lease.subnet);
+                    continue;
                 }
-                Some(Err(problem)) => problems.push(format!("{}: {problem}", lease.subnet)),
-                None => {
-                    if let Some(kept) = self.installed.get(&lease.subnet) {
-                        per_peer.insert(lease.subnet, kept.clone());
-                    }
-                }
+                None => match self.installed.get(&lease.subnet) {
+                    Some(kept) => kept.state(),
+                    None => continue,
+                },
+            };
+            let admitted = self.admit(lease.subnet, objects);
+            if !admitted.is_empty() {
+                per_peer.insert(lease.subnet, PeerEntries::of(&admitted));
             }
         }
-        let actual = self
-            .kernel
-            .read_owned(&self.ownership)
-            .await
-            .map_err(|e| BackendError::kernel("reading the kernel's routes", e))?;
         let plan = diff_all(per_peer.values().flat_map(PeerEntries::objects), actual);
         if !plan.is_empty() {
             info!(changes = plan.len(), peers = peers.len(), "bringing the kernel in line with the leases");
@@ -283,6 +330,7 @@ mod tests {
     use super::*;
     use crate::kernel::memory::MemoryKernel;
     use crate::lease::{Expiry, LeaseAttrs};
+    use ipnet::IpNet;
 
     fn lease(backend: &str) -> Lease {
         Lease {
@@ -403,5 +451,80 @@ mod tests {
         // A peer gone is removed whatever its type.
         sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(new.subnet)]).await.unwrap();
         assert!(kernel.snapshot().is_empty());
+    }
+
+    /// A peer on 10.244.2.0/24 while `proto static` (4) routes there.
+    fn kernel_with_a_static_route() -> Arc<MemoryKernel> {
+        let kernel = Arc::new(MemoryKernel::default());
+        kernel.foreign.lock().unwrap().routes.insert("10.244.2.0/24".parse().unwrap(), 4);
+        kernel
+    }
+
+    fn conflicts(sync: &RouteSync) -> Vec<String> {
+        sync.conflicts().map(ToString::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn a_route_of_someone_else_is_neither_replaced_nor_deleted() {
+        let kernel = kernel_with_a_static_route();
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        let peer = lease("vxlan");
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        sync.reconcile(&peers).await.unwrap();
+        sync.on_events(&peers, &[LeaseEvent::Changed(peer.subnet)]).await.unwrap();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
+        assert_eq!(conflicts(&sync), ["route to 10.244.2.0/24 owned by proto static; not replaced"]);
+        // The peer leaves: still nothing of ours to delete there, and the conflict ends with it.
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(peer.subnet)]).await.unwrap();
+        sync.reconcile(&LeaseMap::new()).await.unwrap();
+        assert_eq!(kernel.applied_count(), 0);
+        assert!(conflicts(&sync).is_empty());
+        assert_eq!(kernel.foreign.lock().unwrap().routes.get(&IpNet::V4(peer.subnet)), Some(&4));
+    }
+
+    #[tokio::test]
+    async fn a_new_peer_on_the_fast_path_yields_to_a_route_seen_by_the_last_pass() {
+        let kernel = kernel_with_a_static_route();
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        sync.reconcile(&LeaseMap::new()).await.unwrap();
+        let peer = lease("vxlan");
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        sync.on_events(&peers, &[LeaseEvent::Added(peer.subnet)]).await.unwrap();
+        assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
+        assert_eq!(conflicts(&sync).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_nexthop_object_of_someone_else_with_our_id_is_not_replaced() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let peer = lease("vxlan");
+        // ViaPublicIp names the peer's nexthop after its subnet's address; a routing daemon's
+        // object (proto zebra, 11) already has that id.
+        let id = u32::from(peer.subnet.network());
+        kernel.foreign.lock().unwrap().nexthops.insert(id, 11);
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
+        assert_eq!(conflicts(&sync), [format!("nexthop {id} owned by proto zebra; not replaced")]);
+        assert_eq!(kernel.foreign.lock().unwrap().nexthops.get(&id), Some(&11));
+    }
+
+    #[tokio::test]
+    async fn once_the_route_of_someone_else_is_gone_the_peer_is_installed() {
+        let kernel = kernel_with_a_static_route();
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        let peer = lease("vxlan");
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        sync.reconcile(&peers).await.unwrap();
+        kernel.foreign.lock().unwrap().routes.clear();
+        sync.reconcile(&peers).await.unwrap();
+        assert_eq!(kernel.snapshot().routes.len(), 1);
+        assert!(conflicts(&sync).is_empty());
     }
 }

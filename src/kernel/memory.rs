@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{
-    InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelState, LinkHandle, MacAddr, Op, OpFailure,
-    Ownership, VxlanSpec,
+    Foreign, InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelReading, KernelState, LinkHandle, MacAddr,
+    Op, OpFailure, Ownership, VxlanSpec,
 };
 
 /// Decides which ops a [`MemoryKernel`] refuses.
@@ -18,6 +18,9 @@ pub type RefuseOp = fn(&Op) -> bool;
 #[derive(Default)]
 pub struct MemoryKernel {
     pub state: Mutex<KernelState>,
+    /// Routes and nexthop objects of others (`proto static`...). A put to one of their places
+    /// takes it over, as `NLM_F_REPLACE` does in the kernel.
+    pub foreign: Mutex<Foreign>,
     pub links: Mutex<Vec<LinkHandle>>,
     pub addresses: Mutex<Vec<(u32, IpNet)>>,
     /// Every op applied, in order, to count changes.
@@ -45,8 +48,9 @@ impl MemoryKernel {
 
 #[async_trait]
 impl Kernel for MemoryKernel {
-    async fn read_owned(&self, _ownership: &Ownership) -> Result<KernelState, KernelError> {
-        Ok(self.snapshot())
+    async fn read(&self, _ownership: &Ownership) -> Result<KernelReading, KernelError> {
+        let foreign = self.foreign.lock().expect("lock").clone();
+        Ok(KernelReading { owned: self.snapshot(), foreign })
     }
 
     async fn apply(&self, ops: &[Op]) -> Vec<OpFailure> {
@@ -65,8 +69,14 @@ impl Kernel for MemoryKernel {
             match *op {
                 Op::PutNeighbour(n) => state.add_neighbour(n),
                 Op::PutFdb(f) => state.add_fdb(f),
-                Op::PutNexthop(n) => state.add_nexthop(n),
-                Op::PutRoute(r) => state.add_route(r),
+                Op::PutNexthop(n) => {
+                    self.foreign.lock().expect("lock").nexthops.remove(&n.id);
+                    state.add_nexthop(n);
+                }
+                Op::PutRoute(r) => {
+                    self.foreign.lock().expect("lock").routes.remove(&r.dst);
+                    state.add_route(r);
+                }
                 Op::DeleteRoute(r) => {
                     state.routes.remove(&r.dst);
                 }

@@ -3,7 +3,8 @@
 //!
 //! Ownership: routes and nexthop objects weft installs carry [`WEFT_PROTOCOL`]; neighbours and
 //! FDB entries are weft's when they sit on a device weft owns (`flannel.<vni>`). weft removes what
-//! it owns and no longer wants, and never touches anything else.
+//! it owns and no longer wants, and never touches anything else: a peer whose objects would replace
+//! a route or nexthop object of someone else ([`Foreign`]) is left out ([`plan::foreign_conflicts`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,7 +19,7 @@ pub mod packed;
 pub mod plan;
 pub mod sysctl;
 
-pub use plan::{diff, diff_all, Op, Plan};
+pub use plan::{diff, diff_all, foreign_conflicts, Claimed, Conflict, Op, Plan};
 
 /// Route protocol number of every route and nexthop weft installs (`ip route show proto 87`).
 pub const WEFT_PROTOCOL: u8 = 87;
@@ -202,6 +203,28 @@ pub struct Ownership {
     pub links: Vec<u32>,
 }
 
+/// Kernel objects that are not weft's but sit where weft's would go, each with the protocol that
+/// put it there (`proto static` is 4): main-table routes by destination, nexthop objects by id.
+/// weft's puts are `NLM_F_REPLACE`, which would take them over, so weft leaves those places alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Foreign {
+    pub routes: BTreeMap<IpNet, u8>,
+    pub nexthops: BTreeMap<u32, u8>,
+}
+
+impl Foreign {
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.nexthops.is_empty()
+    }
+}
+
+/// One read of the kernel: what weft owns, and what of others its puts must not touch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelReading {
+    pub owned: KernelState,
+    pub foreign: Foreign,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("netlink: {0}")]
@@ -271,8 +294,13 @@ pub trait Interfaces: Send + Sync {
 /// tests, in memory.
 #[async_trait]
 pub trait Kernel: Send + Sync {
+    /// Every route, nexthop, neighbour and FDB entry weft owns under `ownership`, and the routes
+    /// and nexthop objects of others in their way, from the same dumps.
+    async fn read(&self, ownership: &Ownership) -> Result<KernelReading, KernelError>;
     /// Every route, nexthop, neighbour and FDB entry weft owns under `ownership`.
-    async fn read_owned(&self, ownership: &Ownership) -> Result<KernelState, KernelError>;
+    async fn read_owned(&self, ownership: &Ownership) -> Result<KernelState, KernelError> {
+        Ok(self.read(ownership).await?.owned)
+    }
     /// Applies `ops` in order, in batches; a failed op does not stop the others.
     async fn apply(&self, ops: &[Op]) -> Vec<OpFailure>;
     /// Creates the vxlan device, or adopts an existing one that matches; explains a mismatch.

@@ -2,8 +2,11 @@
 //! order the kernel accepts (what routes point at exists before them, and goes after them).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use super::{FdbSpec, KernelState, NeighbourSpec, NexthopSpec, Object, RouteSpec};
+use ipnet::IpNet;
+
+use super::{FdbSpec, Foreign, KernelState, NeighbourSpec, NexthopSpec, Object, RouteSpec, WEFT_PROTOCOL};
 
 /// One kernel change. `Put` creates or replaces in place (no delete + add, so no flap).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +77,93 @@ pub fn diff_all(desired: impl Iterator<Item = Object> + Clone, mut actual: Kerne
     ops.extend(actual.neighbours.into_values().map(Op::DeleteNeighbour));
     ops.extend(actual.fdb.into_values().map(Op::DeleteFdb));
     Plan { ops }
+}
+
+/// A place in the kernel weft wants that an object of someone else already holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Claimed {
+    /// The main table's route to this destination.
+    Route(IpNet),
+    /// The nexthop object with this id.
+    Nexthop(u32),
+}
+
+/// An object weft wants where the kernel already has one of someone else's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Conflict {
+    pub claimed: Claimed,
+    /// The protocol of the object in the way (`proto static` is 4).
+    pub protocol: u8,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.claimed {
+            Claimed::Route(dst) => write!(f, "route to {dst}")?,
+            Claimed::Nexthop(id) => write!(f, "nexthop {id}")?,
+        }
+        write!(f, " owned by proto {}; not replaced", ProtocolName(self.protocol))
+    }
+}
+
+/// A route protocol as `ip route` names it (`/etc/iproute2/rt_protos`), or its number.
+struct ProtocolName(u8);
+
+impl fmt::Display for ProtocolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.0 {
+            0 => "unspec",
+            1 => "redirect",
+            2 => "kernel",
+            3 => "boot",
+            4 => "static",
+            8 => "gated",
+            9 => "ra",
+            10 => "mrt",
+            11 => "zebra",
+            12 => "bird",
+            13 => "dnrouted",
+            14 => "xorp",
+            15 => "ntk",
+            16 => "dhcp",
+            42 => "babel",
+            186 => "bgp",
+            187 => "isis",
+            188 => "ospf",
+            189 => "rip",
+            192 => "eigrp",
+            other => return write!(f, "{other}"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// The objects among `wanted` that would replace one weft does not own: a put is
+/// `NLM_F_REPLACE`, which takes over any route to the same destination, or any nexthop object
+/// with the same id, whoever put it there. weft never does; the caller leaves out the peer these
+/// objects belong to. Only the exact destination counts: a route of others that covers it (a /16)
+/// or lies inside it (a /25) is not replaced by ours and stays as it is. Neighbours and FDB
+/// entries never conflict: weft puts them only on its own devices, where everything is weft's.
+/// An entry with weft's own protocol is never in the way.
+pub fn foreign_conflicts(wanted: impl IntoIterator<Item = Object>, foreign: &Foreign) -> Vec<Conflict> {
+    if foreign.is_empty() {
+        return Vec::new();
+    }
+    wanted
+        .into_iter()
+        .filter_map(|object| match object {
+            Object::Route(route) => foreign
+                .routes
+                .get(&route.dst)
+                .map(|&protocol| Conflict { claimed: Claimed::Route(route.dst), protocol }),
+            Object::Nexthop(nexthop) => foreign
+                .nexthops
+                .get(&nexthop.id)
+                .map(|&protocol| Conflict { claimed: Claimed::Nexthop(nexthop.id), protocol }),
+            Object::Neighbour(_) | Object::Fdb(_) => None,
+        })
+        .filter(|conflict| conflict.protocol != WEFT_PROTOCOL)
+        .collect()
 }
 
 /// Puts `want` unless the kernel has exactly it; either way it is no longer a leftover.
@@ -188,6 +278,50 @@ mod tests {
             Object::Neighbour(n) => v4(n.ip).octets()[2],
             Object::Fdb(f) => v4(f.dst).octets()[3],
         }
+    }
+
+    #[test]
+    fn only_a_route_to_the_very_destination_of_someone_else_is_in_the_way() {
+        let mut want = KernelState::default();
+        peer(&mut want, 3, 3);
+        peer6(&mut want, 3, 3);
+        let foreign = |entries: &[(&str, u8)]| Foreign {
+            routes: entries.iter().map(|(dst, protocol)| (dst.parse().unwrap(), *protocol)).collect(),
+            nexthops: BTreeMap::new(),
+        };
+        let conflict = |dst: &str, protocol| Conflict { claimed: Claimed::Route(dst.parse().unwrap()), protocol };
+        let nexthop = |id: u32, protocol| Foreign { routes: BTreeMap::new(), nexthops: [(id, protocol)].into() };
+        let cases: [(&str, Foreign, Vec<Conflict>); 11] = [
+            ("nothing of others", foreign(&[]), vec![]),
+            ("proto static to it", foreign(&[("10.244.3.0/24", 4)]), vec![conflict("10.244.3.0/24", 4)]),
+            ("proto boot to it", foreign(&[("10.244.3.0/24", 3)]), vec![conflict("10.244.3.0/24", 3)]),
+            ("proto kernel to it", foreign(&[("10.244.3.0/24", 2)]), vec![conflict("10.244.3.0/24", 2)]),
+            ("an IPv6 one", foreign(&[("2001:db8:3::/64", 4)]), vec![conflict("2001:db8:3::/64", 4)]),
+            ("a route covering it", foreign(&[("10.244.0.0/16", 4)]), vec![]),
+            ("a route inside it", foreign(&[("10.244.3.0/25", 4)]), vec![]),
+            ("another peer's", foreign(&[("10.244.4.0/24", 4)]), vec![]),
+            ("weft's own protocol", foreign(&[("10.244.3.0/24", WEFT_PROTOCOL)]), vec![]),
+            // peer(3) uses nexthop id 3.
+            (
+                "a nexthop object with its id",
+                nexthop(3, 11),
+                vec![Conflict { claimed: Claimed::Nexthop(3), protocol: 11 }],
+            ),
+            ("a nexthop object with another id", nexthop(4, 11), vec![]),
+        ];
+        for (what, foreign, expected) in cases {
+            assert_eq!(foreign_conflicts(want.objects(), &foreign), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_conflict_says_what_is_in_the_way_and_whose_it_is() {
+        let conflict = |protocol| Conflict { claimed: Claimed::Route("10.244.3.0/24".parse().unwrap()), protocol };
+        assert_eq!(conflict(4).to_string(), "route to 10.244.3.0/24 owned by proto static; not replaced");
+        assert_eq!(conflict(3).to_string(), "route to 10.244.3.0/24 owned by proto boot; not replaced");
+        assert_eq!(conflict(200).to_string(), "route to 10.244.3.0/24 owned by proto 200; not replaced");
+        let nexthop = Conflict { claimed: Claimed::Nexthop(183_763_712), protocol: 11 };
+        assert_eq!(nexthop.to_string(), "nexthop 183763712 owned by proto zebra; not replaced");
     }
 
     #[test]

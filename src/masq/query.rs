@@ -75,7 +75,7 @@ pub fn table_exists(socket: &mut NftSocket, family: Family) -> io::Result<bool> 
         unsafe { sys::nftnl_table_nlmsg_build_payload(header, table.raw()) }
     });
     let mut seen = false;
-    not_found_is_none(socket.exchange(&message, SEQUENCE, on_table, &mut seen))?;
+    not_found_is_none(socket.exchange("looking up the table", &message, SEQUENCE, on_table, &mut seen))?;
     Ok(seen)
 }
 
@@ -97,7 +97,7 @@ pub fn chain(socket: &mut NftSocket, family: Family) -> io::Result<Option<Result
         unsafe { sys::nftnl_chain_nlmsg_build_payload(header, chain.raw()) }
     });
     let mut found = None;
-    not_found_is_none(socket.exchange(&message, SEQUENCE, on_chain, &mut found))?;
+    not_found_is_none(socket.exchange("reading the chain", &message, SEQUENCE, on_chain, &mut found))?;
     Ok(found)
 }
 
@@ -143,7 +143,7 @@ pub fn rules(socket: &mut NftSocket, family: Family) -> io::Result<Vec<Installed
         unsafe { sys::nftnl_rule_nlmsg_build_payload(header, filter.raw()) }
     });
     let mut found = (family, Vec::new());
-    not_found_is_none(socket.exchange(&message, SEQUENCE, on_rule, &mut found))?;
+    not_found_is_none(socket.exchange("listing the rules", &message, SEQUENCE, on_rule, &mut found))?;
     Ok(found.1)
 }
 

@@ -292,6 +292,12 @@ impl Cluster {
         probe::http_status(&self.host_ns(i), addr, "/readyz").expect("enter host")
     }
 
+    /// `path` of host i's agent: status and body, asked from inside its namespace.
+    pub fn agent_get(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        let addr: SocketAddr = AGENT_LISTEN.parse().expect("valid address");
+        probe::http_get(&self.host_ns(i), addr, path).expect("enter host")
+    }
+
     // ---- pods and traffic ----
 
     /// A bridge `cni0` and a pod namespace behind host i, in `info`'s subnet.

@@ -22,8 +22,58 @@ fn parse_or_skip<T: Parseable<[u8]>>(what: &str, payload: &[u8]) -> Option<T> {
     T::parse(payload).map_err(|e| tracing::warn!("skipping an unparsable {what} in a dump: {e}")).ok()
 }
 
-pub fn route(payload: &[u8], ownership: &Ownership) -> Option<RouteSpec> {
-    owned_route(&parse_or_skip::<RouteMessage>("route", payload)?, ownership)
+/// A dumped route as weft sees it: its own, someone else's in its way, or neither.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DumpedRoute {
+    Owned(RouteSpec),
+    /// A main-table route of someone else to `dst`, which a put of weft's would replace.
+    Foreign {
+        dst: IpNet,
+        protocol: u8,
+    },
+}
+
+pub fn dumped_route(payload: &[u8], ownership: &Ownership) -> Option<DumpedRoute> {
+    let message = parse_or_skip::<RouteMessage>("route", payload)?;
+    match owned_route(&message, ownership) {
+        Some(spec) => Some(DumpedRoute::Owned(spec)),
+        None => foreign_route(&message).map(|(dst, protocol)| DumpedRoute::Foreign { dst, protocol }),
+    }
+}
+
+/// The destination and protocol of a route that is not weft's (call it only on routes
+/// [`owned_route`] refused) but shares the key weft's routes are replaced by: main table, no TOS,
+/// no source prefix. Of any type (a `blackhole` is someone's intent too) and any metric (ours,
+/// beside it, would win over it).
+pub fn foreign_route(message: &RouteMessage) -> Option<(IpNet, u8)> {
+    let header = &message.header;
+    let protocol = u8::from(header.protocol);
+    let unspecified: IpAddr = match header.address_family {
+        AddressFamily::Inet => Ipv4Addr::UNSPECIFIED.into(),
+        AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+        _ => return None,
+    };
+    if protocol == WEFT_PROTOCOL
+        || header.tos != 0
+        || header.source_prefix_length != 0
+        || table(message) != MAIN_TABLE
+        || matches!(header.kind, RouteType::Local | RouteType::Broadcast | RouteType::Anycast | RouteType::Multicast)
+    {
+        return None;
+    }
+    let dst = message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::from(*ip)),
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::from(*ip)),
+            _ => None,
+        })
+        .unwrap_or(unspecified);
+    if dst.is_ipv4() != unspecified.is_ipv4() {
+        return None;
+    }
+    Some((IpNet::new(dst, header.destination_prefix_length).ok()?, protocol))
 }
 
 /// A route is weft's when it carries weft's protocol, or sits on a weft device (adopting what
@@ -116,14 +166,25 @@ impl RouteAttrs {
     }
 }
 
-pub fn nexthop(kind: u16, payload: &[u8]) -> Option<NexthopSpec> {
+/// A dumped nexthop object: weft's, or the id of someone else's, which a put of ours with that id
+/// would replace.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DumpedNexthop {
+    Owned(NexthopSpec),
+    Foreign { id: u32, protocol: u8 },
+}
+
+pub fn dumped_nexthop(kind: u16, payload: &[u8]) -> Option<DumpedNexthop> {
     if kind != RTM_NEWNEXTHOP {
         return None;
     }
     let message = NexthopMessage::parse(payload)
         .map_err(|e| tracing::warn!("skipping an unparsable nexthop in a dump: {e}"))
         .ok()?;
-    (message.header.protocol == WEFT_PROTOCOL).then(|| message.to_spec())?
+    if message.header.protocol == WEFT_PROTOCOL {
+        return message.to_spec().map(DumpedNexthop::Owned);
+    }
+    Some(DumpedNexthop::Foreign { id: message.id()?, protocol: message.header.protocol })
 }
 
 /// A neighbour (AF_INET, AF_INET6) or FDB entry (AF_BRIDGE), whichever it is.
@@ -184,6 +245,7 @@ fn ip_of(address: &NeighbourAddress) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::Emitable;
     use netlink_packet_route::neighbour::NeighbourState;
     use netlink_packet_route::route::RouteScope;
 
@@ -223,6 +285,56 @@ mod tests {
         assert!(owned_route(&gateway_route(RouteProtocol::Boot, 5), &ours()).is_some());
         assert!(owned_route(&gateway_route(RouteProtocol::Kernel, 5), &ours()).is_none());
         assert!(owned_route(&gateway_route(RouteProtocol::Static, 9), &ours()).is_none());
+    }
+
+    #[test]
+    fn routes_of_others_that_a_put_would_replace_are_foreign() {
+        let ten_244_3: IpNet = "10.244.3.0/24".parse().unwrap();
+        let with = |change: fn(&mut RouteMessage)| {
+            let mut message = gateway_route(RouteProtocol::Static, 9);
+            change(&mut message);
+            message
+        };
+        let cases = [
+            ("proto static", with(|_| {}), Some((ten_244_3, 4))),
+            ("proto boot", with(|m| m.header.protocol = RouteProtocol::Boot), Some((ten_244_3, 3))),
+            ("proto kernel", with(|m| m.header.protocol = RouteProtocol::Kernel), Some((ten_244_3, 2))),
+            ("a blackhole", with(|m| m.header.kind = RouteType::BlackHole), Some((ten_244_3, 4))),
+            ("another metric", with(|m| m.attributes.push(RouteAttribute::Priority(100))), Some((ten_244_3, 4))),
+            ("weft's own", with(|m| m.header.protocol = RouteProtocol::from(WEFT_PROTOCOL)), None),
+            ("another table", with(|m| m.attributes[0] = RouteAttribute::Table(100)), None),
+            ("a TOS", with(|m| m.header.tos = 8), None),
+            ("a source prefix", with(|m| m.header.source_prefix_length = 8), None),
+        ];
+        for (what, message, want) in cases {
+            assert_eq!(foreign_route(&message), want, "{what}");
+        }
+        // A route weft adopts (flannel's, on flannel.1) is owned, not foreign.
+        let bytes = |message: RouteMessage| {
+            let mut out = vec![0; message.buffer_len()];
+            message.emit(&mut out);
+            out
+        };
+        let adopted = bytes(gateway_route(RouteProtocol::Boot, 5));
+        assert!(matches!(dumped_route(&adopted, &ours()), Some(DumpedRoute::Owned(_))));
+        let foreign = bytes(gateway_route(RouteProtocol::Static, 9));
+        assert_eq!(dumped_route(&foreign, &ours()), Some(DumpedRoute::Foreign { dst: ten_244_3, protocol: 4 }));
+    }
+
+    #[test]
+    fn nexthop_objects_of_others_are_foreign() {
+        let spec =
+            NexthopSpec { id: 0x0af4_0300, gateway: Ipv4Addr::new(198, 51, 100, 3).into(), oif: 9, onlink: false };
+        let bytes = |protocol| {
+            let message = NexthopMessage::put(&spec, protocol);
+            let mut out = vec![0; message.buffer_len()];
+            message.emit(&mut out);
+            out
+        };
+        assert_eq!(dumped_nexthop(RTM_NEWNEXTHOP, &bytes(WEFT_PROTOCOL)), Some(DumpedNexthop::Owned(spec)));
+        let foreign = Some(DumpedNexthop::Foreign { id: spec.id, protocol: 4 });
+        assert_eq!(dumped_nexthop(RTM_NEWNEXTHOP, &bytes(4)), foreign);
+        assert_eq!(dumped_nexthop(RTM_NEWNEXTHOP + 1, &bytes(4)), None, "not a RTM_NEWNEXTHOP");
     }
 
     #[test]

@@ -275,7 +275,10 @@ mod tests {
         let mut out = Vec::new();
         encode_op(&op, 1, &mut out);
         match op {
-            Op::PutRoute(_) => decode::route(payload(&out), &ownership).map(Object::Route),
+            Op::PutRoute(_) => match decode::dumped_route(payload(&out), &ownership)? {
+                decode::DumpedRoute::Owned(route) => Some(Object::Route(route)),
+                decode::DumpedRoute::Foreign { .. } => None,
+            },
             Op::PutNeighbour(_) | Op::PutFdb(_) => match decode::neighbour(payload(&out), &ownership)? {
                 decode::Neighbour::Arp(n) => Some(Object::Neighbour(n)),
                 decode::Neighbour::Fdb(f) => Some(Object::Fdb(f)),

@@ -23,8 +23,8 @@ use tokio::sync::{Mutex, OnceCell};
 
 use self::socket::{AckError, BatchSocket};
 use super::{
-    sysctl, InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelState, LinkHandle, Op, OpFailure,
-    Ownership, VxlanSpec,
+    sysctl, InterfaceInfo, Interfaces, IpFamily, Kernel, KernelError, KernelReading, KernelState, LinkHandle, Op,
+    OpFailure, Ownership, VxlanSpec,
 };
 
 const RTM_NEWROUTE: u16 = libc::RTM_NEWROUTE;
@@ -123,28 +123,39 @@ impl NetlinkKernel {
         socket.dump(encode).await.map_err(|e| KernelError::Netlink(format!("dump {what}: {}", e.reason())))
     }
 
+    /// Our routes into `reading.owned`, and those of others a put would replace beside them.
     async fn read_routes(
         socket: &mut BatchSocket,
         ownership: &Ownership,
-        state: &mut KernelState,
+        reading: &mut KernelReading,
     ) -> Result<(), KernelError> {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let request = |seq, out: &mut Vec<u8>| encode::dump_routes(family, seq, out);
             for (kind, payload) in Self::dump(socket, "routes", request).await? {
-                if kind == RTM_NEWROUTE {
-                    if let Some(route) = decode::route(&payload, ownership) {
-                        state.add_route(route);
+                if kind != RTM_NEWROUTE {
+                    continue;
+                }
+                match decode::dumped_route(&payload, ownership) {
+                    Some(decode::DumpedRoute::Owned(route)) => reading.owned.add_route(route),
+                    // Two of them to one destination (two metrics): the first names the owner.
+                    Some(decode::DumpedRoute::Foreign { dst, protocol }) => {
+                        reading.foreign.routes.entry(dst).or_insert(protocol);
                     }
+                    None => {}
                 }
             }
         }
         Ok(())
     }
 
-    async fn read_nexthops(socket: &mut BatchSocket, state: &mut KernelState) -> Result<(), KernelError> {
+    async fn read_nexthops(socket: &mut BatchSocket, reading: &mut KernelReading) -> Result<(), KernelError> {
         for (kind, payload) in Self::dump(socket, "nexthops", encode::dump_nexthops).await? {
-            if let Some(nexthop) = decode::nexthop(kind, &payload) {
-                state.add_nexthop(nexthop);
+            match decode::dumped_nexthop(kind, &payload) {
+                Some(decode::DumpedNexthop::Owned(nexthop)) => reading.owned.add_nexthop(nexthop),
+                Some(decode::DumpedNexthop::Foreign { id, protocol }) => {
+                    reading.foreign.nexthops.insert(id, protocol);
+                }
+                None => {}
             }
         }
         Ok(())
@@ -189,18 +200,18 @@ fn failure(op: &Op, error: AckError) -> Option<OpFailure> {
 
 #[async_trait::async_trait]
 impl Kernel for NetlinkKernel {
-    async fn read_owned(&self, ownership: &Ownership) -> Result<KernelState, KernelError> {
+    async fn read(&self, ownership: &Ownership) -> Result<KernelReading, KernelError> {
         let mut socket = self.batch.lock().await;
-        let mut state = KernelState::default();
-        Self::read_routes(&mut socket, ownership, &mut state).await?;
+        let mut reading = KernelReading::default();
+        Self::read_routes(&mut socket, ownership, &mut reading).await?;
         // Read nexthops even when not using them: ones left from a run that did are removed.
         if self.kernel_has_nexthops(&mut socket).await {
-            Self::read_nexthops(&mut socket, &mut state).await?;
+            Self::read_nexthops(&mut socket, &mut reading).await?;
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6, AddressFamily::Bridge] {
-            Self::read_neighbours(&mut socket, family, ownership, &mut state).await?;
+            Self::read_neighbours(&mut socket, family, ownership, &mut reading.owned).await?;
         }
-        Ok(state)
+        Ok(reading)
     }
 
     async fn apply(&self, ops: &[Op]) -> Vec<OpFailure> {
