@@ -20,6 +20,7 @@ use crate::health::PeerRejectedLabels;
 use crate::kernel::packed::{self, PackedObjects};
 use crate::kernel::{
     diff_all, foreign_conflicts, Conflict, Foreign, Kernel, KernelReading, KernelState, Op, OpFailure, Ownership,
+    Phases,
 };
 use crate::lease::{Lease, LeaseMap};
 use crate::watch::LeaseEvent;
@@ -242,12 +243,19 @@ impl RouteSync {
                 per_peer.insert(lease.subnet, PeerEntries::of(&admitted));
             }
         }
-        let plan = diff_all(per_peer.values().flat_map(PeerEntries::objects), actual);
-        if !plan.is_empty() {
-            info!(changes = plan.len(), peers = peers.len(), "bringing the kernel in line with the leases");
+        // Applied step by step (puts of each kind, then deletes), as the plan would be in one go.
+        let mut phases = Phases::new(per_peer.values().flat_map(PeerEntries::objects), actual);
+        let mut report = SyncReport::default();
+        while let Some(ops) = phases.next_phase() {
+            let step = self.apply(&ops).await;
+            report.applied += step.applied;
+            report.failed += step.failed;
+        }
+        let changes = report.applied + report.failed;
+        if changes > 0 {
+            info!(changes, peers = peers.len(), "brought the kernel in line with the leases");
         }
         self.installed = per_peer;
-        let report = self.apply(&plan.ops).await;
         self.synced = report.failed == 0;
         finish(report, problems)
     }

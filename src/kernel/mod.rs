@@ -19,7 +19,7 @@ pub mod packed;
 pub mod plan;
 pub mod sysctl;
 
-pub use plan::{diff, diff_all, foreign_conflicts, Claimed, Conflict, Op, Plan};
+pub use plan::{diff, diff_all, foreign_conflicts, Claimed, Conflict, Op, Phases, Plan};
 
 /// Route protocol number of every route and nexthop weft installs (`ip route show proto 87`).
 pub const WEFT_PROTOCOL: u8 = 87;

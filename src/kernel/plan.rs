@@ -47,36 +47,92 @@ pub fn diff(desired: &KernelState, actual: &KernelState) -> Plan {
 /// (once per kind of object) and `actual` shrinks as its objects are matched; what is left of it
 /// at the end is what nobody wants any more. An object wanted twice (two peers claiming the same
 /// FDB entry) is put twice, the last one winning, as the kernel would have it anyway.
-pub fn diff_all(desired: impl Iterator<Item = Object> + Clone, mut actual: KernelState) -> Plan {
+pub fn diff_all(desired: impl Iterator<Item = Object> + Clone, actual: KernelState) -> Plan {
+    let mut phases = Phases::new(desired, actual);
     let mut ops = Vec::new();
-    // Puts, per kind: neighbours and FDB entries first so the first packet routed finds its way.
-    for object in desired.clone() {
-        if let Object::Neighbour(n) = object {
-            put(&mut actual.neighbours, (n.ifindex, n.ip), n, Op::PutNeighbour, &mut ops);
-        }
+    while let Some(phase) = phases.next_phase() {
+        ops.extend(phase);
     }
-    for object in desired.clone() {
-        if let Object::Fdb(f) = object {
-            put(&mut actual.fdb, (f.ifindex, f.mac), f, Op::PutFdb, &mut ops);
-        }
-    }
-    for object in desired.clone() {
-        if let Object::Nexthop(n) = object {
-            put(&mut actual.nexthops, n.id, n, Op::PutNexthop, &mut ops);
-        }
-    }
-    // A route whose nexthop object changed id must be re-pointed; one still pointing at a
-    // nexthop that goes away is deleted with it by the kernel, so puts come before deletes.
-    for object in desired {
-        if let Object::Route(r) = object {
-            put(&mut actual.routes, r.dst, r, Op::PutRoute, &mut ops);
-        }
-    }
-    ops.extend(actual.routes.into_values().map(Op::DeleteRoute));
-    ops.extend(actual.nexthops.into_values().map(Op::DeleteNexthop));
-    ops.extend(actual.neighbours.into_values().map(Op::DeleteNeighbour));
-    ops.extend(actual.fdb.into_values().map(Op::DeleteFdb));
     Plan { ops }
+}
+
+/// [`diff_all`] one step at a time, in the same order: the puts of each kind of object, then every
+/// delete. A caller that applies each step before asking for the next never holds the whole plan:
+/// a first sync of 10,000 vxlan peers is 40,000 operations, 2 MB at once.
+pub struct Phases<I> {
+    desired: I,
+    actual: KernelState,
+    next: Phase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    // Neighbours and FDB entries first so the first packet routed finds its way.
+    Neighbours,
+    Fdb,
+    Nexthops,
+    // A route whose nexthop object changed id must be re-pointed; one still pointing at a nexthop
+    // that goes away is deleted with it by the kernel, so puts come before deletes.
+    Routes,
+    Deletes,
+    Done,
+}
+
+impl<I: Iterator<Item = Object> + Clone> Phases<I> {
+    pub fn new(desired: I, actual: KernelState) -> Self {
+        Phases { desired, actual, next: Phase::Neighbours }
+    }
+
+    /// The operations of the next step (possibly none); `None` once every step was taken.
+    pub fn next_phase(&mut self) -> Option<Vec<Op>> {
+        let mut ops = Vec::new();
+        let actual = &mut self.actual;
+        let desired = self.desired.clone();
+        self.next = match self.next {
+            Phase::Neighbours => {
+                for object in desired {
+                    if let Object::Neighbour(n) = object {
+                        put(&mut actual.neighbours, (n.ifindex, n.ip), n, Op::PutNeighbour, &mut ops);
+                    }
+                }
+                Phase::Fdb
+            }
+            Phase::Fdb => {
+                for object in desired {
+                    if let Object::Fdb(f) = object {
+                        put(&mut actual.fdb, (f.ifindex, f.mac), f, Op::PutFdb, &mut ops);
+                    }
+                }
+                Phase::Nexthops
+            }
+            Phase::Nexthops => {
+                for object in desired {
+                    if let Object::Nexthop(n) = object {
+                        put(&mut actual.nexthops, n.id, n, Op::PutNexthop, &mut ops);
+                    }
+                }
+                Phase::Routes
+            }
+            Phase::Routes => {
+                for object in desired {
+                    if let Object::Route(r) = object {
+                        put(&mut actual.routes, r.dst, r, Op::PutRoute, &mut ops);
+                    }
+                }
+                Phase::Deletes
+            }
+            Phase::Deletes => {
+                let left = std::mem::take(actual);
+                ops.extend(left.routes.into_values().map(Op::DeleteRoute));
+                ops.extend(left.nexthops.into_values().map(Op::DeleteNexthop));
+                ops.extend(left.neighbours.into_values().map(Op::DeleteNeighbour));
+                ops.extend(left.fdb.into_values().map(Op::DeleteFdb));
+                Phase::Done
+            }
+            Phase::Done => return None,
+        };
+        Some(ops)
+    }
 }
 
 /// A place in the kernel weft wants that an object of someone else already holds.
@@ -193,6 +249,28 @@ mod tests {
         let mut s = KernelState::default();
         peer(&mut s, 1, 1);
         assert!(diff(&s, &s.clone()).is_empty());
+    }
+
+    #[test]
+    fn phases_come_one_kind_at_a_time_in_the_plans_order() {
+        let (mut want, mut have) = (KernelState::default(), KernelState::default());
+        peer(&mut want, 1, 1);
+        peer(&mut want, 2, 2);
+        peer(&mut have, 3, 3);
+        let mut phases = Phases::new(want.objects(), have.clone());
+        let mut steps = Vec::new();
+        while let Some(ops) = phases.next_phase() {
+            steps.push(ops);
+        }
+        assert!(phases.next_phase().is_none());
+        let kind = |o: &Op| format!("{o:?}").split('(').next().unwrap().to_string();
+        let kinds: Vec<Vec<String>> = steps.iter().map(|ops| ops.iter().map(kind).collect()).collect();
+        assert_eq!(kinds[0], ["PutNeighbour", "PutNeighbour"]);
+        assert_eq!(kinds[1], ["PutFdb", "PutFdb"]);
+        assert_eq!(kinds[2], ["PutNexthop", "PutNexthop"]);
+        assert_eq!(kinds[3], ["PutRoute", "PutRoute"]);
+        assert_eq!(kinds[4], ["DeleteRoute", "DeleteNexthop", "DeleteNeighbour", "DeleteFdb"]);
+        assert_eq!(steps.concat(), diff(&want, &have).ops);
     }
 
     #[test]

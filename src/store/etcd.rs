@@ -476,7 +476,10 @@ impl LeaseStore for EtcdStore {
         for lease in leases.iter_mut().filter(|l| l.expiry == Expiry::Unknown) {
             lease.expiry = match ids.get(&lease.key) {
                 Some(0) => Expiry::Never,
-                Some(id) => Expiry::At(now + ttls.get(id).copied().flatten().unwrap_or_default()),
+                // A TTL past what the clock can say is no expiry we can state.
+                Some(id) => now
+                    .checked_add(ttls.get(id).copied().flatten().unwrap_or_default())
+                    .map_or(Expiry::Unknown, Expiry::At),
                 // Deleted since it was listed: it has run out.
                 None => Expiry::At(now),
             };

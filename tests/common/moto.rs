@@ -23,6 +23,8 @@ use weft::netns::Netns;
 
 pub const REGION: &str = "us-east-1";
 const START_DEADLINE: Duration = Duration::from_secs(30);
+/// Picking a free port races with other processes: try a few times.
+const START_ATTEMPTS: usize = 3;
 
 /// A moto server on a free port, killed on drop.
 pub struct Moto {
@@ -43,20 +45,28 @@ impl Moto {
             "moto_server not found at {} (run scripts/setup.sh, which installs moto[server] in /opt/weft-venv, or set WEFT_MOTO_SERVER)",
             binary.display()
         );
-        let dir = tempfile::tempdir().expect("temp dir for moto");
-        let port = super::weft::free_port();
-        let log = std::fs::File::create(dir.path().join("moto.log")).expect("moto log");
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-        let mut moto = Moto { endpoint: format!("http://127.0.0.1:{port}"), child, dir };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        moto.wait_ready(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok());
-        moto
+        // A free port may be taken by another process before moto binds it: moto then exits,
+        // or someone else answers; either way, start again on another port.
+        let mut failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temp dir for moto");
+            let port = super::weft::free_port();
+            let log = std::fs::File::create(dir.path().join("moto.log")).expect("moto log");
+            let child = Command::new(&binary)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+            let mut moto = Moto { endpoint: format!("http://127.0.0.1:{port}"), child, dir };
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match moto.wait_ready(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()) {
+                Ok(()) => return moto,
+                Err(why) => failure = why,
+            }
+        }
+        panic!("moto did not start after {START_ATTEMPTS} attempts: {failure}");
     }
 
     /// A moto server inside network namespace `netns`, on `addr` (an address of that namespace)
@@ -76,24 +86,27 @@ impl Moto {
         let child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let mut moto = Moto { endpoint: format!("http://{addr}:{port}"), child, dir };
         let target = SocketAddr::from((addr, port));
-        moto.wait_ready(|| {
+        let ready = moto.wait_ready(|| {
             netns.run(move || TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()).unwrap_or(false)
         });
+        ready.unwrap_or_else(|why| panic!("{why}"));
         moto
     }
 
-    fn wait_ready(&mut self, listening: impl Fn() -> bool) {
+    /// Waits until the port answers and moto says it serves it (so it is moto answering, not
+    /// another process that took the port first).
+    fn wait_ready(&mut self, listening: impl Fn() -> bool) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("moto exited with {status}: {}", self.log());
+                return Err(format!("moto exited with {status}: {}", self.log()));
             }
-            if listening() {
-                return;
+            if listening() && self.log().contains("Running on") {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("moto did not listen within {START_DEADLINE:?}: {}", self.log());
+        Err(format!("moto did not listen within {START_DEADLINE:?}: {}", self.log()))
     }
 
     pub fn log(&self) -> String {
