@@ -365,7 +365,8 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     for (key, value) in
         [("cloud.aws_endpoint_url", &config.cloud.aws_endpoint_url), ("cloud.gce_endpoint", &config.cloud.gce_endpoint)]
     {
-        if !value.is_empty() && !(value.starts_with("https://") || value.starts_with("http://")) {
+        let public_or_url = value.is_empty() || value.starts_with("https://") || value.starts_with("http://");
+        if !public_or_url {
             return bad(key, value, "not an http:// or https:// URL (\"\" = the public endpoint)");
         }
     }
