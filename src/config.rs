@@ -24,6 +24,7 @@ pub struct Config {
     pub agent: AgentSection,
     pub store: StoreSection,
     pub network: NetworkSection,
+    pub cloud: CloudSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +156,22 @@ impl fmt::Debug for StoreSection {
     }
 }
 
+/// Where the cloud backends send their API calls. Only this host's own file and environment set
+/// it: the store's network config is written by whoever can write the store and read by every
+/// host, and an endpoint there would get each VM's credentials sent to it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudSection {
+    /// aws-vpc: the EC2 endpoint (a VPC endpoint; moto in tests). "" = the SDK's, for the region.
+    pub aws_endpoint_url: String,
+    /// gce: the Compute API's base URL (tests). "" = the public endpoint.
+    pub gce_endpoint: String,
+}
+
+/// Endpoint keys that `[network.backend]` once had, and where they live now.
+const MOVED_TO_CLOUD: &[(&str, &str)] =
+    &[("network.backend.endpoint_url", "cloud.aws_endpoint_url"), ("network.backend.endpoint", "cloud.gce_endpoint")];
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -235,6 +252,9 @@ pub fn load(file: &Path, explicit: bool, flags: Flags) -> Result<Loaded, ConfigE
         )
         .merge(flags);
     let invalid = |message: String| ConfigError::Invalid { file: file_name.clone(), message };
+    if let Some(message) = moved_key(&figment, text.as_deref()) {
+        return Err(invalid(message));
+    }
     let config: Config = figment.extract().map_err(|e| invalid(describe_figment_error(e, text.as_deref())))?;
     validate(&config).map_err(|(key, message)| {
         let line = text.as_deref().and_then(|t| line_of(t, key));
@@ -242,6 +262,20 @@ pub fn load(file: &Path, explicit: bool, flags: Flags) -> Result<Loaded, ConfigE
         invalid(format!("{at}{message}"))
     })?;
     Ok(Loaded { config, file: file.to_path_buf(), figment })
+}
+
+/// An endpoint set in `[network.backend]` (file or environment), which serde would only call an
+/// unknown key: say where it went, and why.
+fn moved_key(figment: &Figment, text: Option<&str>) -> Option<String> {
+    let (old, new) = MOVED_TO_CLOUD.iter().find(|(old, _)| figment.find_value(old).is_ok())?;
+    let line = text.and_then(|t| line_of(t, old)).map(|l| format!("line {l}: ")).unwrap_or_default();
+    let from_env = figment.find_metadata(old).is_some_and(|m| m.name.contains("environment"));
+    let source =
+        if from_env { format!(" (from WEFT_{})", old.replace('.', "__").to_uppercase()) } else { String::new() };
+    Some(format!(
+        "{line}{old}{source} moved to {new}: cloud endpoints come only from this host's own weft.toml \
+         or environment, never from the network config that `weft network apply` shares"
+    ))
 }
 
 fn describe_figment_error(error: figment::Error, text: Option<&str>) -> String {
@@ -357,6 +391,14 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     }
     if config.store.cert_file.is_empty() != config.store.key_file.is_empty() {
         return bad("store.cert_file", &config.store.cert_file, "cert_file and key_file go together");
+    }
+    for (key, value) in
+        [("cloud.aws_endpoint_url", &config.cloud.aws_endpoint_url), ("cloud.gce_endpoint", &config.cloud.gce_endpoint)]
+    {
+        let public_or_url = value.is_empty() || value.starts_with("https://") || value.starts_with("http://");
+        if !public_or_url {
+            return bad(key, value, "not an http:// or https:// URL (\"\" = the public endpoint)");
+        }
     }
     Network::new(&config.network).map_err(|e| (e.key, e.to_string()))?;
     Ok(())
@@ -541,6 +583,43 @@ mod tests {
         // Nine digits: the error names a temporary file whose random name may hold a short one.
         let err = load_text("[store]\npassword = 987654321\n").err().unwrap().to_string();
         assert!(!err.contains("987654321"), "{err}");
+    }
+
+    #[test]
+    fn cloud_endpoints_are_read_and_checked() {
+        let loaded = load_text(
+            "[cloud]\naws_endpoint_url = \"http://127.0.0.1:5000\"\ngce_endpoint = \"https://compute.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(loaded.config.cloud.aws_endpoint_url, "http://127.0.0.1:5000");
+        assert_eq!(loaded.config.cloud.gce_endpoint, "https://compute.example");
+        assert_eq!(Config::default().cloud, CloudSection::default(), "empty: the public endpoints");
+        let err = load_text("[cloud]\n\ngce_endpoint = \"compute.example\"\n").err().unwrap().to_string();
+        assert!(
+            err.contains("cloud.gce_endpoint") && err.contains("compute.example") && err.contains("line 3"),
+            "{err}"
+        );
+    }
+
+    /// The endpoints left `[network.backend]`, which `weft network apply` publishes to every host.
+    #[test]
+    fn backend_endpoints_name_where_they_moved() {
+        let cases = [
+            (
+                "type = \"aws-vpc\"\nendpoint_url = \"http://x\"",
+                "network.backend.endpoint_url",
+                "cloud.aws_endpoint_url",
+            ),
+            ("type = \"gce\"\nendpoint = \"http://x\"", "network.backend.endpoint", "cloud.gce_endpoint"),
+        ];
+        for (backend, old, new) in cases {
+            let err = load_text(&format!("[network]\ncidr = \"10.244.0.0/16\"\n[network.backend]\n{backend}\n"))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(old) && err.contains(&format!("moved to {new}")), "{err}");
+            assert!(err.contains("line 5"), "{err}");
+        }
     }
 
     #[test]

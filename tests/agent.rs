@@ -272,6 +272,48 @@ fn config_layers_file_env_flags() {
     assert!(!text.contains("s3cret") && line("store.password").contains("***"), "{text}");
 }
 
+/// The cloud endpoints are the host's own (`[cloud]`, or `WEFT_CLOUD__*`); the old backend keys,
+/// which `weft network apply` would have published to every host, are refused with exit 2.
+#[test]
+fn cloud_endpoints_come_from_the_hosts_own_config() {
+    let setup = Setup::new("[cloud]\ngce_endpoint = \"http://127.0.0.1:8089\"\n");
+    let out = std::process::Command::new(common::weft::WEFT)
+        .args(["--config", setup.config.to_str().unwrap(), "config", "check"])
+        .env("WEFT_CLOUD__AWS_ENDPOINT_URL", "https://ec2.vpce.example")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |k: &str| text.lines().find(|l| l.starts_with(&format!("{k} "))).unwrap_or_default().to_string();
+    let aws = line("cloud.aws_endpoint_url");
+    assert!(aws.contains("https://ec2.vpce.example") && aws.contains("WEFT_CLOUD__AWS_ENDPOINT_URL"), "{text}");
+    assert!(line("cloud.gce_endpoint").contains("http://127.0.0.1:8089"), "{text}");
+
+    for (backend, old, new) in [
+        ("type = \"aws-vpc\"\nendpoint_url = \"http://x\"", "network.backend.endpoint_url", "cloud.aws_endpoint_url"),
+        ("type = \"gce\"\nendpoint = \"http://x\"", "network.backend.endpoint", "cloud.gce_endpoint"),
+    ] {
+        std::fs::write(&setup.config, format!("[network]\ncidr = \"10.244.0.0/16\"\n[network.backend]\n{backend}\n"))
+            .unwrap();
+        for args in [&["config", "check"][..], &["network", "apply"][..]] {
+            let out = setup.weft(args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(old) && err.contains(&format!("moved to {new}")) && err.contains("line 5"), "{err}");
+        }
+    }
+    // From the environment too.
+    std::fs::write(&setup.config, "").unwrap();
+    let out = std::process::Command::new(common::weft::WEFT)
+        .args(["--config", setup.config.to_str().unwrap(), "config", "check"])
+        .env("WEFT_NETWORK__BACKEND__ENDPOINT", "http://x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WEFT_NETWORK__BACKEND__ENDPOINT") && err.contains("moved to cloud.gce_endpoint"), "{err}");
+}
+
 #[test]
 fn local_store_is_shared_by_several_agent_processes() {
     let setup = Setup::new("");

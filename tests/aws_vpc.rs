@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::decoy::Decoy;
 use common::etcd::EtcdServer;
 use common::imds::{self, Imds};
 use common::moto::{self, Fault, FaultProxy, Host, Moto, Vpc};
@@ -54,10 +55,10 @@ impl World {
     /// A weft.toml for this world with `backend` as the `[network.backend]` body.
     fn setup(&self, backend: &str) -> Setup {
         let setup = Setup::new(&format!(
-            "[agent]\nresync = \"1s\"\n\n[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n\n[network]\ncidr = \"10.244.0.0/16\"\n\n[network.backend]\ntype = \"aws-vpc\"\nendpoint_url = \"{}\"\nrecheck = \"{}s\"\n{backend}\n",
+            "[agent]\nresync = \"1s\"\n\n[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n\n[network]\ncidr = \"10.244.0.0/16\"\n\n[network.backend]\ntype = \"aws-vpc\"\nrecheck = \"{}s\"\n{backend}\n\n[cloud]\naws_endpoint_url = \"{}\"\n",
             self.etcd.endpoint,
-            self.proxy.endpoint,
-            RECHECK.as_secs()
+            RECHECK.as_secs(),
+            self.proxy.endpoint
         ));
         setup.ok(&["network", "apply"]);
         setup
@@ -248,6 +249,9 @@ fn association_then_main_table() {
     // Node 0 in a subnet with its own table; node 1 in a subnet that uses the main table.
     let world = World::new(|vpc| vec![vpc.subnets[1].clone(), vpc.loose_subnet.clone()]);
     let setup = world.setup("");
+    // An EC2 endpoint in the store (shared by every host) is ignored: only [cloud]'s is called.
+    let decoy = Decoy::start();
+    world.etcd.set_backend_key("EndpointURL", &decoy.url);
     let mut agents: Vec<Agent> = (0..2).map(|i| world.agent(&setup, i)).collect();
     let subnets: Vec<String> = agents.iter_mut().map(|a| a.wait_subnet()).collect();
     let refs: Vec<&Agent> = agents.iter().collect();
@@ -257,6 +261,7 @@ fn association_then_main_table() {
     assert!(!world.routes(main).contains_key(&subnets[0]));
     assert!(!world.routes(associated).contains_key(&subnets[1]));
     wait_until("agents ready", 20, &refs, || agents.iter().all(ready));
+    assert_eq!(decoy.requests(), Vec::<String>::new(), "the stored EndpointURL was called");
 }
 
 #[test]

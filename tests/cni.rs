@@ -146,6 +146,97 @@ fn add_check_del_with_the_real_bridge_and_host_local() {
     cni::call(&ns.host, "DEL", &cni::with_prev_result(&conf, &again), &pod).ok();
 }
 
+fn write_subnet_env(dir: &std::path::Path, subnet: &str) -> std::path::PathBuf {
+    let path = dir.join("subnet.env");
+    std::fs::write(
+        &path,
+        format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+    )
+    .expect("write subnet.env");
+    path
+}
+
+fn address_of(result: &Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap_or_else(|| panic!("no address in {result}")).to_string()
+}
+
+/// One container attached twice (eth0 and net1), as a runtime with several networks does: each
+/// DEL releases its own veth and address, and neither leaks.
+#[test]
+fn two_interfaces_of_one_container_are_deleted_one_by_one() {
+    require_root();
+    cni::ensure_plugins();
+    let ns = Namespaces::new();
+    let state = tempfile::tempdir().expect("temp dir");
+    let subnet_file = write_subnet_env(state.path(), "10.244.8.1/24");
+    let conf = cni::plugin_conf("weft-test", &subnet_file, state.path());
+    let pod =
+        |ifname: &str| Attachment { container_id: "c0ffee2".into(), netns: ns.pod.path.clone(), ifname: ifname.into() };
+    let (eth0, net1) = (pod("eth0"), pod("net1"));
+    let first = cni::call(&ns.host, "ADD", &conf, &eth0).ok();
+    let second = cni::call(&ns.host, "ADD", &conf, &net1).ok();
+    assert_ne!(address_of(&first), address_of(&second));
+    let ipam = state.path().join("ipam");
+    assert_eq!(cni::allocations(&ipam, "weft-test").len(), 2);
+
+    cni::call(&ns.host, "DEL", &cni::with_prev_result(&conf, &first), &eth0).ok();
+    assert_eq!(veths(&ns.pod), ["net1"], "only eth0 went");
+    assert_eq!(ipv4_of(&ns.pod, "net1").map(|a| a.to_string()), Some(address_of(&second)));
+    assert_eq!(cni::allocations(&ipam, "weft-test").len(), 1, "net1 keeps its address");
+    cni::call(&ns.host, "CHECK", &cni::with_prev_result(&conf, &second), &net1).ok();
+
+    cni::call(&ns.host, "DEL", &cni::with_prev_result(&conf, &second), &net1).ok();
+    assert!(veths(&ns.pod).is_empty() && veths(&ns.host).is_empty(), "every veth is gone");
+    assert_eq!(cni::allocations(&ipam, "weft-test"), Vec::<String>::new(), "no address leaked");
+}
+
+/// A delegate that did its work and then failed (killed by the runtime's timeout, say): the
+/// ADD fails, and the DEL the runtime sends next must still release the address and the veth.
+#[test]
+fn a_failed_add_is_released_by_the_following_del() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    cni::ensure_plugins();
+    let ns = Namespaces::new();
+    let state = tempfile::tempdir().expect("temp dir");
+    let subnet_file = write_subnet_env(state.path(), "10.244.9.1/24");
+    let wrappers = state.path().join("bin");
+    std::fs::create_dir(&wrappers).expect("wrapper dir");
+    let wrapper = wrappers.join("bridge-then-fail");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n[ \"$CNI_COMMAND\" = PROBE ] && exit 0\n\
+             if [ \"$CNI_COMMAND\" = ADD ]; then {dir}/bridge >/dev/null; exit 1; fi\nexec {dir}/bridge\n",
+            dir = cni::PLUGIN_DIR
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A child forked by another test's thread may hold the new file open for writing (ETXTBSY)
+    // for a moment; once it ran, it runs.
+    let mut tries = 0;
+    while let Err(e) = Command::new(&wrapper).env("CNI_COMMAND", "PROBE").status() {
+        tries += 1;
+        assert!(tries < 50, "the wrapper does not run: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut conf = cni::plugin_conf("weft-test", &subnet_file, state.path());
+    conf["delegate"] = json!({ "type": "bridge-then-fail", "bridge": "cni0", "isGateway": true });
+    let pod = Attachment { container_id: "deadbeef".into(), netns: ns.pod.path.clone(), ifname: "eth0".into() };
+    let path = format!("{}:{}", wrappers.display(), cni::PLUGIN_DIR);
+
+    let add = cni::call_with_path(&ns.host, "ADD", &conf, &pod, &path);
+    assert!(!add.success, "{add:?}");
+    let ipam = state.path().join("ipam");
+    assert_eq!(cni::allocations(&ipam, "weft-test").len(), 1, "the delegate took an address");
+    assert_eq!(veths(&ns.pod), ["eth0"]);
+
+    cni::call_with_path(&ns.host, "DEL", &conf, &pod, &path).ok();
+    assert_eq!(cni::allocations(&ipam, "weft-test"), Vec::<String>::new(), "the address leaked");
+    assert!(veths(&ns.pod).is_empty() && veths(&ns.host).is_empty(), "the veth leaked");
+}
+
 /// Errors need no namespace: they come before any delegate runs.
 #[test]
 fn errors_are_cni_error_json_with_the_specs_codes() {

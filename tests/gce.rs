@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::decoy::Decoy;
 use common::etcd::EtcdServer;
 use common::gce_api::{GceApi, GceApiServer};
 use common::gce_metadata::MetadataServer;
@@ -58,7 +59,8 @@ fn setup(etcd: &EtcdServer, api: &GceApiServer, extra_backend: &str) -> Setup {
         "[agent]\nlease_ttl = \"30s\"\nrenew_margin = \"10s\"\nresync = \"1s\"\n\n\
          [store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n\n\
          [network]\ncidr = \"10.244.0.0/16\"\n\n\
-         [network.backend]\ntype = \"gce\"\nendpoint = \"{}\"\nrecheck = \"2s\"\n{extra_backend}\n",
+         [network.backend]\ntype = \"gce\"\nrecheck = \"2s\"\n{extra_backend}\n\n\
+         [cloud]\ngce_endpoint = \"{}\"\n",
         etcd.endpoint, api.endpoint
     ));
     setup.ok(&["network", "apply"]);
@@ -89,6 +91,26 @@ fn calls_metric(agent: &Agent, operation: &str, outcome: &str) -> f64 {
     agent.metric(&format!(
         "weft_cloud_api_calls_total{{provider=\"gce\",operation=\"{operation}\",outcome=\"{outcome}\"}}"
     ))
+}
+
+/// Whoever can write the store must not get the instances' tokens: an `Endpoint` in the stored
+/// network config (shared by every host) is ignored; only the agent's own `[cloud]` counts.
+#[test]
+fn an_endpoint_in_the_stored_config_is_never_called() {
+    let etcd = EtcdServer::start();
+    let server = api_server();
+    let api = &server.api;
+    let node = Node::new(api, "node-a", "10.244.1.0/24", "10.132.0.2");
+    let decoy = Decoy::start();
+    let setup = setup(&etcd, &server, "");
+    etcd.set_backend_key("Endpoint", &decoy.url);
+    let agent = node.start(&setup);
+    wait_ready(&agent, 30);
+    assert_eq!(next_hop(api, "weft-10-244-1-0-24"), Some(api.instance_link(ZONE, "node-a")));
+    assert!(!calls_on(api, "routes.insert", "weft-10-244-1-0-24").is_empty(), "the route went to [cloud]'s API");
+    assert_eq!(decoy.requests(), Vec::<String>::new(), "the stored Endpoint was called");
+    let log = agent.log_text();
+    assert!(log.contains("names a cloud endpoint") && log.contains("cloud.gce_endpoint"), "{log}");
 }
 
 #[test]

@@ -5,13 +5,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::kube_api::KubeApi;
 use common::weft::{Agent, Setup};
+use futures::StreamExt;
 use weft::config::{StoreKind, StoreSection};
+use weft::store::kube::rbac::{triples, LEADER_ACCESS, NODE_ACCESS};
 use weft::store::{LeaseWrite, Store};
 
 const PREFIX: &str = "flannel.alpha.coreos.com";
@@ -122,6 +124,9 @@ fn agents_annotate_like_flannel_and_follow_node_changes() {
     first.wait_for("a Removed event", 20, |a| events(a, "Removed") >= 1.0);
     first.wait_for("two peers again", 20, |a| watched(a) == 2.0);
     assert_eq!(api.patches().len(), 3, "no agent wrote another node");
+    // Running agents need nothing the manifest's roles do not grant.
+    let needed = api.access();
+    assert!(needed.is_subset(&granted()), "not granted: {:?}", needed.difference(&granted()).collect::<Vec<_>>());
 }
 
 #[test]
@@ -225,6 +230,15 @@ fn store_lists_nodes_and_elects_one_leader() {
         assert!(b.delete_lease("10.244.1.0/24".parse().unwrap()).await.is_err(), "not b's node");
         assert!(a.delete_lease("10.244.1.0/24".parse().unwrap()).await.unwrap());
         assert!(b.list_leases().await.unwrap().leases.is_empty());
+        // A watch: kube-rs lists, then watches from the listing's resourceVersion.
+        let mut updates = b.watch_leases(0);
+        let follow = tokio::spawn(async move { while updates.next().await.is_some() {} });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while api.watch_count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the store never watched");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        follow.abort();
 
         let ttl = Duration::from_secs(2);
         assert!(a.lead("routes", "a", ttl).await.unwrap());
@@ -237,6 +251,18 @@ fn store_lists_nodes_and_elects_one_leader() {
     let lease = api.lease("kube-system", "weft-routes").expect("a coordination Lease");
     assert_eq!(lease["spec"]["holderIdentity"], "b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
+
+    // Every call of the store (each of its operations ran above) needed exactly what
+    // config/kubernetes/weft.yaml grants: src/store/kube/rbac.rs lists it, and its unit test keeps
+    // the manifest equal to that list. A grant nobody uses, or a call not granted, fails here.
+    assert_eq!(api.access(), granted(), "what the store called vs what src/store/kube/rbac.rs grants");
+}
+
+/// What the manifest's roles grant, as (group, resource, verb).
+fn granted() -> BTreeSet<(String, String, String)> {
+    let mut all = triples(NODE_ACCESS);
+    all.extend(triples(LEADER_ACCESS));
+    all
 }
 
 /// Multi-host tests run the API server in a namespace of their own: it must serve there, and

@@ -67,6 +67,27 @@ async fn open_creates_a_private_directory() {
     assert_eq!(store.list_leases().await.unwrap().revision, 0);
 }
 
+/// A directory that was there before (made by hand, open to everyone) is made private on every
+/// open, not only when the store creates it.
+#[tokio::test]
+async fn open_makes_an_existing_directory_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    std::fs::create_dir(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(mode(&path), 0o777);
+    let store = LocalStore::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o700);
+    store.put_network_config("{}").await.unwrap();
+    // Loosened again while the store holds data: the next open tightens it again.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let again = LocalStore::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o700);
+    assert_eq!(again.network_config().await.unwrap().as_deref(), Some("{}"));
+}
+
 #[tokio::test]
 async fn open_error_names_the_path() {
     let dir = tempfile::tempdir().unwrap();

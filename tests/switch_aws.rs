@@ -203,9 +203,13 @@ impl World {
         World { cluster, cloud }
     }
 
+    /// Each agent gets moto as its EC2 endpoint from its own environment: the shared config
+    /// file is edited during the test, and the store's network config never names endpoints.
     fn start_agents(&mut self) {
+        let ec2 = self.cloud.moto.endpoint.clone();
         for i in 1..=HOSTS {
-            let env = imds::node_env(&self.cloud.nodes[i - 1].1);
+            let mut env = imds::node_env(&self.cloud.nodes[i - 1].1).to_vec();
+            env.push(("WEFT_CLOUD__AWS_ENDPOINT_URL", ec2.as_str()));
             self.cluster.start_agent_with_env(i, &[], &env);
         }
     }
@@ -274,10 +278,9 @@ fn host_gw_to_aws_vpc_and_back_leaves_no_cloud_routes() {
     // host-gw → aws-vpc: every node's subnet to its interface in every tagged table, no kernel
     // routes left (the VPC routes pod traffic; there is nothing for the kernel to do).
     let aws_vpc = format!(
-        "type = \"aws-vpc\"\nroute_table_tag = \"{}={}\"\nendpoint_url = \"{}\"\nrecheck = \"{}s\"",
+        "type = \"aws-vpc\"\nroute_table_tag = \"{}={}\"\nrecheck = \"{}s\"",
         moto::TAG_KEY,
         moto::TAG_VALUE,
-        world.cloud.moto.endpoint,
         RECHECK.as_secs()
     );
     world.apply(&aws_vpc);

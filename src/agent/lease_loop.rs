@@ -15,6 +15,7 @@ use crate::health::{Condition, EventKind, EventLabels, Health};
 use crate::heap;
 use crate::lease;
 use crate::leasing::{self, LeaseError, LeaseRequest, OwnLease};
+use crate::network::backend::agent_only_key;
 use crate::network::Network;
 use crate::store::{LeaseListing, LeaseStore, LeaseUpdate, NetworkSource};
 use crate::watch::{LeaseEvent, LeaseWatcher};
@@ -36,6 +37,9 @@ pub(super) async fn wait_for_network(
                 Ok((network, ignored)) => {
                     if !ignored.is_empty() {
                         warn!(keys = ?ignored, "ignoring unknown keys in the stored network config");
+                    }
+                    for (key, own) in ignored.iter().filter_map(|k| Some((k, agent_only_key(k)?))) {
+                        warn!(key = %key, instead = own, "the stored network config names a cloud endpoint: ignored, only this host's own config sets it");
                     }
                     info!(network = %network.network, subnet_len = network.subnet_len, backend = network.backend.type_name(), "network config");
                     health.ok(Condition::Network);

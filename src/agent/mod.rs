@@ -114,8 +114,13 @@ async fn start_and_run(
     let trust = PeerTrust::new(own, config.agent.underlay());
     dataplane.trust_peers(trust, health.metrics.peers_rejected.clone());
     let network = lease_loop::wait_for_network(store.as_ref(), &health, cancel).await?;
-    let ctx =
-        BackendContext { network: network.clone(), ext: ext.clone(), store: store.clone(), health: health.clone() };
+    let ctx = BackendContext {
+        network: network.clone(),
+        ext: ext.clone(),
+        store: store.clone(),
+        health: health.clone(),
+        cloud: config.cloud.clone(),
+    };
     let prepared = dataplane.prepare(&ctx).await?;
     let data = prepared.lease_data().clone();
     let attrs = LeaseAttrs::new(ext.public_ip, data.kind.as_str(), data.backend_data.clone());

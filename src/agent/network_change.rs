@@ -102,6 +102,7 @@ impl Running {
             ext: self.ext.clone(),
             store: self.store.clone(),
             health: self.health.clone(),
+            cloud: self.config.cloud.clone(),
         };
         let prepared = self.dataplane.prepare(&ctx).await?;
         let ready = self.dataplane.start(prepared, &self.own.lease).await?;

@@ -110,7 +110,7 @@ impl Backend for AwsVpc {
             .await
             .map_err(|e| cloud_error("the EC2 instance metadata service (is this an EC2 instance?)", e))?;
         let region = if self.config.region.is_empty() { meta.region.clone() } else { self.config.region.clone() };
-        let options = SdkOptions { region, endpoint_url: self.config.endpoint_url.clone() };
+        let options = SdkOptions { region, endpoint_url: self.ctx.cloud.aws_endpoint_url.clone() };
         let ec2: Arc<dyn Ec2> = Arc::new(SdkEc2::new(&options, call_observer(self.ctx.health.clone())).await);
         let ext = &self.ctx.ext;
         let node = node::discover(ec2.as_ref(), &meta, &[ext.public_ip, ext.addr.addr()]).await?;

@@ -69,7 +69,7 @@ impl Backend for Gce {
         info!(project = %meta.project, zone = %meta.zone, instance = %meta.instance, network = %meta.network, "gce metadata");
         let options = ClientOptions {
             project: meta.project.clone(),
-            endpoint: self.config.endpoint.clone(),
+            endpoint: self.ctx.cloud.gce_endpoint.clone(),
             credentials: CredentialSource::from_env(),
         };
         let sdk = SdkCompute::new(&options).await.map_err(|e| cloud_error("compute client", e))?;

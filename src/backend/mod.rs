@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::config::CloudSection;
 use crate::health::Health;
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelError};
@@ -171,6 +172,8 @@ pub struct BackendContext {
     /// For cluster-wide chores done by one agent at a time ([`Leadership::lead`]).
     pub store: Arc<dyn Leadership>,
     pub health: Arc<Health>,
+    /// The cloud endpoints, from the agent's own config only (never the store's network config).
+    pub cloud: CloudSection,
 }
 
 /// The backend the network asks for; `kernel` gives kernel backends their kernel.

@@ -64,6 +64,10 @@ pub fn args(env: &dyn Fn(&str) -> Option<String>, command: CniCommand) -> Result
         _ => required("CNI_NETNS")?,
     };
     let ifname = required("CNI_IFNAME")?;
+    // It names a file of ours too, with the container ID (see `scratch`).
+    if !super::scratch::valid_ifname(&ifname) {
+        return Err(invalid(format!("CNI_IFNAME {ifname:?} is not an interface name")));
+    }
     let path = required("CNI_PATH")?.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect();
     Ok(CniArgs { container_id, netns, ifname, path })
 }
@@ -101,5 +105,7 @@ mod tests {
         assert!(args(&no_netns, CniCommand::Del).is_ok());
         let sneaky = env(&[("CNI_CONTAINERID", "../etc"), ("CNI_NETNS", "n"), ("CNI_IFNAME", "e"), ("CNI_PATH", "/x")]);
         assert_eq!(args(&sneaky, CniCommand::Add).unwrap_err().code, Code::InvalidEnvironment);
+        let colon = env(&[("CNI_CONTAINERID", "c1"), ("CNI_NETNS", "n"), ("CNI_IFNAME", "eth0:x"), ("CNI_PATH", "/x")]);
+        assert!(args(&colon, CniCommand::Del).unwrap_err().msg.contains("CNI_IFNAME"));
     }
 }

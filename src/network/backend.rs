@@ -51,7 +51,6 @@ pub struct AwsVpcConfig {
     pub route_table_ids: Vec<String>,
     pub route_table_tag: String,
     pub region: String,
-    pub endpoint_url: String,
     #[serde(with = "humantime_serde")]
     pub recheck: Duration,
 }
@@ -62,7 +61,6 @@ impl Default for AwsVpcConfig {
             route_table_ids: Vec::new(),
             route_table_tag: String::new(),
             region: String::new(),
-            endpoint_url: String::new(),
             recheck: Duration::from_secs(300),
         }
     }
@@ -76,7 +74,6 @@ pub struct GceConfig {
     pub route_prefix: String,
     pub priority: u32,
     pub tags: Vec<String>,
-    pub endpoint: String,
     #[serde(with = "humantime_serde")]
     pub recheck: Duration,
 }
@@ -89,7 +86,6 @@ impl Default for GceConfig {
             route_prefix: "weft-".into(),
             priority: 1000,
             tags: Vec::new(),
-            endpoint: String::new(),
             recheck: Duration::from_secs(300),
         }
     }
@@ -100,7 +96,10 @@ impl Default for GceConfig {
 /// (and the leadership TTL of three rechecks stays far from overflowing).
 pub const RECHECK_RANGE: std::ops::RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(24 * 3600);
 
-/// weft.toml key ↔ flannel JSON key, for every backend key.
+/// weft.toml key ↔ flannel JSON key, for every backend key. The cloud endpoints are not backend
+/// keys: they come from the agent's own `[cloud]` (a store's `EndpointURL` or `Endpoint` is an
+/// unknown key, ignored with a warning), so whoever writes the store cannot send each VM's cloud
+/// credentials to a server of their choosing.
 const KEY_NAMES: &[(&str, &str)] = &[
     ("type", "Type"),
     ("vni", "VNI"),
@@ -112,15 +111,23 @@ const KEY_NAMES: &[(&str, &str)] = &[
     ("route_table_ids", "RouteTableID"),
     ("route_table_tag", "RouteTableTag"),
     ("region", "Region"),
-    ("endpoint_url", "EndpointURL"),
     ("recheck", "Recheck"),
     ("project", "Project"),
     ("network", "Network"),
     ("route_prefix", "RoutePrefix"),
     ("priority", "Priority"),
     ("tags", "Tags"),
-    ("endpoint", "Endpoint"),
 ];
+
+/// Keys a stored network config may carry (older weft, hand-written JSON) that weft takes only
+/// from the agent's own config: the flannel JSON name and the weft.toml key that holds it now.
+const AGENT_ONLY_KEYS: &[(&str, &str)] =
+    &[("EndpointURL", "cloud.aws_endpoint_url"), ("Endpoint", "cloud.gce_endpoint")];
+
+/// The agent's own weft.toml key for `key` of a stored config, when only the agent may set it.
+pub fn agent_only_key(key: &str) -> Option<&'static str> {
+    AGENT_ONLY_KEYS.iter().find(|(flannel, _)| flannel.eq_ignore_ascii_case(key)).map(|(_, own)| *own)
+}
 
 /// Which backend, without its options: the one list of backend types and their names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,8 +164,8 @@ impl BackendKind {
         match self {
             BackendKind::Vxlan => &["vni", "port", "gbp", "learning", "direct_routing", "mtu"],
             BackendKind::HostGw | BackendKind::Alloc => &[],
-            BackendKind::AwsVpc => &["route_table_ids", "route_table_tag", "region", "endpoint_url", "recheck"],
-            BackendKind::Gce => &["project", "network", "route_prefix", "priority", "tags", "endpoint", "recheck"],
+            BackendKind::AwsVpc => &["route_table_ids", "route_table_tag", "region", "recheck"],
+            BackendKind::Gce => &["project", "network", "route_prefix", "priority", "tags", "recheck"],
         }
     }
 }
@@ -296,6 +303,24 @@ mod tests {
         let (config, _) = BackendConfig::from_flannel_json(&many).unwrap();
         let BackendConfig::AwsVpc(aws) = config else { panic!("not aws-vpc") };
         assert_eq!(aws.route_table_ids.len(), 2);
+    }
+
+    /// A store's network config is shared by every host: an endpoint there is ignored, so the
+    /// backend sends its calls (and the VM's credentials) where the agent's own `[cloud]` says.
+    #[test]
+    fn store_endpoints_are_ignored() {
+        for (kind, key) in [("aws-vpc", "EndpointURL"), ("gce", "Endpoint"), ("gce", "endpoint")] {
+            let (with, ignored) =
+                BackendConfig::from_flannel_json(&json!({"Type": kind, key: "http://203.0.113.9"})).unwrap();
+            let (without, _) = BackendConfig::from_flannel_json(&json!({"Type": kind})).unwrap();
+            assert_eq!(with, without, "{kind}: {key} must not reach the backend");
+            assert_eq!(ignored, vec![key.to_string()], "{kind}: {key} is reported as ignored");
+            let text = serde_json::to_string(&with.to_flannel_json()).unwrap();
+            assert!(!text.contains("203.0.113.9") && !text.contains("Endpoint"), "{text}");
+        }
+        assert_eq!(agent_only_key("EndpointURL"), Some("cloud.aws_endpoint_url"));
+        assert_eq!(agent_only_key("endpoint"), Some("cloud.gce_endpoint"));
+        assert_eq!(agent_only_key("VNI"), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use futures::stream::BoxStream;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use super::{
     receiver_stream, Failure, Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease,
@@ -30,6 +31,8 @@ use crate::lease::{subnet_key, Expiry};
 const STATE_FILE: &str = "state.json";
 const TEMP_FILE: &str = "state.json.tmp";
 const LOCK_FILE: &str = "lock";
+/// Only this host's root reads or writes the leases.
+const DIR_MODE: u32 = 0o700;
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Updates a watcher may queue before it waits for its consumer.
 const WATCH_QUEUE: usize = 16;
@@ -43,13 +46,14 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (creating it, mode 0700, if needed) the store in `dir`.
+    /// Opens (creating it if needed) the store in `dir`, and makes sure its mode is 0700.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(DIR_MODE)
             .create(dir)
             .map_err(|e| io_error("create store directory", dir, e))?;
+        make_private(dir)?;
         let files = Files::new(dir);
         // Fail now, not on the first lease, when the directory is not usable.
         files.open_lock_file()?;
@@ -524,6 +528,20 @@ where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
     tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::join("local store task", e))?
+}
+
+/// `DirBuilder`'s mode applies only to a directory it creates: one that was there already (made
+/// by hand, by a package, restored from a backup) is set to 0700 too, on every open.
+fn make_private(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(dir).map_err(|e| io_error("stat store directory", dir, e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode != DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| io_error("set mode 0700 on store directory", dir, e))?;
+        warn!(path = %dir.display(), was = %format!("{mode:04o}"), "store directory mode set to 0700");
+    }
+    Ok(())
 }
 
 fn io_error(action: &str, path: &Path, error: io::Error) -> StoreError {

@@ -78,6 +78,11 @@ pub struct Attachment {
 
 /// Runs `weft-cni` for `command` inside `host` (where the bridge lives), with `conf` on stdin.
 pub fn call(host: &Netns, command: &str, conf: &Value, pod: &Attachment) -> CniOutput {
+    call_with_path(host, command, conf, pod, PLUGIN_DIR)
+}
+
+/// [`call`] with another CNI_PATH (a directory of wrappers before the real plugins).
+pub fn call_with_path(host: &Netns, command: &str, conf: &Value, pod: &Attachment, cni_path: &str) -> CniOutput {
     let mut cmd = host.command(WEFT_CNI).expect("a command in the host namespace");
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -85,7 +90,7 @@ pub fn call(host: &Netns, command: &str, conf: &Value, pod: &Attachment) -> CniO
         .env("CNI_CONTAINERID", &pod.container_id)
         .env("CNI_NETNS", &pod.netns)
         .env("CNI_IFNAME", &pod.ifname)
-        .env("CNI_PATH", PLUGIN_DIR)
+        .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -97,6 +102,17 @@ pub fn call(host: &Netns, command: &str, conf: &Value, pod: &Attachment) -> CniO
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The addresses host-local holds under `ipam_dir` for `network` (one file per address).
+pub fn allocations(ipam_dir: &Path, network: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(ipam_dir.join(network)) else { return Vec::new() };
+    let mut held: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    held.sort();
+    held
 }
 
 /// `conf` with the ADD result as `prevResult`, as runtimes send it for CHECK and DEL.

@@ -4,7 +4,7 @@
 //! replace with optimistic concurrency). Plain HTTP on 127.0.0.1, with a kubeconfig pointing at it.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,8 @@ struct Inner {
     lists: u64,
     watches: u64,
     patches: Vec<PatchRecord>,
+    /// Every request as the RBAC check would see it: (API group, resource, verb).
+    access: BTreeSet<(String, String, String)>,
 }
 
 impl Inner {
@@ -227,6 +229,11 @@ impl KubeApi {
         self.inner().watches
     }
 
+    /// What RBAC would have had to allow for every request so far: (group, resource, verb).
+    pub fn access(&self) -> BTreeSet<(String, String, String)> {
+        self.inner().access.clone()
+    }
+
     pub fn patches(&self) -> Vec<PatchRecord> {
         self.inner().patches.clone()
     }
@@ -260,7 +267,55 @@ fn router(state: Shared) -> Router {
         .fallback(|method: Method, uri: Uri| async move {
             status(StatusCode::NOT_FOUND, "NotFound", &format!("{method} {uri} is not served"))
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_access))
         .with_state(state)
+}
+
+/// Notes what each request needs from RBAC before it is served.
+async fn record_access(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(access) = rbac_access(request.method(), request.uri()) {
+        state.lock().expect("state").access.insert(access);
+    }
+    next.run(request).await
+}
+
+/// The (group, resource, verb) that RBAC checks for a request, as kube-apiserver names them:
+/// `/api/v1/...` is the core group (""), `/apis/<group>/<version>/...` another; a subresource is
+/// `resource/sub`; GET is get on an object, list (or watch, with `?watch=true`) on a collection.
+fn rbac_access(method: &Method, uri: &Uri) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        rest => rest,
+    };
+    let (resource, object) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    let watch = query(uri).get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (method.as_str(), object) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
+    Some((group.to_string(), resource, verb.to_string()))
 }
 
 /// A `Status` object, the shape of every API error.

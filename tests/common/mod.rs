@@ -1,5 +1,6 @@
 pub mod cluster;
 pub mod cni;
+pub mod decoy;
 pub mod etcd;
 pub mod gce_api;
 pub mod gce_metadata;

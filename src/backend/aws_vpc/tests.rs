@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 use weft_aws::{Ec2, Ec2Error, Instance, Interface, Origin, Route, RouteTable, TableFilter, Target};
 
 use super::*;
+use crate::config::CloudSection;
 use crate::iface::ExternalInterface;
 use crate::lease::{Expiry, LeaseAttrs};
 use crate::network::backend::BackendConfig;
@@ -179,6 +180,7 @@ fn harness(config: &AwsVpcConfig) -> Harness {
         },
         store,
         health: Arc::new(Health::default()),
+        cloud: CloudSection::default(),
     };
     Harness { ctx, _dir: dir }
 }

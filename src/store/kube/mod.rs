@@ -30,6 +30,7 @@ pub mod annotations;
 pub mod events;
 pub mod lead;
 pub mod node;
+pub mod rbac;
 
 /// Where Lease objects for `lead()` live when the agent does not run in a pod.
 const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
