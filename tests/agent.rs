@@ -383,16 +383,23 @@ fn a_reload_whose_store_cannot_be_opened_keeps_running() {
     b.stop();
 }
 
-/// An edit that opens but then fails to run (an interface that does not exist) goes back to the
-/// configuration that ran before it, with the same lease.
-#[test]
-fn a_reload_that_fails_to_run_goes_back_to_the_previous_configuration() {
-    let etcd = EtcdServer::start();
+/// A setup whose file names the host's interface and public IP (198.51.100.1), so that an edit
+/// can change them; the network is published. Returns the file's text too.
+fn host_in_the_file(etcd: &EtcdServer) -> (Setup, String) {
     let setup = Setup::etcd(&etcd.endpoint, ALLOC);
     let original = std::fs::read_to_string(&setup.config).unwrap();
     let with_host = original.replace("[agent]\n", "[agent]\niface = [\"lo\"]\npublic_ip = \"198.51.100.1\"\n");
     std::fs::write(&setup.config, &with_host).unwrap();
     setup.ok(&["network", "apply"]);
+    (setup, with_host)
+}
+
+/// An edit that opens but then fails to run (an interface that does not exist) goes back to the
+/// configuration that ran before it, with the same lease.
+#[test]
+fn a_reload_that_fails_to_run_goes_back_to_the_previous_configuration() {
+    let etcd = EtcdServer::start();
+    let (setup, with_host) = host_in_the_file(&etcd);
     let mut a = setup.agent_from_file("a");
     let subnet = a.wait_subnet();
     std::fs::write(&setup.config, with_host.replace("iface = [\"lo\"]", "iface = [\"weft-missing0\"]")).unwrap();
@@ -437,11 +444,7 @@ fn a_lease_that_runs_out_while_the_store_is_gone_is_reported() {
 #[test]
 fn an_edited_public_ip_keeps_the_subnet_and_leaves_no_lease_behind() {
     let etcd = EtcdServer::start();
-    let setup = Setup::etcd(&etcd.endpoint, ALLOC);
-    let original = std::fs::read_to_string(&setup.config).unwrap();
-    let with_host = original.replace("[agent]\n", "[agent]\niface = [\"lo\"]\npublic_ip = \"198.51.100.1\"\n");
-    std::fs::write(&setup.config, &with_host).unwrap();
-    setup.ok(&["network", "apply"]);
+    let (setup, with_host) = host_in_the_file(&etcd);
     let mut a = setup.agent_from_file("a");
     let subnet = a.wait_subnet();
     std::fs::write(&setup.config, with_host.replace("198.51.100.1", "198.51.100.9")).unwrap();

@@ -468,17 +468,23 @@ mod tests {
         kernel
     }
 
+    /// A vxlan peer whose subnet a `proto static` route already takes, and a sync not run yet.
+    fn one_peer_over_a_static_route() -> (Arc<MemoryKernel>, RouteSync, Lease, LeaseMap) {
+        let kernel = kernel_with_a_static_route();
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
+        let peer = lease("vxlan");
+        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        (kernel, sync, peer, peers)
+    }
+
     fn conflicts(sync: &RouteSync) -> Vec<String> {
         sync.conflicts().map(ToString::to_string).collect()
     }
 
     #[tokio::test]
     async fn a_route_of_someone_else_is_neither_replaced_nor_deleted() {
-        let kernel = kernel_with_a_static_route();
-        let mut sync = RouteSync::new(kernel.clone());
-        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
-        let peer = lease("vxlan");
-        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        let (kernel, mut sync, peer, peers) = one_peer_over_a_static_route();
         sync.reconcile(&peers).await.unwrap();
         sync.on_events(&peers, &[LeaseEvent::Changed(peer.subnet)]).await.unwrap();
         sync.reconcile(&peers).await.unwrap();
@@ -524,11 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn once_the_route_of_someone_else_is_gone_the_peer_is_installed() {
-        let kernel = kernel_with_a_static_route();
-        let mut sync = RouteSync::new(kernel.clone());
-        sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
-        let peer = lease("vxlan");
-        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        let (kernel, mut sync, peer, peers) = one_peer_over_a_static_route();
         sync.reconcile(&peers).await.unwrap();
         kernel.foreign.lock().unwrap().routes.clear();
         sync.reconcile(&peers).await.unwrap();

@@ -148,14 +148,7 @@ impl Cluster {
 
     /// `etcdctl <args>` (API v3) from the service namespace; its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let output = self.etcdctl_command(args).output().expect("run etcdctl");
-        assert!(
-            output.status.success(),
-            "etcdctl {args:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("etcdctl printed UTF-8")
+        super::etcd::run_etcdctl(self.etcdctl_command(args), args)
     }
 
     fn etcdctl_command(&self, args: &[&str]) -> Command {
@@ -165,11 +158,7 @@ impl Cluster {
     }
 
     fn etcd_healthy(&self) -> bool {
-        self.etcdctl_command(&["--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        super::etcd::etcd_answers(self.etcdctl_command(super::etcd::HEALTH_ARGS))
     }
 
     // ---- weft ----

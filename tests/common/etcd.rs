@@ -109,17 +109,7 @@ impl EtcdServer {
 
     /// Runs `etcdctl --endpoints <endpoint> <args>` (API v3) and returns its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> String {
-        let output = self
-            .etcdctl_command(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run etcdctl: {e} (install Debian's etcd-client)"));
-        assert!(
-            output.status.success(),
-            "etcdctl {args:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("etcdctl printed UTF-8")
+        run_etcdctl(self.etcdctl_command(args), args)
     }
 
     /// Sets `key` of the stored network config's `Backend` (flannel's default prefix), as
@@ -228,11 +218,7 @@ impl EtcdServer {
     }
 
     fn healthy(&self) -> bool {
-        self.etcdctl_command(&["--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
+        etcd_answers(self.etcdctl_command(HEALTH_ARGS))
     }
 }
 
@@ -281,6 +267,27 @@ fn openssl(args: &[&[&str]]) {
         .output()
         .unwrap_or_else(|e| panic!("run openssl: {e} (install Debian's openssl)"));
     assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `etcdctl endpoint health`, quickly.
+pub const HEALTH_ARGS: &[&str] = &["--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health"];
+
+/// Runs an `etcdctl` command (`args` are its arguments, for the message) that must succeed; its
+/// stdout.
+pub fn run_etcdctl(mut command: Command, args: &[&str]) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("run etcdctl: {e} (install Debian's etcd-client)"));
+    assert!(
+        output.status.success(),
+        "etcdctl {args:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("etcdctl printed UTF-8")
+}
+
+/// Whether an `etcdctl endpoint health` command succeeds.
+pub fn etcd_answers(mut command: Command) -> bool {
+    command.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|status| status.success())
 }
 
 fn etcd_binary() -> String {

@@ -48,11 +48,7 @@ pub fn dumped_route(payload: &[u8], ownership: &Ownership) -> Option<DumpedRoute
 pub fn foreign_route(message: &RouteMessage) -> Option<(IpNet, u8)> {
     let header = &message.header;
     let protocol = u8::from(header.protocol);
-    let unspecified: IpAddr = match header.address_family {
-        AddressFamily::Inet => Ipv4Addr::UNSPECIFIED.into(),
-        AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
-        _ => return None,
-    };
+    let unspecified = unspecified_address(header.address_family)?;
     if protocol == WEFT_PROTOCOL
         || header.tos != 0
         || header.source_prefix_length != 0
@@ -76,16 +72,21 @@ pub fn foreign_route(message: &RouteMessage) -> Option<(IpNet, u8)> {
     Some((IpNet::new(dst, header.destination_prefix_length).ok()?, protocol))
 }
 
+/// The unspecified address of an IP family (a default route's destination); `None` for others.
+fn unspecified_address(family: AddressFamily) -> Option<IpAddr> {
+    match family {
+        AddressFamily::Inet => Some(Ipv4Addr::UNSPECIFIED.into()),
+        AddressFamily::Inet6 => Some(Ipv6Addr::UNSPECIFIED.into()),
+        _ => None,
+    }
+}
+
 /// A route is weft's when it carries weft's protocol, or sits on a weft device (adopting what
 /// flannel left there) without being the kernel's own; only the shapes weft installs count.
 pub fn owned_route(message: &RouteMessage, ownership: &Ownership) -> Option<RouteSpec> {
     let header = &message.header;
     let protocol = u8::from(header.protocol);
-    let unspecified: IpAddr = match header.address_family {
-        AddressFamily::Inet => Ipv4Addr::UNSPECIFIED.into(),
-        AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
-        _ => return None,
-    };
+    let unspecified = unspecified_address(header.address_family)?;
     let simple = header.kind == RouteType::Unicast
         && header.tos == 0
         && header.source_prefix_length == 0
