@@ -251,17 +251,30 @@ pub fn load(file: &Path, explicit: bool, flags: Flags) -> Result<Loaded, ConfigE
                 .split("__"),
         )
         .merge(flags);
-    let invalid = |message: String| ConfigError::Invalid { file: file_name.clone(), message };
-    if let Some(message) = moved_key(&figment, text.as_deref()) {
+    let config = checked(&figment, &file_name, text.as_deref())?;
+    Ok(Loaded { config, file: file.to_path_buf(), figment })
+}
+
+/// The configuration `text` alone describes (no environment, no flags), checked as [`load`]
+/// checks a file: for the fuzzer and tools that hold the text already.
+pub fn parse_toml(text: &str) -> Result<Config, ConfigError> {
+    let figment = Figment::new().merge(defaults()).merge(Toml::string(text));
+    checked(&figment, "weft.toml", Some(text))
+}
+
+/// The figment's configuration, with every error naming `file_name` (and the line in `text`).
+fn checked(figment: &Figment, file_name: &str, text: Option<&str>) -> Result<Config, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { file: file_name.to_string(), message };
+    if let Some(message) = moved_key(figment, text) {
         return Err(invalid(message));
     }
-    let config: Config = figment.extract().map_err(|e| invalid(describe_figment_error(e, text.as_deref())))?;
+    let config: Config = figment.extract().map_err(|e| invalid(describe_figment_error(e, text)))?;
     validate(&config).map_err(|(key, message)| {
-        let line = text.as_deref().and_then(|t| line_of(t, key));
+        let line = text.and_then(|t| line_of(t, key));
         let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
         invalid(format!("{at}{message}"))
     })?;
-    Ok(Loaded { config, file: file.to_path_buf(), figment })
+    Ok(config)
 }
 
 /// An endpoint set in `[network.backend]` (file or environment), which serde would only call an

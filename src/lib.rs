@@ -9,6 +9,7 @@ pub mod cni;
 pub mod commands;
 pub mod config;
 pub mod dataplane;
+pub mod fuzzing;
 pub mod health;
 pub mod heap;
 pub mod iface;

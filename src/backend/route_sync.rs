@@ -530,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn once_the_route_of_someone_else_is_gone_the_peer_is_installed() {
-        let (kernel, mut sync, peer, peers) = one_peer_over_a_static_route();
+        let (kernel, mut sync, _, peers) = one_peer_over_a_static_route();
         sync.reconcile(&peers).await.unwrap();
         kernel.foreign.lock().unwrap().routes.clear();
         sync.reconcile(&peers).await.unwrap();

@@ -5,7 +5,7 @@
 //! 40,000 objects and a request/ack round trip each is most of the cost. Links and addresses,
 //! a handful per start, use rtnetlink's request builders.
 
-mod decode;
+pub(crate) mod decode;
 mod encode;
 mod interfaces;
 mod link;
