@@ -9,13 +9,16 @@
 //! The agent sees a backend only as the lease data it publishes: [`Prepared`] and [`Ready`] are
 //! opaque, and each step consumes the previous one, so the order cannot go wrong.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use ipnet::Ipv4Net;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -36,6 +39,15 @@ impl PeerObjects for NoObjects {
     fn objects(&self, _lease: &Lease) -> Result<KernelState, String> {
         Ok(KernelState::default())
     }
+}
+
+/// Why peers must be installed again without a lease event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Someone changed what weft owns in the kernel: repair everything.
+    Kernel,
+    /// The cloud started or stopped carrying some peers (overflow): map those again.
+    Paths,
 }
 
 pub type KernelFactory = Box<dyn Fn() -> Result<Arc<dyn Kernel>, BackendError> + Send + Sync>;
@@ -86,6 +98,9 @@ pub struct Dataplane {
     /// Kernel changes made by someone else to what weft owns. In a mutex only to make the data
     /// plane `Sync`; it is only ever used through `&mut self` (`get_mut`, no locking).
     changes: std::sync::Mutex<Option<BoxStream<'static, ()>>>,
+    /// The active backend's word on peers to map again (which peers the cloud carries), with
+    /// what it said last.
+    remap: Option<(watch::Receiver<BTreeSet<Ipv4Net>>, BTreeSet<Ipv4Net>)>,
 }
 
 impl Dataplane {
@@ -98,6 +113,7 @@ impl Dataplane {
             retiring: Vec::new(),
             trust: Default::default(),
             changes: Default::default(),
+            remap: None,
         }
     }
 
@@ -156,8 +172,13 @@ impl Dataplane {
     pub async fn activate(&mut self, ready: Ready) {
         let kind = ready.backend.kind();
         let links = ready.peers.as_ref().map(|m| m.links.clone()).unwrap_or_default();
+        let mut peers = ready.peers;
+        self.remap = peers.as_mut().and_then(|m| m.remap.take()).map(|mut rx| {
+            let seen = rx.borrow_and_update().clone();
+            (rx, seen)
+        });
         if let Some(sync) = &mut self.sync {
-            match ready.peers {
+            match peers {
                 Some(mapping) => sync.add_mapper(kind, mapping.mapper, &mapping.links),
                 // A backend without kernel objects (the cloud routes traffic: aws-vpc, gce) after
                 // one with: a peer on it needs none here. Without this mapper its old backend's
@@ -218,15 +239,63 @@ impl Dataplane {
         *self.changes.get_mut().unwrap_or_else(|e| e.into_inner()) = changes;
     }
 
+    /// The next thing that asks for peers to be installed again without a lease event.
+    pub async fn next_change(&mut self) -> Change {
+        let Dataplane { changes, remap, .. } = self;
+        tokio::select! {
+            _ = Self::kernel_change(changes) => Change::Kernel,
+            _ = Self::remap_due(remap) => Change::Paths,
+        }
+    }
+
     /// Resolves when the kernel changed under us (a route deleted by hand); never without a kernel.
-    pub async fn next_kernel_change(&mut self) {
-        let slot = self.changes.get_mut().unwrap_or_else(|e| e.into_inner());
+    async fn kernel_change(changes: &mut std::sync::Mutex<Option<BoxStream<'static, ()>>>) {
+        let slot = changes.get_mut().unwrap_or_else(|e| e.into_inner());
         let Some(changes) = slot else {
             return std::future::pending().await;
         };
         if changes.next().await.is_none() {
             *slot = None;
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves when the active backend changed its mind about some peers' mapping; never for a
+    /// backend without such a say.
+    async fn remap_due(remap: &mut Option<(watch::Receiver<BTreeSet<Ipv4Net>>, BTreeSet<Ipv4Net>)>) {
+        let Some((rx, _)) = remap else {
+            return std::future::pending().await;
+        };
+        if rx.changed().await.is_err() {
+            *remap = None;
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Maps again the peers whose path changed since the last call (a cloud route came or went).
+    pub async fn remap(&mut self, peers: &LeaseMap) -> Result<(), BackendError> {
+        let Some((rx, seen)) = &mut self.remap else { return Ok(()) };
+        let now = rx.borrow_and_update().clone();
+        let events: Vec<LeaseEvent> = crate::backend::cloud_paths_changed(seen, &now)
+            .into_iter()
+            .filter(|subnet| peers.contains_key(subnet))
+            .map(LeaseEvent::Changed)
+            .collect();
+        *seen = now;
+        if events.is_empty() {
+            return Ok(());
+        }
+        info!(peers = events.len(), "peers changed path (cloud route came or went)");
+        match &mut self.sync {
+            Some(sync) => sync.on_events(peers, &events).await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Our lease ran out while cut off from the store: every live backend hears of it.
+    pub fn own_lease_lapsed(&mut self) {
+        for live in self.active.iter_mut().chain(self.retiring.iter_mut()) {
+            live.backend.own_lease_lapsed();
         }
     }
 
@@ -398,7 +467,8 @@ mod tests {
                 return Err(StartFailed { error, backend: self });
             }
             self.note("start");
-            let peers = self.kernel.then(|| PeerMapping { mapper: Box::new(ViaPublicIp), links: Vec::new() });
+            let peers =
+                self.kernel.then(|| PeerMapping { mapper: Box::new(ViaPublicIp), links: Vec::new(), remap: None });
             Ok(Started { backend: self, peers })
         }
 

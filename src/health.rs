@@ -45,6 +45,12 @@ pub struct CloudTableLabels {
     pub table: String,
 }
 
+/// How a peer is reached (`weft_peers`): `cloud` (a route in our own table) or `overlay` (vxlan).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: String,
+}
+
 /// Why a peer was not installed (`weft_peers_rejected_total`): `own_address`, `multicast`...
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerRejectedLabels {
@@ -70,6 +76,13 @@ pub struct Metrics {
     pub cloud_routes_owned: Family<CloudTableLabels, Gauge>,
     /// Route tables or projects that refused our route for lack of room (quota, route limit).
     pub cloud_route_limit: Family<CloudTableLabels, Gauge>,
+    /// Routes of the cluster network in each route table (or the project), anyone's.
+    pub cloud_routes: Family<CloudTableLabels, Gauge>,
+    /// How many routes of the cluster network a table takes, once known (`route_limit`, or
+    /// learned from the cloud's refusal).
+    pub cloud_route_capacity: Family<CloudTableLabels, Gauge>,
+    /// Peers by path, for the cloud backends.
+    pub peers_by_path: Family<PathLabels, Gauge>,
     /// Routes and nexthop objects of others in peers' way, which weft leaves alone.
     pub kernel_conflicts: Gauge,
 }
@@ -92,6 +105,9 @@ impl Default for Metrics {
             cloud_calls: Family::default(),
             cloud_routes_owned: Family::default(),
             cloud_route_limit: Family::default(),
+            cloud_routes: Family::default(),
+            cloud_route_capacity: Family::default(),
+            peers_by_path: Family::default(),
             kernel_conflicts: Gauge::default(),
         };
         registry.register(
@@ -126,6 +142,21 @@ impl Default for Metrics {
             "cloud_route_limit_reached",
             "1 while a route table (or project quota) has no room for our route",
             m.cloud_route_limit.clone(),
+        );
+        registry.register(
+            "cloud_routes",
+            "Routes of the cluster network per route table (or project), whoever made them",
+            m.cloud_routes.clone(),
+        );
+        registry.register(
+            "cloud_route_capacity",
+            "Routes of the cluster network a route table takes (route_limit, or learned when the cloud refused one)",
+            m.cloud_route_capacity.clone(),
+        );
+        registry.register(
+            "peers",
+            "Peers by path: cloud (a route in this host's own route table) or overlay (vxlan, with overflow)",
+            m.peers_by_path.clone(),
         );
         registry.register(
             "kernel_conflicts",

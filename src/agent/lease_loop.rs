@@ -11,6 +11,7 @@ use tracing::{debug, error, info, warn};
 use super::{AgentError, Running};
 use crate::backend::BackendError;
 use crate::backoff::Backoff;
+use crate::dataplane::Change;
 use crate::health::{Condition, EventKind, EventLabels, Health};
 use crate::heap;
 use crate::lease;
@@ -170,12 +171,21 @@ impl Running {
                 _ = sleep_until(self.dataplane.retirement_due()) => {
                     self.dataplane.retire_unused(watcher.leases()).await;
                 }
-                _ = self.dataplane.next_kernel_change() => {
-                    // Let a burst of changes settle, then repair everything at once.
-                    tokio::time::sleep(KERNEL_CHANGE_SETTLE).await;
-                    debug!("kernel changed under us; repairing");
-                    self.reconcile(&watcher).await;
-                }
+                change = self.dataplane.next_change() => match change {
+                    Change::Kernel => {
+                        // Let a burst of changes settle, then repair everything at once.
+                        tokio::time::sleep(KERNEL_CHANGE_SETTLE).await;
+                        debug!("kernel changed under us; repairing");
+                        self.reconcile(&watcher).await;
+                    }
+                    // A cloud route came or went (overflow): only the peers it concerns move.
+                    Change::Paths => {
+                        if let Err(e) = self.dataplane.remap(watcher.leases()).await {
+                            warn!(error = %e, "backend could not install every peer");
+                        }
+                        self.report_kernel_conflicts();
+                    }
+                },
                 Some(config) = network_configs.next() => match config {
                     Ok(text) => self.on_network_config(text, &mut watcher, cancel).await?,
                     Err(e) => {
@@ -285,6 +295,9 @@ impl Running {
         }
         let applied = self.dataplane.apply(watcher.leases(), &delivery.events).await;
         self.report_kernel_conflicts();
+        // A cloud backend judges routes stale by the leases it was last told of: keep them current
+        // (cheap: it only hands its engine the latest view).
+        self.check_backend(watcher, false).await;
         applied
     }
 
@@ -351,6 +364,7 @@ impl Running {
                     );
                     error!("{problem}");
                     self.health.fail(Condition::Lease, problem);
+                    self.dataplane.own_lease_lapsed();
                 }
                 Ok(())
             }

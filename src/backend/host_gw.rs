@@ -47,7 +47,7 @@ impl Registered for HostGwRegistered {
     async fn start(self: Box<Self>, _own: &Lease) -> Result<Started, StartFailed> {
         let peers = HostGwPeers { ext: self.ext, use_nexthops: self.kernel.supports_nexthops().await };
         // Routes are recognised by weft's protocol number; no device is ours.
-        let mapping = PeerMapping { mapper: Box::new(peers), links: Vec::new() };
+        let mapping = PeerMapping { mapper: Box::new(peers), links: Vec::new(), remap: None };
         Ok(Started { backend: Box::new(Passive(self.data)), peers: Some(mapping) })
     }
 }

@@ -21,6 +21,8 @@ use crate::store::Leadership;
 pub mod alloc;
 #[cfg(feature = "aws")]
 pub mod aws_vpc;
+#[cfg(any(feature = "aws", feature = "gce"))]
+pub mod cloud;
 #[cfg(feature = "gce")]
 pub mod gce;
 pub mod host_gw;
@@ -99,6 +101,9 @@ impl BackendError {
 pub struct PeerMapping {
     pub mapper: Box<dyn PeerObjects>,
     pub links: Vec<u32>,
+    /// Tells of peers whose mapping changed without a lease event (which peers the cloud
+    /// carries, with overflow): the data plane maps those again.
+    pub remap: Option<tokio::sync::watch::Receiver<std::collections::BTreeSet<ipnet::Ipv4Net>>>,
 }
 
 /// A backend as configured: nothing on the host touched yet.
@@ -153,6 +158,9 @@ pub trait Active: Send + Sync {
     async fn own_lease_changed(&mut self, _own: &Lease) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Our lease ran out while the store could not be reached: another host may hold our subnet
+    /// by now. A cloud backend stops asserting its route until `check` brings a lease again.
+    fn own_lease_lapsed(&mut self) {}
     /// Work of the backend's own (cloud routes), called on every resync with `forced = false`
     /// (a backend keeps its own pace, e.g. `recheck`) and after each lease renewal with
     /// `forced = true`. `peers` is every other lease. Must not block for long: slow API work
@@ -162,6 +170,14 @@ pub trait Active: Send + Sync {
     }
     /// Removes what this backend set up on the host, when the cluster moved to another backend.
     async fn teardown(self: Box<Self>) -> Result<(), BackendError>;
+}
+
+/// The subnets in one of two sets and not the other: peers whose path changed.
+pub fn cloud_paths_changed(
+    before: &std::collections::BTreeSet<ipnet::Ipv4Net>,
+    after: &std::collections::BTreeSet<ipnet::Ipv4Net>,
+) -> Vec<ipnet::Ipv4Net> {
+    before.symmetric_difference(after).copied().collect()
 }
 
 /// What a backend may need from the agent besides the kernel.
@@ -187,12 +203,39 @@ pub fn create(
         BackendConfig::Vxlan(config) => Ok(Box::new(vxlan::Vxlan::new(kernel()?, config.clone(), ext.clone()))),
         BackendConfig::HostGw(_) => Ok(Box::new(host_gw::HostGw::new(kernel()?, ext.clone()))),
         #[cfg(feature = "aws")]
-        BackendConfig::AwsVpc(config) => Ok(Box::new(aws_vpc::AwsVpc::new(ctx, config.clone())?)),
+        BackendConfig::AwsVpc(config) => {
+            let paths = cloud::CloudPaths::default();
+            let aws = Box::new(aws_vpc::AwsVpc::new(ctx, config.clone(), paths.clone())?);
+            with_overflow(aws, config.overflow, paths, ctx, kernel)
+        }
         #[cfg(feature = "gce")]
-        BackendConfig::Gce(config) => Ok(Box::new(gce::Gce::new(config.clone(), ctx.clone()))),
+        BackendConfig::Gce(config) => {
+            let paths = cloud::CloudPaths::default();
+            let gce = Box::new(gce::Gce::new(config.clone(), ctx.clone(), paths.clone()));
+            with_overflow(gce, config.overflow, paths, ctx, kernel)
+        }
         // Reached only when a cloud backend's feature is left out of the build.
         #[allow(unreachable_patterns)]
         other => Err(BackendError::Unsupported(other.kind())),
+    }
+}
+
+/// `cloud` alone, or with vxlan for the peers its routes do not carry (`overflow = "vxlan"`).
+#[cfg(any(feature = "aws", feature = "gce"))]
+fn with_overflow(
+    cloud: Box<dyn Backend>,
+    overflow: Option<crate::network::backend::Overflow>,
+    paths: cloud::CloudPaths,
+    ctx: &BackendContext,
+    kernel: impl FnOnce() -> Result<Arc<dyn Kernel>, BackendError>,
+) -> Result<Box<dyn Backend>, BackendError> {
+    match overflow {
+        None => Ok(cloud),
+        Some(crate::network::backend::Overflow::Vxlan) => {
+            let overlay =
+                vxlan::Vxlan::new(kernel()?, crate::network::backend::VxlanConfig::default(), ctx.ext.clone());
+            Ok(Box::new(cloud::hybrid::Hybrid::new(cloud, Box::new(overlay), paths)))
+        }
     }
 }
 

@@ -143,7 +143,7 @@ impl Registered for VxlanRegistered {
             direct_routing: self.config.direct_routing,
             use_nexthops: self.use_nexthops,
         };
-        let mapping = PeerMapping { mapper: Box::new(peers), links: vec![self.device.link.index] };
+        let mapping = PeerMapping { mapper: Box::new(peers), links: vec![self.device.link.index], remap: None };
         Ok(Started { backend: Box::new(VxlanActive { device: self.device, data: self.data }), peers: Some(mapping) })
     }
 

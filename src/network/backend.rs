@@ -45,6 +45,13 @@ impl Default for VxlanConfig {
     }
 }
 
+/// `overflow`: how a cloud backend reaches the peers its route tables do not carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    Vxlan,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AwsVpcConfig {
@@ -53,6 +60,12 @@ pub struct AwsVpcConfig {
     pub region: String,
     #[serde(with = "humantime_serde")]
     pub recheck: Duration,
+    /// Off (`None`): a full table is an error, as in flannel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<Overflow>,
+    /// At most this many routes of the cluster network per table (below the cloud's own limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_limit: Option<u32>,
 }
 
 impl Default for AwsVpcConfig {
@@ -62,6 +75,8 @@ impl Default for AwsVpcConfig {
             route_table_tag: String::new(),
             region: String::new(),
             recheck: Duration::from_secs(300),
+            overflow: None,
+            route_limit: None,
         }
     }
 }
@@ -76,6 +91,11 @@ pub struct GceConfig {
     pub tags: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub recheck: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<Overflow>,
+    /// At most this many routes of the cluster network in the VPC network (below the quota).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_limit: Option<u32>,
 }
 
 impl Default for GceConfig {
@@ -87,6 +107,8 @@ impl Default for GceConfig {
             priority: 1000,
             tags: Vec::new(),
             recheck: Duration::from_secs(300),
+            overflow: None,
+            route_limit: None,
         }
     }
 }
@@ -117,6 +139,8 @@ const KEY_NAMES: &[(&str, &str)] = &[
     ("route_prefix", "RoutePrefix"),
     ("priority", "Priority"),
     ("tags", "Tags"),
+    ("overflow", "Overflow"),
+    ("route_limit", "RouteLimit"),
 ];
 
 /// Keys a stored network config may carry (older weft, hand-written JSON) that weft takes only
@@ -164,8 +188,12 @@ impl BackendKind {
         match self {
             BackendKind::Vxlan => &["vni", "port", "gbp", "learning", "direct_routing", "mtu"],
             BackendKind::HostGw | BackendKind::Alloc => &[],
-            BackendKind::AwsVpc => &["route_table_ids", "route_table_tag", "region", "recheck"],
-            BackendKind::Gce => &["project", "network", "route_prefix", "priority", "tags", "recheck"],
+            BackendKind::AwsVpc => {
+                &["route_table_ids", "route_table_tag", "region", "recheck", "overflow", "route_limit"]
+            }
+            BackendKind::Gce => {
+                &["project", "network", "route_prefix", "priority", "tags", "recheck", "overflow", "route_limit"]
+            }
         }
     }
 }
@@ -192,14 +220,30 @@ impl BackendConfig {
         self.kind().as_str()
     }
 
-    /// Checks what serde cannot: that each duration is in its range.
+    /// Checks what serde cannot: that each duration and limit is in its range.
     pub fn check(&self) -> Result<(), super::NetworkError> {
-        let recheck = match self {
-            BackendConfig::AwsVpc(aws) => aws.recheck,
-            BackendConfig::Gce(gce) => gce.recheck,
+        let (recheck, route_limit) = match self {
+            BackendConfig::AwsVpc(aws) => (aws.recheck, aws.route_limit),
+            BackendConfig::Gce(gce) => (gce.recheck, gce.route_limit),
             BackendConfig::Vxlan(_) | BackendConfig::HostGw(_) | BackendConfig::Alloc(_) => return Ok(()),
         };
+        if route_limit == Some(0) {
+            return Err(super::invalid(
+                "network.backend.route_limit",
+                0,
+                "a table that takes no route: leave route_limit out to use the cloud's own limit",
+            ));
+        }
         super::bounded_duration("network.backend.recheck", recheck, RECHECK_RANGE).map(|_| ())
+    }
+
+    /// The overflow a cloud backend asks for (never for the kernel backends: they have no cap).
+    pub fn overflow(&self) -> Option<Overflow> {
+        match self {
+            BackendConfig::AwsVpc(aws) => aws.overflow,
+            BackendConfig::Gce(gce) => gce.overflow,
+            BackendConfig::Vxlan(_) | BackendConfig::HostGw(_) | BackendConfig::Alloc(_) => None,
+        }
     }
 
     /// flannel's `Backend` object for this config.

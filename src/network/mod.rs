@@ -79,7 +79,7 @@ pub struct NetworkError {
     pub reason: String,
 }
 
-fn invalid(key: &'static str, value: impl ToString, reason: impl Into<String>) -> NetworkError {
+pub(crate) fn invalid(key: &'static str, value: impl ToString, reason: impl Into<String>) -> NetworkError {
     NetworkError { key, value: value.to_string(), reason: reason.into() }
 }
 

@@ -180,18 +180,58 @@ fn removal(route: &weft_aws::Route, input: &PlanInput) -> Option<Removal> {
     None
 }
 
+/// The table the VPC applies to packets from our subnet, among `tables` (those we write): the one
+/// associated with our subnet, else the main one, else the only one. `None`: we cannot tell, and
+/// no peer counts as carried by the cloud.
+pub fn own_table<'a>(tables: &'a [RouteTable], subnet: &str) -> Option<&'a RouteTable> {
+    let associated = tables.iter().find(|t| t.subnets.iter().any(|s| s == subnet));
+    let main = || tables.iter().find(|t| t.main);
+    let only = || if tables.len() == 1 { tables.first() } else { None };
+    associated.or_else(main).or_else(only)
+}
+
+/// The lease-sized subnets of the cluster network that `table` sends to a node's interface or
+/// instance: the peers whose packets the VPC carries for us.
+pub fn carried(table: &RouteTable, network: Ipv4Net, subnet_len: u8) -> BTreeSet<Ipv4Net> {
+    table
+        .routes
+        .iter()
+        .filter(|r| r.origin == Origin::Api && !r.blackhole && network.contains(&r.destination))
+        .filter(|r| r.destination.prefix_len() == subnet_len)
+        .filter(|r| matches!(r.target, Target::Interface(_) | Target::Instance(_)))
+        .map(|r| r.destination)
+        .collect()
+}
+
+/// Routes into the cluster network in `table`, whoever made them: what `route_limit` counts.
+pub fn cluster_routes(table: &RouteTable, network: Ipv4Net) -> usize {
+    table.routes.iter().filter(|r| network.contains(&r.destination)).count()
+}
+
+/// Whether `table` is below `route_limit` routes of the cluster network (none: no limit of ours).
+pub fn under_limit(table: &RouteTable, network: Ipv4Net, route_limit: Option<usize>) -> bool {
+    route_limit.is_none_or(|limit| cluster_routes(table, network) < limit)
+}
+
 /// Whether `table` routes `own` to our interface (what teardown removes).
 pub fn routes_to_us(table: &RouteTable, own: Ipv4Net, interface_id: &str) -> bool {
     table.route(own).is_some_and(|r| r.target == Target::Interface(interface_id.to_string()))
 }
 
-/// The message for a table that refused our route for lack of room.
-pub fn route_limit_message(table: &RouteTable) -> String {
-    format!(
-        "route table {} is full: {} routes ({DEFAULT_ROUTE_LIMIT} is the default limit, {MAX_ROUTE_LIMIT} at most); \
-         ask AWS to raise the routes-per-route-table quota, or use fewer, larger subnets",
-        table.id, table.route_count
-    )
+/// The message for a table that refused our route for lack of room: EC2's limit, or
+/// `route_limit` when that is what was reached.
+pub fn route_limit_message(table: &RouteTable, route_limit: Option<usize>) -> String {
+    match route_limit {
+        Some(limit) => format!(
+            "route table {} is full: route_limit = {limit} routes of the cluster network reached",
+            table.id
+        ),
+        _ => format!(
+            "route table {} is full: {} routes ({DEFAULT_ROUTE_LIMIT} is the default limit, {MAX_ROUTE_LIMIT} at most); \
+             ask AWS to raise the routes-per-route-table quota, or use fewer, larger subnets",
+            table.id, table.route_count
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -358,10 +398,54 @@ mod tests {
     }
 
     #[test]
+    fn own_table_association_main_only() {
+        let mut assoc = table("rtb-assoc", vec![]);
+        assoc.subnets = vec!["subnet-a".into()];
+        let mut main = table("rtb-main", vec![]);
+        main.main = true;
+        let other = table("rtb-other", vec![]);
+        let id = |t: Option<&RouteTable>| t.map(|t| t.id.clone());
+        let all = [other.clone(), main.clone(), assoc.clone()];
+        assert_eq!(id(own_table(&all, "subnet-a")).as_deref(), Some("rtb-assoc"));
+        assert_eq!(id(own_table(&all, "subnet-b")).as_deref(), Some("rtb-main"));
+        assert_eq!(id(own_table(std::slice::from_ref(&other), "subnet-b")).as_deref(), Some("rtb-other"));
+        assert_eq!(own_table(&[other.clone(), other], "subnet-b"), None);
+    }
+
+    #[test]
+    fn carried_are_live_host_routes_of_the_network() {
+        let mut hole = route("10.244.4.0/24", eni("eni-gone"));
+        hole.blackhole = true;
+        let t = table(
+            "rtb-1",
+            vec![
+                route("10.244.2.0/24", eni("eni-2")),
+                route("10.244.3.0/24", Target::Instance("i-3".into())),
+                hole,
+                route("10.244.5.0/24", Target::Gateway("nat-1".into())),
+                route("10.244.128.0/17", eni("eni-x")),
+                route("172.16.0.0/24", eni("eni-y")),
+            ],
+        );
+        let got = carried(&t, net("10.244.0.0/16"), 24);
+        assert_eq!(got, [net("10.244.2.0/24"), net("10.244.3.0/24")].into());
+        assert_eq!(cluster_routes(&t, net("10.244.0.0/16")), 5);
+    }
+
+    #[test]
+    fn route_limit_counts_the_cluster_networks_routes() {
+        let network = net("10.244.0.0/16");
+        let t = table("rtb-1", vec![route("10.244.2.0/24", eni("eni-2")), route("0.0.0.0/0", eni("eni-gw"))]);
+        assert!(under_limit(&t, network, None));
+        assert!(under_limit(&t, network, Some(2)));
+        assert!(!under_limit(&t, network, Some(1)), "one cluster route, limit one");
+    }
+
+    #[test]
     fn limit_message_names_table_and_limits() {
         let mut t = table("rtb-full", vec![]);
         t.route_count = 50;
-        let m = route_limit_message(&t);
+        let m = route_limit_message(&t, None);
         assert!(m.starts_with("route table rtb-full is full: 50 routes"), "{m}");
         assert!(m.contains("1000"), "{m}");
     }

@@ -11,10 +11,12 @@ use ipnet::Ipv4Net;
 use weft_aws::{Ec2, Ec2Error, Instance, Interface, Origin, Route, RouteTable, TableFilter, Target};
 
 use super::*;
+use crate::backend::Active;
 use crate::config::CloudSection;
+use crate::health::Condition;
 use crate::iface::ExternalInterface;
-use crate::lease::{Expiry, LeaseAttrs};
-use crate::network::backend::BackendConfig;
+use crate::lease::{Expiry, LeaseAttrs, LeaseMap};
+use crate::network::backend::{BackendConfig, Overflow};
 use crate::network::{Network, NetworkSection};
 use crate::store::local::LocalStore;
 use crate::store::Leadership;
@@ -202,19 +204,22 @@ fn peers(subnets: &[&str]) -> LeaseMap {
 }
 
 /// Asks for a pass and waits until the worker finished it; the outcome.
-async fn pass(backend: &mut AwsVpcActive, own: &Lease, peers: &LeaseMap) -> Result<(), String> {
+async fn pass(backend: &mut Started, own: &Lease, peers: &LeaseMap) -> Result<(), String> {
     backend.check(own, peers, true).await.unwrap();
-    let outcomes = &mut backend.running.outcomes;
+    let outcomes = &mut backend.outcomes;
     outcomes.changed().await.unwrap();
     outcomes.borrow_and_update().clone()
 }
 
-async fn started(h: &Harness, config: AwsVpcConfig, ec2: Arc<FakeEc2>, node: Node, own: &Lease) -> AwsVpcActive {
+/// The backend under test, started.
+type Started = CloudActive<AwsRoutes>;
+
+async fn started(h: &Harness, config: AwsVpcConfig, ec2: Arc<FakeEc2>, node: Node, own: &Lease) -> Started {
     AwsVpc::with_ec2(&h.ctx, config, ec2, node).activate(own)
 }
 
 /// The usual node: tagged tables, instance i-1 with eni-1, leasing 10.244.1.0/24.
-async fn started_tagged(ec2: &Arc<FakeEc2>) -> (Harness, Lease, AwsVpcActive) {
+async fn started_tagged(ec2: &Arc<FakeEc2>) -> (Harness, Lease, Started) {
     let h = harness(&tagged_config());
     let own = lease("10.244.1.0/24");
     let backend = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own).await;
@@ -267,7 +272,10 @@ async fn full_table_is_reported_and_others_still_get_the_route() {
     ec2.full.lock().unwrap().push("rtb-a".into());
     let (h, own, mut backend) = started_tagged(&ec2).await;
     let err = pass(&mut backend, &own, &peers(&[])).await.unwrap_err();
-    assert!(err.starts_with("route table rtb-a is full: 1 routes (50 is the default limit, 1000 at most)"), "{err}");
+    assert!(
+        err.starts_with("aws-vpc: route table rtb-a is full: 1 routes (50 is the default limit, 1000 at most)"),
+        "{err}"
+    );
     assert!(ec2.route("rtb-b", "10.244.1.0/24").is_some());
     assert_eq!(h.ctx.health.readiness().problem(Condition::Cloud), Some(err.as_str()));
     let metrics = h.ctx.health.metrics.encode();
@@ -275,8 +283,17 @@ async fn full_table_is_reported_and_others_still_get_the_route() {
     // The cloud condition stays failed until a pass succeeds; the backend's own check is fine.
     assert!(backend.check(&own, &peers(&[]), false).await.is_ok());
     assert!(h.ctx.health.readiness().problem(Condition::Cloud).is_some());
+    // The quota raised: EC2 is asked again once its refusal is old, and the route goes in.
     ec2.full.lock().unwrap().clear();
-    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    ec2.take_calls();
+    let mut passes = 0;
+    while pass(&mut backend, &own, &peers(&[])).await.is_err() {
+        passes += 1;
+        assert!(passes <= crate::backend::cloud::room::TRUSTED_CHECKS, "never tried again");
+    }
+    assert_eq!(passes, crate::backend::cloud::room::TRUSTED_CHECKS);
+    let creates = ec2.take_calls().iter().filter(|c| c.starts_with("CreateRoute rtb-a")).count();
+    assert_eq!(creates, 1, "not asked while the refusal was trusted");
     assert_eq!(h.ctx.health.readiness().problem(Condition::Cloud), None);
 }
 
@@ -350,7 +367,7 @@ async fn recheck_paces_unforced_checks() {
     assert!(ec2.take_calls().is_empty(), "no pass before recheck elapsed");
     tokio::time::sleep(recheck).await;
     backend.check(&own, &peers(&[]), false).await.unwrap();
-    backend.running.outcomes.changed().await.unwrap();
+    backend.outcomes.changed().await.unwrap();
     assert_eq!(ec2.take_calls(), ["DescribeRouteTables"]);
 }
 
@@ -388,6 +405,84 @@ async fn teardown_removes_only_routes_to_us() {
 fn bad_config_is_refused() {
     let config = AwsVpcConfig { route_table_tag: "no-equals".into(), ..Default::default() };
     let h = harness(&config);
-    let err = AwsVpc::new(&h.ctx, config).err().unwrap();
+    let err = AwsVpc::new(&h.ctx, config, CloudPaths::default()).err().unwrap();
     assert!(err.to_string().contains("key=value"), "{err}");
+}
+
+/// The stale-route bug: passes ran only when the agent asked (its 60 s resync), so a route left
+/// by a gone node outlived `recheck` many times over. The engine keeps its own pace now.
+#[tokio::test]
+async fn the_leader_removes_a_stale_route_within_a_few_rechecks_unasked() {
+    let stale = api_route(net("10.244.250.0/24"), Target::Interface("eni-gone".into()));
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![stale])]);
+    let config = AwsVpcConfig { recheck: Duration::from_secs(1), ..tagged_config() };
+    let h = harness(&config);
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, config, ec2.clone(), node("i-1", "eni-1"), &own).await;
+    backend.check(&own, &peers(&[]), false).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ec2.route("rtb-a", "10.244.250.0/24").is_some() {
+        assert!(std::time::Instant::now() < deadline, "stale route still there: {:?}", ec2.take_calls());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let describes = ec2.take_calls().iter().filter(|c| *c == "DescribeRouteTables").count();
+    assert!((2..=3).contains(&describes), "seen twice, then removed: {describes} passes");
+}
+
+/// Overflow on, `route_limit` reached: no CreateRoute is even tried, `/readyz` stays ready, and
+/// the peers the table carries are counted as the cloud's.
+#[tokio::test]
+async fn a_full_table_with_overflow_is_no_error() {
+    let routes = vec![
+        api_route(net("10.244.2.0/24"), Target::Interface("eni-2".into())),
+        api_route(net("10.244.3.0/24"), Target::Interface("eni-3".into())),
+    ];
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), routes)]);
+    let config = AwsVpcConfig { route_limit: Some(2), overflow: Some(Overflow::Vxlan), ..tagged_config() };
+    let h = harness(&config);
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, config.clone(), ec2.clone(), node("i-1", "eni-1"), &own).await;
+    let leased = peers(&["10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"]);
+    pass(&mut backend, &own, &leased).await.unwrap();
+    assert_eq!(ec2.take_calls(), ["DescribeRouteTables"], "route_limit: nothing tried");
+    assert_eq!(h.ctx.health.readiness().problem(Condition::Cloud), None);
+    let metrics = h.ctx.health.metrics.encode();
+    for line in [
+        r#"weft_peers{path="cloud"} 2"#,
+        r#"weft_peers{path="overlay"} 1"#,
+        r#"weft_cloud_route_capacity{provider="aws",table="rtb-a"} 2"#,
+        r#"weft_cloud_routes{provider="aws",table="rtb-a"} 2"#,
+        r#"weft_cloud_route_limit_reached{provider="aws",table="rtb-a"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // Without overflow the same table is a readiness problem naming the limit.
+    let strict = AwsVpcConfig { overflow: None, ..config };
+    let h = harness(&strict);
+    let mut backend = started(&h, strict, ec2.clone(), node("i-1", "eni-1"), &own).await;
+    let err = pass(&mut backend, &own, &leased).await.unwrap_err();
+    assert!(err.contains("route_limit = 2"), "{err}");
+}
+
+/// A table EC2 found full is not asked again until a route went: then our route goes in.
+#[tokio::test]
+async fn a_refused_table_is_tried_again_once_a_slot_is_free() {
+    let routes = vec![api_route(net("10.244.2.0/24"), Target::Interface("eni-2".into()))];
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), routes)]);
+    ec2.full.lock().unwrap().push("rtb-a".into());
+    let config = AwsVpcConfig { overflow: Some(Overflow::Vxlan), ..tagged_config() };
+    let h = harness(&config);
+    let own = lease("10.244.1.0/24");
+    let mut backend = started(&h, config, ec2.clone(), node("i-1", "eni-1"), &own).await;
+    let leased = peers(&["10.244.2.0/24"]);
+    pass(&mut backend, &own, &leased).await.unwrap();
+    assert_eq!(ec2.take_calls(), ["DescribeRouteTables", "CreateRoute rtb-a 10.244.1.0/24"]);
+    pass(&mut backend, &own, &leased).await.unwrap();
+    assert_eq!(ec2.take_calls(), ["DescribeRouteTables"], "no call bound to fail");
+    // The peer left and its route went: the slot is ours.
+    ec2.full.lock().unwrap().clear();
+    ec2.edit("rtb-a", |t| t.routes.retain(|r| r.destination != net("10.244.2.0/24"))).unwrap();
+    pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    assert_eq!(ec2.take_calls(), ["DescribeRouteTables", "CreateRoute rtb-a 10.244.1.0/24"]);
+    assert!(ec2.route("rtb-a", "10.244.1.0/24").is_some());
 }

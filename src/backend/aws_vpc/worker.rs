@@ -1,146 +1,128 @@
-//! The aws-vpc backend's own task: one pass over the route tables per request, so the agent loop
-//! never waits on EC2. Requests come through a `watch` channel (a newer one replaces a pending
-//! one: no queue builds up behind a slow API); each pass's outcome goes back the same way.
+//! aws-vpc's side of the cloud engine ([`crate::backend::cloud`]): one pass reads the route
+//! tables (one DescribeRouteTables), puts our route in each where it fits, and, when this agent
+//! leads, removes what is provably stale. When passes run is the engine's business.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
+use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use weft_aws::{Ec2, Ec2Error, RouteTable};
 
 use super::node::Node;
 use super::plan::{self, OwnRoute, PlanInput, Removal, TableMode};
-use crate::health::{CloudTableLabels, Condition, Health};
-use crate::store::Leadership;
+use crate::backend::cloud::{Pass, PassInput, Problem, Provider, Refusal, StaleTracker};
+use crate::backend::BackendKind;
+use crate::health::{CloudTableLabels, Health};
 
-/// The store's leadership for removing other nodes' stale routes.
+/// The store's leadership for removing other nodes' stale routes (the engine's name for it).
+#[cfg(test)]
 pub const LEADERSHIP: &str = "aws-vpc-routes";
 
-/// What a pass works on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub own: Ipv4Net,
-    /// Every leased subnet, ours included.
-    pub leased: BTreeSet<Ipv4Net>,
-}
-
-/// The last pass: `Err` carries what `/readyz` shows.
-pub type Outcome = Result<(), String>;
-
-pub struct Worker {
+pub struct AwsRoutes {
     pub ec2: Arc<dyn Ec2>,
     pub node: Node,
     pub mode: TableMode,
     pub network: Ipv4Net,
     pub subnet_len: u8,
-    pub store: Arc<dyn Leadership>,
+    /// At most this many routes of the cluster network per table (`route_limit`).
+    pub route_limit: Option<usize>,
     pub health: Arc<Health>,
-    /// How long a leadership turn lasts without renewal: a few rechecks.
-    pub lead_ttl: Duration,
-    /// Our subnet at the last pass (its route goes when the lease moved).
-    pub last_own: Option<Ipv4Net>,
-    /// Routes the last pass found without a lease. One is removed only when the next pass still
-    /// finds it so: a node that just leased its subnet may have made its route before its lease
-    /// reached this agent's watch.
-    pub suspects: BTreeSet<(String, Ipv4Net)>,
+    /// Routes found without a lease, removed when the next pass still finds them so.
+    pub stale: StaleTracker<(String, Ipv4Net)>,
+    /// Tables that refused our route for lack of room.
+    pub refusals: BTreeMap<String, Refusal>,
 }
 
-impl Worker {
-    pub async fn run(mut self, mut requests: watch::Receiver<Option<Request>>, outcomes: watch::Sender<Outcome>) {
-        while requests.changed().await.is_ok() {
-            let Some(request) = requests.borrow_and_update().clone() else {
-                continue;
-            };
-            let outcome = self.pass(&request).await;
-            match &outcome {
-                Ok(()) => debug!("aws-vpc routes checked"),
-                Err(problem) => warn!(%problem, "aws-vpc routes"),
-            }
-            // This worker alone writes the cloud condition of /readyz.
-            self.health.set(Condition::Cloud, outcome.clone().err());
-            let _previous = outcomes.send_replace(outcome);
+impl AwsRoutes {
+    pub fn new(
+        ec2: Arc<dyn Ec2>,
+        node: Node,
+        mode: TableMode,
+        network: &crate::network::Network,
+        route_limit: Option<usize>,
+        health: Arc<Health>,
+    ) -> Self {
+        AwsRoutes {
+            ec2,
+            node,
+            mode,
+            network: network.network,
+            subnet_len: network.subnet_len,
+            route_limit,
+            health,
+            stale: StaleTracker::default(),
+            refusals: BTreeMap::new(),
         }
     }
 
-    async fn pass(&mut self, request: &Request) -> Outcome {
-        let lead = self.lead().await;
-        let filter = self.mode.filter(&self.node.vpc_id);
-        let found = self.ec2.route_tables(&filter).await.map_err(|e| format!("listing route tables: {e}"))?;
-        let tables = self.mode.choose(&self.node.subnet_id, found)?;
-        let retired = self.last_own.filter(|previous| *previous != request.own);
-        let input = PlanInput {
-            network: self.network,
-            subnet_len: self.subnet_len,
-            own: request.own,
-            interface_id: &self.node.interface_id,
-            leased: &request.leased,
-            retired,
-            lead,
-        };
-        let mut problems = Vec::new();
-        let mut suspects = BTreeSet::new();
-        for table in &tables {
-            if let Err(problem) = self.sync_table(table, &input, &mut suspects).await {
-                problems.push(problem);
-            }
-        }
-        self.last_own = Some(request.own);
-        self.suspects = suspects;
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
-    }
-
-    /// Takes or keeps the cleanup leadership; a store error means "not now".
-    async fn lead(&self) -> bool {
-        match self.store.lead(LEADERSHIP, &self.node.instance_id, self.lead_ttl).await {
-            Ok(lead) => lead,
-            Err(e) => {
-                warn!(error = %e, "aws-vpc cleanup leadership: store unavailable; not cleaning up this time");
-                false
-            }
-        }
+    fn labels(table: &RouteTable) -> CloudTableLabels {
+        CloudTableLabels { provider: "aws".into(), table: table.id.clone() }
     }
 
     /// Puts our route in one table and removes what the plan says; every table is tried even
     /// when another failed (a full table must not keep the route out of the others).
     async fn sync_table(
-        &self,
+        &mut self,
         table: &RouteTable,
         input: &PlanInput<'_>,
-        suspects: &mut BTreeSet<(String, Ipv4Net)>,
-    ) -> Result<(), String> {
+        suspects: &mut Vec<(String, Ipv4Net)>,
+    ) -> Result<(), Problem> {
         let plan = plan::plan_table(table, input);
         for (destination, why) in &plan.remove {
-            let key = (table.id.clone(), *destination);
-            if *why == Removal::NoLease && !self.suspects.contains(&key) {
-                debug!(table = %table.id, %destination, "route without a lease; removed if still so next time");
-                suspects.insert(key);
-                continue;
+            if *why == Removal::NoLease {
+                let key = (table.id.clone(), *destination);
+                let confirmed = self.stale.is_suspect(&key);
+                suspects.push(key);
+                if !confirmed {
+                    debug!(table = %table.id, %destination, "route without a lease; removed if still so next time");
+                    continue;
+                }
             }
             self.remove(table, *destination, *why).await;
         }
+        let labels = Self::labels(table);
+        let metrics = &self.health.metrics;
+        metrics.cloud_routes.get_or_create(&labels).set(plan::cluster_routes(table, self.network) as i64);
+        let learned = self.refusals.get(&table.id).map(Refusal::capacity);
+        let capacity = [self.route_limit, learned].into_iter().flatten().min();
+        if let Some(capacity) = capacity {
+            metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
+        }
+        let under_limit = plan::under_limit(table, self.network, self.route_limit);
+        let mut room = || under_limit && self.refusals.get_mut(&table.id).is_none_or(|r| r.allows(table.route_count));
+        let mut tried = true;
         let placed = match &plan.own {
             OwnRoute::Keep => Ok(()),
+            OwnRoute::Create if !room() => {
+                tried = false;
+                Err(Ec2Error::RouteLimitExceeded { table: table.id.clone() })
+            }
             OwnRoute::Create => self.create(table, input.own).await,
             OwnRoute::Replace => self.replace(table, input.own).await,
             OwnRoute::Blocked(why) => {
                 Err(Ec2Error::Other { operation: "CreateRoute", code: "Blocked".into(), message: why.clone() })
             }
         };
-        let labels = CloudTableLabels { provider: "aws".into(), table: table.id.clone() };
         let full = matches!(placed, Err(Ec2Error::RouteLimitExceeded { .. }));
-        self.health.metrics.cloud_route_limit.get_or_create(&labels).set(full as i64);
-        self.health.metrics.cloud_routes_owned.get_or_create(&labels).set(placed.is_ok() as i64);
+        metrics.cloud_route_limit.get_or_create(&labels).set(full as i64);
+        metrics.cloud_routes_owned.get_or_create(&labels).set(placed.is_ok() as i64);
         match placed {
-            Ok(()) => Ok(()),
-            Err(Ec2Error::RouteLimitExceeded { .. }) => Err(plan::route_limit_message(table)),
-            Err(e) => Err(format!("route {} in {}: {e}", input.own, table.id)),
+            Ok(()) => {
+                self.refusals.remove(&table.id);
+                Ok(())
+            }
+            Err(Ec2Error::RouteLimitExceeded { .. }) => {
+                if tried {
+                    // EC2's own refusal: it tells the table's capacity.
+                    let cluster = plan::cluster_routes(table, self.network);
+                    self.refusals.insert(table.id.clone(), Refusal::new(table.route_count, cluster));
+                }
+                let ours = self.route_limit.filter(|limit| plan::cluster_routes(table, self.network) >= *limit);
+                Err(Problem::NoRoom(plan::route_limit_message(table, ours)))
+            }
+            Err(e) => Err(Problem::Failed(format!("route {} in {}: {e}", input.own, table.id))),
         }
     }
 
@@ -173,6 +155,81 @@ impl Worker {
                 info!(table = %table.id, %destination, reason = ?why, "route removed")
             }
             Err(e) => warn!(table = %table.id, %destination, reason = ?why, error = %e, "removing a route"),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for AwsRoutes {
+    fn kind(&self) -> BackendKind {
+        BackendKind::AwsVpc
+    }
+
+    fn holder(&self) -> String {
+        self.node.instance_id.clone()
+    }
+
+    async fn pass(&mut self, input: &PassInput<'_>) -> Pass {
+        let filter = self.mode.filter(&self.node.vpc_id);
+        let found = match self.ec2.route_tables(&filter).await {
+            Ok(found) => found,
+            Err(e) => return Pass::failed(format!("listing route tables: {e}")),
+        };
+        let tables = match self.mode.choose(&self.node.subnet_id, found) {
+            Ok(tables) => tables,
+            Err(e) => return Pass::failed(e),
+        };
+        let carried = plan::own_table(&tables, &self.node.subnet_id)
+            .map(|t| plan::carried(t, self.network, self.subnet_len))
+            .unwrap_or_default();
+        let Some(own) = input.own else {
+            // Our lease ran out: nothing of ours is asserted (the engine says so in /readyz).
+            return Pass { problems: Vec::new(), carried: Some(carried) };
+        };
+        let no_lease = BTreeSet::new();
+        let interface_id = self.node.interface_id.clone();
+        let plan_input = PlanInput {
+            network: self.network,
+            subnet_len: self.subnet_len,
+            own,
+            interface_id: &interface_id,
+            leased: input.leased.unwrap_or(&no_lease),
+            retired: input.retired,
+            lead: input.lead && input.leased.is_some(),
+        };
+        let mut problems = Vec::new();
+        let mut suspects = Vec::new();
+        for table in &tables {
+            if let Err(problem) = self.sync_table(table, &plan_input, &mut suspects).await {
+                problems.push(problem);
+            }
+        }
+        // This pass's suspects are the next pass's to confirm (the confirmed went above).
+        let _removed = self.stale.confirm(suspects);
+        Pass { problems, carried: Some(carried) }
+    }
+
+    fn lost_leadership(&mut self) {
+        self.stale.clear();
+    }
+
+    async fn teardown(&mut self, own: Ipv4Net) -> Result<(), String> {
+        let found = self.ec2.route_tables(&self.mode.filter(&self.node.vpc_id)).await.map_err(|e| e.to_string())?;
+        let tables = self.mode.choose(&self.node.subnet_id, found)?;
+        let mut failures = Vec::new();
+        for table in tables.iter().filter(|t| plan::routes_to_us(t, own, &self.node.interface_id)) {
+            match self.ec2.delete_route(&table.id, own).await {
+                Ok(()) => info!(table = %table.id, subnet = %own, "route removed (backend torn down)"),
+                Err(e) => {
+                    warn!(table = %table.id, error = %e, "removing our route");
+                    failures.push(format!("{}: {e}", table.id));
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
         }
     }
 }

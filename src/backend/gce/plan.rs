@@ -128,26 +128,24 @@ pub fn stale_routes(
         .collect()
 }
 
-/// A route is removed only when two passes in a row found it stale: a host that just took a
-/// lease may have made its route before our view of the leases caught up.
-#[derive(Debug, Default)]
-pub struct StaleTracker {
-    suspects: BTreeSet<String>,
+/// The lease-sized subnets of the cluster network that `network` routes to an instance: the
+/// peers whose packets the VPC carries (GCE routes apply network-wide).
+pub fn carried(routes: &[Route], network: &str, cluster: Ipv4Net, subnet_len: u8) -> BTreeSet<Ipv4Net> {
+    routes
+        .iter()
+        .filter(|r| same_resource(&r.network, network) && r.next_hop_instance.is_some())
+        .filter_map(|r| r.dest_range.parse::<Ipv4Net>().ok())
+        .filter(|dest| cluster.contains(dest) && dest.prefix_len() == subnet_len)
+        .collect()
 }
 
-impl StaleTracker {
-    /// Takes this pass's stale routes; returns those stale on the previous pass too.
-    pub fn confirm(&mut self, stale: Vec<String>) -> Vec<String> {
-        let now: BTreeSet<String> = stale.into_iter().collect();
-        let confirmed = now.intersection(&self.suspects).cloned().collect();
-        self.suspects = now;
-        confirmed
-    }
-
-    /// Forget everything (leadership lost: another agent keeps its own count).
-    pub fn clear(&mut self) {
-        self.suspects.clear();
-    }
+/// Routes into the cluster network in `network`, whoever made them: what `route_limit` counts.
+pub fn cluster_routes(routes: &[Route], network: &str, cluster: Ipv4Net) -> usize {
+    routes
+        .iter()
+        .filter(|r| same_resource(&r.network, network))
+        .filter(|r| r.dest_range.parse::<Ipv4Net>().is_ok_and(|dest| cluster.contains(&dest)))
+        .count()
 }
 
 #[cfg(test)]
@@ -267,11 +265,23 @@ mod tests {
     }
 
     #[test]
-    fn stale_needs_two_passes() {
-        let mut tracker = StaleTracker::default();
-        assert!(tracker.confirm(vec!["a".into(), "b".into()]).is_empty());
-        assert_eq!(tracker.confirm(vec!["b".into(), "c".into()]), vec!["b".to_string()]);
-        tracker.clear();
-        assert!(tracker.confirm(vec!["c".into()]).is_empty());
+    fn carried_are_instance_routes_of_the_network() {
+        let cluster = net("10.244.0.0/16");
+        let mut foreign_network = route("weft-10-244-9-0-24", "10.244.9.0/24", OTHER);
+        foreign_network.network = "projects/p/global/networks/other".into();
+        let mut gateway = route("weft-10-244-8-0-24", "10.244.8.0/24", OTHER);
+        gateway.next_hop_instance = None;
+        let routes = vec![
+            route("weft-10-244-3-0-24", "10.244.3.0/24", ME),
+            route("flannel-10-244-6-0-24", "10.244.6.0/24", OTHER),
+            route("big", "10.244.128.0/17", OTHER),
+            route("elsewhere", "10.99.0.0/24", OTHER),
+            route("junk", "not-a-cidr", OTHER),
+            foreign_network,
+            gateway,
+        ];
+        assert_eq!(carried(&routes, NET, cluster, 24), [net("10.244.3.0/24"), net("10.244.6.0/24")].into());
+        // Every route into the network counts against a limit, a gateway one too.
+        assert_eq!(cluster_routes(&routes, NET, cluster), 4);
     }
 }

@@ -1,30 +1,19 @@
-//! The API side of the gce backend: a task of its own that brings our route (and, on the
-//! elected agent, the stale routes) in line whenever the backend asks, so that the agent loop
-//! never waits on GCE. Each pass publishes its outcome for `check()` and `/readyz`.
+//! gce's side of the cloud engine ([`crate::backend::cloud`]): one pass reads our route (or, on
+//! the elected agent and with overflow, every route of the network), puts ours in place and
+//! removes what is provably stale. When passes run is the engine's business.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
+use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use weft_gce::{same_resource, wait_for_operation, ComputeApi, GceError, InstanceMetadata, Route, WaitPolicy};
 
-use super::plan::{self, plan_own, route_name, stale_routes, StaleTracker, Step, Target, FLANNEL_PREFIX};
-use crate::health::{CloudTableLabels, Condition, Health};
+use super::plan::{self, plan_own, route_name, stale_routes, Step, Target, FLANNEL_PREFIX};
+use crate::backend::cloud::{Pass, PassInput, Problem, Provider, Refusal, StaleTracker};
+use crate::backend::BackendKind;
+use crate::health::{CloudTableLabels, Health};
 use crate::network::backend::GceConfig;
-use crate::store::Leadership;
-
-/// What the backend wants the routes to reflect.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Desired {
-    pub own: Ipv4Net,
-    /// Every leased subnet (ours included); `None` until the agent has listed the leases, and
-    /// until then no route is judged stale.
-    pub leased: Option<BTreeSet<Ipv4Net>>,
-}
 
 /// The links our route is made of, looked up once.
 #[derive(Debug, Clone)]
@@ -42,16 +31,19 @@ pub struct Routing {
     pub meta: InstanceMetadata,
     /// The flannel network (`10.244.0.0/16`): stale routes are looked for only inside it.
     pub cluster: Ipv4Net,
-    pub store: Arc<dyn Leadership>,
+    pub subnet_len: u8,
     pub health: Arc<Health>,
     pub wait: WaitPolicy,
     resolved: Option<Resolved>,
-    stale: StaleTracker,
+    stale: StaleTracker<String>,
     owned: Option<String>,
     last_own: Option<Ipv4Net>,
+    /// The quota's last refusal of our route (with the network's route count then).
+    refusal: Option<Refusal>,
 }
 
 /// Leadership for stale-route removal, one agent at a time across the cluster.
+#[cfg(test)]
 const LEADERSHIP: &str = "gce-routes";
 
 impl Routing {
@@ -59,116 +51,55 @@ impl Routing {
         api: Arc<dyn ComputeApi>,
         config: GceConfig,
         meta: InstanceMetadata,
-        cluster: Ipv4Net,
-        store: Arc<dyn Leadership>,
+        network: &crate::network::Network,
         health: Arc<Health>,
     ) -> Self {
         Routing {
             api,
             config,
             meta,
-            cluster,
-            store,
+            cluster: network.network,
+            subnet_len: network.subnet_len,
             health,
             wait: WaitPolicy::default(),
             resolved: None,
             stale: StaleTracker::default(),
             owned: None,
             last_own: None,
+            refusal: None,
         }
     }
 
-    /// Serves requests until `cancel` (checked between passes, never in the middle of one).
-    /// A failed pass is retried with backoff without waiting for the next request.
-    pub async fn run(mut self, mut requests: watch::Receiver<Option<Desired>>, cancel: CancellationToken) -> Self {
-        const FIRST_RETRY: Duration = Duration::from_secs(1);
-        let mut retry: Option<Duration> = None;
-        loop {
-            let pause = retry.unwrap_or(Duration::MAX);
-            tokio::select! {
-                _ = cancel.cancelled() => return self,
-                changed = requests.changed() => if changed.is_err() { return self },
-                _ = tokio::time::sleep(pause), if retry.is_some() => {}
-            }
-            let Some(desired) = requests.borrow_and_update().clone() else { continue };
-            let result = self.pass(&desired).await;
-            retry = match &result {
-                Ok(()) => None,
-                Err(_) => {
-                    Some(retry.map_or(FIRST_RETRY, |r| r.saturating_mul(2).min(self.config.recheck.max(FIRST_RETRY))))
-                }
-            };
-            if let Err(e) = &result {
-                warn!(error = %e, retry_in = ?retry.unwrap_or_default(), "gce routes");
-            }
-            self.publish(result);
-        }
-    }
-
-    /// Each pass's outcome goes straight to `/readyz`; this worker alone writes its cloud condition.
-    fn publish(&self, result: Result<(), String>) {
-        self.health.set(Condition::Cloud, result.err());
-    }
-
-    /// One pass: our route, then (when leading) the stale ones.
-    pub async fn pass(&mut self, desired: &Desired) -> Result<(), String> {
-        let resolved =
-            self.resolve().await.map_err(|e| format!("gce: looking up instance {}: {e}", self.meta.instance))?;
-        self.last_own = Some(desired.own);
-        let target = Target {
-            subnet: desired.own,
-            network: resolved.network.clone(),
-            instance: resolved.instance.clone(),
-            priority: self.config.priority,
-            tags: self.config.tags.clone(),
+    /// One pass: our route, then (when leading) the stale ones; what our network carries.
+    async fn run_pass(&mut self, input: &PassInput<'_>) -> Pass {
+        let resolved = match self.resolve().await {
+            Ok(resolved) => resolved,
+            Err(e) => return Pass::failed(format!("looking up instance {}: {e}", self.meta.instance)),
         };
-        let leading = match &desired.leased {
-            Some(_) => self.lead().await,
-            None => false,
-        };
-        let prefix = self.config.route_prefix.clone();
-        let own_name = route_name(&prefix, desired.own);
-        let flannel_name = route_name(FLANNEL_PREFIX, desired.own);
-        let adoptable = own_name != flannel_name;
-        // The leader lists the network once for both jobs; the others read their route by name.
-        let (ours, flannel, listing) = if leading {
-            let routes =
-                self.api.list_routes(&resolved.network).await.map_err(|e| format!("gce: listing routes: {e}"))?;
-            let find = |name: &str| routes.iter().find(|r| r.name == name).cloned();
-            (find(&own_name), find(&flannel_name).filter(|_| adoptable), Some(routes))
+        // The leader lists the network once for every job; with overflow or a route limit every
+        // agent needs the listing; the others read their route by name.
+        let listed = input.lead || self.config.overflow.is_some() || self.config.route_limit.is_some();
+        let listing = if listed {
+            match self.api.list_routes(&resolved.network).await {
+                Ok(routes) => Some(routes),
+                Err(e) => return Pass::failed(format!("listing routes: {e}")),
+            }
         } else {
-            let through_us = |r: &Option<Route>| {
-                r.as_ref()
-                    .and_then(|r| r.next_hop_instance.as_deref())
-                    .is_some_and(|h| same_resource(h, &target.instance))
-            };
-            // Look first where our route was last time: one call per recheck in steady state.
-            let adopted_before = adoptable && self.owned.as_deref() == Some(flannel_name.as_str());
-            let (ours, flannel) = if adopted_before {
-                let flannel = self.get_route(&flannel_name).await?;
-                let ours = if through_us(&flannel) { None } else { self.get_route(&own_name).await? };
-                (ours, flannel)
-            } else {
-                let ours = self.get_route(&own_name).await?;
-                let flannel = if adoptable && !through_us(&ours) { self.get_route(&flannel_name).await? } else { None };
-                (ours, flannel)
-            };
-            (ours, flannel, None)
+            None
         };
-        let plan = plan_own(&target, &prefix, ours.as_ref(), flannel.as_ref());
-        let result = self.apply_own(&plan, &resolved).await;
-        self.note_owned(&resolved, result.is_ok());
-        result?;
-        if self.owned.as_deref() != Some(plan.owned.as_str()) {
-            if plan.adopted {
-                info!(route = %plan.owned, subnet = %desired.own, "adopted flannel's route for our subnet");
-            } else {
-                info!(route = %plan.owned, subnet = %desired.own, "our route is in place");
-            }
-            self.owned = Some(plan.owned.clone());
+        let carried =
+            listing.as_ref().map(|routes| plan::carried(routes, &resolved.network, self.cluster, self.subnet_len));
+        let Some(own) = input.own else {
+            // Our lease ran out: nothing of ours is asserted (the engine says so in /readyz).
+            return Pass { problems: Vec::new(), carried };
+        };
+        let mut problems = Vec::new();
+        if let Err(problem) = self.own_route(own, &resolved, listing.as_deref()).await {
+            problems.push(problem);
         }
-        if let (Some(routes), Some(leased)) = (listing, &desired.leased) {
-            let stale = stale_routes(&routes, &prefix, &resolved.network, self.cluster, leased);
+        if let (Some(routes), Some(leased), true) = (&listing, input.leased, input.lead) {
+            let prefix = &self.config.route_prefix;
+            let stale = stale_routes(routes, prefix, &resolved.network, self.cluster, leased);
             for name in self.stale.confirm(stale) {
                 match self.delete(&name).await {
                     Ok(()) => info!(route = %name, "removed a stale route (no lease for its subnet)"),
@@ -177,15 +108,110 @@ impl Routing {
                 }
             }
         }
+        Pass { problems, carried }
+    }
+
+    /// Our route (ours by name, or flannel's adopted) in place, through our instance.
+    async fn own_route(&mut self, own: Ipv4Net, resolved: &Resolved, listing: Option<&[Route]>) -> Result<(), Problem> {
+        self.last_own = Some(own);
+        let failed = |m: String| Problem::Failed(m);
+        let target = Target {
+            subnet: own,
+            network: resolved.network.clone(),
+            instance: resolved.instance.clone(),
+            priority: self.config.priority,
+            tags: self.config.tags.clone(),
+        };
+        let prefix = self.config.route_prefix.clone();
+        let own_name = route_name(&prefix, own);
+        let flannel_name = route_name(FLANNEL_PREFIX, own);
+        let adoptable = own_name != flannel_name;
+        let (ours, flannel) = match listing {
+            Some(routes) => {
+                let find = |name: &str| routes.iter().find(|r| r.name == name).cloned();
+                (find(&own_name), find(&flannel_name).filter(|_| adoptable))
+            }
+            None => {
+                let through_us = |r: &Option<Route>| {
+                    r.as_ref()
+                        .and_then(|r| r.next_hop_instance.as_deref())
+                        .is_some_and(|h| same_resource(h, &target.instance))
+                };
+                // Look first where our route was last time: one call per recheck in steady state.
+                let adopted_before = adoptable && self.owned.as_deref() == Some(flannel_name.as_str());
+                if adopted_before {
+                    let flannel = self.get_route(&flannel_name).await.map_err(failed)?;
+                    let ours =
+                        if through_us(&flannel) { None } else { self.get_route(&own_name).await.map_err(failed)? };
+                    (ours, flannel)
+                } else {
+                    let ours = self.get_route(&own_name).await.map_err(failed)?;
+                    let flannel = if adoptable && !through_us(&ours) {
+                        self.get_route(&flannel_name).await.map_err(failed)?
+                    } else {
+                        None
+                    };
+                    (ours, flannel)
+                }
+            }
+        };
+        let plan = plan_own(&target, &prefix, ours.as_ref(), flannel.as_ref());
+        let inserts = plan.steps.iter().any(|s| matches!(s, Step::Insert(_)));
+        let cluster_routes = listing.map(|routes| plan::cluster_routes(routes, &resolved.network, self.cluster));
+        if let (Some(count), Some(routes)) = (cluster_routes, listing) {
+            let labels = self.labels(resolved);
+            self.health.metrics.cloud_routes.get_or_create(&labels).set(count as i64);
+            let limit = self.config.route_limit.map(|l| l as usize);
+            let learned = self.refusal.as_ref().map(Refusal::capacity);
+            if let Some(capacity) = [limit, learned].into_iter().flatten().min() {
+                self.health.metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
+            }
+            let over_limit = limit.is_some_and(|limit| count >= limit);
+            let refused = inserts && !over_limit && self.refusal.as_mut().is_some_and(|r| !r.allows(routes.len()));
+            if inserts && (over_limit || refused) {
+                self.limit_gauge(resolved).set(1);
+                self.note_owned(resolved, false);
+                return Err(Problem::NoRoom(format!(
+                    "no room for route {own_name} in network {}: {count} routes of the cluster network ({})",
+                    resolved.network_name,
+                    match limit {
+                        Some(limit) if count >= limit => format!("route_limit = {limit}"),
+                        _ => "the quota refused one at this count".into(),
+                    }
+                )));
+            }
+        }
+        let result = self.apply_own(&plan, resolved).await;
+        self.note_owned(resolved, result.is_ok());
+        match &result {
+            Err(Problem::NoRoom(_)) => {
+                self.refusal = listing.zip(cluster_routes).map(|(routes, cluster)| Refusal::new(routes.len(), cluster))
+            }
+            Ok(()) => self.refusal = None,
+            Err(Problem::Failed(_)) => {}
+        }
+        result?;
+        if self.owned.as_deref() != Some(plan.owned.as_str()) {
+            if plan.adopted {
+                info!(route = %plan.owned, subnet = %own, "adopted flannel's route for our subnet");
+            } else {
+                info!(route = %plan.owned, subnet = %own, "our route is in place");
+            }
+            self.owned = Some(plan.owned.clone());
+        }
         Ok(())
     }
 
-    async fn apply_own(&self, plan: &plan::OwnPlan, resolved: &Resolved) -> Result<(), String> {
+    fn labels(&self, resolved: &Resolved) -> CloudTableLabels {
+        CloudTableLabels { provider: "gce".into(), table: resolved.network_name.clone() }
+    }
+
+    async fn apply_own(&self, plan: &plan::OwnPlan, resolved: &Resolved) -> Result<(), Problem> {
         for step in &plan.steps {
             match step {
                 Step::Delete(name) => {
                     info!(route = %name, "deleting a route that conflicts with ours");
-                    self.delete(name).await.map_err(|e| format!("gce: deleting route {name}: {e}"))?;
+                    self.delete(name).await.map_err(|e| Problem::Failed(format!("deleting route {name}: {e}")))?;
                 }
                 Step::Insert(spec) => {
                     info!(route = %spec.name, dest = %spec.dest_range, "creating our route");
@@ -200,12 +226,12 @@ impl Routing {
                         }
                         Err(e @ GceError::QuotaExceeded { .. }) => {
                             limit.set(1);
-                            return Err(format!(
-                                "gce: no room for route {} ({} via {}): {e}; raise the quota or remove unused routes",
+                            return Err(Problem::NoRoom(format!(
+                                "no room for route {} ({} via {}): {e}; raise the quota or remove unused routes",
                                 spec.name, spec.dest_range, self.meta.instance
-                            ));
+                            )));
                         }
-                        Err(e) => return Err(format!("gce: creating route {}: {e}", spec.name)),
+                        Err(e) => return Err(Problem::Failed(format!("creating route {}: {e}", spec.name))),
                     }
                 }
             }
@@ -239,25 +265,7 @@ impl Routing {
         match self.api.get_route(name).await {
             Ok(route) => Ok(Some(route)),
             Err(GceError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(format!("gce: reading route {name}: {e}")),
-        }
-    }
-
-    /// Whether this agent removes stale routes now. A store error means "not now".
-    async fn lead(&mut self) -> bool {
-        // Three rechecks: a leader that died is replaced within that, a live one renews in time.
-        let ttl = self.config.recheck.saturating_mul(3).max(Duration::from_secs(15));
-        match self.store.lead(LEADERSHIP, &self.meta.instance, ttl).await {
-            Ok(true) => true,
-            Ok(false) => {
-                self.stale.clear();
-                false
-            }
-            Err(e) => {
-                debug!(error = %e, "gce: stale-route leadership unavailable");
-                self.stale.clear();
-                false
-            }
+            Err(e) => Err(format!("reading route {name}: {e}")),
         }
     }
 
@@ -292,9 +300,8 @@ impl Routing {
     }
 
     /// Deletes our route (and flannel's one we adopted), when the cluster leaves the gce backend.
-    pub async fn teardown(&mut self, own: Option<Ipv4Net>) -> Result<(), String> {
-        let Some(own) = own.or(self.last_own) else { return Ok(()) };
-        let resolved = self.resolve().await.map_err(|e| format!("gce: looking up instance: {e}"))?;
+    async fn remove_own(&mut self, own: Ipv4Net) -> Result<(), String> {
+        let resolved = self.resolve().await.map_err(|e| format!("looking up instance: {e}"))?;
         let mut failures = Vec::new();
         for name in [route_name(&self.config.route_prefix, own), route_name(FLANNEL_PREFIX, own)] {
             let ours = match self.get_route(&name).await {
@@ -310,7 +317,7 @@ impl Routing {
             if ours {
                 match self.delete(&name).await {
                     Ok(()) => info!(route = %name, "deleted our route"),
-                    Err(e) => failures.push(format!("gce: deleting route {name}: {e}")),
+                    Err(e) => failures.push(format!("deleting route {name}: {e}")),
                 }
             }
         }
@@ -323,11 +330,56 @@ impl Routing {
     }
 }
 
+#[async_trait]
+impl Provider for Routing {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Gce
+    }
+
+    fn holder(&self) -> String {
+        self.meta.instance.clone()
+    }
+
+    async fn pass(&mut self, input: &PassInput<'_>) -> Pass {
+        self.run_pass(input).await
+    }
+
+    fn lost_leadership(&mut self) {
+        self.stale.clear();
+    }
+
+    /// Deletes our route (and flannel's one we adopted), when the cluster leaves the gce backend.
+    async fn teardown(&mut self, own: Ipv4Net) -> Result<(), String> {
+        self.remove_own(own).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
     use super::super::fake::FakeApi;
     use super::*;
+    use crate::backend::cloud::engine::{Engine, Outcome, Request};
+    use crate::backend::cloud::{CloudPaths, Settings};
+    use crate::network::{Network, NetworkSection};
     use crate::store::local::LocalStore;
+    use crate::store::Leadership;
+
+    /// A provider with its engine, passes run one at a time by the test.
+    struct Agent {
+        engine: Engine<Routing>,
+        outcomes: watch::Receiver<Outcome>,
+    }
+
+    impl Agent {
+        async fn pass(&mut self, request: &Request) -> Result<(), String> {
+            self.engine.pass(request).await;
+            self.outcomes.borrow_and_update().clone()
+        }
+    }
 
     struct Rig {
         api: Arc<FakeApi>,
@@ -351,7 +403,21 @@ mod tests {
                 network: "default".into(),
             };
             let api: Arc<dyn ComputeApi> = self.api.clone();
-            Routing::new(api, GceConfig::default(), meta, net("10.244.0.0/16"), self.store.clone(), self.health.clone())
+            let section = NetworkSection { cidr: "10.244.0.0/16".into(), ..Default::default() };
+            let network = Network::new(&section).unwrap();
+            Routing::new(api, GceConfig::default(), meta, &network, self.health.clone())
+        }
+
+        fn agent(&self, instance: &str) -> Agent {
+            let settings = Settings {
+                recheck: Duration::from_secs(300),
+                overflow: false,
+                store: self.store.clone(),
+                health: self.health.clone(),
+                paths: CloudPaths::default(),
+            };
+            let (engine, outcomes) = Engine::new(self.routing(instance), settings);
+            Agent { engine, outcomes }
         }
     }
 
@@ -359,14 +425,14 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn desired(own: &str, leased: &[&str]) -> Desired {
-        Desired { own: net(own), leased: Some(leased.iter().map(|s| net(s)).chain([net(own)]).collect()) }
+    fn desired(own: &str, leased: &[&str]) -> Request {
+        Request { own: Some(net(own)), leased: Some(leased.iter().map(|s| net(s)).chain([net(own)]).collect()) }
     }
 
     #[tokio::test]
     async fn creates_once_then_only_reads() {
         let rig = Rig::new();
-        let mut a = rig.routing("node-a");
+        let mut a = rig.agent("node-a");
         a.pass(&desired("10.244.1.0/24", &[])).await.unwrap();
         let route = rig.api.routes.lock().unwrap()["weft-10-244-1-0-24"].clone();
         assert_eq!(route.next_hop_instance.as_deref(), Some(super::super::fake::instance_link("node-a").as_str()));
@@ -380,7 +446,7 @@ mod tests {
     async fn only_the_leader_removes_stale_routes_after_two_passes() {
         let rig = Rig::new();
         rig.api.put("weft-10-244-9-0-24", "10.244.9.0/24", "node-gone");
-        let (mut a, mut b) = (rig.routing("node-a"), rig.routing("node-b"));
+        let (mut a, mut b) = (rig.agent("node-a"), rig.agent("node-b"));
         a.pass(&desired("10.244.1.0/24", &["10.244.2.0/24"])).await.unwrap();
         b.pass(&desired("10.244.2.0/24", &["10.244.1.0/24"])).await.unwrap();
         assert!(rig.api.routes.lock().unwrap().contains_key("weft-10-244-9-0-24"), "removed on first sight");
@@ -398,7 +464,7 @@ mod tests {
         rig.api.put("flannel-10-244-1-0-24", "10.244.1.0/24", "node-a");
         // Another agent leads, so node-a reads by name.
         assert!(rig.store.lead(LEADERSHIP, "node-x", Duration::from_secs(60)).await.unwrap());
-        let mut a = rig.routing("node-a");
+        let mut a = rig.agent("node-a");
         a.pass(&desired("10.244.1.0/24", &[])).await.unwrap();
         assert_eq!(
             rig.api.take_calls(),
@@ -413,14 +479,22 @@ mod tests {
     async fn quota_is_a_clear_error_and_a_metric() {
         let rig = Rig::new();
         *rig.api.insert_error.lock().unwrap() = Some("QUOTA_EXCEEDED".into());
-        let mut a = rig.routing("node-a");
+        let mut a = rig.agent("node-a");
         let e = a.pass(&desired("10.244.1.0/24", &[])).await.unwrap_err();
         assert!(e.contains("quota ROUTES-per-project exceeded (limit 2)") && e.contains("weft-10-244-1-0-24"), "{e}");
         let text = rig.health.metrics.encode();
         assert!(text.contains("weft_cloud_route_limit_reached{provider=\"gce\",table=\"default\"} 1"), "{text}");
         assert!(text.contains("weft_cloud_routes_owned{provider=\"gce\",table=\"default\"} 0"), "{text}");
+        // The quota raised: asked again only once the refusal is old (no insert bound to fail).
         *rig.api.insert_error.lock().unwrap() = None;
-        a.pass(&desired("10.244.1.0/24", &[])).await.unwrap();
+        rig.api.take_calls();
+        let mut passes = 0;
+        while a.pass(&desired("10.244.1.0/24", &[])).await.is_err() {
+            passes += 1;
+            assert!(passes <= crate::backend::cloud::room::TRUSTED_CHECKS, "never tried again");
+        }
+        let inserts = rig.api.take_calls().iter().filter(|c| c.starts_with("routes.insert")).count();
+        assert_eq!((passes, inserts), (crate::backend::cloud::room::TRUSTED_CHECKS, 1));
         let text = rig.health.metrics.encode();
         assert!(text.contains("weft_cloud_route_limit_reached{provider=\"gce\",table=\"default\"} 0"), "{text}");
     }
@@ -431,7 +505,7 @@ mod tests {
         rig.api.put("weft-10-244-1-0-24", "10.244.1.0/24", "node-a");
         rig.api.put("flannel-10-244-1-0-24", "10.244.1.0/24", "node-old");
         let mut a = rig.routing("node-a");
-        a.teardown(Some(net("10.244.1.0/24"))).await.unwrap();
+        Provider::teardown(&mut a, net("10.244.1.0/24")).await.unwrap();
         let routes = rig.api.routes.lock().unwrap();
         assert!(!routes.contains_key("weft-10-244-1-0-24"));
         assert!(routes.contains_key("flannel-10-244-1-0-24"), "not through us: not ours to delete");
