@@ -265,7 +265,7 @@ pub fn parse_toml(text: &str) -> Result<Config, ConfigError> {
 /// The figment's configuration, with every error naming `file_name` (and the line in `text`).
 fn checked(figment: &Figment, file_name: &str, text: Option<&str>) -> Result<Config, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid { file: file_name.to_string(), message };
-    if let Some(message) = moved_key(figment, text) {
+    if let Some(message) = moved_key(figment, text).or_else(|| misplaced_overflow(figment, text)) {
         return Err(invalid(message));
     }
     let config: Config = figment.extract().map_err(|e| invalid(describe_figment_error(e, text)))?;
@@ -275,6 +275,25 @@ fn checked(figment: &Figment, file_name: &str, text: Option<&str>) -> Result<Con
         invalid(format!("{at}{message}"))
     })?;
     Ok(config)
+}
+
+/// `overflow` under a backend without a route-table cap, or to something other than vxlan, which
+/// serde would only call an unknown key or variant: say what it is for.
+fn misplaced_overflow(figment: &Figment, text: Option<&str>) -> Option<String> {
+    const KEY: &str = "network.backend.overflow";
+    let value = figment.find_value(KEY).ok()?;
+    let backend = figment.find_value("network.backend.type").ok().and_then(|t| t.into_string());
+    let backend = backend.unwrap_or_else(|| "vxlan".into());
+    let named = value.clone().into_string();
+    let shown = named.as_ref().map(|v| format!("{v:?}")).unwrap_or_else(|| format!("{value:?}"));
+    let line = text.and_then(|t| line_of(t, KEY)).map(|l| format!("line {l}: ")).unwrap_or_default();
+    if !matches!(backend.as_str(), "aws-vpc" | "gce") {
+        return Some(format!(
+            "{line}{KEY} = {shown}: only the cloud backends (aws-vpc, gce) overflow to vxlan; type is {backend:?}"
+        ));
+    }
+    (named.as_deref() != Some("vxlan"))
+        .then(|| format!("{line}{KEY} = {shown}: the one overflow is \"vxlan\" (or leave the key out)"))
 }
 
 /// An endpoint set in `[network.backend]` (file or environment), which serde would only call an
@@ -578,6 +597,25 @@ mod tests {
             "[agent]\nlease_ttl = \"30days\"\nresync = \"1s\"\n[network.backend]\ntype = \"gce\"\nrecheck = \"24h\"\n",
         );
         assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    /// `overflow` is for the cloud backends, and only to vxlan; `route_limit` at least one route.
+    #[test]
+    fn overflow_and_route_limit_name_key_and_value() {
+        let cases = [
+            ("[network.backend]\ntype = \"vxlan\"\noverflow = \"vxlan\"\n", "overflow", "vxlan"),
+            ("[network.backend]\ntype = \"host-gw\"\noverflow = \"vxlan\"\n", "overflow", "host-gw"),
+            ("[network.backend]\ntype = \"alloc\"\noverflow = \"vxlan\"\n", "overflow", "alloc"),
+            ("[network.backend]\ntype = \"aws-vpc\"\noverflow = \"udp\"\n", "overflow", "udp"),
+            ("[network.backend]\ntype = \"gce\"\noverflow = \"host-gw\"\n", "overflow", "host-gw"),
+            ("[network.backend]\ntype = \"aws-vpc\"\nroute_limit = 0\n", "network.backend.route_limit", "0"),
+        ];
+        for (text, key, value) in cases {
+            let err = load_text(text).err().unwrap_or_else(|| panic!("{text} accepted")).to_string();
+            assert!(err.contains(key) && err.contains(value), "{text}: {err}");
+        }
+        let ok = load_text("[network.backend]\ntype = \"aws-vpc\"\noverflow = \"vxlan\"\nroute_limit = 3\n").unwrap();
+        assert_eq!(ok.config.network.backend.overflow(), Some(crate::network::backend::Overflow::Vxlan));
     }
 
     #[test]

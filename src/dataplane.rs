@@ -543,6 +543,65 @@ mod tests {
         peers
     }
 
+    /// Routes a peer through the public IP unless `carried` names it (as overflow does).
+    struct UnlessCarried(watch::Receiver<BTreeSet<Ipv4Net>>);
+
+    impl PeerObjects for UnlessCarried {
+        fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
+            if self.0.borrow().contains(&lease.subnet) {
+                return Ok(KernelState::default());
+            }
+            ViaPublicIp.objects(lease)
+        }
+    }
+
+    struct Remapping(watch::Receiver<BTreeSet<Ipv4Net>>, LeaseData);
+
+    #[async_trait]
+    impl Registered for Remapping {
+        fn lease_data(&self) -> &LeaseData {
+            &self.1
+        }
+        async fn start(self: Box<Self>, _own: &Lease) -> Result<Started, StartFailed> {
+            let mapper = Box::new(UnlessCarried(self.0.clone()));
+            let peers = PeerMapping { mapper, links: Vec::new(), remap: Some(self.0.clone()) };
+            Ok(Started { backend: Box::new(crate::backend::Passive(self.1.clone())), peers: Some(peers) })
+        }
+    }
+
+    /// A cloud route came for one peer and went again: only that peer's kernel route follows,
+    /// with no lease event, and no other peer is touched.
+    #[tokio::test]
+    async fn peers_whose_path_changed_are_mapped_again() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let factory = kernel.clone();
+        let mut dataplane = Dataplane::new(Box::new(move || Ok(factory.clone() as Arc<dyn Kernel>)));
+        dataplane.kernel().unwrap();
+        let (carried, rx) = watch::channel(BTreeSet::new());
+        let data = LeaseData::plain(BackendKind::AwsVpc, 1450);
+        let own = lease("10.244.1.0/24", BackendKind::AwsVpc);
+        let prepared = Prepared { backend: Box::new(Remapping(rx, data)) };
+        let ready = dataplane.start(prepared, &own).await.unwrap();
+        dataplane.activate(ready).await;
+        let (a, b) = (lease("10.244.2.0/24", BackendKind::AwsVpc), lease("10.244.3.0/24", BackendKind::AwsVpc));
+        let peers: LeaseMap = [(a.subnet, a.clone()), (b.subnet, b.clone())].into();
+        dataplane.reconcile(&peers).await.unwrap();
+        let routes = |k: &MemoryKernel| k.snapshot().routes.keys().map(|r| r.to_string()).collect::<Vec<_>>();
+        assert_eq!(routes(&kernel).len(), 2);
+
+        carried.send_replace([a.subnet].into());
+        assert_eq!(dataplane.next_change().await, Change::Paths);
+        dataplane.remap(&peers).await.unwrap();
+        let left = routes(&kernel);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].contains("10.244.3.0"), "{left:?}");
+
+        carried.send_replace(BTreeSet::new());
+        assert_eq!(dataplane.next_change().await, Change::Paths);
+        dataplane.remap(&peers).await.unwrap();
+        assert_eq!(routes(&kernel).len(), 2, "back over the kernel path");
+    }
+
     #[tokio::test]
     async fn to_a_backend_without_kernel_objects_and_back() {
         let (mut rig, mut peer) = Rig::running(BackendKind::HostGw, true).await;

@@ -318,6 +318,26 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn overflow_and_route_limit_in_flannel_json() {
+        let config = BackendConfig::AwsVpc(AwsVpcConfig {
+            overflow: Some(Overflow::Vxlan),
+            route_limit: Some(3),
+            ..Default::default()
+        });
+        let json = config.to_flannel_json();
+        assert_eq!((json["Overflow"].as_str(), json["RouteLimit"].as_u64()), (Some("vxlan"), Some(3)));
+        assert_eq!(BackendConfig::from_flannel_json(&json).unwrap().0, config);
+        // Off by default, and then not written at all: flannel's aws-vpc JSON stays as it was.
+        let plain = BackendConfig::Gce(GceConfig::default()).to_flannel_json();
+        assert!(plain.get("Overflow").is_none() && plain.get("RouteLimit").is_none(), "{plain}");
+        let err = BackendConfig::from_flannel_json(&json!({"Type": "gce", "Overflow": "udp"})).unwrap_err();
+        assert!(err.contains("udp"), "{err}");
+        // On a kernel backend the key is another backend's: ignored with the others.
+        let (_, ignored) = BackendConfig::from_flannel_json(&json!({"Type": "vxlan", "Overflow": "vxlan"})).unwrap();
+        assert_eq!(ignored, ["overflow"]);
+    }
+
+    #[test]
     fn vxlan_to_flannel_names() {
         let config = BackendConfig::Vxlan(VxlanConfig { vni: 4, direct_routing: true, ..Default::default() });
         let json = config.to_flannel_json();
