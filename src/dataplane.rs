@@ -406,9 +406,18 @@ impl Dataplane {
     }
 
     /// The active backend's own checks (cloud routes); see [`Active::check`].
-    pub async fn check(&mut self, own: &Lease, peers: &LeaseMap, forced: bool) -> Result<(), BackendError> {
+    pub async fn check(
+        &mut self,
+        own: &Lease,
+        peers: &LeaseMap,
+        unreadable: &BTreeSet<Ipv4Net>,
+        forced: bool,
+    ) -> Result<(), BackendError> {
         match &mut self.active {
-            Some(active) => active.backend.check(own, peers, forced).await,
+            Some(active) => {
+                active.backend.unreadable_leases(unreadable);
+                active.backend.check(own, peers, forced).await
+            }
             None => Ok(()),
         }
     }

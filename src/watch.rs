@@ -2,6 +2,8 @@
 //! events a backend consumes: added, changed, removed — each exactly once, in order. Pure logic:
 //! malformed entries and leases outside the network are dropped here, with a reason.
 
+use std::collections::BTreeSet;
+
 use ipnet::Ipv4Net;
 
 use crate::lease::{self, Lease, LeaseMap};
@@ -38,6 +40,9 @@ pub struct LeaseWatcher {
     network: Network,
     own: Option<Ipv4Net>,
     known: LeaseMap,
+    /// Subnets whose key is in the store but whose value does not parse: not installed, yet
+    /// held by someone, so nothing of theirs (a cloud route) is judged stale.
+    unreadable: BTreeSet<Ipv4Net>,
 }
 
 /// The result of feeding one update.
@@ -50,7 +55,7 @@ pub struct Delivery {
 impl LeaseWatcher {
     /// Watches `network`'s leases other than `own`.
     pub fn new(network: Network, own: Option<Ipv4Net>) -> Self {
-        LeaseWatcher { network, own, known: LeaseMap::new() }
+        LeaseWatcher { network, own, known: LeaseMap::new(), unreadable: BTreeSet::new() }
     }
 
     /// Our subnet changed (lease lost and acquired again): stop delivering the new one.
@@ -63,33 +68,58 @@ impl LeaseWatcher {
         &self.known
     }
 
+    /// Subnets held by an entry that does not parse (see [`LeaseWatcher::apply`]'s skipped).
+    pub fn unreadable(&self) -> &BTreeSet<Ipv4Net> {
+        &self.unreadable
+    }
+
     pub fn apply(&mut self, update: LeaseUpdate) -> Delivery {
         let mut delivery = Delivery::default();
         match update {
             LeaseUpdate::Put(raw) => {
+                let subnet = lease::parse_subnet_key(&raw.key).ok();
                 if let Some(lease) = self.accept(&raw, &mut delivery.skipped) {
+                    self.unreadable.remove(&lease.subnet);
                     delivery.events.extend(self.upsert(lease));
-                } else if let Ok(subnet) = lease::parse_subnet_key(&raw.key) {
+                } else if let Some(subnet) = subnet {
                     // A lease we knew turned unreadable: it is gone as far as the backend knows.
                     delivery.events.extend(self.known.remove(&subnet).map(|_| LeaseEvent::Removed(subnet)));
+                    self.note_unreadable(subnet);
                 }
             }
             LeaseUpdate::Deleted { key, .. } => {
                 if let Ok(subnet) = lease::parse_subnet_key(&key) {
+                    self.unreadable.remove(&subnet);
                     delivery.events.extend(self.known.remove(&subnet).map(|_| LeaseEvent::Removed(subnet)));
                 }
             }
             LeaseUpdate::Resync(entries, _) => {
+                self.unreadable.clear();
                 // Consumed one by one, so each raw entry is freed once read.
-                let fresh: LeaseMap = entries
-                    .into_iter()
-                    .filter_map(|raw| self.accept(&raw, &mut delivery.skipped))
-                    .map(|lease| (lease.subnet, lease))
-                    .collect();
+                let mut fresh = LeaseMap::new();
+                for raw in entries {
+                    match self.accept(&raw, &mut delivery.skipped) {
+                        Some(lease) => {
+                            fresh.insert(lease.subnet, lease);
+                        }
+                        None => {
+                            if let Ok(subnet) = lease::parse_subnet_key(&raw.key) {
+                                self.note_unreadable(subnet);
+                            }
+                        }
+                    }
+                }
                 delivery.events = self.replace_all(fresh);
             }
         }
         delivery
+    }
+
+    /// Our own subnet and subnets outside the network are not anyone's route to keep.
+    fn note_unreadable(&mut self, subnet: Ipv4Net) {
+        if Some(subnet) != self.own && self.network.contains_subnet(&subnet) {
+            self.unreadable.insert(subnet);
+        }
     }
 
     fn accept(&self, raw: &RawLease, skipped: &mut Vec<Skipped>) -> Option<Lease> {
@@ -207,6 +237,26 @@ mod tests {
         assert_eq!(kinds(&d.events), ["+10.244.6.0/24"]);
         let keys: Vec<_> = d.skipped.iter().map(|s| s.key.as_str()).collect();
         assert_eq!(keys, ["10.244.1.0-24", "garbage", "10.99.0.0-24", "10.244.4.0-26"]);
+        // Held, though unreadable: its cloud route is not stale. Only that one: the others are
+        // no subnet of the network.
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert_eq!(w.unreadable(), &BTreeSet::from([net("10.244.1.0/24")]));
+    }
+
+    #[test]
+    fn unreadable_subnets_follow_puts_and_deletes() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let mut w = LeaseWatcher::new(network(), None);
+        let mut bad = raw("10.244.7.0-24", "192.0.2.7");
+        bad.value = b"null".to_vec();
+        w.apply(LeaseUpdate::Put(bad.clone()));
+        assert_eq!(w.unreadable(), &BTreeSet::from([net("10.244.7.0/24")]));
+        w.apply(LeaseUpdate::Put(raw("10.244.7.0-24", "192.0.2.7")));
+        assert!(w.unreadable().is_empty(), "readable again");
+        w.apply(LeaseUpdate::Put(bad));
+        assert_eq!(w.leases().len(), 0);
+        w.apply(LeaseUpdate::Deleted { key: "10.244.7.0-24".into(), revision: 9 });
+        assert!(w.unreadable().is_empty());
     }
 
     /// A key that only looks like a subnet's (another path, junk after the subnet) is skipped,

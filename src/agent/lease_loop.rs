@@ -324,7 +324,7 @@ impl Running {
 
     /// The backend's own checks; the one writer of the backend condition once started.
     pub(super) async fn check_backend(&mut self, watcher: &LeaseWatcher, forced: bool) {
-        match self.dataplane.check(&self.own.lease, watcher.leases(), forced).await {
+        match self.dataplane.check(&self.own.lease, watcher.leases(), watcher.unreadable(), forced).await {
             Ok(()) => self.health.ok(Condition::Backend),
             Err(e) => {
                 warn!(error = %e, "backend check failed");

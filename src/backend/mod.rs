@@ -158,6 +158,9 @@ pub trait Active: Send + Sync {
     async fn own_lease_changed(&mut self, _own: &Lease) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Subnets whose lease is in the store but unreadable: a cloud backend counts them as leased,
+    /// so that their routes are never judged stale. Told before each `check`.
+    fn unreadable_leases(&mut self, _subnets: &std::collections::BTreeSet<ipnet::Ipv4Net>) {}
     /// Our lease ran out while the store could not be reached: another host may hold our subnet
     /// by now. A cloud backend stops asserting its route until `check` brings a lease again.
     fn own_lease_lapsed(&mut self) {}

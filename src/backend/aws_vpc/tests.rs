@@ -486,3 +486,22 @@ async fn a_refused_table_is_tried_again_once_a_slot_is_free() {
     assert_eq!(ec2.take_calls(), ["DescribeRouteTables", "CreateRoute rtb-a 10.244.1.0/24"]);
     assert!(ec2.route("rtb-a", "10.244.1.0/24").is_some());
 }
+
+/// A lease in the store that does not parse still holds its subnet: its route is never stale.
+#[tokio::test]
+async fn an_unreadable_lease_keeps_its_route() {
+    let held = api_route(net("10.244.9.0/24"), Target::Interface("eni-9".into()));
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![held])]);
+    let (_h, own, mut backend) = started_tagged(&ec2).await;
+    backend.unreadable_leases(&[net("10.244.9.0/24")].into());
+    for _ in 0..3 {
+        pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    }
+    assert!(ec2.route("rtb-a", "10.244.9.0/24").is_some(), "{:?}", ec2.take_calls());
+    // Once it is gone from the store for good, the leader's two passes remove it.
+    backend.unreadable_leases(&Default::default());
+    for _ in 0..2 {
+        pass(&mut backend, &own, &peers(&[])).await.unwrap();
+    }
+    assert!(ec2.route("rtb-a", "10.244.9.0/24").is_none());
+}

@@ -32,6 +32,8 @@ pub struct CloudActive<P: Provider> {
     cancel: CancellationToken,
     /// Our subnet, for teardown.
     own: Ipv4Net,
+    /// Held by leases that do not parse: leased as far as staleness goes.
+    unreadable: BTreeSet<Ipv4Net>,
 }
 
 impl<P: Provider> CloudActive<P> {
@@ -48,7 +50,8 @@ impl<P: Provider> CloudActive<P> {
         let (engine, outcomes) = Engine::new(provider, settings);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(engine.run(receiver, cancel.clone()));
-        CloudActive { kind, data, health, requests, outcomes, task: Some(task), cancel, own: own.subnet }
+        let unreadable = BTreeSet::new();
+        CloudActive { kind, data, health, requests, outcomes, task: Some(task), cancel, own: own.subnet, unreadable }
     }
 
     fn ask(&self, request: Request, forced: bool) {
@@ -79,12 +82,16 @@ impl<P: Provider> Active for CloudActive<P> {
 
     async fn check(&mut self, own: &Lease, peers: &LeaseMap, forced: bool) -> Result<(), BackendError> {
         self.own = own.subnet;
-        let leased = peers.keys().copied().chain([own.subnet]).collect();
+        let leased = peers.keys().chain(&self.unreadable).copied().chain([own.subnet]).collect();
         self.ask(Request { own: Some(own.subnet), leased: Some(leased) }, forced);
         match &self.task {
             Some(task) if !task.is_finished() => Ok(()),
             _ => Err(BackendError::TaskStopped(self.kind)),
         }
+    }
+
+    fn unreadable_leases(&mut self, subnets: &BTreeSet<Ipv4Net>) {
+        self.unreadable.clone_from(subnets);
     }
 
     fn own_lease_lapsed(&mut self) {

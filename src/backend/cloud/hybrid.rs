@@ -129,6 +129,10 @@ impl Active for HybridActive {
         self.cloud.check(own, peers, forced).await
     }
 
+    fn unreadable_leases(&mut self, subnets: &std::collections::BTreeSet<ipnet::Ipv4Net>) {
+        self.cloud.unreadable_leases(subnets);
+    }
+
     fn own_lease_lapsed(&mut self) {
         self.cloud.own_lease_lapsed();
     }
