@@ -7,19 +7,16 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
-use common::cluster::Cluster;
+use common::cluster::{runtime_in, Cluster};
 use common::imds::{self, Imds};
 use common::moto::{self, Host, Moto};
 use ipnet::Ipv4Net;
-use nix::sched::CloneFlags;
 use weft::lab::PodAddrs;
 use weft::netns::Netns;
 
@@ -53,20 +50,6 @@ struct Cloud {
     untouched: Vec<String>,
     /// Node i at index i - 1: its instance (private IP = host i's underlay address) and IMDS.
     nodes: Vec<(Host, Imds)>,
-}
-
-/// A runtime whose every thread (workers and blocking pool) entered `netns` first: sockets made
-/// by its tasks belong there, never to the machine's own namespace.
-fn runtime_in(netns: &Netns) -> tokio::runtime::Runtime {
-    let file = Arc::new(File::open(&netns.path).expect("open the service namespace"));
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .on_thread_start(move || {
-            nix::sched::setns(file.as_ref(), CloneFlags::CLONE_NEWNET).expect("enter the service namespace")
-        })
-        .build()
-        .expect("a runtime")
 }
 
 impl Cloud {

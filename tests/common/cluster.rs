@@ -45,6 +45,20 @@ pub fn require_root() {
     }
 }
 
+/// A runtime whose every thread (workers and blocking pool) entered `netns` first: sockets made
+/// by its tasks belong there, never to the machine's own namespace.
+pub fn runtime_in(netns: &Netns) -> tokio::runtime::Runtime {
+    let file = std::sync::Arc::new(std::fs::File::open(&netns.path).expect("open the namespace"));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            nix::sched::setns(file.as_ref(), nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace")
+        })
+        .build()
+        .expect("a runtime")
+}
+
 pub struct Cluster {
     pub topology: Topology,
     /// Configs, subnet.env files, logs and etcd's data.
