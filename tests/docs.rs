@@ -233,7 +233,7 @@ fn pictures() -> Vec<PathBuf> {
 #[test]
 fn pictures_are_well_formed_svg() {
     let pictures = pictures();
-    for name in ["vxlan.svg", "host-gw.svg", "aws-vpc.svg", "gce.svg"] {
+    for name in ["vxlan.svg", "host-gw.svg", "aws-vpc.svg", "gce.svg", "hybrid.svg"] {
         assert!(pictures.iter().any(|p| p.ends_with(name)), "docs/pictures/{name} missing");
     }
     for picture in pictures {
