@@ -62,6 +62,9 @@ fn setup_refuses_a_rustc_older_than_rust_version() {
     let out = setup(&path, None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("rustc 1.63.0 at {}/rustc is older than {}", dir.path().display(), rust_version())), "{err}");
+    assert!(
+        err.contains(&format!("rustc 1.63.0 at {}/rustc is older than {}", dir.path().display(), rust_version())),
+        "{err}"
+    );
     assert!(err.contains("apt-get remove -y rustc cargo"), "{err}");
 }
