@@ -1,4 +1,8 @@
-//! Link-time settings of the `weft` binaries.
+//! Build-time settings of the `weft` binaries: link flags and the git revision `weft version`
+//! prints.
+
+use std::path::Path;
+use std::process::Command;
 
 fn main() {
     // Relative relocations packed (DT_RELR, glibc ≥ 2.36): the dynamic loader reads a few
@@ -10,4 +14,37 @@ fn main() {
         println!("cargo::rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rustc-env=WEFT_GIT_REVISION={}", revision());
+}
+
+/// `WEFT_GIT_REVISION` when set (a packager's tarball build), else `git rev-parse --short HEAD`,
+/// else "unknown" (no git, no .git). Reruns only when HEAD or the branch it names moves, not on
+/// every change under .git.
+fn revision() -> String {
+    println!("cargo::rerun-if-env-changed=WEFT_GIT_REVISION");
+    if let Some(given) = std::env::var("WEFT_GIT_REVISION").ok().filter(|r| !r.trim().is_empty()) {
+        return given.trim().to_string();
+    }
+    // Worktrees keep HEAD in their own git dir and the branches in the common one: ask git.
+    for path in ["HEAD", "packed-refs"] {
+        watch(git(&["rev-parse", "--git-path", path]));
+    }
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch(git(&["rev-parse", "--git-path", &branch]));
+    }
+    git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into())
+}
+
+/// Watches a file that exists: a missing one would make cargo rerun this script every build.
+fn watch(path: Option<String>) {
+    if let Some(path) = path.filter(|p| Path::new(p).exists()) {
+        println!("cargo::rerun-if-changed={path}");
+    }
+}
+
+/// Git's answer, trimmed; `None` when git is missing or fails (not a repository).
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
 }

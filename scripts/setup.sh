@@ -6,6 +6,36 @@ set -euo pipefail
 with_tests=false
 [ "${1:-}" = "--tests" ] && with_tests=true
 
+# Rust first: everything else is wasted on a machine that cannot build weft. The minimum is
+# Cargo.toml's rust-version (Debian's packaged rustc is older).
+cd "$(dirname "$0")/.."
+need_rust=$(sed -n 's/^rust-version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+rustup_cmd="curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && . \"\$HOME/.cargo/env\""
+if ! command -v cargo >/dev/null; then
+  # Under sudo, root's PATH lacks the invoking user's ~/.cargo/bin, where rustup puts cargo.
+  user_home=$([ -n "${SUDO_USER:-}" ] && getent passwd "$SUDO_USER" | cut -d: -f6 || true)
+  if [ -n "$user_home" ] && [ -x "$user_home/.cargo/bin/cargo" ]; then
+    echo "cargo is in $user_home/.cargo/bin (rustup's, for $SUDO_USER) but not on root's PATH under sudo." >&2
+    echo "Run with your PATH kept:  sudo env \"PATH=\$PATH\" $0 ${*:-}" >&2
+    exit 1
+  fi
+  echo "cargo not found: weft needs Rust >= $need_rust. Install it with rustup (as the user who builds):" >&2
+  echo "  apt-get install -y curl ca-certificates   # if curl is missing" >&2
+  echo "  $rustup_cmd" >&2
+  echo "(Debian's rustc/cargo packages are older than $need_rust.)" >&2
+  exit 1
+fi
+have_rust=$(rustc --version 2>/dev/null | awk '{print $2}')
+if [ -z "$have_rust" ] || [ "$(printf '%s\n%s\n' "$need_rust" "$have_rust" | sort -V | head -n1)" != "$need_rust" ]; then
+  echo "rustc ${have_rust:-(none)} at $(command -v rustc || echo '?') is older than $need_rust (Cargo.toml rust-version)." >&2
+  if command -v rustup >/dev/null; then
+    echo "Update it:  rustup update stable && rustup default stable" >&2
+  else
+    echo "Replace it with rustup's:  apt-get remove -y rustc cargo && $rustup_cmd" >&2
+  fi
+  exit 1
+fi
+
 packages=(
   build-essential pkg-config protobuf-compiler   # etcd-client's build, libnftnl bindings
   libnftnl-dev libmnl-dev                         # nftables masquerade
@@ -30,7 +60,6 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}"
 fi
 
-command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 $with_tests || exit 0
 
 # moto (a model of EC2, PyPI moto[server]) for the aws-vpc tests, in a venv of its own so it

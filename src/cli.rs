@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{self, GlobalArgs};
-use crate::logging::init_logging;
+use crate::logging::{choose_format, init_logging};
 
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about = "Host-subnet network agent, compatible with flannel's data")]
@@ -32,15 +32,21 @@ pub enum Command {
     /// Build a small cluster of hosts out of network namespaces on this machine.
     #[command(subcommand)]
     Lab(commands::lab::LabCommand),
-    /// Print the version.
-    Version,
+    /// Print the version, git revision and optional features of this build.
+    Version(commands::output::OutputArgs),
 }
 
 /// Parses the command line and runs the command; the process exit code.
 pub fn main() -> ExitCode {
     crate::heap::configure();
     let cli = Cli::parse();
-    init_logging(cli.global.log_format);
+    // The flag, else agent.log_format (file or WEFT_AGENT__LOG_FORMAT). A config that does not
+    // load is reported by the command itself.
+    let configured = match cli.global.log_format {
+        Some(_) => None,
+        None => cli.global.load_config(crate::config::Flags::default()).ok().map(|l| l.config.agent.log_format),
+    };
+    init_logging(choose_format(cli.global.log_format, configured));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -55,10 +61,7 @@ pub fn main() -> ExitCode {
             Command::Leases(cmd) => commands::leases::run(&cli.global, cmd).await,
             Command::Config(cmd) => commands::config_check::run(&cli.global, cmd),
             Command::Lab(cmd) => commands::lab::run(&cli.global, cmd).await,
-            Command::Version => {
-                println!("weft {}", env!("CARGO_PKG_VERSION"));
-                Ok(())
-            }
+            Command::Version(output) => commands::version::run(output),
         }
     });
     match result {

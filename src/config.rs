@@ -50,7 +50,10 @@ pub struct AgentSection {
     pub resync: Duration,
     pub listen: String,
     /// A `RUST_LOG`-style filter (`info`, `weft=debug`); "" means `RUST_LOG`, else `info`.
+    /// `RUST_LOG` beats the file's value, `WEFT_AGENT__LOG_LEVEL` beats both.
     pub log_level: String,
+    /// `text` or `json` (the `--log-format` flag beats it).
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl From<&AgentSection> for crate::iface::InterfaceChoice {
@@ -86,6 +89,7 @@ impl Default for AgentSection {
             resync: Duration::from_secs(60),
             listen: "127.0.0.1:9810".into(),
             log_level: String::new(),
+            log_format: crate::logging::LogFormat::Text,
         }
     }
 }
@@ -671,6 +675,18 @@ mod tests {
             assert!(err.contains(old) && err.contains(&format!("moved to {new}")), "{err}");
             assert!(err.contains("line 5"), "{err}");
         }
+    }
+
+    #[test]
+    fn log_format_and_level_are_read_and_checked() {
+        let loaded = load_text("[agent]\nlog_format = \"json\"\nlog_level = \"weft=debug\"\n").unwrap();
+        assert_eq!(loaded.config.agent.log_format, crate::logging::LogFormat::Json);
+        assert_eq!(loaded.config.agent.log_level, "weft=debug");
+        assert_eq!(Config::default().agent.log_format, crate::logging::LogFormat::Text);
+        let err = load_text("[agent]\n\nlog_format = \"xml\"\n").err().unwrap().to_string();
+        assert!(err.contains("agent.log_format") && err.contains("xml") && err.contains("line 3"), "{err}");
+        let err = load_text("[agent]\nlog_level = \"weft=loud\"\n").err().unwrap().to_string();
+        assert!(err.contains("agent.log_level") && err.contains("weft=loud") && err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -57,6 +57,15 @@ pub struct PeerRejectedLabels {
     pub reason: String,
 }
 
+/// What `weft_build_info` says about this binary (always 1).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub revision: String,
+    /// `aws,gce,kube`: the optional features compiled in.
+    pub features: String,
+}
+
 /// The agent's counters and gauges.
 pub struct Metrics {
     registry: Registry,
@@ -85,6 +94,7 @@ pub struct Metrics {
     pub peers_by_path: Family<PathLabels, Gauge>,
     /// Routes and nexthop objects of others in peers' way, which weft leaves alone.
     pub kernel_conflicts: Gauge,
+    pub build_info: Family<BuildLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -109,6 +119,7 @@ impl Default for Metrics {
             cloud_route_capacity: Family::default(),
             peers_by_path: Family::default(),
             kernel_conflicts: Gauge::default(),
+            build_info: Family::default(),
         };
         registry.register(
             "lease_expiry_timestamp_seconds",
@@ -163,6 +174,18 @@ impl Default for Metrics {
             "Routes and nexthop objects of others where a peer's would go (not replaced; the peer is not installed)",
             m.kernel_conflicts.clone(),
         );
+        registry.register(
+            "build_info",
+            "Always 1; the labels say the version, git revision and optional features of this agent",
+            m.build_info.clone(),
+        );
+        let build = crate::build_info::BuildInfo::current();
+        let labels = BuildLabels {
+            version: build.version.to_string(),
+            revision: build.revision.to_string(),
+            features: crate::build_info::features_label(&build.features),
+        };
+        m.build_info.get_or_create(&labels).set(1);
         Metrics { registry, ..m }
     }
 }
@@ -383,5 +406,17 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in {text}");
         }
+    }
+
+    #[test]
+    fn build_info_says_what_this_binary_is() {
+        let text = Metrics::default().encode();
+        let features = crate::build_info::features_label(&crate::build_info::features());
+        let line = format!(
+            "weft_build_info{{version=\"{}\",revision=\"{}\",features=\"{features}\"}} 1\n",
+            crate::build_info::VERSION,
+            crate::build_info::REVISION
+        );
+        assert!(text.contains(&line), "{line} missing in {text}");
     }
 }

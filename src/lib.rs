@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod backend;
 pub mod backoff;
+pub mod build_info;
 pub mod cleanup;
 pub mod cli;
 pub mod cni;

@@ -12,6 +12,8 @@ const NETWORK: &str = "FLANNEL_NETWORK";
 const SUBNET: &str = "FLANNEL_SUBNET";
 const MTU: &str = "FLANNEL_MTU";
 const IPMASQ: &str = "FLANNEL_IPMASQ";
+/// rw-r--r--, as flannel writes it.
+pub const FILE_MODE: u32 = 0o644;
 
 /// Why a subnet.env could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -77,10 +79,18 @@ impl SubnetEnv {
     }
 
     /// Writes the file atomically (temp file + rename), so a reader never sees half of it.
+    /// World-readable (0644) as flannel writes it, whatever the umask: CNI plugins and docker
+    /// helpers running as other users read it. A directory made for it is 0755.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        // fchmod: not masked by the umask, unlike the mode a file is created with.
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
         tmp.write_all(self.render().as_bytes())?;
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;

@@ -84,6 +84,28 @@ fn lab_up_status_down() {
     assert_eq!(status.matches(" ready\n").count(), 2, "{status}");
     assert!(status.contains("from \\ to"), "{status}");
 
+    // -o json: hosts, leases and pings parsed back; alloc's ✗ is expected, so the lab is ok.
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["lab", "status", "-o", "json"])).unwrap();
+    assert_eq!(shown["hosts"].as_array().unwrap().len(), 2, "{shown}");
+    assert_eq!(shown["leases"][0]["backend"], "alloc", "{shown}");
+    let pings = shown["pings"].as_array().unwrap();
+    assert_eq!(pings.len(), 2, "{shown}");
+    assert!(pings.iter().all(|p| p["reachable"] == false), "{shown}");
+    assert_eq!(shown["ok"], true, "{shown}");
+    // A lease of another backend makes the ✗ a failure: status exits 1 (and says so in JSON).
+    let lab_config = "/run/weft-lab/weft.toml";
+    ok(&["--config", lab_config, "leases", "reserve", "10.244.200.0/24", "--public-ip", "198.51.100.99"]);
+    let failing = weft(&["lab", "status"]);
+    assert_eq!(failing.status.code(), Some(1), "{failing:?}");
+    let err = String::from_utf8_lossy(&failing.stderr);
+    assert!(err.contains("pod-to-pod ping(s) got no answer"), "{err}");
+    let failing = weft(&["lab", "status", "-o", "json"]);
+    assert_eq!(failing.status.code(), Some(1));
+    let shown: serde_json::Value = serde_json::from_slice(&failing.stdout).unwrap();
+    assert_eq!(shown["ok"], false, "{shown}");
+    ok(&["--config", lab_config, "leases", "release", "10.244.200.0/24"]);
+    ok(&["lab", "status"]);
+
     let down = ok(&["lab", "down"]);
     assert!(down.contains("stopped 2 agent(s), deleted 5 namespace(s)"), "{down}");
     assert_eq!(wire::namespaces_with_prefix(LAB_PREFIX).unwrap(), Vec::<String>::new());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::agent;
 use crate::commands::{CommandError, GlobalArgs};
@@ -65,7 +65,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
     let loaded = global.load_config(args.flags())?;
     let mut config = loaded.config;
     let mut file = FileWatch::new(loaded.file);
-    crate::logging::set_log_level(&config.agent.log_level);
+    crate::logging::set_log_level(&crate::logging::effective_level(&config.agent.log_level));
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
     let mut server = HealthServer::start(&config.agent.listen, &health, &shutdown).await?;
@@ -132,8 +132,12 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
                 None
             };
             if new.agent.log_level != config.agent.log_level {
-                crate::logging::set_log_level(&new.agent.log_level);
-                info!(log_level = %new.agent.log_level, "{why}: log level changed");
+                let level = crate::logging::effective_level(&new.agent.log_level);
+                crate::logging::set_log_level(&level);
+                info!(log_level = %level, "{why}: log level changed");
+            }
+            if new.agent.log_format != config.agent.log_format {
+                warn!("{why}: agent.log_format applies at the next start");
             }
             if new.agent.listen != config.agent.listen {
                 server.move_to(&new.agent.listen, &health, &shutdown).await;
@@ -185,6 +189,7 @@ fn needs_restart(old: &Config, new: &Config) -> bool {
     let strip = |c: &Config| {
         let mut c = c.clone();
         c.agent.log_level = String::new();
+        c.agent.log_format = Default::default();
         c.agent.listen = String::new();
         c.network = Default::default();
         c

@@ -14,9 +14,9 @@ pub struct GlobalArgs {
     /// Configuration file.
     #[arg(long, global = true, env = "WEFT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format (overrides agent.log_format; default text).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Store kind (overrides store.kind).
     #[arg(long, global = true, value_name = "etcd|kube|local")]
     pub store_kind: Option<String>,

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::commands::output::{print_json, OutputArgs};
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::{self, Config, Flags, StoreKind, StoreSection};
 use crate::lab::agents::{self, AgentSpec, Waiting};
 use crate::lab::pods::{self, SubnetInfo};
-use crate::lab::report::{self, HostLine, LeaseLine};
+use crate::lab::report::{self, HostLine, LeaseLine, Probe, ProbeLine};
 use crate::lab::state::{self, LabDir, AGENT_LISTEN};
 use crate::lab::{probe, wire, LabError, Node, Topology, LAB_PREFIX};
 use crate::netns::Netns;
@@ -39,8 +40,9 @@ pub enum LabCommand {
     /// Build the lab and show it working: hosts, agents, leases, pod-to-pod pings. With the global
     /// --config FILE, the lab starts from that file's [network] and [agent] tables.
     Up(UpArgs),
-    /// Show the lab's hosts, agents, leases and pod-to-pod pings.
-    Status,
+    /// Show the lab's hosts, agents, leases and pod-to-pod pings; exits 1 when a ping fails
+    /// (except with the alloc backend, which installs no routes).
+    Status(OutputArgs),
     /// Switch the running lab's backend live, as `weft network apply` does in a cluster: every
     /// agent keeps its subnet and moves its peers over; pods keep talking.
     Switch {
@@ -87,7 +89,7 @@ pub async fn run(global: &GlobalArgs, command: LabCommand) -> Result<(), Command
     let global = global.clone();
     tokio::task::spawn_blocking(move || match command {
         LabCommand::Up(args) => up(&global, args),
-        LabCommand::Status => status(),
+        LabCommand::Status(output) => status(output),
         LabCommand::Switch { backend } => switch(backend),
         LabCommand::Down => down(),
     })
@@ -122,7 +124,8 @@ fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), CommandError> {
         }
         return Err(e);
     }
-    show(&topology, &dir)?;
+    let shown = measure(&topology, &dir)?;
+    shown.print();
     if network.backend.kind() == BackendKind::Alloc {
         println!("\nBackend alloc leases subnets and installs no routes: ✗ between pods is expected.");
     }
@@ -136,7 +139,7 @@ fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), CommandError> {
     println!("Leases:         weft --config {} leases list", dir.config().display());
     println!("Agent logs:     {}/<host>/agent.log", dir.root.display());
     println!("Remove it all:  weft lab down");
-    Ok(())
+    shown.verdict()
 }
 
 /// A lab, or what is left of one, is in the way.
@@ -274,7 +277,7 @@ fn wait_for_agents(
     })
 }
 
-fn status() -> Result<(), CommandError> {
+fn status(output: OutputArgs) -> Result<(), CommandError> {
     crate::lab::require_root("weft lab status").map_err(input)?;
     let dir = LabDir::default();
     let topology = current_lab(&dir)?;
@@ -297,8 +300,22 @@ fn status() -> Result<(), CommandError> {
             ready,
         });
     }
-    print!("{}", report::render_hosts(&hosts));
-    show(&topology, &dir)
+    let shown = measure(&topology, &dir)?;
+    if output.is_json() {
+        #[derive(serde::Serialize)]
+        struct Status<'a> {
+            hosts: &'a [HostLine],
+            leases: &'a [LeaseLine],
+            pings: Vec<ProbeLine>,
+            ok: bool,
+        }
+        let pings = report::probe_lines(&shown.names, &shown.probes);
+        print_json(&Status { hosts: &hosts, leases: &shown.leases, pings, ok: shown.verdict().is_ok() })?;
+    } else {
+        print!("{}", report::render_hosts(&hosts));
+        shown.print();
+    }
+    shown.verdict()
 }
 
 /// How long `lab switch` waits for every host's lease to show the new backend.
@@ -336,7 +353,8 @@ fn switch(backend: LabBackend) -> Result<(), CommandError> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     wait_for_peers(&topology);
-    show(&topology, &dir)
+    measure(&topology, &dir)?.print();
+    Ok(())
 }
 
 /// The hosts of the running lab, from its namespaces.
@@ -353,12 +371,36 @@ fn current_lab(dir: &LabDir) -> Result<Topology, CommandError> {
     }
 }
 
-/// The leases and the pod-to-pod matrix.
-fn show(topology: &Topology, dir: &LabDir) -> Result<(), CommandError> {
+/// The leases and the pod-to-pod matrix, as measured.
+struct Shown {
+    leases: Vec<LeaseLine>,
+    names: Vec<String>,
+    probes: Vec<Vec<Probe>>,
+}
+
+impl Shown {
+    fn print(&self) {
+        println!("\nLeases");
+        print!("{}", report::render_leases(&self.leases));
+        println!("\nPod to pod ping, average round trip (✗: no answer)");
+        print!("{}", report::render_matrix(&self.names, &self.probes));
+    }
+
+    /// A ✗ fails the command, except when every lease is alloc's (no routes: ✗ is the point).
+    fn verdict(&self) -> Result<(), CommandError> {
+        let alloc = BackendKind::Alloc.as_str();
+        let unreachable_expected = !self.leases.is_empty() && self.leases.iter().all(|l| l.backend == alloc);
+        report::matrix_verdict(&self.probes, unreachable_expected).map_err(|failed| {
+            CommandError::Runtime(format!(
+                "{failed} pod-to-pod ping(s) got no answer (✗ in the matrix); the lab is left running for inspection"
+            ))
+        })
+    }
+}
+
+fn measure(topology: &Topology, dir: &LabDir) -> Result<Shown, CommandError> {
     let nodes = topology.host_nodes();
     let leases = read_leases(dir, &nodes)?;
-    println!("\nLeases");
-    print!("{}", report::render_leases(&leases));
     let pods: Vec<probe::Pod> = nodes
         .iter()
         .map(|node| {
@@ -368,11 +410,9 @@ fn show(topology: &Topology, dir: &LabDir) -> Result<(), CommandError> {
             Netns::exists(&pod_ns).then(|| (pod_ns, addrs.pod.addr()))
         })
         .collect();
-    let matrix = probe::pod_matrix(&pods).map_err(runtime)?;
+    let probes = probe::pod_matrix(&pods).map_err(runtime)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    println!("\nPod to pod ping, average round trip (✗: no answer)");
-    print!("{}", report::render_matrix(&names, &matrix));
-    Ok(())
+    Ok(Shown { leases, names, probes })
 }
 
 fn read_leases(dir: &LabDir, nodes: &[Node]) -> Result<Vec<LeaseLine>, CommandError> {

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+use crate::commands::output::OutputArgs;
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
 use crate::lease::{BackendData, Expiry, Lease, LeaseAttrs};
@@ -17,9 +18,11 @@ use crate::store::{self, LeaseStore, LeaseWrite, Store, WriteOutcome};
 pub enum LeasesCommand {
     /// List every lease in the store.
     List {
-        /// Print JSON instead of a table.
+        /// The same as `-o json`.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Reserve a subnet for a host: a lease that never expires and no other host takes.
     Reserve(ReserveArgs),
@@ -43,7 +46,7 @@ pub async fn run(global: &GlobalArgs, command: LeasesCommand) -> Result<(), Comm
     let config = global.load_config(Flags::default())?.config;
     let store = store::open(&config.store).await?;
     match command {
-        LeasesCommand::List { json } => list(store.as_ref(), json).await,
+        LeasesCommand::List { json, output } => list(store.as_ref(), json || output.is_json()).await,
         LeasesCommand::Reserve(args) => reserve(store.as_ref(), args).await,
         LeasesCommand::Release { subnet } => release(store.as_ref(), subnet).await,
     }

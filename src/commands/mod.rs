@@ -5,6 +5,8 @@ pub mod config_check;
 pub mod lab;
 pub mod leases;
 pub mod network;
+pub mod output;
+pub mod version;
 
 mod common;
 pub use common::{CommandError, GlobalArgs};

@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand};
 
+use crate::commands::output::{print_json, OutputArgs};
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
 use crate::network::Network;
@@ -12,7 +13,7 @@ pub enum NetworkCommand {
     /// Publish the `[network]` table of the config file to the store.
     Apply(ApplyArgs),
     /// Print the network config held in the store.
-    Show,
+    Show(OutputArgs),
 }
 
 #[derive(Args, Debug)]
@@ -31,7 +32,7 @@ pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), Com
             let network = Network::new(&config.network).map_err(|e| CommandError::Input(e.to_string()))?;
             apply(store.as_ref(), &network, args.force).await
         }
-        NetworkCommand::Show => show(store.as_ref()).await,
+        NetworkCommand::Show(output) => show(store.as_ref(), output).await,
     }
 }
 
@@ -56,27 +57,58 @@ async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), 
     Ok(())
 }
 
-async fn show(store: &dyn NetworkSource) -> Result<(), CommandError> {
+/// `network show -o json`: the stored config as it is, and what weft reads in it.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    /// The store's JSON, verbatim.
+    config: &'a serde_json::value::RawValue,
+    network: String,
+    subnet_len: u8,
+    subnet_min: String,
+    subnet_max: String,
+    subnet_count: u64,
+    backend: &'static str,
+    /// Keys of the stored config weft does not use.
+    ignored: &'a [String],
+}
+
+async fn show(store: &dyn NetworkSource, output: OutputArgs) -> Result<(), CommandError> {
     let Some(text) = store.network_config().await? else {
         return Err(CommandError::Runtime("no network config in the store: run `weft network apply`".into()));
     };
-    println!("{text}");
-    match Network::from_flannel_json(&text) {
-        Ok((network, ignored)) => {
-            eprintln!(
-                "network {} · subnets /{} from {} to {} ({} in all) · backend {}",
-                network.network,
-                network.subnet_len,
-                network.subnet_min,
-                network.subnet_max,
-                network.subnet_count(),
-                network.backend.type_name()
-            );
-            if !ignored.is_empty() {
-                eprintln!("ignored keys: {}", ignored.join(", "));
-            }
-            Ok(())
+    let (network, ignored) = match Network::from_flannel_json(&text) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            println!("{text}");
+            return Err(CommandError::Runtime(e.to_string()));
         }
-        Err(e) => Err(CommandError::Runtime(e.to_string())),
+    };
+    if output.is_json() {
+        let config: Box<serde_json::value::RawValue> = serde_json::from_str(&text)
+            .map_err(|e| CommandError::Runtime(format!("the stored network config is not JSON: {e}")))?;
+        return print_json(&Shown {
+            config: &config,
+            network: network.network.to_string(),
+            subnet_len: network.subnet_len,
+            subnet_min: network.subnet_min.to_string(),
+            subnet_max: network.subnet_max.to_string(),
+            subnet_count: network.subnet_count(),
+            backend: network.backend.type_name(),
+            ignored: &ignored,
+        });
     }
+    println!("{text}");
+    eprintln!(
+        "network {} · subnets /{} from {} to {} ({} in all) · backend {}",
+        network.network,
+        network.subnet_len,
+        network.subnet_min,
+        network.subnet_max,
+        network.subnet_count(),
+        network.backend.type_name()
+    );
+    if !ignored.is_empty() {
+        eprintln!("ignored keys: {}", ignored.join(", "));
+    }
+    Ok(())
 }

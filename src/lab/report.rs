@@ -4,6 +4,8 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use serde::Serialize;
+
 /// The outcome of pinging one pod from another.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Probe {
@@ -64,8 +66,44 @@ pub fn render_matrix(names: &[String], probes: &[Vec<Probe>]) -> String {
     out
 }
 
+/// One cell of the matrix for `-o json`: `rtt_ms` is absent when no answer came.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeLine {
+    pub from: String,
+    pub to: String,
+    pub reachable: bool,
+    pub rtt_ms: Option<f64>,
+}
+
+/// The matrix as a list of pairs, a pod and itself left out.
+pub fn probe_lines(names: &[String], probes: &[Vec<Probe>]) -> Vec<ProbeLine> {
+    let mut lines = Vec::new();
+    for (from, row) in names.iter().zip(probes) {
+        for (to, probe) in names.iter().zip(row) {
+            let rtt_ms = match probe {
+                Probe::Rtt(rtt) => Some(rtt.as_secs_f64() * 1000.0),
+                Probe::Failed => None,
+                Probe::Itself => continue,
+            };
+            lines.push(ProbeLine { from: from.clone(), to: to.clone(), reachable: rtt_ms.is_some(), rtt_ms });
+        }
+    }
+    lines
+}
+
+/// Whether the matrix is a success: no ✗, unless the backend installs no routes (alloc), where
+/// ✗ everywhere is what it is meant to show. Otherwise the number of pairs without an answer.
+pub fn matrix_verdict(probes: &[Vec<Probe>], unreachable_expected: bool) -> Result<(), usize> {
+    let failed = probes.iter().flatten().filter(|p| **p == Probe::Failed).count();
+    if failed == 0 || unreachable_expected {
+        Ok(())
+    } else {
+        Err(failed)
+    }
+}
+
 /// One lease as `weft lab` shows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LeaseLine {
     /// The lab host with that public IP, if any.
     pub host: Option<String>,
@@ -90,7 +128,7 @@ pub fn render_leases(leases: &[LeaseLine]) -> String {
 }
 
 /// One host as `weft lab status` shows it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostLine {
     pub name: String,
     pub ns: String,
@@ -166,6 +204,34 @@ h2         0.061 ms  ·         12.50 ms
 h3         ✗         ✗         ·
 ";
         assert_eq!(render_matrix(&names, &probes), expected);
+    }
+
+    #[test]
+    fn any_unanswered_ping_fails_the_matrix_unless_expected() {
+        let ms = |us| Probe::Rtt(Duration::from_micros(us));
+        let good = vec![vec![Probe::Itself, ms(52)], vec![ms(61), Probe::Itself]];
+        assert_eq!(matrix_verdict(&good, false), Ok(()));
+        let one_way = vec![vec![Probe::Itself, ms(52)], vec![Probe::Failed, Probe::Itself]];
+        assert_eq!(matrix_verdict(&one_way, false), Err(1));
+        let none = vec![vec![Probe::Itself, Probe::Failed], vec![Probe::Failed, Probe::Itself]];
+        assert_eq!(matrix_verdict(&none, false), Err(2));
+        assert_eq!(matrix_verdict(&none, true), Ok(()), "alloc: no routes, no pings");
+        assert_eq!(matrix_verdict(&[vec![Probe::Itself]], false), Ok(()), "one host");
+    }
+
+    #[test]
+    fn probe_lines_leave_out_each_pod_and_itself() {
+        let names = vec!["h1".to_string(), "h2".to_string()];
+        let probes =
+            vec![vec![Probe::Itself, Probe::Rtt(Duration::from_micros(500))], vec![Probe::Failed, Probe::Itself]];
+        let lines = probe_lines(&names, &probes);
+        assert_eq!(
+            lines,
+            [
+                ProbeLine { from: "h1".into(), to: "h2".into(), reachable: true, rtt_ms: Some(0.5) },
+                ProbeLine { from: "h2".into(), to: "h1".into(), reachable: false, rtt_ms: None },
+            ]
+        );
     }
 
     #[test]
