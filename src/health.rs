@@ -189,6 +189,8 @@ pub enum Condition {
     Backend,
     /// weft's nftables masquerade rules are as `agent.ip_masq` wants (the host's side effects).
     Masquerade,
+    /// weft's FORWARD accept rules are as `agent.forward_rules` wants (the host's side effects).
+    Forward,
     /// Our cloud route is in place (the cloud backend's worker).
     Cloud,
     /// No peer is kept out of the kernel by a route or nexthop object of someone else (the lease
@@ -197,12 +199,13 @@ pub enum Condition {
 }
 
 impl Condition {
-    pub const ALL: [Condition; 7] = [
+    pub const ALL: [Condition; 8] = [
         Condition::Network,
         Condition::Lease,
         Condition::Config,
         Condition::Backend,
         Condition::Masquerade,
+        Condition::Forward,
         Condition::Cloud,
         Condition::Kernel,
     ];
@@ -214,6 +217,7 @@ impl Condition {
             Condition::Config => "config",
             Condition::Backend => "backend",
             Condition::Masquerade => "masquerade",
+            Condition::Forward => "forward",
             Condition::Cloud => "cloud",
             Condition::Kernel => "kernel",
         }

@@ -315,3 +315,66 @@ fn hostile_public_ips_get_nothing_installed() {
     }
     assert_full_mesh(&cluster, &pods);
 }
+
+/// `iptables -S FORWARD` in host i's namespace.
+fn iptables_forward(cluster: &Cluster, i: usize) -> Vec<String> {
+    let out = cluster.host_ns(i).command("iptables").unwrap().args(["-S", "FORWARD"]).output().unwrap();
+    assert!(out.status.success(), "iptables -S FORWARD in h{i}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn weft_forward_rules(cluster: &Cluster, i: usize) -> Vec<String> {
+    iptables_forward(cluster, i).into_iter().filter(|rule| rule.contains("10.244.0.0/16")).collect()
+}
+
+/// Docker's FORWARD DROP policy (iptables-nft) on both hosts: with `agent.forward_rules` (the
+/// default) pods still reach each other; without, they do not. `weft agent --cleanup` takes the
+/// rules away, and only them.
+#[test]
+fn forward_rules_let_pods_talk_under_a_forward_drop_policy() {
+    let mut cluster = Cluster::with_etcd(2);
+    cluster.write_config(&format!("{NETWORK}\n[network.backend]\ntype = \"host-gw\""));
+    cluster.weft_ok(&["network", "apply"]);
+    for i in 1..=2 {
+        let out = cluster.host_ns(i).command("iptables").unwrap().args(["-P", "FORWARD", "DROP"]).output().unwrap();
+        assert!(out.status.success(), "iptables -P FORWARD DROP: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for i in 1..=2 {
+        cluster.start_agent(i, &["--forward-rules", "false"]);
+    }
+    let infos: Vec<SubnetInfo> = (1..=2).map(|i| cluster.wait_subnet(i)).collect();
+    let pods: Vec<PodAddrs> = (1..=2).map(|i| cluster.make_pod(i, infos[i - 1])).collect();
+    let peer = infos[1].subnet.trunc().to_string();
+    wait_until("h1's route to h2's subnet", Duration::from_secs(10), || weft_routes(&cluster, 1).contains(&peer));
+    assert!(weft_forward_rules(&cluster, 1).is_empty(), "{:?}", iptables_forward(&cluster, 1));
+    assert!(
+        cluster.ping(&cluster.pod_ns(1), pods[1].pod.addr()).is_none(),
+        "pods talk through a FORWARD DROP policy without forward rules: the test proves nothing"
+    );
+
+    for i in 1..=2 {
+        cluster.stop_agent(i);
+        cluster.start_agent(i, &[]);
+    }
+    assert_full_mesh(&cluster, &pods);
+    for i in 1..=2 {
+        let rules = weft_forward_rules(&cluster, i);
+        assert_eq!(rules.len(), 2, "h{i}: {:?}", iptables_forward(&cluster, i));
+        assert!(
+            rules[0].starts_with("-A FORWARD -s 10.244.0.0/16") && rules[1].starts_with("-A FORWARD -d 10.244.0.0/16")
+        );
+    }
+
+    // Stopping the agent leaves its kernel state (a restart must not cut pods off); the cleanup
+    // takes the rules away, the policy stays.
+    cluster.stop_agent(1);
+    assert_eq!(weft_forward_rules(&cluster, 1).len(), 2);
+    let out = cluster.weft_ok(&["agent", "--cleanup"]);
+    assert!(out.contains("FORWARD rules: removed"), "{out}");
+    assert_eq!(iptables_forward(&cluster, 1), ["-P FORWARD DROP"]);
+
+    // Turned off on a running host: removed at the next pass.
+    cluster.stop_agent(2);
+    cluster.start_agent(2, &["--forward-rules", "false"]);
+    wait_until("h2's forward rules removed", Duration::from_secs(10), || weft_forward_rules(&cluster, 2).is_empty());
+}

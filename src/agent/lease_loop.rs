@@ -308,6 +308,7 @@ impl Running {
         self.report_kernel_conflicts();
         heap::release_free_memory();
         self.sync_masquerade().await;
+        self.sync_forward_rules().await;
         self.check_backend(watcher, false).await;
     }
 

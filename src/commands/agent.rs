@@ -30,8 +30,11 @@ pub struct AgentArgs {
     /// Masquerade traffic leaving the cluster network (overrides agent.ip_masq).
     #[arg(long)]
     pub ip_masq: Option<bool>,
+    /// Accept the cluster network in iptables' FORWARD chain (overrides agent.forward_rules).
+    #[arg(long)]
+    pub forward_rules: Option<bool>,
     /// Remove everything weft installed on this host (devices, routes, neighbours, FDB entries,
-    /// nexthops, the masquerade table) and exit. The lease is left to expire.
+    /// nexthops, the masquerade table, its FORWARD rules) and exit. The lease is left to expire.
     #[arg(long)]
     pub cleanup: bool,
 }
@@ -53,6 +56,9 @@ impl AgentArgs {
         }
         if let Some(masq) = self.ip_masq {
             flags.set("agent.ip_masq", masq);
+        }
+        if let Some(forward) = self.forward_rules {
+            flags.set("agent.forward_rules", forward);
         }
         flags
     }
@@ -270,10 +276,11 @@ async fn cleanup() -> Result<(), CommandError> {
     match crate::cleanup::cleanup(&kernel).await {
         Ok(removed) => {
             println!(
-                "removed {} kernel objects, devices {:?}, masquerade table: {}",
+                "removed {} kernel objects, devices {:?}, masquerade table: {}, FORWARD rules: {}",
                 removed.objects,
                 removed.devices,
-                if removed.masquerade { "removed" } else { "none" }
+                if removed.masquerade { "removed" } else { "none" },
+                if removed.forward_rules { "removed" } else { "none" }
             );
             Ok(())
         }
