@@ -29,6 +29,8 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(commands::config_check::ConfigCommand),
+    /// Ask the local agent what it is doing (exit 1: not ready; 2: not reachable).
+    Status(commands::status::StatusArgs),
     /// Build a small cluster of hosts out of network namespaces on this machine.
     #[command(subcommand)]
     Lab(commands::lab::LabCommand),
@@ -55,6 +57,7 @@ pub fn main() -> ExitCode {
             Command::Leases(cmd) => commands::leases::run(&cli.global, cmd).await,
             Command::Config(cmd) => commands::config_check::run(&cli.global, cmd),
             Command::Lab(cmd) => commands::lab::run(&cli.global, cmd).await,
+            Command::Status(args) => commands::status::run(&cli.global, args),
             Command::Version => {
                 println!("weft {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -365,6 +365,16 @@ fn forward_rules_let_pods_talk_under_a_forward_drop_policy() {
         );
     }
 
+    // `weft status` in h1 (agent.listen from the config: the default address) counts the peer
+    // the kernel carries and the objects installed for it.
+    let status = cluster.weft_ok(&["status", "-o", "json"]);
+    let status: weft::status::AgentStatus = serde_json::from_str(&status).unwrap();
+    assert!(status.ready, "{status:#?}");
+    assert_eq!((status.peers.known, status.peers.kernel), (1, 1), "{status:#?}");
+    assert!(status.kernel.wanted >= 1 && status.kernel.installed == status.kernel.wanted, "{status:#?}");
+    assert_eq!(status.backends.active.as_deref(), Some("host-gw"));
+    assert!(status.conditions.iter().any(|c| c.name == "forward" && c.ok), "{status:#?}");
+
     // Stopping the agent leaves its kernel state (a restart must not cut pods off); the cleanup
     // takes the rules away, the policy stays.
     cluster.stop_agent(1);

@@ -25,6 +25,7 @@ impl Running {
             debug!(error = %e, "sd_notify READY");
         }
         self.health.ok(Condition::Lease);
+        self.report_dataplane();
         Ok(())
     }
 
@@ -95,7 +96,18 @@ impl Running {
         env.write(path).map_err(|source| AgentError::SubnetEnv { path: path.display().to_string(), source })
     }
 
+    /// The lease-expiry metric and `/status`'s lease, whenever the lease is (re)written.
     pub(super) fn note_expiry(&self) {
+        let lease = &self.own.lease;
+        self.health.set_lease(crate::status::LeaseState {
+            subnets: vec![lease.subnet.to_string()],
+            public_ip: lease.attrs.public_ip.to_string(),
+            backend_type: lease.attrs.backend_type.clone(),
+            expires: match lease.expiry {
+                Expiry::At(when) => Some(crate::status::timestamp(when)),
+                Expiry::Never | Expiry::Unknown => None,
+            },
+        });
         let seconds = match self.own.lease.expiry {
             Expiry::At(when) => when.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             Expiry::Never | Expiry::Unknown => 0.0,

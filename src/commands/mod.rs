@@ -5,6 +5,7 @@ pub mod config_check;
 pub mod lab;
 pub mod leases;
 pub mod network;
+pub mod status;
 
 mod common;
 pub use common::{CommandError, GlobalArgs};
