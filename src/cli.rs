@@ -29,6 +29,9 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(commands::config_check::ConfigCommand),
+    /// Check this host's view of the cluster (`connectivity`: ping every peer's subnet).
+    #[command(subcommand)]
+    Check(commands::check::CheckCommand),
     /// Ask the local agent what it is doing (exit 1: not ready; 2: not reachable).
     Status(commands::status::StatusArgs),
     /// Build a small cluster of hosts out of network namespaces on this machine.
@@ -57,6 +60,7 @@ pub fn main() -> ExitCode {
             Command::Leases(cmd) => commands::leases::run(&cli.global, cmd).await,
             Command::Config(cmd) => commands::config_check::run(&cli.global, cmd),
             Command::Lab(cmd) => commands::lab::run(&cli.global, cmd).await,
+            Command::Check(cmd) => commands::check::run(&cli.global, cmd).await,
             Command::Status(args) => commands::status::run(&cli.global, args),
             Command::Version => {
                 println!("weft {}", env!("CARGO_PKG_VERSION"));

@@ -388,3 +388,36 @@ fn forward_rules_let_pods_talk_under_a_forward_drop_policy() {
     cluster.start_agent(2, &["--forward-rules", "false"]);
     wait_until("h2's forward rules removed", Duration::from_secs(10), || weft_forward_rules(&cluster, 2).is_empty());
 }
+
+/// `weft check connectivity` from h1: h2's subnet answers at its first address (cni0), a lease
+/// of a host that is not there does not, and the exit code says so.
+#[test]
+fn check_connectivity_pings_every_peer_subnet_and_fails_on_a_dead_one() {
+    let (cluster, infos, _pods) = cluster_with_pods(2, "type = \"host-gw\"");
+    let subnet_file = cluster.subnet_file(1);
+    let args = ["check", "connectivity", "-o", "json", "--subnet-file", subnet_file.to_str().unwrap()];
+    let peer = infos[1].subnet.trunc().to_string();
+    wait_until("h1's route to h2", Duration::from_secs(10), || weft_routes(&cluster, 1).contains(&peer));
+    let out = cluster.weft(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<weft::commands::check::PeerProbe> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "our own subnet is left out: {rows:#?}");
+    assert_eq!(rows[0].subnet, peer);
+    assert_eq!(rows[0].target, infos[1].subnet.trunc().hosts().next().unwrap().to_string());
+    assert!(rows[0].reachable && rows[0].rtt_ms.is_some(), "{rows:#?}");
+    assert_eq!(rows[0].path, "host-gw");
+
+    // A lease whose host does not exist.
+    let attrs = r#"{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"host-gw"}"#;
+    cluster.etcdctl(&["put", "/coreos.com/network/subnets/10.244.20.0-24", attrs]);
+    let out = cluster.weft(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<weft::commands::check::PeerProbe> = serde_json::from_slice(&out.stdout).unwrap();
+    let dead = rows.iter().find(|r| r.subnet == "10.244.20.0/24").expect("the dead lease is probed");
+    assert!(!dead.reachable && dead.rtt_ms.is_none(), "{rows:#?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 peers unreachable"));
+    let text = cluster
+        .weft(&args[..2].iter().copied().chain(["--subnet-file", subnet_file.to_str().unwrap()]).collect::<Vec<_>>());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("10.244.20.0/24") && text.contains('✗') && text.contains('✓'), "{text}");
+}

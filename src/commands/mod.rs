@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod agent;
+pub mod check;
 pub mod config_check;
 pub mod lab;
 pub mod leases;
