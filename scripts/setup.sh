@@ -42,6 +42,7 @@ packages=(
   etcd-server etcd-client                         # the real etcd the tests run
   openssl                                         # certificates for the etcd-over-TLS tests
   iproute2 iputils-ping nftables                  # lab and tests inspect with ip/nft, ping pods
+  iptables                                        # tests set a FORWARD DROP policy as Docker does
   containernetworking-plugins                     # real CNI plugins for weft-cni tests
   python3-venv                                    # moto (EC2 model) for the aws-vpc tests
 )

@@ -1,6 +1,6 @@
 //! `weft agent --cleanup`: removes everything weft owns on this host — its vxlan devices (and with
 //! them their neighbours and FDB entries), every route and nexthop object with weft's protocol
-//! number, and its nftables table. The lease in the store is left to expire.
+//! number, its nftables table and its rules in iptables' FORWARD chain. The lease in the store is left to expire.
 
 use tracing::info;
 
@@ -12,6 +12,8 @@ pub struct Removed {
     pub objects: usize,
     pub devices: Vec<String>,
     pub masquerade: bool,
+    /// weft's rules in iptables' FORWARD chain.
+    pub forward_rules: bool,
 }
 
 /// Devices weft creates: `flannel.<vni>`.
@@ -19,7 +21,7 @@ pub fn is_weft_device(name: &str) -> bool {
     vxlan_device_vni(name).is_some()
 }
 
-/// Removes weft's kernel objects, devices and masquerade table; every failure is reported, and a
+/// Removes weft's kernel objects, devices, masquerade table and FORWARD rules; every failure is reported, and a
 /// failure does not stop the rest.
 pub async fn cleanup(kernel: &dyn Kernel) -> Result<Removed, Vec<String>> {
     let mut errors = Vec::new();
@@ -47,7 +49,18 @@ pub async fn cleanup(kernel: &dyn Kernel) -> Result<Removed, Vec<String>> {
         Ok(Err(e)) => errors.push(e.to_string()),
         Err(e) => errors.push(format!("masquerade task: {e}")),
     }
-    info!(objects = removed.objects, devices = ?removed.devices, masquerade = removed.masquerade, "cleaned up");
+    match tokio::task::spawn_blocking(crate::masq::forward::remove).await {
+        Ok(Ok(was_there)) => removed.forward_rules = was_there,
+        Ok(Err(e)) => errors.push(e.to_string()),
+        Err(e) => errors.push(format!("FORWARD rules task: {e}")),
+    }
+    info!(
+        objects = removed.objects,
+        devices = ?removed.devices,
+        masquerade = removed.masquerade,
+        forward_rules = removed.forward_rules,
+        "cleaned up"
+    );
     if errors.is_empty() {
         Ok(removed)
     } else {

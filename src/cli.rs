@@ -29,6 +29,11 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(commands::config_check::ConfigCommand),
+    /// Check this host's view of the cluster (`connectivity`: ping every peer's subnet).
+    #[command(subcommand)]
+    Check(commands::check::CheckCommand),
+    /// Ask the local agent what it is doing (exit 1: not ready; 2: not reachable).
+    Status(commands::status::StatusArgs),
     /// Build a small cluster of hosts out of network namespaces on this machine.
     #[command(subcommand)]
     Lab(commands::lab::LabCommand),
@@ -62,6 +67,8 @@ pub fn main() -> ExitCode {
             Command::Config(cmd) => commands::config_check::run(&cli.global, cmd),
             Command::Lab(cmd) => commands::lab::run(&cli.global, cmd).await,
             Command::Version(output) => commands::version::run(output),
+            Command::Check(cmd) => commands::check::run(&cli.global, cmd).await,
+            Command::Status(args) => commands::status::run(&cli.global, args),
         }
     });
     match result {

@@ -40,6 +40,9 @@ pub struct AgentSection {
     pub underlay_cidrs: Vec<String>,
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
+    /// Accept rules for the cluster network in iptables' FORWARD chain (flannel's
+    /// `--iptables-forward-rules`), so a FORWARD policy of DROP does not cut pods off.
+    pub forward_rules: bool,
     #[serde(with = "humantime_serde")]
     pub renew_margin: Duration,
     /// How long a lease lasts in the store (flannel: 24 h).
@@ -84,6 +87,7 @@ impl Default for AgentSection {
             underlay_cidrs: Vec::new(),
             subnet_file: "/run/flannel/subnet.env".into(),
             ip_masq: false,
+            forward_rules: true,
             renew_margin: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(24 * 3600),
             resync: Duration::from_secs(60),

@@ -87,6 +87,19 @@ struct Live {
     unused_since: Option<Instant>,
 }
 
+/// The data plane at a glance (`weft status`), as of the last sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneView {
+    pub active: Option<BackendKind>,
+    pub retiring: Vec<BackendKind>,
+    /// Peers the kernel backends installed objects for.
+    pub kernel_peers: usize,
+    /// weft's kernel objects the peers want, and how many of them are in (wanted less the
+    /// operations the kernel refused).
+    pub wanted: usize,
+    pub installed: usize,
+}
+
 pub struct Dataplane {
     kernel_factory: KernelFactory,
     kernel: Option<Arc<dyn Kernel>>,
@@ -299,13 +312,30 @@ impl Dataplane {
         }
     }
 
+    /// What `/status` shows of the data plane.
+    pub fn status_view(&self) -> DataplaneView {
+        let (kernel_peers, wanted, failed) = match &self.sync {
+            Some(sync) => {
+                let (peers, objects) = sync.counts();
+                (peers, objects, sync.last_failed())
+            }
+            None => (0, 0, 0),
+        };
+        DataplaneView {
+            active: self.active_kind(),
+            retiring: self.retiring_kinds(),
+            kernel_peers,
+            wanted,
+            installed: wanted.saturating_sub(failed),
+        }
+    }
+
     pub fn active_kind(&self) -> Option<BackendKind> {
         self.active.as_ref().map(|s| s.backend.kind())
     }
 
     /// The kinds still serving peers that have not moved to the active one.
-    #[cfg(test)]
-    fn retiring_kinds(&self) -> Vec<BackendKind> {
+    pub fn retiring_kinds(&self) -> Vec<BackendKind> {
         self.retiring.iter().map(|r| r.backend.kind()).collect()
     }
 

@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz` and `/metrics` (Prometheus text) on `agent.listen`.
+//! `/healthz`, `/readyz`, `/metrics` (Prometheus text) and `/status` (JSON, [`AgentStatus`]) on
+//! `agent.listen`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+
+use crate::status::{self, AgentStatus, Backends, ConditionState, KernelObjects, LeaseState, Reload, StoreHealth};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum EventKind {
@@ -212,6 +215,8 @@ pub enum Condition {
     Backend,
     /// weft's nftables masquerade rules are as `agent.ip_masq` wants (the host's side effects).
     Masquerade,
+    /// weft's FORWARD accept rules are as `agent.forward_rules` wants (the host's side effects).
+    Forward,
     /// Our cloud route is in place (the cloud backend's worker).
     Cloud,
     /// No peer is kept out of the kernel by a route or nexthop object of someone else (the lease
@@ -220,12 +225,13 @@ pub enum Condition {
 }
 
 impl Condition {
-    pub const ALL: [Condition; 7] = [
+    pub const ALL: [Condition; 8] = [
         Condition::Network,
         Condition::Lease,
         Condition::Config,
         Condition::Backend,
         Condition::Masquerade,
+        Condition::Forward,
         Condition::Cloud,
         Condition::Kernel,
     ];
@@ -237,6 +243,7 @@ impl Condition {
             Condition::Config => "config",
             Condition::Backend => "backend",
             Condition::Masquerade => "masquerade",
+            Condition::Forward => "forward",
             Condition::Cloud => "cloud",
             Condition::Kernel => "kernel",
         }
@@ -296,6 +303,18 @@ impl Readiness {
 pub struct Health {
     pub metrics: Metrics,
     readiness: Mutex<Readiness>,
+    status: Mutex<StatusParts>,
+}
+
+/// What `/status` shows beyond readiness and metrics, each part written by its owner.
+#[derive(Debug, Clone, Default)]
+struct StatusParts {
+    lease: Option<LeaseState>,
+    backends: Backends,
+    kernel_peers: u64,
+    kernel: KernelObjects,
+    store: StoreHealth,
+    last_reload: Option<Reload>,
 }
 
 impl Health {
@@ -322,6 +341,76 @@ impl Health {
     pub fn readiness(&self) -> Readiness {
         self.readiness.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    fn parts(&self) -> std::sync::MutexGuard<'_, StatusParts> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Our lease as now held (the lease loop).
+    pub fn set_lease(&self, lease: LeaseState) {
+        self.parts().lease = Some(lease);
+    }
+
+    /// The data plane after a sync: backends, peers with kernel objects, objects wanted and
+    /// installed.
+    pub fn set_dataplane(&self, backends: Backends, kernel_peers: u64, kernel: KernelObjects) {
+        let mut parts = self.parts();
+        (parts.backends, parts.kernel_peers, parts.kernel) = (backends, kernel_peers, kernel);
+    }
+
+    /// A request to the store failed: counted (`weft_store_errors_total`) and kept as the last.
+    pub fn store_error(&self, why: impl std::fmt::Display) {
+        self.metrics.store_errors.inc();
+        let mut parts = self.parts();
+        parts.store.ok = false;
+        parts.store.last_error = Some(why.to_string());
+        parts.store.last_error_at = Some(status::timestamp(std::time::SystemTime::now()));
+    }
+
+    /// A request to the store succeeded.
+    pub fn store_ok(&self) {
+        self.parts().store.ok = true;
+    }
+
+    /// The configuration was read again, for `trigger`, with `outcome`.
+    pub fn reloaded(&self, trigger: &str, ok: bool, outcome: impl std::fmt::Display) {
+        let at = status::timestamp(std::time::SystemTime::now());
+        self.parts().last_reload = Some(Reload { at, trigger: trigger.to_string(), ok, outcome: outcome.to_string() });
+    }
+
+    /// `/status`'s document.
+    pub fn status(&self) -> AgentStatus {
+        let readiness = self.readiness();
+        let conditions = Condition::ALL
+            .iter()
+            .map(|c| {
+                let reason = readiness.problem(*c).map(str::to_string);
+                ConditionState { name: c.name().to_string(), ok: reason.is_none(), reason }
+            })
+            .collect();
+        let path = |name: &str| {
+            let labels = PathLabels { path: name.to_string() };
+            self.metrics.peers_by_path.get(&labels).map_or(0, |g| g.get().max(0) as u64)
+        };
+        let parts = self.parts().clone();
+        let mut store = parts.store;
+        store.errors = self.metrics.store_errors.get();
+        AgentStatus {
+            ready: readiness.is_ready(),
+            conditions,
+            lease: parts.lease,
+            backends: parts.backends,
+            peers: status::Peers {
+                known: self.metrics.leases_watched.get().max(0) as u64,
+                kernel: parts.kernel_peers,
+                cloud: path("cloud"),
+                overlay: path("overlay"),
+            },
+            kernel: parts.kernel,
+            store,
+            last_reload: parts.last_reload,
+        }
+    }
 }
 
 /// Serves the endpoints until `cancel`. Binding happens before returning, so a taken port is an
@@ -336,6 +425,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/status", get(status_json))
         .with_state(health);
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
@@ -349,6 +439,13 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     let readiness = health.readiness();
     let status = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, readiness.explain())
+}
+
+/// 200 with the document whether ready or not: `ready` says which (a client must not need the
+/// status code to read it).
+async fn status_json(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let body = serde_json::to_string_pretty(&health.status()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    ([(header::CONTENT_TYPE, "application/json")], body + "\n")
 }
 
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
@@ -388,6 +485,28 @@ mod tests {
         assert_eq!(readiness.problem(Condition::Cloud), Some("route table rtb-1 is full"));
         health.ok(Condition::Cloud);
         assert_eq!(health.readiness().failing().map(|(c, _)| c).collect::<Vec<_>>(), [Condition::Masquerade]);
+    }
+
+    #[test]
+    fn the_status_lists_every_condition_and_counts_store_errors() {
+        let health = Health::default();
+        health.store_error("connection refused");
+        health.store_error("connection refused again");
+        let status = health.status();
+        assert!(!status.ready);
+        assert_eq!(status.conditions.len(), Condition::ALL.len());
+        assert_eq!(status.conditions[1].reason.as_deref(), Some("no lease held yet"));
+        assert!(status.conditions[2].ok, "config holds from the start");
+        assert_eq!((status.store.ok, status.store.errors), (false, 2));
+        assert_eq!(status.store.last_error.as_deref(), Some("connection refused again"));
+        health.store_ok();
+        health.reloaded("SIGHUP", true, "unchanged");
+        let status = health.status();
+        assert!(status.store.ok && status.store.last_error.is_some(), "the last error stays on record");
+        assert_eq!(
+            status.last_reload.map(|r| (r.trigger, r.ok, r.outcome)),
+            Some(("SIGHUP".into(), true, "unchanged".into()))
+        );
     }
 
     #[test]

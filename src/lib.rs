@@ -22,6 +22,7 @@ pub mod logging;
 pub mod masq;
 pub mod netns;
 pub mod network;
+pub mod status;
 pub mod store;
 pub mod subnet_env;
 pub mod watch;

@@ -16,6 +16,7 @@
 
 mod batch;
 mod expr;
+pub mod forward;
 mod query;
 pub mod rules;
 mod socket;
@@ -269,10 +270,10 @@ pub fn read_family(family: Family) -> Result<Option<Installed>, MasqError> {
     let mut socket = NftSocket::open().map_err(fail)?;
     // Three questions rather than one dump of everything: each answer is small and filtered
     // by the kernel. A table replaced in between is caught by the next check.
-    if !query::table_exists(&mut socket, family).map_err(fail)? {
+    if !query::table_exists(&mut socket, family, query::WEFT_CHAIN).map_err(fail)? {
         return Ok(None);
     }
-    let chain = query::chain(&mut socket, family).map_err(fail)?;
+    let chain = query::chain(&mut socket, family, query::WEFT_CHAIN).map_err(fail)?;
     let rules = query::rules(&mut socket, family).map_err(fail)?;
     Ok(Some(Installed { family, chain, rules }))
 }

@@ -490,3 +490,72 @@ fn host_settings_apply_live_from_the_edited_file() {
     assert_eq!(read_subnet(&a.subnet_file).unwrap(), subnet);
     a.stop();
 }
+
+/// `weft status` against a real agent: its JSON parsed, exit 0 when ready; 1 with the failing
+/// condition when the store cannot be reached; 2 when no agent answers.
+#[test]
+fn status_shows_the_lease_conditions_and_reloads_and_exits_by_readiness() {
+    let etcd = EtcdServer::start();
+    let setup = Setup::etcd(&etcd.endpoint, ALLOC);
+    setup.ok(&["network", "apply"]);
+    let mut a = setup.agent("a", "198.51.100.1", &[]);
+    let subnet = a.wait_subnet();
+    a.wait_for("ready", 10, |ag| ag.get("/readyz").0 == 200);
+    a.signal("HUP");
+    a.wait_for("the reload", 10, |ag| ag.get("/status").1.contains("\"trigger\": \"SIGHUP\""));
+
+    let json = setup.weft(&["status", "-o", "json", "--agent", &format!("http://{}", a.listen)]);
+    assert_eq!(json.status.code(), Some(0), "{}", String::from_utf8_lossy(&json.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(status["ready"], true, "{status:#}");
+    assert_eq!(status["lease"]["subnets"][0], subnet.as_str(), "{status:#}");
+    assert_eq!(status["lease"]["public_ip"], "198.51.100.1");
+    assert!(status["lease"]["expires"].as_str().unwrap().ends_with('Z'), "{status:#}");
+    assert_eq!(status["backends"]["active"], "alloc");
+    let conditions = status["conditions"].as_array().unwrap();
+    assert!(conditions.len() >= 7 && conditions.iter().all(|c| c["ok"] == true), "{status:#}");
+    assert!(conditions.iter().any(|c| c["name"] == "forward"), "{status:#}");
+    assert_eq!(status["store"]["ok"], true);
+    assert_eq!(status["last_reload"]["outcome"], "unchanged", "{status:#}");
+    // The same document is what the library reads.
+    let parsed: weft::status::AgentStatus = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(parsed.ready);
+
+    // The address from the configuration's layers (here the environment), text output.
+    let text = std::process::Command::new(common::weft::WEFT)
+        .args(["--config", setup.config.to_str().unwrap(), "status"])
+        .env("WEFT_AGENT__LISTEN", &a.listen)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&text.stderr));
+    assert!(stdout.starts_with("ready: yes\n  ✓ network\n"), "{stdout}");
+    assert!(stdout.contains(&format!("lease: {subnet} (public IP 198.51.100.1, backend alloc), expires ")), "{stdout}");
+    assert!(stdout.contains("last reload: ✓ "), "{stdout}");
+
+    // An agent whose store does not answer: not ready, and says why.
+    let dead = Setup::etcd(&format!("http://127.0.0.1:{}", common::weft::free_port()), ALLOC);
+    let b = dead.agent("b", "198.51.100.2", &[]);
+    b.wait_for("a store error", 20, |ag| {
+        serde_json::from_str::<weft::status::AgentStatus>(&ag.get("/status").1).is_ok_and(|s| !s.store.ok)
+    });
+    let out = dead.weft(&["status", "-o", "json", "--agent", &b.listen]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: weft::status::AgentStatus = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!status.ready && !status.store.ok && status.store.errors > 0, "{status:#?}");
+    let network = status.conditions.iter().find(|c| c.name == "network").unwrap();
+    assert!(network.reason.as_deref().unwrap_or("").contains("reading the network config"), "{status:#?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready (network"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // No agent: exit 2, said plainly.
+    let port = common::weft::free_port();
+    let out = setup.weft(&["status", "--agent", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot reach the agent at 127.0.0.1:{port}")), "{stderr}");
+    a.stop();
+}

@@ -289,3 +289,50 @@ fn pod_traffic_leaving_the_network_is_masqueraded() {
     assert!(topology.host.run(masq::remove).unwrap());
     assert_eq!(source_seen(&topology.pod, &server).to_string(), "10.244.3.2", "after remove");
 }
+
+/// `iptables -S FORWARD` in the namespace (iptables-nft: table `ip filter`).
+fn iptables_forward(ns: &Ns) -> Vec<String> {
+    ns.ok("iptables", &["-S", "FORWARD"]).lines().map(str::to_string).collect()
+}
+
+/// Under iptables' FORWARD DROP policy weft's accept rules go into iptables' own chain, in a shape
+/// iptables lists and goes on editing; anyone else's rules there are left alone; removal takes
+/// exactly weft's. Without that chain nothing is written.
+#[test]
+fn forward_rules_go_into_iptables_forward_chain_and_only_ours_are_removed() {
+    use weft::masq::forward::{self, ForwardChange};
+    let ns = Ns::new("fwd");
+    let network = v4(NETWORK);
+    assert_eq!(ns.run(move || forward::sync(true, network)).unwrap(), ForwardChange::NoChain);
+    assert!(ns.table_json("ip", "filter").is_none(), "weft created iptables' table");
+
+    ns.ok("iptables", &["-P", "FORWARD", "DROP"]);
+    ns.ok("iptables", &["-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "ACCEPT"]);
+    assert_eq!(ns.run(move || forward::sync(true, network)).unwrap(), ForwardChange::Installed);
+    let listed = iptables_forward(&ns);
+    assert_eq!(listed[0], "-P FORWARD DROP", "{listed:#?}");
+    assert_eq!(listed[1], "-A FORWARD -s 192.0.2.0/24 -j ACCEPT", "{listed:#?}");
+    assert!(listed[2].starts_with("-A FORWARD -s 10.244.0.0/16") && listed[2].ends_with("-j ACCEPT"), "{listed:#?}");
+    assert!(listed[3].starts_with("-A FORWARD -d 10.244.0.0/16") && listed[3].ends_with("-j ACCEPT"), "{listed:#?}");
+    assert_eq!(listed.len(), 4, "{listed:#?}");
+    let nft = ns.nft("list chain ip filter FORWARD");
+    assert!(nft.contains("comment \"weft: forward from the cluster network\""), "{nft}");
+    // iptables (Docker) still edits the chain with weft's rules in it.
+    ns.ok("iptables", &["-I", "FORWARD", "1", "-j", "DROP", "-i", "nothing0"]);
+    assert_eq!(ns.run(move || forward::sync(true, network)).unwrap(), ForwardChange::None);
+
+    // A hand-deleted rule of ours is put back.
+    // (By number: 1 the DROP, 2 the foreign accept, 3 and 4 ours.)
+    ns.ok("iptables", &["-D", "FORWARD", "4"]);
+    assert_eq!(iptables_forward(&ns).len(), 4);
+    assert_eq!(ns.run(move || forward::sync(true, network)).unwrap(), ForwardChange::Installed);
+    assert_eq!(iptables_forward(&ns).len(), 5);
+
+    assert_eq!(ns.run(move || forward::sync(false, network)).unwrap(), ForwardChange::Removed);
+    assert_eq!(
+        iptables_forward(&ns),
+        ["-P FORWARD DROP", "-A FORWARD -i nothing0 -j DROP", "-A FORWARD -s 192.0.2.0/24 -j ACCEPT"]
+    );
+    assert_eq!(ns.run(move || forward::sync(false, network)).unwrap(), ForwardChange::None);
+    assert!(!ns.run(forward::remove).unwrap(), "nothing of weft's left to remove");
+}

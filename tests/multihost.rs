@@ -315,3 +315,109 @@ fn hostile_public_ips_get_nothing_installed() {
     }
     assert_full_mesh(&cluster, &pods);
 }
+
+/// `iptables -S FORWARD` in host i's namespace.
+fn iptables_forward(cluster: &Cluster, i: usize) -> Vec<String> {
+    let out = cluster.host_ns(i).command("iptables").unwrap().args(["-S", "FORWARD"]).output().unwrap();
+    assert!(out.status.success(), "iptables -S FORWARD in h{i}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn weft_forward_rules(cluster: &Cluster, i: usize) -> Vec<String> {
+    iptables_forward(cluster, i).into_iter().filter(|rule| rule.contains("10.244.0.0/16")).collect()
+}
+
+/// Docker's FORWARD DROP policy (iptables-nft) on both hosts: with `agent.forward_rules` (the
+/// default) pods still reach each other; without, they do not. `weft agent --cleanup` takes the
+/// rules away, and only them.
+#[test]
+fn forward_rules_let_pods_talk_under_a_forward_drop_policy() {
+    let mut cluster = Cluster::with_etcd(2);
+    cluster.write_config(&format!("{NETWORK}\n[network.backend]\ntype = \"host-gw\""));
+    cluster.weft_ok(&["network", "apply"]);
+    for i in 1..=2 {
+        let out = cluster.host_ns(i).command("iptables").unwrap().args(["-P", "FORWARD", "DROP"]).output().unwrap();
+        assert!(out.status.success(), "iptables -P FORWARD DROP: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for i in 1..=2 {
+        cluster.start_agent(i, &["--forward-rules", "false"]);
+    }
+    let infos: Vec<SubnetInfo> = (1..=2).map(|i| cluster.wait_subnet(i)).collect();
+    let pods: Vec<PodAddrs> = (1..=2).map(|i| cluster.make_pod(i, infos[i - 1])).collect();
+    let peer = infos[1].subnet.trunc().to_string();
+    wait_until("h1's route to h2's subnet", Duration::from_secs(10), || weft_routes(&cluster, 1).contains(&peer));
+    assert!(weft_forward_rules(&cluster, 1).is_empty(), "{:?}", iptables_forward(&cluster, 1));
+    assert!(
+        cluster.ping(&cluster.pod_ns(1), pods[1].pod.addr()).is_none(),
+        "pods talk through a FORWARD DROP policy without forward rules: the test proves nothing"
+    );
+
+    for i in 1..=2 {
+        cluster.stop_agent(i);
+        cluster.start_agent(i, &[]);
+    }
+    assert_full_mesh(&cluster, &pods);
+    for i in 1..=2 {
+        let rules = weft_forward_rules(&cluster, i);
+        assert_eq!(rules.len(), 2, "h{i}: {:?}", iptables_forward(&cluster, i));
+        assert!(
+            rules[0].starts_with("-A FORWARD -s 10.244.0.0/16") && rules[1].starts_with("-A FORWARD -d 10.244.0.0/16")
+        );
+    }
+
+    // `weft status` in h1 (agent.listen from the config: the default address) counts the peer
+    // the kernel carries and the objects installed for it.
+    let status = cluster.weft_ok(&["status", "-o", "json"]);
+    let status: weft::status::AgentStatus = serde_json::from_str(&status).unwrap();
+    assert!(status.ready, "{status:#?}");
+    assert_eq!((status.peers.known, status.peers.kernel), (1, 1), "{status:#?}");
+    assert!(status.kernel.wanted >= 1 && status.kernel.installed == status.kernel.wanted, "{status:#?}");
+    assert_eq!(status.backends.active.as_deref(), Some("host-gw"));
+    assert!(status.conditions.iter().any(|c| c.name == "forward" && c.ok), "{status:#?}");
+
+    // Stopping the agent leaves its kernel state (a restart must not cut pods off); the cleanup
+    // takes the rules away, the policy stays.
+    cluster.stop_agent(1);
+    assert_eq!(weft_forward_rules(&cluster, 1).len(), 2);
+    let out = cluster.weft_ok(&["agent", "--cleanup"]);
+    assert!(out.contains("FORWARD rules: removed"), "{out}");
+    assert_eq!(iptables_forward(&cluster, 1), ["-P FORWARD DROP"]);
+
+    // Turned off on a running host: removed at the next pass.
+    cluster.stop_agent(2);
+    cluster.start_agent(2, &["--forward-rules", "false"]);
+    wait_until("h2's forward rules removed", Duration::from_secs(10), || weft_forward_rules(&cluster, 2).is_empty());
+}
+
+/// `weft check connectivity` from h1: h2's subnet answers at its first address (cni0), a lease
+/// of a host that is not there does not, and the exit code says so.
+#[test]
+fn check_connectivity_pings_every_peer_subnet_and_fails_on_a_dead_one() {
+    let (cluster, infos, _pods) = cluster_with_pods(2, "type = \"host-gw\"");
+    let subnet_file = cluster.subnet_file(1);
+    let args = ["check", "connectivity", "-o", "json", "--subnet-file", subnet_file.to_str().unwrap()];
+    let peer = infos[1].subnet.trunc().to_string();
+    wait_until("h1's route to h2", Duration::from_secs(10), || weft_routes(&cluster, 1).contains(&peer));
+    let out = cluster.weft(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<weft::commands::check::PeerProbe> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "our own subnet is left out: {rows:#?}");
+    assert_eq!(rows[0].subnet, peer);
+    assert_eq!(rows[0].target, infos[1].subnet.trunc().hosts().next().unwrap().to_string());
+    assert!(rows[0].reachable && rows[0].rtt_ms.is_some(), "{rows:#?}");
+    assert_eq!(rows[0].path, "host-gw");
+
+    // A lease whose host does not exist.
+    let attrs = r#"{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"host-gw"}"#;
+    cluster.etcdctl(&["put", "/coreos.com/network/subnets/10.244.20.0-24", attrs]);
+    let out = cluster.weft(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<weft::commands::check::PeerProbe> = serde_json::from_slice(&out.stdout).unwrap();
+    let dead = rows.iter().find(|r| r.subnet == "10.244.20.0/24").expect("the dead lease is probed");
+    assert!(!dead.reachable && dead.rtt_ms.is_none(), "{rows:#?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 peers unreachable"));
+    let text = cluster
+        .weft(&args[..2].iter().copied().chain(["--subnet-file", subnet_file.to_str().unwrap()]).collect::<Vec<_>>());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("10.244.20.0/24") && text.contains('✗') && text.contains('✓'), "{text}");
+}

@@ -1,5 +1,5 @@
-//! The host's side of holding a lease: `subnet.env` for the CNI plugins, weft's masquerade rules,
-//! the lease-expiry metric and systemd's readiness notification.
+//! The host's side of holding a lease: `subnet.env` for the CNI plugins, weft's masquerade and
+//! FORWARD rules, the lease-expiry metric and systemd's readiness notification.
 
 use std::time::UNIX_EPOCH;
 
@@ -9,6 +9,7 @@ use super::{AgentError, Running};
 use crate::health::Condition;
 use crate::lease::Expiry;
 use crate::masq;
+use crate::masq::forward::ForwardChange;
 use crate::subnet_env::SubnetEnv;
 
 impl Running {
@@ -17,12 +18,14 @@ impl Running {
         self.note_expiry();
         self.write_subnet_env()?;
         self.sync_masquerade().await;
+        self.sync_forward_rules().await;
         info!(subnet = %self.own.subnet(), file = %self.config.agent.subnet_file.display(), "lease held, subnet.env written");
         // systemd (Type=notify) starts dependants only now; without NOTIFY_SOCKET this does nothing.
         if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
             debug!(error = %e, "sd_notify READY");
         }
         self.health.ok(Condition::Lease);
+        self.report_dataplane();
         Ok(())
     }
 
@@ -51,6 +54,37 @@ impl Running {
         }
     }
 
+    /// `agent.forward_rules`: weft's accept rules in iptables' FORWARD chain added (or repaired)
+    /// when on, removed when off. The one writer of the forward condition.
+    pub(super) async fn sync_forward_rules(&self) {
+        let (network, wanted) = (self.network.network, self.config.agent.forward_rules);
+        let result = tokio::task::spawn_blocking(move || masq::forward::sync(wanted, network)).await;
+        let problem = match result {
+            Ok(Ok(change)) => {
+                match change {
+                    ForwardChange::Installed => info!(network = %network, "FORWARD accept rules installed"),
+                    ForwardChange::Removed => info!("FORWARD accept rules removed (agent.forward_rules = false)"),
+                    ForwardChange::None | ForwardChange::NoChain => {}
+                }
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("the FORWARD rules task failed: {e}")),
+        };
+        match problem {
+            // Rules turned off on a host whose nf_tables cannot even be read are not rules we
+            // installed: nothing to report.
+            Some(why) if !wanted => debug!(error = %why, "FORWARD rules"),
+            Some(why) => {
+                error!(error = %why, "FORWARD rules");
+                self.health.fail(Condition::Forward, why);
+                return;
+            }
+            None => {}
+        }
+        self.health.ok(Condition::Forward);
+    }
+
     pub(super) fn write_subnet_env(&self) -> Result<(), AgentError> {
         let env = SubnetEnv {
             network: self.network.network,
@@ -62,7 +96,18 @@ impl Running {
         env.write(path).map_err(|source| AgentError::SubnetEnv { path: path.display().to_string(), source })
     }
 
+    /// The lease-expiry metric and `/status`'s lease, whenever the lease is (re)written.
     pub(super) fn note_expiry(&self) {
+        let lease = &self.own.lease;
+        self.health.set_lease(crate::status::LeaseState {
+            subnets: vec![lease.subnet.to_string()],
+            public_ip: lease.attrs.public_ip.to_string(),
+            backend_type: lease.attrs.backend_type.clone(),
+            expires: match lease.expiry {
+                Expiry::At(when) => Some(crate::status::timestamp(when)),
+                Expiry::Never | Expiry::Unknown => None,
+            },
+        });
         let seconds = match self.own.lease.expiry {
             Expiry::At(when) => when.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             Expiry::Never | Expiry::Unknown => 0.0,

@@ -50,7 +50,7 @@ pub(super) async fn wait_for_network(
             },
             Ok(None) => "no network config in the store yet: publish one with `weft network apply`".to_string(),
             Err(e) => {
-                health.metrics.store_errors.inc();
+                health.store_error(format!("reading the network config: {e}"));
                 format!("reading the network config: {e}")
             }
         };
@@ -71,10 +71,13 @@ pub(super) async fn acquire_until_held(
     let mut backoff = Backoff::new();
     loop {
         match leasing::acquire_listed(store, request).await {
-            Ok(acquired) => return Ok(acquired),
+            Ok(acquired) => {
+                health.store_ok();
+                return Ok(acquired);
+            }
             Err(e) => {
                 if matches!(e, LeaseError::Store(_)) {
-                    health.metrics.store_errors.inc();
+                    health.store_error(&e);
                 }
                 error!(error = %e, "cannot acquire a lease; retrying");
                 health.fail(Condition::Lease, &e);
@@ -154,9 +157,12 @@ impl Running {
                     return Ok(());
                 }
                 update = updates.next() => match update {
-                    Some(Ok(update)) => self.handle_update(&mut watcher, update, cancel).await?,
+                    Some(Ok(update)) => {
+                        self.health.store_ok();
+                        self.handle_update(&mut watcher, update, cancel).await?
+                    }
                     Some(Err(e)) => {
-                        self.health.metrics.store_errors.inc();
+                        self.health.store_error(format!("lease watch: {e}"));
                         warn!(error = %e, "lease watch interrupted; it resumes by itself");
                     }
                     None => {
@@ -189,7 +195,7 @@ impl Running {
                 Some(config) = network_configs.next() => match config {
                     Ok(text) => self.on_network_config(text, &mut watcher, cancel).await?,
                     Err(e) => {
-                        self.health.metrics.store_errors.inc();
+                        self.health.store_error(format!("network config watch: {e}"));
                         debug!(error = %e, "network config watch interrupted; it resumes by itself");
                     }
                 },
@@ -211,6 +217,7 @@ impl Running {
             };
             match listed {
                 Ok(listing) => {
+                    self.health.store_ok();
                     let revision = listing.revision;
                     if let Err(e) = self.deliver(watcher, LeaseUpdate::Resync(listing.leases, revision)).await {
                         warn!(error = %e, "backend could not install every peer");
@@ -219,7 +226,7 @@ impl Running {
                     return Ok(revision);
                 }
                 Err(e) => {
-                    self.health.metrics.store_errors.inc();
+                    self.health.store_error(format!("listing leases: {e}"));
                     warn!(error = %e, "listing leases; retrying");
                 }
             }
@@ -295,6 +302,7 @@ impl Running {
         }
         let applied = self.dataplane.apply(watcher.leases(), &delivery.events).await;
         self.report_kernel_conflicts();
+        self.report_dataplane();
         // A cloud backend judges routes stale by the leases it was last told of: keep them current
         // (cheap: it only hands its engine the latest view).
         self.check_backend(watcher, false).await;
@@ -306,9 +314,22 @@ impl Running {
             warn!(error = %e, "repairing the data plane");
         }
         self.report_kernel_conflicts();
+        self.report_dataplane();
         heap::release_free_memory();
         self.sync_masquerade().await;
+        self.sync_forward_rules().await;
         self.check_backend(watcher, false).await;
+    }
+
+    /// The data plane as `/status` shows it, after each sync of it.
+    pub(super) fn report_dataplane(&self) {
+        let view = self.dataplane.status_view();
+        let backends = crate::status::Backends {
+            active: view.active.map(|k| k.to_string()),
+            retiring: view.retiring.iter().map(ToString::to_string).collect(),
+        };
+        let kernel = crate::status::KernelObjects { wanted: view.wanted as u64, installed: view.installed as u64 };
+        self.health.set_dataplane(backends, view.kernel_peers as u64, kernel);
     }
 
     /// What of others keeps peers out of the kernel, after each sync of it: the one writer
@@ -339,6 +360,7 @@ impl Running {
                 debug!(subnet = %own.subnet(), "lease renewed");
                 self.own = own;
                 self.renewal.succeeded();
+                self.health.store_ok();
                 self.health.ok(Condition::Lease);
                 self.health.metrics.renewals.inc();
                 self.note_expiry();
@@ -354,7 +376,7 @@ impl Running {
                 // Tried again on a jittered backoff, without holding up the watch: the lease is
                 // still valid for the renew margin, and hosts cut off together do not retry in
                 // step.
-                self.health.metrics.store_errors.inc();
+                self.health.store_error(format!("renewing the lease: {e}"));
                 let retry_in = self.renewal.failed();
                 warn!(error = %e, ?retry_in, "renewing the lease; retrying");
                 if self.own.has_run_out() {

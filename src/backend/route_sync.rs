@@ -45,6 +45,8 @@ pub struct RouteSync {
     mappers: Vec<(BackendKind, Box<dyn PeerObjects>)>,
     /// What we installed per peer, as of the last successful sync.
     installed: HashMap<Ipv4Net, PeerEntries>,
+    /// Failed operations of the last sync.
+    last_failed: usize,
     /// False until a full pass has seen the kernel: the first sync must adopt what is there.
     synced: bool,
     /// Whose public IPs we install objects towards (every mapper's: written once, here).
@@ -66,6 +68,7 @@ impl RouteSync {
             ownership: Ownership::default(),
             mappers: Vec::new(),
             installed: HashMap::new(),
+            last_failed: 0,
             synced: false,
             trust: PeerTrust::default(),
             rejected_total: Family::default(),
@@ -206,6 +209,7 @@ impl RouteSync {
             }
         }
         let report = self.apply(&ops).await;
+        self.last_failed = report.failed;
         finish(report, problems)
     }
 
@@ -257,7 +261,18 @@ impl RouteSync {
         }
         self.installed = per_peer;
         self.synced = report.failed == 0;
+        self.last_failed = report.failed;
         finish(report, problems)
+    }
+
+    /// Peers with kernel objects, and how many objects they want, as of the last sync.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.installed.len(), self.installed.values().map(|e| e.objects().count()).sum())
+    }
+
+    /// Operations of the last sync the kernel refused (those objects are wanted, not installed).
+    pub fn last_failed(&self) -> usize {
+        self.last_failed
     }
 
     /// Forgets what was installed: the next sync reads the kernel again.

@@ -30,8 +30,11 @@ pub struct AgentArgs {
     /// Masquerade traffic leaving the cluster network (overrides agent.ip_masq).
     #[arg(long)]
     pub ip_masq: Option<bool>,
+    /// Accept the cluster network in iptables' FORWARD chain (overrides agent.forward_rules).
+    #[arg(long)]
+    pub forward_rules: Option<bool>,
     /// Remove everything weft installed on this host (devices, routes, neighbours, FDB entries,
-    /// nexthops, the masquerade table) and exit. The lease is left to expire.
+    /// nexthops, the masquerade table, its FORWARD rules) and exit. The lease is left to expire.
     #[arg(long)]
     pub cleanup: bool,
 }
@@ -53,6 +56,9 @@ impl AgentArgs {
         }
         if let Some(masq) = self.ip_masq {
             flags.set("agent.ip_masq", masq);
+        }
+        if let Some(forward) = self.forward_rules {
+            flags.set("agent.forward_rules", forward);
         }
         flags
     }
@@ -97,6 +103,7 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
                         return Err(CommandError::Runtime(error));
                     };
                     error!(%error, "the new configuration failed; going back to the previous one");
+                    health.reloaded("agent loop restart", false, format!("the new configuration failed ({error}); back to the previous one"));
                     network_file.set(&previous.network);
                     config = previous;
                     break Next::Fallback(store::open_with_network(&config.store, &network_file).await?);
@@ -111,11 +118,13 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
                 Err(e) => {
                     // An invalid edit never stops a running agent.
                     error!(error = %e, "{why}: keeping the running configuration");
+                    health.reloaded(why, false, format!("{e}; keeping the running configuration"));
                     continue;
                 }
             };
             if new == config {
                 info!("{why}: configuration unchanged");
+                health.reloaded(why, true, "unchanged");
                 continue;
             }
             // The new store is opened while the running agent goes on: a store that cannot be
@@ -125,6 +134,11 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
                     Ok(store) => Some(store),
                     Err(e) => {
                         error!(error = %e, "{why}: cannot open the store of the new configuration; keeping the running configuration");
+                        health.reloaded(
+                            why,
+                            false,
+                            format!("cannot open the new store: {e}; keeping the running configuration"),
+                        );
                         continue;
                     }
                 }
@@ -146,6 +160,8 @@ pub async fn run(global: &GlobalArgs, args: AgentArgs) -> Result<(), CommandErro
                 info!("{why}: [network] changed: followed live where it comes from this file (kube), else once published with `weft network apply`");
             }
             let previous = std::mem::replace(&mut config, new);
+            let outcome = if reopened.is_some() { "applied; the agent loop restarts" } else { "applied" };
+            health.reloaded(why, true, outcome);
             if let Some(store) = reopened {
                 fallback = Some(previous);
                 break Next::Reload(store);
@@ -275,10 +291,11 @@ async fn cleanup() -> Result<(), CommandError> {
     match crate::cleanup::cleanup(&kernel).await {
         Ok(removed) => {
             println!(
-                "removed {} kernel objects, devices {:?}, masquerade table: {}",
+                "removed {} kernel objects, devices {:?}, masquerade table: {}, FORWARD rules: {}",
                 removed.objects,
                 removed.devices,
-                if removed.masquerade { "removed" } else { "none" }
+                if removed.masquerade { "removed" } else { "none" },
+                if removed.forward_rules { "removed" } else { "none" }
             );
             Ok(())
         }

@@ -31,19 +31,22 @@ pub struct GlobalArgs {
     pub store_prefix: Option<String>,
 }
 
-/// A command's failure: bad input (exit 2) or something that went wrong at run time (exit 1).
+/// A command's failure: bad input (exit 2), something that went wrong at run time (exit 1), or
+/// the agent a command asks cannot be reached (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("{0}")]
     Input(String),
     #[error("{0}")]
     Runtime(String),
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl CommandError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            CommandError::Input(_) => ExitCode::from(2),
+            CommandError::Input(_) | CommandError::Unreachable(_) => ExitCode::from(2),
             CommandError::Runtime(_) => ExitCode::from(1),
         }
     }

@@ -1,12 +1,14 @@
 //! One module per command.
 
 pub mod agent;
+pub mod check;
 pub mod config_check;
 pub mod lab;
 pub mod leases;
 pub mod network;
 pub mod output;
 pub mod version;
+pub mod status;
 
 mod common;
 pub use common::{CommandError, GlobalArgs};

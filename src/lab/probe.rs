@@ -28,19 +28,32 @@ pub fn ping_all(jobs: &[PingJob]) -> Result<Vec<Probe>, LabError> {
     let mut children: Vec<Child> = Vec::with_capacity(jobs.len());
     for job in jobs {
         let ns = Netns::open(&job.from_ns).map_err(LabError::io(format!("open {}", job.from_ns)))?;
-        let child = ns
-            .command("ping")
-            .map_err(LabError::io(format!("open {}", job.from_ns)))?
-            .args(PING_ARGS)
-            .arg(job.to.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(LabError::io("run ping (install iputils-ping: apt-get install iputils-ping)"))?;
-        children.push(child);
+        let command = ns.command("ping").map_err(LabError::io(format!("open {}", job.from_ns)))?;
+        children.push(spawn_ping(command, job.to)?);
     }
-    Ok(children
+    Ok(collect_pings(children))
+}
+
+/// Like [`ping_all`], from this process's own namespace (`weft check connectivity` on a host).
+pub fn ping_here(targets: &[std::net::Ipv4Addr]) -> Result<Vec<Probe>, LabError> {
+    let children =
+        targets.iter().map(|to| spawn_ping(std::process::Command::new("ping"), *to)).collect::<Result<Vec<_>, _>>()?;
+    Ok(collect_pings(children))
+}
+
+fn spawn_ping(mut command: std::process::Command, to: std::net::Ipv4Addr) -> Result<Child, LabError> {
+    command
+        .args(PING_ARGS)
+        .arg(to.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(LabError::io("run ping (install iputils-ping: apt-get install iputils-ping)"))
+}
+
+fn collect_pings(children: Vec<Child>) -> Vec<Probe> {
+    children
         .into_iter()
         .map(|child| match child.wait_with_output() {
             Ok(out) if out.status.success() => {
@@ -48,7 +61,7 @@ pub fn ping_all(jobs: &[PingJob]) -> Result<Vec<Probe>, LabError> {
             }
             _ => Probe::Failed,
         })
-        .collect())
+        .collect()
 }
 
 /// One pod of the matrix: its namespace and address, `None` where there is no pod.

@@ -9,6 +9,7 @@ use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, NlMsg, Policy, Rule, Table};
 
 use super::expr::{encode, Expr};
+use super::query::ChainRef;
 use super::rules::{Family, MasqRule};
 use super::{CHAIN, PRIORITY_SRCNAT, TABLE};
 
@@ -95,6 +96,26 @@ pub fn delete_table(family: Family) -> LabelledBatch {
     batch.finalize()
 }
 
+/// In chain `at` of `family` (someone else's: iptables' `filter FORWARD`), deletes the rules with
+/// the handles `delete` and appends `add`, in one transaction. The table and chain are not
+/// created: a batch against a chain that is gone fails as a whole (ENOENT).
+pub fn edit_chain(family: Family, at: ChainRef, delete: &[u64], add: &[MasqRule]) -> Result<LabelledBatch, String> {
+    let table = Table::new(at.table, proto_family(family));
+    let chain = Chain::new(at.chain, &table);
+    let name = format!("{family} {} {}", at.table.to_string_lossy(), at.chain.to_string_lossy());
+    let mut batch = Labelled::new();
+    for handle in delete {
+        let mut rule = Rule::new(&chain);
+        rule.set_handle(*handle);
+        batch.add(&rule, MsgType::Del, format!("delete rule {name} handle {handle}"));
+    }
+    for masq_rule in add {
+        let rule = build_rule(&chain, masq_rule)?;
+        batch.add(&rule, MsgType::Add, format!("add rule {name} ({masq_rule})"));
+    }
+    Ok(batch.finalize())
+}
+
 fn nat_chain(table: &Table) -> Chain<'_> {
     let mut chain = Chain::new(CHAIN_C, table);
     chain.set_type(ChainType::Nat);
@@ -150,6 +171,10 @@ impl Expression for Expr {
                 Expr::MasqueradeFullyRandom => {
                     set_u32(raw, sys::NFTNL_EXPR_MASQ_FLAGS, NAT_RANDOM_FULLY);
                 }
+                Expr::Accept => {
+                    set_u32(raw, sys::NFTNL_EXPR_IMM_DREG, libc::NFT_REG_VERDICT as u32);
+                    set_u32(raw, sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_ACCEPT as u32);
+                }
             }
         }
         expr
@@ -163,7 +188,7 @@ impl Expr {
             Expr::Payload { .. } => c"payload",
             Expr::Bitwise { .. } => c"bitwise",
             Expr::Cmp { .. } => c"cmp",
-            Expr::Return => c"immediate",
+            Expr::Return | Expr::Accept => c"immediate",
             Expr::MasqueradeFullyRandom => c"masq",
         }
     }

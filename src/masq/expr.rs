@@ -19,6 +19,8 @@ pub enum Expr {
     Return,
     /// `masquerade fully-random`.
     MasqueradeFullyRandom,
+    /// Verdict `accept`.
+    Accept,
 }
 
 /// The expressions that implement `rule`.
@@ -27,6 +29,7 @@ pub fn encode(rule: &MasqRule) -> Vec<Expr> {
     exprs.push(match rule.action {
         Action::Return => Expr::Return,
         Action::Masquerade => Expr::MasqueradeFullyRandom,
+        Action::Accept => Expr::Accept,
     });
     exprs
 }
@@ -53,6 +56,7 @@ pub fn decode(family: Family, exprs: &[Expr], comment: String) -> Result<MasqRul
     let (action, body) = match exprs.split_last() {
         Some((Expr::Return, body)) => (Action::Return, body),
         Some((Expr::MasqueradeFullyRandom, body)) => (Action::Masquerade, body),
+        Some((Expr::Accept, body)) => (Action::Accept, body),
         Some((last, _)) => return Err(format!("ends with {last:?}, not a verdict weft uses")),
         None => return Err("no expressions".to_string()),
     };

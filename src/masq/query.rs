@@ -14,8 +14,24 @@ use super::rules::Family;
 use super::socket::NftSocket;
 use super::{ChainSpec, InstalledRule};
 
-const TABLE_C: &CStr = c"weft";
-const CHAIN_C: &CStr = c"postrouting";
+/// A chain by table and name: weft's own (`weft`, `postrouting`) or iptables' `filter`
+/// `FORWARD`, where weft's FORWARD rules go.
+#[derive(Clone, Copy)]
+pub struct ChainRef {
+    pub table: &'static CStr,
+    pub chain: &'static CStr,
+}
+
+/// weft's masquerade chain.
+pub const WEFT_CHAIN: ChainRef = ChainRef { table: c"weft", chain: c"postrouting" };
+
+/// A rule as listed: its handle (to delete it by), its comment and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedRule {
+    pub handle: u64,
+    pub comment: String,
+    pub rule: InstalledRule,
+}
 const SEQUENCE: u32 = 1;
 const MNL_CB_OK: c_int = 1;
 
@@ -65,11 +81,11 @@ fn request(kind: c_int, family: Family, flags: c_int, payload: impl FnOnce(*mut 
     buffer.iter().flat_map(|word| word.to_ne_bytes()).take(len).collect()
 }
 
-/// Whether weft's table of `family` exists.
-pub fn table_exists(socket: &mut NftSocket, family: Family) -> io::Result<bool> {
+/// Whether table `at.table` of `family` exists.
+pub fn table_exists(socket: &mut NftSocket, family: Family, at: ChainRef) -> io::Result<bool> {
     // SAFETY (both blocks): a fresh table object; libnftnl copies the name.
     let table = Owned::new(unsafe { sys::nftnl_table_alloc() }, sys::nftnl_table_free);
-    unsafe { sys::nftnl_table_set_str(table.raw(), sys::NFTNL_TABLE_NAME as u16, TABLE_C.as_ptr()) };
+    unsafe { sys::nftnl_table_set_str(table.raw(), sys::NFTNL_TABLE_NAME as u16, at.table.as_ptr()) };
     let message = request(libc::NFT_MSG_GETTABLE, family, libc::NLM_F_ACK, |header| {
         // SAFETY: a header built by nftnl_nlmsg_build_hdr and a live table.
         unsafe { sys::nftnl_table_nlmsg_build_payload(header, table.raw()) }
@@ -84,13 +100,13 @@ fn on_table(_header: &libc::nlmsghdr, seen: &mut bool) -> c_int {
     MNL_CB_OK
 }
 
-/// How weft's chain of `family` is registered; None when there is no such chain.
-pub fn chain(socket: &mut NftSocket, family: Family) -> io::Result<Option<Result<ChainSpec, String>>> {
+/// How chain `at` of `family` is registered; None when there is no such chain.
+pub fn chain(socket: &mut NftSocket, family: Family, at: ChainRef) -> io::Result<Option<Result<ChainSpec, String>>> {
     // SAFETY (both blocks): a fresh chain object; libnftnl copies the names.
     let chain = Owned::new(unsafe { sys::nftnl_chain_alloc() }, sys::nftnl_chain_free);
     unsafe {
-        sys::nftnl_chain_set_str(chain.raw(), sys::NFTNL_CHAIN_TABLE as u16, TABLE_C.as_ptr());
-        sys::nftnl_chain_set_str(chain.raw(), sys::NFTNL_CHAIN_NAME as u16, CHAIN_C.as_ptr());
+        sys::nftnl_chain_set_str(chain.raw(), sys::NFTNL_CHAIN_TABLE as u16, at.table.as_ptr());
+        sys::nftnl_chain_set_str(chain.raw(), sys::NFTNL_CHAIN_NAME as u16, at.chain.as_ptr());
     }
     let message = request(libc::NFT_MSG_GETCHAIN, family, libc::NLM_F_ACK, |header| {
         // SAFETY: a header built by nftnl_nlmsg_build_hdr and a live chain.
@@ -131,11 +147,17 @@ fn parse_chain(header: &libc::nlmsghdr) -> Result<ChainSpec, String> {
 
 /// The rules in weft's chain of `family`, in order; empty when there is no such chain.
 pub fn rules(socket: &mut NftSocket, family: Family) -> io::Result<Vec<InstalledRule>> {
+    Ok(listed_rules(socket, family, WEFT_CHAIN)?.into_iter().map(|listed| listed.rule).collect())
+}
+
+/// The rules in chain `at` of `family`, in order, with handles and comments; empty when there is
+/// no such chain.
+pub fn listed_rules(socket: &mut NftSocket, family: Family, at: ChainRef) -> io::Result<Vec<ListedRule>> {
     // SAFETY (both blocks): a fresh rule object; libnftnl copies the names.
     let filter = Owned::new(unsafe { sys::nftnl_rule_alloc() }, sys::nftnl_rule_free);
     unsafe {
-        sys::nftnl_rule_set_str(filter.raw(), sys::NFTNL_RULE_TABLE as u16, TABLE_C.as_ptr());
-        sys::nftnl_rule_set_str(filter.raw(), sys::NFTNL_RULE_CHAIN as u16, CHAIN_C.as_ptr());
+        sys::nftnl_rule_set_str(filter.raw(), sys::NFTNL_RULE_TABLE as u16, at.table.as_ptr());
+        sys::nftnl_rule_set_str(filter.raw(), sys::NFTNL_RULE_CHAIN as u16, at.chain.as_ptr());
     }
     // A dump filtered by table and chain (the kernel filters on those attributes).
     let message = request(libc::NFT_MSG_GETRULE, family, libc::NLM_F_DUMP, |header| {
@@ -147,28 +169,38 @@ pub fn rules(socket: &mut NftSocket, family: Family) -> io::Result<Vec<Installed
     Ok(found.1)
 }
 
-fn on_rule(header: &libc::nlmsghdr, found: &mut (Family, Vec<InstalledRule>)) -> c_int {
-    let rule = match parse_rule(header) {
-        Ok((exprs, comment)) => match decode(found.0, &exprs, comment) {
-            Ok(rule) => InstalledRule::Known(rule),
-            Err(why) => InstalledRule::Unknown(why),
-        },
-        Err(why) => InstalledRule::Unknown(why),
+fn on_rule(header: &libc::nlmsghdr, found: &mut (Family, Vec<ListedRule>)) -> c_int {
+    let listed = match parse_rule(header) {
+        Ok(parsed) => {
+            let rule = match parsed.exprs.and_then(|exprs| decode(found.0, &exprs, parsed.comment.clone())) {
+                Ok(rule) => InstalledRule::Known(rule),
+                Err(why) => InstalledRule::Unknown(why),
+            };
+            ListedRule { handle: parsed.handle, comment: parsed.comment, rule }
+        }
+        Err(why) => ListedRule { handle: 0, comment: String::new(), rule: InstalledRule::Unknown(why) },
     };
-    found.1.push(rule);
+    found.1.push(listed);
     MNL_CB_OK
 }
 
-/// A rule's expressions and comment, or why they are none that weft writes.
-fn parse_rule(header: &libc::nlmsghdr) -> Result<(Vec<Expr>, String), String> {
+/// A rule as the kernel sent it: the expressions may be none weft writes (then why not).
+struct ParsedRule {
+    handle: u64,
+    comment: String,
+    exprs: Result<Vec<Expr>, String>,
+}
+
+fn parse_rule(header: &libc::nlmsghdr) -> Result<ParsedRule, String> {
     // SAFETY: allocation only; checked for null by Owned.
     let rule = Owned::new(unsafe { sys::nftnl_rule_alloc() }, sys::nftnl_rule_free);
     // SAFETY: a complete message from the kernel and a live rule object.
     if unsafe { sys::nftnl_rule_nlmsg_parse(header, rule.raw()) } < 0 {
         return Err(format!("unparsable rule: {}", io::Error::last_os_error()));
     }
-    let exprs = rule_exprs(&rule)?;
-    Ok((exprs, rule_comment(&rule).unwrap_or_default()))
+    // SAFETY: a live, parsed rule; the kernel always sends the handle.
+    let handle = unsafe { sys::nftnl_rule_get_u64(rule.raw(), sys::NFTNL_RULE_HANDLE as u16) };
+    Ok(ParsedRule { handle, comment: rule_comment(&rule).unwrap_or_default(), exprs: rule_exprs(&rule) })
 }
 
 fn rule_exprs(rule: &Owned<sys::nftnl_rule>) -> Result<Vec<Expr>, String> {
@@ -253,11 +285,12 @@ unsafe fn parse_expr(expr: *const sys::nftnl_expr) -> Result<Expr, String> {
             };
             Ok(Expr::Cmp { negated, data: get_data(sys::NFTNL_EXPR_CMP_DATA) })
         }
-        Some("immediate")
-            if get_u32(sys::NFTNL_EXPR_IMM_DREG) == libc::NFT_REG_VERDICT as u32
-                && get_u32(sys::NFTNL_EXPR_IMM_VERDICT) as c_int == libc::NFT_RETURN =>
-        {
-            Ok(Expr::Return)
+        Some("immediate") if get_u32(sys::NFTNL_EXPR_IMM_DREG) == libc::NFT_REG_VERDICT as u32 => {
+            match get_u32(sys::NFTNL_EXPR_IMM_VERDICT) as c_int {
+                libc::NFT_RETURN => Ok(Expr::Return),
+                libc::NF_ACCEPT => Ok(Expr::Accept),
+                verdict => Err(format!("a verdict ({verdict}) weft does not write")),
+            }
         }
         Some("masq")
             if get_u32(sys::NFTNL_EXPR_MASQ_FLAGS) == NAT_RANDOM_FULLY

@@ -133,9 +133,11 @@ pub enum Action {
     /// Masquerade with a fully random source port, as flannel does (`--random-fully`): it avoids
     /// the port collisions that sequential port allocation causes under many parallel flows.
     Masquerade,
+    /// Let the packet through this chain (weft's FORWARD rules, see `forward`).
+    Accept,
 }
 
-/// One rule of weft's masquerade chain.
+/// One rule of weft's masquerade chain, or one of its FORWARD rules.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MasqRule {
     pub matches: Vec<AddrMatch>,
@@ -153,6 +155,7 @@ impl fmt::Display for MasqRule {
         match self.action {
             Action::Return => f.write_str("return")?,
             Action::Masquerade => f.write_str("masquerade fully-random")?,
+            Action::Accept => f.write_str("accept")?,
         }
         write!(f, " comment {:?}", self.comment)
     }

@@ -90,6 +90,9 @@ impl Setup {
             .arg("--subnet-file")
             .arg(&subnet_file)
             .env("RUST_LOG", "info,weft=debug")
+            // These agents run in the machine's own namespace: they must not add rules to its
+            // FORWARD chain (Docker's, on a CI runner).
+            .env("WEFT_AGENT__FORWARD_RULES", "false")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
