@@ -67,8 +67,14 @@ impl World {
                 interface_id: host.interface_id.clone(),
             })
             .collect();
-        let router =
-            VpcRouter::start_aws(&service.ns, service.addr, runtime.handle().clone(), ec2.clone(), vpc.id.clone(), routed);
+        let router = VpcRouter::start_aws(
+            &service.ns,
+            service.addr,
+            runtime.handle().clone(),
+            ec2.clone(),
+            vpc.id.clone(),
+            routed,
+        );
         World { router: Some(router), cluster, runtime, moto, ec2, vpc, nodes }
     }
 
@@ -194,7 +200,9 @@ fn pods_reach_each_other_only_through_the_route_tables() {
         world.vpc.tagged.iter().all(|t| world.cluster_routes(t).len() == 3)
     });
     world.wait("the router follows the tables", Duration::from_secs(5), || {
-        (0..3).all(|i| (0..3).filter(|j| *j != i).all(|j| world.router().forwarding().hop(i, subnets[j]) == Some(Hop::Host(j))))
+        (0..3).all(|i| {
+            (0..3).filter(|j| *j != i).all(|j| world.router().forwarding().hop(i, subnets[j]) == Some(Hop::Host(j)))
+        })
     });
     let failed = unreachable_pairs(&world, &pods, Duration::from_secs(10));
     assert!(failed.is_empty(), "pods not reached through the VPC: {failed:?}");
@@ -266,13 +274,19 @@ fn overflow_reaches_every_peer_by_the_cloud_where_it_fits_and_by_vxlan_for_the_r
         assert!(world.cluster_routes(table).len() <= LIMIT, "{table} over route_limit");
     }
     for i in 1..=HOSTS {
-        assert_eq!(world.cluster.readyz(i), Some(200), "h{i} not ready with a full table:\n{}", world.cluster.agent_log(i));
+        assert_eq!(
+            world.cluster.readyz(i),
+            Some(200),
+            "h{i} not ready with a full table:\n{}",
+            world.cluster.agent_log(i)
+        );
     }
     let started = Instant::now();
     let failed = unreachable_pairs(&world, &pods, Duration::from_secs(10));
     assert!(failed.is_empty(), "pods not reached: {failed:?}");
     let all_pairs = started.elapsed();
-    let split: Vec<(usize, usize)> = (1..=HOSTS).map(|i| (carried(&world, i).len(), world.overlay_routes(i).len())).collect();
+    let split: Vec<(usize, usize)> =
+        (1..=HOSTS).map(|i| (carried(&world, i).len(), world.overlay_routes(i).len())).collect();
 
     // A host with a cloud route leaves (its agent killed, its lease deleted): the leader removes
     // its routes, an overflowed host takes the slot, and every host in that table's zone drops

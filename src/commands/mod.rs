@@ -7,8 +7,8 @@ pub mod lab;
 pub mod leases;
 pub mod network;
 pub mod output;
-pub mod version;
 pub mod status;
+pub mod version;
 
 mod common;
 pub use common::{CommandError, GlobalArgs};

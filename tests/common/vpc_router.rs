@@ -78,7 +78,8 @@ pub struct VpcRouter {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program).args(args).stderr(Stdio::piped()).output().map_err(|e| format!("{program}: {e}"))?;
+    let out =
+        Command::new(program).args(args).stderr(Stdio::piped()).output().map_err(|e| format!("{program}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -134,7 +135,9 @@ impl VpcRouter {
         let read_hosts = hosts.clone();
         let read = move || {
             let (ec2, vpc, hosts) = (ec2.clone(), vpc.clone(), read_hosts.clone());
-            runtime.block_on(runtime.spawn(async move { read_moto(&ec2, &vpc, &hosts).await })).map_err(|e| e.to_string())?
+            runtime
+                .block_on(runtime.spawn(async move { read_moto(&ec2, &vpc, &hosts).await }))
+                .map_err(|e| e.to_string())?
         };
         VpcRouter::follow(router_ns, hosts, read)
     }
@@ -145,7 +148,8 @@ impl VpcRouter {
         mut read: impl FnMut() -> Result<Forwarding, String> + Send + 'static,
     ) -> VpcRouter {
         let stop = Arc::new(AtomicBool::new(false));
-        let installed = Arc::new(Mutex::new(Forwarding { routes: vec![BTreeMap::new(); hosts.len()], ..Default::default() }));
+        let installed =
+            Arc::new(Mutex::new(Forwarding { routes: vec![BTreeMap::new(); hosts.len()], ..Default::default() }));
         let first = read().unwrap_or_else(|e| panic!("VPC router: reading the VPC: {e}"));
         apply(router_ns, &hosts, &mut installed.lock().unwrap(), &first).unwrap_or_else(|e| panic!("VPC router: {e}"));
         let thread = {
