@@ -93,7 +93,14 @@ impl AwsRoutes {
         let under_limit = plan::under_limit(table, self.network, self.route_limit);
         let mut room = || under_limit && self.refusals.get_mut(&table.id).is_none_or(|r| r.allows(table.route_count));
         let mut tried = true;
+        let over_limit = |limit| plan::over_route_limit(table, self.network, self.subnet_len, input.own, limit);
+        let withdraw = plan.own == OwnRoute::Keep && self.route_limit.is_some_and(over_limit);
         let placed = match &plan.own {
+            OwnRoute::Keep if withdraw => {
+                tried = false;
+                self.remove(table, input.own, Removal::OverLimit).await;
+                Err(Ec2Error::RouteLimitExceeded { table: table.id.clone() })
+            }
             OwnRoute::Keep => Ok(()),
             OwnRoute::Create if !room() => {
                 tried = false;

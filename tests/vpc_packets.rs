@@ -1,0 +1,338 @@
+//! aws-vpc proven by packets: hosts in network namespaces in three availability-zone subnets of a
+//! moto VPC, reaching each other's pods only through a router that forwards what the route
+//! tables say ([`common::vpc_router`]), as a real VPC would. Then past the tables' size:
+//! `overflow = "vxlan"` with `route_limit`, every pod reaching every other, by the cloud where a
+//! route fits and over vxlan for the rest. Needs root and moto: fails, never skips, without them.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::Client;
+use common::cluster::{runtime_in, Cluster};
+use common::imds::{self, Imds};
+use common::moto::{self, Host, Moto, Vpc};
+use common::vpc_router::{Hop, RoutedHost, VpcRouter};
+use ipnet::Ipv4Net;
+use weft::lab::PodAddrs;
+use weft::netns::Netns;
+
+const CIDR: &str = "10.244.0.0/16";
+const MOTO_PORT: u16 = 5000;
+/// The cloud backend's pace here (300 s by default).
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// The cluster, moto and the router; dropped router first (it uses moto), then the cluster.
+struct World {
+    router: Option<VpcRouter>,
+    cluster: Cluster,
+    runtime: tokio::runtime::Runtime,
+    moto: Moto,
+    ec2: Client,
+    vpc: Vpc,
+    /// Host i at index i - 1, launched in zone subnet (i - 1) % 3.
+    nodes: Vec<(Host, Imds)>,
+}
+
+impl World {
+    fn new(hosts: usize) -> World {
+        let cluster = Cluster::with_etcd(hosts);
+        let service = cluster.topology.service();
+        let netns = Netns::open(&service.ns).expect("the service namespace");
+        let runtime = runtime_in(&netns);
+        let moto = Moto::start_in(&netns, service.addr, MOTO_PORT);
+        let ec2 = moto::client(&moto.endpoint);
+        let vpc = {
+            let ec2 = ec2.clone();
+            runtime.block_on(runtime.spawn(async move { moto::build_vpc(&ec2).await })).expect("building the VPC")
+        };
+        let mut nodes = Vec::new();
+        for i in 0..hosts {
+            let (ec2, subnet) = (ec2.clone(), vpc.subnets[i % 3].clone());
+            let host = runtime.block_on(runtime.spawn(async move { moto::launch(&ec2, &subnet).await })).unwrap();
+            let imds = Imds::start_at(&runtime, imds::metadata_for(&host), SocketAddr::from((service.addr, 0)));
+            nodes.push((host, imds));
+        }
+        let routed = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (host, _))| RoutedHost {
+                ns: cluster.host(i + 1).ns,
+                addr: cluster.host(i + 1).addr,
+                subnet_id: vpc.subnets[i % 3].clone(),
+                instance_id: host.instance_id.clone(),
+                interface_id: host.interface_id.clone(),
+            })
+            .collect();
+        let router = VpcRouter::start_aws(
+            &service.ns,
+            service.addr,
+            runtime.handle().clone(),
+            ec2.clone(),
+            vpc.id.clone(),
+            routed,
+        );
+        World { router: Some(router), cluster, runtime, moto, ec2, vpc, nodes }
+    }
+
+    fn router(&self) -> &VpcRouter {
+        self.router.as_ref().expect("the router runs")
+    }
+
+    fn call<T: Send + 'static>(&self, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+        self.runtime.block_on(self.runtime.spawn(f)).expect("an EC2 call in the service namespace")
+    }
+
+    fn start_agents(&mut self, backend: &str) {
+        let network = format!("cidr = \"{CIDR}\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n[network.backend]\ntype = \"aws-vpc\"\nroute_table_tag = \"{}={}\"\nrecheck = \"{}s\"\n{backend}", moto::TAG_KEY, moto::TAG_VALUE, RECHECK.as_secs());
+        self.cluster.write_config(&network);
+        self.cluster.weft_ok(&["network", "apply"]);
+        for i in 1..=self.nodes.len() {
+            self.start_agent(i);
+        }
+    }
+
+    fn start_agent(&mut self, i: usize) {
+        let mut env = imds::node_env(&self.nodes[i - 1].1).to_vec();
+        env.push(("WEFT_CLOUD__AWS_ENDPOINT_URL", self.moto.endpoint.as_str()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, *v)).collect();
+        self.cluster.start_agent_with_env(i, &[], &env);
+    }
+
+    /// Every host's subnet, once each agent wrote subnet.env, and a pod behind each.
+    fn pods(&mut self) -> (Vec<Ipv4Net>, Vec<PodAddrs>) {
+        let infos: Vec<_> = (1..=self.nodes.len()).map(|i| self.cluster.wait_subnet(i)).collect();
+        let pods = (1..=self.nodes.len()).map(|i| self.cluster.make_pod(i, infos[i - 1])).collect();
+        (infos.iter().map(|info| info.subnet).collect(), pods)
+    }
+
+    /// Routes of the cluster network in `table`: destination → interface.
+    fn cluster_routes(&self, table: &str) -> Vec<(Ipv4Net, String)> {
+        let (ec2, table) = (self.ec2.clone(), table.to_string());
+        let cidr: Ipv4Net = CIDR.parse().unwrap();
+        let routes = self.call(async move { moto::routes(&ec2, &table).await });
+        routes
+            .into_iter()
+            .filter_map(|(d, r)| d.parse::<Ipv4Net>().ok().filter(|d| cidr.contains(d)).map(|d| (d, r.target)))
+            .collect()
+    }
+
+    /// weft's vxlan routes (`dev flannel.1`, proto 87) on host i: the peers it reaches by overlay.
+    fn overlay_routes(&self, i: usize) -> BTreeSet<Ipv4Net> {
+        let routes = self.cluster.ip_json(&self.cluster.host(i).ns, &["-4", "route", "show", "proto", "87"]);
+        routes
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter(|r| r["dev"] == "flannel.1")
+            .filter_map(|r| r["dst"].as_str()?.parse().ok())
+            .collect()
+    }
+
+    fn wait(&self, what: &str, within: Duration, check: impl FnMut() -> bool) -> Duration {
+        common::wait::until_every(what, within, Duration::from_millis(100), check, || self.state())
+    }
+
+    /// What a failed wait shows: each table's cluster routes, each host's overlay routes and
+    /// the end of its agent's log.
+    fn state(&self) -> String {
+        let mut out = String::new();
+        for table in &self.vpc.tagged {
+            out.push_str(&format!("table {table}: {:?}\n", self.cluster_routes(table)));
+        }
+        for i in 1..=self.nodes.len() {
+            let log = self.cluster.agent_log(i);
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            out.push_str(&format!(
+                "h{i} overlay {:?}\n---- h{i} log (newest first) ----\n{}\n",
+                self.overlay_routes(i),
+                tail.join("\n")
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.router.take();
+    }
+}
+
+/// One ping, one second to answer.
+fn ping_once(from_ns: &str, to: Ipv4Addr) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", from_ns, "ping", "-c1", "-W1", "-q", &to.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Pings until an answer comes or `within` passes.
+fn reaches(from_ns: &str, to: Ipv4Addr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if ping_once(from_ns, to) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// Every pod pings every other pod; the pairs that did not answer.
+fn unreachable_pairs(world: &World, pods: &[PodAddrs], within: Duration) -> Vec<(usize, usize)> {
+    let n = pods.len();
+    let mut failed = Vec::new();
+    for from in 1..=n {
+        for to in (1..=n).filter(|to| *to != from) {
+            if !reaches(&world.cluster.pod_ns(from), pods[to - 1].pod.addr(), within) {
+                failed.push((from, to));
+            }
+        }
+    }
+    failed
+}
+
+/// The peer subnets host i's own table (its zone's) routes to a host.
+fn carried_for(world: &World, subnets: &[Ipv4Net], i: usize) -> BTreeSet<Ipv4Net> {
+    let own_table = &world.vpc.tagged[(i - 1) % 3];
+    world.cluster_routes(own_table).into_iter().map(|(d, _)| d).filter(|d| *d != subnets[i - 1]).collect()
+}
+
+#[test]
+fn pods_reach_each_other_only_through_the_route_tables() {
+    let mut world = World::new(3);
+    world.start_agents("");
+    let (subnets, pods) = world.pods();
+    world.wait("each node's route in every tagged table", Duration::from_secs(30), || {
+        world.vpc.tagged.iter().all(|t| world.cluster_routes(t).len() == 3)
+    });
+    world.wait("the router follows the tables", Duration::from_secs(5), || {
+        (0..3).all(|i| {
+            (0..3).filter(|j| *j != i).all(|j| world.router().forwarding().hop(i, subnets[j]) == Some(Hop::Host(j)))
+        })
+    });
+    let failed = unreachable_pairs(&world, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "pods not reached through the VPC: {failed:?}");
+    // aws-vpc installs no kernel route: the packets went through the router.
+    for i in 1..=3 {
+        let routes = world.cluster.ip_json(&world.cluster.host(i).ns, &["-4", "route", "show", "proto", "87"]);
+        assert_eq!(routes, serde_json::json!([]), "h{i} has kernel routes on aws-vpc");
+    }
+
+    // h2's route gone from h1's table (zone a): h1 → h2 stops within a second, h3 → h2 does not.
+    // h2's agent is stopped first (killed: its lease and routes stay), or it would put the route
+    // back at its next recheck, perhaps before the router looked.
+    world.cluster.kill_agent(2);
+    let (h2_subnet, h2_pod) = (subnets[1].to_string(), pods[1].pod.addr());
+    let (ec2, table) = (world.ec2.clone(), world.vpc.tagged[0].clone());
+    let removed_at = Instant::now();
+    world.call({
+        let (ec2, table, cidr) = (ec2.clone(), table.clone(), h2_subnet.clone());
+        async move { moto::delete_route(&ec2, &table, &cidr).await }
+    });
+    world.wait("the router drops h2's route for h1", Duration::from_secs(1), || {
+        world.router().forwarding().hop(0, subnets[1]).is_none()
+    });
+    assert!(!ping_once(&world.cluster.pod_ns(1), h2_pod), "h1 reached h2 without a route in its table");
+    assert!(ping_once(&world.cluster.pod_ns(3), h2_pod), "h3's table still routes h2");
+    let followed = removed_at.elapsed();
+    // h2's agent back: it puts its route back, and the packets follow.
+    world.start_agent(2);
+    assert!(reaches(&world.cluster.pod_ns(1), h2_pod, Duration::from_secs(15)), "h2's route not restored");
+
+    // The source/dest check on again for h3's interface: nothing for its pods is delivered.
+    let eni = world.nodes[2].0.interface_id.clone();
+    world.call({
+        let (ec2, eni) = (ec2.clone(), eni.clone());
+        async move { moto::set_source_dest_check(&ec2, &eni, true).await }
+    });
+    world.wait("the router honours h3's source/dest check", Duration::from_secs(1), || {
+        world.router().forwarding().checked.contains(&2)
+    });
+    assert!(!ping_once(&world.cluster.pod_ns(1), pods[2].pod.addr()), "delivered to h3 with its check on");
+    world.call(async move { moto::set_source_dest_check(&ec2, &eni, false).await });
+    assert!(reaches(&world.cluster.pod_ns(1), pods[2].pod.addr(), Duration::from_secs(5)));
+    eprintln!("router followed a deleted route in {followed:?}");
+}
+
+/// 6 hosts, 2 per zone, at most 3 routes of the cluster network per table, overflow on: every
+/// pod reaches every other; each host reaches by vxlan exactly the peers its own table has no
+/// route for; a host that leaves frees its slots for overflowed hosts, and the peers' vxlan routes
+/// to the host that took them go.
+#[test]
+fn overflow_reaches_every_peer_by_the_cloud_where_it_fits_and_by_vxlan_for_the_rest() {
+    const HOSTS: usize = 6;
+    const LIMIT: usize = 3;
+    let mut world = World::new(HOSTS);
+    world.start_agents(&format!("overflow = \"vxlan\"\nroute_limit = {LIMIT}"));
+    let (subnets, pods) = world.pods();
+    let carried = |world: &World, i: usize| carried_for(world, &subnets, i);
+    let peers = |i: usize| -> BTreeSet<Ipv4Net> { subnets.iter().copied().filter(|s| *s != subnets[i - 1]).collect() };
+    let converged = || {
+        world.vpc.tagged.iter().all(|t| world.cluster_routes(t).len() == LIMIT)
+            && (1..=HOSTS).all(|i| {
+                let overlay = world.overlay_routes(i);
+                let cloud = carried(&world, i);
+                overlay.is_disjoint(&cloud) && overlay.union(&cloud).copied().collect::<BTreeSet<_>>() == peers(i)
+            })
+    };
+    let took = world.wait("tables full, the rest over vxlan", Duration::from_secs(40), converged);
+    for table in &world.vpc.tagged {
+        assert!(world.cluster_routes(table).len() <= LIMIT, "{table} over route_limit");
+    }
+    for i in 1..=HOSTS {
+        assert_eq!(
+            world.cluster.readyz(i),
+            Some(200),
+            "h{i} not ready with a full table:\n{}",
+            world.cluster.agent_log(i)
+        );
+    }
+    let started = Instant::now();
+    let failed = unreachable_pairs(&world, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "pods not reached: {failed:?}");
+    let all_pairs = started.elapsed();
+    let split: Vec<(usize, usize)> =
+        (1..=HOSTS).map(|i| (carried(&world, i).len(), world.overlay_routes(i).len())).collect();
+
+    // A host with a cloud route leaves (its agent killed, its lease deleted): the leader removes
+    // its routes, an overflowed host takes the slot, and every host in that table's zone drops
+    // its vxlan route to the new holder.
+    let table = world.vpc.tagged[0].clone();
+    let routed: Vec<Ipv4Net> = world.cluster_routes(&table).into_iter().map(|(d, _)| d).collect();
+    // Not the cleanup leader: its turn would have to run out first (a slower test, not another one).
+    let leads = |i: usize| world.cluster.agent_log(i).contains("leading the removal of stale cloud routes");
+    let leaver = (1..=HOSTS)
+        .find(|i| routed.contains(&subnets[i - 1]) && !leads(*i))
+        .expect("a host routed in zone a's table that does not lead");
+    world.cluster.kill_agent(leaver);
+    let key = format!("/coreos.com/network/subnets/{}", subnets[leaver - 1].to_string().replace('/', "-"));
+    world.cluster.etcdctl(&["del", &key]);
+    let left_at = Instant::now();
+    world.wait("the slot taken by an overflowed host", RECHECK * 8, || {
+        let now: BTreeSet<Ipv4Net> = world.cluster_routes(&table).into_iter().map(|(d, _)| d).collect();
+        now.len() == LIMIT && !now.contains(&subnets[leaver - 1])
+    });
+    let taken = left_at.elapsed();
+    let zone_a: Vec<usize> = (1..=HOSTS).filter(|i| (i - 1) % 3 == 0 && *i != leaver).collect();
+    world.wait("zone a's hosts reach the new holder by the cloud", Duration::from_secs(10), || {
+        zone_a.iter().all(|i| world.overlay_routes(*i).is_disjoint(&carried(&world, *i)))
+    });
+    for i in (1..=HOSTS).filter(|i| *i != leaver) {
+        for j in (1..=HOSTS).filter(|j| *j != i && *j != leaver) {
+            assert!(reaches(&world.cluster.pod_ns(i), pods[j - 1].pod.addr(), Duration::from_secs(5)), "h{i} → h{j}");
+        }
+    }
+    eprintln!(
+        "overflow: converged in {took:?}; {} pairs pinged in {all_pairs:?}; (cloud, overlay) peers per host {split:?}; \
+         a freed slot taken in {taken:?}",
+        HOSTS * (HOSTS - 1)
+    );
+}
