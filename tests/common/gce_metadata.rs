@@ -4,6 +4,7 @@
 //! `GCE_METADATA_HOST=<addr>`.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -13,7 +14,9 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 
-use super::gce_api::{serve, Served};
+use weft::netns::Netns;
+
+use super::gce_api::{serve, serve_in, Served};
 
 /// The project number GCE puts in metadata paths (`projects/<number>/zones/...`).
 pub const PROJECT_NUMBER: &str = "424242424242";
@@ -40,6 +43,30 @@ pub struct MetadataServer {
 
 impl MetadataServer {
     pub fn start(project: &str, zone: &str, name: &str, network: &str, ip: &str) -> MetadataServer {
+        MetadataServer::serve(project, zone, name, network, ip, serve)
+    }
+
+    /// The server at `at` in namespace `netns`, for an instance in a namespace of its own.
+    pub fn start_in(
+        project: &str,
+        zone: &str,
+        name: &str,
+        network: &str,
+        ip: &str,
+        netns: &Netns,
+        at: Ipv4Addr,
+    ) -> MetadataServer {
+        MetadataServer::serve(project, zone, name, network, ip, |app| serve_in(app, netns, at))
+    }
+
+    fn serve(
+        project: &str,
+        zone: &str,
+        name: &str,
+        network: &str,
+        ip: &str,
+        serve: impl FnOnce(Router) -> Served,
+    ) -> MetadataServer {
         let token = format!("ya29.test-token-for-{name}");
         let requests = Arc::new(AtomicUsize::new(0));
         let instance = Instance {

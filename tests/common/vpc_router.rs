@@ -14,6 +14,9 @@
 //!   on unless it is addressed to the host itself, and nothing it sends from another source
 //!   address is forwarded.
 //!
+//! The same router follows the GCE test server ([`VpcRouter::start_gce`]): routes apply to the
+//! whole network, a next-hop instance is that host, `canIpForward` off acts as the check.
+//!
 //! It follows moto every 100 ms (so a change shows within 200 ms) and applies only what changed.
 //! ICMP redirects are off on both sides, so the router stays in the path. It changes only the
 //! namespaces it is given.
@@ -31,20 +34,45 @@ use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
 use ipnet::Ipv4Net;
 
+use super::gce_api::GceApi;
+
 /// How often the router reads the VPC's state.
 const POLL: Duration = Duration::from_millis(100);
 /// Kernel table (and fwmark) of host `i` is `TABLE_BASE + i`.
 const TABLE_BASE: u32 = 100;
 const NFT_TABLE: &str = "weft_test_vpc";
 
-/// A host as the router knows it: its namespace and underlay address, and who it is on EC2.
+/// A host as the router knows it: its namespace and underlay address, and who it is in the cloud.
 #[derive(Debug, Clone)]
 pub struct RoutedHost {
     pub ns: String,
     pub addr: Ipv4Addr,
-    pub subnet_id: String,
-    pub instance_id: String,
-    pub interface_id: String,
+    pub cloud: Identity,
+}
+
+/// Who a host is to the VPC.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// EC2: the route table that applies is its subnet's.
+    Aws { subnet_id: String, instance_id: String, interface_id: String },
+    /// GCE: routes apply network-wide; both are selfLinks.
+    Gce { network: String, instance: String },
+}
+
+impl RoutedHost {
+    fn aws(&self) -> Option<(&str, &str, &str)> {
+        match &self.cloud {
+            Identity::Aws { subnet_id, instance_id, interface_id } => Some((subnet_id, instance_id, interface_id)),
+            Identity::Gce { .. } => None,
+        }
+    }
+
+    fn gce(&self) -> Option<(&str, &str)> {
+        match &self.cloud {
+            Identity::Gce { network, instance } => Some((network, instance)),
+            Identity::Aws { .. } => None,
+        }
+    }
 }
 
 /// Where the router sends a destination.
@@ -140,6 +168,14 @@ impl VpcRouter {
                 .map_err(|e| e.to_string())?
         };
         VpcRouter::follow(router_ns, hosts, read)
+    }
+
+    /// Likewise for the GCE test server's routes: network-wide, next hop instance → that host;
+    /// an instance without `canIpForward` is treated as EC2 treats the source/dest check.
+    pub fn start_gce(router_ns: &str, router_addr: Ipv4Addr, api: GceApi, hosts: Vec<RoutedHost>) -> VpcRouter {
+        set_up(router_ns, router_addr, &hosts);
+        let read_hosts = hosts.clone();
+        VpcRouter::follow(router_ns, hosts, move || Ok(read_gce(&api, &read_hosts)))
     }
 
     fn follow(
@@ -259,12 +295,12 @@ async fn read_moto(ec2: &Client, vpc: &str, hosts: &[RoutedHost]) -> Result<Forw
     let tables = tables.route_tables();
     let main = tables.iter().find(|t| t.associations().iter().any(|a| a.main() == Some(true)));
     let host_by_target = |eni: Option<&str>, instance: Option<&str>| {
-        hosts.iter().position(|h| Some(h.interface_id.as_str()) == eni || Some(h.instance_id.as_str()) == instance)
+        hosts.iter().position(|h| h.aws().is_some_and(|(_, i, n)| Some(n) == eni || Some(i) == instance))
     };
     let mut routes = Vec::new();
     for host in hosts {
-        let associated =
-            tables.iter().find(|t| t.associations().iter().any(|a| a.subnet_id() == Some(host.subnet_id.as_str())));
+        let subnet = host.aws().map(|(subnet, _, _)| subnet);
+        let associated = tables.iter().find(|t| t.associations().iter().any(|a| a.subnet_id() == subnet));
         let mut seen = BTreeMap::new();
         for route in associated.or(main).map(|t| t.routes()).unwrap_or_default() {
             let Some(destination) = route.destination_cidr_block().and_then(|d| d.parse::<Ipv4Net>().ok()) else {
@@ -281,7 +317,7 @@ async fn read_moto(ec2: &Client, vpc: &str, hosts: &[RoutedHost]) -> Result<Forw
         }
         routes.push(seen);
     }
-    let ids: Vec<String> = hosts.iter().map(|h| h.interface_id.clone()).collect();
+    let ids: Vec<String> = hosts.iter().filter_map(|h| h.aws()).map(|(_, _, eni)| eni.to_string()).collect();
     let interfaces = ec2
         .describe_network_interfaces()
         .set_network_interface_ids(Some(ids))
@@ -292,7 +328,45 @@ async fn read_moto(ec2: &Client, vpc: &str, hosts: &[RoutedHost]) -> Result<Forw
         .network_interfaces()
         .iter()
         .filter(|n| n.source_dest_check() != Some(false))
-        .filter_map(|n| hosts.iter().position(|h| Some(h.interface_id.as_str()) == n.network_interface_id()))
+        .filter_map(|n| hosts.iter().position(|h| h.aws().map(|(_, _, eni)| eni) == n.network_interface_id()))
         .collect();
     Ok(Forwarding { routes, checked })
+}
+
+/// A GCE link without what comes before `projects/`: links are written with and without the
+/// API's base URL.
+fn resource(link: &str) -> &str {
+    link.find("projects/").map_or(link, |at| &link[at..])
+}
+
+/// What the GCE network forwards: each host gets its network's routes; an instance whose
+/// `canIpForward` is off is "checked".
+fn read_gce(api: &GceApi, hosts: &[RoutedHost]) -> Forwarding {
+    let all = api.routes();
+    let host_of =
+        |instance: &str| hosts.iter().position(|h| h.gce().is_some_and(|(_, i)| resource(i) == resource(instance)));
+    let mut routes = Vec::new();
+    for host in hosts {
+        let network = host.gce().map(|(network, _)| resource(network)).unwrap_or_default();
+        let mut seen = BTreeMap::new();
+        for route in all.values().filter(|r| r["network"].as_str().map(resource) == Some(network)) {
+            let Some(destination) = route["destRange"].as_str().and_then(|d| d.parse::<Ipv4Net>().ok()) else {
+                continue;
+            };
+            if let Some(j) = route["nextHopInstance"].as_str().and_then(host_of) {
+                seen.entry(destination).or_insert(Hop::Host(j));
+            }
+        }
+        routes.push(seen);
+    }
+    let forwarding = api.instances_forwarding();
+    let checked = hosts
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            h.gce().is_some_and(|(_, i)| !forwarding.iter().any(|(link, on)| *on && resource(link) == resource(i)))
+        })
+        .map(|(j, _)| j)
+        .collect();
+    Forwarding { routes, checked }
 }

@@ -25,8 +25,11 @@ impl Refusal {
     }
 
     /// Whether our route may be tried now, with `route_count` routes in the table; counts a check.
+    /// The fullest table seen since the refusal is the mark: the listing we acted on may have
+    /// been older than the routes that filled the table (other hosts' inserts at the same time).
     pub fn allows(&mut self, route_count: usize) -> bool {
         self.checks = self.checks.saturating_add(1);
+        self.route_count = self.route_count.max(route_count);
         route_count < self.route_count || self.checks > TRUSTED_CHECKS
     }
 
@@ -74,6 +77,10 @@ mod tests {
         assert!(!refusal.allows(50));
         assert!(!refusal.allows(51));
         assert!(refusal.allows(49), "a slot was freed");
+        // Listed at 2, refused because two others inserted at once: the slot freed later counts.
+        let mut refusal = Refusal::new(2, 2);
+        assert!(!refusal.allows(3) && !refusal.allows(3));
+        assert!(refusal.allows(2), "a route went since the table was full");
         let mut refusal = Refusal::new(50, 48);
         let tries: Vec<bool> = (0..=TRUSTED_CHECKS).map(|_| refusal.allows(50)).collect();
         assert!(tries[..TRUSTED_CHECKS as usize].iter().all(|allowed| !allowed));
