@@ -132,7 +132,7 @@ pub struct GceApiServer {
 
 impl GceApiServer {
     pub fn start(project: &str) -> GceApiServer {
-        GceApiServer::serve(project, |app| serve(app))
+        GceApiServer::serve(project, serve)
     }
 
     /// The server at `ip` in namespace `netns`.
