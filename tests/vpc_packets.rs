@@ -88,13 +88,41 @@ impl World {
         self.runtime.block_on(self.runtime.spawn(f)).expect("an EC2 call in the service namespace")
     }
 
-    fn start_agents(&mut self, backend: &str) {
-        let network = format!("cidr = \"{CIDR}\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n[network.backend]\ntype = \"aws-vpc\"\nroute_table_tag = \"{}={}\"\nrecheck = \"{}s\"\n{backend}", moto::TAG_KEY, moto::TAG_VALUE, RECHECK.as_secs());
+    /// aws-vpc over the tagged tables, with `extra` keys.
+    fn aws_vpc(extra: &str) -> String {
+        format!(
+            "type = \"aws-vpc\"\nroute_table_tag = \"{}={}\"\nrecheck = \"{}s\"\n{extra}",
+            moto::TAG_KEY,
+            moto::TAG_VALUE,
+            RECHECK.as_secs()
+        )
+    }
+
+    /// Writes the config with `backend` and applies it to the store.
+    fn apply(&self, backend: &str) {
+        let network =
+            format!("cidr = \"{CIDR}\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n[network.backend]\n{backend}");
         self.cluster.write_config(&network);
         self.cluster.weft_ok(&["network", "apply"]);
+    }
+
+    fn start_agents(&mut self, extra: &str) {
+        self.apply(&World::aws_vpc(extra));
         for i in 1..=self.nodes.len() {
             self.start_agent(i);
         }
+    }
+
+    fn lease_types(&self) -> Vec<String> {
+        let text = self.cluster.weft_ok(&["leases", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_str(&text).expect("leases as JSON");
+        list.as_array().expect("a list").iter().map(|l| l["backend_type"].as_str().unwrap_or("").to_string()).collect()
+    }
+
+    /// weft's kernel routes (`proto 87`) on host i.
+    fn kernel_routes(&self, i: usize) -> usize {
+        let routes = self.cluster.ip_json(&self.cluster.host(i).ns, &["-4", "route", "show", "proto", "87"]);
+        routes.as_array().map_or(0, Vec::len)
     }
 
     fn start_agent(&mut self, i: usize) {
@@ -291,4 +319,65 @@ fn overflow_reaches_every_peer_by_the_cloud_where_it_fits_and_by_vxlan_for_the_r
          a freed slot taken in {taken:?}",
         HOSTS * (HOSTS - 1)
     );
+}
+
+/// A live switch with pings every 10 ms through it: vxlan → aws-vpc (overflow on) → host-gw →
+/// aws-vpc. Packets lost while each switch settles are counted and printed; once settled, none.
+#[test]
+fn live_switch_through_cloud_routes_keeps_pods_talking() {
+    const HOSTS: usize = 3;
+    const PAIRS: [(usize, usize); 3] = [(1, 2), (2, 3), (3, 1)];
+    let mut world = World::new(HOSTS);
+    world.apply("type = \"vxlan\"");
+    for i in 1..=HOSTS {
+        world.start_agent(i);
+    }
+    let (subnets, pods) = world.pods();
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "pods not reached on vxlan: {failed:?}");
+    let all_routed = |world: &World| world.vpc.tagged.iter().all(|t| world.cluster_routes(t).len() == HOSTS);
+    let no_cloud_routes = |world: &World| world.vpc.tagged.iter().all(|t| world.cluster_routes(t).is_empty());
+    let steps = [
+        ("aws-vpc, overflow on", World::aws_vpc("overflow = \"vxlan\""), "aws-vpc"),
+        ("host-gw", "type = \"host-gw\"".to_string(), "host-gw"),
+        ("aws-vpc", World::aws_vpc(""), "aws-vpc"),
+    ];
+    let flows = |count| -> Vec<packets::Flow> {
+        PAIRS.iter().map(|(f, t)| packets::Flow::start(&world.cluster, *f, pods[t - 1].pod.addr(), count)).collect()
+    };
+    let mut report = Vec::new();
+    for (name, backend, kind) in &steps {
+        // 10 s of pings: the switch and its settling (3 s at most here) fall inside.
+        let during = flows(1000);
+        std::thread::sleep(Duration::from_millis(300));
+        world.apply(backend);
+        let moved = world.wait(&format!("leases on {name}"), Duration::from_secs(30), || {
+            world.lease_types().iter().all(|t| t == kind)
+        });
+        let settled = world.wait(&format!("{name} settled"), Duration::from_secs(30), || match *kind {
+            // Every peer by the cloud (3 hosts fit): no kernel route left on any host.
+            "aws-vpc" => all_routed(&world) && (1..=HOSTS).all(|i| world.kernel_routes(i) == 0),
+            _ => no_cloud_routes(&world) && (1..=HOSTS).all(|i| world.kernel_routes(i) == HOSTS - 1),
+        });
+        for flow in during {
+            let label = flow.name.clone();
+            let (sent, received) = flow.finish();
+            assert!(sent > 500, "{label}: the flow did not run");
+            report.push(format!(
+                "to {name}: {label}: {sent} sent, {} lost while switching (leases moved in {moved:?}, settled {settled:?} later)",
+                sent - received
+            ));
+        }
+        // Settled: not one packet lost.
+        for flow in flows(200) {
+            let label = flow.name.clone();
+            let (sent, received) = flow.finish();
+            assert_eq!(sent - received, 0, "{label}: packets lost on a settled {name}\n{}", report.join("\n"));
+        }
+        let now: Vec<Ipv4Net> = (1..=HOSTS)
+            .map(|i| weft::lab::pods::read_subnet_env(&world.cluster.subnet_file(i)).expect("subnet.env").subnet)
+            .collect();
+        assert_eq!(now, subnets, "subnets changed while switching to {name}");
+    }
+    eprintln!("{}", report.join("\n"));
 }

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use weft::lab::PodAddrs;
+use weft::netns::Netns;
 
 use super::cluster::Cluster;
 
@@ -59,4 +60,36 @@ pub fn overlay_routes(cluster: &Cluster, i: usize) -> BTreeSet<Ipv4Net> {
         .filter(|r| r["dev"] == "flannel.1")
         .filter_map(|r| r["dst"].as_str()?.parse().ok())
         .collect()
+}
+
+/// Pings every 10 ms from one pod to another, `count` of them, counting what comes back. A fixed
+/// count (not an interrupt) so the last ping's reply is waited for, not counted as lost.
+pub struct Flow {
+    child: Child,
+    pub name: String,
+}
+
+impl Flow {
+    pub fn start(cluster: &Cluster, from: usize, to: Ipv4Addr, count: u32) -> Flow {
+        let ns = Netns::open(&cluster.pod_ns(from)).expect("pod namespace");
+        let child = ns
+            .command("ping")
+            .expect("enter pod")
+            .args(["-i", "0.01", "-c", &count.to_string(), "-W", "1", "-q", &to.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ping");
+        Flow { child, name: format!("pod h{from} → {to}") }
+    }
+
+    /// Waits for the flow to end and returns (sent, received).
+    pub fn finish(self) -> (u64, u64) {
+        let out = self.child.wait_with_output().expect("ping output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{text}"));
+        let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+        (numbers[0], numbers[1])
+    }
 }
