@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::Client;
 use common::cluster::{runtime_in, Cluster};
 use common::imds::{self, Imds};
-use common::moto::{self, Host, Moto, Vpc};
+use common::moto::{self, Fault, FaultProxy, Host, Moto, Vpc};
 use common::packets::{self, ping_once, reaches, unreachable_pairs};
 use common::vpc_router::{Hop, Identity, RoutedHost, VpcRouter};
 use ipnet::Ipv4Net;
@@ -35,6 +35,8 @@ struct World {
     vpc: Vpc,
     /// Host i at index i - 1, launched in zone subnet (i - 1) % 3.
     nodes: Vec<(Host, Imds)>,
+    /// Between the agents and moto when a test needs EC2's faults.
+    proxy: Option<FaultProxy>,
 }
 
 impl World {
@@ -77,7 +79,7 @@ impl World {
             vpc.id.clone(),
             routed,
         );
-        World { router: Some(router), cluster, runtime, moto, ec2, vpc, nodes }
+        World { router: Some(router), cluster, runtime, moto, ec2, vpc, nodes, proxy: None }
     }
 
     fn router(&self) -> &VpcRouter {
@@ -125,9 +127,22 @@ impl World {
         routes.as_array().map_or(0, Vec::len)
     }
 
+    /// Agents started from now on call EC2 through a fault proxy, which answers
+    /// `RouteLimitExceeded` once a table holds `cluster_routes` routes of the cluster network.
+    fn with_table_capacity(&mut self, cluster_routes: usize) {
+        let service = self.cluster.topology.service();
+        let proxy = FaultProxy::start_at(&self.runtime, &self.moto, service.addr);
+        let (ec2, table) = (self.ec2.clone(), self.vpc.tagged[0].clone());
+        // The tables are alike: each has its local route, nothing else yet.
+        let others = self.call(async move { moto::routes(&ec2, &table).await }).len();
+        proxy.inject(Fault::Capacity { routes: others + cluster_routes });
+        self.proxy = Some(proxy);
+    }
+
     fn start_agent(&mut self, i: usize) {
         let mut env = imds::node_env(&self.nodes[i - 1].1).to_vec();
-        env.push(("WEFT_CLOUD__AWS_ENDPOINT_URL", self.moto.endpoint.as_str()));
+        let endpoint = self.proxy.as_ref().map_or(&self.moto.endpoint, |p| &p.endpoint);
+        env.push(("WEFT_CLOUD__AWS_ENDPOINT_URL", endpoint.as_str()));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, *v)).collect();
         self.cluster.start_agent_with_env(i, &[], &env);
     }
@@ -246,16 +261,42 @@ fn pods_reach_each_other_only_through_the_route_tables() {
     eprintln!("router followed a deleted route in {followed:?}");
 }
 
-/// 6 hosts, 2 per zone, at most 3 routes of the cluster network per table, overflow on: every
-/// pod reaches every other; each host reaches by vxlan exactly the peers its own table has no
-/// route for; a host that leaves frees its slots for overflowed hosts, and the peers' vxlan routes
-/// to the host that took them go.
+/// How the tables' room runs out in the overflow tests.
+#[derive(Debug, Clone, Copy)]
+enum Room {
+    /// weft's own cap, `route_limit`.
+    RouteLimit,
+    /// EC2's: `RouteLimitExceeded` from the tables themselves (the fault proxy), learned.
+    TableQuota,
+}
+
+/// 6 hosts, 2 per zone, at most 3 routes of the cluster network per table (weft's `route_limit`),
+/// overflow on: every pod reaches every other; each host reaches by vxlan exactly the peers its
+/// own table has no route for; a host that leaves frees its slots for overflowed hosts, and the
+/// peers' vxlan routes to the host that took them go.
 #[test]
 fn overflow_reaches_every_peer_by_the_cloud_where_it_fits_and_by_vxlan_for_the_rest() {
+    overflow_with(Room::RouteLimit);
+}
+
+/// The same, the room being EC2's: tables that answer `RouteLimitExceeded` past 3 cluster routes,
+/// no `route_limit` (the capacity is learned from the refusal).
+#[test]
+fn overflow_learns_the_tables_capacity_from_route_limit_exceeded() {
+    overflow_with(Room::TableQuota);
+}
+
+fn overflow_with(room: Room) {
     const HOSTS: usize = 6;
     const LIMIT: usize = 3;
     let mut world = World::new(HOSTS);
-    world.start_agents(&format!("overflow = \"vxlan\"\nroute_limit = {LIMIT}"));
+    match room {
+        Room::RouteLimit => world.start_agents(&format!("overflow = \"vxlan\"\nroute_limit = {LIMIT}")),
+        Room::TableQuota => {
+            world.with_table_capacity(LIMIT);
+            world.start_agents("overflow = \"vxlan\"");
+        }
+    }
     let (subnets, pods) = world.pods();
     let carried = |world: &World, i: usize| carried_for(world, &subnets, i);
     let peers = |i: usize| -> BTreeSet<Ipv4Net> { subnets.iter().copied().filter(|s| *s != subnets[i - 1]).collect() };
@@ -278,6 +319,14 @@ fn overflow_reaches_every_peer_by_the_cloud_where_it_fits_and_by_vxlan_for_the_r
             "h{i} not ready with a full table:\n{}",
             world.cluster.agent_log(i)
         );
+    }
+    if let Room::TableQuota = room {
+        // A host whose route some table refused learned that table's capacity.
+        let learned = (1..=HOSTS).any(|i| {
+            let (_, metrics) = world.cluster.agent_get(i, "/metrics").expect("metrics");
+            metrics.lines().any(|l| l.starts_with("weft_cloud_route_capacity{") && l.ends_with(&format!(" {LIMIT}")))
+        });
+        assert!(learned, "no agent learned a capacity of {LIMIT} from RouteLimitExceeded");
     }
     let started = Instant::now();
     let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
@@ -315,7 +364,7 @@ fn overflow_reaches_every_peer_by_the_cloud_where_it_fits_and_by_vxlan_for_the_r
         }
     }
     eprintln!(
-        "overflow: converged in {took:?}; {} pairs pinged in {all_pairs:?}; (cloud, overlay) peers per host {split:?}; \
+        "overflow ({room:?}): converged in {took:?}; {} pairs pinged in {all_pairs:?}; (cloud, overlay) peers per host {split:?}; \
          a freed slot taken in {taken:?}",
         HOSTS * (HOSTS - 1)
     );

@@ -24,12 +24,16 @@ impl Refusal {
         Refusal { route_count, cluster_routes, checks: 0 }
     }
 
-    /// Whether our route may be tried now, with `route_count` routes in the table; counts a check.
-    /// The fullest table seen since the refusal is the mark: the listing we acted on may have
-    /// been older than the routes that filled the table (other hosts' inserts at the same time).
-    pub fn allows(&mut self, route_count: usize) -> bool {
+    /// Whether our route may be tried now, with `route_count` routes in the table, of them
+    /// `cluster_routes` of the cluster network; counts a check. The fullest table seen since the
+    /// refusal is the mark (and its capacity): the listing we acted on may have been older than
+    /// the routes that filled the table (other hosts' inserts at the same time).
+    pub fn allows(&mut self, route_count: usize, cluster_routes: usize) -> bool {
         self.checks = self.checks.saturating_add(1);
-        self.route_count = self.route_count.max(route_count);
+        if route_count > self.route_count {
+            self.route_count = route_count;
+            self.cluster_routes = cluster_routes;
+        }
         route_count < self.route_count || self.checks > TRUSTED_CHECKS
     }
 
@@ -74,15 +78,16 @@ mod tests {
     fn tried_again_when_a_route_went_or_the_refusal_is_old() {
         let mut refusal = Refusal::new(50, 48);
         assert_eq!(refusal.capacity(), 48);
-        assert!(!refusal.allows(50));
-        assert!(!refusal.allows(51));
-        assert!(refusal.allows(49), "a slot was freed");
+        assert!(!refusal.allows(50, 48));
+        assert!(!refusal.allows(51, 48));
+        assert!(refusal.allows(49, 47), "a slot was freed");
         // Listed at 2, refused because two others inserted at once: the slot freed later counts.
-        let mut refusal = Refusal::new(2, 2);
-        assert!(!refusal.allows(3) && !refusal.allows(3));
-        assert!(refusal.allows(2), "a route went since the table was full");
+        let mut refusal = Refusal::new(2, 1);
+        assert!(!refusal.allows(3, 2) && !refusal.allows(3, 2));
+        assert_eq!(refusal.capacity(), 2, "the capacity is the fullest table's");
+        assert!(refusal.allows(2, 1), "a route went since the table was full");
         let mut refusal = Refusal::new(50, 48);
-        let tries: Vec<bool> = (0..=TRUSTED_CHECKS).map(|_| refusal.allows(50)).collect();
+        let tries: Vec<bool> = (0..=TRUSTED_CHECKS).map(|_| refusal.allows(50, 48)).collect();
         assert!(tries[..TRUSTED_CHECKS as usize].iter().all(|allowed| !allowed));
         assert!(tries[TRUSTED_CHECKS as usize], "the quota may have been raised since");
     }

@@ -163,10 +163,6 @@ impl Routing {
             let labels = self.labels(resolved);
             self.health.metrics.cloud_routes.get_or_create(&labels).set(count as i64);
             let limit = self.config.route_limit.map(|l| l as usize);
-            let learned = self.refusal.as_ref().map(Refusal::capacity);
-            if let Some(capacity) = [limit, learned].into_iter().flatten().min() {
-                self.health.metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
-            }
             let hosts = plan::carried(routes, &resolved.network, self.cluster, self.subnet_len);
             let others = count.saturating_sub(hosts.len());
             if !inserts && limit.is_some_and(|limit| beyond_limit(&hosts, others, own, limit)) {
@@ -185,7 +181,12 @@ impl Routing {
                 )));
             }
             let over_limit = limit.is_some_and(|limit| count >= limit);
-            let refused = inserts && !over_limit && self.refusal.as_mut().is_some_and(|r| !r.allows(routes.len()));
+            let refused =
+                inserts && !over_limit && self.refusal.as_mut().is_some_and(|r| !r.allows(routes.len(), count));
+            let learned = self.refusal.as_ref().map(Refusal::capacity);
+            if let Some(capacity) = [limit, learned].into_iter().flatten().min() {
+                self.health.metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
+            }
             if inserts && (over_limit || refused) {
                 self.limit_gauge(resolved).set(1);
                 self.note_owned(resolved, false);
