@@ -1,11 +1,12 @@
-//! `weft network apply|show`: the cluster network config in the store.
+//! `weft network apply|show|import`: the cluster network config in the store, and flannel's
+//! turned into weft's `[network]`.
 
 use clap::{Args, Subcommand};
 
 use crate::commands::output::{print_json, OutputArgs};
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
-use crate::network::Network;
+use crate::network::{import, Network};
 use crate::store::{self, FileNetworkSource, NetworkSource, Store};
 
 #[derive(Subcommand, Debug)]
@@ -14,6 +15,21 @@ pub enum NetworkCommand {
     Apply(ApplyArgs),
     /// Print the network config held in the store.
     Show(OutputArgs),
+    /// Print flannel's network config as weft's `[network]` table: kube-flannel's net-conf.json,
+    /// the ConfigMap holding it (YAML or JSON; `-` reads stdin), or with `--from-flannel` the
+    /// config flannel keeps in the store (`<prefix>/config` in etcd).
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// net-conf.json, kube-flannel.yml or `kubectl get configmap -o json`'s output (`-`: stdin).
+    #[arg(value_name = "FILE", required_unless_present = "from_flannel", conflicts_with = "from_flannel")]
+    pub file: Option<std::path::PathBuf>,
+    /// Read flannel's config from the store of the config file's `[store]` (etcd: the prefix's
+    /// `config` key) instead of a file.
+    #[arg(long)]
+    pub from_flannel: bool,
 }
 
 #[derive(Args, Debug)]
@@ -25,6 +41,10 @@ pub struct ApplyArgs {
 }
 
 pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), CommandError> {
+    // Importing a file needs no weft.toml yet: it is how the first one is written.
+    if let NetworkCommand::Import(ImportArgs { file: Some(file), .. }) = &command {
+        return import_file(file);
+    }
     let config = global.load_config(Flags::default())?.config;
     let store = store::open_with_network(&config.store, &FileNetworkSource::new(&config.network)).await?;
     match command {
@@ -33,7 +53,27 @@ pub async fn run(global: &GlobalArgs, command: NetworkCommand) -> Result<(), Com
             apply(store.as_ref(), &network, args.force).await
         }
         NetworkCommand::Show(output) => show(store.as_ref(), output).await,
+        NetworkCommand::Import(_) => {
+            let Some(text) = store.network_config().await? else {
+                return Err(CommandError::Runtime("no network config in the store to import".into()));
+            };
+            print_imported(&text, "the store's network config")
+        }
     }
+}
+
+fn import_file(file: &std::path::Path) -> Result<(), CommandError> {
+    let text =
+        if file.as_os_str() == "-" { std::io::read_to_string(std::io::stdin()) } else { std::fs::read_to_string(file) };
+    let name = file.display().to_string();
+    let text = text.map_err(|e| CommandError::Input(format!("{name}: {e}")))?;
+    print_imported(&text, &name)
+}
+
+fn print_imported(text: &str, source_name: &str) -> Result<(), CommandError> {
+    let imported = import::import(text, source_name).map_err(|e| CommandError::Input(e.to_string()))?;
+    print!("{}", import::to_toml(&imported, source_name));
+    Ok(())
 }
 
 async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), CommandError> {

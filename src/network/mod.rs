@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub mod backend;
+pub mod import;
 
 use backend::BackendConfig;
 
