@@ -92,6 +92,16 @@ fn lab_up_status_down() {
     assert_eq!(pings.len(), 2, "{shown}");
     assert!(pings.iter().all(|p| p["reachable"] == false), "{shown}");
     assert_eq!(shown["ok"], true, "{shown}");
+    // Each host's own `weft check connectivity` ran, as that host: one peer each, not reached.
+    let checks = shown["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{shown}");
+    for check in checks {
+        assert!(check["error"].is_null(), "{shown}");
+        let peers = check["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 1, "{shown}");
+        assert_eq!((&peers[0]["reachable"], &peers[0]["path"]), (&false.into(), &"alloc".into()), "{shown}");
+    }
+    assert!(status.contains("Each host to its peers' subnets") && status.contains("0/1 peer subnets"), "{status}");
     // A lease of another backend makes the ✗ a failure: status exits 1 (and says so in JSON).
     let lab_config = "/run/weft-lab/weft.toml";
     ok(&["--config", lab_config, "leases", "reserve", "10.244.200.0/24", "--public-ip", "198.51.100.99"]);

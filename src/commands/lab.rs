@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::commands::check::PeerProbe;
 use crate::commands::output::{print_json, OutputArgs};
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::{self, Config, Flags, StoreKind, StoreSection};
@@ -307,10 +308,12 @@ fn status(output: OutputArgs) -> Result<(), CommandError> {
             hosts: &'a [HostLine],
             leases: &'a [LeaseLine],
             pings: Vec<ProbeLine>,
+            checks: &'a [HostCheck],
             ok: bool,
         }
         let pings = report::probe_lines(&shown.names, &shown.probes);
-        print_json(&Status { hosts: &hosts, leases: &shown.leases, pings, ok: shown.verdict().is_ok() })?;
+        let ok = shown.verdict().is_ok();
+        print_json(&Status { hosts: &hosts, leases: &shown.leases, pings, checks: &shown.checks, ok })?;
     } else {
         print!("{}", report::render_hosts(&hosts));
         shown.print();
@@ -371,11 +374,43 @@ fn current_lab(dir: &LabDir) -> Result<Topology, CommandError> {
     }
 }
 
-/// The leases and the pod-to-pod matrix, as measured.
+/// The leases, the pod-to-pod matrix and each host's own connectivity check, as measured.
 struct Shown {
     leases: Vec<LeaseLine>,
     names: Vec<String>,
     probes: Vec<Vec<Probe>>,
+    checks: Vec<HostCheck>,
+}
+
+/// One host's `weft check connectivity`, run by this binary in the host's namespace with the
+/// host's own config: what an operator on that host would see.
+#[derive(Debug, Clone, serde::Serialize)]
+struct HostCheck {
+    host: String,
+    /// The peers' lines, as `check connectivity -o json` prints them.
+    peers: Vec<PeerProbe>,
+    /// Why the check gave no answer at all.
+    error: Option<String>,
+}
+
+impl HostCheck {
+    fn failed(&self) -> bool {
+        self.error.is_some() || self.peers.iter().any(|p| !p.reachable)
+    }
+
+    fn line(&self) -> String {
+        let reachable = self.peers.iter().filter(|p| p.reachable).count();
+        let mark = if self.failed() { "✗" } else { "✓" };
+        let mut line = format!("  {:<8} {mark} {reachable}/{} peer subnets", self.host, self.peers.len());
+        let missed: Vec<&str> = self.peers.iter().filter(|p| !p.reachable).map(|p| p.subnet.as_str()).collect();
+        if !missed.is_empty() {
+            line.push_str(&format!(", no answer from {}", missed.join(", ")));
+        }
+        if let Some(error) = &self.error {
+            line.push_str(&format!(" ({error})"));
+        }
+        line
+    }
 }
 
 impl Shown {
@@ -384,6 +419,10 @@ impl Shown {
         print!("{}", report::render_leases(&self.leases));
         println!("\nPod to pod ping, average round trip (✗: no answer)");
         print!("{}", report::render_matrix(&self.names, &self.probes));
+        println!("\nEach host to its peers' subnets (`weft check connectivity` on the host)");
+        for check in &self.checks {
+            println!("{}", check.line());
+        }
     }
 
     /// A ✗ fails the command, except when every lease is alloc's (no routes: ✗ is the point).
@@ -394,8 +433,48 @@ impl Shown {
             CommandError::Runtime(format!(
                 "{failed} pod-to-pod ping(s) got no answer (✗ in the matrix); the lab is left running for inspection"
             ))
-        })
+        })?;
+        let failed: Vec<&str> = self.checks.iter().filter(|c| c.failed()).map(|c| c.host.as_str()).collect();
+        if failed.is_empty() || unreachable_expected {
+            return Ok(());
+        }
+        Err(CommandError::Runtime(format!(
+            "`weft check connectivity` failed on {}; the lab is left running for inspection",
+            failed.join(", ")
+        )))
     }
+}
+
+/// Runs `weft check connectivity -o json` on every host, as that host.
+fn host_checks(topology: &Topology, dir: &LabDir) -> Vec<HostCheck> {
+    topology
+        .host_nodes()
+        .into_iter()
+        .map(|node| {
+            let (peers, error) = match check_on(&node, dir) {
+                Ok(peers) => (peers, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            HostCheck { host: node.name.clone(), peers, error }
+        })
+        .collect()
+}
+
+fn check_on(node: &Node, dir: &LabDir) -> Result<Vec<PeerProbe>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+    let ns = Netns::open(&node.ns).map_err(|e| format!("namespace {}: {e}", node.ns))?;
+    let out = ns
+        .command(exe)
+        .map_err(|e| format!("entering {}: {e}", node.ns))?
+        .arg("--config")
+        .arg(dir.host_config(node))
+        .args(["check", "connectivity", "-o", "json", "--subnet-file"])
+        .arg(dir.subnet_file(node))
+        .env("NO_COLOR", "1")
+        .output()
+        .map_err(|e| format!("running weft check connectivity: {e}"))?;
+    // Exit 1 with a full answer is a ✗ in the rows, not a failure to check.
+    serde_json::from_slice(&out.stdout).map_err(|_| String::from_utf8_lossy(&out.stderr).trim().to_string())
 }
 
 fn measure(topology: &Topology, dir: &LabDir) -> Result<Shown, CommandError> {
@@ -412,7 +491,8 @@ fn measure(topology: &Topology, dir: &LabDir) -> Result<Shown, CommandError> {
         .collect();
     let probes = probe::pod_matrix(&pods).map_err(runtime)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    Ok(Shown { leases, names, probes })
+    let checks = host_checks(topology, dir);
+    Ok(Shown { leases, names, probes, checks })
 }
 
 fn read_leases(dir: &LabDir, nodes: &[Node]) -> Result<Vec<LeaseLine>, CommandError> {
