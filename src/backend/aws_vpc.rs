@@ -20,8 +20,8 @@ use crate::health::{CloudCallLabels, Health};
 use crate::lease::Lease;
 use crate::network::backend::AwsVpcConfig;
 
-mod node;
-mod plan;
+pub(crate) mod node;
+pub(crate) mod plan;
 mod worker;
 
 use node::Node;

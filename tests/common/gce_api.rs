@@ -165,6 +165,13 @@ impl GceApi {
         );
     }
 
+    /// Sets the instance's `canIpForward` (fixed at creation on GCE; tests flip it).
+    pub fn set_can_ip_forward(&self, zone: &str, name: &str, on: bool) {
+        let mut api = self.lock();
+        let instance = api.instances.get_mut(&(zone.to_string(), name.to_string())).expect("an instance");
+        instance["canIpForward"] = json!(on);
+    }
+
     /// Puts a route in place as if someone had made it (flannel, another tool, a dead node).
     pub fn put_route(&self, name: &str, dest: &str, network: &str, next_hop_instance: Option<&str>) {
         let body = json!({"name": name, "destRange": dest, "network": network, "priority": 1000,
