@@ -17,6 +17,9 @@ use crate::network::backend::AwsVpcConfig;
 
 use super::Check;
 
+/// The actions that need a route table to be asked about.
+const ROUTE_ACTIONS: [&str; 3] = ["CreateRoute", "ReplaceRoute", "DeleteRoute"];
+
 /// How long each request to the metadata service may take.
 const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -187,6 +190,10 @@ pub async fn checks(
         destination: own.unwrap_or(network),
     };
     for action in ACTIONS {
+        // Without a table the route actions cannot be asked; aws.route_tables says why.
+        if target.table_id.is_none() && ROUTE_ACTIONS.contains(&action) {
+            continue;
+        }
         checks.push(permission(action, &ec2.dry_run(action, &target).await));
     }
     checks.push(source_dest_check(&interface_id, interface.and_then(|i| i.source_dest_check)));

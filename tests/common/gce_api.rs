@@ -29,9 +29,19 @@ pub struct Served {
 
 /// Serves `app` on a free port of 127.0.0.1.
 pub fn serve(app: Router) -> Served {
+    serve_in(None, app)
+}
+
+/// Serves `app` on a free port of 127.0.0.1 of network namespace `netns` (the machine's own
+/// when `None`).
+pub fn serve_in(netns: Option<&weft::netns::Netns>, app: Router) -> Served {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let netns = netns.map(|ns| std::fs::File::open(&ns.path).expect("open the namespace"));
     std::thread::spawn(move || {
+        if let Some(file) = netns {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
+        }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -115,9 +125,14 @@ pub struct GceApiServer {
 
 impl GceApiServer {
     pub fn start(project: &str) -> GceApiServer {
+        GceApiServer::start_in(None, project)
+    }
+
+    /// The server inside `netns` (its 127.0.0.1), for a process running there.
+    pub fn start_in(netns: Option<&weft::netns::Netns>, project: &str) -> GceApiServer {
         let api = GceApi { state: Arc::new(Mutex::new(Api { project: project.into(), ..Api::default() })) };
         let app = Router::new().fallback(handle).with_state(api.clone());
-        let served = serve(app);
+        let served = serve_in(netns, app);
         GceApiServer { endpoint: format!("http://{}", served.addr), api, _served: served }
     }
 }

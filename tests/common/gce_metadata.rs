@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 
-use super::gce_api::{serve, Served};
+use super::gce_api::{serve_in, Served};
 
 /// The project number GCE puts in metadata paths (`projects/<number>/zones/...`).
 pub const PROJECT_NUMBER: &str = "424242424242";
@@ -46,6 +46,18 @@ pub struct MetadataServer {
 
 impl MetadataServer {
     pub fn start(project: &str, zone: &str, name: &str, network: &str, ip: &str) -> MetadataServer {
+        MetadataServer::start_in(None, project, zone, name, network, ip)
+    }
+
+    /// The server inside `netns` (its 127.0.0.1), for a process running there.
+    pub fn start_in(
+        netns: Option<&weft::netns::Netns>,
+        project: &str,
+        zone: &str,
+        name: &str,
+        network: &str,
+        ip: &str,
+    ) -> MetadataServer {
         let token = format!("ya29.test-token-for-{name}");
         let requests = Arc::new(AtomicUsize::new(0));
         let scopes = Arc::new(Mutex::new(format!("{CLOUD_PLATFORM}\n")));
@@ -59,7 +71,7 @@ impl MetadataServer {
             requests: requests.clone(),
             scopes: scopes.clone(),
         };
-        let served = serve(Router::new().fallback(handle).with_state(instance));
+        let served = serve_in(netns, Router::new().fallback(handle).with_state(instance));
         MetadataServer { host: served.addr.to_string(), token, requests, scopes, _served: served }
     }
 

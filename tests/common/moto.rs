@@ -345,7 +345,12 @@ impl FaultProxy {
     /// Serves on a free port, on `runtime`.
     pub fn start(runtime: &tokio::runtime::Runtime, moto: &Moto) -> FaultProxy {
         let upstream: SocketAddr = moto.endpoint.trim_start_matches("http://").parse().expect("moto address");
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind the proxy");
+        // Bound on one of the runtime's threads: a runtime whose threads entered a network
+        // namespace serves there.
+        let listener = runtime
+            .block_on(runtime.spawn(tokio::net::TcpListener::bind("127.0.0.1:0")))
+            .expect("bind task")
+            .expect("bind the proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let proxy = FaultProxy { endpoint, upstream, state: Arc::default() };
         let app = axum::Router::new().fallback(handle).with_state(proxy.clone());
