@@ -76,11 +76,16 @@ fn prepared(network: &str) -> Cluster {
     let text = std::fs::read_to_string(&config).unwrap().replace("[agent]\n", "[agent]\niface = [\"eth0\"]\n");
     std::fs::write(&config, text).unwrap();
     cluster.weft_ok(&["network", "apply"]);
+    forwarding_host(&cluster);
+    cluster
+}
+
+/// Host 1 forwards and filters no reverse path.
+fn forwarding_host(cluster: &Cluster) {
     let ns = cluster.host_ns(1);
     sysctl(&ns, "ipv4/ip_forward", "1");
     sysctl(&ns, "ipv4/conf/all/rp_filter", "0");
     sysctl(&ns, "ipv4/conf/eth0/rp_filter", "0");
-    cluster
 }
 
 fn assert_only_failure(run: &Run, name: &str) {
@@ -181,6 +186,33 @@ fn an_mtu_larger_than_the_interface_takes_fails_and_host_gw_skips_the_vxlan_chec
     assert_eq!(run.code, 0, "{}", run.text);
     assert!(!run.checks.contains_key("udp_port") && !run.checks.contains_key("kernel.vxlan"), "{}", run.text);
     assert!(run.check("mtu").detail.contains("pods get MTU"), "{}", run.text);
+}
+
+/// store.kind = "kube": the API asked for the Nodes with the kubeconfig's credentials.
+#[test]
+fn the_kube_api_reached_or_not() {
+    let cluster = Cluster::new(1);
+    forwarding_host(&cluster);
+    let api = common::kube_api::KubeApi::start_in(Some(&cluster.host_ns(1)), "127.0.0.1:0");
+    api.add_node("h1", None, &BTreeMap::new());
+    let kubeconfig = api.kubeconfig(cluster.dir.path());
+    std::fs::write(
+        cluster.path("weft.toml"),
+        format!(
+            "[agent]\niface = [\"eth0\"]\n\n[store]\nkind = \"kube\"\nnode_name = \"h1\"\nkubeconfig = \"{}\"\n\n[network]\n{NETWORK}",
+            kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let run = doctor(&cluster, &[], &[]);
+    assert_eq!(run.code, 0, "{}", run.text);
+    assert!(run.check("store").detail.starts_with("the Kubernetes API answered"), "{}", run.text);
+    // A kubeconfig naming a server nobody listens on.
+    let text = std::fs::read_to_string(&kubeconfig).unwrap().replace(&api.url(), "http://127.0.0.1:9");
+    std::fs::write(&kubeconfig, text).unwrap();
+    let run = doctor(&cluster, &[], &[]);
+    assert_only_failure(&run, "store");
+    assert!(run.check("store").fix.as_deref().unwrap().contains("store.kubeconfig"), "{}", run.text);
 }
 
 #[test]
