@@ -384,11 +384,12 @@ mod gce {
     fn gce_checks_pass_then_fail_one_by_one() {
         let cluster = prepared(NETWORK);
         let ns = cluster.host_ns(1);
-        let server = GceApiServer::start_in(Some(&ns), PROJECT);
+        let localhost = std::net::Ipv4Addr::LOCALHOST;
+        let server = GceApiServer::start_in(PROJECT, &ns, localhost);
         let api = &server.api;
         api.add_network("default");
         api.add_instance(ZONE, "node-a", "default", "10.132.0.2");
-        let metadata = MetadataServer::start_in(Some(&ns), PROJECT, ZONE, "node-a", "default", "10.132.0.2");
+        let metadata = MetadataServer::start_in(PROJECT, ZONE, "node-a", "default", "10.132.0.2", &ns, localhost);
         api.allow_token(&metadata.token, "node-a");
         apply(&cluster, &server, "");
         let env = [("GCE_METADATA_HOST", metadata.host.as_str())];

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::cluster::Cluster;
+use common::packets::Flow;
 use common::wait::until as wait_until;
 use weft::lab::pods::SubnetInfo;
 use weft::lab::PodAddrs;
@@ -20,39 +20,8 @@ fn network(backend: &str) -> String {
     format!("{NETWORK}\n[network.backend]\n{backend}")
 }
 
-/// Pings every 10 ms, for 5 s, from one pod to another, counting what comes back. A fixed count
-/// (not an interrupt) so the last ping's reply is waited for, not counted as lost.
-const FLOW_PINGS: &str = "500";
-
-struct Flow {
-    child: Child,
-    name: String,
-}
-
-impl Flow {
-    fn start(cluster: &Cluster, from: usize, to: &PodAddrs) -> Flow {
-        let ns = Netns::open(&cluster.pod_ns(from)).expect("pod namespace");
-        let child = ns
-            .command("ping")
-            .expect("enter pod")
-            .args(["-i", "0.01", "-c", FLOW_PINGS, "-W", "1", "-q", &to.pod.addr().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ping");
-        Flow { child, name: format!("pod h{from} → {}", to.pod.addr()) }
-    }
-
-    /// Waits for the flow to end and returns (sent, received).
-    fn finish(self) -> (u64, u64) {
-        let out = self.child.wait_with_output().expect("ping output");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{text}"));
-        let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
-        (numbers[0], numbers[1])
-    }
-}
+/// Pings per flow: 5 s at 10 ms.
+const FLOW_PINGS: u32 = 500;
 
 fn lease_types(cluster: &Cluster) -> Vec<String> {
     let list: serde_json::Value = serde_json::from_str(&cluster.weft_ok(&["leases", "list", "--json"])).unwrap();
@@ -131,8 +100,10 @@ fn backends_switch_live_keeping_subnets_and_traffic() {
     ];
     let mut report = Vec::new();
     for (name, backend) in steps {
-        let flows: Vec<Flow> =
-            [(1, 2), (2, 3), (3, 1)].into_iter().map(|(f, t)| Flow::start(&cluster, f, &pods[t - 1])).collect();
+        let flows: Vec<Flow> = [(1, 2), (2, 3), (3, 1)]
+            .into_iter()
+            .map(|(f, t)| Flow::start(&cluster, f, pods[t - 1].pod.addr(), FLOW_PINGS))
+            .collect();
         std::thread::sleep(Duration::from_millis(300));
         cluster.write_config(&network(backend));
         cluster.weft_ok(&["network", "apply"]);

@@ -1,6 +1,7 @@
 //! Switching live from host-gw to aws-vpc and back on 3 hosts in network namespaces, with a real
 //! etcd, moto as EC2 and one IMDSv2 server per node — all in the cluster's service namespace, so
-//! the agents reach them over the underlay. Nothing of aws-vpc may stay behind: no route of the
+//! the agents reach them over the underlay — and the VPC's router there too: on aws-vpc the pods
+//! reach each other through the route tables. Nothing of aws-vpc may stay behind: no route of the
 //! cluster network in any route table once the cluster is back on host-gw. Needs root and moto:
 //! fails, never skips, without them.
 
@@ -16,6 +17,7 @@ use aws_sdk_ec2::Client;
 use common::cluster::{runtime_in, Cluster};
 use common::imds::{self, Imds};
 use common::moto::{self, Host, Moto};
+use common::vpc_router::{Identity, RoutedHost, VpcRouter};
 use ipnet::Ipv4Net;
 use weft::lab::PodAddrs;
 use weft::netns::Netns;
@@ -44,6 +46,8 @@ struct Cloud {
     moto: Moto,
     ec2: Client,
     vpc: String,
+    /// The one subnet, the underlay.
+    subnet: String,
     /// Tagged for the cluster: the agents write these. The first is the subnet's own table.
     tagged: Vec<String>,
     /// Untagged and the VPC's main table: never written.
@@ -64,7 +68,7 @@ impl Cloud {
             let ec2 = ec2.clone();
             runtime.block_on(runtime.spawn(async move { build_vpc(&ec2, &addrs).await })).expect("building the VPC")
         };
-        let (vpc, tagged, untouched, hosts) = built;
+        let (vpc, subnet, tagged, untouched, hosts) = built;
         let nodes = hosts
             .into_iter()
             .map(|host| {
@@ -72,7 +76,7 @@ impl Cloud {
                 (host, imds)
             })
             .collect();
-        Cloud { runtime, moto, ec2, vpc, tagged, untouched, nodes }
+        Cloud { runtime, moto, ec2, vpc, subnet, tagged, untouched, nodes }
     }
 
     /// Runs `f` on the runtime's threads, inside the service namespace.
@@ -141,8 +145,8 @@ impl Cloud {
 
 /// The VPC: one subnet (the underlay) associated with a tagged table, a second tagged table, an
 /// untagged one, one instance per host at the host's address, and a foreign route in each
-/// tagged table. Returns (vpc, tagged, untouched tables, hosts).
-async fn build_vpc(ec2: &Client, addrs: &[Ipv4Addr]) -> (String, Vec<String>, Vec<String>, Vec<Host>) {
+/// tagged table. Returns (vpc, subnet, tagged, untouched tables, hosts).
+async fn build_vpc(ec2: &Client, addrs: &[Ipv4Addr]) -> (String, String, Vec<String>, Vec<String>, Vec<Host>) {
     let out = ec2.create_vpc().cidr_block(VPC_CIDR).send().await.expect("CreateVpc");
     let vpc = out.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
     let subnet = moto::create_subnet(ec2, &vpc, VPC_CIDR, &format!("{}a", moto::REGION)).await;
@@ -170,11 +174,13 @@ async fn build_vpc(ec2: &Client, addrs: &[Ipv4Addr]) -> (String, Vec<String>, Ve
     for table in &tagged {
         moto::create_route(ec2, table, OUTSIDE, &spare).await;
     }
-    (vpc, tagged, vec![untagged, main], hosts)
+    (vpc, subnet, tagged, vec![untagged, main], hosts)
 }
 
-/// The cluster and its cloud; the cluster (agents, namespaces) goes first, then moto and IMDS.
+/// The cluster and its cloud; the VPC's router goes first (it reads moto), then the cluster
+/// (agents, namespaces), then moto and IMDS.
 struct World {
+    _router: VpcRouter,
     cluster: Cluster,
     cloud: Cloud,
 }
@@ -183,7 +189,22 @@ impl World {
     fn new() -> World {
         let cluster = Cluster::with_etcd(HOSTS);
         let cloud = Cloud::start(&cluster);
-        World { cluster, cloud }
+        // The hosts reach each other's pods on aws-vpc only as the tables say.
+        let service = cluster.topology.service();
+        let hosts = (1..=HOSTS)
+            .map(|i| {
+                let (node, host) = (&cloud.nodes[i - 1].0, cluster.host(i));
+                let cloud = Identity::Aws {
+                    subnet_id: cloud.subnet.clone(),
+                    instance_id: node.instance_id.clone(),
+                    interface_id: node.interface_id.clone(),
+                };
+                RoutedHost { ns: host.ns, addr: host.addr, cloud }
+            })
+            .collect();
+        let (runtime, ec2, vpc) = (cloud.runtime.handle().clone(), cloud.ec2.clone(), cloud.vpc.clone());
+        let router = VpcRouter::start_aws(&service.ns, service.addr, runtime, ec2, vpc, hosts);
+        World { _router: router, cluster, cloud }
     }
 
     /// Each agent gets moto as its EC2 endpoint from its own environment: the shared config
@@ -284,6 +305,8 @@ fn host_gw_to_aws_vpc_and_back_leaves_no_cloud_routes() {
         assert_eq!(world.cloud.source_dest_check(&host.interface_id), Some(false), "{}", host.interface_id);
     }
     assert!(world.cloud.outside_routes_kept(), "a route outside the cluster network was touched");
+    // Real packets on aws-vpc: through the VPC's router, as the tables say.
+    world.pings(&pods, Duration::from_secs(10));
     let untouched: Vec<_> =
         world.cloud.cluster_routes().into_iter().filter(|(t, _, _)| world.cloud.untouched.contains(t)).collect();
     assert!(untouched.is_empty(), "untagged or main table written: {untouched:?}");

@@ -20,9 +20,10 @@ use crate::health::{CloudCallLabels, Health};
 use crate::lease::Lease;
 use crate::network::backend::AwsVpcConfig;
 
-pub(crate) mod node;
-pub(crate) mod plan;
-mod worker;
+// Public for the cloud benchmark (benches/cloud_overflow.rs), which drives the provider itself.
+pub mod node;
+pub mod plan;
+pub mod worker;
 
 use node::Node;
 use plan::TableMode;

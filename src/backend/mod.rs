@@ -223,7 +223,8 @@ pub fn create(
     }
 }
 
-/// `cloud` alone, or with vxlan for the peers its routes do not carry (`overflow = "vxlan"`).
+/// `cloud` alone, or with vxlan for the peers its routes do not carry (`overflow = "vxlan"`);
+/// either way on a host that forwards.
 #[cfg(any(feature = "aws", feature = "gce"))]
 fn with_overflow(
     cloud: Box<dyn Backend>,
@@ -232,11 +233,12 @@ fn with_overflow(
     ctx: &BackendContext,
     kernel: impl FnOnce() -> Result<Arc<dyn Kernel>, BackendError>,
 ) -> Result<Box<dyn Backend>, BackendError> {
+    let kernel = kernel()?;
     match overflow {
-        None => Ok(cloud),
+        None => Ok(Box::new(cloud::forwarding::Forwarding::new(cloud, kernel))),
         Some(crate::network::backend::Overflow::Vxlan) => {
-            let overlay =
-                vxlan::Vxlan::new(kernel()?, crate::network::backend::VxlanConfig::default(), ctx.ext.clone());
+            // The vxlan part turns forwarding on itself.
+            let overlay = vxlan::Vxlan::new(kernel, crate::network::backend::VxlanConfig::default(), ctx.ext.clone());
             Ok(Box::new(cloud::hybrid::Hybrid::new(cloud, Box::new(overlay), paths)))
         }
     }

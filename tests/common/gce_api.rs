@@ -8,7 +8,8 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Body;
@@ -17,6 +18,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 use serde_json::{json, Value};
+use weft::netns::Netns;
 
 /// How GCE writes links, whatever endpoint was called.
 pub const LINK_BASE: &str = "https://www.googleapis.com/compute/v1/";
@@ -29,22 +31,27 @@ pub struct Served {
 
 /// Serves `app` on a free port of 127.0.0.1.
 pub fn serve(app: Router) -> Served {
-    serve_in(None, app)
+    serve_at(app, None, Ipv4Addr::LOCALHOST)
 }
 
-/// Serves `app` on a free port of 127.0.0.1 of network namespace `netns` (the machine's own
-/// when `None`).
-pub fn serve_in(netns: Option<&weft::netns::Netns>, app: Router) -> Served {
+/// Serves `app` on a free port of `ip` inside the namespace at `netns` (hosts in namespaces of
+/// their own reach it there, as instances reach Google's API).
+pub fn serve_in(app: Router, netns: &Netns, ip: Ipv4Addr) -> Served {
+    serve_at(app, Some(netns.path.clone()), ip)
+}
+
+fn serve_at(app: Router, netns: Option<PathBuf>, ip: Ipv4Addr) -> Served {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let netns = netns.map(|ns| std::fs::File::open(&ns.path).expect("open the namespace"));
     std::thread::spawn(move || {
-        if let Some(file) = netns {
+        if let Some(path) = netns {
+            // This thread only: the server's socket is made in that namespace.
+            let file = std::fs::File::open(&path).expect("open the namespace");
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
         }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, 0))).await.expect("bind");
             addr_tx.send(listener.local_addr().expect("addr")).expect("send addr");
             let server = axum::serve(listener, app);
             // Stop at once: clients (killed agents) may hold idle connections.
@@ -125,14 +132,17 @@ pub struct GceApiServer {
 
 impl GceApiServer {
     pub fn start(project: &str) -> GceApiServer {
-        GceApiServer::start_in(None, project)
+        GceApiServer::serve(project, serve)
     }
 
-    /// The server inside `netns` (its 127.0.0.1), for a process running there.
-    pub fn start_in(netns: Option<&weft::netns::Netns>, project: &str) -> GceApiServer {
+    /// The server at `ip` in namespace `netns`.
+    pub fn start_in(project: &str, netns: &Netns, ip: Ipv4Addr) -> GceApiServer {
+        GceApiServer::serve(project, |app| serve_in(app, netns, ip))
+    }
+
+    fn serve(project: &str, serve: impl FnOnce(Router) -> Served) -> GceApiServer {
         let api = GceApi { state: Arc::new(Mutex::new(Api { project: project.into(), ..Api::default() })) };
-        let app = Router::new().fallback(handle).with_state(api.clone());
-        let served = serve_in(netns, app);
+        let served = serve(Router::new().fallback(handle).with_state(api.clone()));
         GceApiServer { endpoint: format!("http://{}", served.addr), api, _served: served }
     }
 }
@@ -180,11 +190,18 @@ impl GceApi {
         );
     }
 
-    /// Sets the instance's `canIpForward` (fixed at creation on GCE; tests flip it).
+    /// Turns the instance's IP forwarding (`canIpForward`) on or off, as `instances.update` would.
     pub fn set_can_ip_forward(&self, zone: &str, name: &str, on: bool) {
-        let mut api = self.lock();
-        let instance = api.instances.get_mut(&(zone.to_string(), name.to_string())).expect("an instance");
-        instance["canIpForward"] = json!(on);
+        if let Some(instance) = self.lock().instances.get_mut(&(zone.into(), name.into())) {
+            instance["canIpForward"] = json!(on);
+        }
+    }
+
+    /// Instances by selfLink, with their `canIpForward`.
+    pub fn instances_forwarding(&self) -> BTreeMap<String, bool> {
+        let api = self.lock();
+        let forwards = |i: &Value| i["canIpForward"].as_bool().unwrap_or(false);
+        api.instances.values().map(|i| (i["selfLink"].as_str().unwrap_or_default().to_string(), forwards(i))).collect()
     }
 
     /// Puts a route in place as if someone had made it (flannel, another tool, a dead node).
@@ -297,7 +314,14 @@ impl Api {
         }
         op.json["progress"] = json!(100);
         op.json["endTime"] = json!("2025-01-01T00:00:05.000-07:00");
-        if let Some(error) = op.error.clone() {
+        // The quota is judged again when the insert is done: inserts made at once all found
+        // room when they were asked for.
+        let full = self.route_quota.filter(|quota| self.routes.len() >= *quota);
+        let error = match (&op.effect, full) {
+            (Effect::InsertRoute(_), Some(quota)) if op.error.is_none() => Some(quota_operation_error(quota)),
+            _ => op.error.clone(),
+        };
+        if let Some(error) = error {
             op.json["error"] = error;
             op.json["httpErrorStatusCode"] = json!(403);
             op.json["httpErrorMessage"] = json!("FORBIDDEN");

@@ -4,6 +4,7 @@
 //! `GCE_METADATA_HOST=<addr>`.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +14,9 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::Router;
 
-use super::gce_api::{serve_in, Served};
+use weft::netns::Netns;
+
+use super::gce_api::{serve, serve_in, Served};
 
 /// The project number GCE puts in metadata paths (`projects/<number>/zones/...`).
 pub const PROJECT_NUMBER: &str = "424242424242";
@@ -31,7 +34,7 @@ struct Instance {
     scopes: Arc<Mutex<String>>,
 }
 
-/// What a VM created with the default `--scopes=cloud-platform` has.
+/// What a VM created with `--scopes=cloud-platform` has.
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 
 pub struct MetadataServer {
@@ -46,17 +49,29 @@ pub struct MetadataServer {
 
 impl MetadataServer {
     pub fn start(project: &str, zone: &str, name: &str, network: &str, ip: &str) -> MetadataServer {
-        MetadataServer::start_in(None, project, zone, name, network, ip)
+        MetadataServer::serve(project, zone, name, network, ip, serve)
     }
 
-    /// The server inside `netns` (its 127.0.0.1), for a process running there.
+    /// The server at `at` in namespace `netns`, for an instance in a namespace of its own.
     pub fn start_in(
-        netns: Option<&weft::netns::Netns>,
         project: &str,
         zone: &str,
         name: &str,
         network: &str,
         ip: &str,
+        netns: &Netns,
+        at: Ipv4Addr,
+    ) -> MetadataServer {
+        MetadataServer::serve(project, zone, name, network, ip, |app| serve_in(app, netns, at))
+    }
+
+    fn serve(
+        project: &str,
+        zone: &str,
+        name: &str,
+        network: &str,
+        ip: &str,
+        serve: impl FnOnce(Router) -> Served,
     ) -> MetadataServer {
         let token = format!("ya29.test-token-for-{name}");
         let requests = Arc::new(AtomicUsize::new(0));
@@ -71,7 +86,7 @@ impl MetadataServer {
             requests: requests.clone(),
             scopes: scopes.clone(),
         };
-        let served = serve_in(netns, Router::new().fallback(handle).with_state(instance));
+        let served = serve(Router::new().fallback(handle).with_state(instance));
         MetadataServer { host: served.addr.to_string(), token, requests, scopes, _served: served }
     }
 

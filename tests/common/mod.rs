@@ -7,5 +7,7 @@ pub mod gce_metadata;
 pub mod imds;
 pub mod kube_api;
 pub mod moto;
+pub mod packets;
+pub mod vpc_router;
 pub mod wait;
 pub mod weft;

@@ -323,6 +323,10 @@ pub enum Fault {
     Blackhole { cidr: String },
     /// Calls of `action` answer `UnauthorizedOperation`, as EC2 does for an action the role lacks.
     Unauthorized { action: String },
+    /// Every table holds at most `routes` routes (its local route included): `CreateRoute` into
+    /// a table that has them answers `RouteLimitExceeded`, as EC2 does at the quota (moto has
+    /// none). Route creations are serialized, so racing agents cannot overfill a table.
+    Capacity { routes: usize },
 }
 
 #[derive(Default)]
@@ -339,20 +343,24 @@ pub struct FaultProxy {
     pub endpoint: String,
     upstream: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
+    /// Held from a capacity check to the end of the `CreateRoute` it allowed.
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl FaultProxy {
-    /// Serves on a free port, on `runtime`.
+    /// Serves on a free port of 127.0.0.1, on `runtime`.
     pub fn start(runtime: &tokio::runtime::Runtime, moto: &Moto) -> FaultProxy {
+        FaultProxy::start_at(runtime, moto, Ipv4Addr::LOCALHOST)
+    }
+
+    /// Serves on a free port of `ip` (in the namespace `runtime`'s threads are in).
+    pub fn start_at(runtime: &tokio::runtime::Runtime, moto: &Moto, ip: Ipv4Addr) -> FaultProxy {
         let upstream: SocketAddr = moto.endpoint.trim_start_matches("http://").parse().expect("moto address");
-        // Bound on one of the runtime's threads: a runtime whose threads entered a network
-        // namespace serves there.
-        let listener = runtime
-            .block_on(runtime.spawn(tokio::net::TcpListener::bind("127.0.0.1:0")))
-            .expect("bind task")
-            .expect("bind the proxy");
+        // Bound by one of the runtime's threads: the socket belongs to their namespace.
+        let bind = runtime.spawn(tokio::net::TcpListener::bind(SocketAddr::from((ip, 0))));
+        let listener = runtime.block_on(bind).expect("the bind task").expect("bind the proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
-        let proxy = FaultProxy { endpoint, upstream, state: Arc::default() };
+        let proxy = FaultProxy { endpoint, upstream, state: Arc::default(), creating: Arc::default() };
         let app = axum::Router::new().fallback(handle).with_state(proxy.clone());
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -419,6 +427,14 @@ impl FaultProxy {
         None
     }
 
+    fn capacity(&self) -> Option<usize> {
+        let state = self.state.lock().unwrap();
+        state.faults.iter().find_map(|f| match f {
+            Fault::Capacity { routes } => Some(*routes),
+            _ => None,
+        })
+    }
+
     fn blackholes(&self) -> Vec<String> {
         let state = self.state.lock().unwrap();
         state
@@ -472,6 +488,28 @@ async fn handle(
         );
     }
     let upstream = proxy.upstream;
+    let capacity = proxy.capacity().filter(|_| action == "CreateRoute");
+    let _creating = match capacity {
+        Some(_) => Some(proxy.creating.clone().lock_owned().await),
+        None => None,
+    };
+    if let Some(capacity) = capacity {
+        // The table as moto has it now (moto does not check signatures: the headers serve).
+        let query = format!("Action=DescribeRouteTables&Version=2016-11-15&RouteTableId.1={table}");
+        let (m, u, h) = (method.clone(), uri.clone(), headers.clone());
+        let listed = tokio::task::spawn_blocking(move || forward(upstream, &m, &u, &h, query.as_bytes())).await;
+        let routes = match listed {
+            Ok(Ok((200, _, xml))) => xml.matches("<destinationCidrBlock>").count(),
+            _ => return (StatusCode::BAD_GATEWAY, "the capacity check could not list the table").into_response(),
+        };
+        if routes >= capacity {
+            return ec2_error(
+                StatusCode::BAD_REQUEST,
+                "RouteLimitExceeded",
+                "The maximum number of routes has been reached.",
+            );
+        }
+    }
     let forwarded = tokio::task::spawn_blocking(move || forward(upstream, &method, &uri, &headers, &body)).await;
     let (status, content_type, mut answer) = match forwarded {
         Ok(Ok(answer)) => answer,

@@ -120,6 +120,8 @@ pub enum Removal {
     NoLease,
     /// Our route to a subnet we no longer hold.
     Retired,
+    /// Our route, in a table holding more than `route_limit` ([`crate::backend::cloud::room::beyond_limit`]).
+    OverLimit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +213,14 @@ pub fn cluster_routes(table: &RouteTable, network: Ipv4Net) -> usize {
 /// Whether `table` is below `route_limit` routes of the cluster network (none: no limit of ours).
 pub fn under_limit(table: &RouteTable, network: Ipv4Net, route_limit: Option<usize>) -> bool {
     route_limit.is_none_or(|limit| cluster_routes(table, network) < limit)
+}
+
+/// Whether our route in `table` ranks beyond `route_limit` and must go (see
+/// [`crate::backend::cloud::room::beyond_limit`]).
+pub fn over_route_limit(table: &RouteTable, network: Ipv4Net, subnet_len: u8, own: Ipv4Net, limit: usize) -> bool {
+    let hosts = carried(table, network, subnet_len);
+    let others = cluster_routes(table, network).saturating_sub(hosts.len());
+    crate::backend::cloud::room::beyond_limit(&hosts, others, own, limit)
 }
 
 /// Whether `table` routes `own` to our interface (what teardown removes).
@@ -439,6 +449,19 @@ mod tests {
         assert!(under_limit(&t, network, None));
         assert!(under_limit(&t, network, Some(2)));
         assert!(!under_limit(&t, network, Some(1)), "one cluster route, limit one");
+    }
+
+    #[test]
+    fn past_route_limit_the_highest_host_subnets_withdraw() {
+        let network = net("10.244.0.0/16");
+        let routes = ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"].map(|d| route(d, eni("eni-x")));
+        let mut t = table("rtb-1", routes.to_vec());
+        let over = |t: &RouteTable, own: &str, limit| over_route_limit(t, network, 24, net(own), limit);
+        assert!(!over(&t, "10.244.3.0/24", 3), "at the limit: kept");
+        assert!(over(&t, "10.244.3.0/24", 2) && !over(&t, "10.244.2.0/24", 2));
+        // A gateway route inside the network is nobody's to withdraw: it takes the first slot.
+        t.routes.push(route("10.244.128.0/17", Target::Gateway("igw-1".into())));
+        assert!(over(&t, "10.244.2.0/24", 2) && !over(&t, "10.244.1.0/24", 2));
     }
 
     #[test]

@@ -85,15 +85,20 @@ impl AwsRoutes {
         let labels = Self::labels(table);
         let metrics = &self.health.metrics;
         metrics.cloud_routes.get_or_create(&labels).set(plan::cluster_routes(table, self.network) as i64);
-        let learned = self.refusals.get(&table.id).map(Refusal::capacity);
-        let capacity = [self.route_limit, learned].into_iter().flatten().min();
-        if let Some(capacity) = capacity {
-            metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
-        }
         let under_limit = plan::under_limit(table, self.network, self.route_limit);
-        let mut room = || under_limit && self.refusals.get_mut(&table.id).is_none_or(|r| r.allows(table.route_count));
+        let cluster_routes = plan::cluster_routes(table, self.network);
+        let mut room = || {
+            under_limit && self.refusals.get_mut(&table.id).is_none_or(|r| r.allows(table.route_count, cluster_routes))
+        };
         let mut tried = true;
+        let over_limit = |limit| plan::over_route_limit(table, self.network, self.subnet_len, input.own, limit);
+        let withdraw = plan.own == OwnRoute::Keep && self.route_limit.is_some_and(over_limit);
         let placed = match &plan.own {
+            OwnRoute::Keep if withdraw => {
+                tried = false;
+                self.remove(table, input.own, Removal::OverLimit).await;
+                Err(Ec2Error::RouteLimitExceeded { table: table.id.clone() })
+            }
             OwnRoute::Keep => Ok(()),
             OwnRoute::Create if !room() => {
                 tried = false;
@@ -108,7 +113,7 @@ impl AwsRoutes {
         let full = matches!(placed, Err(Ec2Error::RouteLimitExceeded { .. }));
         metrics.cloud_route_limit.get_or_create(&labels).set(full as i64);
         metrics.cloud_routes_owned.get_or_create(&labels).set(placed.is_ok() as i64);
-        match placed {
+        let outcome = match placed {
             Ok(()) => {
                 self.refusals.remove(&table.id);
                 Ok(())
@@ -123,7 +128,13 @@ impl AwsRoutes {
                 Err(Problem::NoRoom(plan::route_limit_message(table, ours)))
             }
             Err(e) => Err(Problem::Failed(format!("route {} in {}: {e}", input.own, table.id))),
+        };
+        // After this pass's refusal, if any: what the table told us is its capacity.
+        let learned = self.refusals.get(&table.id).map(Refusal::capacity);
+        if let Some(capacity) = [self.route_limit, learned].into_iter().flatten().min() {
+            metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
         }
+        outcome
     }
 
     async fn create(&self, table: &RouteTable, own: Ipv4Net) -> Result<(), Ec2Error> {

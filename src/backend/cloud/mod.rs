@@ -7,6 +7,7 @@
 
 pub mod active;
 pub mod engine;
+pub mod forwarding;
 pub mod hybrid;
 pub mod paths;
 pub mod room;

@@ -3,6 +3,10 @@
 //! every recheck, on every overflowed host — until a route went, or until the refusal is old
 //! enough that the quota may have been raised since.
 
+use std::collections::BTreeSet;
+
+use ipnet::Ipv4Net;
+
 /// A refusal is trusted for this many checks of the table; then our route is tried again.
 pub const TRUSTED_CHECKS: u32 = 10;
 
@@ -20,9 +24,16 @@ impl Refusal {
         Refusal { route_count, cluster_routes, checks: 0 }
     }
 
-    /// Whether our route may be tried now, with `route_count` routes in the table; counts a check.
-    pub fn allows(&mut self, route_count: usize) -> bool {
+    /// Whether our route may be tried now, with `route_count` routes in the table, of them
+    /// `cluster_routes` of the cluster network; counts a check. The fullest table seen since the
+    /// refusal is the mark (and its capacity): the listing we acted on may have been older than
+    /// the routes that filled the table (other hosts' inserts at the same time).
+    pub fn allows(&mut self, route_count: usize, cluster_routes: usize) -> bool {
         self.checks = self.checks.saturating_add(1);
+        if route_count > self.route_count {
+            self.route_count = route_count;
+            self.cluster_routes = cluster_routes;
+        }
         route_count < self.route_count || self.checks > TRUSTED_CHECKS
     }
 
@@ -31,19 +42,52 @@ impl Refusal {
     }
 }
 
+/// Whether our route must go to bring a table back within `route_limit`. Agents that looked at
+/// the same moment may all have found room, and the table then holds more than the limit; no
+/// cloud refuses past *our* cap. Every agent judges the same listing the same way: the routes
+/// weft cannot move (`others`, the cluster network's routes that are no host's) count first, then
+/// the lowest host subnets keep theirs; an agent whose route ranks beyond the limit withdraws it,
+/// and its peers reach it by the overlay instead. A newcomer never displaces a route: it finds
+/// the table full and does not add one.
+pub fn beyond_limit(host_routes: &BTreeSet<Ipv4Net>, others: usize, own: Ipv4Net, limit: usize) -> bool {
+    let room_for_hosts = limit.saturating_sub(others);
+    host_routes.iter().position(|subnet| *subnet == own).is_some_and(|rank| rank >= room_for_hosts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn subnets(list: &[&str]) -> BTreeSet<Ipv4Net> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_lowest_subnets_keep_their_routes_past_the_limit() {
+        let hosts = subnets(&["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"]);
+        let own = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let judged: Vec<bool> = hosts.iter().map(|s| beyond_limit(&hosts, 0, *s, 3)).collect();
+        assert_eq!(judged, [false, false, false, true], "one over: the highest withdraws");
+        assert!(beyond_limit(&hosts, 1, own("10.244.3.0/24"), 3), "a route weft cannot move takes a slot");
+        assert!(!beyond_limit(&hosts, 0, own("10.244.4.0/24"), 4), "within the limit: nobody moves");
+        assert!(!beyond_limit(&hosts, 0, own("10.244.9.0/24"), 1), "no route of ours: nothing to withdraw");
+        assert!(beyond_limit(&hosts, 5, own("10.244.1.0/24"), 3), "no room at all for host routes");
+    }
 
     #[test]
     fn tried_again_when_a_route_went_or_the_refusal_is_old() {
         let mut refusal = Refusal::new(50, 48);
         assert_eq!(refusal.capacity(), 48);
-        assert!(!refusal.allows(50));
-        assert!(!refusal.allows(51));
-        assert!(refusal.allows(49), "a slot was freed");
+        assert!(!refusal.allows(50, 48));
+        assert!(!refusal.allows(51, 48));
+        assert!(refusal.allows(49, 47), "a slot was freed");
+        // Listed at 2, refused because two others inserted at once: the slot freed later counts.
+        let mut refusal = Refusal::new(2, 1);
+        assert!(!refusal.allows(3, 2) && !refusal.allows(3, 2));
+        assert_eq!(refusal.capacity(), 2, "the capacity is the fullest table's");
+        assert!(refusal.allows(2, 1), "a route went since the table was full");
         let mut refusal = Refusal::new(50, 48);
-        let tries: Vec<bool> = (0..=TRUSTED_CHECKS).map(|_| refusal.allows(50)).collect();
+        let tries: Vec<bool> = (0..=TRUSTED_CHECKS).map(|_| refusal.allows(50, 48)).collect();
         assert!(tries[..TRUSTED_CHECKS as usize].iter().all(|allowed| !allowed));
         assert!(tries[TRUSTED_CHECKS as usize], "the quota may have been raised since");
     }

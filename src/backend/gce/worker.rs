@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use weft_gce::{same_resource, wait_for_operation, ComputeApi, GceError, InstanceMetadata, Route, WaitPolicy};
 
 use super::plan::{self, plan_own, route_name, stale_routes, Step, Target, FLANNEL_PREFIX};
+use crate::backend::cloud::room::beyond_limit;
 use crate::backend::cloud::{Pass, PassInput, Problem, Provider, Refusal, StaleTracker};
 use crate::backend::BackendKind;
 use crate::health::{CloudTableLabels, Health};
@@ -162,12 +163,30 @@ impl Routing {
             let labels = self.labels(resolved);
             self.health.metrics.cloud_routes.get_or_create(&labels).set(count as i64);
             let limit = self.config.route_limit.map(|l| l as usize);
+            let hosts = plan::carried(routes, &resolved.network, self.cluster, self.subnet_len);
+            let others = count.saturating_sub(hosts.len());
+            if !inserts && limit.is_some_and(|limit| beyond_limit(&hosts, others, own, limit)) {
+                // Agents that looked at once overfilled the network: the highest subnets withdraw.
+                self.limit_gauge(resolved).set(1);
+                self.note_owned(resolved, false);
+                let name = plan.owned.clone();
+                self.delete(&name).await.map_err(|e| failed(format!("withdrawing route {name}: {e}")))?;
+                info!(route = %name, "withdrew our route: the network holds more than route_limit");
+                self.owned = None;
+                return Err(Problem::NoRoom(format!(
+                    "no room for route {own_name} in network {}: {count} routes of the cluster network \
+                     (route_limit = {}); ours withdrawn, the lowest subnets keep theirs",
+                    resolved.network_name,
+                    limit.unwrap_or_default()
+                )));
+            }
+            let over_limit = limit.is_some_and(|limit| count >= limit);
+            let refused =
+                inserts && !over_limit && self.refusal.as_mut().is_some_and(|r| !r.allows(routes.len(), count));
             let learned = self.refusal.as_ref().map(Refusal::capacity);
             if let Some(capacity) = [limit, learned].into_iter().flatten().min() {
                 self.health.metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
             }
-            let over_limit = limit.is_some_and(|limit| count >= limit);
-            let refused = inserts && !over_limit && self.refusal.as_mut().is_some_and(|r| !r.allows(routes.len()));
             if inserts && (over_limit || refused) {
                 self.limit_gauge(resolved).set(1);
                 self.note_owned(resolved, false);
@@ -396,6 +415,10 @@ mod tests {
         }
 
         fn routing(&self, instance: &str) -> Routing {
+            self.routing_with(instance, GceConfig::default())
+        }
+
+        fn routing_with(&self, instance: &str, config: GceConfig) -> Routing {
             let meta = InstanceMetadata {
                 project: "p".into(),
                 zone: "z".into(),
@@ -405,10 +428,14 @@ mod tests {
             let api: Arc<dyn ComputeApi> = self.api.clone();
             let section = NetworkSection { cidr: "10.244.0.0/16".into(), ..Default::default() };
             let network = Network::new(&section).unwrap();
-            Routing::new(api, GceConfig::default(), meta, &network, self.health.clone())
+            Routing::new(api, config, meta, &network, self.health.clone())
         }
 
         fn agent(&self, instance: &str) -> Agent {
+            self.agent_with(instance, GceConfig::default())
+        }
+
+        fn agent_with(&self, instance: &str, config: GceConfig) -> Agent {
             let settings = Settings {
                 recheck: Duration::from_secs(300),
                 overflow: false,
@@ -416,7 +443,7 @@ mod tests {
                 health: self.health.clone(),
                 paths: CloudPaths::default(),
             };
-            let (engine, outcomes) = Engine::new(self.routing(instance), settings);
+            let (engine, outcomes) = Engine::new(self.routing_with(instance, config), settings);
             Agent { engine, outcomes }
         }
     }
@@ -473,6 +500,33 @@ mod tests {
         a.pass(&desired("10.244.1.0/24", &[])).await.unwrap();
         assert_eq!(rig.api.take_calls(), ["routes.get flannel-10-244-1-0-24"]);
         assert!(!rig.api.routes.lock().unwrap().contains_key("weft-10-244-1-0-24"));
+    }
+
+    #[tokio::test]
+    async fn past_route_limit_the_highest_subnet_withdraws_and_a_newcomer_adds_none() {
+        let rig = Rig::new();
+        let limited = || GceConfig { route_limit: Some(2), ..Default::default() };
+        // Three agents found room at once: three routes, a limit of two.
+        for (name, dest, node) in [
+            ("weft-10-244-1-0-24", "10.244.1.0/24", "node-a"),
+            ("weft-10-244-2-0-24", "10.244.2.0/24", "node-b"),
+            ("weft-10-244-3-0-24", "10.244.3.0/24", "node-c"),
+        ] {
+            rig.api.put(name, dest, node);
+        }
+        let all = ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"];
+        let mut c = rig.agent_with("node-c", limited());
+        let e = c.pass(&desired("10.244.3.0/24", &all)).await.unwrap_err();
+        assert!(e.contains("route_limit = 2") && e.contains("withdrawn"), "{e}");
+        assert!(!rig.api.routes.lock().unwrap().contains_key("weft-10-244-3-0-24"));
+        let mut a = rig.agent_with("node-a", limited());
+        a.pass(&desired("10.244.1.0/24", &all)).await.unwrap();
+        assert_eq!(rig.api.routes.lock().unwrap().len(), 2, "the lowest subnets keep theirs");
+        // A newcomer with a lower subnet finds the network full and displaces nobody.
+        let mut d = rig.agent_with("node-d", limited());
+        assert!(d.pass(&desired("10.244.0.0/24", &all)).await.is_err());
+        assert_eq!(rig.api.routes.lock().unwrap().len(), 2);
+        assert!(a.pass(&desired("10.244.1.0/24", &all)).await.is_ok(), "kept by the next pass too");
     }
 
     #[tokio::test]
