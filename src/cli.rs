@@ -32,6 +32,8 @@ pub enum Command {
     /// Check this host's view of the cluster (`connectivity`: ping every peer's subnet).
     #[command(subcommand)]
     Check(commands::check::CheckCommand),
+    /// Check this host before it joins: kernel, interface, ports, firewall, store, cloud (exit 1 on any ✗).
+    Doctor(commands::output::OutputArgs),
     /// Ask the local agent what it is doing (exit 1: not ready; 2: not reachable).
     Status(commands::status::StatusArgs),
     /// Build a small cluster of hosts out of network namespaces on this machine.
@@ -69,6 +71,7 @@ pub fn main() -> ExitCode {
             Command::Version(output) => commands::version::run(output),
             Command::Check(cmd) => commands::check::run(&cli.global, cmd).await,
             Command::Status(args) => commands::status::run(&cli.global, args),
+            Command::Doctor(output) => commands::doctor::run(&cli.global, output).await,
         }
     });
     match result {

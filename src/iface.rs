@@ -25,6 +25,21 @@ pub struct InterfaceChoice {
     pub public_ip: String,
 }
 
+impl InterfaceChoice {
+    /// The rule [`select`] applies, in words: why the interface it picks is the one.
+    pub fn rule(&self) -> String {
+        if !self.iface.is_empty() {
+            format!("agent.iface = {:?}", self.iface)
+        } else if !self.iface_regex.is_empty() {
+            format!("agent.iface_regex = {:?}", self.iface_regex)
+        } else if !self.iface_can_reach.is_empty() {
+            format!("the route to agent.iface_can_reach = {}", self.iface_can_reach)
+        } else {
+            "the default route".to_string()
+        }
+    }
+}
+
 /// The interface weft runs the cluster over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalInterface {
@@ -220,6 +235,17 @@ mod tests {
         assert!(matches!(err, IfaceError::Unreachable(_)), "{err}");
         kernel.reach_oif.lock().unwrap().insert("198.51.100.99".parse().unwrap(), 3);
         assert_eq!(discover_with(&kernel, &reach).await.unwrap().name, "eth1");
+    }
+
+    #[test]
+    fn the_rule_is_the_first_setting_select_honours() {
+        assert_eq!(agent().rule(), "the default route");
+        let a = InterfaceChoice { iface: vec!["eth1".into()], iface_regex: vec!["^e".into()], ..agent() };
+        assert_eq!(a.rule(), "agent.iface = [\"eth1\"]");
+        let a = InterfaceChoice { iface_regex: vec!["^e".into()], iface_can_reach: "192.0.2.1".into(), ..agent() };
+        assert_eq!(a.rule(), "agent.iface_regex = [\"^e\"]");
+        let a = InterfaceChoice { iface_can_reach: "192.0.2.1".into(), ..agent() };
+        assert_eq!(a.rule(), "the route to agent.iface_can_reach = 192.0.2.1");
     }
 
     #[tokio::test]

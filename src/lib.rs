@@ -10,6 +10,7 @@ pub mod cni;
 pub mod commands;
 pub mod config;
 pub mod dataplane;
+pub mod doctor;
 pub mod fuzzing;
 pub mod health;
 pub mod heap;

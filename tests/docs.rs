@@ -106,6 +106,13 @@ fn aws_policy_allows_exactly_the_ec2_calls_weft_makes() {
     assert!(read("docs/cloud.md").contains(text.trim()), "docs/cloud.md must show docs/aws-iam-policy.json as it is");
 }
 
+/// `weft doctor` dry-runs every EC2 action weft makes, and no other.
+#[test]
+fn doctor_dry_runs_exactly_the_ec2_calls_weft_makes() {
+    let dry_run = set(weft_aws::ACTIONS.iter().map(|a| a.to_string()));
+    assert_eq!(dry_run, ec2_operations(), "weft_aws::ACTIONS vs providers/aws/src/sdk.rs");
+}
+
 /// The strings of every `<key> = [ "…", … ]` list in a terraform file.
 fn quoted_list_items(tf: &str, key: &str) -> Vec<String> {
     let list = Regex::new(&format!(r"\b{key}\s*=\s*\[([^\]]*)\]")).unwrap();

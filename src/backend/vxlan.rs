@@ -16,7 +16,7 @@ use crate::lease::Lease;
 use crate::network::backend::VxlanConfig;
 
 /// Bytes of outer headers vxlan adds to every packet.
-const VXLAN_OVERHEAD: u32 = 50;
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 pub struct Vxlan {
     kernel: Arc<dyn Kernel>,

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod check;
 pub mod config_check;
+pub mod doctor;
 pub mod lab;
 pub mod leases;
 pub mod network;

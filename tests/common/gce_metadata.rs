@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -30,7 +30,12 @@ struct Instance {
     ip: String,
     token: String,
     requests: Arc<AtomicUsize>,
+    /// The default service account's scopes, one per line.
+    scopes: Arc<Mutex<String>>,
 }
+
+/// What a VM created with `--scopes=cloud-platform` has.
+pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 
 pub struct MetadataServer {
     /// `host:port`, the value of `GCE_METADATA_HOST`.
@@ -38,6 +43,7 @@ pub struct MetadataServer {
     /// The access token the service account hands out.
     pub token: String,
     requests: Arc<AtomicUsize>,
+    scopes: Arc<Mutex<String>>,
     _served: Served,
 }
 
@@ -69,6 +75,7 @@ impl MetadataServer {
     ) -> MetadataServer {
         let token = format!("ya29.test-token-for-{name}");
         let requests = Arc::new(AtomicUsize::new(0));
+        let scopes = Arc::new(Mutex::new(format!("{CLOUD_PLATFORM}\n")));
         let instance = Instance {
             project: project.into(),
             zone: zone.into(),
@@ -77,9 +84,15 @@ impl MetadataServer {
             ip: ip.into(),
             token: token.clone(),
             requests: requests.clone(),
+            scopes: scopes.clone(),
         };
         let served = serve(Router::new().fallback(handle).with_state(instance));
-        MetadataServer { host: served.addr.to_string(), token, requests, _served: served }
+        MetadataServer { host: served.addr.to_string(), token, requests, scopes, _served: served }
+    }
+
+    /// Replaces the default service account's scopes.
+    pub fn set_scopes(&self, scopes: &[&str]) {
+        *self.scopes.lock().unwrap() = scopes.iter().map(|s| format!("{s}\n")).collect();
     }
 
     pub fn requests(&self) -> usize {
@@ -116,6 +129,7 @@ async fn handle(State(instance): State<Instance>, uri: Uri, headers: HeaderMap) 
         }
         "instance/network-interfaces/0/ip" => text(instance.ip.clone()),
         "instance/network-interfaces/0/mtu" => text("1460".into()),
+        "instance/service-accounts/default/scopes" => text(instance.scopes.lock().unwrap().clone()),
         "instance/service-accounts/default/email" => text(format!("weft@{}.iam.gserviceaccount.com", instance.project)),
         "instance/service-accounts/default/token" => reply(
             StatusCode::OK,

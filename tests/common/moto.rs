@@ -321,6 +321,8 @@ pub enum Fault {
     Throttle { action: String, times: usize },
     /// `DescribeRouteTables` answers show the route to `cidr` as a blackhole (moto has none).
     Blackhole { cidr: String },
+    /// Calls of `action` answer `UnauthorizedOperation`, as EC2 does for an action the role lacks.
+    Unauthorized { action: String },
     /// Every table holds at most `routes` routes (its local route included): `CreateRoute` into
     /// a table that has them answers `RouteLimitExceeded`, as EC2 does at the quota (moto has
     /// none). Route creations are serialized, so racing agents cannot overfill a table.
@@ -404,6 +406,13 @@ impl FaultProxy {
                         "The maximum number of routes has been reached.",
                     ));
                 }
+                Fault::Unauthorized { action: a } if a == action => {
+                    return Some(ec2_error(
+                        StatusCode::FORBIDDEN,
+                        "UnauthorizedOperation",
+                        "You are not authorized to perform this operation.",
+                    ));
+                }
                 Fault::Throttle { action: a, times } if a == action && *times > 0 => {
                     *times -= 1;
                     return Some(ec2_error(
@@ -468,6 +477,15 @@ async fn handle(
     let table = form_value(&text, "RouteTableId");
     if let Some(fault) = proxy.fault_for(&action, &table) {
         return fault;
+    }
+    // EC2 answers every `DryRun=true` call with `DryRunOperation` when it is allowed; moto
+    // honours DryRun for a few actions only (and would carry out a dry CreateRoute).
+    if form_value(&text, "DryRun") == "true" {
+        return ec2_error(
+            StatusCode::PRECONDITION_FAILED,
+            "DryRunOperation",
+            "Request would have succeeded, but DryRun flag is set.",
+        );
     }
     let upstream = proxy.upstream;
     let capacity = proxy.capacity().filter(|_| action == "CreateRoute");

@@ -73,3 +73,49 @@ pub async fn instance_metadata() -> Result<InstanceMetadata, MetadataError> {
         local.parse().map_err(|_| MetadataError::Invalid { path: format!("{BASE}/local-ipv4"), value: local })?;
     Ok(InstanceMetadata { instance_id, region, mac, interface_id, local_ipv4 })
 }
+
+/// How asking the metadata service for a session token (IMDSv2's `PUT /latest/api/token`) and
+/// then for the instance id ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenProbe {
+    Answered,
+    /// The token request timed out: typical of a container behind the instance's network when
+    /// the metadata options' hop limit is 1 (the answer dies one hop short).
+    TimedOut(String),
+    Failed(String),
+}
+
+/// One token request and one GET, no retries, each waiting at most `timeout`.
+pub async fn probe_token(timeout: std::time::Duration) -> TokenProbe {
+    use aws_config::imds::client::error::TokenError;
+    use aws_sdk_ec2::error::SdkError;
+    let client = Client::builder().connect_timeout(timeout).read_timeout(timeout).max_attempts(1).build();
+    let error = match client.get(format!("{BASE}/instance-id")).await {
+        Ok(_) => return TokenProbe::Answered,
+        Err(error) => error,
+    };
+    let timed_out = match &error {
+        ImdsError::FailedToLoadToken(_) => {
+            let mut cause = std::error::Error::source(&error);
+            let mut timed_out = false;
+            while let Some(e) = cause {
+                if let Some(sdk) = e.downcast_ref::<SdkError<TokenError>>() {
+                    timed_out |= matches!(sdk, SdkError::TimeoutError(_))
+                        || matches!(sdk, SdkError::DispatchFailure(d) if d.is_timeout());
+                }
+                if let Some(connector) = e.downcast_ref::<aws_sdk_ec2::error::ConnectorError>() {
+                    timed_out |= connector.is_timeout();
+                }
+                cause = e.source();
+            }
+            timed_out
+        }
+        _ => false,
+    };
+    let text = chain(&error);
+    if timed_out {
+        TokenProbe::TimedOut(text)
+    } else {
+        TokenProbe::Failed(text)
+    }
+}

@@ -12,6 +12,6 @@ mod sdk;
 
 pub use api::{Call, CallObserver, Ec2, TableFilter};
 pub use error::Ec2Error;
-pub use imds::{InstanceMetadata, MetadataError};
+pub use imds::{InstanceMetadata, MetadataError, TokenProbe};
 pub use model::{Instance, Interface, Origin, Route, RouteTable, Target};
-pub use sdk::{SdkEc2, SdkOptions};
+pub use sdk::{DryRunTarget, Permission, SdkEc2, SdkOptions, ACTIONS};

@@ -206,3 +206,129 @@ impl Ec2 for SdkEc2 {
         self.observe(OP, result)
     }
 }
+
+/// Every EC2 action weft's aws-vpc backend calls (the names of the `const OP`s above).
+pub const ACTIONS: [&str; 7] = [
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
+    "DescribeRouteTables",
+    "ModifyNetworkInterfaceAttribute",
+    "CreateRoute",
+    "ReplaceRoute",
+    "DeleteRoute",
+];
+
+/// What a dry run is asked about: real objects, so that resource-level conditions apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRunTarget {
+    pub instance_id: String,
+    pub interface_id: String,
+    /// `None`: no route table found; the route actions cannot be asked.
+    pub table_id: Option<String>,
+    pub destination: Ipv4Net,
+}
+
+/// Whether the caller may make an EC2 call, from its `DryRun=true` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permission {
+    /// `DryRunOperation`: the request would have succeeded.
+    Allowed,
+    /// `UnauthorizedOperation` (or another access error), with EC2's message.
+    Denied(String),
+    /// Any other answer, or nothing to ask about.
+    Unknown(String),
+}
+
+/// A dry run's answer as a [`Permission`]. EC2 answers every `DryRun=true` call with an error:
+/// `DryRunOperation` when the call is allowed.
+fn permission<T, E, R>(result: Result<T, SdkError<E, R>>) -> Permission
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        // An endpoint that ignores DryRun (EC2 never does) carried the call out: allowed.
+        Ok(_) => Permission::Allowed,
+        Err(err) => match err.code() {
+            Some("DryRunOperation") => Permission::Allowed,
+            Some(code @ ("UnauthorizedOperation" | "AuthFailure" | "AccessDenied")) => {
+                Permission::Denied(format!("{code}: {}", err.message().unwrap_or_default()))
+            }
+            Some(code) => Permission::Unknown(format!("{code}: {}", err.message().unwrap_or_default())),
+            None => Permission::Unknown(DisplayErrorContext(&err).to_string()),
+        },
+    }
+}
+
+impl SdkEc2 {
+    /// Asks EC2, with `DryRun=true`, whether `action` (one of [`ACTIONS`]) is allowed on
+    /// `target`. Nothing changes; the observer is not told (no call was made for real).
+    pub async fn dry_run(&self, action: &str, target: &DryRunTarget) -> Permission {
+        let destination = target.destination.to_string();
+        let table = || target.table_id.clone().ok_or(());
+        let no_table = || Permission::Unknown("no route table to ask about".into());
+        let client = &self.client;
+        match action {
+            "DescribeInstances" => {
+                permission(client.describe_instances().instance_ids(&target.instance_id).dry_run(true).send().await)
+            }
+            "DescribeNetworkInterfaces" => permission(
+                client
+                    .describe_network_interfaces()
+                    .network_interface_ids(&target.interface_id)
+                    .dry_run(true)
+                    .send()
+                    .await,
+            ),
+            "DescribeRouteTables" => permission(client.describe_route_tables().dry_run(true).send().await),
+            "ModifyNetworkInterfaceAttribute" => permission(
+                client
+                    .modify_network_interface_attribute()
+                    .network_interface_id(&target.interface_id)
+                    .source_dest_check(AttributeBooleanValue::builder().value(false).build())
+                    .dry_run(true)
+                    .send()
+                    .await,
+            ),
+            "CreateRoute" => match table() {
+                Ok(table) => permission(
+                    client
+                        .create_route()
+                        .route_table_id(table)
+                        .destination_cidr_block(&destination)
+                        .network_interface_id(&target.interface_id)
+                        .dry_run(true)
+                        .send()
+                        .await,
+                ),
+                Err(()) => no_table(),
+            },
+            "ReplaceRoute" => match table() {
+                Ok(table) => permission(
+                    client
+                        .replace_route()
+                        .route_table_id(table)
+                        .destination_cidr_block(&destination)
+                        .network_interface_id(&target.interface_id)
+                        .dry_run(true)
+                        .send()
+                        .await,
+                ),
+                Err(()) => no_table(),
+            },
+            "DeleteRoute" => match table() {
+                Ok(table) => permission(
+                    client
+                        .delete_route()
+                        .route_table_id(table)
+                        .destination_cidr_block(&destination)
+                        .dry_run(true)
+                        .send()
+                        .await,
+                ),
+                Err(()) => no_table(),
+            },
+            other => Permission::Unknown(format!("{other} is not an action weft uses")),
+        }
+    }
+}

@@ -163,6 +163,7 @@ impl ComputeApi for SdkCompute {
             name: got.name.unwrap_or_default(),
             self_link: got.self_link.unwrap_or_default(),
             networks: got.network_interfaces.into_iter().filter_map(|nic| nic.network).collect(),
+            can_ip_forward: got.can_ip_forward,
         })
     }
 

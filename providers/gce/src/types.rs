@@ -55,6 +55,8 @@ pub struct Instance {
     pub self_link: String,
     /// selfLinks of the networks of the instance's interfaces, nic0 first.
     pub networks: Vec<String>,
+    /// Whether the instance may send and receive packets not addressed to itself (pods').
+    pub can_ip_forward: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

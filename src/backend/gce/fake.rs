@@ -107,7 +107,12 @@ impl ComputeApi for FakeApi {
 
     async fn get_instance(&self, _zone: &str, name: &str) -> Result<Instance, GceError> {
         self.log(format!("instances.get {name}"));
-        Ok(Instance { name: name.into(), self_link: instance_link(name), networks: vec![NET.into()] })
+        Ok(Instance {
+            name: name.into(),
+            self_link: instance_link(name),
+            networks: vec![NET.into()],
+            can_ip_forward: Some(true),
+        })
     }
 
     async fn get_network(&self, name: &str) -> Result<Network, GceError> {
