@@ -7,10 +7,11 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use super::output::{print_json, OutputArgs};
 use super::{CommandError, GlobalArgs};
 use crate::config::Flags;
 use crate::lab::probe;
@@ -27,18 +28,11 @@ pub enum CheckCommand {
 
 #[derive(Args, Debug)]
 pub struct ConnectivityArgs {
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = CheckFormat::Text)]
-    pub output: CheckFormat,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// This host's subnet.env, to leave our own subnet out (default: agent.subnet_file).
     #[arg(long, value_name = "FILE")]
     pub subnet_file: Option<PathBuf>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CheckFormat {
-    Text,
-    Json,
 }
 
 /// One peer's line of the matrix.
@@ -78,9 +72,10 @@ pub async fn run(global: &GlobalArgs, command: CheckCommand) -> Result<(), Comma
         .map_err(|e| CommandError::Runtime(format!("the ping task failed: {e}")))?
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     let rows: Vec<PeerProbe> = peers.iter().zip(probes).map(|(lease, probe)| row(lease, probe)).collect();
-    match args.output {
-        CheckFormat::Text => print!("{}", render(&rows)),
-        CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize")),
+    if args.output.is_json() {
+        print_json(&rows)?;
+    } else {
+        print!("{}", render(&rows));
     }
     let failed = rows.iter().filter(|r| !r.reachable).count();
     if failed > 0 {

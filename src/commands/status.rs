@@ -6,8 +6,9 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::output::{print_json, OutputArgs};
 use super::{CommandError, GlobalArgs};
 use crate::config::Flags;
 use crate::status::AgentStatus;
@@ -17,19 +18,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = StatusFormat::Text)]
-    pub output: StatusFormat,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// The agent's address (`http://127.0.0.1:9810` or `127.0.0.1:9810`); default: agent.listen
     /// from the configuration (file, environment).
     #[arg(long, value_name = "URL")]
     pub agent: Option<String>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatusFormat {
-    Text,
-    Json,
 }
 
 pub fn run(global: &GlobalArgs, args: StatusArgs) -> Result<(), CommandError> {
@@ -52,11 +46,10 @@ pub fn run(global: &GlobalArgs, args: StatusArgs) -> Result<(), CommandError> {
     let status: AgentStatus = serde_json::from_str(&body).map_err(|e| {
         CommandError::Unreachable(format!("the agent at {addr} answered /status with something unreadable: {e}"))
     })?;
-    match args.output {
-        StatusFormat::Text => print!("{}", status.render()),
-        StatusFormat::Json => {
-            println!("{}", serde_json::to_string_pretty(&status).expect("a status serializes"))
-        }
+    if args.output.is_json() {
+        print_json(&status)?;
+    } else {
+        print!("{}", status.render());
     }
     if status.ready {
         return Ok(());
