@@ -128,7 +128,7 @@ fn compute_methods() -> BTreeSet<String> {
     let sdk = read("providers/gce/src/sdk.rs");
     // Without whitespace: a call may be split over lines (`self\n.routes\n.list()`).
     let compact: String = sdk.chars().filter(|c| !c.is_whitespace()).collect();
-    let calls = Regex::new(r"self\.(routes|operations|instances|networks)\.([a-z_]+)\(\)").unwrap();
+    let calls = Regex::new(r"self\.(routes|operations|instances|networks|projects)\.([a-z_]+)\(\)").unwrap();
     let called = set(calls.captures_iter(&compact).map(|c| {
         let service = if &c[1] == "operations" { "globalOperations" } else { &c[1] };
         format!("{service}.{}", &c[2])
@@ -138,7 +138,7 @@ fn compute_methods() -> BTreeSet<String> {
     let services = set(clients.captures_iter(&sdk).map(|c| c[1].to_string()));
     assert_eq!(
         services,
-        set(["GlobalOperations", "Instances", "Networks", "Routes"].map(String::from)),
+        set(["GlobalOperations", "Instances", "Networks", "Projects", "Routes"].map(String::from)),
         "a new Compute service in providers/gce/src/sdk.rs: teach this test its calls"
     );
     let counted = Regex::new(r#"self\.note(?:_operation)?\("([A-Za-z]+\.[a-z]+)""#).unwrap();
@@ -160,6 +160,7 @@ fn permissions(method: &str) -> &'static [&'static str] {
         "globalOperations.get" => &["compute.globalOperations.get"],
         "instances.get" => &["compute.instances.get"],
         "networks.get" => &["compute.networks.get"],
+        "projects.get" => &["compute.projects.get"],
         other => panic!("{other}: a new Compute API call; add its permissions here and in docs/gce-role.yaml"),
     }
 }

@@ -420,5 +420,21 @@ mod gce {
         assert_only_failure(&run, "gce.route_quota");
         assert!(run.check("gce.route_quota").detail.contains("1 of 1 routes"), "{}", run.text);
         assert!(run.check("gce.route_quota").fix.as_deref().unwrap().contains("network.backend.route_limit"));
+
+        // No route_limit; the project's ROUTES quota used up (projects.get).
+        apply(&cluster, &server, "");
+        api.set_route_quota(Some(1));
+        let run = doctor(&cluster, &[], &env);
+        assert_only_failure(&run, "gce.route_quota");
+        assert!(
+            run.check("gce.route_quota").detail.contains("project ROUTES quota: 1 of 1 used, 0 left"),
+            "{}",
+            run.text
+        );
+        assert!(run.check("gce.route_quota").fix.as_deref().unwrap().contains("ROUTES quota"));
+        // With overflow on, a host without room is no error: its peers reach it over vxlan.
+        apply(&cluster, &server, "overflow = \"vxlan\"");
+        let run = doctor(&cluster, &[], &env);
+        assert!(run.check("gce.route_quota").ok, "{}", run.text);
     }
 }

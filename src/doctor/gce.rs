@@ -52,27 +52,60 @@ pub fn can_ip_forward(instance: &str, on: Option<bool>) -> Check {
     )
 }
 
-/// Routes of the cluster network in the VPC network against `route_limit`. Without one, weft
-/// learns the project's route quota only from a refused insert, so only the count is shown.
-pub fn route_quota(network: &str, used: usize, route_limit: Option<u32>, ours_present: bool) -> Check {
+/// What decides whether this host's route fits: the project's `ROUTES` quota (`projects.get`)
+/// and weft's own `route_limit` on the cluster network's routes.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRoom {
+    /// Routes of the cluster network in the VPC network.
+    pub used: usize,
+    pub route_limit: Option<u32>,
+    pub project: Option<weft_gce::RouteQuota>,
+    /// Our route is in already: it needs no room.
+    pub ours_present: bool,
+    /// `overflow = "vxlan"`: a host without room is reached over vxlan, no error.
+    pub overflow: bool,
+}
+
+/// The room for our route, as the project's quota and `route_limit` leave it.
+pub fn route_quota(network: &str, room: RouteRoom) -> Check {
     const NAME: &str = "gce.route_quota";
-    let Some(limit) = route_limit.map(|l| l as usize) else {
+    let mut shown = Vec::new();
+    let mut full = Vec::new();
+    if let Some(quota) = room.project {
+        let left = (quota.limit - quota.usage).max(0.0);
+        shown.push(format!("project ROUTES quota: {} of {} used, {left} left", quota.usage, quota.limit));
+        if left < 1.0 {
+            full.push("ask Google Cloud for a higher ROUTES quota (IAM & Admin → Quotas) or remove unused routes");
+        }
+    }
+    match room.route_limit.map(|l| l as usize) {
+        Some(limit) => {
+            let left = limit.saturating_sub(room.used);
+            shown.push(format!(
+                "{} of {limit} routes of the cluster network (route_limit) in network {network}, {left} left",
+                room.used
+            ));
+            if left == 0 {
+                full.push("raise network.backend.route_limit (under the project's ROUTES quota)");
+            }
+        }
+        None => shown.push(format!("{} routes of the cluster network in network {network}", room.used)),
+    }
+    let detail = shown.join("; ");
+    if full.is_empty() || room.ours_present {
+        let also = if room.ours_present && !full.is_empty() { "; it holds our route already" } else { "" };
+        return Check::pass(NAME, format!("{detail}{also}"));
+    }
+    if room.overflow {
         return Check::pass(
             NAME,
-            format!("{used} routes of the cluster network in network {network}; no route_limit, so the project's ROUTES quota decides"),
+            format!("{detail}: no room for this host's route, its peers reach it over vxlan (overflow)"),
         );
-    };
-    let left = limit.saturating_sub(used);
-    let shown =
-        format!("{used} of {limit} routes of the cluster network (route_limit) used in network {network}, {left} left");
-    if left > 0 || ours_present {
-        let also = if ours_present && left == 0 { "; it holds our route already" } else { "" };
-        return Check::pass(NAME, format!("{shown}{also}"));
     }
     Check::fail(
         NAME,
-        format!("{shown}: no room for this host's route"),
-        format!("raise network.backend.route_limit (now {limit}, under the project's ROUTES quota), or set network.backend.overflow = \"vxlan\""),
+        format!("{detail}: no room for this host's route"),
+        format!("{}, or set network.backend.overflow = \"vxlan\"", full.join("; ")),
     )
 }
 
@@ -136,13 +169,19 @@ pub async fn checks(config: &GceConfig, cloud: &CloudSection, cluster: Ipv4Net, 
         let network = api.get_network(&meta.network).await?;
         Ok::<_, weft_gce::GceError>((api.list_routes(&network.self_link).await?, network.self_link))
     };
-    match routes.await {
-        Ok((routes, link)) => {
-            let used = cluster_routes(&routes, &link, cluster);
-            let ours = own.is_some_and(|own| routes.iter().any(|r| r.dest_range == own.to_string()));
-            checks.push(route_quota(&meta.network, used, config.route_limit, ours));
+    let project = api.route_quota().await;
+    match (routes.await, project) {
+        (Ok((routes, link)), Ok(project)) => {
+            let room = RouteRoom {
+                used: cluster_routes(&routes, &link, cluster),
+                route_limit: config.route_limit,
+                project,
+                ours_present: own.is_some_and(|own| routes.iter().any(|r| r.dest_range == own.to_string())),
+                overflow: config.overflow.is_some(),
+            };
+            checks.push(route_quota(&meta.network, room));
         }
-        Err(e) => checks.push(api_fail("gce.route_quota", e)),
+        (Err(e), _) | (_, Err(e)) => checks.push(api_fail("gce.route_quota", e)),
     }
     checks
 }
@@ -173,13 +212,28 @@ mod tests {
     }
 
     #[test]
-    fn routes_left_under_route_limit() {
-        assert!(route_quota("default", 7, None, false).ok);
-        let room = route_quota("default", 2, Some(3), false);
-        assert!(room.ok);
-        assert!(room.detail.contains("2 of 3 routes") && room.detail.contains("1 left"), "{}", room.detail);
-        let full = route_quota("default", 3, Some(3), false);
-        assert!(!full.ok && full.fix.unwrap().contains("route_limit (now 3"));
-        assert!(route_quota("default", 3, Some(3), true).ok, "our route is in already");
+    fn room_under_the_project_quota_and_route_limit() {
+        let room = |used, route_limit, project: Option<(f64, f64)>, ours_present, overflow| RouteRoom {
+            used,
+            route_limit,
+            project: project.map(|(limit, usage)| weft_gce::RouteQuota { limit, usage }),
+            ours_present,
+            overflow,
+        };
+        assert!(route_quota("default", room(7, None, None, false, false)).ok);
+        let fits = route_quota("default", room(2, Some(3), Some((250.0, 12.0)), false, false));
+        assert!(fits.ok, "{}", fits.detail);
+        assert!(
+            fits.detail.contains("12 of 250 used, 238 left") && fits.detail.contains("2 of 3 routes"),
+            "{}",
+            fits.detail
+        );
+        let limited = route_quota("default", room(3, Some(3), Some((250.0, 12.0)), false, false));
+        assert!(!limited.ok && limited.fix.unwrap().contains("route_limit"));
+        let project_full = route_quota("default", room(3, None, Some((100.0, 100.0)), false, false));
+        assert!(!project_full.ok && project_full.fix.as_deref().unwrap().contains("ROUTES quota"), "{project_full:?}");
+        assert!(route_quota("default", room(3, None, Some((100.0, 100.0)), true, false)).ok, "our route is in already");
+        let overflowing = route_quota("default", room(3, None, Some((100.0, 100.0)), false, true));
+        assert!(overflowing.ok && overflowing.detail.contains("over vxlan"), "{}", overflowing.detail);
     }
 }

@@ -3,6 +3,8 @@
 //! GCE does (selfLinks, `compute#operation`s that go PENDING → RUNNING → DONE across polls,
 //! Google's error bodies). No GCE emulator exists; this follows the API reference.
 //!
+//! Also `projects.get`, with the project's ROUTES quota and its usage.
+//!
 //! Faults for tests: a route quota (the insert's operation ends in `QUOTA_EXCEEDED`, or the
 //! insert itself is refused with HTTP 403 `quotaExceeded`), and operations that end in error.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
@@ -19,6 +21,9 @@ use axum::response::Response;
 use axum::Router;
 use serde_json::{json, Value};
 use weft::netns::Netns;
+
+/// The project's ROUTES quota when a test sets none (GCE's default is in this range).
+const DEFAULT_ROUTE_QUOTA: usize = 250;
 
 /// How GCE writes links, whatever endpoint was called.
 pub const LINK_BASE: &str = "https://www.googleapis.com/compute/v1/";
@@ -443,6 +448,14 @@ async fn handle(State(api): State<GceApi>, method: Method, uri: Uri, headers: He
                 Some(instance) => respond(StatusCode::OK, instance.clone()),
                 None => not_found(&format!("projects/{project}/zones/{zone}/instances/{name}")),
             }
+        }
+        (Method::GET, []) => {
+            record(&mut state, "projects.get", project.clone());
+            // The ROUTES quota as GCE lists it (250 when the test set none), with its usage.
+            let limit = state.route_quota.unwrap_or(DEFAULT_ROUTE_QUOTA);
+            let quotas = json!([{"metric": "ROUTES", "limit": limit as f64, "usage": state.routes.len() as f64},
+                                {"metric": "NETWORKS", "limit": 15.0, "usage": state.networks.len() as f64}]);
+            respond(StatusCode::OK, json!({"kind": "compute#project", "name": project, "quotas": quotas}))
         }
         (Method::GET, ["global", "networks", name]) => {
             record(&mut state, "networks.get", name.to_string());

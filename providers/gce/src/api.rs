@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use crate::error::GceError;
-use crate::types::{Instance, Network, Operation, Route, RouteSpec};
+use crate::types::{Instance, Network, Operation, Route, RouteQuota, RouteSpec};
 
 #[async_trait]
 pub trait ComputeApi: Send + Sync {
@@ -18,6 +18,8 @@ pub trait ComputeApi: Send + Sync {
     async fn get_operation(&self, name: &str) -> Result<Operation, GceError>;
     async fn get_instance(&self, zone: &str, name: &str) -> Result<Instance, GceError>;
     async fn get_network(&self, name: &str) -> Result<Network, GceError>;
+    /// `projects.get`: the project's `ROUTES` quota (`None`: the project lists none).
+    async fn route_quota(&self) -> Result<Option<RouteQuota>, GceError>;
 }
 
 /// Where each API call is counted: `operation` is the API method (`routes.insert`), `outcome`

@@ -17,5 +17,5 @@ pub use error::{GceError, OperationError, OperationErrorItem, QuotaInfo};
 pub use metadata::{InstanceMetadata, MetadataClient};
 pub use metered::Metered;
 pub use sdk::{ClientOptions, CredentialSource, SdkCompute};
-pub use types::{resource_path, same_resource, Instance, Network, OpStatus, Operation, Route, RouteSpec};
+pub use types::{resource_path, same_resource, Instance, Network, OpStatus, Operation, Route, RouteQuota, RouteSpec};
 pub use wait::{wait_for_operation, WaitPolicy};

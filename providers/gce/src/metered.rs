@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use crate::api::{CallRecorder, ComputeApi};
 use crate::error::GceError;
-use crate::types::{Instance, Network, OpStatus, Operation, Route, RouteSpec};
+use crate::types::{Instance, Network, OpStatus, Operation, Route, RouteQuota, RouteSpec};
 
 pub struct Metered<A> {
     inner: A,
@@ -79,6 +79,12 @@ impl<A: ComputeApi> ComputeApi for Metered<A> {
     async fn get_network(&self, name: &str) -> Result<Network, GceError> {
         let result = self.inner.get_network(name).await;
         self.note("networks.get", &result);
+        result
+    }
+
+    async fn route_quota(&self) -> Result<Option<RouteQuota>, GceError> {
+        let result = self.inner.route_quota().await;
+        self.note("projects.get", &result);
         result
     }
 }

@@ -3,13 +3,13 @@
 
 use async_trait::async_trait;
 use google_cloud_auth::credentials::Credentials;
-use google_cloud_compute_v1::client::{GlobalOperations, Instances, Networks, Routes};
+use google_cloud_compute_v1::client::{GlobalOperations, Instances, Networks, Projects, Routes};
 use google_cloud_compute_v1::model;
 use google_cloud_gax::retry_policy::NeverRetry;
 
 use crate::api::ComputeApi;
 use crate::error::{classify, GceError, OperationError, OperationErrorItem, QuotaInfo};
-use crate::types::{Instance, Network, OpStatus, Operation, Route, RouteSpec};
+use crate::types::{Instance, Network, OpStatus, Operation, Route, RouteQuota, RouteSpec};
 
 /// How long one HTTP request may take.
 const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -68,6 +68,7 @@ pub struct SdkCompute {
     operations: GlobalOperations,
     instances: Instances,
     networks: Networks,
+    projects: Projects,
 }
 
 /// Applies the options shared by every service's builder. A macro because each service has
@@ -98,6 +99,7 @@ impl SdkCompute {
             operations: build_client!(GlobalOperations, options, credentials),
             instances: build_client!(Instances, options, credentials),
             networks: build_client!(Networks, options, credentials),
+            projects: build_client!(Projects, options, credentials),
         })
     }
 }
@@ -165,6 +167,13 @@ impl ComputeApi for SdkCompute {
             networks: got.network_interfaces.into_iter().filter_map(|nic| nic.network).collect(),
             can_ip_forward: got.can_ip_forward,
         })
+    }
+
+    async fn route_quota(&self) -> Result<Option<RouteQuota>, GceError> {
+        let got = self.projects.get().set_project(&self.project).send().await;
+        let got = got.map_err(|e| classify(&format!("project {}", self.project), e))?;
+        let routes = got.quotas.into_iter().find(|q| q.metric == Some(model::quota::Metric::Routes));
+        Ok(routes.map(|q| RouteQuota { limit: q.limit.unwrap_or_default(), usage: q.usage.unwrap_or_default() }))
     }
 
     async fn get_network(&self, name: &str) -> Result<Network, GceError> {

@@ -66,6 +66,13 @@ pub struct Network {
     pub mtu: Option<u32>,
 }
 
+/// The project's `ROUTES` quota: routes it may hold, and holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteQuota {
+    pub limit: f64,
+    pub usage: f64,
+}
+
 /// The part of a resource link from `projects/` on, so that a full selfLink
 /// (`https://www.googleapis.com/compute/v1/projects/p/...`) and a partial one compare equal.
 pub fn resource_path(link: &str) -> &str {

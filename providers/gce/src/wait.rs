@@ -57,7 +57,7 @@ mod tests {
 
     use super::*;
     use crate::error::{OperationError, OperationErrorItem};
-    use crate::types::{Instance, Network, Route, RouteSpec};
+    use crate::types::{Instance, Network, Route, RouteQuota, RouteSpec};
 
     /// Answers `get_operation` from a script, one status per poll.
     struct Script(Mutex<Vec<OpStatus>>);
@@ -85,6 +85,9 @@ mod tests {
             unimplemented!()
         }
         async fn get_network(&self, _: &str) -> Result<Network, GceError> {
+            unimplemented!()
+        }
+        async fn route_quota(&self) -> Result<Option<RouteQuota>, GceError> {
             unimplemented!()
         }
     }

@@ -119,4 +119,9 @@ impl ComputeApi for FakeApi {
         self.log(format!("networks.get {name}"));
         Ok(Network { name: name.into(), self_link: NET.into(), mtu: Some(1460) })
     }
+
+    async fn route_quota(&self) -> Result<Option<weft_gce::RouteQuota>, GceError> {
+        self.log("projects.get".into());
+        Ok(Some(weft_gce::RouteQuota { limit: 250.0, usage: self.routes.lock().unwrap().len() as f64 }))
+    }
 }

@@ -27,6 +27,7 @@ resource "google_project_iam_custom_role" "weft" {
     "compute.instances.use",
     "compute.networks.get",
     "compute.networks.updatePolicy",
+    "compute.projects.get",
     "compute.routes.create",
     "compute.routes.delete",
     "compute.routes.get",
