@@ -19,6 +19,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_toml", config_toml),
     ("cni_stdin", cni_stdin),
     ("netlink_dump", netlink_dump),
+    ("nft_rule", nft_rule),
+    ("nft_ruleset", nft_ruleset),
 ];
 
 /// The network config JSON a store holds (flannel's `<prefix>/config`).
@@ -78,6 +80,62 @@ pub fn netlink_dump(data: &[u8]) {
     let _ = decode::dumped_route(payload, &ownership);
     let _ = decode::dumped_nexthop(u16::from_le_bytes(*kind), payload);
     let _ = decode::neighbour(payload, &ownership);
+}
+
+/// weft's decoder of nftables rules (`masq::expr`), over any expressions libnftnl could hand it:
+/// the first byte picks the family, the next a comment's userdata length, then the userdata,
+/// then expressions (a tag byte each, then its fields). What decodes as one of weft's rules
+/// encodes back to expressions that decode as the same rule. (libnftnl's own message parsing is
+/// not fuzzed: it exits the process on attributes it does not expect, trusting the kernel.)
+pub fn nft_rule(data: &[u8]) {
+    use crate::masq::expr::{comment_from_udata, decode, encode, Expr};
+    let Some((&flags, rest)) = data.split_first() else { return };
+    let family = if flags & 1 == 0 { crate::masq::Family::V4 } else { crate::masq::Family::V6 };
+    let Some((&udata_len, rest)) = rest.split_first() else { return };
+    let (udata, mut rest) = rest.split_at(usize::from(udata_len).min(rest.len()));
+    let comment = comment_from_udata(udata).unwrap_or_default();
+    let mut exprs = Vec::new();
+    let bytes = |rest: &mut &[u8]| -> Vec<u8> {
+        let Some((&n, tail)) = rest.split_first() else { return Vec::new() };
+        let (taken, tail) = tail.split_at(usize::from(n % 17).min(tail.len()));
+        *rest = tail;
+        taken.to_vec()
+    };
+    while let Some((&tag, tail)) = rest.split_first() {
+        rest = tail;
+        exprs.push(match tag % 6 {
+            0 => {
+                let (offset, len) = match rest {
+                    [o, l, tail @ ..] => {
+                        rest = tail;
+                        (u32::from(*o), u32::from(*l))
+                    }
+                    _ => (0, 0),
+                };
+                Expr::Payload { offset, len }
+            }
+            1 => Expr::Bitwise { mask: bytes(&mut rest) },
+            2 => Expr::Cmp { negated: tag & 0x80 != 0, data: bytes(&mut rest) },
+            3 => Expr::Return,
+            4 => Expr::MasqueradeFullyRandom,
+            _ => Expr::Accept,
+        });
+    }
+    if let Ok(rule) = decode(family, &exprs, comment.clone()) {
+        let again = decode(family, &encode(&rule), comment);
+        assert_eq!(again.as_ref(), Ok(&rule), "{exprs:?}");
+    }
+}
+
+/// `nft -j list ruleset` as `weft doctor` reads it: any JSON is judged, and a ✗ says how to fix it.
+pub fn nft_ruleset(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let chains = crate::doctor::firewall::parse(text);
+    let network = "10.244.0.0/16".parse().expect("a network");
+    for forward_rules in [false, true] {
+        let check = crate::doctor::firewall::judge(&chains, network, forward_rules);
+        assert!(check.ok || check.fix.is_some(), "{check:?}");
+    }
 }
 
 #[cfg(test)]

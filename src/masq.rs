@@ -15,7 +15,7 @@
 //! `spawn_blocking`. IPv6 is the same code with [`Family::V6`] (table `ip6 weft`).
 
 mod batch;
-mod expr;
+pub(crate) mod expr;
 pub mod forward;
 mod query;
 pub mod rules;

@@ -90,6 +90,11 @@ fn decode_match(family: Family, exprs: &[Expr]) -> Result<(AddrMatch, &[Expr]), 
         .addr_from_bytes(data)
         .ok_or_else(|| format!("compares with {} bytes, not a {family} address", data.len()))?;
     let net = IpNet::new(addr, prefix as u8).map_err(|e| e.to_string())?;
+    // The masked address can never equal one with bits outside the mask: not a rule weft writes
+    // (found by fuzzing: it read back as a prefix that encodes differently).
+    if net.network() != addr {
+        return Err(format!("compares with {addr}, which has bits outside its /{prefix} mask"));
+    }
     let m = AddrMatch { field, negated: *negated, net };
     Ok((m, rest))
 }
@@ -127,6 +132,18 @@ pub fn comment_from_udata(mut udata: &[u8]) -> Option<String> {
 mod tests {
     use super::super::rules::masq_rules;
     use super::*;
+
+    #[test]
+    fn a_compare_with_bits_outside_the_mask_is_not_ours() {
+        let exprs = [
+            Expr::Payload { offset: 12, len: 4 },
+            Expr::Bitwise { mask: vec![255, 255, 0, 0] },
+            Expr::Cmp { negated: false, data: vec![112, 244, 3, 0] },
+            Expr::Return,
+        ];
+        let e = decode(Family::V4, &exprs, String::new()).unwrap_err();
+        assert!(e.contains("112.244.3.0") && e.contains("outside its /16 mask"), "{e}");
+    }
 
     #[test]
     fn a_match_is_payload_mask_and_compare() {

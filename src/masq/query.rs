@@ -170,18 +170,23 @@ pub fn listed_rules(socket: &mut NftSocket, family: Family, at: ChainRef) -> io:
 }
 
 fn on_rule(header: &libc::nlmsghdr, found: &mut (Family, Vec<ListedRule>)) -> c_int {
-    let listed = match parse_rule(header) {
+    let listed = listed_rule(found.0, header);
+    found.1.push(listed);
+    MNL_CB_OK
+}
+
+/// One rule message of a dump, decoded as far as weft knows its expressions.
+fn listed_rule(family: Family, header: &libc::nlmsghdr) -> ListedRule {
+    match parse_rule(header) {
         Ok(parsed) => {
-            let rule = match parsed.exprs.and_then(|exprs| decode(found.0, &exprs, parsed.comment.clone())) {
+            let rule = match parsed.exprs.and_then(|exprs| decode(family, &exprs, parsed.comment.clone())) {
                 Ok(rule) => InstalledRule::Known(rule),
                 Err(why) => InstalledRule::Unknown(why),
             };
             ListedRule { handle: parsed.handle, comment: parsed.comment, rule }
         }
         Err(why) => ListedRule { handle: 0, comment: String::new(), rule: InstalledRule::Unknown(why) },
-    };
-    found.1.push(listed);
-    MNL_CB_OK
+    }
 }
 
 /// A rule as the kernel sent it: the expressions may be none weft writes (then why not).
