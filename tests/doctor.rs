@@ -298,7 +298,8 @@ mod aws {
         let run = world.doctor(None);
         assert_eq!(run.code, 0, "{}", run.text);
         let mut names = vec!["aws.imds".to_string(), "aws.source_dest_check".into(), "aws.route_tables".into()];
-        names.extend(weft_aws_actions().iter().map(|a| format!("aws.ec2.{a}")));
+        // Every action weft calls (tests/docs.rs keeps weft_aws::ACTIONS equal to the SDK calls).
+        names.extend(weft_aws::ACTIONS.iter().map(|a| format!("aws.ec2.{a}")));
         names.extend(world.vpc.tagged.iter().map(|t| format!("aws.route_room.{t}")));
         for name in &names {
             assert!(run.check(name).ok, "{name}: {}", run.text);
@@ -344,18 +345,6 @@ mod aws {
         let run = world.doctor(Some(&endpoint));
         assert_only_failure(&run, "aws.imds");
         assert!(run.check("aws.imds").fix.as_deref().unwrap().contains("hop limit"), "{}", run.text);
-    }
-
-    fn weft_aws_actions() -> [&'static str; 7] {
-        [
-            "DescribeInstances",
-            "DescribeNetworkInterfaces",
-            "DescribeRouteTables",
-            "ModifyNetworkInterfaceAttribute",
-            "CreateRoute",
-            "ReplaceRoute",
-            "DeleteRoute",
-        ]
     }
 
     fn moto_routes(world: &World) -> BTreeMap<String, moto::SeenRoute> {
