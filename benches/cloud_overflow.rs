@@ -28,7 +28,7 @@ use weft::backend::aws_vpc::node::Node;
 use weft::backend::aws_vpc::plan::TableMode;
 use weft::backend::aws_vpc::worker::AwsRoutes;
 use weft::backend::cloud::engine::{Engine, Request};
-use weft::backend::cloud::{CloudPaths, Settings};
+use weft::backend::cloud::{CloudPaths, Settings, StaleTracker};
 use weft::health::Health;
 use weft::network::{Network, NetworkSection};
 use weft::store::local::LocalStore;
@@ -219,7 +219,17 @@ impl Cluster {
                 subnet_id: subnet_of_zone(zone),
                 interface_id: interface_of(i),
             };
-            let provider = AwsRoutes::new(ec2.clone(), node, mode.clone(), &network, None, health.clone());
+            let mut provider = AwsRoutes::new(
+                ec2.clone(),
+                node,
+                mode.clone(),
+                &network,
+                None,
+                Duration::from_secs(300),
+                health.clone(),
+            );
+            // A round stands for a recheck (300 s by default): always past the stale grace.
+            provider.stale = StaleTracker::default();
             let paths = CloudPaths::default();
             let settings = Settings {
                 recheck: Duration::from_secs(300),

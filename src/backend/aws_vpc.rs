@@ -121,7 +121,7 @@ impl AwsVpcRegistered {
     fn activate(self, own: &Lease) -> CloudActive<AwsRoutes> {
         let AwsVpcRegistered { config, mode, ctx, ec2, node, data, paths } = self;
         let route_limit = config.route_limit.map(|l| l as usize);
-        let routes = AwsRoutes::new(ec2, node, mode, &ctx.network, route_limit, ctx.health.clone());
+        let routes = AwsRoutes::new(ec2, node, mode, &ctx.network, route_limit, config.recheck, ctx.health.clone());
         let settings = Settings {
             recheck: config.recheck,
             overflow: config.overflow.is_some(),

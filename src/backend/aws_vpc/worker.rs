@@ -42,6 +42,7 @@ impl AwsRoutes {
         mode: TableMode,
         network: &crate::network::Network,
         route_limit: Option<usize>,
+        recheck: std::time::Duration,
         health: Arc<Health>,
     ) -> Self {
         AwsRoutes {
@@ -52,7 +53,7 @@ impl AwsRoutes {
             subnet_len: network.subnet_len,
             route_limit,
             health,
-            stale: StaleTracker::default(),
+            stale: StaleTracker::with_grace(crate::backend::cloud::stale::grace(recheck)),
             refusals: BTreeMap::new(),
         }
     }
@@ -73,10 +74,10 @@ impl AwsRoutes {
         for (destination, why) in &plan.remove {
             if *why == Removal::NoLease {
                 let key = (table.id.clone(), *destination);
-                let confirmed = self.stale.is_suspect(&key);
+                let confirmed = self.stale.is_due(&key);
                 suspects.push(key);
                 if !confirmed {
-                    debug!(table = %table.id, %destination, "route without a lease; removed if still so next time");
+                    debug!(table = %table.id, %destination, "route without a lease; removed if still so after the grace");
                     continue;
                 }
             }

@@ -55,6 +55,7 @@ impl Routing {
         network: &crate::network::Network,
         health: Arc<Health>,
     ) -> Self {
+        let stale_grace = crate::backend::cloud::stale::grace(config.recheck);
         Routing {
             api,
             config,
@@ -64,7 +65,7 @@ impl Routing {
             health,
             wait: WaitPolicy::default(),
             resolved: None,
-            stale: StaleTracker::default(),
+            stale: StaleTracker::with_grace(stale_grace),
             owned: None,
             last_own: None,
             refusal: None,
@@ -428,7 +429,10 @@ mod tests {
             let api: Arc<dyn ComputeApi> = self.api.clone();
             let section = NetworkSection { cidr: "10.244.0.0/16".into(), ..Default::default() };
             let network = Network::new(&section).unwrap();
-            Routing::new(api, config, meta, &network, self.health.clone())
+            let mut routing = Routing::new(api, config, meta, &network, self.health.clone());
+            // Passes here are back to back: two in a row confirm, as passes a recheck apart do.
+            routing.stale = StaleTracker::default();
+            routing
         }
 
         fn agent(&self, instance: &str) -> Agent {
