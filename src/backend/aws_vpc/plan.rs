@@ -219,8 +219,7 @@ pub fn under_limit(table: &RouteTable, network: Ipv4Net, route_limit: Option<usi
 /// [`crate::backend::cloud::room::beyond_limit`]).
 pub fn over_route_limit(table: &RouteTable, network: Ipv4Net, subnet_len: u8, own: Ipv4Net, limit: usize) -> bool {
     let hosts = carried(table, network, subnet_len);
-    let others = cluster_routes(table, network).saturating_sub(hosts.len());
-    crate::backend::cloud::room::beyond_limit(&hosts, others, own, limit)
+    crate::backend::cloud::room::beyond_limit(&hosts, cluster_routes(table, network), own, limit)
 }
 
 /// Whether `table` routes `own` to our interface (what teardown removes).

@@ -85,9 +85,10 @@ impl AwsRoutes {
         }
         let labels = Self::labels(table);
         let metrics = &self.health.metrics;
-        metrics.cloud_routes.get_or_create(&labels).set(plan::cluster_routes(table, self.network) as i64);
-        let under_limit = plan::under_limit(table, self.network, self.route_limit);
+        // The table as listed for this pass: its count holds for everything below.
         let cluster_routes = plan::cluster_routes(table, self.network);
+        metrics.cloud_routes.get_or_create(&labels).set(cluster_routes as i64);
+        let under_limit = plan::under_limit(table, self.network, self.route_limit);
         let mut room = || {
             under_limit && self.refusals.get_mut(&table.id).is_none_or(|r| r.allows(table.route_count, cluster_routes))
         };
@@ -122,10 +123,9 @@ impl AwsRoutes {
             Err(Ec2Error::RouteLimitExceeded { .. }) => {
                 if tried {
                     // EC2's own refusal: it tells the table's capacity.
-                    let cluster = plan::cluster_routes(table, self.network);
-                    self.refusals.insert(table.id.clone(), Refusal::new(table.route_count, cluster));
+                    self.refusals.insert(table.id.clone(), Refusal::new(table.route_count, cluster_routes));
                 }
-                let ours = self.route_limit.filter(|limit| plan::cluster_routes(table, self.network) >= *limit);
+                let ours = self.route_limit.filter(|limit| cluster_routes >= *limit);
                 Err(Problem::NoRoom(plan::route_limit_message(table, ours)))
             }
             Err(e) => Err(Problem::Failed(format!("route {} in {}: {e}", input.own, table.id))),

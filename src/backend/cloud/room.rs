@@ -45,11 +45,12 @@ impl Refusal {
 /// Whether our route must go to bring a table back within `route_limit`. Agents that looked at
 /// the same moment may all have found room, and the table then holds more than the limit; no
 /// cloud refuses past *our* cap. Every agent judges the same listing the same way: the routes
-/// weft cannot move (`others`, the cluster network's routes that are no host's) count first, then
+/// weft cannot move (of the `cluster_routes`, those that are no host's) count first, then
 /// the lowest host subnets keep theirs; an agent whose route ranks beyond the limit withdraws it,
 /// and its peers reach it by the overlay instead. A newcomer never displaces a route: it finds
 /// the table full and does not add one.
-pub fn beyond_limit(host_routes: &BTreeSet<Ipv4Net>, others: usize, own: Ipv4Net, limit: usize) -> bool {
+pub fn beyond_limit(host_routes: &BTreeSet<Ipv4Net>, cluster_routes: usize, own: Ipv4Net, limit: usize) -> bool {
+    let others = cluster_routes.saturating_sub(host_routes.len());
     let room_for_hosts = limit.saturating_sub(others);
     host_routes.iter().position(|subnet| *subnet == own).is_some_and(|rank| rank >= room_for_hosts)
 }
@@ -66,12 +67,12 @@ mod tests {
     fn the_lowest_subnets_keep_their_routes_past_the_limit() {
         let hosts = subnets(&["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"]);
         let own = |s: &str| s.parse::<Ipv4Net>().unwrap();
-        let judged: Vec<bool> = hosts.iter().map(|s| beyond_limit(&hosts, 0, *s, 3)).collect();
+        let judged: Vec<bool> = hosts.iter().map(|s| beyond_limit(&hosts, 4, *s, 3)).collect();
         assert_eq!(judged, [false, false, false, true], "one over: the highest withdraws");
-        assert!(beyond_limit(&hosts, 1, own("10.244.3.0/24"), 3), "a route weft cannot move takes a slot");
-        assert!(!beyond_limit(&hosts, 0, own("10.244.4.0/24"), 4), "within the limit: nobody moves");
-        assert!(!beyond_limit(&hosts, 0, own("10.244.9.0/24"), 1), "no route of ours: nothing to withdraw");
-        assert!(beyond_limit(&hosts, 5, own("10.244.1.0/24"), 3), "no room at all for host routes");
+        assert!(beyond_limit(&hosts, 5, own("10.244.3.0/24"), 3), "a route weft cannot move takes a slot");
+        assert!(!beyond_limit(&hosts, 4, own("10.244.4.0/24"), 4), "within the limit: nobody moves");
+        assert!(!beyond_limit(&hosts, 4, own("10.244.9.0/24"), 1), "no route of ours: nothing to withdraw");
+        assert!(beyond_limit(&hosts, 9, own("10.244.1.0/24"), 3), "no room at all for host routes");
     }
 
     #[test]

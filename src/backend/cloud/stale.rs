@@ -64,10 +64,6 @@ impl<K: Ord + Clone> StaleTracker<K> {
     pub fn is_due(&self, key: &K) -> bool {
         self.suspects.get(key).is_some_and(|since| since.elapsed() >= self.grace)
     }
-
-    pub fn is_suspect(&self, key: &K) -> bool {
-        self.suspects.contains_key(key)
-    }
 }
 
 #[cfg(test)]
@@ -96,7 +92,7 @@ mod tests {
     fn with_grace_a_second_pass_right_away_confirms_nothing() {
         let mut tracker = StaleTracker::with_grace(STALE_GRACE);
         assert!(tracker.confirm(["x"]).is_empty());
-        assert!(tracker.is_suspect(&"x") && !tracker.is_due(&"x"));
+        assert!(tracker.suspects.contains_key("x") && !tracker.is_due(&"x"));
         assert!(tracker.confirm(["x"]).is_empty(), "a pass milliseconds later (a lease event)");
         // First seen long enough ago: confirmed (the first sighting is kept across passes).
         let long_ago = Instant::now().checked_sub(STALE_GRACE).expect("a clock past 5 s");
@@ -109,7 +105,7 @@ mod tests {
     fn cleared_on_lost_leadership() {
         let mut tracker = StaleTracker::default();
         assert!(tracker.confirm(["x"]).is_empty());
-        assert!(tracker.is_suspect(&"x"));
+        assert!(tracker.suspects.contains_key("x"));
         tracker.clear();
         assert!(tracker.confirm(["x"]).is_empty());
     }

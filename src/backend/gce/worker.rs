@@ -2,6 +2,7 @@
 //! the elected agent and with overflow, every route of the network), puts ours in place and
 //! removes what is provably stale. When passes run is the engine's business.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -96,7 +97,7 @@ impl Routing {
             return Pass { problems: Vec::new(), carried };
         };
         let mut problems = Vec::new();
-        if let Err(problem) = self.own_route(own, &resolved, listing.as_deref()).await {
+        if let Err(problem) = self.own_route(own, &resolved, listing.as_deref(), carried.as_ref()).await {
             problems.push(problem);
         }
         if let (Some(routes), Some(leased), true) = (&listing, input.leased, input.lead) {
@@ -114,7 +115,14 @@ impl Routing {
     }
 
     /// Our route (ours by name, or flannel's adopted) in place, through our instance.
-    async fn own_route(&mut self, own: Ipv4Net, resolved: &Resolved, listing: Option<&[Route]>) -> Result<(), Problem> {
+    /// `carried`: the listing's host routes (there with the listing).
+    async fn own_route(
+        &mut self,
+        own: Ipv4Net,
+        resolved: &Resolved,
+        listing: Option<&[Route]>,
+        carried: Option<&BTreeSet<Ipv4Net>>,
+    ) -> Result<(), Problem> {
         self.last_own = Some(own);
         let failed = |m: String| Problem::Failed(m);
         let target = Target {
@@ -160,13 +168,11 @@ impl Routing {
         let plan = plan_own(&target, &prefix, ours.as_ref(), flannel.as_ref());
         let inserts = plan.steps.iter().any(|s| matches!(s, Step::Insert(_)));
         let cluster_routes = listing.map(|routes| plan::cluster_routes(routes, &resolved.network, self.cluster));
-        if let (Some(count), Some(routes)) = (cluster_routes, listing) {
+        if let (Some(count), Some(routes), Some(hosts)) = (cluster_routes, listing, carried) {
             let labels = self.labels(resolved);
             self.health.metrics.cloud_routes.get_or_create(&labels).set(count as i64);
             let limit = self.config.route_limit.map(|l| l as usize);
-            let hosts = plan::carried(routes, &resolved.network, self.cluster, self.subnet_len);
-            let others = count.saturating_sub(hosts.len());
-            if !inserts && limit.is_some_and(|limit| beyond_limit(&hosts, others, own, limit)) {
+            if !inserts && limit.is_some_and(|limit| beyond_limit(hosts, count, own, limit)) {
                 // Agents that looked at once overfilled the network: the highest subnets withdraw.
                 self.limit_gauge(resolved).set(1);
                 self.note_owned(resolved, false);
