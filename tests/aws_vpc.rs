@@ -1,113 +1,29 @@
-//! The aws-vpc backend end to end: `weft agent` processes against moto (a model of EC2) through
-//! a fault-injecting proxy, real etcd, and one IMDSv2 server per simulated node.
+//! The aws-vpc backend end to end: `weft agent` processes in network namespaces, each an instance
+//! of moto (a model of EC2) with its own IMDSv2 server, calling EC2 through a counting,
+//! fault-injecting proxy, over a real etcd. Every test proves by packets what the tables say: the
+//! hosts reach each other's pods only through the VPC router ([`common::vpc_router`]), which
+//! forwards as the route tables do. Needs root and moto: fails, never skips, without them.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::aws_world::{AwsWorld as World, Placement, RECHECK};
 use common::decoy::Decoy;
-use common::etcd::EtcdServer;
 use common::imds::{self, Imds};
-use common::moto::{self, Fault, FaultProxy, Host, Moto, Vpc};
-use common::weft::{Agent, Setup};
+use common::moto::{self, Fault, Host};
+use common::packets::{reaches, unreachable_pairs};
 
-/// Pace of the agents' cloud work in these tests (300 s by default).
-const RECHECK: Duration = Duration::from_secs(2);
 /// Routes inside the cluster network that no agent leases.
 const STALE: &str = "10.244.200.0/24";
 const BLACKHOLE: &str = "10.244.201.0/24";
 /// Outside the cluster network: never weft's.
 const OUTSIDE: &str = "192.168.50.0/24";
-const MUTATING: [&str; 4] = ["CreateRoute", "ReplaceRoute", "DeleteRoute", "ModifyNetworkInterfaceAttribute"];
 
-/// One test's world: moto behind the proxy, a VPC, etcd, and nodes with their metadata servers.
-struct World {
-    runtime: tokio::runtime::Runtime,
-    _moto: Moto,
-    proxy: FaultProxy,
-    /// Straight to moto: the test's own calls are not counted.
-    ec2: aws_sdk_ec2::Client,
-    vpc: Vpc,
-    etcd: EtcdServer,
-    nodes: Vec<(Host, Imds)>,
-}
-
-impl World {
-    /// `subnets[i]` is where node i runs.
-    fn new(subnets: impl Fn(&Vpc) -> Vec<String>) -> World {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let moto = Moto::start();
-        let proxy = FaultProxy::start(&runtime, &moto);
-        let ec2 = moto::client(&moto.endpoint);
-        let vpc = runtime.block_on(moto::build_vpc(&ec2));
-        let nodes = subnets(&vpc)
-            .iter()
-            .map(|subnet| {
-                let host = runtime.block_on(moto::launch(&ec2, subnet));
-                let imds = Imds::start(&runtime, imds::metadata_for(&host));
-                (host, imds)
-            })
-            .collect();
-        World { runtime, _moto: moto, proxy, ec2, vpc, etcd: EtcdServer::start(), nodes }
-    }
-
-    /// A weft.toml for this world with `backend` as the `[network.backend]` body.
-    fn setup(&self, backend: &str) -> Setup {
-        let setup = Setup::new(&format!(
-            "[agent]\nresync = \"1s\"\n\n[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n\n[network]\ncidr = \"10.244.0.0/16\"\n\n[network.backend]\ntype = \"aws-vpc\"\nrecheck = \"{}s\"\n{backend}\n\n[cloud]\naws_endpoint_url = \"{}\"\n",
-            self.etcd.endpoint,
-            RECHECK.as_secs(),
-            self.proxy.endpoint
-        ));
-        setup.ok(&["network", "apply"]);
-        setup
-    }
-
-    fn agent(&self, setup: &Setup, i: usize) -> Agent {
-        let (host, imds) = &self.nodes[i];
-        let name = format!("node{i}");
-        imds::with_node_env(imds, || setup.agent(&name, &host.ip.to_string(), &[]))
-    }
-
-    fn routes(&self, table: &str) -> BTreeMap<String, moto::SeenRoute> {
-        self.runtime.block_on(moto::routes(&self.ec2, table))
-    }
-
-    /// Whether `table` routes `cidr` to node i's interface.
-    fn routes_to(&self, table: &str, cidr: &str, i: usize) -> bool {
-        self.routes(table).get(cidr).is_some_and(|r| r.target == self.nodes[i].0.interface_id)
-    }
-
-    fn mutating_calls(&self) -> usize {
-        let counts = self.proxy.counts();
-        MUTATING.iter().map(|a| counts.get(*a).copied().unwrap_or(0)).sum()
-    }
-}
-
-/// Waits for `done`, polling moto every 200 ms; on timeout the agents' logs say why.
-fn wait_until(what: &str, secs: u64, agents: &[&Agent], done: impl FnMut() -> bool) {
-    let logs = || agents.iter().map(|a| a.log_text()).collect::<Vec<_>>().join("\n-----\n");
-    let within = Duration::from_secs(secs);
-    common::wait::until_every(what, within, Duration::from_millis(200), done, || format!("agent logs:\n{}", logs()));
-}
-
-fn ready(agent: &Agent) -> bool {
-    agent.get("/readyz").0 == 200
-}
-
-/// A counter of the agent's EC2 calls (`weft_cloud_api_calls_total`) for one operation, all outcomes.
-fn ec2_calls(agent: &Agent, operation: &str) -> f64 {
-    let (_, body) = agent.get("/metrics");
-    let prefix = "weft_cloud_api_calls_total{";
-    body.lines()
-        .filter(|l| l.starts_with(prefix) && l.contains(&format!("operation=\"{operation}\"")))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-fn tagged_mode() -> String {
-    format!("route_table_tag = \"{}={}\"", moto::TAG_KEY, moto::TAG_VALUE)
+/// aws-vpc with `extra` keys and no table selection of the tests' own (flannel's default: the
+/// table of the host's subnet, else the main table).
+fn aws_vpc_plain(extra: &str) -> String {
+    format!("type = \"aws-vpc\"\nrecheck = \"{}s\"\n{extra}", RECHECK.as_secs())
 }
 
 #[test]
@@ -140,38 +56,40 @@ fn metadata_server_follows_imdsv2() {
 /// The multi-AZ case: three nodes in three zones, a tagged table per zone.
 #[test]
 fn three_agents_own_their_routes_in_every_tagged_table() {
-    let world = World::new(|vpc| vpc.subnets.clone());
+    let mut world = World::new(3);
+    let proxy = world.with_proxy();
     let spare = world.vpc.spare_interface.clone();
     // Left behind by a departed node, a dead target, and someone else's route outside the network.
-    for table in &world.vpc.tagged {
-        world.runtime.block_on(async {
-            moto::create_route(&world.ec2, table, STALE, &spare).await;
-            moto::create_route(&world.ec2, table, BLACKHOLE, &spare).await;
-            moto::create_route(&world.ec2, table, OUTSIDE, &spare).await;
+    for table in world.vpc.tagged.clone() {
+        let (ec2, spare) = (world.ec2.clone(), spare.clone());
+        world.call(async move {
+            moto::create_route(&ec2, &table, STALE, &spare).await;
+            moto::create_route(&ec2, &table, BLACKHOLE, &spare).await;
+            moto::create_route(&ec2, &table, OUTSIDE, &spare).await;
         });
     }
-    world.proxy.inject(Fault::Blackhole { cidr: BLACKHOLE.into() });
-    let setup = world.setup(&tagged_mode());
+    proxy.inject(Fault::Blackhole { cidr: BLACKHOLE.into() });
     let started = Instant::now();
-    let mut agents: Vec<Agent> = (0..3).map(|i| world.agent(&setup, i)).collect();
-    let subnets: Vec<String> = agents.iter_mut().map(|a| a.wait_subnet()).collect();
-    let refs: Vec<&Agent> = agents.iter().collect();
+    world.start_agents("");
+    let (subnets, pods) = world.pods();
 
     // Every node's subnet → its interface, in every tagged table; nothing in the untagged one.
-    wait_until("routes in every tagged table", 60, &refs, || {
-        world.vpc.tagged.iter().all(|t| (0..3).all(|i| world.routes_to(t, &subnets[i], i)))
+    world.wait("routes in every tagged table", Duration::from_secs(60), || {
+        world.vpc.tagged.iter().all(|t| (1..=3).all(|i| world.routes_to(t, subnets[i - 1], i)))
     });
-    wait_until("stale and blackhole routes removed", 30, &refs, || {
+    world.wait("stale and blackhole routes removed", Duration::from_secs(30), || {
         world.vpc.tagged.iter().all(|t| {
             let routes = world.routes(t);
             !routes.contains_key(STALE) && !routes.contains_key(BLACKHOLE)
         })
     });
-    wait_until("all agents ready", 30, &refs, || agents.iter().all(ready));
+    world.wait("all agents ready", Duration::from_secs(30), || (1..=3).all(|i| world.ready(i)));
     let startup_time = started.elapsed();
-    let startup = world.proxy.counts();
+    let startup = proxy.counts();
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "pods not reached through the tables: {failed:?}");
     let untagged = world.routes(&world.vpc.untagged);
-    assert!(subnets.iter().all(|s| !untagged.contains_key(s)), "untagged table written: {untagged:?}");
+    assert!(subnets.iter().all(|s| !untagged.contains_key(&s.to_string())), "untagged table written: {untagged:?}");
     for table in &world.vpc.tagged {
         assert_eq!(
             world.routes(table).get(OUTSIDE).map(|r| r.target.as_str()),
@@ -181,14 +99,15 @@ fn three_agents_own_their_routes_in_every_tagged_table() {
     }
     // Source/dest check off on every node's interface.
     for (host, _) in &world.nodes {
-        assert_eq!(world.runtime.block_on(moto::source_dest_check(&world.ec2, &host.interface_id)), Some(false));
+        let (ec2, eni) = (world.ec2.clone(), host.interface_id.clone());
+        assert_eq!(world.call(async move { moto::source_dest_check(&ec2, &eni).await }), Some(false));
     }
     // Exactly one agent cleaned up: 2 routes in each of 3 tables.
-    let deletes: Vec<f64> = agents.iter().map(|a| ec2_calls(a, "DeleteRoute")).collect();
+    let deletes: Vec<f64> = (1..=3).map(|i| world.ec2_calls(i, "DeleteRoute")).collect();
     assert_eq!(deletes.iter().sum::<f64>(), 6.0, "DeleteRoute per agent: {deletes:?}");
     assert_eq!(deletes.iter().filter(|d| **d > 0.0).count(), 1, "DeleteRoute per agent: {deletes:?}");
-    for agent in &agents {
-        let (_, metrics) = agent.get("/metrics");
+    for i in 1..=3 {
+        let metrics = world.metrics(i);
         for table in &world.vpc.tagged {
             let owned = format!("weft_cloud_routes_owned{{provider=\"aws\",table=\"{table}\"}} 1");
             assert!(metrics.contains(&owned), "{owned} missing:\n{metrics}");
@@ -196,10 +115,10 @@ fn three_agents_own_their_routes_in_every_tagged_table() {
     }
 
     // Steady state: no mutating call, at most one describe per table per recheck.
-    world.proxy.reset_counts();
+    proxy.reset_counts();
     let periods = 4;
     std::thread::sleep(RECHECK * periods);
-    let steady = world.proxy.counts();
+    let steady = proxy.counts();
     assert_eq!(world.mutating_calls(), 0, "steady state changed something: {steady:?}");
     let describes = steady.get("DescribeRouteTables").copied().unwrap_or(0);
     let bound = 3 * (periods as usize + 1);
@@ -207,96 +126,133 @@ fn three_agents_own_their_routes_in_every_tagged_table() {
     println!("EC2 calls by 3 agents, start-up ({startup_time:.1?} to routes in place and clean-up done): {startup:?}");
     println!("EC2 calls by 3 agents, steady state over {periods} rechecks of {RECHECK:?}: {steady:?}");
 
-    // A conflicting route (same CIDR, another target) is taken back; a removed one restored.
-    let (b, c) = (&world.vpc.tagged[1], &world.vpc.tagged[2]);
-    world.runtime.block_on(moto::replace_route(&world.ec2, b, &subnets[1], &spare));
-    world.runtime.block_on(moto::delete_route(&world.ec2, c, &subnets[2]));
-    wait_until("conflicting route replaced", 20, &refs, || world.routes_to(b, &subnets[1], 1));
-    wait_until("removed route restored", 20, &refs, || world.routes_to(c, &subnets[2], 2));
-    drop(refs);
+    // A conflicting route (same CIDR, another target) is taken back; a removed one restored; the
+    // pods behind them are reached again.
+    let (b, c) = (world.vpc.tagged[1].clone(), world.vpc.tagged[2].clone());
+    let (ec2, cidr1, cidr2) = (world.ec2.clone(), subnets[1].to_string(), subnets[2].to_string());
+    world.call({
+        let (ec2, b, c, spare) = (ec2.clone(), b.clone(), c.clone(), spare.clone());
+        async move {
+            moto::replace_route(&ec2, &b, &cidr1, &spare).await;
+            moto::delete_route(&ec2, &c, &cidr2).await;
+        }
+    });
+    world.wait("conflicting route replaced", Duration::from_secs(20), || world.routes_to(&b, subnets[1], 2));
+    world.wait("removed route restored", Duration::from_secs(20), || world.routes_to(&c, subnets[2], 3));
+    // Zone b's host reaches h2 through its own table again, zone c's host reaches h3.
+    assert!(reaches(&world.cluster.pod_ns(2), pods[1].pod.addr(), Duration::from_secs(1)), "h2's own pod");
+    assert!(reaches(&world.cluster.pod_ns(3), pods[1].pod.addr(), Duration::from_secs(5)), "h3 → h2");
+    assert!(reaches(&world.cluster.pod_ns(1), pods[2].pod.addr(), Duration::from_secs(5)), "h1 → h3");
+    assert!(reaches(&world.cluster.pod_ns(3), pods[0].pod.addr(), Duration::from_secs(5)), "h3 → h1");
 
     // A restarted agent finds everything in place: no mutating call at all.
-    agents[0].stop();
-    world.proxy.reset_counts();
-    let again = world.agent(&setup, 0);
-    wait_until("restarted agent ready", 30, &[&again], || {
-        ready(&again) && ec2_calls(&again, "DescribeRouteTables") >= 2.0
+    world.cluster.stop_agent(1);
+    proxy.reset_counts();
+    world.start_agent(1);
+    world.wait("restarted agent ready", Duration::from_secs(30), || {
+        world.ready(1) && world.ec2_calls(1, "DescribeRouteTables") >= 2.0
     });
-    assert_eq!(world.mutating_calls(), 0, "restart changed something: {:?}", world.proxy.counts());
-    println!("EC2 calls while one agent restarted: {:?}", world.proxy.counts());
+    assert_eq!(world.mutating_calls(), 0, "restart changed something: {:?}", proxy.counts());
+    println!("EC2 calls while one agent restarted: {:?}", proxy.counts());
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(5));
+    assert!(failed.is_empty(), "pods not reached after the restart: {failed:?}");
 }
 
+/// `route_table_ids`: exactly the listed tables, tagged or not. A host whose own subnet's table
+/// is not listed has no route to anyone: its pods are cut off, as the VPC says.
 #[test]
 fn explicit_tables_only() {
-    let world = World::new(|vpc| vec![vpc.subnets[0].clone(), vpc.subnets[1].clone()]);
-    let chosen = [world.vpc.tagged[0].clone(), world.vpc.untagged.clone()];
-    let setup = world.setup(&format!("route_table_ids = [\"{}\", \"{}\"]", chosen[0], chosen[1]));
-    let mut agents: Vec<Agent> = (0..2).map(|i| world.agent(&setup, i)).collect();
-    let subnets: Vec<String> = agents.iter_mut().map(|a| a.wait_subnet()).collect();
-    let refs: Vec<&Agent> = agents.iter().collect();
-    wait_until("routes in both listed tables", 60, &refs, || {
-        chosen.iter().all(|t| (0..2).all(|i| world.routes_to(t, &subnets[i], i)))
+    let mut world = World::new(3);
+    let chosen = [world.vpc.tagged[0].clone(), world.vpc.tagged[1].clone(), world.vpc.untagged.clone()];
+    world.start_agents_with(&aws_vpc_plain(&format!(
+        "route_table_ids = [\"{}\", \"{}\", \"{}\"]",
+        chosen[0], chosen[1], chosen[2]
+    )));
+    let (subnets, pods) = world.pods();
+    world.wait("routes in the listed tables", Duration::from_secs(60), || {
+        chosen.iter().all(|t| (1..=3).all(|i| world.routes_to(t, subnets[i - 1], i)))
     });
-    for table in &world.vpc.tagged[1..] {
-        let routes = world.routes(table);
-        assert!(subnets.iter().all(|s| !routes.contains_key(s)), "unlisted table {table} written");
-    }
-    wait_until("agents ready", 20, &refs, || agents.iter().all(ready));
+    let unlisted = world.routes(&world.vpc.tagged[2]);
+    assert!(subnets.iter().all(|s| !unlisted.contains_key(&s.to_string())), "unlisted table written: {unlisted:?}");
+    world.wait("agents ready", Duration::from_secs(20), || (1..=3).all(|i| world.ready(i)));
+    // Zones a and b reach each other by their (listed) tables; zone c's host, whose table is not
+    // listed, answers nobody.
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(3));
+    let cut: Vec<(usize, usize)> = vec![(1, 3), (2, 3), (3, 1), (3, 2)];
+    assert_eq!(failed, cut, "only zone c's host is cut off");
 }
 
+/// No table selection: each node's route goes into its own subnet's table, else the main table;
+/// hosts of one subnet reach each other, a host of another table does not.
 #[test]
 fn association_then_main_table() {
-    // Node 0 in a subnet with its own table; node 1 in a subnet that uses the main table.
-    let world = World::new(|vpc| vec![vpc.subnets[1].clone(), vpc.loose_subnet.clone()]);
-    let setup = world.setup("");
+    // Hosts 1 and 2 in a subnet with its own table; host 3 in a subnet that uses the main table.
+    let mut world = World::placed(&[Placement::Zone(1), Placement::Zone(1), Placement::Loose]);
+    world.apply(&aws_vpc_plain(""));
     // An EC2 endpoint in the store (shared by every host) is ignored: only [cloud]'s is called.
-    let decoy = Decoy::start();
-    world.etcd.set_backend_key("EndpointURL", &decoy.url);
-    let mut agents: Vec<Agent> = (0..2).map(|i| world.agent(&setup, i)).collect();
-    let subnets: Vec<String> = agents.iter_mut().map(|a| a.wait_subnet()).collect();
-    let refs: Vec<&Agent> = agents.iter().collect();
-    let (associated, main) = (&world.vpc.tagged[1], &world.vpc.main);
-    wait_until("route in the associated table", 60, &refs, || world.routes_to(associated, &subnets[0], 0));
-    wait_until("route in the main table", 60, &refs, || world.routes_to(main, &subnets[1], 1));
-    assert!(!world.routes(main).contains_key(&subnets[0]));
-    assert!(!world.routes(associated).contains_key(&subnets[1]));
-    wait_until("agents ready", 20, &refs, || agents.iter().all(ready));
+    let service = world.cluster.topology.service();
+    let decoy = Decoy::start_in(&weft::netns::Netns::open(&service.ns).expect("the service namespace"), service.addr);
+    world.cluster.set_backend_key("EndpointURL", &decoy.url);
+    for i in 1..=3 {
+        world.start_agent(i);
+    }
+    let (subnets, pods) = world.pods();
+    let (associated, main) = (world.vpc.tagged[1].clone(), world.vpc.main.clone());
+    world.wait("routes in the associated table", Duration::from_secs(60), || {
+        world.routes_to(&associated, subnets[0], 1) && world.routes_to(&associated, subnets[1], 2)
+    });
+    world.wait("route in the main table", Duration::from_secs(60), || world.routes_to(&main, subnets[2], 3));
+    let (in_main, in_associated) = (world.routes(&main), world.routes(&associated));
+    assert!(subnets[..2].iter().all(|s| !in_main.contains_key(&s.to_string())), "main table: {in_main:?}");
+    assert!(!in_associated.contains_key(&subnets[2].to_string()), "associated table: {in_associated:?}");
+    world.wait("agents ready", Duration::from_secs(20), || (1..=3).all(|i| world.ready(i)));
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(3));
+    assert_eq!(failed, vec![(1, 3), (2, 3), (3, 1), (3, 2)], "only the two hosts of one table reach each other");
     assert_eq!(decoy.requests(), Vec::<String>::new(), "the stored EndpointURL was called");
 }
 
+/// A table that refuses the route (RouteLimitExceeded) and throttled calls: the route lands where
+/// there is room, `/readyz` names the full table, and the host behind the full table is really
+/// cut off until there is room again.
 #[test]
 fn full_table_and_throttling() {
-    let world = World::new(|vpc| vec![vpc.subnets[0].clone()]);
-    let (a, b, c) = (&world.vpc.tagged[0], &world.vpc.tagged[1], &world.vpc.tagged[2]);
-    world.proxy.inject(Fault::RouteLimit { table: b.clone() });
-    world.proxy.inject(Fault::Throttle { action: "CreateRoute".into(), times: 2 });
-    let setup = world.setup(&tagged_mode());
-    let mut agent = world.agent(&setup, 0);
-    let subnet = agent.wait_subnet();
-    let refs = [&agent];
-    // Throttled twice, retried by the SDK with backoff: the route still lands.
-    wait_until("routes in the tables with room", 60, &refs, || {
-        world.routes_to(a, &subnet, 0) && world.routes_to(c, &subnet, 0)
+    let mut world = World::new(2);
+    let proxy = world.with_proxy();
+    let (a, b) = (world.vpc.tagged[0].clone(), world.vpc.tagged[1].clone());
+    proxy.inject(Fault::RouteLimit { table: b.clone() });
+    proxy.inject(Fault::Throttle { action: "CreateRoute".into(), times: 2 });
+    world.start_agents("");
+    let (subnets, pods) = world.pods();
+    let c = world.vpc.tagged[2].clone();
+    // Throttled twice, retried by the SDK with backoff: the routes still land.
+    world.wait("routes in the tables with room", Duration::from_secs(60), || {
+        (1..=2).all(|i| world.routes_to(&a, subnets[i - 1], i) && world.routes_to(&c, subnets[i - 1], i))
     });
-    assert!(!world.routes(b).contains_key(&subnet));
-    wait_until("/readyz naming the full table", 30, &refs, || {
-        let (status, body) = agent.get("/readyz");
+    assert!(world.cluster_routes(&b).is_empty(), "the full table took a route");
+    world.wait("/readyz naming the full table", Duration::from_secs(30), || {
+        let (status, body) = world.readyz_body(1);
         status == 503
             && body.contains(&format!("route table {b} is full"))
             && body.contains("50")
             && body.contains("1000")
     });
     let limit = format!("weft_cloud_route_limit_reached{{provider=\"aws\",table=\"{b}\"}} 1");
-    assert!(agent.get("/metrics").1.contains(&limit), "{limit} missing");
-    assert!(ec2_calls(&agent, "CreateRoute") >= 3.0);
-    let throttled_then_ok = world.proxy.counts().get("CreateRoute").copied().unwrap_or(0);
-    assert!(throttled_then_ok >= 5, "2 throttled + tables a, c + b refused: {:?}", world.proxy.counts());
+    assert!(world.metrics(1).contains(&limit), "{limit} missing");
+    assert!(world.ec2_calls(1, "CreateRoute") >= 3.0);
+    let throttled_then_ok = proxy.counts().get("CreateRoute").copied().unwrap_or(0);
+    assert!(throttled_then_ok >= 8, "2 throttled + 2 hosts × tables a, c and b refused: {:?}", proxy.counts());
+    // h2's subnet uses table b: its replies have no way back, so neither reaches the other.
+    assert_eq!(unreachable_pairs(&world.cluster, &pods, Duration::from_secs(2)), vec![(1, 2), (2, 1)]);
 
-    // Room again (the quota raised): the next recheck puts the route in and /readyz recovers.
-    world.proxy.clear_faults();
-    wait_until("route in the formerly full table", 30, &refs, || world.routes_to(b, &subnet, 0));
-    wait_until("ready again", 30, &refs, || ready(&agent));
+    // Room again (the quota raised): the next recheck puts the routes in, /readyz recovers and
+    // the pods reach each other.
+    proxy.clear_faults();
+    world.wait("routes in the formerly full table", Duration::from_secs(30), || {
+        (1..=2).all(|i| world.routes_to(&b, subnets[i - 1], i))
+    });
+    world.wait("ready again", Duration::from_secs(30), || (1..=2).all(|i| world.ready(i)));
     let cleared = format!("weft_cloud_route_limit_reached{{provider=\"aws\",table=\"{b}\"}} 0");
-    assert!(agent.get("/metrics").1.contains(&cleared), "{cleared} missing");
-    agent.stop();
+    assert!(world.metrics(1).contains(&cleared), "{cleared} missing");
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "pods not reached once the table had room: {failed:?}");
 }

@@ -9,129 +9,33 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
-use common::gce_api::GceApiServer;
-use common::gce_metadata::MetadataServer;
+use common::gce_world::{GceWorld as World, NETWORK, OTHER_NETWORK, RECHECK, ZONE};
 use common::packets::{self, ping_once, reaches, unreachable_pairs};
-use common::vpc_router::{Identity, RoutedHost, VpcRouter};
 use ipnet::Ipv4Net;
 use weft::lab::PodAddrs;
-use weft::netns::Netns;
 
 const PROJECT: &str = "weft-packets";
-const ZONE: &str = "europe-west1-b";
-const NETWORK: &str = "default";
-/// The last host's instance is in this network: no route of `default` reaches it.
-const OTHER_NETWORK: &str = "other";
 const QUOTA: usize = 3;
 const HOSTS: usize = 6;
-const RECHECK: Duration = Duration::from_secs(2);
 
-/// The cluster, the API and metadata servers and the router; the router is dropped first.
-struct World {
-    router: Option<VpcRouter>,
-    cluster: Cluster,
-    api: GceApiServer,
-    /// Host i's at index i - 1.
-    metadata: Vec<MetadataServer>,
-}
-
-fn instance(i: usize) -> String {
-    format!("node-{i}")
-}
-
-fn network_of(i: usize) -> &'static str {
-    if i == HOSTS {
-        OTHER_NETWORK
-    } else {
-        NETWORK
-    }
-}
-
-impl World {
-    fn new() -> World {
-        let cluster = Cluster::with_etcd(HOSTS);
-        let service = cluster.topology.service();
-        let netns = Netns::open(&service.ns).expect("the service namespace");
-        let api = GceApiServer::start_in(PROJECT, &netns, service.addr);
-        api.api.add_network(NETWORK);
-        api.api.add_network(OTHER_NETWORK);
-        api.api.set_route_quota(Some(QUOTA));
-        let mut metadata = Vec::new();
-        let mut routed = Vec::new();
-        for i in 1..=HOSTS {
-            let (name, network, host) = (instance(i), network_of(i), cluster.host(i));
-            let ip = host.addr.to_string();
-            api.api.add_instance(ZONE, &name, network, &ip);
-            let server = MetadataServer::start_in(PROJECT, ZONE, &name, network, &ip, &netns, service.addr);
-            api.api.allow_token(&server.token, &name);
-            metadata.push(server);
-            let cloud =
-                Identity::Gce { network: api.api.network_link(network), instance: api.api.instance_link(ZONE, &name) };
-            routed.push(RoutedHost { ns: host.ns, addr: host.addr, cloud });
-        }
-        let router = VpcRouter::start_gce(&service.ns, service.addr, api.api.clone(), routed);
-        World { router: Some(router), cluster, api, metadata }
-    }
-
-    fn start_agent(&mut self, i: usize) {
-        let env = [
-            ("GCE_METADATA_HOST", self.metadata[i - 1].host.clone()),
-            ("WEFT_CLOUD__GCE_ENDPOINT", self.api.endpoint.clone()),
-        ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.cluster.start_agent_with_env(i, &[], &env);
-    }
-
-    /// Destinations the routes of host i's network send to an instance, i's own left out.
-    fn carried(&self, subnets: &[Ipv4Net], i: usize) -> BTreeSet<Ipv4Net> {
-        let network = self.api.api.network_link(network_of(i));
-        let tail = |link: &str| link.rsplit("/networks/").next().map(str::to_string);
-        self.api
-            .api
-            .routes()
-            .values()
-            .filter(|r| r["network"].as_str().and_then(tail) == tail(&network))
-            .filter(|r| r["nextHopInstance"].is_string())
-            .filter_map(|r| r["destRange"].as_str()?.parse().ok())
-            .filter(|d| *d != subnets[i - 1])
-            .collect()
-    }
-
-    fn wait(&self, what: &str, within: Duration, check: impl FnMut() -> bool) -> Duration {
-        let state = || {
-            let mut out = format!("routes: {:?}\n", self.api.api.routes().keys().collect::<Vec<_>>());
-            for i in 1..=HOSTS {
-                let log = self.cluster.agent_log(i);
-                let tail: Vec<&str> = log.lines().rev().take(8).collect();
-                out.push_str(&format!(
-                    "h{i} overlay {:?}\n---- h{i} log (newest first) ----\n{}\n",
-                    packets::overlay_routes(&self.cluster, i),
-                    tail.join("\n")
-                ));
-            }
-            out
-        };
-        common::wait::until_every(what, within, Duration::from_millis(100), check, state)
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.router.take();
-    }
+/// Hosts node-1 … node-6; the last one's instance is in another network, which no route of
+/// `default` reaches.
+fn new_world() -> World {
+    let names: Vec<String> = (1..=HOSTS).map(|i| format!("node-{i}")).collect();
+    let instances: Vec<(&str, &str)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), if i + 1 == HOSTS { OTHER_NETWORK } else { NETWORK }))
+        .collect();
+    let world = World::new(PROJECT, &instances);
+    world.api.api.set_route_quota(Some(QUOTA));
+    world
 }
 
 #[test]
 fn gce_quota_of_three_every_pod_reaches_every_other_by_a_route_or_by_vxlan() {
-    let mut world = World::new();
-    let network = format!(
-        "cidr = \"10.244.0.0/16\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n\
-         [network.backend]\ntype = \"gce\"\nrecheck = \"{}s\"\noverflow = \"vxlan\"\n",
-        RECHECK.as_secs()
-    );
-    world.cluster.write_config(&network);
-    world.cluster.weft_ok(&["network", "apply"]);
+    let mut world = new_world();
+    world.apply("overflow = \"vxlan\"");
     // The host in the other network last: the cleanup leader is one of `default`'s.
     for i in 1..=HOSTS - 1 {
         world.start_agent(i);
@@ -169,12 +73,12 @@ fn gce_quota_of_three_every_pod_reaches_every_other_by_a_route_or_by_vxlan() {
         .flat_map(|i| (1..HOSTS).map(move |j| (i, j)))
         .find(|(i, j)| i != j && world.carried(&subnets, *i).contains(&subnets[j - 1]))
         .expect("a pair of default's hosts joined by a route");
-    world.api.api.set_can_ip_forward(ZONE, &instance(to), false);
+    world.api.api.set_can_ip_forward(ZONE, world.instance(to), false);
     world.wait("the router honours canIpForward", Duration::from_secs(1), || {
-        world.router.as_ref().expect("router").forwarding().checked.contains(&(to - 1))
+        world.router().forwarding().checked.contains(&(to - 1))
     });
     assert!(!ping_once(&world.cluster.pod_ns(from), pods[to - 1].pod.addr()), "delivered without canIpForward");
-    world.api.api.set_can_ip_forward(ZONE, &instance(to), true);
+    world.api.api.set_can_ip_forward(ZONE, world.instance(to), true);
     assert!(reaches(&world.cluster.pod_ns(from), pods[to - 1].pod.addr(), Duration::from_secs(5)));
 
     // A routed host of `default` leaves (killed, lease deleted): the leader removes its route,

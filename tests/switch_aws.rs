@@ -195,6 +195,7 @@ impl World {
             .map(|i| {
                 let (node, host) = (&cloud.nodes[i - 1].0, cluster.host(i));
                 let cloud = Identity::Aws {
+                    vpc_id: cloud.vpc.clone(),
                     subnet_id: cloud.subnet.clone(),
                     instance_id: node.instance_id.clone(),
                     interface_id: node.interface_id.clone(),
@@ -202,8 +203,8 @@ impl World {
                 RoutedHost { ns: host.ns, addr: host.addr, cloud }
             })
             .collect();
-        let (runtime, ec2, vpc) = (cloud.runtime.handle().clone(), cloud.ec2.clone(), cloud.vpc.clone());
-        let router = VpcRouter::start_aws(&service.ns, service.addr, runtime, ec2, vpc, hosts);
+        let (runtime, ec2) = (cloud.runtime.handle().clone(), cloud.ec2.clone());
+        let router = VpcRouter::start_aws(&service.ns, service.addr, runtime, ec2, hosts);
         World { _router: router, cluster, cloud }
     }
 

@@ -7,197 +7,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::Client;
-use common::cluster::{runtime_in, Cluster};
-use common::imds::{self, Imds};
-use common::moto::{self, Fault, FaultProxy, Host, Moto, Vpc};
+use common::aws_world::{AwsWorld as World, Placement, RECHECK};
+use common::moto;
 use common::packets::{self, ping_once, reaches, unreachable_pairs};
-use common::vpc_router::{Hop, Identity, RoutedHost, VpcRouter};
+use common::vpc_router::Hop;
 use ipnet::Ipv4Net;
-use weft::lab::PodAddrs;
-use weft::netns::Netns;
-
-const CIDR: &str = "10.244.0.0/16";
-const MOTO_PORT: u16 = 5000;
-/// The cloud backend's pace here (300 s by default).
-const RECHECK: Duration = Duration::from_secs(2);
-
-/// The cluster, moto and the router; dropped router first (it uses moto), then the cluster.
-struct World {
-    router: Option<VpcRouter>,
-    cluster: Cluster,
-    runtime: tokio::runtime::Runtime,
-    moto: Moto,
-    ec2: Client,
-    vpc: Vpc,
-    /// Host i at index i - 1, launched in zone subnet (i - 1) % 3.
-    nodes: Vec<(Host, Imds)>,
-    /// Between the agents and moto when a test needs EC2's faults.
-    proxy: Option<FaultProxy>,
-}
-
-impl World {
-    fn new(hosts: usize) -> World {
-        let cluster = Cluster::with_etcd(hosts);
-        let service = cluster.topology.service();
-        let netns = Netns::open(&service.ns).expect("the service namespace");
-        let runtime = runtime_in(&netns);
-        let moto = Moto::start_in(&netns, service.addr, MOTO_PORT);
-        let ec2 = moto::client(&moto.endpoint);
-        let vpc = {
-            let ec2 = ec2.clone();
-            runtime.block_on(runtime.spawn(async move { moto::build_vpc(&ec2).await })).expect("building the VPC")
-        };
-        let mut nodes = Vec::new();
-        for i in 0..hosts {
-            let (ec2, subnet) = (ec2.clone(), vpc.subnets[i % 3].clone());
-            let host = runtime.block_on(runtime.spawn(async move { moto::launch(&ec2, &subnet).await })).unwrap();
-            let imds = Imds::start_at(&runtime, imds::metadata_for(&host), SocketAddr::from((service.addr, 0)));
-            nodes.push((host, imds));
-        }
-        let routed = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (host, _))| RoutedHost {
-                ns: cluster.host(i + 1).ns,
-                addr: cluster.host(i + 1).addr,
-                cloud: Identity::Aws {
-                    subnet_id: vpc.subnets[i % 3].clone(),
-                    instance_id: host.instance_id.clone(),
-                    interface_id: host.interface_id.clone(),
-                },
-            })
-            .collect();
-        let router = VpcRouter::start_aws(
-            &service.ns,
-            service.addr,
-            runtime.handle().clone(),
-            ec2.clone(),
-            vpc.id.clone(),
-            routed,
-        );
-        World { router: Some(router), cluster, runtime, moto, ec2, vpc, nodes, proxy: None }
-    }
-
-    fn router(&self) -> &VpcRouter {
-        self.router.as_ref().expect("the router runs")
-    }
-
-    fn call<T: Send + 'static>(&self, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
-        self.runtime.block_on(self.runtime.spawn(f)).expect("an EC2 call in the service namespace")
-    }
-
-    /// aws-vpc over the tagged tables, with `extra` keys.
-    fn aws_vpc(extra: &str) -> String {
-        format!(
-            "type = \"aws-vpc\"\nroute_table_tag = \"{}={}\"\nrecheck = \"{}s\"\n{extra}",
-            moto::TAG_KEY,
-            moto::TAG_VALUE,
-            RECHECK.as_secs()
-        )
-    }
-
-    /// Writes the config with `backend` and applies it to the store.
-    fn apply(&self, backend: &str) {
-        let network =
-            format!("cidr = \"{CIDR}\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n[network.backend]\n{backend}");
-        self.cluster.write_config(&network);
-        self.cluster.weft_ok(&["network", "apply"]);
-    }
-
-    fn start_agents(&mut self, extra: &str) {
-        self.apply(&World::aws_vpc(extra));
-        for i in 1..=self.nodes.len() {
-            self.start_agent(i);
-        }
-    }
-
-    fn lease_types(&self) -> Vec<String> {
-        let text = self.cluster.weft_ok(&["leases", "list", "--json"]);
-        let list: serde_json::Value = serde_json::from_str(&text).expect("leases as JSON");
-        list.as_array().expect("a list").iter().map(|l| l["backend_type"].as_str().unwrap_or("").to_string()).collect()
-    }
-
-    /// weft's kernel routes (`proto 87`) on host i.
-    fn kernel_routes(&self, i: usize) -> usize {
-        let routes = self.cluster.ip_json(&self.cluster.host(i).ns, &["-4", "route", "show", "proto", "87"]);
-        routes.as_array().map_or(0, Vec::len)
-    }
-
-    /// Agents started from now on call EC2 through a fault proxy, which answers
-    /// `RouteLimitExceeded` once a table holds `cluster_routes` routes of the cluster network.
-    fn with_table_capacity(&mut self, cluster_routes: usize) {
-        let service = self.cluster.topology.service();
-        let proxy = FaultProxy::start_at(&self.runtime, &self.moto, service.addr);
-        let (ec2, table) = (self.ec2.clone(), self.vpc.tagged[0].clone());
-        // The tables are alike: each has its local route, nothing else yet.
-        let others = self.call(async move { moto::routes(&ec2, &table).await }).len();
-        proxy.inject(Fault::Capacity { routes: others + cluster_routes });
-        self.proxy = Some(proxy);
-    }
-
-    fn start_agent(&mut self, i: usize) {
-        let mut env = imds::node_env(&self.nodes[i - 1].1).to_vec();
-        let endpoint = self.proxy.as_ref().map_or(&self.moto.endpoint, |p| &p.endpoint);
-        env.push(("WEFT_CLOUD__AWS_ENDPOINT_URL", endpoint.as_str()));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, *v)).collect();
-        self.cluster.start_agent_with_env(i, &[], &env);
-    }
-
-    /// Every host's subnet, once each agent wrote subnet.env, and a pod behind each.
-    fn pods(&mut self) -> (Vec<Ipv4Net>, Vec<PodAddrs>) {
-        let infos: Vec<_> = (1..=self.nodes.len()).map(|i| self.cluster.wait_subnet(i)).collect();
-        let pods = (1..=self.nodes.len()).map(|i| self.cluster.make_pod(i, infos[i - 1])).collect();
-        (infos.iter().map(|info| info.subnet).collect(), pods)
-    }
-
-    /// Routes of the cluster network in `table`: destination → interface.
-    fn cluster_routes(&self, table: &str) -> Vec<(Ipv4Net, String)> {
-        let (ec2, table) = (self.ec2.clone(), table.to_string());
-        let cidr: Ipv4Net = CIDR.parse().unwrap();
-        let routes = self.call(async move { moto::routes(&ec2, &table).await });
-        routes
-            .into_iter()
-            .filter_map(|(d, r)| d.parse::<Ipv4Net>().ok().filter(|d| cidr.contains(d)).map(|d| (d, r.target)))
-            .collect()
-    }
-
-    fn overlay_routes(&self, i: usize) -> BTreeSet<Ipv4Net> {
-        packets::overlay_routes(&self.cluster, i)
-    }
-
-    fn wait(&self, what: &str, within: Duration, check: impl FnMut() -> bool) -> Duration {
-        common::wait::until_every(what, within, Duration::from_millis(100), check, || self.state())
-    }
-
-    /// What a failed wait shows: each table's cluster routes, each host's overlay routes and
-    /// the end of its agent's log.
-    fn state(&self) -> String {
-        let mut out = String::new();
-        for table in &self.vpc.tagged {
-            out.push_str(&format!("table {table}: {:?}\n", self.cluster_routes(table)));
-        }
-        for i in 1..=self.nodes.len() {
-            let log = self.cluster.agent_log(i);
-            let tail: Vec<&str> = log.lines().rev().take(8).collect();
-            out.push_str(&format!(
-                "h{i} overlay {:?}\n---- h{i} log (newest first) ----\n{}\n",
-                self.overlay_routes(i),
-                tail.join("\n")
-            ));
-        }
-        out
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.router.take();
-    }
-}
 
 /// The peer subnets host i's own table (its zone's) routes to a host.
 fn carried_for(world: &World, subnets: &[Ipv4Net], i: usize) -> BTreeSet<Ipv4Net> {
@@ -259,6 +75,52 @@ fn pods_reach_each_other_only_through_the_route_tables() {
     world.call(async move { moto::set_source_dest_check(&ec2, &eni, false).await });
     assert!(reaches(&world.cluster.pod_ns(1), pods[2].pod.addr(), Duration::from_secs(5)));
     eprintln!("router followed a deleted route in {followed:?}");
+}
+
+/// A host in another VPC, overflow on: no table of the cluster's VPC routes to it and none of
+/// its own VPC's tables routes to the others, so it and they reach each other over vxlan, while
+/// the hosts of one VPC keep the cloud among themselves.
+#[test]
+fn a_host_in_another_vpc_is_reached_over_vxlan() {
+    let placements = [Placement::Zone(0), Placement::Zone(1), Placement::Zone(2), Placement::OtherVpc(0)];
+    let mut world = World::placed(&placements);
+    world.apply(&World::aws_vpc("overflow = \"vxlan\""));
+    // The other VPC's host last: the cleanup leader is one of the cluster VPC's hosts.
+    for i in 1..=3 {
+        world.start_agent(i);
+        world.cluster.wait_subnet(i);
+    }
+    world.start_agent(4);
+    let (subnets, pods) = world.pods();
+    let other = world.other_vpc.clone().expect("the other VPC");
+    let peers = |i: usize| -> BTreeSet<Ipv4Net> { subnets.iter().copied().filter(|s| *s != subnets[i - 1]).collect() };
+    let took = world.wait("one VPC by the cloud, the other host over vxlan", Duration::from_secs(40), || {
+        let ours: BTreeSet<Ipv4Net> = subnets[..3].iter().copied().collect();
+        world
+            .vpc
+            .tagged
+            .iter()
+            .all(|t| world.cluster_routes(t).into_iter().map(|(d, _)| d).collect::<BTreeSet<_>>() == ours)
+            && other.tagged.iter().all(|t| world.routes_to(t, subnets[3], 4))
+            && (1..=3).all(|i| world.overlay_routes(i) == BTreeSet::from([subnets[3]]))
+            && world.overlay_routes(4) == peers(4)
+    });
+    for i in 1..=4 {
+        assert!(world.ready(i), "h{i} not ready:\n{}", world.cluster.agent_log(i));
+    }
+    // The VPC itself carries nothing between the two VPCs: the router has no hop for them.
+    let forwarding = world.router().forwarding();
+    for i in 0..3 {
+        assert_eq!(forwarding.hop(i, subnets[3]), None, "h{} routes h4 through the VPC", i + 1);
+        assert_eq!(forwarding.hop(3, subnets[i]), None, "h4 routes h{} through its VPC", i + 1);
+    }
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "pods not reached: {failed:?}");
+    // Between the VPC's own hosts, the packets still went by the cloud: no kernel route for them.
+    for i in 1..=3 {
+        assert_eq!(world.kernel_routes(i), 1, "h{i}: only the other VPC's host over vxlan");
+    }
+    eprintln!("host in another VPC: converged in {took:?}");
 }
 
 /// How the tables' room runs out in the overflow tests.

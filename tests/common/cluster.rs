@@ -165,6 +165,15 @@ impl Cluster {
         super::etcd::run_etcdctl(self.etcdctl_command(args), args)
     }
 
+    /// Sets `Backend.<key>` of the stored network config, as someone who can write etcd would.
+    pub fn set_backend_key(&self, key: &str, value: &str) {
+        let path = "/coreos.com/network/config";
+        let text = self.etcdctl(&["get", "--print-value-only", path]);
+        let mut config: serde_json::Value = serde_json::from_str(text.trim()).expect("the stored config is JSON");
+        config["Backend"][key] = serde_json::Value::String(value.to_string());
+        self.etcdctl(&["put", path, &config.to_string()]);
+    }
+
     fn etcdctl_command(&self, args: &[&str]) -> Command {
         let mut command = ns(&self.topology.service().ns).command("etcdctl").expect("enter svc ns");
         command.env("ETCDCTL_API", "3").arg("--endpoints").arg(self.etcd_endpoint()).args(args).stdin(Stdio::null());

@@ -3,12 +3,12 @@
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Decoy {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<address>:<port>`.
     pub url: String,
     seen: Arc<Mutex<Vec<String>>>,
 }
@@ -16,7 +16,16 @@ pub struct Decoy {
 impl Decoy {
     /// Listens on a free port of 127.0.0.1; the thread lives as long as the test process.
     pub fn start() -> Decoy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the decoy");
+        Decoy::serve(TcpListener::bind("127.0.0.1:0").expect("bind the decoy"))
+    }
+
+    /// Listens on a free port of `ip` in `netns` (a socket stays in the namespace it was made in).
+    pub fn start_in(netns: &weft::netns::Netns, ip: Ipv4Addr) -> Decoy {
+        let listener = netns.run(move || TcpListener::bind(SocketAddr::from((ip, 0)))).expect("enter the namespace");
+        Decoy::serve(listener.expect("bind the decoy"))
+    }
+
+    fn serve(listener: TcpListener) -> Decoy {
         let url = format!("http://{}", listener.local_addr().expect("decoy address"));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();

@@ -112,16 +112,6 @@ impl EtcdServer {
         run_etcdctl(self.etcdctl_command(args), args)
     }
 
-    /// Sets `key` of the stored network config's `Backend` (flannel's default prefix), as
-    /// anyone who can write the store could.
-    pub fn set_backend_key(&self, key: &str, value: &str) {
-        let path = "/coreos.com/network/config";
-        let text = self.etcdctl(&["get", "--print-value-only", path]);
-        let mut config: serde_json::Value = serde_json::from_str(text.trim()).expect("the stored config is JSON");
-        config["Backend"][key] = serde_json::Value::String(value.to_string());
-        self.etcdctl(&["put", path, &config.to_string()]);
-    }
-
     /// Watchers etcd serves right now (from its Prometheus metrics).
     pub fn watchers(&self) -> u64 {
         let metrics = self.http_get("/metrics");

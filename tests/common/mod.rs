@@ -1,9 +1,11 @@
+pub mod aws_world;
 pub mod cluster;
 pub mod cni;
 pub mod decoy;
 pub mod etcd;
 pub mod gce_api;
 pub mod gce_metadata;
+pub mod gce_world;
 pub mod imds;
 pub mod kube_api;
 pub mod moto;

@@ -134,6 +134,7 @@ pub fn client(endpoint: &str) -> Client {
 
 /// The VPC of a test: 3 subnets in 3 zones, a tagged route table associated with each, an
 /// untagged table, a subnet without a table of its own, and a spare interface to point routes at.
+#[derive(Debug, Clone)]
 pub struct Vpc {
     pub id: String,
     /// One per zone, each associated with `tagged[i]`.

@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Filter;
 use aws_sdk_ec2::Client;
 use ipnet::Ipv4Net;
 
@@ -53,8 +52,8 @@ pub struct RoutedHost {
 /// Who a host is to the VPC.
 #[derive(Debug, Clone)]
 pub enum Identity {
-    /// EC2: the route table that applies is its subnet's.
-    Aws { subnet_id: String, instance_id: String, interface_id: String },
+    /// EC2: the route table that applies is its subnet's, else its VPC's main table.
+    Aws { vpc_id: String, subnet_id: String, instance_id: String, interface_id: String },
     /// GCE: routes apply network-wide; both are selfLinks.
     Gce { network: String, instance: String },
 }
@@ -62,7 +61,14 @@ pub enum Identity {
 impl RoutedHost {
     fn aws(&self) -> Option<(&str, &str, &str)> {
         match &self.cloud {
-            Identity::Aws { subnet_id, instance_id, interface_id } => Some((subnet_id, instance_id, interface_id)),
+            Identity::Aws { subnet_id, instance_id, interface_id, .. } => Some((subnet_id, instance_id, interface_id)),
+            Identity::Gce { .. } => None,
+        }
+    }
+
+    fn aws_vpc(&self) -> Option<&str> {
+        match &self.cloud {
+            Identity::Aws { vpc_id, .. } => Some(vpc_id),
             Identity::Gce { .. } => None,
         }
     }
@@ -149,23 +155,20 @@ fn mac_of(ns: &str) -> String {
 
 impl VpcRouter {
     /// Makes `router_ns` (at `router_addr` on the underlay) every host's router and starts
-    /// following the VPC `vpc` in moto. `runtime` runs the EC2 calls (its threads must be where
+    /// following moto's VPCs (each host's own). `runtime` runs the EC2 calls (its threads must be where
     /// moto can be reached).
     pub fn start_aws(
         router_ns: &str,
         router_addr: Ipv4Addr,
         runtime: tokio::runtime::Handle,
         ec2: Client,
-        vpc: String,
         hosts: Vec<RoutedHost>,
     ) -> VpcRouter {
         set_up(router_ns, router_addr, &hosts);
         let read_hosts = hosts.clone();
         let read = move || {
-            let (ec2, vpc, hosts) = (ec2.clone(), vpc.clone(), read_hosts.clone());
-            runtime
-                .block_on(runtime.spawn(async move { read_moto(&ec2, &vpc, &hosts).await }))
-                .map_err(|e| e.to_string())?
+            let (ec2, hosts) = (ec2.clone(), read_hosts.clone());
+            runtime.block_on(runtime.spawn(async move { read_moto(&ec2, &hosts).await })).map_err(|e| e.to_string())?
         };
         VpcRouter::follow(router_ns, hosts, read)
     }
@@ -287,13 +290,15 @@ fn apply(ns: &str, hosts: &[RoutedHost], installed: &mut Forwarding, wanted: &Fo
     Ok(())
 }
 
-/// What the VPC forwards, read from moto: each host's table (association, else main) and each
-/// host's source/dest check.
-async fn read_moto(ec2: &Client, vpc: &str, hosts: &[RoutedHost]) -> Result<Forwarding, String> {
-    let filter = Filter::builder().name("vpc-id").values(vpc).build();
-    let tables = ec2.describe_route_tables().filters(filter).send().await.map_err(|e| format!("{e:?}"))?;
+/// What the VPC forwards, read from moto: each host's table (association, else its VPC's main)
+/// and each host's source/dest check. A route in one VPC's table to another VPC's instance is
+/// followed as if the VPCs were peered; the tests do not write such routes.
+async fn read_moto(ec2: &Client, hosts: &[RoutedHost]) -> Result<Forwarding, String> {
+    let tables = ec2.describe_route_tables().send().await.map_err(|e| format!("{e:?}"))?;
     let tables = tables.route_tables();
-    let main = tables.iter().find(|t| t.associations().iter().any(|a| a.main() == Some(true)));
+    let main_of = |vpc: Option<&str>| {
+        tables.iter().find(|t| t.vpc_id() == vpc && t.associations().iter().any(|a| a.main() == Some(true)))
+    };
     let host_by_target = |eni: Option<&str>, instance: Option<&str>| {
         hosts.iter().position(|h| h.aws().is_some_and(|(_, i, n)| Some(n) == eni || Some(i) == instance))
     };
@@ -302,7 +307,8 @@ async fn read_moto(ec2: &Client, vpc: &str, hosts: &[RoutedHost]) -> Result<Forw
         let subnet = host.aws().map(|(subnet, _, _)| subnet);
         let associated = tables.iter().find(|t| t.associations().iter().any(|a| a.subnet_id() == subnet));
         let mut seen = BTreeMap::new();
-        for route in associated.or(main).map(|t| t.routes()).unwrap_or_default() {
+        let applies = associated.or_else(|| main_of(host.aws_vpc()));
+        for route in applies.map(|t| t.routes()).unwrap_or_default() {
             let Some(destination) = route.destination_cidr_block().and_then(|d| d.parse::<Ipv4Net>().ok()) else {
                 continue;
             };
