@@ -45,6 +45,7 @@ packages=(
   iptables                                        # tests set a FORWARD DROP policy as Docker does
   containernetworking-plugins                     # real CNI plugins for weft-cni tests
   python3-venv                                    # moto (EC2 model) for the aws-vpc tests
+  faketime                                        # the chaos tests step one agent's wall clock
 )
 
 missing=()

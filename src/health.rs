@@ -222,10 +222,14 @@ pub enum Condition {
     /// No peer is kept out of the kernel by a route or nexthop object of someone else (the lease
     /// loop, after each sync of the data plane).
     Kernel,
+    /// The store answers the lease loop: its last request, renewal or watch failed (through
+    /// [`Health::store_error`] and [`Health::store_ok`] only). The data plane keeps running
+    /// meanwhile; this says that it runs on what was last read.
+    Store,
 }
 
 impl Condition {
-    pub const ALL: [Condition; 8] = [
+    pub const ALL: [Condition; 9] = [
         Condition::Network,
         Condition::Lease,
         Condition::Config,
@@ -234,6 +238,7 @@ impl Condition {
         Condition::Forward,
         Condition::Cloud,
         Condition::Kernel,
+        Condition::Store,
     ];
 
     pub fn name(self) -> &'static str {
@@ -246,6 +251,7 @@ impl Condition {
             Condition::Forward => "forward",
             Condition::Cloud => "cloud",
             Condition::Kernel => "kernel",
+            Condition::Store => "store",
         }
     }
 }
@@ -358,8 +364,24 @@ impl Health {
         (parts.backends, parts.kernel_peers, parts.kernel) = (backends, kernel_peers, kernel);
     }
 
-    /// A request to the store failed: counted (`weft_store_errors_total`) and kept as the last.
+    /// A request of the lease loop to the store failed: counted (`weft_store_errors_total`), kept
+    /// as the last, and the store condition fails until a request succeeds. Only for failures a
+    /// success always follows once the store is back (a renewal or a listing is retried until it
+    /// succeeds, a broken lease watch resumes with a full listing).
     pub fn store_error(&self, why: impl std::fmt::Display) {
+        let why = why.to_string();
+        self.note_store_error(&why);
+        self.fail(Condition::Store, format!("unreachable: {why}"));
+    }
+
+    /// The network config's watch broke: counted and kept as the last error like any other, but
+    /// readiness is left to the lease watch. This watch says nothing when it is back (it sends
+    /// only changes), so a failure it reported would outlive the outage.
+    pub fn config_watch_error(&self, why: impl std::fmt::Display) {
+        self.note_store_error(&why.to_string());
+    }
+
+    fn note_store_error(&self, why: &str) {
         self.metrics.store_errors.inc();
         let mut parts = self.parts();
         parts.store.ok = false;
@@ -370,6 +392,7 @@ impl Health {
     /// A request to the store succeeded.
     pub fn store_ok(&self) {
         self.parts().store.ok = true;
+        self.ok(Condition::Store);
     }
 
     /// The configuration was read again, for `trigger`, with `outcome`.
@@ -507,6 +530,24 @@ mod tests {
             status.last_reload.map(|r| (r.trigger, r.ok, r.outcome)),
             Some(("SIGHUP".into(), true, "unchanged".into()))
         );
+    }
+
+    #[test]
+    fn an_unreachable_store_fails_readiness_until_a_request_succeeds() {
+        let health = Health::default();
+        for condition in Condition::ALL {
+            health.ok(condition);
+        }
+        health.store_error("lease watch: connection refused");
+        assert_eq!(health.readiness().explain(), "store: unreachable: lease watch: connection refused\n");
+        health.store_ok();
+        assert!(health.readiness().is_ready());
+        // A broken config watch is on record, but readiness follows the lease watch alone.
+        health.config_watch_error("network config watch: connection reset");
+        assert!(health.readiness().is_ready());
+        let status = health.status();
+        assert_eq!((status.store.ok, status.store.errors), (false, 2));
+        assert_eq!(status.store.last_error.as_deref(), Some("network config watch: connection reset"));
     }
 
     #[test]

@@ -134,6 +134,34 @@ fn reservations_are_honoured_and_never_taken() {
     owner.stop();
 }
 
+/// A create whose answer was lost can land after the agent took another subnet (see the chaos
+/// suite): a second lease with our public IP is an orphan of ours and goes; a reservation for
+/// our address is the operator's and stays.
+#[test]
+fn an_orphaned_lease_of_ours_is_deleted_and_a_reservation_kept() {
+    let etcd = EtcdServer::start();
+    let setup = Setup::etcd(&etcd.endpoint, ALLOC);
+    setup.ok(&["network", "apply"]);
+    let mut a = setup.agent("a", "198.51.100.1", &[]);
+    let held = a.wait_subnet();
+    a.wait_for("readiness", 10, |ag| ag.get("/readyz").0 == 200);
+    let ours = etcd.etcdctl(&["get", "--print-value-only", &key(&held)]).trim().to_string();
+    assert!(ours.contains("198.51.100.1"), "{ours}");
+    // The orphan: our lease's value under another subnet, on an etcd lease as the agent writes.
+    let granted = etcd.etcdctl(&["lease", "grant", "600"]);
+    let id = granted.split_whitespace().nth(1).unwrap_or_else(|| panic!("lease grant said {granted}"));
+    let (orphan, reserved) = ("10.244.77.0/24", "10.244.78.0/24");
+    etcd.etcdctl(&["put", &format!("--lease={id}"), &key(orphan), &ours]);
+    etcd.etcdctl(&["put", &key(reserved), &ours]);
+    let start = std::time::Instant::now();
+    a.wait_for("the orphan deleted", 10, |_| etcd.etcdctl(&["get", &key(orphan)]).trim().is_empty());
+    println!("orphaned lease deleted {:.0?} after it appeared", start.elapsed());
+    assert!(a.log_text().contains("deleted an orphaned lease"), "{}", a.log_text());
+    assert!(!etcd.etcdctl(&["get", &key(reserved)]).trim().is_empty(), "the reservation was deleted");
+    assert_eq!(etcd.etcdctl(&["get", "--print-value-only", &key(&held)]).trim(), ours, "our own lease changed");
+    a.stop();
+}
+
 #[test]
 fn a_dead_hosts_lease_expires_and_peers_see_it_go() {
     let etcd = EtcdServer::start();

@@ -13,6 +13,7 @@ use common::decoy::Decoy;
 use common::imds::{self, Imds};
 use common::moto::{self, Fault, Host};
 use common::packets::{reaches, unreachable_pairs};
+use common::secrets;
 
 /// Routes inside the cluster network that no agent leases.
 const STALE: &str = "10.244.200.0/24";
@@ -156,6 +157,8 @@ fn three_agents_own_their_routes_in_every_tagged_table() {
     println!("EC2 calls while one agent restarted: {:?}", proxy.counts());
     let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(5));
     assert!(failed.is_empty(), "pods not reached after the restart: {failed:?}");
+    let logs = (1..=3).map(|i| (format!("h{i}'s log"), world.cluster.agent_log(i)));
+    secrets::assert_absent_from(logs, imds::SECRET_ACCESS_KEY);
 }
 
 /// `route_table_ids`: exactly the listed tables, tagged or not. A host whose own subnet's table

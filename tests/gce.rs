@@ -13,6 +13,7 @@ use common::decoy::Decoy;
 use common::gce_api::GceApi;
 use common::gce_world::{GceWorld as World, NETWORK, OTHER_NETWORK, ZONE};
 use common::packets::unreachable_pairs;
+use common::secrets;
 use weft::netns::Netns;
 
 const PROJECT: &str = "weft-test";
@@ -167,6 +168,11 @@ fn three_agents_route_their_subnets_and_one_removes_stale_routes() {
     assert!(world.metadata.iter().all(|m| m.requests() > 0));
     let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
     assert!(failed.is_empty(), "pods not reached after the restart: {failed:?}");
+    // No agent logs any instance's access token.
+    for metadata in &world.metadata {
+        let logs = (1..=3).map(|h| (format!("h{h}'s log"), world.cluster.agent_log(h)));
+        secrets::assert_absent_from(logs, &metadata.token);
+    }
 }
 
 /// A route the API refuses (quota, a failed operation) shows in `/readyz` and the metrics, and

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::cluster::Cluster;
+use common::monitor::Monitor;
 use common::wait::until as wait_until;
 use weft::lab::pods::SubnetInfo;
 use weft::lab::PodAddrs;
@@ -174,7 +173,7 @@ fn an_agent_restart_changes_no_route_and_traffic_keeps_flowing() {
     assert_full_mesh(&cluster, &pods);
     let h1 = cluster.host(1).ns;
     let before = cluster.ip_json(&h1, &["-4", "route"]);
-    let mut monitor = RouteMonitor::start(&h1);
+    let mut monitor = Monitor::routes(&h1);
     cluster.stop_agent(1);
     assert!(cluster.ping(&cluster.pod_ns(1), pods[1].pod.addr()).is_some(), "traffic stopped with the agent");
     cluster.start_agent(1, &[]);
@@ -184,44 +183,6 @@ fn an_agent_restart_changes_no_route_and_traffic_keeps_flowing() {
     assert!(changes.trim().is_empty(), "routes changed across the restart:\n{changes}");
     assert_eq!(cluster.ip_json(&h1, &["-4", "route"]), before);
     assert!(cluster.ping(&cluster.pod_ns(1), pods[1].pod.addr()).is_some());
-}
-
-/// `ip monitor route` in a namespace, collecting what it prints.
-struct RouteMonitor(Option<Child>);
-
-impl RouteMonitor {
-    fn start(ns: &str) -> RouteMonitor {
-        let child = weft::netns::Netns::open(ns)
-            .unwrap()
-            .command("ip")
-            .unwrap()
-            .args(["-4", "monitor", "route"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run ip monitor");
-        // Let it subscribe before anything happens.
-        std::thread::sleep(Duration::from_millis(200));
-        RouteMonitor(Some(child))
-    }
-
-    fn stop(&mut self) -> String {
-        let mut child = self.0.take().expect("running");
-        let _ = child.kill();
-        let mut out = String::new();
-        let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-        let _ = child.wait();
-        out
-    }
-}
-
-impl Drop for RouteMonitor {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[test]

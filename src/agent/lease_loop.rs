@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{AgentError, Running};
+use super::{orphans, AgentError, Running};
 use crate::backend::BackendError;
 use crate::backoff::Backoff;
 use crate::dataplane::Change;
@@ -33,7 +33,11 @@ pub(super) async fn wait_for_network(
 ) -> Result<Network, AgentError> {
     let mut backoff = Backoff::new();
     loop {
-        let problem = match store.network_config().await {
+        let read = store.network_config().await;
+        if read.is_ok() {
+            health.store_ok();
+        }
+        let problem = match read {
             Ok(Some(text)) => match Network::from_flannel_json(&text) {
                 Ok((network, ignored)) => {
                     if !ignored.is_empty() {
@@ -195,7 +199,7 @@ impl Running {
                 Some(config) = network_configs.next() => match config {
                     Ok(text) => self.on_network_config(text, &mut watcher, cancel).await?,
                     Err(e) => {
-                        self.health.store_error(format!("network config watch: {e}"));
+                        self.health.config_watch_error(format!("network config watch: {e}"));
                         debug!(error = %e, "network config watch interrupted; it resumes by itself");
                     }
                 },
@@ -250,6 +254,22 @@ impl Running {
         Ok(())
     }
 
+    /// Deletes a lease of ours beside the one we hold (see [`orphans`]), if nobody wrote it
+    /// since. Failing is no harm: it runs out on its own, and the next listing finds it again.
+    async fn delete_orphan(&self, subnet: ipnet::Ipv4Net, revision: crate::store::Revision) {
+        match self.store.delete_lease_at(subnet, revision).await {
+            Ok(true) => warn!(
+                %subnet,
+                held = %self.own.subnet(),
+                "deleted an orphaned lease of this host (a create whose answer was lost landed late)"
+            ),
+            Ok(false) => debug!(%subnet, "orphaned lease changed or gone before it was deleted"),
+            Err(e) => {
+                warn!(%subnet, error = %e, "could not delete an orphaned lease of this host; it runs out by itself")
+            }
+        }
+    }
+
     /// Whether `update` shows our key gone or holding someone else's lease.
     fn lost_our_lease(&self, update: &LeaseUpdate) -> bool {
         let own_key = lease::subnet_key(self.own.subnet());
@@ -268,7 +288,11 @@ impl Running {
 
     async fn deliver(&mut self, watcher: &mut LeaseWatcher, update: LeaseUpdate) -> Result<(), BackendError> {
         let full_listing = matches!(update, LeaseUpdate::Resync(..));
+        let orphans = orphans::orphans(&update, self.own.subnet(), self.attrs.public_ip);
         let result = self.deliver_events(watcher, update).await;
+        for (subnet, revision) in orphans {
+            self.delete_orphan(subnet, revision).await;
+        }
         if full_listing {
             // Every lease was read and, when something changed, the kernel synced in full.
             heap::release_free_memory();

@@ -28,6 +28,7 @@ use crate::subnet_env;
 mod host;
 mod lease_loop;
 mod network_change;
+mod orphans;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

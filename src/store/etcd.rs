@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
+use super::etcd_members::{Member, Members};
 use super::{
     expiry_after, receiver_stream, Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource,
     RawLease, Revision, StoreError, WriteOutcome,
@@ -109,10 +111,10 @@ impl Default for EtcdOptions {
     }
 }
 
-/// The etcd v3 store. Cheap to clone: clones share one connection.
+/// The etcd v3 store. Cheap to clone: clones share the members' connections.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Arc<Members>,
     keys: Keys,
 }
 
@@ -123,22 +125,49 @@ impl fmt::Debug for EtcdStore {
 }
 
 impl EtcdStore {
-    /// Builds the client. etcd is dialled lazily: an unreachable etcd shows on the first request.
+    /// Builds the clients. etcd is dialled lazily: an unreachable etcd shows on the first
+    /// request. With auth, one member is signed in to now, so a refused password is told here.
     pub async fn connect(opts: EtcdOptions) -> Result<Self, StoreError> {
         if opts.endpoints.is_empty() {
             return Err(StoreError::config("no etcd endpoints given"));
         }
         let options = connect_options(&opts)?;
         let context = format!("connect to etcd at {}", opts.endpoints.join(","));
-        let client = timed(&context, Client::connect(&opts.endpoints, Some(options))).await?;
-        Ok(EtcdStore { client, keys: Keys::new(&opts.prefix) })
+        let store =
+            EtcdStore { members: Arc::new(Members::new(opts.endpoints, options)), keys: Keys::new(&opts.prefix) };
+        let mut tries = store.members.len();
+        loop {
+            match store.request(&context, |_| async { Ok(()) }).await {
+                Ok(()) => return Ok(store),
+                Err(err @ StoreError::Unavailable { .. }) if tries > 1 => {
+                    tries -= 1;
+                    tracing::debug!(%err, "signing in to an etcd member failed; trying the next one");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Runs one request with a deadline on the member in use; a member found unavailable is
+    /// left for the next one, so the caller's retry goes elsewhere.
+    async fn request<T, Fut>(&self, context: &str, call: impl FnOnce(Client) -> Fut) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let (member, client) = self.members.client().await;
+        let result = timed(context, async move { call(client?).await }).await;
+        if let Err(StoreError::Unavailable { .. }) = &result {
+            self.members.failed(member);
+        }
+        result
     }
 
     /// Grants an etcd lease for `ttl`; none for a reservation.
     async fn grant(&self, ttl: Option<Duration>, context: &str) -> Result<Option<Grant>, StoreError> {
         let Some(ttl) = ttl else { return Ok(None) };
         let context = format!("{context}: grant lease");
-        let resp = timed(&context, self.client.clone().lease_grant(ttl_secs(ttl), None)).await?;
+        let secs = ttl_secs(ttl);
+        let resp = self.request(&context, |mut client| async move { client.lease_grant(secs, None).await }).await?;
         if !resp.error().is_empty() {
             return Err(StoreError::request(format!("{context}: etcd refused: {}", resp.error())));
         }
@@ -150,7 +179,8 @@ impl EtcdStore {
     /// Best effort: a lease we fail to revoke runs out on its own.
     async fn revoke(&self, grant: Option<Grant>) {
         let Some(grant) = grant else { return };
-        let result = timed("revoke lease", self.client.clone().lease_revoke(grant.id)).await;
+        let result =
+            self.request("revoke lease", |mut client| async move { client.lease_revoke(grant.id).await }).await;
         if let Err(err) = result {
             tracing::debug!(lease = grant.id, %err, "could not revoke unused etcd lease");
         }
@@ -169,7 +199,7 @@ impl EtcdStore {
     ) -> Result<WriteOutcome, StoreError> {
         let put_options = grant.map(|g| PutOptions::new().with_lease(g.id));
         let txn = Txn::new().when([condition]).and_then([TxnOp::put(key, value, put_options)]);
-        match timed(context, self.client.clone().txn(txn)).await {
+        match self.request(context, |mut client| async move { client.txn(txn).await }).await {
             Ok(resp) if resp.succeeded() => {
                 let revision = header_revision(resp.header(), context)?;
                 let expiry = expiry_after(grant.map(|g| g.ttl));
@@ -206,8 +236,11 @@ impl EtcdStore {
     }
 
     async fn get_kvs(&self, key: String, options: GetOptions, context: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
-        let mut resp = timed(context, kv.get(key, Some(options))).await?;
+        let mut resp = self
+            .request(context, |client| async move {
+                client.kv_client().max_decoding_message_size(MAX_LIST_BYTES).get(key, Some(options)).await
+            })
+            .await?;
         Ok(resp.take_kvs())
     }
 
@@ -222,13 +255,16 @@ impl EtcdStore {
 
     async fn lease_ttl(&self, id: i64) -> Result<Option<Duration>, StoreError> {
         let context = format!("look up TTL of etcd lease {id:x}");
-        let mut client = self.client.clone();
-        match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_time_to_live(id, None)).await {
-            Ok(Ok(resp)) => Ok(u64::try_from(resp.ttl()).ok().map(Duration::from_secs)),
-            Ok(Err(etcd_client::Error::GRpcStatus(status))) if status.code() as i32 == GRPC_NOT_FOUND => Ok(None),
-            Ok(Err(err)) => Err(store_error(&context, err)),
-            Err(_) => Err(timeout_error(&context)),
-        }
+        let resp = self
+            .request(&context, |mut client| async move {
+                match client.lease_time_to_live(id, None).await {
+                    Ok(resp) => Ok(Some(resp)),
+                    Err(etcd_client::Error::GRpcStatus(status)) if status.code() as i32 == GRPC_NOT_FOUND => Ok(None),
+                    Err(err) => Err(err),
+                }
+            })
+            .await?;
+        Ok(resp.and_then(|resp| u64::try_from(resp.ttl()).ok().map(Duration::from_secs)))
     }
 
     /// Streams watch updates into `tx` until the consumer goes away. Every broken watch is
@@ -279,7 +315,8 @@ impl EtcdStore {
         backoff: &mut Backoff,
     ) -> Option<StoreError> {
         let key = self.keys.config.clone();
-        let resp = match timed(context, self.client.clone().get(key.clone(), None)).await {
+        let get = key.clone();
+        let resp = match self.request(context, |mut client| async move { client.get(get, None).await }).await {
             Ok(resp) => resp,
             Err(err) => return Some(err),
         };
@@ -297,7 +334,7 @@ impl EtcdStore {
             Err(err) => return Some(err),
         };
         loop {
-            let resp = match next_response(&mut watch, context).await {
+            let resp = match self.next_response(&mut watch, context).await {
                 Ok(resp) => resp,
                 Err(err) => return Some(err),
             };
@@ -322,10 +359,26 @@ impl EtcdStore {
         }
     }
 
-    /// Opens a watch; any failure is `Unavailable` (the caller starts over).
-    async fn open_watch(&self, key: String, options: WatchOptions, context: &str) -> Result<WatchStream, StoreError> {
-        let mut client = self.client.clone();
-        timed(context, client.watch(key, Some(options))).await.map_err(StoreError::into_unavailable)
+    /// Opens a watch on the member in use; any failure is `Unavailable` (the caller starts over).
+    async fn open_watch(&self, key: String, options: WatchOptions, context: &str) -> Result<MemberWatch, StoreError> {
+        let (member, client) = self.members.client().await;
+        let opened = timed(context, async move { client?.watch(key, Some(options)).await }).await;
+        match opened {
+            Ok(stream) => Ok(MemberWatch { member, stream }),
+            Err(err) => {
+                self.members.failed(member);
+                Err(err.into_unavailable())
+            }
+        }
+    }
+
+    /// The next response of a watch; a watch that broke leaves its member for the next one.
+    async fn next_response(&self, watch: &mut MemberWatch, context: &str) -> Result<WatchResponse, StoreError> {
+        let next = next_response(&mut watch.stream, context).await;
+        if next.is_err() {
+            self.members.failed(watch.member);
+        }
+        next
     }
 
     /// Lists the leases, retrying with backoff until etcd answers.
@@ -350,7 +403,7 @@ impl EtcdStore {
             Err(err) => return Some(err),
         };
         loop {
-            let resp = match next_response(&mut watch, &context).await {
+            let resp = match self.next_response(&mut watch, &context).await {
                 Ok(resp) => resp,
                 Err(err) => return Some(err),
             };
@@ -390,7 +443,6 @@ impl EtcdStore {
 impl LeaseStore for EtcdStore {
     async fn list_leases(&self) -> Result<LeaseListing, StoreError> {
         let context = "list leases";
-        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
         let end = prefix_end(self.keys.subnets.as_bytes());
         let mut from = self.keys.subnets.clone().into_bytes();
         let mut revision = None;
@@ -403,7 +455,12 @@ impl LeaseStore for EtcdStore {
                 Some(revision) => options.with_revision(revision),
                 None => options,
             };
-            let mut resp = timed(context, kv.get(from.clone(), Some(options))).await?;
+            let key = from.clone();
+            let mut resp = self
+                .request(context, |client| async move {
+                    client.kv_client().max_decoding_message_size(MAX_LIST_BYTES).get(key, Some(options)).await
+                })
+                .await?;
             if revision.is_none() {
                 revision = Some(header_revision(resp.header(), context)?);
             }
@@ -446,8 +503,17 @@ impl LeaseStore for EtcdStore {
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
         let key = self.keys.subnet(subnet);
         let context = format!("delete lease {key}");
-        let resp = timed(&context, self.client.clone().delete(key, None)).await?;
+        let resp = self.request(&context, |mut client| async move { client.delete(key, None).await }).await?;
         Ok(resp.deleted() > 0)
+    }
+
+    async fn delete_lease_at(&self, subnet: Ipv4Net, revision: Revision) -> Result<bool, StoreError> {
+        let key = self.keys.subnet(subnet);
+        let context = format!("delete orphaned lease {key}");
+        let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
+        let txn = Txn::new().when([unchanged]).and_then([TxnOp::delete(key, None)]);
+        let resp = self.request(&context, |mut client| async move { client.txn(txn).await }).await?;
+        Ok(resp.succeeded())
     }
 
     /// Runs the watch on a task of the current Tokio runtime; dropping the stream ends it.
@@ -504,7 +570,8 @@ impl NetworkSource for EtcdStore {
 
     async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
         let context = format!("write network config {}", self.keys.config);
-        timed(&context, self.client.clone().put(self.keys.config.clone(), json, None)).await?;
+        let (key, json) = (self.keys.config.clone(), json.to_string());
+        self.request(&context, |mut client| async move { client.put(key, json, None).await }).await?;
         Ok(())
     }
 
@@ -541,6 +608,12 @@ impl Leadership for EtcdStore {
 }
 
 type WatchItem = Result<LeaseUpdate, StoreError>;
+
+/// A watch and the member it runs on.
+struct MemberWatch {
+    member: Member,
+    stream: WatchStream,
+}
 
 /// An etcd lease granted for one write.
 #[derive(Debug, Clone, Copy)]
@@ -614,6 +687,9 @@ fn watch_backoff() -> Backoff {
 
 fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, StoreError> {
     let mut options = ConnectOptions::new()
+        // A member cut off from its cluster refuses requests and ends its watches at once
+        // (instead of serving stale reads and watches that never fire), so weft moves on.
+        .with_require_leader(true)
         .with_connect_timeout(opts.dial_timeout)
         .with_keep_alive(KEEPALIVE_INTERVAL, opts.dial_timeout.max(Duration::from_secs(1)));
     if let Some(tls) = tls_options(opts)? {

@@ -177,6 +177,18 @@ impl LeaseStore for MemoryStore {
         Ok(true)
     }
 
+    async fn delete_lease_at(&self, subnet: Ipv4Net, revision: Revision) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let key = subnet_key(subnet);
+        if state.leases.get(&key).is_none_or(|e| e.mod_revision != revision) {
+            return Ok(false);
+        }
+        state.leases.remove(&key);
+        state.revision += 1;
+        let _ = self.inner.updates.send(LeaseUpdate::Deleted { key, revision: state.revision });
+        Ok(true)
+    }
+
     /// Changes after `after`; when the store has moved on since (or the watch falls behind), a
     /// `Resync` of everything first.
     fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::lease::{self, Expiry, Lease, LeaseParseError};
 
 pub mod etcd;
+mod etcd_members;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod local;
@@ -230,6 +231,14 @@ pub trait LeaseStore: Send + Sync {
 
     /// Deletes `subnet`'s key; false when there was none.
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError>;
+
+    /// Deletes `subnet`'s key only if nobody wrote it since `revision`; false when it was not
+    /// deleted. For orphans of our own (a create whose answer was lost and that landed after we
+    /// had taken another subnet): etcd's writes can be in doubt, the local store's and
+    /// Kubernetes' (one lease per node) cannot, so they have none and keep this default.
+    async fn delete_lease_at(&self, _subnet: Ipv4Net, _revision: Revision) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 
     /// Changes to leases after `after`. The stream never ends on its own: it reconnects and
     /// yields `Resync` when it had to start over; errors are reported and the watch goes on.

@@ -117,8 +117,11 @@ impl Cluster {
     pub fn start_etcd(&mut self) {
         assert!(self.etcd.is_none(), "etcd already runs");
         let service = self.topology.service();
-        if let Err(e) = wire::join(&self.topology, &service) {
-            panic!("joining the service namespace: {e}");
+        // Started again after `stop_etcd`: the namespace, and etcd's data, are still there.
+        if !Netns::exists(&service.ns) {
+            if let Err(e) = wire::join(&self.topology, &service) {
+                panic!("joining the service namespace: {e}");
+            }
         }
         let client = self.etcd_endpoint();
         let peer = "http://127.0.0.1:2380";
@@ -155,6 +158,13 @@ impl Cluster {
         }
     }
 
+    /// Kills etcd (SIGKILL, as a crash), keeping its data: `start_etcd` brings it back.
+    pub fn stop_etcd(&mut self) {
+        let mut etcd = self.etcd.take().expect("etcd runs");
+        let _ = etcd.kill();
+        let _ = etcd.wait();
+    }
+
     /// Where agents reach etcd: the service namespace's underlay address.
     pub fn etcd_endpoint(&self) -> String {
         format!("http://{}:{ETCD_CLIENT_PORT}", self.topology.service().addr)
@@ -189,14 +199,17 @@ impl Cluster {
     /// Writes the agents' weft.toml: the cluster's etcd if it runs, else a local store in the
     /// temp dir; `network` is the body of the `[network]` table. Returns its path.
     pub fn write_config(&self, network: &str) -> PathBuf {
+        self.write_config_with("lease_ttl = \"30s\"\nrenew_margin = \"10s\"\nresync = \"2s\"", network)
+    }
+
+    /// Like [`Cluster::write_config`], with `agent` as the body of the `[agent]` table (timers).
+    pub fn write_config_with(&self, agent: &str, network: &str) -> PathBuf {
         let store = if self.etcd.is_some() {
             format!("kind = \"etcd\"\nendpoints = [\"{}\"]", self.etcd_endpoint())
         } else {
             format!("kind = \"local\"\npath = \"{}\"", self.path("store").display())
         };
-        let text = format!(
-            "[agent]\nlease_ttl = \"30s\"\nrenew_margin = \"10s\"\nresync = \"2s\"\n\n[store]\n{store}\n\n[network]\n{network}\n"
-        );
+        let text = format!("[agent]\n{agent}\n\n[store]\n{store}\n\n[network]\n{network}\n");
         let path = self.path("weft.toml");
         std::fs::write(&path, text).expect("write weft.toml");
         path
@@ -341,21 +354,30 @@ impl Cluster {
 
     /// `ip -j <args>` inside namespace `name`, parsed.
     pub fn ip_json(&self, name: &str, args: &[&str]) -> serde_json::Value {
+        self.tool_json(name, "ip", args)
+    }
+
+    /// `<program> -j <args>` (iproute2's `ip` or `bridge`) inside namespace `name`, parsed.
+    pub fn tool_json(&self, name: &str, program: &str, args: &[&str]) -> serde_json::Value {
         let out = ns(name)
-            .command("ip")
+            .command(program)
             .expect("enter namespace")
             .arg("-j")
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .expect("run ip");
-        assert!(out.status.success(), "ip -j {args:?} in {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} -j {args:?} in {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         // `ip -j` prints nothing at all for an empty list.
         if text.trim().is_empty() {
             return serde_json::Value::Array(Vec::new());
         }
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {text}"))
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{program} -j {args:?}: {e}: {text}"))
     }
 
     fn read(&self, name: &str) -> String {

@@ -124,12 +124,15 @@ async fn metadata(
 /// metadata endpoint and dummy credentials of the node being started.
 static SPAWN: Mutex<()> = Mutex::new(());
 
+/// The agents' AWS secret key: moto takes any, this one is distinct enough to look for in logs.
+pub const SECRET_ACCESS_KEY: &str = "weft-test-secret-9c1f2a7e";
+
 /// A node's AWS environment: its metadata endpoint and dummy credentials.
 pub fn node_env(imds: &Imds) -> [(&'static str, &str); 5] {
     [
         ("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint.as_str()),
         ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
         // Nothing from the machine's own AWS profile may leak into a test.
         ("AWS_CONFIG_FILE", "/dev/null"),
         ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),

@@ -62,6 +62,13 @@ impl Setup {
         self.spawn_agent(name, public_ip, &args, listen.clone())
     }
 
+    /// Like [`Setup::agent`], with `env` added to the agent's environment (a faked clock).
+    pub fn agent_with_env(&self, name: &str, public_ip: &str, env: &[(&str, &str)]) -> Agent {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = ["agent", "--iface", "lo", "--public-ip", public_ip, "--listen", listen.as_str()];
+        self.spawn_with_env(name, &args, listen.clone(), env)
+    }
+
     /// Starts `weft agent` with `agent.listen` as the config file says.
     pub fn agent_without_listen(&self, name: &str, public_ip: &str) -> Agent {
         self.spawn_agent(name, public_ip, &[], String::new())
@@ -81,6 +88,10 @@ impl Setup {
     }
 
     fn spawn(&self, name: &str, args: &[&str], listen: String) -> Agent {
+        self.spawn_with_env(name, args, listen, &[])
+    }
+
+    fn spawn_with_env(&self, name: &str, args: &[&str], listen: String, env: &[(&str, &str)]) -> Agent {
         let subnet_file = self.path(&format!("{name}.env"));
         let log = self.path(&format!("{name}.log"));
         let child = Command::new(WEFT)
@@ -93,6 +104,7 @@ impl Setup {
             // These agents run in the machine's own namespace: they must not add rules to its
             // FORWARD chain (Docker's, on a CI runner).
             .env("WEFT_AGENT__FORWARD_RULES", "false")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -1,0 +1,70 @@
+//! Leases of ours beside the one we hold. A create whose answer was lost (etcd lost its leader,
+//! the connection broke) may still land after we gave up on it and took another subnet: by
+//! flannel's rule a lease with our public IP is ours, so the orphan would stay until its TTL ran
+//! out (a day by default), keeping a subnet from every other host. The agent deletes it.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::lease::Expiry;
+use crate::store::{LeaseUpdate, RawLease, Revision};
+
+/// The leases in `update` that carry our public IP but are not our own subnet, each with the
+/// revision it was seen at (deleted only if unchanged since). Reservations (no TTL) are an
+/// operator's and stay; a lease that does not parse is nobody's to judge.
+pub(super) fn orphans(update: &LeaseUpdate, own: Ipv4Net, public_ip: Ipv4Addr) -> Vec<(Ipv4Net, Revision)> {
+    let is_orphan = |raw: &&RawLease| raw.expiry != Expiry::Never;
+    let entries: &[RawLease] = match update {
+        LeaseUpdate::Put(raw) => std::slice::from_ref(raw),
+        LeaseUpdate::Resync(entries, _) => entries,
+        LeaseUpdate::Deleted { .. } => &[],
+    };
+    entries
+        .iter()
+        .filter(is_orphan)
+        .filter_map(|raw| Some((raw.parse().ok()?, raw.mod_revision)))
+        .filter(|(lease, _)| lease.attrs.public_ip == public_ip && lease.subnet != own)
+        .map(|(lease, revision)| (lease.subnet, revision))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    const US: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+    fn raw(key: &str, ip: Ipv4Addr, expiry: Expiry, revision: Revision) -> RawLease {
+        let attrs = LeaseAttrs::new(ip, "vxlan", serde_json::json!({"VNI": 1}));
+        RawLease { key: key.into(), value: attrs.to_json().into_bytes(), expiry, mod_revision: revision }
+    }
+
+    fn own() -> Ipv4Net {
+        "10.244.1.0/24".parse().unwrap()
+    }
+
+    #[test]
+    fn a_second_lease_with_our_address_is_an_orphan() {
+        let update = LeaseUpdate::Put(raw("10.244.7.0-24", US, Expiry::Unknown, 42));
+        assert_eq!(orphans(&update, own(), US), [("10.244.7.0/24".parse().unwrap(), 42)]);
+    }
+
+    #[test]
+    fn our_own_lease_others_reservations_and_garbage_are_not() {
+        let garbage =
+            RawLease { key: "10.244.9.0-24".into(), value: b"{".to_vec(), expiry: Expiry::Unknown, mod_revision: 3 };
+        let entries = vec![
+            raw("10.244.1.0-24", US, Expiry::Unknown, 1),
+            raw("10.244.2.0-24", Ipv4Addr::new(192, 0, 2, 2), Expiry::Unknown, 2),
+            raw("10.244.3.0-24", US, Expiry::Never, 3),
+            garbage,
+            raw("10.244.4.0-24", US, Expiry::Unknown, 5),
+        ];
+        let update = LeaseUpdate::Resync(entries, 5);
+        assert_eq!(orphans(&update, own(), US), [("10.244.4.0/24".parse().unwrap(), 5)]);
+        let deleted = LeaseUpdate::Deleted { key: "10.244.4.0-24".into(), revision: 6 };
+        assert!(orphans(&deleted, own(), US).is_empty());
+    }
+}
