@@ -23,6 +23,102 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("nft_ruleset", nft_ruleset),
 ];
 
+/// The cloud targets, in builds with both cloud backends: replies of EC2 and of the Compute API,
+/// through weft's conversions and the backends' plans.
+#[cfg(all(feature = "aws", feature = "gce"))]
+pub const CLOUD_TARGETS: &[(&str, Target)] = &[("ec2_route_table", ec2_route_table), ("gce_routes", gce_routes)];
+/// None without both cloud backends (the corpus replay then finds their corpora unclaimed).
+#[cfg(not(all(feature = "aws", feature = "gce")))]
+pub const CLOUD_TARGETS: &[(&str, Target)] = &[];
+
+/// One node's view for the cloud targets: network, lease size, its own subnet, the leased ones.
+#[cfg(any(feature = "aws", feature = "gce"))]
+mod cloud_view {
+    use std::collections::BTreeSet;
+
+    use ipnet::Ipv4Net;
+
+    pub const NETWORK: &str = "10.244.0.0/16";
+    pub const SUBNET_LEN: u8 = 24;
+    pub const OWN: &str = "10.244.1.0/24";
+
+    pub fn network() -> Ipv4Net {
+        NETWORK.parse().expect("constant")
+    }
+
+    pub fn own() -> Ipv4Net {
+        OWN.parse().expect("constant")
+    }
+
+    pub fn leased() -> BTreeSet<Ipv4Net> {
+        [OWN, "10.244.2.0/24"].iter().map(|s| s.parse().expect("constant")).collect()
+    }
+}
+
+/// A route table as EC2 describes it (`weft_aws::fuzzing`'s text form), planned by the elected
+/// node: it removes only what weft or flannel made (API origin, a lease-sized subnet of the
+/// network, to an interface or instance), never its own route, never a leased one but as a
+/// blackhole; what it counts as carried is lease-sized and inside the network.
+#[cfg(feature = "aws")]
+pub fn ec2_route_table(data: &[u8]) {
+    use crate::backend::aws_vpc::plan::{self, PlanInput, Removal};
+    use weft_aws::{Origin, Target};
+
+    let Some(table) = weft_aws::fuzzing::route_table(data) else { return };
+    let (network, own, leased) = (cloud_view::network(), cloud_view::own(), cloud_view::leased());
+    let input = PlanInput {
+        network,
+        subnet_len: cloud_view::SUBNET_LEN,
+        own,
+        interface_id: "eni-me",
+        leased: &leased,
+        retired: None,
+        lead: true,
+    };
+    let planned = plan::plan_table(&table, &input);
+    for (destination, why) in &planned.remove {
+        assert_ne!(*destination, own, "our own route is never removed as stale");
+        assert!(network.contains(destination) && destination.prefix_len() == cloud_view::SUBNET_LEN, "{destination}");
+        let route = table.routes.iter().find(|r| r.destination == *destination).expect("a removal names a route");
+        assert_eq!(route.origin, Origin::Api, "{destination}: not made through the route API");
+        assert!(
+            matches!(route.target, Target::Interface(_) | Target::Instance(_)),
+            "{destination}: {:?}",
+            route.target
+        );
+        assert!(route.blackhole || !leased.contains(destination), "{destination} is leased: {why:?}");
+        assert!(*why != Removal::Retired, "nothing retired in this view");
+    }
+    for carried in plan::carried(&table, network, cloud_view::SUBNET_LEN) {
+        assert!(network.contains(&carried) && carried.prefix_len() == cloud_view::SUBNET_LEN, "{carried}");
+    }
+    let _ = plan::over_route_limit(&table, network, cloud_view::SUBNET_LEN, own, 3);
+}
+
+/// `routes.list` or an operation as the Compute API returns them, planned by the elected node:
+/// a stale route is one of ours by name, destination, network and next hop, lease-sized, and
+/// unleased; what counts as carried is lease-sized and inside the network.
+#[cfg(feature = "gce")]
+pub fn gce_routes(data: &[u8]) {
+    use crate::backend::gce::plan;
+
+    const VPC: &str = "projects/p/global/networks/default";
+    let routes = weft_gce::fuzzing::replies(data);
+    let (network, leased) = (cloud_view::network(), cloud_view::leased());
+    for name in plan::stale_routes(&routes, "weft-", VPC, network, cloud_view::SUBNET_LEN, &leased) {
+        let subnet = plan::parse_route_name("weft-", &name).expect("a stale route is named as ours");
+        assert!(network.contains(&subnet) && subnet.prefix_len() == cloud_view::SUBNET_LEN, "{name}");
+        assert!(!leased.contains(&subnet), "{name} is leased");
+        let route = routes.iter().find(|r| r.name == name).expect("a stale route is listed");
+        assert_eq!(route.dest_range.parse().ok(), Some(subnet), "{name}: its range is its name's");
+        assert!(route.next_hop_instance.is_some() && weft_gce::same_resource(&route.network, VPC), "{name}");
+    }
+    for carried in plan::carried(&routes, VPC, network, cloud_view::SUBNET_LEN) {
+        assert!(network.contains(&carried) && carried.prefix_len() == cloud_view::SUBNET_LEN, "{carried}");
+    }
+    let _ = plan::cluster_routes(&routes, VPC, network);
+}
+
 /// The network config JSON a store holds (flannel's `<prefix>/config`).
 pub fn network_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -141,6 +237,24 @@ pub fn nft_ruleset(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The seeds are read as what they stand for, so the fuzzer starts from real replies.
+    #[cfg(all(feature = "aws", feature = "gce"))]
+    #[test]
+    fn cloud_seeds_are_read() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+        let table = std::fs::read(corpus.join("ec2_route_table/seed-mixed-table")).unwrap();
+        let read = weft_aws::fuzzing::route_table(&table).expect("a table with an id");
+        assert_eq!((read.id.as_str(), read.route_count, read.routes.len()), ("rtb-1", 8, 7));
+        let list = std::fs::read(corpus.join("gce_routes/seed-route-list")).unwrap();
+        assert_eq!(weft_gce::fuzzing::replies(&list).len(), 7);
+        for (name, target) in CLOUD_TARGETS {
+            for input in [&b""[..], b"\x00{", b"\x01[", b"route 10.244.1.0/24\nblackhole"] {
+                target(input);
+            }
+            assert!(!name.is_empty());
+        }
+    }
 
     #[test]
     fn every_target_takes_nothing_and_garbage() {

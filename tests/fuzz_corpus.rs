@@ -3,12 +3,16 @@
 
 use std::path::Path;
 
-use weft::fuzzing::TARGETS;
+use weft::fuzzing::{Target, CLOUD_TARGETS, TARGETS};
+
+fn all_targets() -> impl Iterator<Item = &'static (&'static str, Target)> {
+    TARGETS.iter().chain(CLOUD_TARGETS)
+}
 
 #[test]
 fn every_corpus_input_replays_without_a_panic() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-    for (name, target) in TARGETS {
+    for (name, target) in all_targets() {
         let dir = corpus.join(name);
         let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let mut replayed = 0;
@@ -24,6 +28,6 @@ fn every_corpus_input_replays_without_a_panic() {
     // No corpus without its target: a renamed target would otherwise stop being replayed.
     for entry in std::fs::read_dir(&corpus).expect("fuzz/corpus") {
         let name = entry.expect("corpus dir").file_name().into_string().expect("UTF-8 name");
-        assert!(TARGETS.iter().any(|(t, _)| *t == name), "fuzz/corpus/{name} has no target in weft::fuzzing");
+        assert!(all_targets().any(|(t, _)| *t == name), "fuzz/corpus/{name} has no target in weft::fuzzing");
     }
 }

@@ -6,6 +6,8 @@
 mod api;
 mod convert;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imds;
 mod model;
 mod sdk;

@@ -6,6 +6,8 @@
 
 mod api;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metadata;
 mod metered;
 mod sdk;

@@ -187,7 +187,7 @@ impl ComputeApi for SdkCompute {
     }
 }
 
-fn route(r: model::Route) -> Route {
+pub(crate) fn route(r: model::Route) -> Route {
     Route {
         name: r.name.unwrap_or_default(),
         dest_range: r.dest_range.unwrap_or_default(),
@@ -199,7 +199,7 @@ fn route(r: model::Route) -> Route {
     }
 }
 
-fn operation(op: model::Operation) -> Operation {
+pub(crate) fn operation(op: model::Operation) -> Operation {
     use model::operation::Status;
     let status = match op.status {
         Some(Status::Done) => OpStatus::Done(op.error.map(operation_error)),

@@ -167,16 +167,18 @@ fn removal(route: &weft_aws::Route, input: &PlanInput) -> Option<Removal> {
     if ours && input.retired == Some(route.destination) && !input.leased.contains(&route.destination) {
         return Some(Removal::Retired);
     }
-    if !input.lead {
+    // Only a route weft or flannel would have made is the leader's to judge: a subnet of the
+    // lease size to an interface or instance. A blackhole of another size, or one whose gateway
+    // went, is someone else's.
+    let host_route = matches!(route.target, Target::Interface(_) | Target::Instance(_));
+    if !input.lead || !host_route || route.destination.prefix_len() != input.subnet_len {
         return None;
     }
     if route.blackhole {
         return Some(Removal::Blackhole);
     }
-    // A route weft would have made (a subnet of the lease size, to an interface or instance)
-    // whose subnet nobody leases any more.
-    let host_route = matches!(route.target, Target::Interface(_) | Target::Instance(_));
-    if host_route && route.destination.prefix_len() == input.subnet_len && !input.leased.contains(&route.destination) {
+    // Its subnet nobody leases any more.
+    if !input.leased.contains(&route.destination) {
         return Some(Removal::NoLease);
     }
     None
@@ -342,12 +344,20 @@ mod tests {
         propagated.origin = Origin::Propagated;
         let mut outside_hole = route("192.168.0.0/24", eni("eni-x"));
         outside_hole.blackhole = true;
+        // Blackholes inside the network that weft did not make: another size (an operator's
+        // drop rule), or a lease-sized one whose NAT gateway went.
+        let mut wide_hole = route("10.244.64.0/18", eni("eni-gone"));
+        wide_hole.blackhole = true;
+        let mut gateway_hole = route("10.244.9.0/24", Target::Gateway("nat-gone".into()));
+        gateway_hole.blackhole = true;
         let t = table(
             "rtb-1",
             vec![
                 local,
                 propagated,
                 outside_hole,
+                wide_hole,
+                gateway_hole,
                 // Outside the network, no lease: not ours to judge.
                 route("172.16.5.0/24", eni("eni-x")),
                 // Inside, but not a lease-sized host route, or to a gateway: cannot prove stale.

@@ -108,13 +108,14 @@ pub fn plan_own(target: &Target, prefix: &str, ours: Option<&Route>, flannel: Op
     OwnPlan { steps, owned, adopted: false }
 }
 
-/// Routes of ours (our prefix, our network, a next-hop instance, inside the cluster network)
-/// whose subnet nobody leases any more. Everything else is left alone.
+/// Routes of ours (our prefix, our network, a next-hop instance, a lease-sized subnet of the
+/// cluster network) whose subnet nobody leases any more. Everything else is left alone.
 pub fn stale_routes(
     routes: &[Route],
     prefix: &str,
     network: &str,
     cluster: Ipv4Net,
+    subnet_len: u8,
     leased: &BTreeSet<Ipv4Net>,
 ) -> Vec<String> {
     routes
@@ -122,7 +123,8 @@ pub fn stale_routes(
         .filter(|r| same_resource(&r.network, network) && r.next_hop_instance.is_some())
         .filter_map(|r| {
             let subnet = parse_route_name(prefix, &r.name)?;
-            let ours = r.dest_range.parse::<Ipv4Net>().ok() == Some(subnet) && cluster.contains(&subnet);
+            let lease_sized = subnet.prefix_len() == subnet_len && cluster.contains(&subnet);
+            let ours = r.dest_range.parse::<Ipv4Net>().ok() == Some(subnet) && lease_sized;
             (ours && !leased.contains(&subnet)).then(|| r.name.clone())
         })
         .collect()
@@ -257,11 +259,13 @@ mod tests {
             route("flannel-10-244-6-0-24", "10.244.6.0/24", OTHER), // flannel's: not ours to remove
             route("weft-10-99-0-0-24", "10.99.0.0/24", OTHER),      // another cluster's network
             route("weft-10-244-7-0-24", "10.244.70.0/24", OTHER),   // name and range disagree
+            route("weft-10-244-0-0-16", "10.244.0.0/16", OTHER),    // not a lease: the whole network
+            route("weft-10-244-12-0-23", "10.244.12.0/23", OTHER),  // not lease-sized
             route("default-route-123", "0.0.0.0/0", OTHER),
             foreign_network,
             gateway,
         ];
-        assert_eq!(stale_routes(&routes, "weft-", NET, cluster, &leased), vec!["weft-10-244-5-0-24".to_string()]);
+        assert_eq!(stale_routes(&routes, "weft-", NET, cluster, 24, &leased), vec!["weft-10-244-5-0-24".to_string()]);
     }
 
     #[test]

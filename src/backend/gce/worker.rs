@@ -102,7 +102,7 @@ impl Routing {
         }
         if let (Some(routes), Some(leased), true) = (&listing, input.leased, input.lead) {
             let prefix = &self.config.route_prefix;
-            let stale = stale_routes(routes, prefix, &resolved.network, self.cluster, leased);
+            let stale = stale_routes(routes, prefix, &resolved.network, self.cluster, self.subnet_len, leased);
             for name in self.stale.confirm(stale) {
                 match self.delete(&name).await {
                     Ok(()) => info!(route = %name, "removed a stale route (no lease for its subnet)"),
