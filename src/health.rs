@@ -222,8 +222,8 @@ pub enum Condition {
     /// No peer is kept out of the kernel by a route or nexthop object of someone else (the lease
     /// loop, after each sync of the data plane).
     Kernel,
-    /// The store answers the lease loop: its last request, renewal or watch failed (through
-    /// [`Health::store_error`] and [`Health::store_ok`] only). The data plane keeps running
+    /// The store answers the lease loop: its last listing, renewal or lease watch succeeded
+    /// (through [`Health::store_error`] and [`Health::store_ok`] only). The data plane keeps running
     /// meanwhile; this says that it runs on what was last read.
     Store,
 }

@@ -14,7 +14,6 @@ use crate::store::{LeaseUpdate, RawLease, Revision};
 /// revision it was seen at (deleted only if unchanged since). Reservations (no TTL) are an
 /// operator's and stay; a lease that does not parse is nobody's to judge.
 pub(super) fn orphans(update: &LeaseUpdate, own: Ipv4Net, public_ip: Ipv4Addr) -> Vec<(Ipv4Net, Revision)> {
-    let is_orphan = |raw: &&RawLease| raw.expiry != Expiry::Never;
     let entries: &[RawLease] = match update {
         LeaseUpdate::Put(raw) => std::slice::from_ref(raw),
         LeaseUpdate::Resync(entries, _) => entries,
@@ -22,7 +21,7 @@ pub(super) fn orphans(update: &LeaseUpdate, own: Ipv4Net, public_ip: Ipv4Addr) -
     };
     entries
         .iter()
-        .filter(is_orphan)
+        .filter(|raw| raw.expiry != Expiry::Never)
         .filter_map(|raw| Some((raw.parse().ok()?, raw.mod_revision)))
         .filter(|(lease, _)| lease.attrs.public_ip == public_ip && lease.subnet != own)
         .map(|(lease, revision)| (lease.subnet, revision))
