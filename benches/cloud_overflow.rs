@@ -15,6 +15,11 @@
 //! rechecks until their slots are taken by overflowed hosts. It asserts as it goes (settled
 //! within 50 rechecks, no table past its capacity, no write in the steady state, freed slots
 //! taken); `tests/cloud_bench_smoke.rs` runs the quick mode.
+//!
+//! It runs twice in one go (issue 17): on a store that cannot share the leader's view of the
+//! tables (the local store: every agent describes the tables itself each recheck), then on one
+//! that can (the memory store, as etcd: only the leader describes them once settled). Both
+//! print the steady state's EC2 calls per recheck and per hour at the default recheck.
 #![allow(dead_code)] // Also compiled as a module of tests/cloud_bench_smoke.rs, which uses `run` only.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +37,8 @@ use weft::backend::cloud::{CloudPaths, Settings, StaleTracker};
 use weft::health::Health;
 use weft::network::{Network, NetworkSection};
 use weft::store::local::LocalStore;
+use weft::store::memory::MemoryStore;
+use weft::store::Leadership;
 use weft_aws::{Ec2, Ec2Error, Instance, Interface, Origin, Route, RouteTable, TableFilter, Target};
 
 const ZONES: usize = 3;
@@ -201,12 +208,24 @@ struct Cluster {
     _store_dir: tempfile::TempDir,
 }
 
+/// Which store the agents elect their leader through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The local store: no shared view, every agent describes the tables.
+    None,
+    /// The memory store, as etcd: the leader's view is shared.
+    LeaderView,
+}
+
 impl Cluster {
-    fn new(count: usize) -> Cluster {
+    fn new(count: usize, sharing: Sharing) -> Cluster {
         let section = NetworkSection { cidr: "10.0.0.0/8".into(), subnet_len: 24, ..Default::default() };
         let network = Network::new(&section).expect("the benchmark's network");
         let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Arc::new(LocalStore::open(dir.path()).expect("a local store"));
+        let store: Arc<dyn Leadership> = match sharing {
+            Sharing::None => Arc::new(LocalStore::open(dir.path()).expect("a local store")),
+            Sharing::LeaderView => Arc::new(MemoryStore::new()),
+        };
         let ec2 = Arc::new(SimEc2::new());
         let health = Arc::new(Health::default());
         let mode = TableMode::from_config(&[], &format!("{}={}", TAG.0, TAG.1)).expect("a tag");
@@ -292,15 +311,48 @@ fn main() {
     let quick = std::env::var_os("WEFT_BENCH_QUICK").is_some() || std::env::args().any(|a| a == "--quick");
     let agents = if quick { 200 } else { 1000 };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    runtime.block_on(run(agents));
+    let without = runtime.block_on(run(agents, Sharing::None));
+    let with = runtime.block_on(run(agents, Sharing::LeaderView));
+    println!("steady-state EC2 calls of {agents} agents, per recheck (per hour at the default 300 s recheck):");
+    for (name, calls) in [("every agent describes", without), ("the leader's view shared", with)] {
+        println!(
+            "  {name:<26} {:>8.1} per cluster ({:>7.0}/h), {:.3} per agent ({:.1}/h)",
+            calls.per_cluster(),
+            calls.per_cluster() * 12.0,
+            calls.per_agent(),
+            calls.per_agent() * 12.0
+        );
+    }
+}
+
+/// The steady state's EC2 calls: what a settled cluster costs the account's request budget.
+#[derive(Debug, Clone)]
+pub struct SteadyCalls {
+    pub agents: usize,
+    pub rechecks: u64,
+    pub by_operation: BTreeMap<&'static str, u64>,
+}
+
+impl SteadyCalls {
+    pub fn per_cluster(&self) -> f64 {
+        self.by_operation.values().sum::<u64>() as f64 / self.rechecks as f64
+    }
+
+    pub fn per_agent(&self) -> f64 {
+        self.per_cluster() / self.agents as f64
+    }
+
+    pub fn of(&self, operation: &str) -> f64 {
+        self.by_operation.get(operation).copied().unwrap_or(0) as f64 / self.rechecks as f64
+    }
 }
 
 /// The benchmark with `count` agents; panics when the cluster does not settle.
-pub async fn run(count: usize) {
-    let mut cluster = Cluster::new(count);
+pub async fn run(count: usize, sharing: Sharing) -> SteadyCalls {
+    let mut cluster = Cluster::new(count, sharing);
     println!(
         "cloud overflow: {count} aws-vpc agents, overflow = \"vxlan\", {ZONES} zones, {ZONES} tagged tables of \
-         {TABLE_CAPACITY} routes (local route included)"
+         {TABLE_CAPACITY} routes (local route included), shared view: {sharing:?}"
     );
 
     let mut rounds = 0;
@@ -348,13 +400,12 @@ pub async fn run(count: usize) {
         let writes = cluster.round().await;
         assert_eq!(writes, 0, "a settled cluster wrote routes");
     }
-    let steady = cluster.ec2.take_calls();
-    let total: u64 = steady.values().sum();
+    let steady = SteadyCalls { agents: count, rechecks: STEADY, by_operation: cluster.ec2.take_calls() };
     println!(
         "  steady state, per recheck: {:.1} EC2 calls per cluster, {:.3} per agent ({:?} over {STEADY} rechecks)",
-        total as f64 / STEADY as f64,
-        total as f64 / (STEADY as f64 * count as f64),
-        steady
+        steady.per_cluster(),
+        steady.per_agent(),
+        steady.by_operation
     );
 
     // Routed hosts leave: the leader removes their routes (two passes apart), overflowed hosts
@@ -380,4 +431,5 @@ pub async fn run(count: usize) {
          after {rounds} rechecks ({} agents live)",
         cluster.live()
     );
+    steady
 }

@@ -352,6 +352,26 @@ async fn leadership_is_held_by_one_and_lapses_with_its_ttl() {
     assert!(!a.lead("routes", "host-a", ttl).await.unwrap());
 }
 
+/// What the leader shares of the cloud (issue 17): written only while it leads, read by the
+/// others, gone with the leader's turn; flannel's keys untouched.
+#[tokio::test]
+async fn the_leaders_view_is_shared_while_it_leads() {
+    let server = EtcdServer::start();
+    let (a, b) = (connect(&server).await, connect(&server).await);
+    let ttl = Duration::from_secs(2);
+    assert!(!a.share_view("aws-vpc-routes", "host-a", "tables", ttl).await.unwrap(), "nobody leads");
+    assert!(a.lead("aws-vpc-routes", "host-a", ttl).await.unwrap());
+    assert!(!b.share_view("aws-vpc-routes", "host-b", "forged", ttl).await.unwrap(), "b does not lead");
+    assert!(a.share_view("aws-vpc-routes", "host-a", "tables", ttl).await.unwrap());
+    assert_eq!(b.shared_view("aws-vpc-routes").await.unwrap().as_deref(), Some("tables"));
+    assert_eq!(b.shared_view("gce-routes").await.unwrap(), None);
+    assert!(server
+        .etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/views/"])
+        .contains("aws-vpc-routes"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(b.shared_view("aws-vpc-routes").await.unwrap(), None, "a dead leader's view lapses");
+}
+
 #[tokio::test]
 async fn network_config_watch_sends_current_then_changes() {
     let server = EtcdServer::start();

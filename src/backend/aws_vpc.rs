@@ -23,6 +23,7 @@ use crate::network::backend::AwsVpcConfig;
 // Public for the cloud benchmark (benches/cloud_overflow.rs), which drives the provider itself.
 pub mod node;
 pub mod plan;
+mod view;
 pub mod worker;
 
 use node::Node;

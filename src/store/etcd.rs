@@ -605,6 +605,24 @@ impl Leadership for EtcdStore {
         let outcome = self.conditional_put(key, holder, ours, grant, WriteKind::Rewrite, &context).await?;
         Ok(matches!(outcome, WriteOutcome::Written { .. }))
     }
+
+    async fn share_view(&self, name: &str, holder: &str, view: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = format!("{}{name}", self.keys.views);
+        let context = format!("share {key}");
+        let grant = self.grant(Some(ttl), &context).await?;
+        // A leader whose turn went in the meantime writes nothing.
+        let leads = Compare::value(format!("{}{name}", self.keys.leaders), CompareOp::Equal, holder);
+        let outcome = self.conditional_put(key, view, leads, grant, WriteKind::Rewrite, &context).await?;
+        Ok(matches!(outcome, WriteOutcome::Written { .. }))
+    }
+
+    async fn shared_view(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let key = format!("{}{name}", self.keys.views);
+        let context = format!("read {key}");
+        let kvs = self.get_kvs(key.clone(), GetOptions::new(), &context).await?;
+        let Some(kv) = kvs.into_iter().next() else { return Ok(None) };
+        String::from_utf8(kv.into_key_value().1).map(Some).map_err(|e| StoreError::corrupt(key).because(e))
+    }
 }
 
 type WatchItem = Result<LeaseUpdate, StoreError>;
@@ -646,6 +664,8 @@ struct Keys {
     config: String,
     /// Ends with `/`.
     leaders: String,
+    /// What a leader shares with the others (`share_view`). Ends with `/`.
+    views: String,
     /// Ends with `/`.
     subnets: String,
 }
@@ -656,6 +676,7 @@ impl Keys {
         Keys {
             config: format!("{prefix}/config"),
             leaders: format!("{prefix}/leaders/"),
+            views: format!("{prefix}/views/"),
             subnets: format!("{prefix}/subnets/"),
         }
     }

@@ -41,6 +41,8 @@ struct State {
     leases: BTreeMap<String, Entry>,
     /// Leaderships by name: holder and until when.
     leaders: HashMap<String, (String, Instant)>,
+    /// Shared views by leadership name: the view and until when.
+    views: HashMap<String, (String, Instant)>,
 }
 
 struct Entry {
@@ -245,6 +247,22 @@ impl Leadership for MemoryStore {
         state.leaders.insert(name.to_string(), (holder.to_string(), now + ttl));
         Ok(true)
     }
+
+    async fn share_view(&self, name: &str, holder: &str, view: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let leads = state.leaders.get(name).is_some_and(|(current, until)| current == holder && *until > now);
+        if leads {
+            state.views.insert(name.to_string(), (view.to_string(), now + ttl));
+        }
+        Ok(leads)
+    }
+
+    async fn shared_view(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let state = self.lock();
+        let now = Instant::now();
+        Ok(state.views.get(name).filter(|(_, until)| *until > now).map(|(view, _)| view.clone()))
+    }
 }
 
 #[cfg(test)]
@@ -336,5 +354,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(store.lead("routes", "b", ttl).await.unwrap());
         assert!(!store.lead("routes", "a", ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn only_the_leader_shares_a_view_and_it_lapses() {
+        tokio::time::pause();
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(30);
+        assert!(!store.share_view("routes", "a", "seen by a", ttl).await.unwrap(), "nobody leads yet");
+        assert!(store.lead("routes", "a", ttl).await.unwrap());
+        assert!(!store.share_view("routes", "b", "seen by b", ttl).await.unwrap(), "b does not lead");
+        assert!(store.share_view("routes", "a", "seen by a", ttl).await.unwrap());
+        assert_eq!(store.shared_view("routes").await.unwrap().as_deref(), Some("seen by a"));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(store.shared_view("routes").await.unwrap(), None, "a view outlives its ttl never");
     }
 }

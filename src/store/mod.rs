@@ -278,6 +278,19 @@ pub trait Leadership: Send + Sync {
     /// leads. The leader calls again before `ttl` runs out to keep leading; a dead leader's turn
     /// expires.
     async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Shares `view` (what the leader of `name` read from the cloud) with the other agents, so
+    /// that they need not ask the cloud the same question: written only while `holder` leads,
+    /// gone `ttl` after its last write. `Ok(false)`: not shared (not leading, or a store that
+    /// cannot share; every agent then asks the cloud itself).
+    async fn share_view(&self, _name: &str, _holder: &str, _view: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// The view the leader of `name` shares, while it is fresh.
+    async fn shared_view(&self, _name: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// All three jobs behind one handle: what the agent holds. Every type that does the three is one.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Ec2Error;
 use crate::model::{Instance, Interface, RouteTable};
@@ -21,7 +22,7 @@ pub struct Call {
 pub type CallObserver = Arc<dyn Fn(Call) + Send + Sync>;
 
 /// Which route tables to describe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TableFilter {
     /// These tables, wherever they are.
     Ids(Vec<String>),

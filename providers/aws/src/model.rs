@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -23,7 +24,7 @@ pub struct Interface {
     pub device_index: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTable {
     pub id: String,
     pub vpc_id: String,
@@ -49,7 +50,7 @@ impl RouteTable {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub destination: Ipv4Net,
     pub target: Target,
@@ -59,7 +60,7 @@ pub struct Route {
 }
 
 /// Where a route sends traffic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
     Interface(String),
     /// An instance without an interface id (EC2 reports both when the ENI still exists).
@@ -71,7 +72,7 @@ pub enum Target {
 }
 
 /// Who made a route. Only `CreateRoute` routes can be changed with the route API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Origin {
     /// `CreateRoute` (by weft or by someone else).
     Api,

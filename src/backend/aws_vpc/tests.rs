@@ -165,7 +165,11 @@ struct Harness {
 
 fn harness(config: &AwsVpcConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Leadership> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let store = Arc::new(LocalStore::open(dir.path()).unwrap());
+    harness_on(config, store, dir)
+}
+
+fn harness_on(config: &AwsVpcConfig, store: Arc<dyn Leadership>, dir: tempfile::TempDir) -> Harness {
     let section = NetworkSection {
         cidr: "10.244.0.0/16".into(),
         backend: BackendConfig::AwsVpc(config.clone()),
@@ -246,6 +250,42 @@ async fn routes_in_every_tagged_table_then_nothing_to_do() {
     assert_eq!(ec2.take_calls(), ["DescribeRouteTables"]);
     let metrics = h.ctx.health.metrics.encode();
     assert!(metrics.contains(r#"weft_cloud_routes_owned{provider="aws",table="rtb-a"} 1"#), "{metrics}");
+}
+
+/// With a store that shares the leader's view (etcd, memory; issue 17), only the leader
+/// describes the tables once settled: the others decide from what it shares, and ask EC2 only
+/// when they have something to write.
+#[tokio::test]
+async fn once_settled_only_the_leader_describes_the_tables() {
+    let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![]), table("rtb-b", Some("az"), vec![])]);
+    let store = Arc::new(crate::store::memory::MemoryStore::new());
+    let h = harness_on(&tagged_config(), store, tempfile::tempdir().unwrap());
+    let (own1, own2) = (lease("10.244.1.0/24"), lease("10.244.2.0/24"));
+    let mut first = started(&h, tagged_config(), ec2.clone(), node("i-1", "eni-1"), &own1).await;
+    let mut second = started(&h, tagged_config(), ec2.clone(), node("i-2", "eni-2"), &own2).await;
+    let (peers1, peers2) = (peers(&["10.244.2.0/24"]), peers(&["10.244.1.0/24"]));
+    pass(&mut first, &own1, &peers1).await.unwrap();
+    // The view the leader shared predates every route: a write is planned from EC2's answer.
+    pass(&mut second, &own2, &peers2).await.unwrap();
+    let calls = ec2.take_calls();
+    assert_eq!(calls.iter().filter(|c| *c == "DescribeRouteTables").count(), 2, "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| c.starts_with("CreateRoute")).count(), 4, "{calls:?}");
+    for _ in 0..3 {
+        pass(&mut first, &own1, &peers1).await.unwrap();
+        pass(&mut second, &own2, &peers2).await.unwrap();
+        assert_eq!(ec2.take_calls(), ["DescribeRouteTables"], "the leader's describe, nothing else");
+    }
+    // Someone deletes the follower's route: the leader's next view shows it, and the follower
+    // describes before it writes the route back.
+    ec2.edit("rtb-b", |t| t.routes.retain(|r| r.destination != net("10.244.2.0/24"))).unwrap();
+    pass(&mut first, &own1, &peers1).await.unwrap();
+    pass(&mut second, &own2, &peers2).await.unwrap();
+    assert_eq!(
+        ec2.take_calls(),
+        ["DescribeRouteTables", "DescribeRouteTables", "CreateRoute rtb-b 10.244.2.0/24"],
+        "the leader's describe, then the follower's own before its write"
+    );
+    assert!(ec2.route("rtb-b", "10.244.2.0/24").is_some());
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! aws-vpc's side of the cloud engine ([`crate::backend::cloud`]): one pass reads the route
 //! tables (one DescribeRouteTables), puts our route in each where it fits, and, when this agent
-//! leads, removes what is provably stale. When passes run is the engine's business.
+//! leads, removes what is provably stale and shares what it read ([`super::view`]). An agent
+//! that does not lead decides from that shared view while it calls for no change, and asks EC2
+//! only when something is to be written. When passes run is the engine's business.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use weft_aws::{Ec2, Ec2Error, RouteTable};
 
 use super::node::Node;
 use super::plan::{self, OwnRoute, PlanInput, Removal, TableMode};
+use super::view;
 use crate::backend::cloud::{Pass, PassInput, Problem, Provider, Refusal, StaleTracker};
 use crate::backend::BackendKind;
 use crate::health::{CloudTableLabels, Health};
@@ -89,12 +92,16 @@ impl AwsRoutes {
         let cluster_routes = plan::cluster_routes(table, self.network);
         metrics.cloud_routes.get_or_create(&labels).set(cluster_routes as i64);
         let under_limit = plan::under_limit(table, self.network, self.route_limit);
+        let prober = self.prober(table, input);
+        let withdraw = plan.own == OwnRoute::Keep && self.withdraws(table, input.own);
         let mut room = || {
-            under_limit && self.refusals.get_mut(&table.id).is_none_or(|r| r.allows(table.route_count, cluster_routes))
+            under_limit
+                && self
+                    .refusals
+                    .get_mut(&table.id)
+                    .is_none_or(|r| r.allows_as(table.route_count, cluster_routes, prober))
         };
         let mut tried = true;
-        let over_limit = |limit| plan::over_route_limit(table, self.network, self.subnet_len, input.own, limit);
-        let withdraw = plan.own == OwnRoute::Keep && self.route_limit.is_some_and(over_limit);
         let placed = match &plan.own {
             OwnRoute::Keep if withdraw => {
                 tried = false;
@@ -136,6 +143,92 @@ impl AwsRoutes {
             metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
         }
         outcome
+    }
+
+    /// Whether we ask `table` again once its refusal of our route is old (one host per table does).
+    fn prober(&self, table: &RouteTable, input: &PlanInput<'_>) -> bool {
+        let carried = plan::carried(table, self.network, self.subnet_len);
+        crate::backend::cloud::room::prober(input.leased, &carried, self.subnet_len, input.own)
+    }
+
+    /// Whether our route in `table` must go to keep it within `route_limit`.
+    fn withdraws(&self, table: &RouteTable, own: Ipv4Net) -> bool {
+        self.route_limit.is_some_and(|limit| plan::over_route_limit(table, self.network, self.subnet_len, own, limit))
+    }
+
+    /// Whether a pass over `tables` would call EC2 to change something ([`Self::sync_table`]'s
+    /// decisions, without acting or counting a check of a refusal). A shared view is acted on
+    /// only when it calls for nothing: every write is planned from EC2's own answer.
+    fn would_write(&self, tables: &[RouteTable], input: &PassInput<'_>) -> bool {
+        let Some(own) = input.own else { return false };
+        let no_lease = BTreeSet::new();
+        let plan_input = PlanInput {
+            network: self.network,
+            subnet_len: self.subnet_len,
+            own,
+            interface_id: &self.node.interface_id,
+            leased: input.leased.unwrap_or(&no_lease),
+            retired: input.retired,
+            lead: input.lead && input.leased.is_some(),
+        };
+        tables.iter().any(|table| {
+            let plan = plan::plan_table(table, &plan_input);
+            let room = || {
+                let prober = self.prober(table, &plan_input);
+                plan::under_limit(table, self.network, self.route_limit)
+                    && self.refusals.get(&table.id).is_none_or(|r| r.would_allow(table.route_count, prober))
+            };
+            !plan.remove.is_empty()
+                || match plan.own {
+                    OwnRoute::Keep => self.withdraws(table, own),
+                    OwnRoute::Create => room(),
+                    OwnRoute::Replace => true,
+                    OwnRoute::Blocked(_) => false,
+                }
+        })
+    }
+
+    /// Our route in each of `tables`, and what the plan removes.
+    async fn sync_tables(&mut self, tables: &[RouteTable], input: &PassInput<'_>) -> Pass {
+        let carried = plan::own_table(tables, &self.node.subnet_id)
+            .map(|t| plan::carried(t, self.network, self.subnet_len))
+            .unwrap_or_default();
+        let Some(own) = input.own else {
+            // Our lease ran out: nothing of ours is asserted (the engine says so in /readyz).
+            return Pass { carried: Some(carried), ..Pass::default() };
+        };
+        let no_lease = BTreeSet::new();
+        let interface_id = self.node.interface_id.clone();
+        let plan_input = PlanInput {
+            network: self.network,
+            subnet_len: self.subnet_len,
+            own,
+            interface_id: &interface_id,
+            leased: input.leased.unwrap_or(&no_lease),
+            retired: input.retired,
+            lead: input.lead && input.leased.is_some(),
+        };
+        let mut problems = Vec::new();
+        let mut suspects = Vec::new();
+        for table in tables {
+            if let Err(problem) = self.sync_table(table, &plan_input, &mut suspects).await {
+                problems.push(problem);
+            }
+        }
+        // This pass's suspects are the next pass's to confirm (the confirmed went above).
+        let _removed = self.stale.confirm(suspects);
+        Pass { problems, carried: Some(carried), view: None }
+    }
+
+    /// The tables the leader shared, if they answer our filter and call for no change.
+    fn quiet_view(&self, input: &PassInput<'_>, filter: &weft_aws::TableFilter) -> Option<Vec<RouteTable>> {
+        let found = view::decode(input.shared?, filter, self.network)?;
+        let tables = self.mode.choose(&self.node.subnet_id, found).ok()?;
+        if self.would_write(&tables, input) {
+            debug!("the shared route tables call for a change: asking EC2 before writing");
+            return None;
+        }
+        Some(tables)
     }
 
     async fn create(&self, table: &RouteTable, own: Ipv4Net) -> Result<(), Ec2Error> {
@@ -183,42 +276,19 @@ impl Provider for AwsRoutes {
 
     async fn pass(&mut self, input: &PassInput<'_>) -> Pass {
         let filter = self.mode.filter(&self.node.vpc_id);
+        if let Some(tables) = self.quiet_view(input, &filter) {
+            return self.sync_tables(&tables, input).await;
+        }
         let found = match self.ec2.route_tables(&filter).await {
             Ok(found) => found,
             Err(e) => return Pass::failed(format!("listing route tables: {e}")),
         };
+        let view = if input.lead { view::encode(&filter, &found, self.network) } else { None };
         let tables = match self.mode.choose(&self.node.subnet_id, found) {
             Ok(tables) => tables,
             Err(e) => return Pass::failed(e),
         };
-        let carried = plan::own_table(&tables, &self.node.subnet_id)
-            .map(|t| plan::carried(t, self.network, self.subnet_len))
-            .unwrap_or_default();
-        let Some(own) = input.own else {
-            // Our lease ran out: nothing of ours is asserted (the engine says so in /readyz).
-            return Pass { problems: Vec::new(), carried: Some(carried) };
-        };
-        let no_lease = BTreeSet::new();
-        let interface_id = self.node.interface_id.clone();
-        let plan_input = PlanInput {
-            network: self.network,
-            subnet_len: self.subnet_len,
-            own,
-            interface_id: &interface_id,
-            leased: input.leased.unwrap_or(&no_lease),
-            retired: input.retired,
-            lead: input.lead && input.leased.is_some(),
-        };
-        let mut problems = Vec::new();
-        let mut suspects = Vec::new();
-        for table in &tables {
-            if let Err(problem) = self.sync_table(table, &plan_input, &mut suspects).await {
-                problems.push(problem);
-            }
-        }
-        // This pass's suspects are the next pass's to confirm (the confirmed went above).
-        let _removed = self.stale.confirm(suspects);
-        Pass { problems, carried: Some(carried) }
+        Pass { view, ..self.sync_tables(&tables, input).await }
     }
 
     fn lost_leadership(&mut self) {

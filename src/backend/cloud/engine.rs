@@ -47,6 +47,9 @@ pub struct PassInput<'a> {
     /// Our subnet at the previous pass, when it changed since: its route to us goes.
     pub retired: Option<Ipv4Net>,
     pub lead: bool,
+    /// What the leader last read from the cloud and shares through the store (never given to
+    /// the leader itself): a provider may decide from it instead of asking the cloud again.
+    pub shared: Option<&'a str>,
 }
 
 /// Why a pass fell short.
@@ -72,11 +75,13 @@ pub struct Pass {
     pub problems: Vec<Problem>,
     /// The peer subnets our own route table(s) send to a host, when the pass read them.
     pub carried: Option<BTreeSet<Ipv4Net>>,
+    /// What a leading pass read from the cloud, for the engine to share with the others.
+    pub view: Option<String>,
 }
 
 impl Pass {
     pub fn failed(message: impl Into<String>) -> Pass {
-        Pass { problems: vec![Problem::Failed(message.into())], carried: None }
+        Pass { problems: vec![Problem::Failed(message.into())], ..Pass::default() }
     }
 }
 
@@ -172,12 +177,41 @@ impl<P: Provider> Engine<P> {
             _ => false,
         };
         let retired = self.last_own.filter(|previous| Some(*previous) != request.own);
-        let input = PassInput { own: request.own, leased: request.leased.as_ref(), retired, lead };
+        let shared = if lead { None } else { self.shared_view().await };
+        let input =
+            PassInput { own: request.own, leased: request.leased.as_ref(), retired, lead, shared: shared.as_deref() };
         let pass = self.provider.pass(&input).await;
         if request.own.is_some() {
             self.last_own = request.own;
         }
+        if let (true, Some(view)) = (lead, &pass.view) {
+            self.share_view(view).await;
+        }
         self.publish(request, &pass)
+    }
+
+    /// The leader's view, if the store holds a fresh one; a store error means "ask the cloud".
+    /// (`&mut self`, as [`Self::lead`]: the engine is `Send`, not `Sync`.)
+    async fn shared_view(&mut self) -> Option<String> {
+        let name = self.leadership();
+        match self.settings.store.shared_view(&name).await {
+            Ok(view) => view,
+            Err(e) => {
+                debug!(error = %e, leadership = %name, "shared cloud view unavailable; asking the cloud");
+                None
+            }
+        }
+    }
+
+    /// Shares what this leading pass read, for as long as a leadership turn lasts: a leader that
+    /// dies leaves nothing stale behind for longer than its turn.
+    async fn share_view(&mut self, view: &str) {
+        let name = self.leadership();
+        let holder = self.provider.holder();
+        match self.settings.store.share_view(&name, &holder, view, self.settings.lead_ttl()).await {
+            Ok(shared) => debug!(leadership = %name, shared, bytes = view.len(), "cloud view shared"),
+            Err(e) => warn!(error = %e, leadership = %name, "sharing the cloud view; the others ask the cloud"),
+        }
     }
 
     /// Readiness, metrics and the paths: what `pass` found, written by this engine alone.
@@ -265,6 +299,8 @@ mod tests {
     #[derive(Default)]
     struct Script {
         inputs: Vec<(Option<Ipv4Net>, bool)>,
+        /// The shared view each pass was given.
+        shared: Vec<Option<String>>,
         answers: Vec<Pass>,
     }
 
@@ -284,6 +320,7 @@ mod tests {
         async fn pass(&mut self, input: &PassInput<'_>) -> Pass {
             let mut script = self.script.lock().unwrap();
             script.inputs.push((input.own, input.lead));
+            script.shared.push(input.shared.map(str::to_string));
             if script.answers.is_empty() {
                 Pass::default()
             } else {
@@ -307,10 +344,14 @@ mod tests {
 
     fn rig(overflow: bool) -> Rig {
         let dir = tempfile::tempdir().unwrap();
+        rig_on(overflow, Arc::new(LocalStore::open(dir.path()).unwrap()), dir)
+    }
+
+    fn rig_on(overflow: bool, store: Arc<dyn Leadership>, dir: tempfile::TempDir) -> Rig {
         let settings = Settings {
             recheck: Duration::from_secs(10),
             overflow,
-            store: Arc::new(LocalStore::open(dir.path()).unwrap()),
+            store,
             health: Arc::new(Health::default()),
             paths: CloudPaths::default(),
         };
@@ -383,6 +424,7 @@ mod tests {
             rig.answer(Pass {
                 problems: vec![Problem::NoRoom("rtb-a is full".into())],
                 carried: Some(carried.clone()),
+                view: None,
             });
             let (mut engine, _) = rig.engine("i-1");
             let ok = engine.pass(&request("10.244.1.0/24", &["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"])).await;
@@ -425,5 +467,26 @@ mod tests {
         second.pass(&request("10.244.2.0/24", &[])).await;
         let leads: Vec<bool> = rig.script.lock().unwrap().inputs.iter().map(|(_, lead)| *lead).collect();
         assert_eq!(leads, [false, true, false]);
+    }
+
+    /// The leader's reading of the cloud reaches the others through the store, so that only one
+    /// agent asks the cloud in the steady state; the leader itself always asks.
+    #[tokio::test]
+    async fn the_leader_shares_what_it_read_and_the_others_get_it() {
+        let store = Arc::new(crate::store::memory::MemoryStore::new());
+        let rig = rig_on(false, store, tempfile::tempdir().unwrap());
+        let (mut leader, _) = rig.engine("i-1");
+        let (mut follower, _) = rig.engine("i-2");
+        rig.answer(Pass { view: Some("tables as i-1 read them".into()), ..Pass::default() });
+        leader.pass(&request("10.244.1.0/24", &["10.244.1.0/24", "10.244.2.0/24"])).await;
+        follower.pass(&request("10.244.2.0/24", &["10.244.1.0/24", "10.244.2.0/24"])).await;
+        rig.answer(Pass { view: Some("newer".into()), ..Pass::default() });
+        leader.pass(&request("10.244.1.0/24", &["10.244.1.0/24", "10.244.2.0/24"])).await;
+        follower.pass(&request("10.244.2.0/24", &["10.244.1.0/24", "10.244.2.0/24"])).await;
+        let script = rig.script.lock().unwrap();
+        let leads: Vec<bool> = script.inputs.iter().map(|(_, lead)| *lead).collect();
+        assert_eq!(leads, [true, false, true, false]);
+        let shared: Vec<Option<&str>> = script.shared.iter().map(Option::as_deref).collect();
+        assert_eq!(shared, [None, Some("tables as i-1 read them"), None, Some("newer")]);
     }
 }

@@ -1,7 +1,10 @@
 //! Room for our route: a cloud that refused it for lack of room (EC2's `RouteLimitExceeded`,
 //! GCE's route quota) has told us its capacity. It is not asked again — a call bound to fail,
 //! every recheck, on every overflowed host — until a route went, or until the refusal is old
-//! enough that the quota may have been raised since.
+//! enough that the quota may have been raised since. Only one host per table asks then, the
+//! lowest subnet left out ([`prober`]): the others' retries would cost one call each per
+//! refusal's age, a bill that grows with the cluster; once the prober's route got in, the next
+//! lowest is the prober.
 
 use std::collections::BTreeSet;
 
@@ -29,12 +32,24 @@ impl Refusal {
     /// refusal is the mark (and its capacity): the listing we acted on may have been older than
     /// the routes that filled the table (other hosts' inserts at the same time).
     pub fn allows(&mut self, route_count: usize, cluster_routes: usize) -> bool {
+        self.allows_as(route_count, cluster_routes, true)
+    }
+
+    /// [`Refusal::allows`] for a host that may be the table's prober or not: a host that is not
+    /// asks again only when a route went.
+    pub fn allows_as(&mut self, route_count: usize, cluster_routes: usize, prober: bool) -> bool {
+        let allowed = self.would_allow(route_count, prober);
         self.checks = self.checks.saturating_add(1);
         if route_count > self.route_count {
             self.route_count = route_count;
             self.cluster_routes = cluster_routes;
         }
-        route_count < self.route_count || self.checks > TRUSTED_CHECKS
+        allowed
+    }
+
+    /// What [`Refusal::allows_as`] would answer now, without counting a check.
+    pub fn would_allow(&self, route_count: usize, prober: bool) -> bool {
+        route_count < self.route_count || (prober && self.checks.saturating_add(1) > TRUSTED_CHECKS)
     }
 
     pub fn capacity(&self) -> usize {
@@ -49,6 +64,17 @@ impl Refusal {
 /// the lowest host subnets keep theirs; an agent whose route ranks beyond the limit withdraws it,
 /// and its peers reach it by the overlay instead. A newcomer never displaces a route: it finds
 /// the table full and does not add one.
+/// Whether `own` asks a full table again once its refusal is old: the lowest of the `leased`
+/// host subnets the table does not carry. Every host judges the same listing the same way, so
+/// one asks per table (two, briefly, when their listings differ).
+pub fn prober(leased: &BTreeSet<Ipv4Net>, carried: &BTreeSet<Ipv4Net>, subnet_len: u8, own: Ipv4Net) -> bool {
+    if carried.contains(&own) {
+        return false;
+    }
+    let left_out = leased.iter().filter(|s| s.prefix_len() == subnet_len && !carried.contains(s));
+    left_out.chain([&own]).min() == Some(&own)
+}
+
 pub fn beyond_limit(host_routes: &BTreeSet<Ipv4Net>, cluster_routes: usize, own: Ipv4Net, limit: usize) -> bool {
     let others = cluster_routes.saturating_sub(host_routes.len());
     let room_for_hosts = limit.saturating_sub(others);
@@ -88,8 +114,30 @@ mod tests {
         assert_eq!(refusal.capacity(), 2, "the capacity is the fullest table's");
         assert!(refusal.allows(2, 1), "a route went since the table was full");
         let mut refusal = Refusal::new(50, 48);
-        let tries: Vec<bool> = (0..=TRUSTED_CHECKS).map(|_| refusal.allows(50, 48)).collect();
+        let tries: Vec<bool> = (0..=TRUSTED_CHECKS)
+            .map(|_| {
+                let peeked = refusal.would_allow(50, true);
+                let allowed = refusal.allows(50, 48);
+                assert_eq!(peeked, allowed, "a peek answers as the check it does not count");
+                allowed
+            })
+            .collect();
         assert!(tries[..TRUSTED_CHECKS as usize].iter().all(|allowed| !allowed));
         assert!(tries[TRUSTED_CHECKS as usize], "the quota may have been raised since");
+    }
+
+    #[test]
+    fn only_the_prober_asks_an_old_refusal_again() {
+        let mut refusal = Refusal::new(50, 48);
+        let tries: Vec<bool> = (0..3 * TRUSTED_CHECKS).map(|_| refusal.allows_as(50, 48, false)).collect();
+        assert!(tries.iter().all(|allowed| !allowed), "not the prober: never asked while full");
+        assert!(refusal.allows_as(49, 47, false), "a slot was freed: everyone may try");
+        let leased = subnets(&["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24", "10.244.0.0/23"]);
+        let carried = subnets(&["10.244.1.0/24", "10.244.3.0/24"]);
+        let own = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert!(prober(&leased, &carried, 24, own("10.244.2.0/24")), "the lowest left out");
+        assert!(!prober(&leased, &carried, 24, own("10.244.4.0/24")));
+        assert!(!prober(&leased, &carried, 24, own("10.244.1.0/24")), "carried: lower than every left out");
+        assert!(prober(&BTreeSet::new(), &carried, 24, own("10.244.9.0/24")), "leases unknown: alone, it asks");
     }
 }

@@ -94,7 +94,7 @@ impl Routing {
             listing.as_ref().map(|routes| plan::carried(routes, &resolved.network, self.cluster, self.subnet_len));
         let Some(own) = input.own else {
             // Our lease ran out: nothing of ours is asserted (the engine says so in /readyz).
-            return Pass { problems: Vec::new(), carried };
+            return Pass { problems: Vec::new(), carried, view: None };
         };
         let mut problems = Vec::new();
         if let Err(problem) = self.own_route(own, &resolved, listing.as_deref(), carried.as_ref()).await {
@@ -111,7 +111,7 @@ impl Routing {
                 }
             }
         }
-        Pass { problems, carried }
+        Pass { problems, carried, view: None }
     }
 
     /// Our route (ours by name, or flannel's adopted) in place, through our instance.
