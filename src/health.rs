@@ -48,6 +48,20 @@ pub struct CloudTableLabels {
     pub table: String,
 }
 
+/// What a cloud pass decided from (`weft_cloud_passes`): `cloud` (the provider's API) or
+/// `shared` (the leader's view, read from the store).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloudPassLabels {
+    pub provider: String,
+    pub read: String,
+}
+
+impl CloudPassLabels {
+    pub fn new(provider: &str, shared: bool) -> Self {
+        CloudPassLabels { provider: provider.into(), read: if shared { "shared" } else { "cloud" }.into() }
+    }
+}
+
 /// How a peer is reached (`weft_peers`): `cloud` (a route in our own table) or `overlay` (vxlan).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabels {
@@ -85,6 +99,7 @@ pub struct Metrics {
     pub network_config_rejected: Gauge,
     pub backend_switches: Counter,
     pub cloud_calls: Family<CloudCallLabels, Counter>,
+    pub cloud_passes: Family<CloudPassLabels, Counter>,
     pub cloud_routes_owned: Family<CloudTableLabels, Gauge>,
     /// Route tables or projects that refused our route for lack of room (quota, route limit).
     pub cloud_route_limit: Family<CloudTableLabels, Gauge>,
@@ -116,6 +131,7 @@ impl Default for Metrics {
             network_config_rejected: Gauge::default(),
             backend_switches: Counter::default(),
             cloud_calls: Family::default(),
+            cloud_passes: Family::default(),
             cloud_routes_owned: Family::default(),
             cloud_route_limit: Family::default(),
             cloud_routes: Family::default(),
@@ -147,6 +163,11 @@ impl Default for Metrics {
         );
         registry.register("backend_switches", "Backend switches applied live", m.backend_switches.clone());
         registry.register("cloud_api_calls", "Cloud API calls by operation and outcome", m.cloud_calls.clone());
+        registry.register(
+            "cloud_passes",
+            "Cloud route passes by what they decided from: the cloud's API, or the leader's view shared through the store",
+            m.cloud_passes.clone(),
+        );
         registry.register(
             "cloud_routes_owned",
             "Cloud routes weft owns, per route table",

@@ -134,6 +134,8 @@ fn three_agents_route_their_subnets_and_one_removes_stale_routes() {
     for changing in ["routes.insert", "routes.delete"] {
         assert!(!steady_calls.contains_key(changing), "{changing} in steady state: {steady_calls:?}");
     }
+    // The leader lists the routes; the others decide from the listing it shares in etcd.
+    assert!(!steady_calls.contains_key("routes.get"), "a follower read its route: {steady_calls:?}");
     let foreign_after: BTreeMap<_, _> =
         api.routes().into_iter().filter(|(name, _)| foreign.iter().any(|f| f.0 == name)).collect();
     assert_eq!(foreign_after, foreign_before, "foreign routes were touched");

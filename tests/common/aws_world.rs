@@ -249,6 +249,15 @@ impl AwsWorld {
     }
 
     /// Host i's EC2 calls of `operation` (`weft_cloud_api_calls_total`), all outcomes.
+    /// Passes agent `i`'s cloud engine made, whatever they read (EC2, or the leader's view).
+    pub fn cloud_passes(&self, i: usize) -> f64 {
+        self.metrics(i)
+            .lines()
+            .filter(|l| l.starts_with("weft_cloud_passes_total{provider=\"aws\","))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn ec2_calls(&self, i: usize, operation: &str) -> f64 {
         let prefix = format!("weft_cloud_api_calls_total{{provider=\"aws\",operation=\"{operation}\",");
         self.metrics(i)

@@ -2,6 +2,7 @@
 //! the Compute API as an `Option`, and only a handful matter here.
 
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 
 use crate::error::OperationError;
 
@@ -22,7 +23,7 @@ pub struct RouteSpec {
 
 /// A route as the API lists it. Fields the API may leave out (routes of other kinds) are
 /// `None`/empty rather than errors: weft only acts on routes it can read fully.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Route {
     pub name: String,
     /// As the API wrote it; parsed by the caller because foreign routes may hold anything.

@@ -17,7 +17,7 @@ use super::plan::{self, OwnRoute, PlanInput, Removal, TableMode};
 use super::view;
 use crate::backend::cloud::{Pass, PassInput, Problem, Provider, Refusal, StaleTracker};
 use crate::backend::BackendKind;
-use crate::health::{CloudTableLabels, Health};
+use crate::health::{CloudPassLabels, CloudTableLabels, Health};
 
 /// The store's leadership for removing other nodes' stale routes (the engine's name for it).
 #[cfg(test)]
@@ -276,7 +276,9 @@ impl Provider for AwsRoutes {
 
     async fn pass(&mut self, input: &PassInput<'_>) -> Pass {
         let filter = self.mode.filter(&self.node.vpc_id);
-        if let Some(tables) = self.quiet_view(input, &filter) {
+        let quiet = self.quiet_view(input, &filter);
+        self.health.metrics.cloud_passes.get_or_create(&CloudPassLabels::new("aws", quiet.is_some())).inc();
+        if let Some(tables) = quiet {
             return self.sync_tables(&tables, input).await;
         }
         let found = match self.ec2.route_tables(&filter).await {

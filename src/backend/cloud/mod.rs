@@ -1,6 +1,7 @@
 //! What the cloud backends (aws-vpc, gce) share, written once: the engine that runs a provider's
 //! passes on a task of its own (pacing, retries, leadership, readiness), the two-pass staleness
-//! rule, which peers the cloud carries, and the overflow to vxlan for the peers it does not.
+//! rule, which peers the cloud carries, the overflow to vxlan for the peers it does not, and the
+//! leader's view of the cloud shared with the others.
 //!
 //! A provider ([`engine::Provider`]) knows its API: what is in its route tables, how to put our
 //! route, what of the others is provably stale. Everything about *when* lives here.
@@ -12,6 +13,7 @@ pub mod hybrid;
 pub mod paths;
 pub mod room;
 pub mod stale;
+pub mod view;
 
 pub use active::CloudActive;
 pub use engine::{Pass, PassInput, Problem, Provider, Settings};

@@ -1,20 +1,22 @@
 //! gce's side of the cloud engine ([`crate::backend::cloud`]): one pass reads our route (or, on
 //! the elected agent and with overflow, every route of the network), puts ours in place and
-//! removes what is provably stale. When passes run is the engine's business.
+//! removes what is provably stale. The leader shares its listing through the store; the others
+//! decide from it while it calls for no change, and ask Compute only when something is to be
+//! written. When passes run is the engine's business.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weft_gce::{same_resource, wait_for_operation, ComputeApi, GceError, InstanceMetadata, Route, WaitPolicy};
 
 use super::plan::{self, plan_own, route_name, stale_routes, Step, Target, FLANNEL_PREFIX};
-use crate::backend::cloud::room::beyond_limit;
-use crate::backend::cloud::{Pass, PassInput, Problem, Provider, Refusal, StaleTracker};
+use crate::backend::cloud::room::{beyond_limit, prober};
+use crate::backend::cloud::{view, Pass, PassInput, Problem, Provider, Refusal, StaleTracker};
 use crate::backend::BackendKind;
-use crate::health::{CloudTableLabels, Health};
+use crate::health::{CloudPassLabels, CloudTableLabels, Health};
 use crate::network::backend::GceConfig;
 
 /// The links our route is made of, looked up once.
@@ -42,6 +44,14 @@ pub struct Routing {
     last_own: Option<Ipv4Net>,
     /// The quota's last refusal of our route (with the network's route count then).
     refusal: Option<Refusal>,
+}
+
+/// What a pass knows before it writes: the network's routes (when listed), the host routes among
+/// them, and every leased subnet (once the agent listed the leases).
+struct Known<'a> {
+    listing: Option<&'a [Route]>,
+    carried: Option<&'a BTreeSet<Ipv4Net>>,
+    leased: Option<&'a BTreeSet<Ipv4Net>>,
 }
 
 /// Leadership for stale-route removal, one agent at a time across the cluster.
@@ -80,24 +90,32 @@ impl Routing {
             Err(e) => return Pass::failed(format!("looking up instance {}: {e}", self.meta.instance)),
         };
         // The leader lists the network once for every job; with overflow or a route limit every
-        // agent needs the listing; the others read their route by name.
+        // agent needs the listing; the others read their route by name. The leader's listing,
+        // when it shared one that calls for no change, stands for all of that.
         let listed = input.lead || self.config.overflow.is_some() || self.config.route_limit.is_some();
-        let listing = if listed {
-            match self.api.list_routes(&resolved.network).await {
+        let quiet = self.quiet_view(input, &resolved);
+        self.health.metrics.cloud_passes.get_or_create(&CloudPassLabels::new("gce", quiet.is_some())).inc();
+        let listing = match quiet {
+            Some(routes) => Some(routes),
+            None if listed => match self.api.list_routes(&resolved.network).await {
                 Ok(routes) => Some(routes),
                 Err(e) => return Pass::failed(format!("listing routes: {e}")),
-            }
-        } else {
-            None
+            },
+            None => None,
+        };
+        let view = match (&listing, input.lead) {
+            (Some(routes), true) => view::encode(&resolved.network, routes),
+            _ => None,
         };
         let carried =
             listing.as_ref().map(|routes| plan::carried(routes, &resolved.network, self.cluster, self.subnet_len));
         let Some(own) = input.own else {
             // Our lease ran out: nothing of ours is asserted (the engine says so in /readyz).
-            return Pass { problems: Vec::new(), carried, view: None };
+            return Pass { problems: Vec::new(), carried, view };
         };
         let mut problems = Vec::new();
-        if let Err(problem) = self.own_route(own, &resolved, listing.as_deref(), carried.as_ref()).await {
+        let known = Known { listing: listing.as_deref(), carried: carried.as_ref(), leased: input.leased };
+        if let Err(problem) = self.own_route(own, &resolved, &known).await {
             problems.push(problem);
         }
         if let (Some(routes), Some(leased), true) = (&listing, input.leased, input.lead) {
@@ -111,36 +129,67 @@ impl Routing {
                 }
             }
         }
-        Pass { problems, carried, view: None }
+        Pass { problems, carried, view }
     }
 
-    /// Our route (ours by name, or flannel's adopted) in place, through our instance.
-    /// `carried`: the listing's host routes (there with the listing).
-    async fn own_route(
-        &mut self,
-        own: Ipv4Net,
-        resolved: &Resolved,
-        listing: Option<&[Route]>,
-        carried: Option<&BTreeSet<Ipv4Net>>,
-    ) -> Result<(), Problem> {
-        self.last_own = Some(own);
-        let failed = |m: String| Problem::Failed(m);
-        let target = Target {
+    /// The route this host needs.
+    fn target(&self, own: Ipv4Net, resolved: &Resolved) -> Target {
+        Target {
             subnet: own,
             network: resolved.network.clone(),
             instance: resolved.instance.clone(),
             priority: self.config.priority,
             tags: self.config.tags.clone(),
+        }
+    }
+
+    /// Our route and flannel's for our subnet, as `routes` list them.
+    fn named(&self, routes: &[Route], own: Ipv4Net) -> (Option<Route>, Option<Route>) {
+        let own_name = route_name(&self.config.route_prefix, own);
+        let flannel_name = route_name(FLANNEL_PREFIX, own);
+        let find = |name: &str| routes.iter().find(|r| r.name == name).cloned();
+        (find(&own_name), find(&flannel_name).filter(|_| own_name != flannel_name))
+    }
+
+    /// The leader's shared listing, if it is of our network and calls for no change here
+    /// ([`Self::own_route`]'s decisions, without acting): every write is planned from Compute's
+    /// own answer.
+    fn quiet_view(&self, input: &PassInput<'_>, resolved: &Resolved) -> Option<Vec<Route>> {
+        let routes: Vec<Route> = view::decode(input.shared?, &resolved.network)?;
+        let Some(own) = input.own else { return Some(routes) };
+        let (ours, flannel) = self.named(&routes, own);
+        let plan = plan_own(&self.target(own, resolved), &self.config.route_prefix, ours.as_ref(), flannel.as_ref());
+        let inserts = plan.steps.iter().any(|s| matches!(s, Step::Insert(_)));
+        let count = plan::cluster_routes(&routes, &resolved.network, self.cluster);
+        let hosts = plan::carried(&routes, &resolved.network, self.cluster, self.subnet_len);
+        let limit = self.config.route_limit.map(|l| l as usize);
+        let writes = if inserts {
+            let no_lease = BTreeSet::new();
+            let prober = prober(input.leased.unwrap_or(&no_lease), &hosts, self.subnet_len, own);
+            let over_limit = limit.is_some_and(|limit| count >= limit);
+            !over_limit && self.refusal.as_ref().is_none_or(|r| r.would_allow(routes.len(), prober))
+        } else {
+            !plan.steps.is_empty() || limit.is_some_and(|limit| beyond_limit(&hosts, count, own, limit))
         };
+        if writes {
+            debug!("the shared routes call for a change: asking Compute before writing");
+            return None;
+        }
+        Some(routes)
+    }
+
+    /// Our route (ours by name, or flannel's adopted) in place, through our instance.
+    async fn own_route(&mut self, own: Ipv4Net, resolved: &Resolved, known: &Known<'_>) -> Result<(), Problem> {
+        self.last_own = Some(own);
+        let failed = |m: String| Problem::Failed(m);
+        let target = self.target(own, resolved);
         let prefix = self.config.route_prefix.clone();
         let own_name = route_name(&prefix, own);
         let flannel_name = route_name(FLANNEL_PREFIX, own);
         let adoptable = own_name != flannel_name;
+        let (listing, carried) = (known.listing, known.carried);
         let (ours, flannel) = match listing {
-            Some(routes) => {
-                let find = |name: &str| routes.iter().find(|r| r.name == name).cloned();
-                (find(&own_name), find(&flannel_name).filter(|_| adoptable))
-            }
+            Some(routes) => self.named(routes, own),
             None => {
                 let through_us = |r: &Option<Route>| {
                     r.as_ref()
@@ -188,8 +237,11 @@ impl Routing {
                 )));
             }
             let over_limit = limit.is_some_and(|limit| count >= limit);
-            let refused =
-                inserts && !over_limit && self.refusal.as_mut().is_some_and(|r| !r.allows(routes.len(), count));
+            let no_lease = BTreeSet::new();
+            let prober = prober(known.leased.unwrap_or(&no_lease), hosts, self.subnet_len, own);
+            let refused = inserts
+                && !over_limit
+                && self.refusal.as_mut().is_some_and(|r| !r.allows_as(routes.len(), count, prober));
             let learned = self.refusal.as_ref().map(Refusal::capacity);
             if let Some(capacity) = [limit, learned].into_iter().flatten().min() {
                 self.health.metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
@@ -421,6 +473,12 @@ mod tests {
             Rig { api: Arc::new(FakeApi::default()), health: Arc::new(Health::default()), store, _dir: dir }
         }
 
+        /// On a store that shares the leader's view (etcd's kind; the local store does not).
+        fn sharing() -> Rig {
+            let store = Arc::new(crate::store::memory::MemoryStore::new());
+            Rig { store, ..Rig::new() }
+        }
+
         fn routing(&self, instance: &str) -> Routing {
             self.routing_with(instance, GceConfig::default())
         }
@@ -493,6 +551,33 @@ mod tests {
         a.pass(&desired("10.244.1.0/24", &["10.244.2.0/24"])).await.unwrap();
         assert!(!rig.api.routes.lock().unwrap().contains_key("weft-10-244-9-0-24"));
         assert!(rig.api.take_calls().contains(&"routes.delete weft-10-244-9-0-24".to_string()));
+    }
+
+    /// With a store that shares the leader's listing (issue 17), a settled follower makes no
+    /// Compute call at all; a route of its gone missing is seen in the leader's next listing, and
+    /// read by the follower itself before it writes.
+    #[tokio::test]
+    async fn once_settled_only_the_leader_reads_the_routes() {
+        let rig = Rig::sharing();
+        let (mut a, mut b) = (rig.agent("node-a"), rig.agent("node-b"));
+        let (for_a, for_b) =
+            (desired("10.244.1.0/24", &["10.244.2.0/24"]), desired("10.244.2.0/24", &["10.244.1.0/24"]));
+        a.pass(&for_a).await.unwrap();
+        b.pass(&for_b).await.unwrap();
+        assert!(rig.api.routes.lock().unwrap().contains_key("weft-10-244-2-0-24"));
+        rig.api.take_calls();
+        for _ in 0..3 {
+            a.pass(&for_a).await.unwrap();
+            b.pass(&for_b).await.unwrap();
+            assert_eq!(rig.api.take_calls(), ["routes.list"], "the leader's listing, nothing else");
+        }
+        rig.api.routes.lock().unwrap().remove("weft-10-244-2-0-24");
+        a.pass(&for_a).await.unwrap();
+        b.pass(&for_b).await.unwrap();
+        let calls = rig.api.take_calls();
+        assert_eq!(calls[..2], ["routes.list", "routes.get weft-10-244-2-0-24"], "{calls:?}");
+        assert!(calls.contains(&"routes.insert weft-10-244-2-0-24".to_string()), "{calls:?}");
+        assert!(rig.api.routes.lock().unwrap().contains_key("weft-10-244-2-0-24"));
     }
 
     #[tokio::test]
