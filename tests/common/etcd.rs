@@ -91,6 +91,11 @@ impl EtcdServer {
         panic!("etcd did not start after {START_ATTEMPTS} attempts: {failure}");
     }
 
+    /// etcd's process id while it runs (the scale benchmark reads its CPU and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills etcd, keeping its ports and data for `restart`.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -162,15 +162,7 @@ impl AwsRoutes {
     fn would_write(&self, tables: &[RouteTable], input: &PassInput<'_>) -> bool {
         let Some(own) = input.own else { return false };
         let no_lease = BTreeSet::new();
-        let plan_input = PlanInput {
-            network: self.network,
-            subnet_len: self.subnet_len,
-            own,
-            interface_id: &self.node.interface_id,
-            leased: input.leased.unwrap_or(&no_lease),
-            retired: input.retired,
-            lead: input.lead && input.leased.is_some(),
-        };
+        let plan_input = self.plan_input(own, &self.node.interface_id, input, &no_lease);
         tables.iter().any(|table| {
             let plan = plan::plan_table(table, &plan_input);
             let room = || {
@@ -188,6 +180,25 @@ impl AwsRoutes {
         })
     }
 
+    /// The plan's input for a pass.
+    fn plan_input<'a>(
+        &self,
+        own: Ipv4Net,
+        interface_id: &'a str,
+        input: &PassInput<'a>,
+        no_lease: &'a BTreeSet<Ipv4Net>,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            network: self.network,
+            subnet_len: self.subnet_len,
+            own,
+            interface_id,
+            leased: input.leased.unwrap_or(no_lease),
+            retired: input.retired,
+            lead: input.lead && input.leased.is_some(),
+        }
+    }
+
     /// Our route in each of `tables`, and what the plan removes.
     async fn sync_tables(&mut self, tables: &[RouteTable], input: &PassInput<'_>) -> Pass {
         let carried = plan::own_table(tables, &self.node.subnet_id)
@@ -198,16 +209,9 @@ impl AwsRoutes {
             return Pass { carried: Some(carried), ..Pass::default() };
         };
         let no_lease = BTreeSet::new();
+        // Borrowed apart from `self`, which the table syncs change.
         let interface_id = self.node.interface_id.clone();
-        let plan_input = PlanInput {
-            network: self.network,
-            subnet_len: self.subnet_len,
-            own,
-            interface_id: &interface_id,
-            leased: input.leased.unwrap_or(&no_lease),
-            retired: input.retired,
-            lead: input.lead && input.leased.is_some(),
-        };
+        let plan_input = self.plan_input(own, &interface_id, input, &no_lease);
         let mut problems = Vec::new();
         let mut suspects = Vec::new();
         for table in tables {
