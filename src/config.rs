@@ -413,7 +413,7 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
         return bad("agent.listen", &agent.listen, "not an address:port (\"\" turns it off)");
     }
     if !agent.log_level.is_empty() {
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&agent.log_level) {
+        if let Err(e) = crate::logging::filter_from(&agent.log_level) {
             return bad("agent.log_level", &agent.log_level, &e.to_string());
         }
     }

@@ -28,6 +28,13 @@ type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscr
 /// The log filter, changeable while running (`agent.log_level` applies live).
 static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
 
+/// `agent.log_level` as a filter. Field values in it match literally, never as regular
+/// expressions: a pattern can take seconds to compile (the config fuzzer found one of over 10 s),
+/// and the filter is rebuilt on every config reload.
+pub fn filter_from(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    EnvFilter::builder().with_regex(false).parse(level)
+}
+
 /// `RUST_LOG` when set, else `info`.
 fn default_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
@@ -74,7 +81,7 @@ pub fn init_logging(format: LogFormat) {
 
 /// Applies a `RUST_LOG`-style filter ("" means `RUST_LOG` or `info`).
 pub fn set_log_level(level: &str) {
-    let filter = if level.is_empty() { Ok(default_filter()) } else { EnvFilter::try_new(level) };
+    let filter = if level.is_empty() { Ok(default_filter()) } else { filter_from(level) };
     match (filter, LOG_FILTER.get()) {
         (Ok(filter), Some(handle)) => {
             if let Err(e) = handle.reload(filter) {
