@@ -414,7 +414,7 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     }
     if !agent.log_level.is_empty() {
         if let Err(e) = crate::logging::filter_from(&agent.log_level) {
-            return bad("agent.log_level", &agent.log_level, &e.to_string());
+            return bad("agent.log_level", &agent.log_level, &e);
         }
     }
     for (key, value, range) in

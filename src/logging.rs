@@ -28,11 +28,20 @@ type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscr
 /// The log filter, changeable while running (`agent.log_level` applies live).
 static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
 
-/// `agent.log_level` as a filter. Field values in it match literally, never as regular
-/// expressions: a pattern can take seconds to compile (the config fuzzer found one of over 10 s),
-/// and the filter is rebuilt on every config reload.
-pub fn filter_from(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
-    EnvFilter::builder().with_regex(false).parse(level)
+/// `agent.log_level` as a filter, or why it is not one. The filter is rebuilt on every config
+/// reload, so what tracing-subscriber cannot take safely is refused here (both found by the
+/// config fuzzer):
+/// - field values match literally, never as regular expressions: a pattern can take seconds to
+///   compile (one took over 10 s);
+/// - its directive parser slices each directive by the indices of the trimmed text, so
+///   whitespace before a directive with a non-ASCII character panics: directives are trimmed,
+///   and only ASCII is taken (targets, levels and weft's span names are ASCII).
+pub fn filter_from(level: &str) -> Result<EnvFilter, String> {
+    if !level.is_ascii() {
+        return Err("only ASCII is taken (targets, levels and span names)".into());
+    }
+    let directives: Vec<&str> = level.split(',').map(str::trim).collect();
+    EnvFilter::builder().with_regex(false).parse(directives.join(",")).map_err(|e| e.to_string())
 }
 
 /// `RUST_LOG` when set, else `info`.
@@ -96,6 +105,16 @@ pub fn set_log_level(level: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_tracing_cannot_parse_safely_are_refused_or_mended() {
+        // Before: a panic inside tracing-subscriber (a slice inside '𓚞'), on reload too.
+        let error = filter_from("\t\u{1369e}rf,info").unwrap_err();
+        assert!(error.contains("ASCII"), "{error}");
+        assert!(filter_from("info, \u{e9}").is_err());
+        let mended = filter_from(" weft=debug , info").unwrap().to_string();
+        assert!(mended.contains("weft=debug") && mended.contains("info"), "{mended}");
+    }
 
     #[test]
     fn format_flag_beats_configuration_beats_text() {
