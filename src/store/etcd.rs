@@ -235,6 +235,13 @@ impl EtcdStore {
         self.get_kvs(key, GetOptions::new().with_keys_only(), &context).await
     }
 
+    /// One key's value as text (`what` names it in errors); `None` when the key is absent.
+    async fn get_text(&self, key: String, what: &str) -> Result<Option<String>, StoreError> {
+        let kvs = self.get_kvs(key, GetOptions::new(), &format!("read {what}")).await?;
+        let Some(kv) = kvs.into_iter().next() else { return Ok(None) };
+        String::from_utf8(kv.into_key_value().1).map(Some).map_err(|e| StoreError::corrupt(what).because(e))
+    }
+
     async fn get_kvs(&self, key: String, options: GetOptions, context: &str) -> Result<Vec<KeyValue>, StoreError> {
         let mut resp = self
             .request(context, |client| async move {
@@ -557,15 +564,8 @@ impl LeaseStore for EtcdStore {
 #[async_trait]
 impl NetworkSource for EtcdStore {
     async fn network_config(&self) -> Result<Option<String>, StoreError> {
-        let context = format!("read network config {}", self.keys.config);
-        let kvs = self.get_kvs(self.keys.config.clone(), GetOptions::new(), &context).await?;
-        let Some(kv) = kvs.into_iter().next() else {
-            return Ok(None);
-        };
-        let (_, value) = kv.into_key_value();
-        String::from_utf8(value)
-            .map(Some)
-            .map_err(|e| StoreError::corrupt(format!("network config {}", self.keys.config)).because(e))
+        let what = format!("network config {}", self.keys.config);
+        self.get_text(self.keys.config.clone(), &what).await
     }
 
     async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
@@ -591,7 +591,7 @@ impl NetworkSource for EtcdStore {
 #[async_trait]
 impl Leadership for EtcdStore {
     async fn lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let key = format!("{}{name}", self.keys.leaders);
+        let key = self.keys.leader(name);
         let context = format!("lead {key}");
         let grant = self.grant(Some(ttl), &context).await?;
         let vacant = Compare::version(key.clone(), CompareOp::Equal, 0);
@@ -607,21 +607,19 @@ impl Leadership for EtcdStore {
     }
 
     async fn share_view(&self, name: &str, holder: &str, view: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let key = format!("{}{name}", self.keys.views);
+        let key = self.keys.view(name);
         let context = format!("share {key}");
         let grant = self.grant(Some(ttl), &context).await?;
         // A leader whose turn went in the meantime writes nothing.
-        let leads = Compare::value(format!("{}{name}", self.keys.leaders), CompareOp::Equal, holder);
+        let leads = Compare::value(self.keys.leader(name), CompareOp::Equal, holder);
         let outcome = self.conditional_put(key, view, leads, grant, WriteKind::Rewrite, &context).await?;
         Ok(matches!(outcome, WriteOutcome::Written { .. }))
     }
 
     async fn shared_view(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let key = format!("{}{name}", self.keys.views);
-        let context = format!("read {key}");
-        let kvs = self.get_kvs(key.clone(), GetOptions::new(), &context).await?;
-        let Some(kv) = kvs.into_iter().next() else { return Ok(None) };
-        String::from_utf8(kv.into_key_value().1).map(Some).map_err(|e| StoreError::corrupt(key).because(e))
+        let key = self.keys.view(name);
+        let what = key.clone();
+        self.get_text(key, &what).await
     }
 }
 
@@ -683,6 +681,14 @@ impl Keys {
 
     fn subnet(&self, subnet: Ipv4Net) -> String {
         self.subnet_name(&subnet_key(subnet))
+    }
+
+    fn leader(&self, name: &str) -> String {
+        format!("{}{name}", self.leaders)
+    }
+
+    fn view(&self, name: &str) -> String {
+        format!("{}{name}", self.views)
     }
 
     fn subnet_name(&self, name: &str) -> String {

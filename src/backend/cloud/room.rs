@@ -57,13 +57,6 @@ impl Refusal {
     }
 }
 
-/// Whether our route must go to bring a table back within `route_limit`. Agents that looked at
-/// the same moment may all have found room, and the table then holds more than the limit; no
-/// cloud refuses past *our* cap. Every agent judges the same listing the same way: the routes
-/// weft cannot move (of the `cluster_routes`, those that are no host's) count first, then
-/// the lowest host subnets keep theirs; an agent whose route ranks beyond the limit withdraws it,
-/// and its peers reach it by the overlay instead. A newcomer never displaces a route: it finds
-/// the table full and does not add one.
 /// Whether `own` asks a full table again once its refusal is old: the lowest of the `leased`
 /// host subnets the table does not carry. Every host judges the same listing the same way, so
 /// one asks per table (two, briefly, when their listings differ).
@@ -75,6 +68,13 @@ pub fn prober(leased: &BTreeSet<Ipv4Net>, carried: &BTreeSet<Ipv4Net>, subnet_le
     left_out.chain([&own]).min() == Some(&own)
 }
 
+/// Whether our route must go to bring a table back within `route_limit`. Agents that looked at
+/// the same moment may all have found room, and the table then holds more than the limit; no
+/// cloud refuses past *our* cap. Every agent judges the same listing the same way: the routes
+/// weft cannot move (of the `cluster_routes`, those that are no host's) count first, then
+/// the lowest host subnets keep theirs; an agent whose route ranks beyond the limit withdraws it,
+/// and its peers reach it by the overlay instead. A newcomer never displaces a route: it finds
+/// the table full and does not add one.
 pub fn beyond_limit(host_routes: &BTreeSet<Ipv4Net>, cluster_routes: usize, own: Ipv4Net, limit: usize) -> bool {
     let others = cluster_routes.saturating_sub(host_routes.len());
     let room_for_hosts = limit.saturating_sub(others);

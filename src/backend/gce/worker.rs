@@ -151,6 +151,11 @@ impl Routing {
         (find(&own_name), find(&flannel_name).filter(|_| own_name != flannel_name))
     }
 
+    /// Whether we ask a refused quota again once its refusal is old (one host of the network does).
+    fn prober(&self, leased: Option<&BTreeSet<Ipv4Net>>, hosts: &BTreeSet<Ipv4Net>, own: Ipv4Net) -> bool {
+        prober(leased.unwrap_or(&BTreeSet::new()), hosts, self.subnet_len, own)
+    }
+
     /// The leader's shared listing, if it is of our network and calls for no change here
     /// ([`Self::own_route`]'s decisions, without acting): every write is planned from Compute's
     /// own answer.
@@ -164,8 +169,7 @@ impl Routing {
         let hosts = plan::carried(&routes, &resolved.network, self.cluster, self.subnet_len);
         let limit = self.config.route_limit.map(|l| l as usize);
         let writes = if inserts {
-            let no_lease = BTreeSet::new();
-            let prober = prober(input.leased.unwrap_or(&no_lease), &hosts, self.subnet_len, own);
+            let prober = self.prober(input.leased, &hosts, own);
             let over_limit = limit.is_some_and(|limit| count >= limit);
             !over_limit && self.refusal.as_ref().is_none_or(|r| r.would_allow(routes.len(), prober))
         } else {
@@ -237,8 +241,7 @@ impl Routing {
                 )));
             }
             let over_limit = limit.is_some_and(|limit| count >= limit);
-            let no_lease = BTreeSet::new();
-            let prober = prober(known.leased.unwrap_or(&no_lease), hosts, self.subnet_len, own);
+            let prober = self.prober(known.leased, hosts, own);
             let refused = inserts
                 && !over_limit
                 && self.refusal.as_mut().is_some_and(|r| !r.allows_as(routes.len(), count, prober));
