@@ -181,6 +181,13 @@ fn two_hundred_agents_lease_without_duplicates_while_etcd_loses_a_member_and_quo
     let held_during_partition = fleet.held();
     etcd.heal(2);
     let healed = Instant::now();
+    let etcd_back = until_every(
+        "etcd taking writes again after the heal",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || etcd.writable(),
+        || etcd.logs(),
+    );
     let within = Duration::from_secs(30);
     until_every(
         "every agent holding a lease after the partition healed",
@@ -221,8 +228,8 @@ fn two_hundred_agents_lease_without_duplicates_while_etcd_loses_a_member_and_quo
     let rss_avg = rss.iter().sum::<u64>() / rss.len().max(1) as u64;
     println!(
         "chaos fleet: {FLEET} agents spawned in {spawned:.1?}; holding a lease when member 2 was cut off: \
-         {held_at_partition}, after 10 s without quorum: {held_during_partition}; all {FLEET} within \
-         {after_heal:.1?} of the heal ({total:.1?} from the first start); duplicate subnets: {}; \
+         {held_at_partition}, after 10 s without quorum: {held_during_partition}; etcd took writes again \
+         {etcd_back:.1?} after the heal; all {FLEET} held a lease within {after_heal:.1?} of the heal ({total:.1?} from the first start); duplicate subnets: {}; \
          leases in the store: {keys} (orphans of lost creates deleted by their agents: {orphans_deleted}); agents' own memory (RssAnon, debug build): {rss_avg} KiB average, {} KiB max",
         duplicates.len(),
         rss.iter().max().unwrap_or(&0)

@@ -149,17 +149,40 @@ impl EtcdStore {
     }
 
     /// Runs one request with a deadline on the member in use; a member found unavailable is
-    /// left for the next one, so the caller's retry goes elsewhere.
-    async fn request<T, Fut>(&self, context: &str, call: impl FnOnce(Client) -> Fut) -> Result<T, StoreError>
+    /// left for the next one. When that member certainly never ran the request (it is down, or
+    /// has no leader) the same request goes to the next member at once, each member once at
+    /// most: a dead member costs the caller no backoff step, so agents come back as soon as etcd
+    /// has a leader again. A request that may have run (it timed out) is never sent twice.
+    async fn request<T, Fut>(&self, context: &str, call: impl Fn(Client) -> Fut) -> Result<T, StoreError>
     where
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let (member, client) = self.members.client().await;
-        let result = timed(context, async move { call(client?).await }).await;
-        if let Err(StoreError::Unavailable { .. }) = &result {
-            self.members.failed(member);
+        let mut untried = self.members.len();
+        loop {
+            let (member, client) = self.members.client().await;
+            let answer = match client {
+                Ok(client) => tokio::time::timeout(REQUEST_TIMEOUT, call(client)).await,
+                Err(err) => Ok(Err(err)),
+            };
+            let err = match answer {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(err)) => err,
+                Err(_elapsed) => {
+                    self.members.failed(member);
+                    return Err(timeout_error(context));
+                }
+            };
+            let not_run = never_ran(&err);
+            let err = store_error(context, err);
+            if let StoreError::Unavailable { .. } = &err {
+                self.members.failed(member);
+            }
+            untried -= 1;
+            if !not_run || untried == 0 {
+                return Err(err);
+            }
+            tracing::debug!(%err, "the etcd member did not run the request; sending it to the next one");
         }
-        result
     }
 
     /// Grants an etcd lease for `ttl`; none for a reservation.
@@ -199,7 +222,13 @@ impl EtcdStore {
     ) -> Result<WriteOutcome, StoreError> {
         let put_options = grant.map(|g| PutOptions::new().with_lease(g.id));
         let txn = Txn::new().when([condition]).and_then([TxnOp::put(key, value, put_options)]);
-        match self.request(context, |mut client| async move { client.txn(txn).await }).await {
+        match self
+            .request(context, |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await
+        {
             Ok(resp) if resp.succeeded() => {
                 let revision = header_revision(resp.header(), context)?;
                 let expiry = expiry_after(grant.map(|g| g.ttl));
@@ -244,8 +273,9 @@ impl EtcdStore {
 
     async fn get_kvs(&self, key: String, options: GetOptions, context: &str) -> Result<Vec<KeyValue>, StoreError> {
         let mut resp = self
-            .request(context, |client| async move {
-                client.kv_client().max_decoding_message_size(MAX_LIST_BYTES).get(key, Some(options)).await
+            .request(context, |client| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { client.kv_client().max_decoding_message_size(MAX_LIST_BYTES).get(key, Some(options)).await }
             })
             .await?;
         Ok(resp.take_kvs())
@@ -323,7 +353,13 @@ impl EtcdStore {
     ) -> Option<StoreError> {
         let key = self.keys.config.clone();
         let get = key.clone();
-        let resp = match self.request(context, |mut client| async move { client.get(get, None).await }).await {
+        let resp = match self
+            .request(context, |mut client| {
+                let get = get.clone();
+                async move { client.get(get, None).await }
+            })
+            .await
+        {
             Ok(resp) => resp,
             Err(err) => return Some(err),
         };
@@ -464,8 +500,9 @@ impl LeaseStore for EtcdStore {
             };
             let key = from.clone();
             let mut resp = self
-                .request(context, |client| async move {
-                    client.kv_client().max_decoding_message_size(MAX_LIST_BYTES).get(key, Some(options)).await
+                .request(context, |client| {
+                    let (key, options) = (key.clone(), options.clone());
+                    async move { client.kv_client().max_decoding_message_size(MAX_LIST_BYTES).get(key, Some(options)).await }
                 })
                 .await?;
             if revision.is_none() {
@@ -510,7 +547,12 @@ impl LeaseStore for EtcdStore {
     async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
         let key = self.keys.subnet(subnet);
         let context = format!("delete lease {key}");
-        let resp = self.request(&context, |mut client| async move { client.delete(key, None).await }).await?;
+        let resp = self
+            .request(&context, |mut client| {
+                let key = key.clone();
+                async move { client.delete(key, None).await }
+            })
+            .await?;
         Ok(resp.deleted() > 0)
     }
 
@@ -519,7 +561,12 @@ impl LeaseStore for EtcdStore {
         let context = format!("delete orphaned lease {key}");
         let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
         let txn = Txn::new().when([unchanged]).and_then([TxnOp::delete(key, None)]);
-        let resp = self.request(&context, |mut client| async move { client.txn(txn).await }).await?;
+        let resp = self
+            .request(&context, |mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?;
         Ok(resp.succeeded())
     }
 
@@ -571,7 +618,11 @@ impl NetworkSource for EtcdStore {
     async fn put_network_config(&self, json: &str) -> Result<(), StoreError> {
         let context = format!("write network config {}", self.keys.config);
         let (key, json) = (self.keys.config.clone(), json.to_string());
-        self.request(&context, |mut client| async move { client.put(key, json, None).await }).await?;
+        self.request(&context, |mut client| {
+            let (key, json) = (key.clone(), json.clone());
+            async move { client.put(key, json, None).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -845,9 +896,54 @@ fn store_error(context: &str, err: etcd_client::Error) -> StoreError {
     kind(context).because(err)
 }
 
+/// What etcd answers, as `Unavailable`, to a request that needs a leader (weft asks for one)
+/// while the member has none. The text is the error's identity: etcd's own client tells its
+/// errors apart by their text too.
+const ETCD_NO_LEADER: &str = "etcdserver: no leader";
+
+/// Whether etcd certainly never ran the request: the member has no leader, or no connection to
+/// it ever came up (refused, unreachable).
+fn never_ran(err: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match err {
+        E::GRpcStatus(status) if status.code() as i32 == GRPC_UNAVAILABLE && status.message() == ETCD_NO_LEADER => true,
+        E::GRpcStatus(status) => std::error::Error::source(status).is_some_and(never_connected),
+        E::TransportError(err) => never_connected(err),
+        E::IoError(err) => never_connected(err),
+        _ => false,
+    }
+}
+
+/// Whether `err`, or an error under it, is a connection that never came up.
+fn never_connected(err: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    std::iter::successors(Some(err), |err| err.source()).any(|err| {
+        err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(io.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable)
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_member_without_leader_or_connection_never_ran_the_request() {
+        let no_leader = etcd_client::Error::GRpcStatus(tonic::Status::unavailable(ETCD_NO_LEADER));
+        assert!(never_ran(&no_leader));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let status = tonic::Status::from_error(Box::new(refused));
+        assert!(never_ran(&etcd_client::Error::GRpcStatus(status)), "a refused connection under the status");
+        assert!(never_ran(&etcd_client::Error::IoError(std::io::ErrorKind::HostUnreachable.into())));
+        // Anything that may have reached etcd is not sent twice.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!never_ran(&etcd_client::Error::GRpcStatus(tonic::Status::from_error(Box::new(reset)))));
+        assert!(!never_ran(&etcd_client::Error::GRpcStatus(tonic::Status::unavailable(
+            "etcdserver: request timed out"
+        ))));
+        assert!(!never_ran(&etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(ETCD_NO_LEADER))));
+    }
 
     #[test]
     fn prefix_end_is_the_next_key_after_the_prefix() {

@@ -101,6 +101,12 @@ impl EtcdCluster {
         super::etcd::etcd_answers(self.etcdctl_command(endpoints, super::etcd::HEALTH_ARGS))
     }
 
+    /// Whether the cluster takes a write now (a leader and a quorum), asked of every member.
+    pub fn writable(&self) -> bool {
+        let args = ["--dial-timeout=1s", "--command-timeout=1s", "put", "/weft-chaos/probe", "x"];
+        super::etcd::etcd_answers(self.etcdctl_command(&self.endpoints(), &args))
+    }
+
     /// Every member's log, for a failure message.
     pub fn logs(&self) -> String {
         (1..=MEMBERS)
