@@ -181,6 +181,8 @@ fn two_hundred_agents_lease_without_duplicates_while_etcd_loses_a_member_and_quo
     let held_during_partition = fleet.held();
     etcd.heal(2);
     let healed = Instant::now();
+    // etcd's own election after the heal is not the agents' to shorten (2-5 s here, more on a
+    // loaded machine): the agents are timed from when it takes writes again.
     let etcd_back = until_every(
         "etcd taking writes again after the heal",
         Duration::from_secs(60),
@@ -190,7 +192,7 @@ fn two_hundred_agents_lease_without_duplicates_while_etcd_loses_a_member_and_quo
     );
     let within = Duration::from_secs(30);
     until_every(
-        "every agent holding a lease after the partition healed",
+        "every agent holding a lease once etcd took writes again",
         within,
         Duration::from_millis(200),
         || fleet.held() == FLEET,
@@ -237,7 +239,7 @@ fn two_hundred_agents_lease_without_duplicates_while_etcd_loses_a_member_and_quo
     assert!(duplicates.is_empty(), "subnets held by more than one agent: {duplicates:?}");
     assert!(wrong.is_empty(), "agents' subnets the store does not give them: {wrong:?}");
     assert_eq!(keys, FLEET, "one lease per agent in the store");
-    assert!(after_heal <= within);
+    assert!(after_heal.saturating_sub(etcd_back) <= within);
 }
 
 // ---- 2. etcd gone for a minute under a vxlan cluster ----
