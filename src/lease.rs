@@ -1,5 +1,6 @@
 //! Leases as flannel stores them: the subnet key (`10.244.3.0-24`) and the JSON attributes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -9,29 +10,85 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// What a host publishes about itself in its lease (flannel's `LeaseAttrs`).
+use crate::network::backend::BackendKind;
+
+/// What a host publishes about itself in its lease (flannel's `LeaseAttrs`). An agent keeps one
+/// for every peer of the cluster, so they are kept small: a backend type weft knows by a static
+/// name, vxlan's data as its parts (see [`BackendData`]), and flannel's IPv6 fields, which
+/// IPv4-only hosts leave out, behind one pointer. The JSON is flannel's, field for field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "AttrsJson", into = "AttrsJson")]
 pub struct LeaseAttrs {
-    #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
-    #[serde(rename = "PublicIPv6", default)]
-    pub public_ipv6: Option<Ipv6Addr>,
-    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
-    pub backend_type: String,
-    #[serde(rename = "BackendData", default, skip_serializing_if = "BackendData::is_null")]
+    pub backend_type: Cow<'static, str>,
     pub backend_data: BackendData,
-    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "BackendData::is_null")]
+    /// `PublicIPv6` and `BackendV6Data`, when either is set.
+    pub v6: Option<Box<V6Attrs>>,
+}
+
+/// flannel's IPv6 attributes of a lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct V6Attrs {
+    pub public_ipv6: Option<Ipv6Addr>,
     pub backend_v6_data: BackendData,
+}
+
+/// [`LeaseAttrs`] as flannel's JSON spells it.
+#[derive(Serialize, Deserialize)]
+struct AttrsJson {
+    #[serde(rename = "PublicIP")]
+    public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default)]
+    public_ipv6: Option<Ipv6Addr>,
+    #[serde(rename = "BackendType", default, skip_serializing_if = "str::is_empty")]
+    backend_type: Cow<'static, str>,
+    #[serde(rename = "BackendData", default, skip_serializing_if = "BackendData::is_null")]
+    backend_data: BackendData,
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "BackendData::is_null")]
+    backend_v6_data: BackendData,
+}
+
+impl From<AttrsJson> for LeaseAttrs {
+    fn from(json: AttrsJson) -> Self {
+        let v6 = V6Attrs { public_ipv6: json.public_ipv6, backend_v6_data: json.backend_v6_data };
+        LeaseAttrs {
+            public_ip: json.public_ip,
+            backend_type: backend_type_name(&json.backend_type),
+            backend_data: json.backend_data,
+            v6: (v6 != V6Attrs::default()).then(|| Box::new(v6)),
+        }
+    }
+}
+
+impl From<LeaseAttrs> for AttrsJson {
+    fn from(attrs: LeaseAttrs) -> Self {
+        let v6 = attrs.v6.map(|v6| *v6).unwrap_or_default();
+        AttrsJson {
+            public_ip: attrs.public_ip,
+            public_ipv6: v6.public_ipv6,
+            backend_type: attrs.backend_type,
+            backend_data: attrs.backend_data,
+            backend_v6_data: v6.backend_v6_data,
+        }
+    }
+}
+
+/// A backend type by a static name when weft knows it (no allocation for each peer's lease),
+/// else as written.
+fn backend_type_name(name: &str) -> Cow<'static, str> {
+    match BackendKind::from_name(name) {
+        Some(kind) => Cow::Borrowed(kind.as_str()),
+        None => Cow::Owned(name.to_string()),
+    }
 }
 
 impl LeaseAttrs {
     pub fn new(public_ip: Ipv4Addr, backend_type: &str, backend_data: impl Into<BackendData>) -> Self {
         LeaseAttrs {
             public_ip,
-            public_ipv6: None,
-            backend_type: backend_type.to_string(),
+            backend_type: backend_type_name(backend_type),
             backend_data: backend_data.into(),
-            backend_v6_data: BackendData::null(),
+            v6: None,
         }
     }
 
@@ -43,33 +100,81 @@ impl LeaseAttrs {
 
 /// A backend's own data in a lease (flannel's `BackendData`, e.g. the VTEP's MAC), kept as the
 /// JSON text it was read as: an agent holds every lease of the cluster, and a parsed JSON object
-/// costs over ten times the bytes of its text (and a tree of allocations to read it).
+/// costs over ten times the bytes of its text (and a tree of allocations to read it). vxlan's
+/// data exactly as flannel and weft write it, `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`, is
+/// kept as its parts instead: no heap block for each peer, and the same text when written back.
 #[derive(Clone, Default)]
-pub struct BackendData(Option<Box<RawValue>>);
+pub struct BackendData(Data);
+
+#[derive(Clone, Default)]
+enum Data {
+    #[default]
+    Null,
+    Vtep {
+        vni: u32,
+        mac: [u8; 6],
+    },
+    Text(Box<RawValue>),
+}
 
 impl BackendData {
     /// No data (`null`): what host-gw and the cloud backends publish.
     pub fn null() -> Self {
-        BackendData(None)
+        BackendData(Data::Null)
     }
 
     pub fn is_null(&self) -> bool {
-        self.0.is_none()
+        matches!(self.0, Data::Null)
+    }
+
+    fn from_text(raw: Box<RawValue>) -> Self {
+        match vtep_parts(raw.get()) {
+            Some((vni, mac)) => BackendData(Data::Vtep { vni, mac }),
+            None => BackendData(Data::Text(raw)),
+        }
+    }
+
+    /// The JSON text of the data.
+    fn text(&self) -> Cow<'_, str> {
+        match &self.0 {
+            Data::Null => Cow::Borrowed("null"),
+            Data::Vtep { vni, mac } => Cow::Owned(vtep_text(*vni, mac)),
+            Data::Text(raw) => Cow::Borrowed(raw.get()),
+        }
     }
 
     /// The data as a JSON value. Fails on data nested deeper than serde_json builds values
     /// (128 levels): the text was read without that limit, as a peer may have written anything.
     pub fn value(&self) -> Result<serde_json::Value, serde_json::Error> {
-        self.0.as_deref().map_or(Ok(serde_json::Value::Null), |raw| serde_json::from_str(raw.get()))
+        serde_json::from_str(&self.text())
     }
 
     /// One string field of the data, if the data is an object that has it.
     pub fn str_field(&self, name: &str) -> Option<String> {
-        let raw = self.0.as_deref()?;
+        let text = self.text();
         // Only the fields' raw text is read: nothing is allocated for the fields not asked for.
-        let fields: BTreeMap<&str, &RawValue> = serde_json::from_str(raw.get()).ok()?;
+        let fields: BTreeMap<&str, &RawValue> = serde_json::from_str(&text).ok()?;
         serde_json::from_str(fields.get(name)?.get()).ok()
     }
+}
+
+/// vxlan's data as its text, as flannel writes it (Go's `encoding/json`, lower-case MAC).
+fn vtep_text(vni: u32, mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!(r#"{{"VNI":{vni},"VtepMAC":"{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}"}}"#)
+}
+
+/// The VNI and MAC of vxlan's data when `text` is exactly what [`vtep_text`] writes for them;
+/// anything else (other spacing or order, more fields) stays text.
+fn vtep_parts(text: &str) -> Option<(u32, [u8; 6])> {
+    let (vni, mac) = text.strip_prefix(r#"{"VNI":"#)?.strip_suffix(r#""}"#)?.split_once(r#","VtepMAC":""#)?;
+    let vni: u32 = vni.parse().ok()?;
+    let mut bytes = [0u8; 6];
+    let mut octets = mac.split(':');
+    for byte in &mut bytes {
+        *byte = u8::from_str_radix(octets.next()?, 16).ok()?;
+    }
+    (octets.next().is_none() && vtep_text(vni, &bytes) == text).then_some((vni, bytes))
 }
 
 impl From<serde_json::Value> for BackendData {
@@ -77,15 +182,23 @@ impl From<serde_json::Value> for BackendData {
         if value.is_null() {
             return BackendData::null();
         }
-        BackendData(Some(RawValue::from_string(value.to_string()).expect("a JSON value's text is valid JSON")))
+        BackendData::from_text(RawValue::from_string(value.to_string()).expect("a JSON value's text is valid JSON"))
     }
 }
 
 /// Data compares by its text: the same data written with other spacing reads as a change, which
-/// costs a recomputation of that peer's objects and nothing in the kernel.
+/// costs a recomputation of that peer's objects and nothing in the kernel. (Text never holds
+/// what [`Data::Vtep`] would: both come from [`BackendData::from_text`].)
 impl PartialEq for BackendData {
     fn eq(&self, other: &Self) -> bool {
-        self.0.as_deref().map(RawValue::get) == other.0.as_deref().map(RawValue::get)
+        match (&self.0, &other.0) {
+            (Data::Null, Data::Null) => true,
+            (Data::Vtep { vni, mac }, Data::Vtep { vni: other_vni, mac: other_mac }) => {
+                vni == other_vni && mac == other_mac
+            }
+            (Data::Text(raw), Data::Text(other)) => raw.get() == other.get(),
+            _ => false,
+        }
     }
 }
 
@@ -93,7 +206,7 @@ impl Eq for BackendData {}
 
 impl fmt::Display for BackendData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.as_deref().map_or("null", RawValue::get))
+        f.write_str(&self.text())
     }
 }
 
@@ -105,13 +218,21 @@ impl fmt::Debug for BackendData {
 
 impl Serialize for BackendData {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        match &self.0 {
+            Data::Null => serializer.serialize_none(),
+            Data::Vtep { vni, mac } => {
+                let raw = RawValue::from_string(vtep_text(*vni, mac)).map_err(serde::ser::Error::custom)?;
+                serializer.serialize_some(&raw)
+            }
+            Data::Text(raw) => serializer.serialize_some(raw),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for BackendData {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Option::<Box<RawValue>>::deserialize(deserializer).map(BackendData)
+        let raw = Option::<Box<RawValue>>::deserialize(deserializer)?;
+        Ok(raw.map_or_else(BackendData::null, BackendData::from_text))
     }
 }
 
@@ -297,6 +418,95 @@ mod tests {
             attrs.to_json(),
             r#"{"PublicIP":"192.0.2.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#
         );
+    }
+
+    #[test]
+    fn vxlan_data_as_flannel_writes_it_is_kept_as_parts_and_written_back_byte_for_byte() {
+        let flannel = r#"{"VNI":4096,"VtepMAC":"0a:bb:cc:dd:ee:f0"}"#;
+        let data: BackendData = serde_json::from_str(flannel).unwrap();
+        assert!(matches!(data.0, Data::Vtep { vni: 4096, mac: [0x0a, 0xbb, 0xcc, 0xdd, 0xee, 0xf0] }));
+        assert_eq!(data.to_string(), flannel);
+        assert_eq!(serde_json::to_string(&data).unwrap(), flannel);
+        assert_eq!(data.str_field("VtepMAC").as_deref(), Some("0a:bb:cc:dd:ee:f0"));
+        assert_eq!(data.str_field("VNI"), None, "a number, not a string");
+        assert_eq!(data.value().unwrap()["VNI"], 4096);
+        assert_eq!(data, BackendData::from(serde_json::json!({"VNI": 4096, "VtepMAC": "0a:bb:cc:dd:ee:f0"})));
+        assert_ne!(data, BackendData::from(serde_json::json!({"VNI": 4097, "VtepMAC": "0a:bb:cc:dd:ee:f0"})));
+        // Anything that would not be written back as it came stays text, as it came.
+        for text in [
+            r#"{"VNI":1,"VtepMAC":"AA:BB:CC:DD:EE:FF"}"#,
+            r#"{"VNI":1.0,"VtepMAC":"aa:bb:cc:dd:ee:ff"}"#,
+            r#"{"VNI": 1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}"#,
+            r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee"}"#,
+            r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff:00"}"#,
+            r#"{"VNI":1,"VtepMAC":"a:bb:cc:dd:ee:ff"}"#,
+            r#"{"VNI":-1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}"#,
+            r#"{"VNI":4294967296,"VtepMAC":"aa:bb:cc:dd:ee:ff"}"#,
+            r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff","Extra":true}"#,
+        ] {
+            let data: BackendData = serde_json::from_str(text).unwrap();
+            assert!(matches!(data.0, Data::Text(_)), "{text}");
+            assert_eq!(serde_json::to_string(&data).unwrap(), text);
+        }
+    }
+
+    /// vxlan data with every byte of flannel's text changed in turn, and random VNIs and MACs:
+    /// whatever is kept, as parts or as text, is written back exactly as read.
+    #[test]
+    fn any_variation_of_vxlan_data_is_written_back_as_read() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let mut texts = Vec::new();
+        for _ in 0..2_000 {
+            let mac: [u8; 6] = rng.random();
+            texts.push(vtep_text(rng.random(), &mac));
+        }
+        let base = vtep_text(1, &[0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
+        for at in 0..base.len() {
+            for byte in [b'0', b'9', b'a', b'F', b':', b'"', b' ', b'-', b'.', b'}'] {
+                let mut bytes = base.clone().into_bytes();
+                bytes[at] = byte;
+                texts.push(String::from_utf8(bytes).expect("ASCII"));
+            }
+        }
+        for text in texts {
+            let Ok(data) = serde_json::from_str::<BackendData>(&text) else { continue };
+            assert_eq!(serde_json::to_string(&data).unwrap(), text);
+            assert_eq!(data.to_string(), text);
+            let again: BackendData = serde_json::from_str(&text).unwrap();
+            assert_eq!(again, data, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_lease_round_trips_as_flannel_wrote_it() {
+        let json = r#"{"PublicIP":"192.0.2.10","PublicIPv6":"2001:db8::10","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"},"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:fe"}}"#;
+        let lease = parse_lease("10.244.3.0-24&2001:db8:0:3::-64", json.as_bytes(), Expiry::Unknown).unwrap();
+        let v6 = lease.attrs.v6.as_deref().expect("IPv6 attributes");
+        assert_eq!(v6.public_ipv6, Some("2001:db8::10".parse().unwrap()));
+        assert_eq!(v6.backend_v6_data.str_field("VtepMAC").as_deref(), Some("aa:bb:cc:dd:ee:fe"));
+        assert_eq!(lease.attrs.to_json(), json);
+        // An IPv4-only lease carries none.
+        let v4 = LeaseAttrs::new(Ipv4Addr::new(192, 0, 2, 10), "host-gw", serde_json::Value::Null);
+        let read: LeaseAttrs = serde_json::from_str(&v4.to_json()).unwrap();
+        assert!(read.v6.is_none());
+        assert_eq!(read, v4);
+    }
+
+    #[test]
+    fn backend_types_weft_knows_are_not_allocated_per_lease() {
+        let known: LeaseAttrs = serde_json::from_str(r#"{"PublicIP":"192.0.2.10","BackendType":"host-gw"}"#).unwrap();
+        assert!(matches!(known.backend_type, Cow::Borrowed("host-gw")));
+        let other: LeaseAttrs = serde_json::from_str(r#"{"PublicIP":"192.0.2.10","BackendType":"udp"}"#).unwrap();
+        assert_eq!(other.backend_type, "udp");
+        assert!(other.to_json().contains(r#""BackendType":"udp""#));
+    }
+
+    /// An agent keeps a lease for every peer of the cluster: a field that grows this grows the
+    /// agent by that much per peer (the benchmark's `--memory` prints the total per peer).
+    #[test]
+    fn a_lease_stays_small() {
+        assert!(std::mem::size_of::<Lease>() <= 88, "{} bytes", std::mem::size_of::<Lease>());
     }
 
     #[test]

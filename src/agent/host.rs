@@ -102,7 +102,7 @@ impl Running {
         self.health.set_lease(crate::status::LeaseState {
             subnets: vec![lease.subnet.to_string()],
             public_ip: lease.attrs.public_ip.to_string(),
-            backend_type: lease.attrs.backend_type.clone(),
+            backend_type: lease.attrs.backend_type.to_string(),
             expires: match lease.expiry {
                 Expiry::At(when) => Some(crate::status::timestamp(when)),
                 Expiry::Never | Expiry::Unknown => None,

@@ -107,7 +107,7 @@ fn row(lease: &Lease, probe: Probe) -> PeerProbe {
         target: first_address(lease.subnet).to_string(),
         reachable: rtt.is_some(),
         rtt_ms: rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
-        path: lease.attrs.backend_type.clone(),
+        path: lease.attrs.backend_type.to_string(),
     }
 }
 

@@ -507,7 +507,7 @@ fn read_leases(dir: &LabDir, nodes: &[Node]) -> Result<Vec<LeaseLine>, CommandEr
             host: host_of.get(&lease.attrs.public_ip).map(|h| h.to_string()),
             subnet: lease.subnet.to_string(),
             public_ip: lease.attrs.public_ip,
-            backend: lease.attrs.backend_type.clone(),
+            backend: lease.attrs.backend_type.to_string(),
         })
         .collect();
     lines.sort_by_key(|l| l.public_ip);

@@ -71,7 +71,7 @@ impl From<&Lease> for LeaseRow {
         LeaseRow {
             subnet: lease.subnet.to_string(),
             public_ip: lease.attrs.public_ip,
-            backend_type: lease.attrs.backend_type.clone(),
+            backend_type: lease.attrs.backend_type.to_string(),
             backend_data: lease.attrs.backend_data.clone(),
             reservation: lease.is_reservation(),
             expires: match lease.expiry {

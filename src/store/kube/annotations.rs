@@ -81,7 +81,7 @@ impl AnnotationNames {
         if !stale {
             return wanted;
         }
-        wanted.insert(self.backend_type.clone(), attrs.backend_type.clone());
+        wanted.insert(self.backend_type.clone(), attrs.backend_type.to_string());
         // flannel leaves a vxlan node's data and address alone until the VTEP is known (its
         // data is `null` before then); every other backend writes them at once.
         if attrs.backend_type != "vxlan" || data != "null" {
