@@ -23,6 +23,9 @@
 //! nexthops, its event latency, RSS and CPU (no floor, no other variant), to iterate on those.
 //! The release build of this tree is measured, and the same built without the cloud and
 //! Kubernetes SDKs (`--no-default-features`, in `target/kernel-only`) on the 10,000 vxlan leases.
+//! Memory mode (`--memory`): the vxlan nexthop agent alone on 0, 1,000, 10,000 and 50,000
+//! leases (`WEFT_BENCH_SIZES=0,10000` for others), its RSS peak and settled RSS at each, and
+//! what one more peer costs in bytes.
 //! `WEFT_BENCH_AGENT=/path/to/weft` measures that binary alone;
 //! `WEFT_BENCH_AGENT_WRAPPER="heaptrack -o /tmp/weft"` runs the agents under that command. `WEFT_BENCH_KEEP=1` keeps the agents' logs (their path is printed);
 //! `RUST_LOG` is passed on to the agents (default `info`).
@@ -109,6 +112,16 @@ fn main() {
         || std::env::var("WEFT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let headline = std::env::args().any(|a| a == "--headline");
     let (agent, agent_note) = release_agent();
+    if std::env::args().any(|a| a == "--memory") {
+        match memory_curve(&agent) {
+            Ok(points) => print!("{}", memory_table(&agent_note, &points)),
+            Err(e) => {
+                eprintln!("benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let lean_agent = if quick || std::env::var_os("WEFT_BENCH_AGENT").is_some() { None } else { lean_agent() };
     match run(&Options { quick, headline, agent, agent_note, lean_agent }) {
         Ok(report) => {
@@ -906,6 +919,87 @@ fn converge(lab: &mut Lab, set: &LeaseSet, nexthops: bool) -> io::Result<(AgentR
     }
     let run = AgentRun { label, set_count: set.count, kind: set.kind, nexthops, convergence, started, usage, problem };
     Ok((run, agent))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory per peer
+
+/// The lease counts of memory mode: the agent alone, then up to five times the headline.
+const MEMORY_SIZES: [u32; 4] = [0, 1_000, 10_000, 50_000];
+
+/// The vxlan nexthop agent on each of [`MEMORY_SIZES`]: its usage `SETTLE` after it converged
+/// and wrote `subnet.env` (VmHWM keeps the start-up peak, RssAnon/RssFile are what it keeps).
+fn memory_curve(agent: &Path) -> io::Result<Vec<(u32, Usage)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(io::Error::other("the benchmark builds network namespaces: run it as root"));
+    }
+    let sizes: Vec<u32> = match std::env::var("WEFT_BENCH_SIZES") {
+        Ok(list) => list.split(',').map(|n| n.trim().parse().map_err(io::Error::other)).collect::<io::Result<_>>()?,
+        Err(_) => MEMORY_SIZES.to_vec(),
+    };
+    let mut lab = Lab::new(sizes.len(), agent.to_path_buf())?;
+    eprintln!("starting etcd …");
+    lab.start_etcd()?;
+    let mut points = Vec::new();
+    for size in sizes {
+        let set = LeaseSet::new(BackendKind::Vxlan, size);
+        eprintln!("writing {} leases …", thousands(u64::from(size)));
+        lab.store().fill(&set)?;
+        let (run, agent) = converge(&mut lab, &set, true)?;
+        let leased = Instant::now() + CONVERGE_DEADLINE;
+        while agent.own_subnet().is_none() && Instant::now() < leased {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(problem) = run.problem.filter(|_| !run.convergence.complete) {
+            return Err(io::Error::other(problem));
+        }
+        if agent.own_subnet().is_none() {
+            return Err(io::Error::other(format!("{}: no subnet.env within {CONVERGE_DEADLINE:?}", run.label)));
+        }
+        std::thread::sleep(SETTLE);
+        let settled = usage(agent.child.id()).ok_or_else(|| io::Error::other("the agent's /proc entry is gone"))?;
+        points.push((size, settled));
+        agent.finish(lab.store());
+    }
+    Ok(points)
+}
+
+/// RSS at each size, and the bytes one more peer costs between neighbouring sizes.
+fn memory_table(agent_note: &str, points: &[(u32, Usage)]) -> String {
+    let mb = |kib: u64| format!("{:.1} MB", kib as f64 / 1024.0);
+    let mut out = format!("agent: vxlan with nexthops ({agent_note})\n");
+    let _ = writeln!(
+        out,
+        "{:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>16}",
+        "peers", "VmHWM", "RSS", "anon", "file", "B/peer (anon)"
+    );
+    for (i, (size, usage)) in points.iter().enumerate() {
+        let per_peer = i
+            .checked_sub(1)
+            .map(|j| points[j])
+            .map(|(before, was)| (usage.anon_kib as f64 - was.anon_kib as f64) * 1024.0 / f64::from(size - before))
+            .map_or_else(|| "—".to_string(), |b| format!("{b:.0}"));
+        let _ = writeln!(
+            out,
+            "{:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>16}",
+            thousands(u64::from(*size)),
+            mb(usage.rss_kib),
+            mb(usage.anon_kib + usage.file_kib),
+            mb(usage.anon_kib),
+            mb(usage.file_kib),
+            per_peer
+        );
+    }
+    if let (Some((_, none)), Some((most, last))) = (points.first(), points.last()) {
+        let per_peer = (last.anon_kib as f64 - none.anon_kib as f64) * 1024.0 / f64::from(*most);
+        let peak = (last.rss_kib as f64 - none.rss_kib as f64) * 1024.0 / f64::from(*most);
+        let _ = writeln!(
+            out,
+            "one peer costs {per_peer:.0} B settled (target ≤ 200: {}), {peak:.0} B at the start-up peak",
+            verdict(per_peer <= 200.0)
+        );
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
