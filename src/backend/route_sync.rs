@@ -43,8 +43,9 @@ pub struct RouteSync {
     ownership: Ownership,
     /// By backend type (`vxlan`, `host-gw`): peers of other types get no kernel objects.
     mappers: Vec<(BackendKind, Box<dyn PeerObjects>)>,
-    /// What we installed per peer, as of the last successful sync. A B-tree built from a
-    /// sorted run (see [`RouteSync::reconcile`]) costs a peer about half of a hash table's slot.
+    /// What we installed per peer, as of the last successful sync. A B-tree, rebuilt from a
+    /// sorted run by [`RouteSync::reconcile`] so its nodes are full: a hash table would hold a
+    /// third again as many slots as peers.
     installed: BTreeMap<Ipv4Net, PeerEntries>,
     /// Failed operations of the last sync.
     last_failed: usize,

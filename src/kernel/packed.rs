@@ -2,8 +2,8 @@
 //!
 //! A peer has a few objects (a vxlan peer: nexthop, route, neighbour, FDB entry). As [`Object`]s
 //! they take 48 bytes each, sized for IPv6 addresses; packed, an IPv4 peer's four take 53 bytes
-//! in all, kept in place up to [`INLINE`] bytes (a heap block of its own would cost a pointer
-//! and the allocator's rounding, 80 bytes, for each peer). With 10,000 peers that is 1.5 MB of
+//! in all, kept in place up to 54 bytes (a heap block of its own would cost a pointer and the
+//! allocator's rounding, 80 bytes, for each peer). With 10,000 peers that is 1.5 MB of
 //! the agent's resident memory.
 //!
 //! Layout of one object: a tag byte (kind in the low bits, then which addresses are IPv6 and the
@@ -33,7 +33,7 @@ const ONLINK: u8 = 1 << 5;
 /// Packed objects up to this many bytes are kept in place: an IPv4 vxlan peer's take 53, and
 /// with the length and the variant's tag a [`PackedObjects`] is then 56 bytes, no larger than
 /// a pointer to the heap and the allocator's smallest fitting block.
-pub const INLINE: usize = 54;
+const INLINE: usize = 54;
 
 /// A peer's kernel objects, packed.
 #[derive(Clone, Debug, PartialEq, Eq)]
