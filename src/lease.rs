@@ -10,6 +10,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::kernel::MacAddr;
 use crate::network::backend::BackendKind;
 
 /// What a host publishes about itself in its lease (flannel's `LeaseAttrs`). An agent keeps one
@@ -112,7 +113,7 @@ enum Data {
     Null,
     Vtep {
         vni: u32,
-        mac: [u8; 6],
+        mac: MacAddr,
     },
     Text(Box<RawValue>),
 }
@@ -138,7 +139,7 @@ impl BackendData {
     fn text(&self) -> Cow<'_, str> {
         match &self.0 {
             Data::Null => Cow::Borrowed("null"),
-            Data::Vtep { vni, mac } => Cow::Owned(vtep_text(*vni, mac)),
+            Data::Vtep { vni, mac } => Cow::Owned(vtep_text(*vni, *mac)),
             Data::Text(raw) => Cow::Borrowed(raw.get()),
         }
     }
@@ -151,6 +152,11 @@ impl BackendData {
 
     /// One string field of the data, if the data is an object that has it.
     pub fn str_field(&self, name: &str) -> Option<String> {
+        // vxlan's data read for every peer on every sync: answered from its parts (its VNI is a
+        // number, not a string).
+        if let Data::Vtep { mac, .. } = &self.0 {
+            return (name == "VtepMAC").then(|| mac.to_string());
+        }
         let text = self.text();
         // Only the fields' raw text is read: nothing is allocated for the fields not asked for.
         let fields: BTreeMap<&str, &RawValue> = serde_json::from_str(&text).ok()?;
@@ -159,22 +165,16 @@ impl BackendData {
 }
 
 /// vxlan's data as its text, as flannel writes it (Go's `encoding/json`, lower-case MAC).
-fn vtep_text(vni: u32, mac: &[u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!(r#"{{"VNI":{vni},"VtepMAC":"{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}"}}"#)
+fn vtep_text(vni: u32, mac: MacAddr) -> String {
+    format!(r#"{{"VNI":{vni},"VtepMAC":"{mac}"}}"#)
 }
 
 /// The VNI and MAC of vxlan's data when `text` is exactly what [`vtep_text`] writes for them;
-/// anything else (other spacing or order, more fields) stays text.
-fn vtep_parts(text: &str) -> Option<(u32, [u8; 6])> {
+/// anything else (other spacing or order, more fields, an upper-case MAC) stays text.
+fn vtep_parts(text: &str) -> Option<(u32, MacAddr)> {
     let (vni, mac) = text.strip_prefix(r#"{"VNI":"#)?.strip_suffix(r#""}"#)?.split_once(r#","VtepMAC":""#)?;
-    let vni: u32 = vni.parse().ok()?;
-    let mut bytes = [0u8; 6];
-    let mut octets = mac.split(':');
-    for byte in &mut bytes {
-        *byte = u8::from_str_radix(octets.next()?, 16).ok()?;
-    }
-    (octets.next().is_none() && vtep_text(vni, &bytes) == text).then_some((vni, bytes))
+    let (vni, mac): (u32, MacAddr) = (vni.parse().ok()?, mac.parse().ok()?);
+    (vtep_text(vni, mac) == text).then_some((vni, mac))
 }
 
 impl From<serde_json::Value> for BackendData {
@@ -221,7 +221,7 @@ impl Serialize for BackendData {
         match &self.0 {
             Data::Null => serializer.serialize_none(),
             Data::Vtep { vni, mac } => {
-                let raw = RawValue::from_string(vtep_text(*vni, mac)).map_err(serde::ser::Error::custom)?;
+                let raw = RawValue::from_string(vtep_text(*vni, *mac)).map_err(serde::ser::Error::custom)?;
                 serializer.serialize_some(&raw)
             }
             Data::Text(raw) => serializer.serialize_some(raw),
@@ -424,7 +424,7 @@ mod tests {
     fn vxlan_data_as_flannel_writes_it_is_kept_as_parts_and_written_back_byte_for_byte() {
         let flannel = r#"{"VNI":4096,"VtepMAC":"0a:bb:cc:dd:ee:f0"}"#;
         let data: BackendData = serde_json::from_str(flannel).unwrap();
-        assert!(matches!(data.0, Data::Vtep { vni: 4096, mac: [0x0a, 0xbb, 0xcc, 0xdd, 0xee, 0xf0] }));
+        assert!(matches!(data.0, Data::Vtep { vni: 4096, mac: MacAddr([0x0a, 0xbb, 0xcc, 0xdd, 0xee, 0xf0]) }));
         assert_eq!(data.to_string(), flannel);
         assert_eq!(serde_json::to_string(&data).unwrap(), flannel);
         assert_eq!(data.str_field("VtepMAC").as_deref(), Some("0a:bb:cc:dd:ee:f0"));
@@ -458,10 +458,9 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(17);
         let mut texts = Vec::new();
         for _ in 0..2_000 {
-            let mac: [u8; 6] = rng.random();
-            texts.push(vtep_text(rng.random(), &mac));
+            texts.push(vtep_text(rng.random(), MacAddr(rng.random())));
         }
-        let base = vtep_text(1, &[0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
+        let base = vtep_text(1, MacAddr([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]));
         for at in 0..base.len() {
             for byte in [b'0', b'9', b'a', b'F', b':', b'"', b' ', b'-', b'.', b'}'] {
                 let mut bytes = base.clone().into_bytes();
