@@ -1170,13 +1170,14 @@ fn library_apply(lab: &Lab, nexthops: bool, count: u32) -> io::Result<(Duration,
                 mtu: 1500,
                 addr: Ipv4Net::new(HOST_ADDR, HOST_PREFIX_LEN).expect("valid"),
                 public_ip: HOST_ADDR,
+                public_ipv6: None,
             };
             let peers = VxlanPeers { link: link.index, ext, direct_routing: false, use_nexthops: nexthops };
             let mut want = KernelState::default();
             for i in 1..=count {
                 let attrs =
                     LeaseAttrs::new(peer_public_ip(i), "vxlan", serde_json::json!({"VNI": 1, "VtepMAC": peer_mac(i)}));
-                let lease = Lease { subnet: peer_subnet(i), attrs, expiry: Expiry::Unknown };
+                let lease = Lease { subnet: peer_subnet(i), subnet_v6: None, attrs, expiry: Expiry::Unknown };
                 let objects = peers.objects(&lease).map_err(io::Error::other)?;
                 want.nexthops.extend(objects.nexthops);
                 want.routes.extend(objects.routes);

@@ -11,7 +11,6 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::network::{Network, NetworkSection};
@@ -35,6 +34,9 @@ pub struct AgentSection {
     pub iface_regex: Vec<String>,
     pub iface_can_reach: String,
     pub public_ip: String,
+    /// What other hosts reach us on over IPv6 in a dual-stack network; "": the interface's first
+    /// global IPv6 address.
+    pub public_ipv6: String,
     /// The networks other hosts' public IPs must be in (CIDRs); empty: any unicast address but
     /// ours. A lease announcing another address gets no kernel objects.
     pub underlay_cidrs: Vec<String>,
@@ -66,13 +68,14 @@ impl From<&AgentSection> for crate::iface::InterfaceChoice {
             iface_regex: agent.iface_regex.clone(),
             iface_can_reach: agent.iface_can_reach.clone(),
             public_ip: agent.public_ip.clone(),
+            public_ipv6: agent.public_ipv6.clone(),
         }
     }
 }
 
 impl AgentSection {
     /// `underlay_cidrs` parsed (they were validated when the config was loaded).
-    pub fn underlay(&self) -> Vec<Ipv4Net> {
+    pub fn underlay(&self) -> Vec<ipnet::IpNet> {
         self.underlay_cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()
     }
 }
@@ -84,6 +87,7 @@ impl Default for AgentSection {
             iface_regex: Vec::new(),
             iface_can_reach: String::new(),
             public_ip: String::new(),
+            public_ipv6: String::new(),
             underlay_cidrs: Vec::new(),
             subnet_file: "/run/flannel/subnet.env".into(),
             ip_masq: false,
@@ -392,12 +396,15 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     if !agent.public_ip.is_empty() && agent.public_ip.parse::<Ipv4Addr>().is_err() {
         return bad("agent.public_ip", &agent.public_ip, "not an IPv4 address");
     }
+    if !agent.public_ipv6.is_empty() && agent.public_ipv6.parse::<std::net::Ipv6Addr>().is_err() {
+        return bad("agent.public_ipv6", &agent.public_ipv6, "not an IPv6 address");
+    }
     if !agent.iface_can_reach.is_empty() && agent.iface_can_reach.parse::<IpAddr>().is_err() {
         return bad("agent.iface_can_reach", &agent.iface_can_reach, "not an IP address");
     }
     for cidr in &agent.underlay_cidrs {
-        match cidr.parse::<Ipv4Net>() {
-            Err(_) => return bad("agent.underlay_cidrs", cidr, "not an IPv4 CIDR such as 192.0.2.0/24"),
+        match cidr.parse::<ipnet::IpNet>() {
+            Err(_) => return bad("agent.underlay_cidrs", cidr, "not a CIDR such as 192.0.2.0/24 or 2001:db8::/64"),
             Ok(net) if net.trunc() != net => {
                 return bad("agent.underlay_cidrs", cidr, &format!("host bits set: did you mean {}?", net.trunc()))
             }
@@ -629,7 +636,7 @@ mod tests {
     #[test]
     fn underlay_cidrs_are_read() {
         let loaded = load_text("[agent]\nunderlay_cidrs = [\"192.0.2.0/24\", \"198.51.100.0/25\"]\n").unwrap();
-        let want: Vec<Ipv4Net> = vec!["192.0.2.0/24".parse().unwrap(), "198.51.100.0/25".parse().unwrap()];
+        let want: Vec<ipnet::IpNet> = vec!["192.0.2.0/24".parse().unwrap(), "198.51.100.0/25".parse().unwrap()];
         assert_eq!(loaded.config.agent.underlay(), want);
         assert!(Config::default().agent.underlay().is_empty());
     }

@@ -532,6 +532,7 @@ mod tests {
     fn lease(subnet: &str, backend: BackendKind) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
+            subnet_v6: None,
             attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend.as_str(), serde_json::Value::Null),
             expiry: Expiry::Unknown,
         }

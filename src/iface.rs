@@ -2,7 +2,7 @@
 //! ([`select`]); [`discover`] reads links, addresses and routes through [`Interfaces`] (netlink
 //! on a host, memory in unit tests).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv4Net;
 
@@ -23,6 +23,8 @@ pub struct InterfaceChoice {
     pub iface_can_reach: String,
     /// What other hosts reach us on, when not the interface's address (`agent.public_ip`).
     pub public_ip: String,
+    /// The same for IPv6, in a dual-stack network (`agent.public_ipv6`).
+    pub public_ipv6: String,
 }
 
 impl InterfaceChoice {
@@ -50,6 +52,8 @@ pub struct ExternalInterface {
     pub addr: Ipv4Net,
     /// What other hosts use to reach this one (`agent.public_ip`, else `addr`).
     pub public_ip: Ipv4Addr,
+    /// The same over IPv6: `agent.public_ipv6`, else the interface's first global IPv6 address.
+    pub public_ipv6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +136,7 @@ fn external(link: &LinkInfo, addr: Ipv4Net, agent: &InterfaceChoice) -> External
         mtu: link.mtu,
         addr,
         public_ip: agent.public_ip.parse().unwrap_or(addr.addr()),
+        public_ipv6: agent.public_ipv6.parse().ok().or_else(|| link.addrs_v6.first().map(|a| a.addr())),
     }
 }
 
@@ -156,15 +161,17 @@ pub async fn discover_with(
 
 /// Every IPv4 address on this host's links: a peer announcing one of them as its public IP
 /// would have us send its subnet's traffic to ourselves.
-pub async fn host_addresses() -> Result<Vec<Ipv4Addr>, IfaceError> {
+pub async fn host_addresses() -> Result<Vec<IpAddr>, IfaceError> {
     let kernel = crate::kernel::netlink::NetlinkKernel::new()?;
     host_addresses_with(&kernel).await
 }
 
 /// [`host_addresses`] read from `interfaces`.
-pub async fn host_addresses_with(interfaces: &dyn Interfaces) -> Result<Vec<Ipv4Addr>, IfaceError> {
+pub async fn host_addresses_with(interfaces: &dyn Interfaces) -> Result<Vec<IpAddr>, IfaceError> {
     let links = interfaces.interfaces().await?;
-    Ok(links.iter().flat_map(|link| link.addrs.iter().map(|net| net.addr())).collect())
+    let v4 = links.iter().flat_map(|link| link.addrs.iter().map(|net| IpAddr::V4(net.addr())));
+    let v6 = links.iter().flat_map(|link| link.addrs_v6.iter().map(|net| IpAddr::V6(net.addr())));
+    Ok(v4.chain(v6).collect())
 }
 
 #[cfg(test)]
@@ -173,10 +180,10 @@ mod tests {
 
     fn links() -> Vec<LinkInfo> {
         vec![
-            LinkInfo { index: 1, name: "lo".into(), mtu: 65536, addrs: vec!["127.0.0.1/8".parse().unwrap()] },
-            LinkInfo { index: 2, name: "eth0".into(), mtu: 9001, addrs: vec!["192.0.2.10/24".parse().unwrap()] },
-            LinkInfo { index: 3, name: "eth1".into(), mtu: 1500, addrs: vec!["198.51.100.7/24".parse().unwrap()] },
-            LinkInfo { index: 4, name: "dummy0".into(), mtu: 1500, addrs: vec![] },
+            LinkInfo { index: 1, name: "lo".into(), mtu: 65536, addrs: vec!["127.0.0.1/8".parse().unwrap()], addrs_v6: vec![] },
+            LinkInfo { index: 2, name: "eth0".into(), mtu: 9001, addrs: vec!["192.0.2.10/24".parse().unwrap()], addrs_v6: vec![] },
+            LinkInfo { index: 3, name: "eth1".into(), mtu: 1500, addrs: vec!["198.51.100.7/24".parse().unwrap()], addrs_v6: vec![] },
+            LinkInfo { index: 4, name: "dummy0".into(), mtu: 1500, addrs: vec![], addrs_v6: vec![] },
         ]
     }
 

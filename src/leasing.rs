@@ -4,19 +4,22 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::Rng;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::lease::{self, Expiry, Lease, LeaseAttrs};
-use crate::network::Network;
+use crate::lease::{self, Expiry, Lease, LeaseAttrs, LeaseKey};
+use crate::network::{Network, SubnetSpace};
 use crate::store::{LeaseListing, LeaseStore, LeaseWrite, RawLease, Revision, StoreError, WriteOutcome};
 
 /// How often to retry when another host wins the race for the subnet we picked.
 const CONFLICT_RETRIES: usize = 16;
 /// Random picks before falling back to listing every free subnet.
 const RANDOM_TRIES: usize = 32;
+/// Past this many subnets, a space is not listed subnet by subnet: random picks find a free one
+/// (an IPv6 network holds far more subnets than a cluster has hosts).
+const MOST_LISTED: u64 = 1 << 20;
 
 /// The lease this host holds and the revision of our last write to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +37,16 @@ impl OwnLease {
         self.lease.subnet
     }
 
+    /// The IPv6 subnet of a dual-stack lease.
+    pub fn subnet_v6(&self) -> Option<Ipv6Net> {
+        self.lease.subnet_v6
+    }
+
+    /// Both subnets, which make the lease's key.
+    pub fn key(&self) -> LeaseKey {
+        self.lease.key()
+    }
+
     /// Whether the lease has run out by our clock (the store may have given the subnet away).
     pub fn has_run_out(&self) -> bool {
         self.runs_out.is_some_and(|at| at <= Instant::now())
@@ -43,7 +56,7 @@ impl OwnLease {
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("network {network} is full: all {count} subnets between SubnetMin and SubnetMax are leased or reserved")]
-    NetworkFull { network: Ipv4Net, count: u64 },
+    NetworkFull { network: IpNet, count: u64 },
     #[error("lost the race for a subnet {0} times in a row; will retry")]
     Contended(usize),
     #[error("our lease on {0} was taken or removed")]
@@ -60,16 +73,24 @@ pub struct LeaseRequest<'a> {
     pub ttl: Duration,
     /// The subnet written to subnet.env by a previous run.
     pub previous: Option<Ipv4Net>,
+    /// The IPv6 subnet written there, in a dual-stack network.
+    pub previous_v6: Option<Ipv6Net>,
     /// The lease this process held until a moment ago, and the revision of its last write: after
     /// a reload changed our public IP, it is rewritten with the new one if nobody wrote it since,
     /// rather than left behind for its TTL while we take another subnet.
-    pub handover: Option<(Ipv4Net, Revision)>,
+    pub handover: Option<(LeaseKey, Revision)>,
 }
 
 impl<'a> LeaseRequest<'a> {
     /// A request with nothing of a previous run.
     pub fn new(network: &'a Network, attrs: &'a LeaseAttrs, ttl: Duration) -> Self {
-        LeaseRequest { network, attrs, ttl, previous: None, handover: None }
+        LeaseRequest { network, attrs, ttl, previous: None, previous_v6: None, handover: None }
+    }
+
+    /// Whether `lease` has the subnets this network hands out: its IPv4 one inside the network,
+    /// an IPv6 one exactly when the network is dual-stack.
+    fn fits(&self, lease: &Lease) -> bool {
+        self.network.contains_subnet(&lease.subnet) && self.network.fits_ipv6(lease.subnet_v6)
     }
 }
 
@@ -89,6 +110,7 @@ pub async fn acquire_listed(
     if let Some(subnet) = store.assigned_subnet().await? {
         return Ok((acquire_assigned(store, request, subnet).await?, None));
     }
+    let mut prefer = request.previous;
     for _ in 0..CONFLICT_RETRIES {
         let listing = store.list_leases().await?;
         let leases = readable(&listing.leases, request.attrs.public_ip);
@@ -96,33 +118,76 @@ pub async fn acquire_listed(
             // A reservation for us stays a reservation: it never expires.
             let ttl = if existing.is_reservation() { None } else { Some(request.ttl) };
             let json = request.attrs.to_json();
-            match store.update_lease(LeaseWrite::new(existing.subnet, &json, ttl), revision).await? {
+            match store.update_lease(LeaseWrite::new(existing.key(), &json, ttl), revision).await? {
                 WriteOutcome::Written { revision, expiry } => {
-                    info!(subnet = %existing.subnet, "took back our previous lease");
-                    return Ok((own(existing.subnet, request.attrs, expiry, revision), Some(listing)));
+                    info!(subnet = %existing.key(), "took back our previous lease");
+                    return Ok((own(existing.key(), request.attrs, expiry, revision), Some(listing)));
                 }
                 WriteOutcome::Conflict => continue,
             }
         }
-        let taken: HashSet<Ipv4Net> =
-            listing.leases.iter().filter_map(|raw| lease::parse_subnet_key(&raw.key).ok()).collect();
-        let subnet = match request.previous.filter(|p| request.network.in_allocation_range(p) && !taken.contains(p)) {
-            Some(previous) => previous,
-            None => choose_free_subnet(request.network, &taken, &mut rand::rng()).ok_or(LeaseError::NetworkFull {
-                network: request.network.network,
-                count: request.network.subnet_count(),
-            })?,
-        };
+        if let Some(outgrown) = outgrown(&leases, request) {
+            // Our lease from before IPv6 was turned on (or off): its key cannot name the new
+            // pair of subnets, so it goes, and its IPv4 subnet is the first choice of the new one.
+            // (Created first, the new key would hold the IPv4 subnet twice for a moment.)
+            if store.delete_lease(outgrown.key()).await? {
+                info!(subnet = %outgrown.key(), "released our lease of the network's old shape");
+            }
+            prefer = prefer.or(Some(outgrown.subnet));
+            continue;
+        }
+        let taken = Taken::from_keys(&listing.leases);
+        let key = choose_key(request, &taken, prefer)?;
         let json = request.attrs.to_json();
-        match store.create_lease(LeaseWrite::new(subnet, &json, Some(request.ttl))).await? {
+        match store.create_lease(LeaseWrite::new(key, &json, Some(request.ttl))).await? {
             WriteOutcome::Written { revision, expiry } => {
-                info!(%subnet, "acquired a new lease");
-                return Ok((own(subnet, request.attrs, expiry, revision), Some(listing)));
+                info!(subnet = %key, "acquired a new lease");
+                return Ok((own(key, request.attrs, expiry, revision), Some(listing)));
             }
             WriteOutcome::Conflict => continue,
         }
     }
     Err(LeaseError::Contended(CONFLICT_RETRIES))
+}
+
+/// Every subnet some key holds, of either family.
+struct Taken {
+    v4: HashSet<IpNet>,
+    v6: HashSet<IpNet>,
+}
+
+impl Taken {
+    fn from_keys(leases: &[RawLease]) -> Taken {
+        let mut taken = Taken { v4: HashSet::new(), v6: HashSet::new() };
+        for key in leases.iter().filter_map(|raw| lease::parse_lease_key(&raw.key).ok()) {
+            taken.v4.insert(key.subnet.into());
+            taken.v6.extend(key.subnet_v6.map(IpNet::from));
+        }
+        taken
+    }
+}
+
+/// The subnets of a new lease: for each family of the network, the previous run's subnet when
+/// it is free, else a random free one.
+fn choose_key(request: &LeaseRequest<'_>, taken: &Taken, previous: Option<Ipv4Net>) -> Result<LeaseKey, LeaseError> {
+    let pick = |space: &SubnetSpace, previous: Option<IpNet>, taken: &HashSet<IpNet>| {
+        match previous.filter(|p| space.in_allocation_range(p) && !taken.contains(p)) {
+            Some(previous) => Ok(previous),
+            None => choose_free(space, taken, &mut rand::rng())
+                .ok_or(LeaseError::NetworkFull { network: space.network, count: space.subnet_count() }),
+        }
+    };
+    let IpNet::V4(subnet) = pick(&request.network.ipv4(), previous.map(IpNet::from), &taken.v4)? else {
+        unreachable!("an IPv4 space")
+    };
+    let subnet_v6 = match &request.network.ipv6 {
+        Some(space) => match pick(space, request.previous_v6.map(IpNet::from), &taken.v6)? {
+            IpNet::V6(net) => Some(net),
+            IpNet::V4(_) => unreachable!("an IPv6 space"),
+        },
+        None => None,
+    };
+    Ok(LeaseKey { subnet, subnet_v6 })
 }
 
 /// Takes the subnet the store assigned to this host (Kubernetes: the node's podCIDR): nothing to
@@ -139,7 +204,7 @@ async fn acquire_assigned(
     match store.create_lease(LeaseWrite::new(subnet, &json, None)).await? {
         WriteOutcome::Written { revision, expiry } => {
             info!(%subnet, "holding the subnet assigned to this host");
-            Ok(own(subnet, request.attrs, expiry, revision))
+            Ok(own(subnet.into(), request.attrs, expiry, revision))
         }
         // The assignment changed between reading and writing it.
         WriteOutcome::Conflict => Err(LeaseError::Contended(1)),
@@ -155,8 +220,8 @@ pub async fn renew(
 ) -> Result<OwnLease, LeaseError> {
     let ttl = if current.lease.is_reservation() { None } else { Some(ttl) };
     let json = attrs.to_json();
-    match store.update_lease(LeaseWrite::new(current.subnet(), &json, ttl), current.revision).await? {
-        WriteOutcome::Written { revision, expiry } => Ok(own(current.subnet(), attrs, expiry, revision)),
+    match store.update_lease(LeaseWrite::new(current.key(), &json, ttl), current.revision).await? {
+        WriteOutcome::Written { revision, expiry } => Ok(own(current.key(), attrs, expiry, revision)),
         WriteOutcome::Conflict => Err(LeaseError::Lost(current.subnet())),
     }
 }
@@ -168,7 +233,7 @@ pub fn renew_in(own: &OwnLease, margin: Duration) -> Option<Duration> {
     Some(left.saturating_sub(margin))
 }
 
-fn own(subnet: Ipv4Net, attrs: &LeaseAttrs, expiry: Expiry, revision: Revision) -> OwnLease {
+fn own(key: LeaseKey, attrs: &LeaseAttrs, expiry: Expiry, revision: Revision) -> OwnLease {
     let now = Instant::now();
     let runs_out = match expiry {
         Expiry::Never => None,
@@ -176,7 +241,8 @@ fn own(subnet: Ipv4Net, attrs: &LeaseAttrs, expiry: Expiry, revision: Revision) 
         Expiry::Unknown => Some(now),
         Expiry::At(when) => Some(now + when.duration_since(SystemTime::now()).unwrap_or_default()),
     };
-    OwnLease { lease: Lease { subnet, attrs: attrs.clone(), expiry }, revision, runs_out }
+    let lease = Lease { subnet: key.subnet, subnet_v6: key.subnet_v6, attrs: attrs.clone(), expiry };
+    OwnLease { lease, revision, runs_out }
 }
 
 /// The leases whose PublicIP is `public_ip` (and the unreadable ones, to warn about), parsed.
@@ -202,34 +268,57 @@ fn readable(raw: &[RawLease], public_ip: std::net::Ipv4Addr) -> Vec<(Lease, Revi
 
 /// The lease already held by our public IP, preferring the subnet we last wrote to subnet.env.
 fn ours(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<(Lease, Revision)> {
-    let mine = leases
-        .iter()
-        .filter(|(l, _)| l.attrs.public_ip == request.attrs.public_ip && request.network.contains_subnet(&l.subnet));
+    let mine = leases.iter().filter(|(l, _)| l.attrs.public_ip == request.attrs.public_ip && request.fits(l));
     let mut candidates: Vec<_> = mine.cloned().collect();
     candidates.sort_by_key(|(l, _)| Some(l.subnet) != request.previous);
     candidates.into_iter().next()
 }
 
+/// A lease of our public IP whose IPv4 subnet is in the network but whose IPv6 side is not as
+/// the network wants it: taken before IPv6 was turned on, or off.
+fn outgrown(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<Lease> {
+    leases.iter().map(|(l, _)| l).cloned().find(|l| {
+        l.attrs.public_ip == request.attrs.public_ip
+            && request.network.contains_subnet(&l.subnet)
+            && !request.fits(l)
+            && !l.is_reservation()
+    })
+}
+
+
 /// The lease handed over from before a reload, if it is still as we last wrote it.
 fn handed_over(raw: &[RawLease], request: &LeaseRequest<'_>) -> Option<(Lease, Revision)> {
-    let (subnet, revision) = request.handover?;
-    let key = lease::subnet_key(subnet);
+    let (key, revision) = request.handover?;
+    let key = lease::subnet_key(key);
     let entry = raw.iter().find(|r| r.key == key && r.mod_revision == revision)?;
     let lease = entry.parse().ok()?;
-    request.network.contains_subnet(&lease.subnet).then_some((lease, revision))
+    request.fits(&lease).then_some((lease, revision))
 }
 
 /// A random subnet in the allocation range that no key holds.
 pub fn choose_free_subnet(network: &Network, taken: &HashSet<Ipv4Net>, rng: &mut impl Rng) -> Option<Ipv4Net> {
-    let count = network.subnet_count();
+    let taken: HashSet<IpNet> = taken.iter().copied().map(IpNet::from).collect();
+    match choose_free(&network.ipv4(), &taken, rng)? {
+        IpNet::V4(net) => Some(net),
+        IpNet::V6(_) => None,
+    }
+}
+
+/// A random subnet of `space`'s allocation range that no key holds.
+fn choose_free(space: &SubnetSpace, taken: &HashSet<IpNet>, rng: &mut impl Rng) -> Option<IpNet> {
+    let count = space.subnet_count();
     for _ in 0..RANDOM_TRIES {
-        let candidate = network.nth_subnet(rng.random_range(0..count));
+        let candidate = space.nth_subnet(rng.random_range(0..count));
         if !taken.contains(&candidate) {
             return Some(candidate);
         }
     }
+    if count > MOST_LISTED {
+        // 32 random picks all taken in a space this large: the odds say it is crowded, not full.
+        return (0..RANDOM_TRIES * 32).map(|_| space.nth_subnet(rng.random_range(0..count))).find(|s| !taken.contains(s));
+    }
     // Mostly full: pick among what is left.
-    let free: Vec<Ipv4Net> = (0..count).map(|i| network.nth_subnet(i)).filter(|s| !taken.contains(s)).collect();
+    let free: Vec<IpNet> = (0..count).map(|i| space.nth_subnet(i)).filter(|s| !taken.contains(s)).collect();
     if free.is_empty() {
         None
     } else {
@@ -313,14 +402,14 @@ mod tests {
             let held = acquire(&store, &request(&n, &before, None)).await.unwrap();
             // A reload changed our public IP: the lease we held is rewritten, not orphaned.
             let after = attrs(9);
-            let handover = Some((held.subnet(), held.revision));
+            let handover = Some((held.key(), held.revision));
             let moved = acquire(&store, &LeaseRequest { handover, ..request(&n, &after, None) }).await.unwrap();
             assert_eq!(moved.subnet(), held.subnet());
             let stored = store.list_leases().await.unwrap().leases;
             assert_eq!(stored.len(), 1, "one lease, not two");
             assert_eq!(stored[0].parse().unwrap().attrs, after);
             // Written by someone since (here: renewed by the new address): not handed over again.
-            let stale = Some((held.subnet(), held.revision));
+            let stale = Some((held.key(), held.revision));
             let third = attrs(10);
             let other = acquire(&store, &LeaseRequest { handover: stale, ..request(&n, &third, None) }).await.unwrap();
             assert_ne!(other.subnet(), held.subnet());
@@ -350,7 +439,7 @@ mod tests {
             store.update_lease(write, renewed.revision).await.unwrap();
             assert!(matches!(renew(&store, &renewed, &me, TTL).await, Err(LeaseError::Lost(_))));
             // Removed.
-            store.delete_lease(own.subnet()).await.unwrap();
+            store.delete_lease(own.key()).await.unwrap();
             assert!(matches!(renew(&store, &renewed, &me, TTL).await, Err(LeaseError::Lost(_))));
         }
 
@@ -394,7 +483,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn renewal_is_timed_by_the_monotonic_clock() {
         let attrs = LeaseAttrs::new("192.0.2.1".parse().unwrap(), "alloc", serde_json::Value::Null);
-        let subnet = "10.244.1.0/24".parse().unwrap();
+        let subnet = LeaseKey::from("10.244.1.0/24".parse::<Ipv4Net>().unwrap());
         let margin = Duration::from_secs(600);
         assert_eq!(renew_in(&own(subnet, &attrs, Expiry::Never, 1), margin), None);
         assert_eq!(renew_in(&own(subnet, &attrs, Expiry::Unknown, 1), margin), Some(Duration::ZERO));

@@ -229,23 +229,25 @@ pub enum Change {
     Removed,
 }
 
-/// The agent's pass: with `wanted`, the table made exactly right for `network`/`own`; without,
-/// an existing table removed. Only reads when nothing is to be done.
-pub fn sync(wanted: bool, network: Ipv4Net, own: Ipv4Net) -> Result<Change, MasqError> {
-    if wanted {
-        let changed = Masquerade::v4(network, own)?.ensure()?;
+/// The agent's pass for one family: with `wanted` (the cluster network and this host's subnet
+/// of that family), the table made exactly right for them; without, an existing table of that
+/// family removed. Only reads when nothing is to be done.
+pub fn sync(family: Family, wanted: Option<(IpNet, IpNet)>) -> Result<Change, MasqError> {
+    if let Some((network, own)) = wanted {
+        let changed = Masquerade::new(network, own)?.ensure()?;
         return Ok(if changed { Change::Installed } else { Change::None });
     }
     // A table we cannot even read (no nf_tables here) is not one we installed.
-    match read() {
-        Ok(Some(_)) if remove()? => Ok(Change::Removed),
+    match read_family(family) {
+        Ok(Some(_)) if remove_family(family)? => Ok(Change::Removed),
         _ => Ok(Change::None),
     }
 }
 
-/// Removes weft's `ip weft` table; false when there was none.
+/// Removes weft's tables of both families (`ip weft`, `ip6 weft`); false when there was none.
 pub fn remove() -> Result<bool, MasqError> {
-    remove_family(Family::V4)
+    let v4 = remove_family(Family::V4)?;
+    Ok(remove_family(Family::V6)? || v4)
 }
 
 /// Removes weft's table of `family` and everything in it; false when there was none.

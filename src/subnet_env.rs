@@ -3,13 +3,15 @@
 //! format is known here only.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 const NETWORK: &str = "FLANNEL_NETWORK";
 const SUBNET: &str = "FLANNEL_SUBNET";
+const IPV6_NETWORK: &str = "FLANNEL_IPV6_NETWORK";
+const IPV6_SUBNET: &str = "FLANNEL_IPV6_SUBNET";
 const MTU: &str = "FLANNEL_MTU";
 const IPMASQ: &str = "FLANNEL_IPMASQ";
 /// rw-r--r--, as flannel writes it.
@@ -36,21 +38,27 @@ pub enum SubnetEnvError {
 pub struct SubnetEnv {
     pub network: Ipv4Net,
     pub subnet: Ipv4Net,
+    /// The IPv6 network and this host's IPv6 subnet, dual-stack.
+    pub ipv6: Option<Ipv6Pair>,
     pub mtu: u32,
     pub ip_masq: bool,
+}
+
+/// The IPv6 lines of a dual-stack host's subnet.env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Pair {
+    pub network: Ipv6Net,
+    pub subnet: Ipv6Net,
 }
 
 impl SubnetEnv {
     /// flannel's format: the subnet is written with its first host address (the bridge's).
     pub fn render(&self) -> String {
-        format!(
-            "{NETWORK}={}\n{SUBNET}={}/{}\n{MTU}={}\n{IPMASQ}={}\n",
-            self.network,
-            self.gateway(),
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ip_masq
-        )
+        let mut text = format!("{NETWORK}={}\n{SUBNET}={}/{}\n", self.network, self.gateway(), self.subnet.prefix_len());
+        if let Some(v6) = &self.ipv6 {
+            text += &format!("{IPV6_NETWORK}={}\n{IPV6_SUBNET}={}/{}\n", v6.network, v6.gateway(), v6.subnet.prefix_len());
+        }
+        text + &format!("{MTU}={}\n{IPMASQ}={}\n", self.mtu, self.ip_masq)
     }
 
     /// The bridge's address: the subnet's first host.
@@ -66,6 +74,12 @@ impl SubnetEnv {
         Ok(SubnetEnv {
             network: keys.network.ok_or(SubnetEnvError::Missing { key: NETWORK })?,
             subnet: keys.subnet.ok_or(SubnetEnvError::Missing { key: SUBNET })?,
+            ipv6: match (keys.ipv6_network, keys.ipv6_subnet) {
+                (Some(network), Some(subnet)) => Some(Ipv6Pair { network, subnet }),
+                (None, None) => None,
+                (Some(_), None) => return Err(SubnetEnvError::Missing { key: IPV6_SUBNET }),
+                (None, Some(_)) => return Err(SubnetEnvError::Missing { key: IPV6_NETWORK }),
+            },
             mtu: keys.mtu.ok_or(SubnetEnvError::Missing { key: MTU })?,
             ip_masq: keys.ip_masq.unwrap_or(false),
         })
@@ -104,11 +118,25 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
     Keys::scan(&std::fs::read_to_string(path).ok()?).ok()?.subnet
 }
 
+/// The IPv6 subnet a previous dual-stack run wrote.
+pub fn previous_subnet_v6(path: &Path) -> Option<Ipv6Net> {
+    Keys::scan(&std::fs::read_to_string(path).ok()?).ok()?.ipv6_subnet
+}
+
+impl Ipv6Pair {
+    /// The bridge's IPv6 address: the subnet's first host, as flannel writes it.
+    pub fn gateway(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.subnet.network()) + 1)
+    }
+}
+
 /// The known keys of one file, each as far as it was there.
 #[derive(Debug, Default)]
 struct Keys {
     network: Option<Ipv4Net>,
     subnet: Option<Ipv4Net>,
+    ipv6_network: Option<Ipv6Net>,
+    ipv6_subnet: Option<Ipv6Net>,
     mtu: Option<u32>,
     ip_masq: Option<bool>,
 }
@@ -129,9 +157,13 @@ impl Keys {
             // The subnet is written with the bridge's address (10.244.3.1/24): the range is its network.
             let net =
                 |key: &'static str| value.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|e| bad(key, e.to_string()));
+            let net6 =
+                |key: &'static str| value.parse::<Ipv6Net>().map(|n| n.trunc()).map_err(|e| bad(key, e.to_string()));
             match key.trim() {
                 NETWORK => keys.network = Some(net(NETWORK)?),
                 SUBNET => keys.subnet = Some(net(SUBNET)?),
+                IPV6_NETWORK => keys.ipv6_network = Some(net6(IPV6_NETWORK)?),
+                IPV6_SUBNET => keys.ipv6_subnet = Some(net6(IPV6_SUBNET)?),
                 MTU => keys.mtu = Some(value.parse().map_err(|e: std::num::ParseIntError| bad(MTU, e.to_string()))?),
                 IPMASQ => {
                     keys.ip_masq =
@@ -153,6 +185,7 @@ mod tests {
         let env = SubnetEnv {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv6: None,
             mtu: 1450,
             ip_masq: false,
         };
@@ -189,9 +222,31 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_file_is_flannels() {
+        // As flanneld writes it (pkg/subnet/subnet.go, WriteSubnetFile): the IPv6 lines after the
+        // IPv4 ones, each subnet with its first host address.
+        let flanneld = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n\
+                        FLANNEL_IPV6_NETWORK=2001:db8:42::/56\nFLANNEL_IPV6_SUBNET=2001:db8:42:3::1/64\n\
+                        FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        let env = SubnetEnv::parse(flanneld).unwrap();
+        let v6 = env.ipv6.unwrap();
+        assert_eq!(v6.subnet.to_string(), "2001:db8:42:3::/64");
+        assert_eq!(v6.gateway().to_string(), "2001:db8:42:3::1");
+        assert_eq!(env.render(), flanneld);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        env.write(&path).unwrap();
+        assert_eq!(previous_subnet_v6(&path), Some(v6.subnet));
+        let half = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=2001:db8::/56\nFLANNEL_MTU=1\n";
+        assert!(matches!(SubnetEnv::parse(half), Err(SubnetEnvError::Missing { key: "FLANNEL_IPV6_SUBNET" })));
+        let bad = "FLANNEL_IPV6_SUBNET=10.0.0.1/24\n";
+        assert!(matches!(SubnetEnv::parse(bad), Err(SubnetEnvError::BadValue { key: "FLANNEL_IPV6_SUBNET", .. })));
+    }
+
+    #[test]
     fn unknown_keys_comments_and_stray_lines_are_ignored_and_ipmasq_defaults_to_false() {
         let text = "# written by flanneld\nFLANNEL_NETWORK=10.244.0.0/16\n\nFLANNEL_IPV6_NETWORK=fd00::/56\n\
-                    junk\nFLANNEL_SUBNET_X=nope\n FLANNEL_SUBNET = 10.244.3.1/24 \nFLANNEL_MTU=1450\n";
+                    junk\nFLANNEL_IPV6_SUBNET=fd00:0:0:3::1/64\nFLANNEL_SUBNET_X=nope\n FLANNEL_SUBNET = 10.244.3.1/24 \nFLANNEL_MTU=1450\n";
         let env = SubnetEnv::parse(text).unwrap();
         assert_eq!(env.subnet.to_string(), "10.244.3.0/24");
         assert!(!env.ip_masq);

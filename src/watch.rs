@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
+use tracing::debug;
 
 use crate::lease::{self, Lease, LeaseMap};
 use crate::network::Network;
@@ -124,7 +125,7 @@ impl LeaseWatcher {
 
     fn accept(&self, raw: &RawLease, skipped: &mut Vec<Skipped>) -> Option<Lease> {
         let skip = |reason: String| Skipped { key: raw.key.clone(), reason };
-        let lease = match raw.parse() {
+        let mut lease = match raw.parse() {
             Ok(lease) => lease,
             Err(e) => {
                 skipped.push(skip(e.to_string()));
@@ -137,6 +138,14 @@ impl LeaseWatcher {
         }
         if Some(lease.subnet) == self.own {
             return None;
+        }
+        if !self.network.fits_ipv6(lease.subnet_v6) {
+            // Its IPv4 subnet is fine; an IPv6 one outside our IPv6 network (or in an IPv4-only
+            // network) gets nothing installed. A dual-stack network's peer without one is IPv4
+            // only until it leases again.
+            if let Some(v6) = lease.subnet_v6.take() {
+                debug!(key = %raw.key, subnet = %v6, "IPv6 subnet outside the network's: ignored");
+            }
         }
         Some(lease)
     }

@@ -167,8 +167,8 @@ async fn delete_reports_whether_there_was_a_key() {
     let server = EtcdServer::start();
     let store = connect(&server).await;
     create(&store, "10.244.3.0/24", HOUR).await;
-    assert!(store.delete_lease(net("10.244.3.0/24")).await.unwrap());
-    assert!(!store.delete_lease(net("10.244.3.0/24")).await.unwrap());
+    assert!(store.delete_lease(net("10.244.3.0/24").into()).await.unwrap());
+    assert!(!store.delete_lease(net("10.244.3.0/24").into()).await.unwrap());
 }
 
 #[tokio::test]
@@ -192,7 +192,7 @@ async fn watch_sees_puts_and_deletes_in_order() {
 
     let a = create(&store, "10.244.1.0/24", HOUR).await;
     let b = create(&store, "10.244.2.0/24", None).await;
-    assert!(store.delete_lease(net("10.244.1.0/24")).await.unwrap());
+    assert!(store.delete_lease(net("10.244.1.0/24").into()).await.unwrap());
 
     let Ok(LeaseUpdate::Put(put_a)) = next(&mut updates).await else { panic!("expected put") };
     assert_eq!((put_a.key.as_str(), put_a.mod_revision), ("10.244.1.0-24", a));
@@ -214,7 +214,7 @@ async fn watch_from_a_compacted_revision_resyncs() {
     for cidr in ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"] {
         create(&store, cidr, HOUR).await;
     }
-    assert!(store.delete_lease(net("10.244.2.0/24")).await.unwrap());
+    assert!(store.delete_lease(net("10.244.2.0/24").into()).await.unwrap());
     let current = store.list_leases().await.unwrap();
     server.etcdctl(&["compact", &current.revision.to_string()]);
 

@@ -118,7 +118,7 @@ fn vxlan_spec(underlay: u32) -> VxlanSpec {
         name: weft::kernel::vxlan_device_name(1),
         vni: 1,
         port: 8472,
-        local: LOCAL,
+        local: LOCAL.into(),
         underlay_index: underlay,
         gbp: false,
         learning: false,
@@ -612,7 +612,7 @@ struct ViaUnderlay {
 impl PeerObjects for ViaUnderlay {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
-        peer_route::add_route(&mut state, lease, lease.attrs.public_ip, self.underlay, false, true);
+        peer_route::add_route(&mut state, lease.subnet.into(), lease.attrs.public_ip.into(), self.underlay, false, true);
         Ok(state)
     }
 }
@@ -621,7 +621,7 @@ impl PeerObjects for ViaUnderlay {
 fn host_gw_lease(n: u8) -> (Ipv4Net, Lease) {
     let subnet = Ipv4Net::new(Ipv4Addr::new(198, 18, n, 0), 24).unwrap();
     let attrs = LeaseAttrs::new(Ipv4Addr::new(198, 51, 100, 10 + n), "host-gw", Value::Null);
-    (subnet, Lease { subnet, attrs, expiry: Expiry::Unknown })
+    (subnet, Lease { subnet, subnet_v6: None, attrs, expiry: Expiry::Unknown })
 }
 
 #[test]

@@ -172,8 +172,8 @@ async fn delete_reports_whether_there_was_a_lease() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store.create_lease(LeaseWrite::new(net("10.244.1.0/24"), &attrs(1), HOUR)).await.unwrap();
-    assert!(store.delete_lease(net("10.244.1.0/24")).await.unwrap());
-    assert!(!store.delete_lease(net("10.244.1.0/24")).await.unwrap());
+    assert!(store.delete_lease(net("10.244.1.0/24").into()).await.unwrap());
+    assert!(!store.delete_lease(net("10.244.1.0/24").into()).await.unwrap());
     assert!(keys(&store).await.is_empty());
 }
 
@@ -225,7 +225,7 @@ async fn watcher_sees_another_instance_within_a_second() {
     assert_eq!(leases.len(), 1);
     assert_eq!(leases[0].key, "10.244.5.0-24");
 
-    writer.delete_lease(net("10.244.5.0/24")).await.unwrap();
+    writer.delete_lease(net("10.244.5.0/24").into()).await.unwrap();
     let (leases, _) = next_resync(&mut watch, Duration::from_secs(1)).await;
     assert!(leases.is_empty());
 }

@@ -12,6 +12,7 @@ fn subnet_env_is_world_readable_under_a_strict_umask() {
     let env = SubnetEnv {
         network: "10.244.0.0/16".parse().unwrap(),
         subnet: "10.244.3.0/24".parse().unwrap(),
+        ipv6: None,
         mtu: 1450,
         ip_masq: true,
     };

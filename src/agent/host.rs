@@ -10,7 +10,7 @@ use crate::health::Condition;
 use crate::lease::Expiry;
 use crate::masq;
 use crate::masq::forward::ForwardChange;
-use crate::subnet_env::SubnetEnv;
+use crate::subnet_env::{Ipv6Pair, SubnetEnv};
 
 impl Running {
     /// Our lease is (newly) held: tell the host's CNI about it, and systemd.
@@ -32,14 +32,24 @@ impl Running {
     /// `agent.ip_masq`: weft's nftables table installed (or repaired) when on, removed when off.
     /// The one writer of the masquerade condition.
     pub(super) async fn sync_masquerade(&self) {
-        let (network, own, wanted) = (self.network.network, self.own.subnet(), self.config.agent.ip_masq);
-        let result = tokio::task::spawn_blocking(move || masq::sync(wanted, network, own)).await;
+        let wanted = self.config.agent.ip_masq;
+        let v4 = wanted.then(|| (self.network.network.into(), self.own.subnet().into()));
+        // IPv6 in a dual-stack network; elsewhere a table of ours left from one goes.
+        let v6 = self.network.ipv6_network().zip(self.own.subnet_v6()).filter(|_| wanted);
+        let v6 = v6.map(|(network, own)| (network.into(), own.into()));
+        let result = tokio::task::spawn_blocking(move || {
+            let v4 = masq::sync(masq::Family::V4, v4)?;
+            Ok::<_, masq::MasqError>([(v4, masq::Family::V4), (masq::sync(masq::Family::V6, v6)?, masq::Family::V6)])
+        })
+        .await;
         match result {
-            Ok(Ok(change)) => {
-                match change {
-                    masq::Change::Installed => info!(network = %network, "masquerade rules installed"),
-                    masq::Change::Removed => info!("masquerade rules removed (agent.ip_masq = false)"),
-                    masq::Change::None => {}
+            Ok(Ok(changes)) => {
+                for (change, family) in changes {
+                    match change {
+                        masq::Change::Installed => info!(%family, "masquerade rules installed"),
+                        masq::Change::Removed => info!(%family, "masquerade rules removed"),
+                        masq::Change::None => {}
+                    }
                 }
                 self.health.ok(Condition::Masquerade);
             }
@@ -89,6 +99,7 @@ impl Running {
         let env = SubnetEnv {
             network: self.network.network,
             subnet: self.own.subnet(),
+            ipv6: self.network.ipv6_network().zip(self.own.subnet_v6()).map(|(network, subnet)| Ipv6Pair { network, subnet }),
             mtu: self.data.mtu,
             ip_masq: self.config.agent.ip_masq,
         };

@@ -256,11 +256,11 @@ impl Running {
 
     /// Deletes a lease of ours beside the one we hold (see [`orphans`]), if nobody wrote it
     /// since. Failing is no harm: it runs out on its own, and the next listing finds it again.
-    async fn delete_orphan(&self, subnet: ipnet::Ipv4Net, revision: crate::store::Revision) {
+    async fn delete_orphan(&self, subnet: crate::lease::LeaseKey, revision: crate::store::Revision) {
         match self.store.delete_lease_at(subnet, revision).await {
             Ok(true) => warn!(
                 %subnet,
-                held = %self.own.subnet(),
+                held = %self.own.key(),
                 "deleted an orphaned lease of this host (a create whose answer was lost landed late)"
             ),
             Ok(false) => debug!(%subnet, "orphaned lease changed or gone before it was deleted"),
@@ -272,7 +272,7 @@ impl Running {
 
     /// Whether `update` shows our key gone or holding someone else's lease.
     fn lost_our_lease(&self, update: &LeaseUpdate) -> bool {
-        let own_key = lease::subnet_key(self.own.subnet());
+        let own_key = lease::subnet_key(self.own.key());
         match update {
             LeaseUpdate::Deleted { key, .. } => *key == own_key,
             LeaseUpdate::Put(raw) if raw.key == own_key => {
@@ -288,7 +288,7 @@ impl Running {
 
     async fn deliver(&mut self, watcher: &mut LeaseWatcher, update: LeaseUpdate) -> Result<(), BackendError> {
         let full_listing = matches!(update, LeaseUpdate::Resync(..));
-        let orphans = orphans::orphans(&update, self.own.subnet(), self.attrs.public_ip);
+        let orphans = orphans::orphans(&update, self.own.key(), self.attrs.public_ip);
         let result = self.deliver_events(watcher, update).await;
         for (subnet, revision) in orphans {
             self.delete_orphan(subnet, revision).await;
@@ -451,7 +451,7 @@ mod tests {
 
     fn held_for(ttl: Duration) -> OwnLease {
         let attrs = LeaseAttrs::new("192.0.2.1".parse().unwrap(), "alloc", serde_json::Value::Null);
-        let lease = Lease { subnet: "10.244.1.0/24".parse().unwrap(), attrs, expiry: Expiry::Unknown };
+        let lease = Lease { subnet: "10.244.1.0/24".parse().unwrap(), subnet_v6: None, attrs, expiry: Expiry::Unknown };
         OwnLease { lease, revision: 1, runs_out: Some(tokio::time::Instant::now() + ttl) }
     }
 

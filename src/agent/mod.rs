@@ -109,9 +109,11 @@ async fn start_and_run(
     cancel: &CancellationToken,
 ) -> Result<OwnLease, AgentError> {
     let ext = iface::discover(&config.agent).await?;
-    info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
+    let public_ipv6 = ext.public_ipv6.map(|ip| ip.to_string()).unwrap_or_default();
+    info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, public_ipv6, mtu = ext.mtu, "external interface");
     // Read once: what a peer must not announce as its public IP (ours) and where it must be.
-    let own = iface::host_addresses().await?.into_iter().chain([ext.addr.addr(), ext.public_ip]);
+    let ours = [ext.addr.addr().into(), ext.public_ip.into()].into_iter().chain(ext.public_ipv6.map(Into::into));
+    let own = iface::host_addresses().await?.into_iter().chain(ours);
     let trust = PeerTrust::new(own, config.agent.underlay());
     dataplane.trust_peers(trust, health.metrics.peers_rejected.clone());
     let network = lease_loop::wait_for_network(store.as_ref(), &health, cancel).await?;
@@ -124,10 +126,16 @@ async fn start_and_run(
     };
     let prepared = dataplane.prepare(&ctx).await?;
     let data = prepared.lease_data().clone();
-    let attrs = LeaseAttrs::new(ext.public_ip, data.kind.as_str(), data.backend_data.clone());
+    let attrs = data.attrs(&ext, &network)?;
     let previous = subnet_env::previous_subnet(&config.agent.subnet_file);
-    let handover = handover.map(|own| (own.subnet(), own.revision));
-    let request = LeaseRequest { previous, handover, ..LeaseRequest::new(&network, &attrs, config.agent.lease_ttl) };
+    let previous_v6 = subnet_env::previous_subnet_v6(&config.agent.subnet_file);
+    let handover = handover.map(|own| (own.key(), own.revision));
+    let request = LeaseRequest {
+        previous,
+        previous_v6,
+        handover,
+        ..LeaseRequest::new(&network, &attrs, config.agent.lease_ttl)
+    };
     let (own, listing) = lease_loop::acquire_until_held(store.as_ref(), &request, &health, cancel).await?;
     let ready = dataplane.start(prepared, &own.lease).await?;
     dataplane.activate(ready).await;

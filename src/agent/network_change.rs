@@ -8,7 +8,6 @@ use tracing::{error, info, warn};
 use super::{AgentError, Running};
 use crate::backend::BackendContext;
 use crate::health::Condition;
-use crate::lease::LeaseAttrs;
 use crate::leasing::{self, LeaseError};
 use crate::network::Network;
 use crate::watch::LeaseWatcher;
@@ -107,7 +106,13 @@ impl Running {
         let prepared = self.dataplane.prepare(&ctx).await?;
         let ready = self.dataplane.start(prepared, &self.own.lease).await?;
         let data = ready.lease_data().clone();
-        let attrs = LeaseAttrs::new(self.ext.public_ip, data.kind.as_str(), data.backend_data.clone());
+        let attrs = match data.attrs(&self.ext, &network) {
+            Ok(attrs) => attrs,
+            Err(e) => {
+                self.dataplane.stop(ready).await;
+                return Err(e.into());
+            }
+        };
         let lost = match leasing::renew(self.store.as_ref(), &self.own, &attrs, self.config.agent.lease_ttl).await {
             Ok(own) => {
                 self.own = own;

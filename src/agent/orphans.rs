@@ -5,15 +5,13 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
-
-use crate::lease::Expiry;
+use crate::lease::{Expiry, LeaseKey};
 use crate::store::{LeaseUpdate, RawLease, Revision};
 
-/// The leases in `update` that carry our public IP but are not our own subnet, each with the
+/// The leases in `update` that carry our public IP but are not our own lease, each with the
 /// revision it was seen at (deleted only if unchanged since). Reservations (no TTL) are an
 /// operator's and stay; a lease that does not parse is nobody's to judge.
-pub(super) fn orphans(update: &LeaseUpdate, own: Ipv4Net, public_ip: Ipv4Addr) -> Vec<(Ipv4Net, Revision)> {
+pub(super) fn orphans(update: &LeaseUpdate, own: LeaseKey, public_ip: Ipv4Addr) -> Vec<(LeaseKey, Revision)> {
     let entries: &[RawLease] = match update {
         LeaseUpdate::Put(raw) => std::slice::from_ref(raw),
         LeaseUpdate::Resync(entries, _) => entries,
@@ -23,8 +21,8 @@ pub(super) fn orphans(update: &LeaseUpdate, own: Ipv4Net, public_ip: Ipv4Addr) -
         .iter()
         .filter(|raw| raw.expiry != Expiry::Never)
         .filter_map(|raw| Some((raw.parse().ok()?, raw.mod_revision)))
-        .filter(|(lease, _)| lease.attrs.public_ip == public_ip && lease.subnet != own)
-        .map(|(lease, revision)| (lease.subnet, revision))
+        .filter(|(lease, _)| lease.attrs.public_ip == public_ip && lease.key() != own)
+        .map(|(lease, revision)| (lease.key(), revision))
         .collect()
 }
 
@@ -40,14 +38,18 @@ mod tests {
         RawLease { key: key.into(), value: attrs.to_json().into_bytes(), expiry, mod_revision: revision }
     }
 
-    fn own() -> Ipv4Net {
-        "10.244.1.0/24".parse().unwrap()
+    fn own() -> LeaseKey {
+        key("10.244.1.0-24")
+    }
+
+    fn key(text: &str) -> LeaseKey {
+        crate::lease::parse_lease_key(text).unwrap()
     }
 
     #[test]
     fn a_second_lease_with_our_address_is_an_orphan() {
         let update = LeaseUpdate::Put(raw("10.244.7.0-24", US, Expiry::Unknown, 42));
-        assert_eq!(orphans(&update, own(), US), [("10.244.7.0/24".parse().unwrap(), 42)]);
+        assert_eq!(orphans(&update, own(), US), [(key("10.244.7.0-24"), 42)]);
     }
 
     #[test]
@@ -60,9 +62,11 @@ mod tests {
             raw("10.244.3.0-24", US, Expiry::Never, 3),
             garbage,
             raw("10.244.4.0-24", US, Expiry::Unknown, 5),
+            // Our own subnet under another key (before IPv6 was turned on): an orphan too.
+            raw("10.244.1.0-24&2001:db8:42:1::-64", US, Expiry::Unknown, 4),
         ];
         let update = LeaseUpdate::Resync(entries, 5);
-        assert_eq!(orphans(&update, own(), US), [("10.244.4.0/24".parse().unwrap(), 5)]);
+        assert_eq!(orphans(&update, own(), US), [(key("10.244.4.0-24"), 5), (key("10.244.1.0-24&2001:db8:42:1::-64"), 4)]);
         let deleted = LeaseUpdate::Deleted { key: "10.244.4.0-24".into(), revision: 6 };
         assert!(orphans(&deleted, own(), US).is_empty());
     }

@@ -1,5 +1,6 @@
-//! `host-gw`: a route to each peer's subnet via its public IP on the external interface. Every
-//! host must be on one L2 segment; a peer that is not is reported and skipped.
+//! `host-gw`: a route to each peer's subnet via its public IP on the external interface, and in a
+//! dual-stack network one to its IPv6 subnet via its public IPv6 address. Every host must be on
+//! one L2 segment; a peer that is not is reported and skipped.
 
 use std::sync::Arc;
 
@@ -15,18 +16,20 @@ use crate::lease::Lease;
 pub struct HostGw {
     kernel: Arc<dyn Kernel>,
     ext: ExternalInterface,
+    /// The network is dual-stack: IPv6 is forwarded too.
+    ipv6: bool,
 }
 
 impl HostGw {
-    pub fn new(kernel: Arc<dyn Kernel>, ext: ExternalInterface) -> Self {
-        HostGw { kernel, ext }
+    pub fn new(kernel: Arc<dyn Kernel>, ext: ExternalInterface, ipv6: bool) -> Self {
+        HostGw { kernel, ext, ipv6 }
     }
 }
 
 #[async_trait]
 impl Backend for HostGw {
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        enable_forwarding(self.kernel.as_ref()).await;
+        enable_forwarding(self.kernel.as_ref(), self.ipv6).await;
         let data = LeaseData::plain(BackendKind::HostGw, self.ext.mtu);
         Ok(Box::new(HostGwRegistered { kernel: self.kernel, ext: self.ext, data }))
     }
@@ -68,7 +71,11 @@ impl PeerObjects for HostGwPeers {
                 self.ext.addr.trunc()
             ));
         }
-        add_route(&mut state, lease, gateway, self.ext.index, false, self.use_nexthops);
+        add_route(&mut state, lease.subnet.into(), gateway.into(), self.ext.index, false, self.use_nexthops);
+        // The watcher keeps a lease's IPv6 subnet only inside a dual-stack network's IPv6 one.
+        if let (Some(subnet), Some(gateway)) = (lease.subnet_v6, lease.attrs.public_ipv6()) {
+            add_route(&mut state, subnet.into(), gateway.into(), self.ext.index, false, self.use_nexthops);
+        }
         Ok(state)
     }
 }
@@ -84,6 +91,7 @@ mod tests {
     fn lease(n: u8, ip: &str) -> Lease {
         Lease {
             subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            subnet_v6: None,
             attrs: LeaseAttrs::new(ip.parse().unwrap(), "host-gw", serde_json::Value::Null),
             expiry: Expiry::Unknown,
         }
@@ -98,24 +106,33 @@ mod tests {
             mtu: 1500,
             addr: "198.51.100.1/24".parse().unwrap(),
             public_ip: "198.51.100.1".parse().unwrap(),
+            public_ipv6: Some("2001:db8::1".parse().unwrap()),
         };
-        let backend = Box::new(HostGw::new(kernel.clone(), ext)).register().await.unwrap();
+        let backend = Box::new(HostGw::new(kernel.clone(), ext, true)).register().await.unwrap();
         assert_eq!(backend.lease_data().mtu, 1500);
         // Forwarding is turned on in the (memory) kernel, never in the test machine's /proc/sys.
         assert!(kernel.forwarding.lock().unwrap().contains(&crate::kernel::IpFamily::V4));
+        assert!(kernel.forwarding.lock().unwrap().contains(&crate::kernel::IpFamily::V6));
         let Ok(started) = backend.start(&lease(1, "198.51.100.1")).await else { panic!("host-gw start") };
         let mapping = started.peers.expect("host-gw maps peers");
         let mut sync = RouteSync::new(kernel.clone());
         sync.add_mapper(BackendKind::HostGw, mapping.mapper, &mapping.links);
         let near = lease(2, "198.51.100.2");
         let far = lease(3, "203.0.113.3");
-        let peers: LeaseMap = [near.clone(), far.clone()].into_iter().map(|l| (l.subnet, l)).collect();
+        let mut dual = lease(4, "198.51.100.4");
+        dual.subnet_v6 = Some("2001:db8:42:4::/64".parse().unwrap());
+        dual.attrs = dual.attrs.with_v6("2001:db8::4".parse().unwrap(), serde_json::Value::Null);
+        let peers: LeaseMap = [near.clone(), far.clone(), dual.clone()].into_iter().map(|l| (l.subnet, l)).collect();
         let err = sync.reconcile(&peers).await.unwrap_err().to_string();
         assert!(err.contains("203.0.113.3") && err.contains("not on-link"), "{err}");
         let state = kernel.snapshot();
-        assert_eq!(state.routes.len(), 1);
-        let route = state.routes[&near.subnet.into()];
-        let RouteTarget::Nexthop(id) = route.target else { panic!("expected a nexthop route") };
-        assert_eq!(state.nexthops[&id].gateway.to_string(), "198.51.100.2");
+        assert_eq!(state.routes.len(), 3, "near's, and both of the dual-stack peer's");
+        let gateway = |dst: ipnet::IpNet| {
+            let RouteTarget::Nexthop(id) = state.routes[&dst].target else { panic!("expected a nexthop route") };
+            state.nexthops[&id].gateway.to_string()
+        };
+        assert_eq!(gateway(near.subnet.into()), "198.51.100.2");
+        assert_eq!(gateway(dual.subnet.into()), "198.51.100.4");
+        assert_eq!(gateway(dual.subnet_v6.unwrap().into()), "2001:db8::4");
     }
 }

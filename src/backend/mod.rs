@@ -14,7 +14,7 @@ use crate::config::CloudSection;
 use crate::health::Health;
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelError};
-use crate::lease::{BackendData, Lease, LeaseMap};
+use crate::lease::{BackendData, Lease, LeaseAttrs, LeaseMap};
 use crate::network::Network;
 use crate::store::Leadership;
 
@@ -39,13 +39,32 @@ pub use route_sync::PeerObjects;
 pub struct LeaseData {
     pub kind: BackendKind,
     pub backend_data: BackendData,
+    /// What the backend publishes for IPv6 in a dual-stack network (`BackendV6Data`).
+    pub backend_v6_data: BackendData,
     pub mtu: u32,
 }
 
 impl LeaseData {
     /// A backend that publishes nothing of its own (`BackendData: null`).
     pub fn plain(kind: BackendKind, mtu: u32) -> Self {
-        LeaseData { kind, backend_data: BackendData::null(), mtu }
+        LeaseData { kind, backend_data: BackendData::null(), backend_v6_data: BackendData::null(), mtu }
+    }
+
+    /// The attributes this host publishes with this backend: its public addresses and the
+    /// backend's data, the IPv6 ones in a dual-stack network.
+    pub fn attrs(&self, ext: &ExternalInterface, network: &Network) -> Result<LeaseAttrs, BackendError> {
+        let attrs = LeaseAttrs::new(ext.public_ip, self.kind.as_str(), self.backend_data.clone());
+        if network.ipv6.is_none() {
+            return Ok(attrs);
+        }
+        let public_ipv6 = ext.public_ipv6.ok_or_else(|| {
+            let problem = format!(
+                "the network is dual-stack but interface {} has no global IPv6 address: set agent.public_ipv6",
+                ext.name
+            );
+            BackendError::Config { backend: self.kind, problem }
+        })?;
+        Ok(attrs.with_v6(public_ipv6, self.backend_v6_data.clone()))
     }
 }
 
@@ -203,8 +222,13 @@ pub fn create(
     let ext = &ctx.ext;
     match &ctx.network.backend {
         BackendConfig::Alloc(_) => Ok(Box::new(alloc::Alloc::new(ext.mtu))),
-        BackendConfig::Vxlan(config) => Ok(Box::new(vxlan::Vxlan::new(kernel()?, config.clone(), ext.clone()))),
-        BackendConfig::HostGw(_) => Ok(Box::new(host_gw::HostGw::new(kernel()?, ext.clone()))),
+        BackendConfig::Vxlan(config) => {
+            let vxlan = vxlan::Vxlan::new(kernel()?, config.clone(), ext.clone());
+            Ok(Box::new(vxlan.dual_stack(ctx.network.ipv6.is_some())))
+        }
+        BackendConfig::HostGw(_) => {
+            Ok(Box::new(host_gw::HostGw::new(kernel()?, ext.clone(), ctx.network.ipv6.is_some())))
+        }
         #[cfg(feature = "aws")]
         BackendConfig::AwsVpc(config) => {
             let paths = cloud::CloudPaths::default();

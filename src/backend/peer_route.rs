@@ -1,17 +1,14 @@
 //! What the kernel backends (vxlan, host-gw) share: a peer's route, and forwarding on.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use crate::kernel::{IpFamily, Kernel, KernelState, NexthopSpec, RouteSpec, RouteTarget};
-use crate::lease::Lease;
 
-/// A route to the lease's subnet via `gateway`, through a nexthop object where the kernel has them.
-/// Leases are IPv4 (for now); the kernel model is over both families, so this is where they meet.
-pub fn add_route(state: &mut KernelState, lease: &Lease, gateway: Ipv4Addr, oif: u32, onlink: bool, nexthops: bool) {
-    let gateway = gateway.into();
-    let dst = IpNet::V4(lease.subnet);
+/// A route to `dst` (one of a lease's subnets) via `gateway`, through a nexthop object where the
+/// kernel has them. One path for both families.
+pub fn add_route(state: &mut KernelState, dst: IpNet, gateway: IpAddr, oif: u32, onlink: bool, nexthops: bool) {
     let target = if nexthops {
         // One nexthop object per peer, named after its subnet: unique and stable across restarts.
         let id = nexthop_id(&dst);
@@ -41,12 +38,16 @@ pub fn nexthop_id(subnet: &IpNet) -> u32 {
     }
 }
 
-/// Peers' traffic is forwarded through this host: turn IPv4 forwarding on (in the kernel's
-/// namespace). A failure is logged, not fatal: forwarding may be managed by someone else.
-pub async fn enable_forwarding(kernel: &dyn Kernel) {
-    match kernel.enable_forwarding(IpFamily::V4).await {
-        Ok(true) => tracing::info!("enabled IPv4 forwarding (net.ipv4.ip_forward = 1)"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "could not enable IPv4 forwarding"),
+/// Peers' traffic is forwarded through this host: turn forwarding on for each family the network
+/// has (in the kernel's namespace). A failure is logged, not fatal: forwarding may be managed by
+/// someone else.
+pub async fn enable_forwarding(kernel: &dyn Kernel, ipv6: bool) {
+    let families = [IpFamily::V4].into_iter().chain(ipv6.then_some(IpFamily::V6));
+    for family in families {
+        match kernel.enable_forwarding(family).await {
+            Ok(true) => tracing::info!("enabled {family} forwarding"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not enable {family} forwarding"),
+        }
     }
 }

@@ -5,9 +5,9 @@
 //! cluster. Pure; [`super::route_sync::RouteSync`] asks it before installing any peer.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// Why a peer's public IP is not one to install anything towards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,9 +20,10 @@ pub enum Untrusted {
     Multicast,
     /// 255.255.255.255.
     Broadcast,
-    /// 0.0.0.0/8 ("this network") and 240.0.0.0/4: no host has them.
+    /// 0.0.0.0/8 ("this network") and 240.0.0.0/4: no host has them; IPv6: an IPv4-mapped or
+    /// -compatible address, which names an IPv4 host.
     Reserved,
-    /// 169.254.0.0/16, valid on one link only (and the cloud's metadata server): refused unless
+    /// 169.254.0.0/16 (IPv6: fe80::/10), valid on one link only (and the cloud's metadata server): refused unless
     /// `agent.underlay_cidrs` names it.
     LinkLocal,
     /// One of this host's own addresses, or its public IP.
@@ -65,40 +66,74 @@ impl fmt::Display for Untrusted {
 /// What a peer's public IP is checked against: this host's addresses and the underlay.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerTrust {
-    own: Vec<Ipv4Addr>,
-    /// Empty: any unicast address that is not ours.
-    underlay: Vec<Ipv4Net>,
+    own: Vec<IpAddr>,
+    /// Empty: any unicast address that is not ours. A family without a network here is
+    /// unrestricted too: naming IPv4 underlays does not forbid every IPv6 address.
+    underlay: Vec<IpNet>,
 }
 
 impl PeerTrust {
-    pub fn new(own: impl IntoIterator<Item = Ipv4Addr>, underlay: Vec<Ipv4Net>) -> Self {
-        PeerTrust { own: own.into_iter().collect(), underlay }
+    pub fn new<A: Into<IpAddr>>(own: impl IntoIterator<Item = A>, underlay: Vec<IpNet>) -> Self {
+        PeerTrust { own: own.into_iter().map(Into::into).collect(), underlay }
     }
 
     /// Whether weft may install kernel objects that send traffic to `ip`.
-    pub fn check(&self, ip: Ipv4Addr) -> Result<(), Untrusted> {
-        let in_underlay = self.underlay.iter().any(|net| net.contains(&ip));
-        let [first, ..] = ip.octets();
-        let refused = if ip.is_unspecified() {
-            Some(Untrusted::Unspecified)
-        } else if ip.is_broadcast() {
-            Some(Untrusted::Broadcast)
-        } else if ip.is_loopback() {
-            Some(Untrusted::Loopback)
-        } else if ip.is_multicast() {
-            Some(Untrusted::Multicast)
-        } else if first == 0 || first >= 240 {
-            Some(Untrusted::Reserved)
-        } else if ip.is_link_local() && !in_underlay {
-            Some(Untrusted::LinkLocal)
-        } else if self.own.contains(&ip) {
+    pub fn check(&self, ip: impl Into<IpAddr>) -> Result<(), Untrusted> {
+        let ip = ip.into();
+        let same_family: Vec<&IpNet> =
+            self.underlay.iter().filter(|net| matches!(net, IpNet::V6(_)) == ip.is_ipv6()).collect();
+        let in_underlay = same_family.iter().any(|net| net.contains(&ip));
+        let refused = match ip {
+            IpAddr::V4(ip) => refused_v4(ip, in_underlay),
+            IpAddr::V6(ip) => refused_v6(ip, in_underlay),
+        };
+        let refused = refused.or_else(|| if self.own.contains(&ip) {
             Some(Untrusted::Own)
-        } else if !self.underlay.is_empty() && !in_underlay {
+        } else if !same_family.is_empty() && !in_underlay {
             Some(Untrusted::OutsideUnderlay)
         } else {
             None
-        };
+        });
         refused.map_or(Ok(()), Err)
+    }
+}
+
+/// What no IPv4 peer may announce, whoever we are.
+fn refused_v4(ip: Ipv4Addr, in_underlay: bool) -> Option<Untrusted> {
+    let [first, ..] = ip.octets();
+    if ip.is_unspecified() {
+        Some(Untrusted::Unspecified)
+    } else if ip.is_broadcast() {
+        Some(Untrusted::Broadcast)
+    } else if ip.is_loopback() {
+        Some(Untrusted::Loopback)
+    } else if ip.is_multicast() {
+        Some(Untrusted::Multicast)
+    } else if first == 0 || first >= 240 {
+        Some(Untrusted::Reserved)
+    } else if ip.is_link_local() && !in_underlay {
+        Some(Untrusted::LinkLocal)
+    } else {
+        None
+    }
+}
+
+/// What no IPv6 peer may announce, whoever we are.
+fn refused_v6(ip: Ipv6Addr, in_underlay: bool) -> Option<Untrusted> {
+    let [first, ..] = ip.segments();
+    if ip.is_unspecified() {
+        Some(Untrusted::Unspecified)
+    } else if ip.is_loopback() {
+        Some(Untrusted::Loopback)
+    } else if ip.is_multicast() {
+        Some(Untrusted::Multicast)
+    } else if ip.to_ipv4().is_some() {
+        // ::ffff:a.b.c.d and ::a.b.c.d name IPv4 hosts through an IPv6 door.
+        Some(Untrusted::Reserved)
+    } else if first & 0xffc0 == 0xfe80 && !in_underlay {
+        Some(Untrusted::LinkLocal)
+    } else {
+        None
     }
 }
 
@@ -152,6 +187,30 @@ mod tests {
         for (addr, want) in cases {
             assert_eq!(trust.check(ip(addr)), want, "{addr}");
         }
+    }
+
+    #[test]
+    fn ipv6_peers_are_checked_alike() {
+        let own: [IpAddr; 2] = ["198.51.100.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let trust = PeerTrust::new(own, vec!["198.51.100.0/24".parse().unwrap()]);
+        let cases = [
+            ("2001:db8::2", Ok(())),
+            ("2001:db8::1", Err(Untrusted::Own)),
+            ("::", Err(Untrusted::Unspecified)),
+            ("::1", Err(Untrusted::Loopback)),
+            ("ff02::1", Err(Untrusted::Multicast)),
+            ("fe80::1", Err(Untrusted::LinkLocal)),
+            ("::ffff:198.51.100.2", Err(Untrusted::Reserved)),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(trust.check(addr.parse::<IpAddr>().unwrap()), want, "{addr}");
+        }
+        // An IPv6 underlay binds IPv6 peers; the IPv4 one still binds IPv4 peers.
+        let underlay = vec!["198.51.100.0/24".parse().unwrap(), "2001:db8:1::/64".parse().unwrap()];
+        let trust = PeerTrust::new(own, underlay);
+        assert_eq!(trust.check("2001:db8:1::9".parse::<IpAddr>().unwrap()), Ok(()));
+        assert_eq!(trust.check("2001:db8:2::9".parse::<IpAddr>().unwrap()), Err(Untrusted::OutsideUnderlay));
+        assert_eq!(trust.check(ip("203.0.113.9")), Err(Untrusted::OutsideUnderlay));
     }
 
     #[test]

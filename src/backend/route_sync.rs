@@ -6,7 +6,7 @@
 //! a route of someone else (`proto static`...) gets nothing installed: see [`RouteSync::conflicts`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
@@ -56,7 +56,7 @@ pub struct RouteSync {
     /// `weft_peers_rejected_total` (unregistered until the agent hands its own in).
     rejected_total: Family<PeerRejectedLabels, Counter>,
     /// Peers refused, by the address refused: each is warned about and counted once.
-    rejected: HashMap<Ipv4Net, Ipv4Addr>,
+    rejected: HashMap<Ipv4Net, IpAddr>,
     /// What of others was in the way at the last full pass; the fast path checks against it.
     foreign: Foreign,
     /// Peers left out because their objects would replace some of someone else's, with those.
@@ -160,8 +160,13 @@ impl RouteSync {
     /// Whether `lease`'s public IP may be sent to; a refusal is logged and counted once for each
     /// address a peer announces.
     fn trusted(&mut self, lease: &Lease) -> bool {
-        let ip = lease.attrs.public_ip;
-        let Err(why) = self.trust.check(ip) else {
+        // A dual-stack peer's IPv6 address is where its IPv6 subnet's traffic goes: checked alike.
+        let v6 = lease.subnet_v6.and(lease.attrs.public_ipv6()).map(IpAddr::V6);
+        let refusal = [IpAddr::V4(lease.attrs.public_ip)]
+            .into_iter()
+            .chain(v6)
+            .find_map(|ip| self.trust.check(ip).err().map(|why| (ip, why)));
+        let Some((ip, why)) = refusal else {
             self.rejected.remove(&lease.subnet);
             return true;
         };
@@ -361,6 +366,7 @@ mod tests {
     fn lease(backend: &str) -> Lease {
         Lease {
             subnet: "10.244.2.0/24".parse().unwrap(),
+            subnet_v6: None,
             attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend, serde_json::Value::Null),
             expiry: Expiry::Unknown,
         }
@@ -369,6 +375,7 @@ mod tests {
     fn lease_at(subnet: &str, public_ip: &str, backend: &str) -> Lease {
         Lease {
             subnet: subnet.parse().unwrap(),
+            subnet_v6: None,
             attrs: LeaseAttrs::new(public_ip.parse().unwrap(), backend, serde_json::Value::Null),
             expiry: Expiry::Unknown,
         }
@@ -390,7 +397,7 @@ mod tests {
         sync.add_mapper(BackendKind::AwsVpc, Box::new(NoneToInstall), &[]);
         let family = Family::<PeerRejectedLabels, Counter>::default();
         let underlay = vec!["198.51.100.0/24".parse().unwrap()];
-        sync.set_trust(PeerTrust::new(["198.51.100.1".parse().unwrap()], underlay), family.clone());
+        sync.set_trust(PeerTrust::new(["198.51.100.1".parse::<std::net::Ipv4Addr>().unwrap()], underlay), family.clone());
 
         let good = lease_at("10.244.2.0/24", "198.51.100.2", "vxlan");
         let ours = lease_at("10.244.3.0/24", "198.51.100.1", "vxlan");

@@ -1,79 +1,142 @@
 //! `vxlan`: an overlay device `flannel.<vni>`; for each peer an ARP entry, an FDB entry and a
 //! route through the device — or, with `direct_routing` and the peer on our L2 segment, a plain
-//! route via its public IP.
+//! route via its public IP. A dual-stack network adds flannel's `flannel-v6.<vni>` over the IPv6
+//! underlay, with the same three objects for each peer's IPv6 subnet (its VtepMAC in
+//! `BackendV6Data`).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 
 use super::peer_route::{add_route, enable_forwarding};
 use super::route_sync::PeerObjects;
 use super::{Active, Backend, BackendError, BackendKind, LeaseData, PeerMapping, Registered, StartFailed, Started};
 use crate::iface::ExternalInterface;
-use crate::kernel::{vxlan_device_name, FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec, VxlanSpec};
-use crate::lease::Lease;
+use crate::kernel::{
+    vxlan_device_name, vxlan_v6_device_name, FdbSpec, Kernel, KernelState, LinkHandle, MacAddr, NeighbourSpec,
+    VxlanSpec,
+};
+use crate::lease::{BackendData, Lease};
 use crate::network::backend::VxlanConfig;
 
 /// Bytes of outer headers vxlan adds to every packet.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay (its header is 20 bytes longer).
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
 
 pub struct Vxlan {
     kernel: Arc<dyn Kernel>,
     config: VxlanConfig,
     ext: ExternalInterface,
+    /// The network is dual-stack: a second device carries IPv6.
+    ipv6: bool,
 }
 
 impl Vxlan {
     pub fn new(kernel: Arc<dyn Kernel>, config: VxlanConfig, ext: ExternalInterface) -> Self {
-        Vxlan { kernel, config, ext }
+        Vxlan { kernel, config, ext, ipv6: false }
+    }
+
+    /// This backend in a dual-stack network: `flannel-v6.<vni>` beside `flannel.<vni>`.
+    pub fn dual_stack(mut self, ipv6: bool) -> Self {
+        self.ipv6 = ipv6;
+        self
     }
 
     /// `flannel.<vni>` (see [`vxlan_device_name`]).
     pub fn device_name(vni: u32) -> String {
         vxlan_device_name(vni)
     }
+
+    /// Makes (or adopts) one of our devices: `local` picks the family of its underlay.
+    async fn ensure_device(&self, name: String, local: IpAddr, mtu: u32) -> Result<LinkHandle, BackendError> {
+        let spec = VxlanSpec {
+            name,
+            vni: self.config.vni,
+            port: self.config.port,
+            local,
+            underlay_index: self.ext.index,
+            gbp: self.config.gbp,
+            learning: self.config.learning,
+            mtu,
+            mac: Some(stable_mac(local_identity(&self.ext, local), self.config.vni)),
+        };
+        self.kernel.ensure_vxlan(&spec).await.map_err(|e| BackendError::kernel(format!("vxlan device {}", spec.name), e))
+    }
+}
+
+/// What a device's MAC is derived from: the public address of its family.
+fn local_identity(ext: &ExternalInterface, local: IpAddr) -> IpAddr {
+    match local {
+        IpAddr::V4(_) => ext.public_ip.into(),
+        IpAddr::V6(ip) => ext.public_ipv6.unwrap_or(ip).into(),
+    }
 }
 
 /// A MAC derived from our public IP and VNI: the same after a restart or a reboot, so peers'
 /// ARP and FDB entries stay valid (a locally administered unicast address).
-pub fn stable_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
+pub fn stable_mac(public_ip: impl Into<IpAddr>, vni: u32) -> MacAddr {
+    let octets: Vec<u8> = match public_ip.into() {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in public_ip.octets().iter().chain(vni.to_be_bytes().iter()) {
+    for byte in octets.iter().chain(vni.to_be_bytes().iter()) {
         hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
     let b = hash.to_be_bytes();
     MacAddr([(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]])
 }
 
+/// vxlan's data in a lease, as flannel writes it.
+fn vtep_data(vni: u32, mac: MacAddr) -> BackendData {
+    serde_json::json!({ "VNI": vni, "VtepMAC": mac.to_string() }).into()
+}
+
 #[async_trait]
 impl Backend for Vxlan {
-    /// Makes (or adopts) the device; the VtepMAC goes in our lease.
+    /// Makes (or adopts) the devices; their VtepMACs go in our lease.
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        enable_forwarding(self.kernel.as_ref()).await;
-        let mtu = if self.config.mtu > 0 { self.config.mtu } else { self.ext.mtu.saturating_sub(VXLAN_OVERHEAD) };
-        let spec = VxlanSpec {
-            name: Self::device_name(self.config.vni),
-            vni: self.config.vni,
-            port: self.config.port,
-            local: self.ext.addr.addr(),
-            underlay_index: self.ext.index,
-            gbp: self.config.gbp,
-            learning: self.config.learning,
-            mtu,
-            mac: Some(stable_mac(self.ext.public_ip, self.config.vni)),
+        enable_forwarding(self.kernel.as_ref(), self.ipv6).await;
+        let configured = |overhead: u32| {
+            if self.config.mtu > 0 {
+                self.config.mtu
+            } else {
+                self.ext.mtu.saturating_sub(overhead)
+            }
         };
-        let link = self
-            .kernel
-            .ensure_vxlan(&spec)
-            .await
-            .map_err(|e| BackendError::kernel(format!("vxlan device {}", spec.name), e))?;
+        let mtu = configured(VXLAN_OVERHEAD);
+        let link = self.ensure_device(Self::device_name(self.config.vni), self.ext.addr.addr().into(), mtu).await?;
+        let mut data = LeaseData {
+            kind: BackendKind::Vxlan,
+            backend_data: vtep_data(self.config.vni, link.mac),
+            backend_v6_data: BackendData::null(),
+            mtu,
+        };
+        let link6 = match (self.ipv6, self.ext.public_ipv6) {
+            (false, _) => None,
+            (true, Some(local)) => {
+                let mtu6 = configured(VXLAN_V6_OVERHEAD);
+                let link6 = self.ensure_device(vxlan_v6_device_name(self.config.vni), local.into(), mtu6).await?;
+                data.backend_v6_data = vtep_data(self.config.vni, link6.mac);
+                // Pods send both families through one interface: the smaller MTU fits both.
+                data.mtu = data.mtu.min(mtu6);
+                Some(link6)
+            }
+            (true, None) => {
+                let problem = format!(
+                    "the network is dual-stack but interface {} has no global IPv6 address: set agent.public_ipv6",
+                    self.ext.name
+                );
+                return Err(BackendError::Config { backend: BackendKind::Vxlan, problem });
+            }
+        };
         let use_nexthops = self.kernel.supports_nexthops().await;
-        let backend_data = serde_json::json!({ "VNI": self.config.vni, "VtepMAC": link.mac.to_string() }).into();
-        let data = LeaseData { kind: BackendKind::Vxlan, backend_data, mtu };
-        let Vxlan { kernel, config, ext } = *self;
+        let Vxlan { kernel, config, ext, .. } = *self;
         Ok(Box::new(VxlanRegistered {
-            device: Device { kernel, vni: config.vni, link },
+            device: Device { kernel, vni: config.vni, link, link6 },
             config,
             ext,
             use_nexthops,
@@ -82,34 +145,51 @@ impl Backend for Vxlan {
     }
 }
 
-/// Our `flannel.<vni>` device.
+/// Our `flannel.<vni>` device, and `flannel-v6.<vni>` in a dual-stack network.
 struct Device {
     kernel: Arc<dyn Kernel>,
     vni: u32,
     link: LinkHandle,
+    link6: Option<LinkHandle>,
 }
 
 impl Device {
-    /// Our subnet's first address on the device: the source of what we send through it.
+    /// Our subnets' first addresses on the devices (as flannel: /32 and /128): the source of
+    /// what we send through them.
     async fn address(&self, own: &Lease) -> Result<(), BackendError> {
-        let addr = ipnet::IpNet::V4(ipnet::Ipv4Net::new(own.subnet.network(), 32).expect("/32 is valid"));
-        self.kernel
-            .ensure_address(self.link.index, addr)
-            .await
-            .map_err(|e| BackendError::kernel(format!("address {addr} on {}", Vxlan::device_name(self.vni)), e))
+        let v4 = (&self.link, IpNet::new(own.subnet.network().into(), 32).expect("/32 is valid"));
+        let v6 = self.link6.as_ref().zip(own.subnet_v6).map(|(link, subnet)| {
+            (link, IpNet::new(subnet.network().into(), 128).expect("/128 is valid"))
+        });
+        for (link, addr) in [v4].into_iter().chain(v6) {
+            self.kernel
+                .ensure_address(link.index, addr)
+                .await
+                .map_err(|e| BackendError::kernel(format!("address {addr} on {}", link.name), e))?;
+        }
+        Ok(())
     }
 
-    /// Deleting the device takes its neighbours, FDB entries and routes with it.
+    fn indices(&self) -> Vec<u32> {
+        [self.link.index].into_iter().chain(self.link6.as_ref().map(|l| l.index)).collect()
+    }
+
+    /// Deleting a device takes its neighbours, FDB entries and routes with it.
     async fn delete(self) -> Result<(), BackendError> {
-        let name = Vxlan::device_name(self.vni);
-        let found =
-            self.kernel.link_by_name(&name).await.map_err(|e| BackendError::kernel(format!("looking up {name}"), e))?;
-        if let Some(link) = found {
-            self.kernel
-                .delete_link(link.index)
+        let names = [vxlan_device_name(self.vni)].into_iter().chain(self.link6.map(|_| vxlan_v6_device_name(self.vni)));
+        for name in names {
+            let found = self
+                .kernel
+                .link_by_name(&name)
                 .await
-                .map_err(|e| BackendError::kernel(format!("deleting {name}"), e))?;
-            tracing::info!(device = %name, "removed the vxlan device");
+                .map_err(|e| BackendError::kernel(format!("looking up {name}"), e))?;
+            if let Some(link) = found {
+                self.kernel
+                    .delete_link(link.index)
+                    .await
+                    .map_err(|e| BackendError::kernel(format!("deleting {name}"), e))?;
+                tracing::info!(device = %name, "removed the vxlan device");
+            }
         }
         Ok(())
     }
@@ -130,7 +210,7 @@ impl Registered for VxlanRegistered {
     }
 
     fn links(&self) -> Vec<u32> {
-        vec![self.device.link.index]
+        self.device.indices()
     }
 
     async fn start(self: Box<Self>, own: &Lease) -> Result<Started, StartFailed> {
@@ -139,11 +219,12 @@ impl Registered for VxlanRegistered {
         }
         let peers = VxlanPeers {
             link: self.device.link.index,
+            link6: self.device.link6.as_ref().map(|l| l.index),
             ext: self.ext,
             direct_routing: self.config.direct_routing,
             use_nexthops: self.use_nexthops,
         };
-        let mapping = PeerMapping { mapper: Box::new(peers), links: vec![self.device.link.index], remap: None };
+        let mapping = PeerMapping { mapper: Box::new(peers), links: self.device.indices(), remap: None };
         Ok(Started { backend: Box::new(VxlanActive { device: self.device, data: self.data }), peers: Some(mapping) })
     }
 
@@ -175,6 +256,8 @@ impl Active for VxlanActive {
 /// Maps a vxlan peer to its kernel objects.
 pub struct VxlanPeers {
     pub link: u32,
+    /// `flannel-v6.<vni>` in a dual-stack network.
+    pub link6: Option<u32>,
     pub ext: ExternalInterface,
     pub direct_routing: bool,
     pub use_nexthops: bool,
@@ -185,27 +268,46 @@ impl PeerObjects for VxlanPeers {
         let mut state = KernelState::default();
         let public_ip = lease.attrs.public_ip;
         if self.direct_routing && self.ext.addr.contains(&public_ip) {
-            add_route(&mut state, lease, public_ip, self.ext.index, false, self.use_nexthops);
-            return Ok(state);
+            add_route(&mut state, lease.subnet.into(), public_ip.into(), self.ext.index, false, self.use_nexthops);
+        } else {
+            let mac = vtep_mac(&lease.attrs.backend_data, "BackendData")?;
+            self.through_device(&mut state, self.link, lease.subnet.into(), mac, public_ip.into());
         }
-        let mac: MacAddr = lease
-            .attrs
-            .backend_data
-            .str_field("VtepMAC")
-            .ok_or("BackendData.VtepMAC is missing")?
-            .parse()
-            .map_err(|e| format!("BackendData.VtepMAC: {e}"))?;
-        let vtep = lease.subnet.network();
-        state.add_neighbour(NeighbourSpec { ifindex: self.link, ip: vtep.into(), mac });
-        state.add_fdb(FdbSpec { ifindex: self.link, mac, dst: public_ip.into() });
-        add_route(&mut state, lease, vtep, self.link, true, self.use_nexthops);
+        // The watcher keeps a lease's IPv6 subnet only inside a dual-stack network's IPv6 one.
+        if let (Some(link6), Some(subnet), Some(public_ipv6)) = (self.link6, lease.subnet_v6, lease.attrs.public_ipv6())
+        {
+            let mac = vtep_mac(lease.attrs.backend_v6_data(), "BackendV6Data")?;
+            self.through_device(&mut state, link6, subnet.into(), mac, public_ipv6.into());
+        }
         Ok(state)
     }
+}
+
+impl VxlanPeers {
+    /// A peer's subnet through one of our devices: the subnet's first address is the peer's VTEP
+    /// (its neighbour entry), its MAC's packets go to the peer's public address (the FDB entry),
+    /// and the subnet is routed via the VTEP, on-link.
+    fn through_device(&self, state: &mut KernelState, link: u32, subnet: IpNet, mac: MacAddr, public: IpAddr) {
+        let vtep = subnet.network();
+        state.add_neighbour(NeighbourSpec { ifindex: link, ip: vtep, mac });
+        state.add_fdb(FdbSpec { ifindex: link, mac, dst: public });
+        add_route(state, subnet, vtep, link, true, self.use_nexthops);
+    }
+}
+
+/// The VtepMAC of vxlan's data in a lease (`field` names which data, for the error).
+fn vtep_mac(data: &BackendData, field: &str) -> Result<MacAddr, String> {
+    data.str_field("VtepMAC")
+        .ok_or_else(|| format!("{field}.VtepMAC is missing"))?
+        .parse()
+        .map_err(|e| format!("{field}.VtepMAC: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
     use crate::backend::route_sync::RouteSync;
     use crate::kernel::memory::MemoryKernel;
     use crate::lease::{Expiry, LeaseAttrs, LeaseMap};
@@ -218,12 +320,14 @@ mod tests {
             mtu: 1500,
             addr: "198.51.100.1/24".parse().unwrap(),
             public_ip: "198.51.100.1".parse().unwrap(),
+            public_ipv6: None,
         }
     }
 
     fn lease(n: u8, ip: &str, mac: &str) -> Lease {
         Lease {
             subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            subnet_v6: None,
             attrs: LeaseAttrs::new(ip.parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1, "VtepMAC": mac})),
             expiry: Expiry::Unknown,
         }
@@ -352,11 +456,47 @@ mod tests {
         assert_eq!(counts, [1, 1, 1, 1]);
     }
 
+    #[tokio::test]
+    async fn a_dual_stack_peer_gets_objects_on_both_devices() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let ext = ExternalInterface { public_ipv6: Some("2001:db8::1".parse().unwrap()), ..ext() };
+        let vxlan = Vxlan::new(kernel.clone(), VxlanConfig::default(), ext).dual_stack(true);
+        let registered = Box::new(vxlan).register().await.unwrap();
+        let data = registered.lease_data().clone();
+        assert_eq!(data.mtu, 1430, "the IPv6 device's, which fits both");
+        let mac6 = data.backend_v6_data.str_field("VtepMAC").expect("BackendV6Data has the v6 device's MAC");
+        assert_ne!(Some(mac6), data.backend_data.str_field("VtepMAC"));
+        let mut own = lease(1, "198.51.100.1", "02:00:00:00:00:01");
+        own.subnet_v6 = Some("2001:db8:42:1::/64".parse().unwrap());
+        let Ok(started) = registered.start(&own).await else { panic!("vxlan start") };
+        let mapping = started.peers.expect("vxlan maps peers");
+        assert_eq!(mapping.links.len(), 2, "both devices are ours");
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, mapping.mapper, &mapping.links);
+        let mut peer = lease(2, "198.51.100.2", "02:00:00:00:00:02");
+        peer.subnet_v6 = Some("2001:db8:42:2::/64".parse().unwrap());
+        peer.attrs = peer.attrs.with_v6(
+            "2001:db8::2".parse().unwrap(),
+            serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:62"}),
+        );
+        sync.reconcile(&peers(&[peer])).await.unwrap();
+        let state = kernel.snapshot();
+        assert_eq!((state.routes.len(), state.neighbours.len(), state.fdb.len()), (2, 2, 2));
+        let fdb: Vec<String> = state.fdb.values().map(|f| format!("{} {}", f.mac, f.dst)).collect();
+        assert!(fdb.contains(&"02:00:00:00:00:62 2001:db8::2".to_string()), "{fdb:?}");
+        let nh = state.nexthops.values().find(|n| n.gateway.to_string() == "2001:db8:42:2::").expect("IPv6 nexthop");
+        assert!(nh.onlink);
+        let addrs: Vec<String> = kernel.addresses.lock().unwrap().iter().map(|(_, a)| a.to_string()).collect();
+        assert!(addrs.contains(&"2001:db8:42:1::/128".to_string()), "{addrs:?}");
+    }
+
     #[test]
     fn stable_mac_is_stable_and_local() {
-        let a = stable_mac("198.51.100.1".parse().unwrap(), 1);
-        assert_eq!(a, stable_mac("198.51.100.1".parse().unwrap(), 1));
-        assert_ne!(a, stable_mac("198.51.100.2".parse().unwrap(), 1));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = stable_mac(ip("198.51.100.1"), 1);
+        assert_eq!(a, stable_mac(ip("198.51.100.1"), 1));
+        assert_ne!(a, stable_mac(ip("198.51.100.2"), 1));
+        assert_ne!(stable_mac(ip("2001:db8::1"), 1), stable_mac(ip("2001:db8::2"), 1));
         assert_eq!(a.0[0] & 0x03, 0x02, "locally administered unicast");
     }
 }

@@ -58,6 +58,7 @@ mod tests {
         SubnetEnv {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv6: None,
             mtu: 1450,
             ip_masq,
         }

@@ -18,6 +18,10 @@ pub struct AgentArgs {
     /// Address other hosts use to reach this one (overrides agent.public_ip).
     #[arg(long, value_name = "IP")]
     pub public_ip: Option<String>,
+    /// IPv6 address other hosts use to reach this one in a dual-stack network (overrides
+    /// agent.public_ipv6).
+    #[arg(long, value_name = "IPV6")]
+    pub public_ipv6: Option<String>,
     /// Interface name or address to use, may repeat (overrides agent.iface).
     #[arg(long, value_name = "NAME|IP")]
     pub iface: Vec<String>,
@@ -44,6 +48,9 @@ impl AgentArgs {
         let mut flags = Flags::default();
         if let Some(ip) = &self.public_ip {
             flags.set("agent.public_ip", ip.as_str());
+        }
+        if let Some(ip) = &self.public_ipv6 {
+            flags.set("agent.public_ipv6", ip.as_str());
         }
         if !self.iface.is_empty() {
             flags.set("agent.iface", self.iface.clone());

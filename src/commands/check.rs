@@ -135,7 +135,7 @@ mod tests {
 
     fn lease(subnet: &str, ip: &str, backend: &str) -> Lease {
         let attrs = LeaseAttrs::new(ip.parse().unwrap(), backend, serde_json::Value::Null);
-        Lease { subnet: subnet.parse().unwrap(), attrs, expiry: Expiry::Unknown }
+        Lease { subnet: subnet.parse().unwrap(), subnet_v6: None, attrs, expiry: Expiry::Unknown }
     }
 
     #[test]

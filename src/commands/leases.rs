@@ -55,6 +55,11 @@ pub async fn run(global: &GlobalArgs, command: LeasesCommand) -> Result<(), Comm
 #[derive(Serialize)]
 struct LeaseRow {
     subnet: String,
+    /// A dual-stack lease's IPv6 subnet and public address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subnet_v6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_ipv6: Option<std::net::Ipv6Addr>,
     public_ip: Ipv4Addr,
     backend_type: String,
     /// Printed as the store holds it, never parsed: a peer's data may be nested deeper than
@@ -70,6 +75,8 @@ impl From<&Lease> for LeaseRow {
     fn from(lease: &Lease) -> Self {
         LeaseRow {
             subnet: lease.subnet.to_string(),
+            subnet_v6: lease.subnet_v6.map(|s| s.to_string()),
+            public_ipv6: lease.attrs.public_ipv6(),
             public_ip: lease.attrs.public_ip,
             backend_type: lease.attrs.backend_type.to_string(),
             backend_data: lease.attrs.backend_data.clone(),
@@ -116,6 +123,11 @@ async fn list(store: &dyn LeaseStore, json: bool) -> Result<(), CommandError> {
             (false, _) => "unknown".to_string(),
         };
         println!("{:<20} {:<16} {:<10} {expires}", row.subnet, row.public_ip, row.backend_type);
+        // A dual-stack lease's IPv6 side on a line of its own: the addresses are too wide.
+        if let Some(v6) = &row.subnet_v6 {
+            let ip = row.public_ipv6.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
+            println!("  {v6} via {ip}");
+        }
     }
     Ok(())
 }
@@ -165,8 +177,7 @@ async fn make_existing_permanent(
     public_ip: Ipv4Addr,
 ) -> Result<(), CommandError> {
     let listing = store.list_leases().await?;
-    let key = crate::lease::subnet_key(subnet);
-    let Some(raw) = listing.leases.iter().find(|r| r.key == key) else {
+    let Some(raw) = listing.leases.iter().find(|r| crate::lease::parse_subnet_key(&r.key) == Ok(subnet)) else {
         return Err(CommandError::Runtime(format!("{subnet} changed while reserving it; try again")));
     };
     let holder = raw.parse().map_err(|e| CommandError::Runtime(e.to_string()))?;
@@ -174,7 +185,7 @@ async fn make_existing_permanent(
         return Err(CommandError::Runtime(format!("{subnet} is held by {}", holder.attrs.public_ip)));
     }
     let value = String::from_utf8_lossy(&raw.value);
-    match store.update_lease(LeaseWrite::new(subnet, &value, None), raw.mod_revision).await? {
+    match store.update_lease(LeaseWrite::new(holder.key(), &value, None), raw.mod_revision).await? {
         WriteOutcome::Written { .. } => {
             println!("reserved {subnet} for {public_ip} (its lease no longer expires)");
             Ok(())
@@ -184,7 +195,15 @@ async fn make_existing_permanent(
 }
 
 async fn release(store: &dyn LeaseStore, subnet: Ipv4Net) -> Result<(), CommandError> {
-    if store.delete_lease(subnet).await? {
+    // A dual-stack lease's key names its IPv6 subnet too: the lease is found by its IPv4 one.
+    let listing = store.list_leases().await?;
+    let key = listing
+        .leases
+        .iter()
+        .filter_map(|raw| crate::lease::parse_lease_key(&raw.key).ok())
+        .find(|key| key.subnet == subnet)
+        .unwrap_or(subnet.into());
+    if store.delete_lease(key).await? {
         println!("released {subnet}");
         Ok(())
     } else {

@@ -83,9 +83,8 @@ async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), 
                 let leases = store.list_leases().await?.leases.len();
                 if leases > 0 {
                     return Err(CommandError::Input(format!(
-                        "refusing to change the network from {}/{} (subnet_len) to {}/{} while {leases} lease(s) exist: \
-                         hosts would keep subnets outside the new layout. Use --force to do it anyway.",
-                        reshape.old_network, reshape.old_subnet_len, reshape.new_network, reshape.new_subnet_len
+                        "refusing to change the network {reshape} while {leases} lease(s) exist: \
+                         hosts would keep subnets outside the new layout. Use --force to do it anyway."
                     )));
                 }
             }
@@ -107,9 +106,21 @@ struct Shown<'a> {
     subnet_min: String,
     subnet_max: String,
     subnet_count: u64,
+    /// The IPv6 side of a dual-stack network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv6: Option<ShownIpv6>,
     backend: &'static str,
     /// Keys of the stored config weft does not use.
     ignored: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct ShownIpv6 {
+    network: String,
+    subnet_len: u8,
+    subnet_min: String,
+    subnet_max: String,
+    subnet_count: u64,
 }
 
 async fn show(store: &dyn NetworkSource, output: OutputArgs) -> Result<(), CommandError> {
@@ -133,6 +144,13 @@ async fn show(store: &dyn NetworkSource, output: OutputArgs) -> Result<(), Comma
             subnet_min: network.subnet_min.to_string(),
             subnet_max: network.subnet_max.to_string(),
             subnet_count: network.subnet_count(),
+            ipv6: network.ipv6.map(|v6| ShownIpv6 {
+                network: v6.network.to_string(),
+                subnet_len: v6.subnet_len,
+                subnet_min: v6.min.to_string(),
+                subnet_max: v6.max.to_string(),
+                subnet_count: v6.subnet_count(),
+            }),
             backend: network.backend.type_name(),
             ignored: &ignored,
         });
@@ -147,6 +165,16 @@ async fn show(store: &dyn NetworkSource, output: OutputArgs) -> Result<(), Comma
         network.subnet_count(),
         network.backend.type_name()
     );
+    if let Some(v6) = &network.ipv6 {
+        eprintln!(
+            "IPv6 network {} · subnets /{} from {} to {} ({} in all)",
+            v6.network,
+            v6.subnet_len,
+            v6.min,
+            v6.max,
+            v6.subnet_count()
+        );
+    }
     if !ignored.is_empty() {
         eprintln!("ignored keys: {}", ignored.join(", "));
     }

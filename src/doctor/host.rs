@@ -227,6 +227,7 @@ mod tests {
             mtu,
             addr: "192.0.2.10/24".parse().unwrap(),
             public_ip: "192.0.2.10".parse().unwrap(),
+            public_ipv6: None,
         }
     }
 

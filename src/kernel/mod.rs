@@ -29,6 +29,8 @@ pub const MAIN_TABLE: u32 = 254;
 
 /// What every vxlan device weft creates is called before its VNI.
 const VXLAN_DEVICE_PREFIX: &str = "flannel.";
+/// The same for the IPv6 device of a dual-stack network.
+const VXLAN_V6_DEVICE_PREFIX: &str = "flannel-v6.";
 
 /// The name of weft's vxlan device for `vni`: `flannel.<vni>`, as flannel names it. The one place
 /// that knows the name; everything else calls this or [`vxlan_device_vni`].
@@ -36,9 +38,15 @@ pub fn vxlan_device_name(vni: u32) -> String {
     format!("{VXLAN_DEVICE_PREFIX}{vni}")
 }
 
-/// The VNI of a device named like weft's vxlan devices (`flannel.<vni>`), or `None`.
+/// The name of weft's IPv6 vxlan device for `vni`: `flannel-v6.<vni>`, as flannel names it.
+pub fn vxlan_v6_device_name(vni: u32) -> String {
+    format!("{VXLAN_V6_DEVICE_PREFIX}{vni}")
+}
+
+/// The VNI of a device named like weft's vxlan devices (`flannel.<vni>`, `flannel-v6.<vni>`),
+/// or `None`.
 pub fn vxlan_device_vni(name: &str) -> Option<u32> {
-    let vni = name.strip_prefix(VXLAN_DEVICE_PREFIX)?;
+    let vni = name.strip_prefix(VXLAN_DEVICE_PREFIX).or_else(|| name.strip_prefix(VXLAN_V6_DEVICE_PREFIX))?;
     if vni.is_empty() || !vni.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -250,8 +258,8 @@ pub struct VxlanSpec {
     pub name: String,
     pub vni: u32,
     pub port: u16,
-    /// Underlay: local address and device of the outer packets.
-    pub local: Ipv4Addr,
+    /// Underlay: local address (its family is the outer packets') and device of the outer packets.
+    pub local: IpAddr,
     pub underlay_index: u32,
     pub gbp: bool,
     pub learning: bool,
@@ -276,6 +284,8 @@ pub struct InterfaceInfo {
     pub name: String,
     pub mtu: u32,
     pub addrs: Vec<Ipv4Net>,
+    /// Global IPv6 addresses (not link-local, not deprecated), for a dual-stack host's public one.
+    pub addrs_v6: Vec<ipnet::Ipv6Net>,
 }
 
 /// What choosing the external interface reads from the kernel (`iface::discover`). Implemented

@@ -19,7 +19,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct PingJob {
     pub from_ns: String,
-    pub to: std::net::Ipv4Addr,
+    /// Either family: iputils' ping picks it from the address.
+    pub to: std::net::IpAddr,
 }
 
 /// Runs every job at once and returns their results in order. A ping that cannot even start
@@ -41,7 +42,8 @@ pub fn ping_here(targets: &[std::net::Ipv4Addr]) -> Result<Vec<Probe>, LabError>
     Ok(collect_pings(children))
 }
 
-fn spawn_ping(mut command: std::process::Command, to: std::net::Ipv4Addr) -> Result<Child, LabError> {
+fn spawn_ping(mut command: std::process::Command, to: impl Into<std::net::IpAddr>) -> Result<Child, LabError> {
+    let to = to.into();
     command
         .args(PING_ARGS)
         .arg(to.to_string())
@@ -74,7 +76,7 @@ pub fn pod_matrix(pods: &[Pod]) -> Result<Vec<Vec<Probe>>, LabError> {
     for (from, source) in pods.iter().enumerate() {
         for (to, target) in pods.iter().enumerate() {
             if let (Some((ns, _)), Some((_, addr)), true) = (source, target, from != to) {
-                jobs.push(PingJob { from_ns: ns.clone(), to: *addr });
+                jobs.push(PingJob { from_ns: ns.clone(), to: (*addr).into() });
                 slots.push((from, to));
             }
         }

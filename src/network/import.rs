@@ -11,7 +11,19 @@ use super::{Network, NetworkSection, StoredConfigError};
 /// The ConfigMap key kube-flannel keeps its network config under.
 pub const NET_CONF_KEY: &str = "net-conf.json";
 /// Top-level keys of flannel's config that weft reads (the backend's are judged by the backend).
-const KNOWN_KEYS: [&str; 5] = ["Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend"];
+const KNOWN_KEYS: [&str; 11] = [
+    "Network",
+    "SubnetLen",
+    "SubnetMin",
+    "SubnetMax",
+    "EnableIPv4",
+    "EnableIPv6",
+    "IPv6Network",
+    "IPv6SubnetLen",
+    "IPv6SubnetMin",
+    "IPv6SubnetMax",
+    "Backend",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {

@@ -1,20 +1,34 @@
 //! The cluster network: flannel's JSON config in the store, the `[network]` table of weft.toml,
 //! validation into a typed [`Network`], and the subnet arithmetic over it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub mod backend;
 pub mod import;
+pub mod space;
 
-use backend::BackendConfig;
+use backend::{BackendConfig, BackendKind};
+pub use space::SubnetSpace;
+use space::{SpaceKeys, SpaceText};
 
-/// Subnets smaller than this leave too few addresses for a host's pods.
-const SMALLEST_SUBNET_LEN: u8 = 28;
+const IPV4_KEYS: SpaceKeys = SpaceKeys {
+    cidr: "network.cidr",
+    subnet_len: "network.subnet_len",
+    subnet_min: "network.subnet_min",
+    subnet_max: "network.subnet_max",
+};
+
+const IPV6_KEYS: SpaceKeys = SpaceKeys {
+    cidr: "network.ipv6_cidr",
+    subnet_len: "network.ipv6_subnet_len",
+    subnet_min: "network.ipv6_subnet_min",
+    subnet_max: "network.ipv6_subnet_max",
+};
 
 /// The `[network]` table as written by the operator: strings are validated by [`Network::new`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +39,14 @@ pub struct NetworkSection {
     pub subnet_len: u8,
     pub subnet_min: String,
     pub subnet_max: String,
+    /// false: no IPv4 subnets (an IPv6-only cluster; not supported yet, see the README).
+    pub enable_ipv4: bool,
+    /// The IPv6 network ("": IPv4 only). Set, every host also leases an IPv6 subnet.
+    pub ipv6_cidr: String,
+    /// 0: flannel's default, /64 where the network leaves room for one.
+    pub ipv6_subnet_len: u8,
+    pub ipv6_subnet_min: String,
+    pub ipv6_subnet_max: String,
     pub backend: BackendConfig,
 }
 
@@ -35,6 +57,11 @@ impl Default for NetworkSection {
             subnet_len: 0,
             subnet_min: String::new(),
             subnet_max: String::new(),
+            enable_ipv4: true,
+            ipv6_cidr: String::new(),
+            ipv6_subnet_len: 0,
+            ipv6_subnet_min: String::new(),
+            ipv6_subnet_max: String::new(),
             backend: BackendConfig::default(),
         }
     }
@@ -48,26 +75,23 @@ pub struct Network {
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
+    /// The IPv6 subnets, in a dual-stack network.
+    pub ipv6: Option<SubnetSpace>,
     pub backend: BackendConfig,
 }
 
-/// A change of the network's shape: its CIDR or its subnet length. Leases taken in the old shape
-/// may not fit the new one, so a reshape cannot apply while hosts hold leases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A change of the network's shape: a family's CIDR or subnet length, or IPv6 turned on or off.
+/// Leases taken in the old shape may not fit the new one, so a reshape cannot apply while hosts
+/// hold leases. Each side in words: `10.244.0.0/16 (/24 subnets)`, then the IPv6 one if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reshape {
-    pub old_network: Ipv4Net,
-    pub old_subnet_len: u8,
-    pub new_network: Ipv4Net,
-    pub new_subnet_len: u8,
+    pub from: String,
+    pub to: String,
 }
 
 impl std::fmt::Display for Reshape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "from {} (/{} subnets) to {} (/{} subnets)",
-            self.old_network, self.old_subnet_len, self.new_network, self.new_subnet_len
-        )
+        write!(f, "from {} to {}", self.from, self.to)
     }
 }
 
@@ -101,113 +125,135 @@ pub fn bounded_duration(
 /// flannel's default subnet length: a /24 per host where the network is /22 or larger,
 /// otherwise four subnets.
 pub fn default_subnet_len(network: Ipv4Net) -> u8 {
-    if network.prefix_len() <= 22 {
-        24
-    } else {
-        network.prefix_len() + 2
-    }
+    space::default_subnet_len(network.into())
 }
 
 impl Network {
     pub fn new(section: &NetworkSection) -> Result<Network, NetworkError> {
-        let parsed: Ipv4Net = section
-            .cidr
-            .parse()
-            .map_err(|_| invalid("network.cidr", &section.cidr, "not an IPv4 CIDR such as 10.244.0.0/16"))?;
-        let network = parsed.trunc();
-        if network != parsed {
-            return Err(invalid("network.cidr", &section.cidr, format!("host bits set: did you mean {network}?")));
+        if !section.enable_ipv4 {
+            let reason = if section.ipv6_cidr.is_empty() {
+                "with no network.ipv6_cidr either, no family is left"
+            } else {
+                "IPv6-only clusters are not supported yet: keep IPv4 on beside network.ipv6_cidr (dual-stack)"
+            };
+            return Err(invalid("network.enable_ipv4", false, reason));
         }
-        let subnet_len = match section.subnet_len {
-            0 => default_subnet_len(network),
-            len => len,
+        let v4 = SubnetSpace::parse(
+            &IPV4_KEYS,
+            &SpaceText {
+                cidr: &section.cidr,
+                subnet_len: section.subnet_len,
+                subnet_min: &section.subnet_min,
+                subnet_max: &section.subnet_max,
+            },
+            false,
+        )?;
+        let ipv6 = if section.ipv6_cidr.is_empty() {
+            for (key, set) in [
+                ("network.ipv6_subnet_len", section.ipv6_subnet_len != 0),
+                ("network.ipv6_subnet_min", !section.ipv6_subnet_min.is_empty()),
+                ("network.ipv6_subnet_max", !section.ipv6_subnet_max.is_empty()),
+            ] {
+                if set {
+                    return Err(invalid(key, "(set)", "needs network.ipv6_cidr"));
+                }
+            }
+            None
+        } else {
+            let text = SpaceText {
+                cidr: &section.ipv6_cidr,
+                subnet_len: section.ipv6_subnet_len,
+                subnet_min: &section.ipv6_subnet_min,
+                subnet_max: &section.ipv6_subnet_max,
+            };
+            Some(SubnetSpace::parse(&IPV6_KEYS, &text, true)?)
         };
-        if subnet_len < network.prefix_len() {
-            return Err(invalid(
-                "network.subnet_len",
-                subnet_len,
-                format!("shorter than the network's prefix /{}", network.prefix_len()),
-            ));
-        }
-        if subnet_len > SMALLEST_SUBNET_LEN {
-            let reason = format!("subnets smaller than /{SMALLEST_SUBNET_LEN} leave no room for a host");
-            return Err(invalid("network.subnet_len", subnet_len, reason));
-        }
-        let count = 1u64 << (subnet_len - network.prefix_len());
-        let nth = |i: u64| subnet_at(network, subnet_len, i).network();
-        // flannel skips the network's first subnet by default (its .0 address is the network's).
-        let default_min = if count > 1 { nth(1) } else { nth(0) };
-        let subnet_min = parse_bound("network.subnet_min", &section.subnet_min, default_min, network, subnet_len)?;
-        let subnet_max = parse_bound("network.subnet_max", &section.subnet_max, nth(count - 1), network, subnet_len)?;
-        if subnet_min > subnet_max {
-            return Err(invalid("network.subnet_min", subnet_min, format!("above network.subnet_max {subnet_max}")));
-        }
         section.backend.check()?;
-        Ok(Network { network, subnet_len, subnet_min, subnet_max, backend: section.backend.clone() })
+        let kind = section.backend.kind();
+        if ipv6.is_some() && !matches!(kind, BackendKind::Vxlan | BackendKind::HostGw | BackendKind::Alloc) {
+            let reason = format!("IPv6 is carried by vxlan and host-gw so far, not yet by {}", kind.as_str());
+            return Err(invalid("network.ipv6_cidr", &section.ipv6_cidr, reason));
+        }
+        let (IpNet::V4(network), IpAddr::V4(subnet_min), IpAddr::V4(subnet_max)) = (v4.network, v4.min, v4.max) else {
+            unreachable!("parsed as IPv4")
+        };
+        Ok(Network {
+            network,
+            subnet_len: v4.subnet_len,
+            subnet_min,
+            subnet_max,
+            ipv6,
+            backend: section.backend.clone(),
+        })
+    }
+
+    /// The IPv4 subnets as a [`SubnetSpace`], the arithmetic both families share.
+    pub fn ipv4(&self) -> SubnetSpace {
+        SubnetSpace {
+            network: self.network.into(),
+            subnet_len: self.subnet_len,
+            min: self.subnet_min.into(),
+            max: self.subnet_max.into(),
+        }
     }
 
     /// How many subnets lie between `subnet_min` and `subnet_max`.
     pub fn subnet_count(&self) -> u64 {
-        self.index_of(self.subnet_max) - self.index_of(self.subnet_min) + 1
+        self.ipv4().subnet_count()
     }
 
     /// The `i`-th subnet counting from `subnet_min`.
     pub fn nth_subnet(&self, i: u64) -> Ipv4Net {
-        subnet_at(self.network, self.subnet_len, self.index_of(self.subnet_min) + i)
+        match self.ipv4().nth_subnet(i) {
+            IpNet::V4(net) => net,
+            IpNet::V6(_) => unreachable!("an IPv4 space"),
+        }
     }
 
     /// Whether `subnet` is one this network hands out: inside it, of the right length.
     /// A lease outside the network is never installed.
     pub fn contains_subnet(&self, subnet: &Ipv4Net) -> bool {
-        subnet.prefix_len() == self.subnet_len && self.network.contains(subnet)
+        self.ipv4().contains_subnet(&(*subnet).into())
     }
 
     /// Whether `subnet` is between `subnet_min` and `subnet_max`, where new leases are allocated.
     pub fn in_allocation_range(&self, subnet: &Ipv4Net) -> bool {
-        self.contains_subnet(subnet) && subnet.network() >= self.subnet_min && subnet.network() <= self.subnet_max
+        self.ipv4().in_allocation_range(&(*subnet).into())
     }
 
-    fn index_of(&self, addr: Ipv4Addr) -> u64 {
-        let offset = u32::from(addr) - u32::from(self.network.network());
-        u64::from(offset >> (32 - self.subnet_len))
+    /// The IPv6 network of a dual-stack network.
+    pub fn ipv6_network(&self) -> Option<Ipv6Net> {
+        match self.ipv6?.network {
+            IpNet::V6(net) => Some(net),
+            IpNet::V4(_) => None,
+        }
+    }
+
+    /// Whether a lease's IPv6 subnet is as this network wants it: absent in an IPv4-only
+    /// network, inside the IPv6 network in a dual-stack one.
+    pub fn fits_ipv6(&self, subnet: Option<Ipv6Net>) -> bool {
+        match (&self.ipv6, subnet) {
+            (None, None) => true,
+            (Some(space), Some(subnet)) => space.contains_subnet(&subnet.into()),
+            _ => false,
+        }
     }
 
     pub fn section(&self) -> NetworkSection {
+        let v6 = self.ipv6.as_ref();
         NetworkSection {
             cidr: self.network.to_string(),
             subnet_len: self.subnet_len,
             subnet_min: self.subnet_min.to_string(),
             subnet_max: self.subnet_max.to_string(),
+            enable_ipv4: true,
+            ipv6_cidr: v6.map(|s| s.network.to_string()).unwrap_or_default(),
+            ipv6_subnet_len: v6.map_or(0, |s| s.subnet_len),
+            ipv6_subnet_min: v6.map(|s| s.min.to_string()).unwrap_or_default(),
+            ipv6_subnet_max: v6.map(|s| s.max.to_string()).unwrap_or_default(),
             backend: self.backend.clone(),
         }
     }
-}
-
-fn subnet_at(network: Ipv4Net, subnet_len: u8, index: u64) -> Ipv4Net {
-    let base = u32::from(network.network()) as u64;
-    let addr = base + (index << (32 - subnet_len));
-    Ipv4Net::new(Ipv4Addr::from(addr as u32), subnet_len).expect("subnet_len is at most 32")
-}
-
-fn parse_bound(
-    key: &'static str,
-    raw: &str,
-    default: Ipv4Addr,
-    network: Ipv4Net,
-    subnet_len: u8,
-) -> Result<Ipv4Addr, NetworkError> {
-    if raw.is_empty() {
-        return Ok(default);
-    }
-    let addr: Ipv4Addr = raw.parse().map_err(|_| invalid(key, raw, "not an IPv4 address"))?;
-    if !network.contains(&addr) {
-        return Err(invalid(key, raw, format!("outside the network {network}")));
-    }
-    let aligned = Ipv4Net::new(addr, subnet_len).expect("valid length").network();
-    if aligned != addr {
-        return Err(invalid(key, raw, format!("not on a /{subnet_len} boundary (try {aligned})")));
-    }
-    Ok(addr)
 }
 
 // ---- flannel's JSON -------------------------------------------------------------------------
@@ -223,12 +269,29 @@ struct FlannelNetworkJson {
     subnet_min: String,
     #[serde(rename = "SubnetMax", default, skip_serializing_if = "String::is_empty")]
     subnet_max: String,
+    /// Absent: true, as flannel reads it.
+    #[serde(rename = "EnableIPv4", default, skip_serializing_if = "Option::is_none")]
+    enable_ipv4: Option<bool>,
+    #[serde(rename = "EnableIPv6", default, skip_serializing_if = "is_false")]
+    enable_ipv6: bool,
+    #[serde(rename = "IPv6Network", default, skip_serializing_if = "String::is_empty")]
+    ipv6_network: String,
+    #[serde(rename = "IPv6SubnetLen", default, skip_serializing_if = "is_zero")]
+    ipv6_subnet_len: u8,
+    #[serde(rename = "IPv6SubnetMin", default, skip_serializing_if = "String::is_empty")]
+    ipv6_subnet_min: String,
+    #[serde(rename = "IPv6SubnetMax", default, skip_serializing_if = "String::is_empty")]
+    ipv6_subnet_max: String,
     #[serde(rename = "Backend", default)]
     backend: serde_json::Value,
 }
 
 fn is_zero(n: &u8) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The stored config could not be read.
@@ -244,21 +307,32 @@ impl Network {
     /// How this network reshapes `old`, if it does: another CIDR or subnet length. The subnet
     /// range and the backend can change live; these cannot.
     pub fn reshape_from(&self, old: &Network) -> Option<Reshape> {
-        (self.network != old.network || self.subnet_len != old.subnet_len).then_some(Reshape {
-            old_network: old.network,
-            old_subnet_len: old.subnet_len,
-            new_network: self.network,
-            new_subnet_len: self.subnet_len,
-        })
+        (self.shape() != old.shape()).then(|| Reshape { from: old.shape(), to: self.shape() })
+    }
+
+    /// The network's shape in words: each family's CIDR and subnet length.
+    fn shape(&self) -> String {
+        let v4 = format!("{} (/{} subnets)", self.network, self.subnet_len);
+        match &self.ipv6 {
+            Some(v6) => format!("{v4} and {} (/{} subnets)", v6.network, v6.subnet_len),
+            None => v4,
+        }
     }
 
     /// flannel's JSON for this network, as `weft network apply` publishes it.
     pub fn to_flannel_json(&self) -> String {
+        let v6 = self.ipv6.as_ref();
         let json = FlannelNetworkJson {
             network: self.network.to_string(),
             subnet_len: self.subnet_len,
             subnet_min: self.subnet_min.to_string(),
             subnet_max: self.subnet_max.to_string(),
+            enable_ipv4: None,
+            enable_ipv6: v6.is_some(),
+            ipv6_network: v6.map(|s| s.network.to_string()).unwrap_or_default(),
+            ipv6_subnet_len: v6.map_or(0, |s| s.subnet_len),
+            ipv6_subnet_min: v6.map(|s| s.min.to_string()).unwrap_or_default(),
+            ipv6_subnet_max: v6.map(|s| s.max.to_string()).unwrap_or_default(),
             backend: self.backend.to_flannel_json(),
         };
         serde_json::to_string(&json).expect("network config always serializes")
@@ -271,13 +345,23 @@ impl Network {
             serde_json::from_str(text).map_err(|e| StoredConfigError::Json(e.to_string()))?;
         let (backend, ignored) = BackendConfig::from_flannel_json(&json.backend)
             .map_err(|reason| invalid("Backend", &json.backend, reason))?;
+        // flannel reads the IPv6 keys only when EnableIPv6 says so.
+        let v6 = |value: String| if json.enable_ipv6 { value } else { String::new() };
         let section = NetworkSection {
             cidr: json.network,
             subnet_len: json.subnet_len,
             subnet_min: json.subnet_min,
             subnet_max: json.subnet_max,
+            enable_ipv4: json.enable_ipv4.unwrap_or(true),
+            ipv6_subnet_len: if json.enable_ipv6 { json.ipv6_subnet_len } else { 0 },
+            ipv6_subnet_min: v6(json.ipv6_subnet_min),
+            ipv6_subnet_max: v6(json.ipv6_subnet_max),
+            ipv6_cidr: v6(json.ipv6_network),
             backend,
         };
+        if json.enable_ipv6 && section.ipv6_cidr.is_empty() {
+            return Err(invalid("IPv6Network", "", "EnableIPv6 is true: the IPv6 network is needed").into());
+        }
         Ok((Network::new(&section)?, ignored))
     }
 }
@@ -309,7 +393,12 @@ mod tests {
         assert_eq!(reshape.to_string(), "from 10.244.0.0/16 (/24 subnets) to 10.0.0.0/8 (/24 subnets)");
         let longer = Network::new(&NetworkSection { subnet_len: 26, ..section("10.244.0.0/16") }).unwrap();
         let reshape = longer.reshape_from(&old).unwrap();
-        assert_eq!((reshape.old_subnet_len, reshape.new_subnet_len), (24, 26));
+        assert_eq!(reshape.to, "10.244.0.0/16 (/26 subnets)");
+        let dual = Network::new(&dual_stack()).unwrap();
+        assert_eq!(
+            dual.reshape_from(&old).unwrap().to_string(),
+            "from 10.244.0.0/16 (/24 subnets) to 10.244.0.0/16 (/24 subnets) and 2001:db8:42::/56 (/64 subnets)"
+        );
     }
 
     #[test]
@@ -391,6 +480,67 @@ mod tests {
         let n = Network::new(&section("10.244.0.0/16")).unwrap();
         let (back, _) = Network::from_flannel_json(&n.to_flannel_json()).unwrap();
         assert_eq!(back, n);
+        let dual = Network::new(&dual_stack()).unwrap();
+        let json = dual.to_flannel_json();
+        assert!(json.contains(r#""EnableIPv6":true,"IPv6Network":"2001:db8:42::/56","IPv6SubnetLen":64"#), "{json}");
+        assert_eq!(Network::from_flannel_json(&json).unwrap().0, dual);
+        assert_eq!(Network::new(&dual.section()).unwrap(), dual);
+    }
+
+    fn dual_stack() -> NetworkSection {
+        NetworkSection {
+            ipv6_cidr: "2001:db8:42::/56".into(),
+            backend: BackendConfig::HostGw(backend::NoOptions {}),
+            ..section("10.244.0.0/16")
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_network_has_both_spaces() {
+        let n = Network::new(&dual_stack()).unwrap();
+        let v6 = n.ipv6.expect("IPv6 is on");
+        assert_eq!((v6.subnet_len, v6.subnet_count()), (64, 255));
+        assert!(n.fits_ipv6(Some("2001:db8:42:9::/64".parse().unwrap())));
+        assert!(!n.fits_ipv6(None), "a dual-stack lease has both subnets");
+        assert!(!n.fits_ipv6(Some("2001:db8:43:9::/64".parse().unwrap())));
+        let v4_only = Network::new(&section("10.244.0.0/16")).unwrap();
+        assert!(v4_only.fits_ipv6(None));
+        assert!(!v4_only.fits_ipv6(Some("2001:db8:42:9::/64".parse().unwrap())));
+    }
+
+    #[test]
+    fn reads_flannels_dual_stack_json() {
+        let text = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"2001:db8:42::/48","IPv6SubnetLen":64,"IPv6SubnetMin":"2001:db8:42:10::","Backend":{"Type":"host-gw"}}"#;
+        let (n, ignored) = Network::from_flannel_json(text).unwrap();
+        assert!(ignored.is_empty());
+        let v6 = n.ipv6.unwrap();
+        assert_eq!(v6.min.to_string(), "2001:db8:42:10::");
+        assert_eq!(v6.max.to_string(), "2001:db8:42:ffff::");
+        // IPv6 keys without EnableIPv6 are ignored, as flannel ignores them.
+        let text = r#"{"Network":"10.244.0.0/16","IPv6Network":"2001:db8:42::/48"}"#;
+        assert_eq!(Network::from_flannel_json(text).unwrap().0.ipv6, None);
+        let err = Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#).unwrap_err();
+        assert!(err.to_string().contains("IPv6Network"), "{err}");
+        let err = Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8::/48"}"#).unwrap_err();
+        assert!(err.to_string().contains("network.enable_ipv4"), "{err}");
+    }
+
+    #[test]
+    fn bad_dual_stack_input_names_the_key() {
+        let cases = [
+            (NetworkSection { ipv6_cidr: "10.245.0.0/16".into(), ..section("10.244.0.0/16") }, "network.ipv6_cidr"),
+            (section("2001:db8::/56"), "network.cidr"),
+            (NetworkSection { ipv6_subnet_len: 129, ..dual_stack() }, "network.ipv6_subnet_len"),
+            (NetworkSection { ipv6_subnet_len: 40, ..dual_stack() }, "network.ipv6_subnet_len"),
+            (NetworkSection { ipv6_subnet_len: 64, ..section("10.244.0.0/16") }, "network.ipv6_subnet_len"),
+            (NetworkSection { enable_ipv4: false, ..section("10.244.0.0/16") }, "network.enable_ipv4"),
+            (NetworkSection { enable_ipv4: false, ..dual_stack() }, "network.enable_ipv4"),
+
+        ];
+        for (s, key) in cases {
+            let err = Network::new(&s).unwrap_err();
+            assert_eq!(err.key, key, "{err}");
+        }
     }
 
     #[test]

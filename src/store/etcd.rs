@@ -15,7 +15,6 @@ use etcd_client::{
     ResponseHeader, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use super::etcd_members::{Member, Members};
@@ -24,7 +23,7 @@ use super::{
     RawLease, Revision, StoreError, WriteOutcome,
 };
 use crate::backoff::Backoff;
-use crate::lease::{subnet_key, Expiry};
+use crate::lease::{subnet_key, Expiry, LeaseKey};
 
 /// How long one request may take before etcd counts as unavailable. The client's balancer waits
 /// for a healthy endpoint instead of failing, so without this a request could hang forever.
@@ -526,7 +525,7 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
-        let key = self.keys.subnet(write.subnet);
+        let key = self.keys.subnet(write.key);
         let context = format!("create lease {key}");
         let grant = self.grant(write.ttl, &context).await?;
         // flannel's rule: only a key that does not exist yet may be taken.
@@ -535,7 +534,7 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn update_lease(&self, write: LeaseWrite<'_>, expected: Revision) -> Result<WriteOutcome, StoreError> {
-        let key = self.keys.subnet(write.subnet);
+        let key = self.keys.subnet(write.key);
         let context = format!("renew lease {key}");
         // Like flannel, renewal re-puts the key with a new etcd lease; the old one runs out
         // unused (it may hold other keys, so it is not revoked).
@@ -544,8 +543,8 @@ impl LeaseStore for EtcdStore {
         self.conditional_put(key, write.attrs_json, unchanged, grant, WriteKind::Rewrite, &context).await
     }
 
-    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
-        let key = self.keys.subnet(subnet);
+    async fn delete_lease(&self, lease: LeaseKey) -> Result<bool, StoreError> {
+        let key = self.keys.subnet(lease);
         let context = format!("delete lease {key}");
         let resp = self
             .request(&context, |mut client| {
@@ -556,8 +555,8 @@ impl LeaseStore for EtcdStore {
         Ok(resp.deleted() > 0)
     }
 
-    async fn delete_lease_at(&self, subnet: Ipv4Net, revision: Revision) -> Result<bool, StoreError> {
-        let key = self.keys.subnet(subnet);
+    async fn delete_lease_at(&self, lease: LeaseKey, revision: Revision) -> Result<bool, StoreError> {
+        let key = self.keys.subnet(lease);
         let context = format!("delete orphaned lease {key}");
         let unchanged = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
         let txn = Txn::new().when([unchanged]).and_then([TxnOp::delete(key, None)]);
@@ -730,8 +729,8 @@ impl Keys {
         }
     }
 
-    fn subnet(&self, subnet: Ipv4Net) -> String {
-        self.subnet_name(&subnet_key(subnet))
+    fn subnet(&self, lease: LeaseKey) -> String {
+        self.subnet_name(&subnet_key(lease))
     }
 
     fn leader(&self, name: &str) -> String {
@@ -988,8 +987,8 @@ mod tests {
     fn keys_follow_flannel_layout() {
         let keys = Keys::new("/coreos.com/network/");
         assert_eq!(keys.config, "/coreos.com/network/config");
-        let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
-        assert_eq!(keys.subnet(net), "/coreos.com/network/subnets/10.244.3.0-24");
+        let net: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(keys.subnet(net.into()), "/coreos.com/network/subnets/10.244.3.0-24");
         let name = keys.lease_name(b"/coreos.com/network/subnets/10.244.3.0-24");
         assert_eq!(name.as_deref(), Some("10.244.3.0-24"));
         assert_eq!(keys.lease_name(b"/other/subnets/10.244.3.0-24"), None);

@@ -17,7 +17,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use fs4::FileExt;
 use futures::stream::BoxStream;
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -26,7 +25,7 @@ use super::{
     receiver_stream, Failure, Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease,
     Revision, StoreError, WriteOutcome,
 };
-use crate::lease::{subnet_key, Expiry};
+use crate::lease::{subnet_key, Expiry, LeaseKey};
 
 const STATE_FILE: &str = "state.json";
 const TEMP_FILE: &str = "state.json.tmp";
@@ -114,8 +113,8 @@ impl LeaseStore for LocalStore {
         .await
     }
 
-    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
-        let key = subnet_key(subnet);
+    async fn delete_lease(&self, key: LeaseKey) -> Result<bool, StoreError> {
+        let key = subnet_key(key);
         self.write(move |state, _| match state.leases.remove(&key) {
             Some(_) => Applied::Changed(true),
             None => Applied::Unchanged(false),
@@ -518,7 +517,7 @@ impl Watcher {
 
 /// A write's key, value and TTL, owned, for a blocking thread.
 fn owned(write: LeaseWrite<'_>) -> (String, String, Option<Duration>) {
-    (subnet_key(write.subnet), write.attrs_json.to_string(), write.ttl)
+    (subnet_key(write.key), write.attrs_json.to_string(), write.ttl)
 }
 
 /// Runs file work off the async threads.

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
-use ipnet::Ipv4Net;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
@@ -17,7 +16,7 @@ use super::{
     Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease, Revision, StoreError,
     WriteOutcome,
 };
-use crate::lease::{subnet_key, Expiry};
+use crate::lease::{subnet_key, Expiry, LeaseKey};
 
 /// Changes a watch may fall behind by before it is resynced.
 const WATCH_BUFFER: usize = 1024;
@@ -96,7 +95,7 @@ impl MemoryStore {
         state.revision += 1;
         let now = Instant::now();
         let expires = write.ttl.map(|ttl| now + ttl);
-        let key = subnet_key(write.subnet);
+        let key = subnet_key(write.key);
         let entry = Entry { value: write.attrs_json.to_string(), expires, mod_revision: state.revision };
         let raw = entry.raw(&key, now);
         state.leases.insert(key, entry);
@@ -153,7 +152,7 @@ impl LeaseStore for MemoryStore {
 
     async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
         let mut state = self.lock();
-        if state.leases.contains_key(&subnet_key(write.subnet)) {
+        if state.leases.contains_key(&subnet_key(write.key)) {
             return Ok(WriteOutcome::Conflict);
         }
         Ok(self.put(&mut state, write))
@@ -161,16 +160,16 @@ impl LeaseStore for MemoryStore {
 
     async fn update_lease(&self, write: LeaseWrite<'_>, expected: Revision) -> Result<WriteOutcome, StoreError> {
         let mut state = self.lock();
-        let ours = state.leases.get(&subnet_key(write.subnet)).is_some_and(|e| e.mod_revision == expected);
+        let ours = state.leases.get(&subnet_key(write.key)).is_some_and(|e| e.mod_revision == expected);
         if !ours {
             return Ok(WriteOutcome::Conflict);
         }
         Ok(self.put(&mut state, write))
     }
 
-    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
+    async fn delete_lease(&self, key: LeaseKey) -> Result<bool, StoreError> {
         let mut state = self.lock();
-        let key = subnet_key(subnet);
+        let key = subnet_key(key);
         if state.leases.remove(&key).is_none() {
             return Ok(false);
         }
@@ -179,9 +178,9 @@ impl LeaseStore for MemoryStore {
         Ok(true)
     }
 
-    async fn delete_lease_at(&self, subnet: Ipv4Net, revision: Revision) -> Result<bool, StoreError> {
+    async fn delete_lease_at(&self, key: LeaseKey, revision: Revision) -> Result<bool, StoreError> {
         let mut state = self.lock();
-        let key = subnet_key(subnet);
+        let key = subnet_key(key);
         if state.leases.get(&key).is_none_or(|e| e.mod_revision != revision) {
             return Ok(false);
         }
@@ -271,7 +270,7 @@ mod tests {
 
     const HOUR: Option<Duration> = Some(Duration::from_secs(3600));
 
-    fn net(cidr: &str) -> Ipv4Net {
+    fn net(cidr: &str) -> ipnet::Ipv4Net {
         cidr.parse().unwrap()
     }
 
@@ -298,8 +297,8 @@ mod tests {
         let second = revision(store.update_lease(write("10.244.1.0/24", HOUR), first).await.unwrap());
         assert!(second > first);
         assert_eq!(store.update_lease(write("10.244.1.0/24", HOUR), first).await.unwrap(), WriteOutcome::Conflict);
-        assert!(store.delete_lease(net("10.244.1.0/24")).await.unwrap());
-        assert!(!store.delete_lease(net("10.244.1.0/24")).await.unwrap());
+        assert!(store.delete_lease(net("10.244.1.0/24").into()).await.unwrap());
+        assert!(!store.delete_lease(net("10.244.1.0/24").into()).await.unwrap());
         assert!(store.list_leases().await.unwrap().leases.is_empty());
     }
 

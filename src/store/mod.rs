@@ -15,7 +15,7 @@ use futures::stream::{BoxStream, StreamExt};
 use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
-use crate::lease::{self, Expiry, Lease, LeaseParseError};
+use crate::lease::{self, Expiry, Lease, LeaseKey, LeaseParseError};
 
 pub mod etcd;
 mod etcd_members;
@@ -73,7 +73,8 @@ pub enum LeaseUpdate {
 /// What a lease write puts in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseWrite<'a> {
-    pub subnet: Ipv4Net,
+    /// The subnets, which make the key.
+    pub key: LeaseKey,
     /// The lease attributes, flannel's JSON.
     pub attrs_json: &'a str,
     /// How long the lease lives; `None` writes a reservation, which never expires.
@@ -81,8 +82,8 @@ pub struct LeaseWrite<'a> {
 }
 
 impl<'a> LeaseWrite<'a> {
-    pub fn new(subnet: Ipv4Net, attrs_json: &'a str, ttl: Option<Duration>) -> Self {
-        LeaseWrite { subnet, attrs_json, ttl }
+    pub fn new(key: impl Into<LeaseKey>, attrs_json: &'a str, ttl: Option<Duration>) -> Self {
+        LeaseWrite { key: key.into(), attrs_json, ttl }
     }
 }
 
@@ -229,14 +230,14 @@ pub trait LeaseStore: Send + Sync {
     /// Rewrites the subnet's key with a fresh TTL, only if it is still at `expected` (still ours).
     async fn update_lease(&self, write: LeaseWrite<'_>, expected: Revision) -> Result<WriteOutcome, StoreError>;
 
-    /// Deletes `subnet`'s key; false when there was none.
-    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError>;
+    /// Deletes the lease of `key`; false when there was none.
+    async fn delete_lease(&self, key: LeaseKey) -> Result<bool, StoreError>;
 
-    /// Deletes `subnet`'s key only if nobody wrote it since `revision`; false when it was not
+    /// Deletes the lease of `key` only if nobody wrote it since `revision`; false when it was not
     /// deleted. For orphans of our own (a create whose answer was lost and that landed after we
     /// had taken another subnet): etcd's writes can be in doubt, the local store's and
     /// Kubernetes' (one lease per node) cannot, so they have none and keep this default.
-    async fn delete_lease_at(&self, _subnet: Ipv4Net, _revision: Revision) -> Result<bool, StoreError> {
+    async fn delete_lease_at(&self, _key: LeaseKey, _revision: Revision) -> Result<bool, StoreError> {
         Ok(false)
     }
 

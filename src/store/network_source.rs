@@ -15,6 +15,7 @@ use super::{
     Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease, Revision, StoreError,
     WriteOutcome,
 };
+use crate::lease::LeaseKey;
 use crate::network::{Network, NetworkSection};
 
 /// The `[network]` table of the config file, as the network source. Cheap to clone: clones see
@@ -118,8 +119,8 @@ impl<S: LeaseStore> LeaseStore for WithNetwork<S> {
         self.store.update_lease(write, expected).await
     }
 
-    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
-        self.store.delete_lease(subnet).await
+    async fn delete_lease(&self, key: LeaseKey) -> Result<bool, StoreError> {
+        self.store.delete_lease(key).await
     }
 
     fn watch_leases(&self, after: Revision) -> BoxStream<'static, Result<LeaseUpdate, StoreError>> {

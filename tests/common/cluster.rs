@@ -12,7 +12,7 @@
 //! in the machine's own namespace.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -331,8 +331,8 @@ impl Cluster {
     }
 
     /// Three pings from namespace `from` to `to`: the average round trip, or `None`.
-    pub fn ping(&self, from: &str, to: Ipv4Addr) -> Option<Duration> {
-        let job = probe::PingJob { from_ns: from.to_string(), to };
+    pub fn ping(&self, from: &str, to: impl Into<std::net::IpAddr>) -> Option<Duration> {
+        let job = probe::PingJob { from_ns: from.to_string(), to: to.into() };
         match probe::ping_all(&[job]).expect("run ping").pop() {
             Some(Probe::Rtt(rtt)) => Some(rtt),
             _ => None,
@@ -340,7 +340,7 @@ impl Cluster {
     }
 
     /// Pings until one answers or `within` passes (routes take a moment to appear).
-    pub fn wait_ping(&self, from: &str, to: Ipv4Addr, within: Duration) -> bool {
+    pub fn wait_ping(&self, from: &str, to: impl Into<std::net::IpAddr> + Copy, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
             if self.ping(from, to).is_some() {

@@ -183,6 +183,7 @@ fn harness_on(config: &AwsVpcConfig, store: Arc<dyn Leadership>, dir: tempfile::
             mtu: 9001,
             addr: net("10.0.1.10/24"),
             public_ip: "10.0.1.10".parse().unwrap(),
+            public_ipv6: None,
         },
         store,
         health: Arc::new(Health::default()),
@@ -198,6 +199,7 @@ fn tagged_config() -> AwsVpcConfig {
 fn lease(subnet: &str) -> Lease {
     Lease {
         subnet: net(subnet),
+        subnet_v6: None,
         attrs: LeaseAttrs::new("10.0.1.10".parse().unwrap(), BackendKind::AwsVpc.as_str(), serde_json::Value::Null),
         expiry: Expiry::At(SystemTime::now() + Duration::from_secs(3600)),
     }

@@ -25,7 +25,7 @@ impl Forwarding {
 #[async_trait]
 impl Backend for Forwarding {
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        enable_forwarding(self.kernel.as_ref()).await;
+        enable_forwarding(self.kernel.as_ref(), false).await;
         self.inner.register().await
     }
 }

@@ -43,7 +43,7 @@ impl Backend for Hybrid {
         // Our lease says the cloud's type, with the VTEP peers need to reach us over vxlan; pods
         // get the vxlan MTU, since some of their packets are encapsulated.
         let vtep = overlay.lease_data();
-        let data = LeaseData { kind: cloud.kind(), backend_data: vtep.backend_data.clone(), mtu: vtep.mtu };
+        let data = LeaseData { kind: cloud.kind(), backend_data: vtep.backend_data.clone(), ..vtep.clone() };
         Ok(Box::new(HybridRegistered { cloud: Some(cloud), overlay, paths, data }))
     }
 }

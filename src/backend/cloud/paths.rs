@@ -95,6 +95,7 @@ mod tests {
     fn lease(subnet: &str, data: serde_json::Value) -> Lease {
         Lease {
             subnet: net(subnet),
+            subnet_v6: None,
             attrs: LeaseAttrs::new("192.0.2.7".parse().unwrap(), "aws-vpc", data),
             expiry: Expiry::At(SystemTime::now() + Duration::from_secs(60)),
         }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteAttribute;
@@ -21,7 +21,8 @@ pub async fn all(handle: &Handle) -> Result<Vec<InterfaceInfo>, KernelError> {
     let mut links = Vec::new();
     let mut stream = handle.link().get().execute();
     while let Some(msg) = stream.try_next().await.map_err(|e| failed("list links", e))? {
-        let mut link = InterfaceInfo { index: msg.header.index, name: String::new(), mtu: 0, addrs: Vec::new() };
+        let mut link =
+            InterfaceInfo { index: msg.header.index, name: String::new(), mtu: 0, addrs: Vec::new(), addrs_v6: Vec::new() };
         for attr in msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name,
@@ -34,14 +35,24 @@ pub async fn all(handle: &Handle) -> Result<Vec<InterfaceInfo>, KernelError> {
     let mut stream = handle.address().get().execute();
     while let Some(msg) = stream.try_next().await.map_err(|e| failed("list addresses", e))? {
         let local = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         });
         let (Some(ip), Some(link)) = (local, links.iter_mut().find(|l| l.index == msg.header.index)) else {
             continue;
         };
-        if let Ok(net) = Ipv4Net::new(ip, msg.header.prefix_len) {
-            link.addrs.push(net);
+        match ip {
+            IpAddr::V4(ip) => link.addrs.extend(Ipv4Net::new(ip, msg.header.prefix_len)),
+            IpAddr::V6(ip) => {
+                let deprecated = msg.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::CacheInfo(info) if info.ifa_preferred == 0)
+                });
+                // Link-local (fe80::/10) and loopback addresses reach no other host.
+                let global = !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80;
+                if global && !deprecated {
+                    link.addrs_v6.extend(Ipv6Net::new(ip, msg.header.prefix_len));
+                }
+            }
         }
     }
     Ok(links)

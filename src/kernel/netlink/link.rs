@@ -1,7 +1,7 @@
 //! Links and addresses, over rtnetlink's request builders (one request at a time is plenty:
 //! these run once per start, not once per peer).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -79,7 +79,7 @@ pub fn link_handle(message: &LinkMessage) -> LinkHandle {
 struct VxlanIdentity {
     vni: Option<u32>,
     port: Option<u16>,
-    local: Option<Ipv4Addr>,
+    local: Option<IpAddr>,
     underlay: Option<u32>,
     gbp: bool,
 }
@@ -101,7 +101,8 @@ impl VxlanIdentity {
             match attribute {
                 InfoVxlan::Id(vni) => found.vni = Some(*vni),
                 InfoVxlan::Port(port) => found.port = Some(*port),
-                InfoVxlan::Local(ip) => found.local = Some(*ip),
+                InfoVxlan::Local(ip) => found.local = Some((*ip).into()),
+                InfoVxlan::Local6(ip) => found.local = Some((*ip).into()),
                 InfoVxlan::Link(index) => found.underlay = Some(*index),
                 InfoVxlan::Gbp => found.gbp = true,
                 _ => {}
@@ -174,9 +175,12 @@ async fn adopt_vxlan(handle: &Handle, spec: &VxlanSpec, existing: &LinkMessage) 
 }
 
 async fn create_vxlan(handle: &Handle, spec: &VxlanSpec) -> Result<(), rtnetlink::Error> {
-    let mut builder = LinkVxlan::new(&spec.name, spec.vni)
-        .dev(spec.underlay_index)
-        .local(spec.local)
+    let builder = LinkVxlan::new(&spec.name, spec.vni).dev(spec.underlay_index);
+    let builder = match spec.local {
+        IpAddr::V4(local) => builder.local(local),
+        IpAddr::V6(local) => builder.local6(local),
+    };
+    let mut builder = builder
         .port(spec.port)
         .learning(spec.learning)
         .mtu(spec.mtu)
@@ -291,13 +295,14 @@ pub async fn delete_link(handle: &Handle, index: u32) -> Result<(), KernelError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn spec() -> VxlanSpec {
         VxlanSpec {
             name: "flannel.1".into(),
             vni: 1,
             port: 8472,
-            local: Ipv4Addr::new(198, 51, 100, 1),
+            local: Ipv4Addr::new(198, 51, 100, 1).into(),
             underlay_index: 2,
             gbp: false,
             learning: false,

@@ -21,7 +21,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use tracing::{info, warn};
 
-use crate::lease::{Expiry, LeaseAttrs};
+use crate::lease::{Expiry, LeaseAttrs, LeaseKey};
 use crate::store::{Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, Revision, StoreError, WriteOutcome};
 use annotations::AnnotationNames;
 use events::{NodeTracker, OwnNode};
@@ -183,17 +183,18 @@ impl LeaseStore for KubeStore {
     /// "creating" a lease annotates our node when `subnet` is its pod subnet, and is a conflict
     /// for any other subnet. TTLs do not apply.
     async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
-        self.write_own(write.subnet, write.attrs_json).await
+        self.write_own(write.key.subnet, write.attrs_json).await
     }
 
     /// As `create_lease`: the node is ours whatever its resourceVersion, since only this agent
     /// writes these annotations on it.
     async fn update_lease(&self, write: LeaseWrite<'_>, _expected: Revision) -> Result<WriteOutcome, StoreError> {
-        self.write_own(write.subnet, write.attrs_json).await
+        self.write_own(write.key.subnet, write.attrs_json).await
     }
 
     /// Removes our node's lease annotations; other nodes are never written.
-    async fn delete_lease(&self, subnet: Ipv4Net) -> Result<bool, StoreError> {
+    async fn delete_lease(&self, key: LeaseKey) -> Result<bool, StoreError> {
+        let subnet = key.subnet;
         let (node, assigned) = self.own_pod_cidr().await?;
         if assigned != Some(subnet) {
             return Err(StoreError::config(format!(
