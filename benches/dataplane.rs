@@ -59,6 +59,10 @@ const PREFIX_BASE: &str = "wbench";
 const NETWORK: &str = "10.0.0.0/8";
 /// The address on each host's `eth0` that the agent uses, and its on-link prefix.
 const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The agent's IPv6 underlay address in the dual-stack runs (documentation range).
+const HOST_ADDR_V6: &str = "2001:db8:ffff::1/64";
+/// The IPv6 pod network of the dual-stack runs: room for 65,536 /64s.
+const NETWORK_V6: &str = "2001:db8:100::/48";
 const HOST_PREFIX_LEN: u8 = 15;
 const ETCD_PORT: u16 = 2379;
 /// etcd's default `--max-txn-ops`.
@@ -205,28 +209,50 @@ fn peer_public_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 16 + i)
 }
 
+/// Peer `i`'s IPv6 subnet in the dual-stack runs.
+fn peer_subnet_v6(i: u32) -> ipnet::Ipv6Net {
+    let base = u128::from("2001:db8:100::".parse::<std::net::Ipv6Addr>().expect("an address"));
+    ipnet::Ipv6Net::new((base + (u128::from(i) << 64)).into(), 64).expect("a /64")
+}
+
+fn peer_public_ipv6(i: u32) -> std::net::Ipv6Addr {
+    let base = u128::from("2001:db8:ffff::".parse::<std::net::Ipv6Addr>().expect("an address"));
+    (base + 0x1000 + u128::from(i)).into()
+}
+
 fn peer_mac(i: u32) -> String {
     format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8, i as u8)
 }
 
-/// flannel's JSON for peer `i`'s lease.
-fn lease_json(kind: BackendKind, i: u32) -> String {
+/// flannel's JSON for peer `i`'s lease (dual-stack: with its IPv6 address and, for vxlan, the
+/// IPv6 device's MAC, as flanneld writes them).
+fn lease_json(set: &LeaseSet, i: u32) -> String {
     let ip = peer_public_ip(i);
-    match kind {
-        BackendKind::Vxlan => format!(
-            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
-            peer_mac(i)
-        ),
-        BackendKind::HostGw => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#),
+    let ip6 = if set.dual { format!("\"{}\"", peer_public_ipv6(i)) } else { "null".into() };
+    match set.kind {
+        BackendKind::Vxlan => {
+            let mac = peer_mac(i);
+            let v6_data = if set.dual {
+                // The v6 device's MAC differs from the v4 one's in its second byte.
+                format!(r#","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}"#, mac.replacen("02:42", "02:66", 1))
+            } else {
+                String::new()
+            };
+            format!(
+                r#"{{"PublicIP":"{ip}","PublicIPv6":{ip6},"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}{v6_data}}}"#
+            )
+        }
+        BackendKind::HostGw => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":{ip6},"BackendType":"host-gw"}}"#),
     }
 }
 
-fn network_json(kind: BackendKind) -> String {
-    let backend = match kind {
+fn network_json(set: &LeaseSet) -> String {
+    let backend = match set.kind {
         BackendKind::Vxlan => r#"{"Type":"vxlan","VNI":1,"Port":8472}"#,
         BackendKind::HostGw => r#"{"Type":"host-gw"}"#,
     };
-    format!(r#"{{"Network":"{NETWORK}","SubnetLen":24,"Backend":{backend}}}"#)
+    let v6 = if set.dual { format!(r#","EnableIPv6":true,"IPv6Network":"{NETWORK_V6}""#) } else { String::new() };
+    format!(r#"{{"Network":"{NETWORK}","SubnetLen":24{v6},"Backend":{backend}}}"#)
 }
 
 fn subnet_key(subnet: Ipv4Net) -> String {
@@ -239,20 +265,33 @@ struct LeaseSet {
     kind: BackendKind,
     count: u32,
     prefix: String,
+    /// Dual-stack: every lease has an IPv6 subnet too, and the network says so.
+    dual: bool,
 }
 
 impl LeaseSet {
     fn new(kind: BackendKind, count: u32) -> Self {
-        LeaseSet { kind, count, prefix: format!("/weft-bench/{}-{count}", kind.name()) }
+        LeaseSet { kind, count, prefix: format!("/weft-bench/{}-{count}", kind.name()), dual: false }
     }
 
-    fn key(&self, subnet: Ipv4Net) -> String {
-        format!("{}/subnets/{}", self.prefix, subnet_key(subnet))
+    fn dual_stack(kind: BackendKind, count: u32) -> Self {
+        LeaseSet { prefix: format!("/weft-bench/{}-dual-{count}", kind.name()), dual: true, ..LeaseSet::new(kind, count) }
     }
 
-    /// The kernel objects an agent installs for every lease.
+    /// Peer `i`'s key.
+    fn key(&self, i: u32) -> String {
+        let v6 = if self.dual { Some(peer_subnet_v6(i)) } else { None };
+        self.key_of(peer_subnet(i), v6)
+    }
+
+    fn key_of(&self, subnet: Ipv4Net, v6: Option<ipnet::Ipv6Net>) -> String {
+        let v6 = v6.map(|net| format!("&{}-{}", net.network(), net.prefix_len())).unwrap_or_default();
+        format!("{}/subnets/{}{v6}", self.prefix, subnet_key(subnet))
+    }
+
+    /// The kernel objects an agent installs for every lease (twice over, dual-stack).
     fn expected(&self, nexthops: bool) -> Counts {
-        let n = u64::from(self.count);
+        let n = u64::from(self.count) * if self.dual { 2 } else { 1 };
         let (neighbours, fdb) = if self.kind == BackendKind::Vxlan { (n, n) } else { (0, 0) };
         Counts { routes: n, nexthops: if nexthops { n } else { 0 }, neighbours, fdb }
     }
@@ -281,7 +320,7 @@ impl Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Object {
     /// A route of weft's protocol, by destination.
-    Route(Ipv4Addr),
+    Route(std::net::IpAddr),
     Nexthop,
     /// A permanent ARP entry.
     Neighbour,
@@ -316,7 +355,7 @@ impl Monitor {
         let socket = ns.run(|| -> io::Result<netlink_sys::Socket> {
             let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
             socket.bind_auto()?;
-            for group in [libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, RTNLGRP_NEXTHOP] {
+            for group in [libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE, libc::RTNLGRP_IPV6_ROUTE, RTNLGRP_NEXTHOP] {
                 socket.add_membership(group)?;
             }
             let fd = socket.as_raw_fd();
@@ -386,7 +425,7 @@ impl Monitor {
     }
 
     /// Waits for the route to `dst` to appear.
-    fn route(&self, dst: Ipv4Addr, deadline: Duration) -> Option<Instant> {
+    fn route(&self, dst: std::net::IpAddr, deadline: Duration) -> Option<Instant> {
         let until = Instant::now() + deadline;
         loop {
             let left = until.checked_duration_since(Instant::now())?;
@@ -466,8 +505,13 @@ fn classify(kind: u16, payload: &[u8]) -> Option<Object> {
                 return None;
             }
             let dst = attributes(&payload[12..]).find(|(t, _)| *t == RTA_DST)?.1;
-            let dst: [u8; 4] = dst.get(..4)?.try_into().ok()?;
-            Some(Object::Route(Ipv4Addr::from(dst)))
+            match i32::from(header[0]) {
+                libc::AF_INET => Some(Object::Route(Ipv4Addr::from(<[u8; 4]>::try_from(dst.get(..4)?).ok()?).into())),
+                libc::AF_INET6 => {
+                    Some(Object::Route(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(dst.get(..16)?).ok()?).into()))
+                }
+                _ => None,
+            }
         }
         RTM_NEWNEXTHOP => {
             // struct nhmsg: family, scope, protocol, resvd, flags.
@@ -481,7 +525,7 @@ fn classify(kind: u16, payload: &[u8]) -> Option<Object> {
                 return None;
             }
             match i32::from(header[0]) {
-                libc::AF_INET => Some(Object::Neighbour),
+                libc::AF_INET | libc::AF_INET6 => Some(Object::Neighbour),
                 libc::AF_BRIDGE if attributes(&payload[12..]).any(|(t, _)| t == NDA_DST) => Some(Object::Fdb),
                 _ => None,
             }
@@ -577,10 +621,9 @@ impl Store {
         let set = set.clone();
         self.call(move |runtime, client| {
             runtime.block_on(async {
-                client.put(format!("{}/config", set.prefix), network_json(set.kind), None).await?;
+                client.put(format!("{}/config", set.prefix), network_json(&set), None).await?;
                 let lease = client.lease_grant(3600, None).await?.id();
-                let kvs: Vec<(String, String)> =
-                    (1..=set.count).map(|i| (set.key(peer_subnet(i)), lease_json(set.kind, i))).collect();
+                let kvs: Vec<(String, String)> = (1..=set.count).map(|i| (set.key(i), lease_json(&set, i))).collect();
                 for chunk in kvs.chunks(TXN_OPS) {
                     let ops: Vec<TxnOp> = chunk
                         .iter()
@@ -764,6 +807,8 @@ struct AgentRun {
     set_count: u32,
     kind: BackendKind,
     nexthops: bool,
+    /// Dual-stack leases: twice the objects, so the IPv4 targets do not apply.
+    dual: bool,
     convergence: Convergence,
     started: Instant,
     usage: Option<Usage>,
@@ -820,6 +865,12 @@ struct Agent {
 impl Agent {
     fn start(lab: &mut Lab, set: &LeaseSet, nexthops: bool, tag: &str) -> io::Result<(Agent, Instant)> {
         let ns = lab.new_host()?;
+        if set.dual {
+            let out = ns.command("ip")?.args(["-6", "addr", "add", HOST_ADDR_V6, "dev", "eth0", "nodad"]).output()?;
+            if !out.status.success() {
+                return Err(io::Error::other(format!("ip -6 addr add: {}", String::from_utf8_lossy(&out.stderr))));
+            }
+        }
         let config = lab.path(&format!("{tag}.toml"));
         std::fs::write(
             &config,
@@ -876,13 +927,19 @@ impl Agent {
         weft::lab::pods::read_subnet_env(&self.subnet_file).map(|info| info.subnet)
     }
 
+    /// The agent's own lease key, once subnet.env is written.
+    fn own_key(&self) -> Option<String> {
+        let env = weft::subnet_env::SubnetEnv::read(&self.subnet_file).ok()?;
+        Some(self.set.key_of(env.subnet, env.ipv6.map(|v6| v6.subnet)))
+    }
+
     /// Stops the agent, removes its lease from the store and its namespace.
     fn finish(mut self, store: &Store) {
         agents::stop_all(&[self.child.id()], Duration::from_secs(5));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(own) = self.own_subnet() {
-            if let Err(e) = store.delete(self.set.key(own)) {
+        if let Some(own) = self.own_key() {
+            if let Err(e) = store.delete(own.clone()) {
                 eprintln!("removing the agent's lease {own}: {e}");
             }
         }
@@ -893,12 +950,19 @@ impl Agent {
 
 fn converge(lab: &mut Lab, set: &LeaseSet, nexthops: bool) -> io::Result<(AgentRun, Agent)> {
     let label = format!(
-        "agent {}{}, {} leases",
+        "agent {}{}, {} {}leases",
         set.kind.name(),
         if nexthops { " nexthops" } else { " classic" },
-        thousands(u64::from(set.count))
+        thousands(u64::from(set.count)),
+        if set.dual { "dual-stack " } else { "" }
     );
-    let tag = format!("{}-{}-{}", set.kind.name(), if nexthops { "nh" } else { "classic" }, set.count);
+    let tag = format!(
+        "{}-{}-{}{}",
+        set.kind.name(),
+        if nexthops { "nh" } else { "classic" },
+        set.count,
+        if set.dual { "-dual" } else { "" }
+    );
     eprintln!("running {label} …");
     let (mut agent, started) = Agent::start(lab, set, nexthops, &tag)?;
     let convergence = agent.monitor.converge(set.expected(nexthops), CONVERGE_DEADLINE);
@@ -917,7 +981,8 @@ fn converge(lab: &mut Lab, set: &LeaseSet, nexthops: bool) -> io::Result<(AgentR
     if convergence.lost {
         problem.get_or_insert_with(|| format!("{label}: the monitor lost notifications"));
     }
-    let run = AgentRun { label, set_count: set.count, kind: set.kind, nexthops, convergence, started, usage, problem };
+    let (set_count, kind, dual) = (set.count, set.kind, set.dual);
+    let run = AgentRun { label, set_count, kind, nexthops, dual, convergence, started, usage, problem };
     Ok((run, agent))
 }
 
@@ -1026,8 +1091,8 @@ fn event_latency(store: &Store, agent: &Agent, samples: usize) -> io::Result<Lat
         let subnet = peer_subnet(n);
         std::thread::sleep(Duration::from_millis(5));
         agent.monitor.drain();
-        let (sent, acked) = store.put(agent.set.key(subnet), lease_json(agent.set.kind, n))?;
-        match agent.monitor.route(subnet.network(), EVENT_DEADLINE) {
+        let (sent, acked) = store.put(agent.set.key(n), lease_json(&agent.set, n))?;
+        match agent.monitor.route(subnet.network().into(), EVENT_DEADLINE) {
             Some(at) => latency.total.push(at.saturating_duration_since(sent)),
             None => latency.missed += 1,
         }
@@ -1172,7 +1237,7 @@ fn library_apply(lab: &Lab, nexthops: bool, count: u32) -> io::Result<(Duration,
                 public_ip: HOST_ADDR,
                 public_ipv6: None,
             };
-            let peers = VxlanPeers { link: link.index, ext, direct_routing: false, use_nexthops: nexthops };
+            let peers = VxlanPeers { link: link.index, link6: None, ext, direct_routing: false, use_nexthops: nexthops };
             let mut want = KernelState::default();
             for i in 1..=count {
                 let attrs =
@@ -1243,7 +1308,8 @@ pub fn run(options: &Options) -> io::Result<Report> {
         (BackendKind::HostGw, false),
     ];
     let variants = if options.headline { &all_variants[..1] } else { &all_variants[..] };
-    let hosts = sizes.len() * variants.len() + usize::from(options.lean_agent.is_some());
+    // Each size once more dual-stack (vxlan, nexthops): IPv6 beside IPv4 in the same run.
+    let hosts = sizes.len() * (variants.len() + 1) + usize::from(options.lean_agent.is_some());
     let mut lab = Lab::new(hosts, options.agent.clone())?;
     let mut report = Report::default();
     let started = Instant::now();
@@ -1260,6 +1326,9 @@ pub fn run(options: &Options) -> io::Result<Report> {
             lab.store().fill(&set)?;
             sets.push(set);
         }
+        let dual = LeaseSet::dual_stack(BackendKind::Vxlan, size);
+        lab.store().fill(&dual)?;
+        sets.push(dual);
     }
 
     eprintln!("measuring the floor …");
@@ -1282,7 +1351,7 @@ pub fn run(options: &Options) -> io::Result<Report> {
     let largest = *sizes.last().expect("a size");
     for &size in &sizes {
         for &(kind, nexthops) in variants {
-            let set = sets.iter().find(|s| s.kind == kind && s.count == size).expect("filled").clone();
+            let set = sets.iter().find(|s| s.kind == kind && s.count == size && !s.dual).expect("filled").clone();
             let (run, agent) = converge(&mut lab, &set, nexthops)?;
             if let Some(problem) = &run.problem {
                 report.problems.push(problem.clone());
@@ -1305,9 +1374,20 @@ pub fn run(options: &Options) -> io::Result<Report> {
             report.agents.push(run);
             agent.finish(lab.store());
         }
+        let dual = sets.iter().find(|s| s.dual && s.count == size).expect("filled").clone();
+        let (run, agent) = converge(&mut lab, &dual, true)?;
+        if let Some(problem) = &run.problem {
+            report.problems.push(problem.clone());
+        }
+        report.agents.push(run);
+        agent.finish(lab.store());
     }
     if let Some(lean) = &options.lean_agent {
-        let set = sets.iter().find(|s| s.kind == BackendKind::Vxlan && s.count == largest).expect("filled").clone();
+        let set = sets
+            .iter()
+            .find(|s| s.kind == BackendKind::Vxlan && s.count == largest && !s.dual)
+            .expect("filled")
+            .clone();
         lab.agent = lean.clone();
         let (mut run, agent) = converge(&mut lab, &set, true)?;
         run.label.push_str(", no SDKs");
@@ -1399,7 +1479,7 @@ fn table(options: &Options, report: &Report, elapsed: Duration) -> String {
     for run in &report.agents {
         let mut target = String::new();
         let mut flannel = "";
-        if run.kind == BackendKind::Vxlan && run.nexthops {
+        if run.kind == BackendKind::Vxlan && run.nexthops && !run.dual {
             match run.set_count {
                 1_000 => {
                     let ok = run.full().is_some_and(|d| d <= Duration::from_millis(60));

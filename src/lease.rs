@@ -292,6 +292,14 @@ pub struct LeaseKey {
     pub subnet_v6: Option<Ipv6Net>,
 }
 
+impl LeaseKey {
+    /// Whether the two keys hold a subnet in common (of either family): two such leases would
+    /// route one subnet to two hosts, so only one of them may be created.
+    pub fn shares_a_subnet_with(&self, other: &LeaseKey) -> bool {
+        self.subnet == other.subnet || (self.subnet_v6.is_some() && self.subnet_v6 == other.subnet_v6)
+    }
+}
+
 impl From<Ipv4Net> for LeaseKey {
     fn from(subnet: Ipv4Net) -> Self {
         LeaseKey { subnet, subnet_v6: None }

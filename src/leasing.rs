@@ -62,7 +62,9 @@ pub enum LeaseError {
     #[error("our lease on {0} was taken or removed")]
     Lost(Ipv4Net),
     #[error("the subnet {subnet} assigned to this host is not inside the network {network}")]
-    OutsideNetwork { subnet: Ipv4Net, network: Ipv4Net },
+    OutsideNetwork { subnet: IpNet, network: IpNet },
+    #[error("the network is dual-stack but this host was assigned no IPv6 subnet (a node needs an IPv6 entry in spec.podCIDRs)")]
+    NoIpv6Subnet,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -107,8 +109,8 @@ pub async fn acquire_listed(
     store: &dyn LeaseStore,
     request: &LeaseRequest<'_>,
 ) -> Result<(OwnLease, Option<LeaseListing>), LeaseError> {
-    if let Some(subnet) = store.assigned_subnet().await? {
-        return Ok((acquire_assigned(store, request, subnet).await?, None));
+    if let Some(key) = store.assigned_subnet().await? {
+        return Ok((acquire_assigned(store, request, key).await?, None));
     }
     let mut prefer = request.previous;
     for _ in 0..CONFLICT_RETRIES {
@@ -180,14 +182,19 @@ fn choose_key(request: &LeaseRequest<'_>, taken: &Taken, previous: Option<Ipv4Ne
     let IpNet::V4(subnet) = pick(&request.network.ipv4(), previous.map(IpNet::from), &taken.v4)? else {
         unreachable!("an IPv4 space")
     };
-    let subnet_v6 = match &request.network.ipv6 {
-        Some(space) => match pick(space, request.previous_v6.map(IpNet::from), &taken.v6)? {
-            IpNet::V6(net) => Some(net),
-            IpNet::V4(_) => unreachable!("an IPv6 space"),
-        },
-        None => None,
+    let Some(space) = &request.network.ipv6 else {
+        return Ok(LeaseKey { subnet, subnet_v6: None });
     };
-    Ok(LeaseKey { subnet, subnet_v6 })
+    // The IPv6 subnet in the IPv4 one's place: two agents racing for subnets can then only
+    // collide on their IPv4 subnet, which the store's create refuses to give twice. Our own
+    // previous pair is kept whole; a pair that cannot be made falls back to any free subnet.
+    let ours = request.previous_v6.filter(|_| previous == Some(subnet)).map(IpNet::from);
+    let paired = request.network.ipv4().position(&subnet.into()).map(|i| space.nth_subnet(i));
+    let first_free = [ours, paired].into_iter().flatten().find(|c| space.in_allocation_range(c) && !taken.v6.contains(c));
+    match pick(space, first_free, &taken.v6)? {
+        IpNet::V6(net) => Ok(LeaseKey { subnet, subnet_v6: Some(net) }),
+        IpNet::V4(_) => unreachable!("an IPv6 space"),
+    }
 }
 
 /// Takes the subnet the store assigned to this host (Kubernetes: the node's podCIDR): nothing to
@@ -195,16 +202,27 @@ fn choose_key(request: &LeaseRequest<'_>, taken: &Taken, previous: Option<Ipv4Ne
 async fn acquire_assigned(
     store: &dyn LeaseStore,
     request: &LeaseRequest<'_>,
-    subnet: Ipv4Net,
+    assigned: LeaseKey,
 ) -> Result<OwnLease, LeaseError> {
-    if !request.network.contains_subnet(&subnet) {
-        return Err(LeaseError::OutsideNetwork { subnet, network: request.network.network });
+    let network = request.network;
+    if !network.contains_subnet(&assigned.subnet) {
+        return Err(LeaseError::OutsideNetwork { subnet: assigned.subnet.into(), network: network.network.into() });
     }
+    // An IPv6 subnet is held only in a dual-stack network, and must then lie inside it.
+    let subnet_v6 = match (&network.ipv6, assigned.subnet_v6) {
+        (None, _) => None,
+        (Some(_), None) => return Err(LeaseError::NoIpv6Subnet),
+        (Some(space), Some(v6)) if !space.contains_subnet(&v6.into()) => {
+            return Err(LeaseError::OutsideNetwork { subnet: v6.into(), network: space.network })
+        }
+        (Some(_), Some(v6)) => Some(v6),
+    };
+    let key = LeaseKey { subnet: assigned.subnet, subnet_v6 };
     let json = request.attrs.to_json();
-    match store.create_lease(LeaseWrite::new(subnet, &json, None)).await? {
+    match store.create_lease(LeaseWrite::new(key, &json, None)).await? {
         WriteOutcome::Written { revision, expiry } => {
-            info!(%subnet, "holding the subnet assigned to this host");
-            Ok(own(subnet.into(), request.attrs, expiry, revision))
+            info!(subnet = %key, "holding the subnet assigned to this host");
+            Ok(own(key, request.attrs, expiry, revision))
         }
         // The assignment changed between reading and writing it.
         WriteOutcome::Conflict => Err(LeaseError::Contended(1)),
@@ -465,6 +483,51 @@ mod tests {
             }
             let full = acquire(&store, &request(&n, &attrs(4), None)).await;
             assert!(matches!(full, Err(LeaseError::NetworkFull { count: 3, .. })), "{full:?}");
+        }
+
+        fn dual_stack() -> Network {
+            let section = NetworkSection {
+                cidr: "10.244.0.0/16".into(),
+                ipv6_cidr: "2001:db8:42::/56".into(),
+                backend: crate::network::backend::BackendConfig::HostGw(crate::network::backend::NoOptions {}),
+                ..Default::default()
+            };
+            Network::new(&section).unwrap()
+        }
+
+        #[tokio::test]
+        async fn a_dual_stack_lease_holds_a_subnet_of_each_family_under_one_key() {
+            let (store, n, me) = (MemoryStore::new(), dual_stack(), attrs(1));
+            let previous_v6 = Some("2001:db8:42:42::/64".parse().unwrap());
+            let first = LeaseRequest { previous_v6, ..request(&n, &me, Some("10.244.42.0/24")) };
+            let own = acquire(&store, &first).await.unwrap();
+            assert_eq!(own.key().to_string(), "10.244.42.0-24&2001:db8:42:42::-64");
+            // Restarted without subnet.env: found by our address, both subnets kept.
+            let again = acquire(&store, &request(&n, &me, None)).await.unwrap();
+            assert_eq!(again.key(), own.key());
+            // Another host gets other subnets of both families.
+            let other = acquire(&store, &request(&n, &attrs(2), Some("10.244.42.0/24"))).await.unwrap();
+            assert_ne!(other.subnet(), own.subnet());
+            assert!(n.fits_ipv6(other.subnet_v6()) && other.subnet_v6() != own.subnet_v6());
+            let keys: Vec<String> = store.list_leases().await.unwrap().leases.into_iter().map(|r| r.key).collect();
+            assert_eq!(keys.len(), 2, "{keys:?}");
+        }
+
+        #[tokio::test]
+        async fn turning_ipv6_on_re_leases_with_the_same_ipv4_subnet() {
+            let store = MemoryStore::new();
+            let (v4_only, me) = (network("10.244.0.0/16"), attrs(1));
+            let before = acquire(&store, &request(&v4_only, &me, None)).await.unwrap();
+            assert_eq!(before.subnet_v6(), None);
+            let dual = dual_stack();
+            let after = acquire(&store, &request(&dual, &me, None)).await.unwrap();
+            assert_eq!(after.subnet(), before.subnet(), "the IPv4 subnet is kept");
+            assert!(dual.fits_ipv6(after.subnet_v6()));
+            let keys: Vec<String> = store.list_leases().await.unwrap().leases.into_iter().map(|r| r.key).collect();
+            assert_eq!(keys, [after.key().to_string()], "the old key is gone, not left beside the new one");
+            // And back: the IPv6 side goes, the IPv4 subnet stays.
+            let back = acquire(&store, &request(&v4_only, &me, None)).await.unwrap();
+            assert_eq!((back.subnet(), back.subnet_v6()), (before.subnet(), None));
         }
 
         #[tokio::test]

@@ -100,6 +100,30 @@ async fn second_create_of_a_subnet_conflicts() {
     assert_eq!(listing.leases[0].mod_revision, revision);
 }
 
+/// A dual-stack key names its IPv4 subnet too: no second key may take that subnet, whatever
+/// IPv6 subnet (or none) it pairs it with. (Two hosts started together picked one /24 with two
+/// different /64s before the compare covered the subnet's keys.)
+#[tokio::test]
+async fn a_dual_stack_key_holds_its_ipv4_subnet_against_every_other_key() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let key = |text: &str| weft::lease::parse_lease_key(text).unwrap();
+    let create = |text: &'static str, host: u8| {
+        let store = &store;
+        async move { store.create_lease(LeaseWrite::new(key(text), &attrs(host), HOUR)).await.unwrap() }
+    };
+    assert!(matches!(create("10.244.8.0-24&2001:db8:42:d5::-64", 1).await, WriteOutcome::Written { .. }));
+    assert_eq!(create("10.244.8.0-24&2001:db8:42:e1::-64", 2).await, WriteOutcome::Conflict);
+    assert_eq!(create("10.244.8.0-24", 3).await, WriteOutcome::Conflict);
+    // The other way round: an IPv4 key holds its subnet against a dual-stack one.
+    assert!(matches!(create("10.244.9.0-24", 4).await, WriteOutcome::Written { .. }));
+    assert_eq!(create("10.244.9.0-24&2001:db8:42:9::-64", 5).await, WriteOutcome::Conflict);
+    // A longer subnet starting with the same digits is another subnet.
+    assert!(matches!(create("10.244.8.0-25", 6).await, WriteOutcome::Written { .. }));
+    let keys: Vec<String> = store.list_leases().await.unwrap().leases.into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, ["10.244.8.0-24&2001:db8:42:d5::-64", "10.244.8.0-25", "10.244.9.0-24"]);
+}
+
 #[tokio::test]
 async fn reservations_never_expire_and_leases_resolve_their_ttl() {
     let server = EtcdServer::start();

@@ -214,7 +214,7 @@ fn store_lists_nodes_and_elects_one_leader() {
         };
         let a: Arc<dyn Store> = open("a").await;
         let b: Arc<dyn Store> = open("b").await;
-        assert_eq!(a.assigned_subnet().await.unwrap(), Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(a.assigned_subnet().await.unwrap(), Some("10.244.1.0/24".parse::<ipnet::Ipv4Net>().unwrap().into()));
         assert!(a.network_config().await.unwrap().is_none(), "no [network] handed in");
         assert!(a.put_network_config("{}").await.is_err());
 
@@ -288,4 +288,34 @@ fn serves_inside_a_namespace_for_multi_host_tests() {
     assert!(inside.1.contains("10.244.1.0/24"), "{inside:?}");
     let outside = common::weft::http_get(&addr.to_string(), "/api/v1/nodes/n");
     assert_eq!(outside.0, 0, "the machine's loopback must not serve it: {outside:?}");
+}
+
+/// Dual-stack nodes: each agent holds its node's IPv6 podCIDR beside the IPv4 one, annotates
+/// `public-ipv6` and `backend-v6-data` as flannel does, and sees its peer's IPv6 side.
+#[test]
+fn dual_stack_nodes_lease_both_pod_cidrs() {
+    let api = KubeApi::start();
+    let network = "[network]\ncidr = \"10.244.0.0/16\"\nipv6_cidr = \"2001:db8:42::/56\"\n[network.backend]\ntype = \"alloc\"\n";
+    let mut hosts = Vec::new();
+    for i in 1..=2 {
+        let name = format!("node-{i}");
+        api.add_node(&name, None, &BTreeMap::new());
+        api.set_pod_cidrs(&name, &format!("10.244.{i}.0/24"), &format!("2001:db8:42:{i}::/64"));
+        let setup = setup(&api, &name);
+        let toml = std::fs::read_to_string(&setup.config).unwrap().replace(NETWORK, network);
+        std::fs::write(&setup.config, toml).unwrap();
+        let ipv6 = format!("2001:db8::{i}");
+        let agent = setup.agent(&name, &format!("198.51.100.{i}"), &["--public-ipv6", &ipv6]);
+        hosts.push(Host { _setup: setup, agent });
+    }
+    for (i, host) in hosts.iter_mut().enumerate() {
+        let i = i + 1;
+        assert_eq!(host.agent.wait_subnet(), format!("10.244.{i}.0/24"));
+        let env = weft::subnet_env::SubnetEnv::read(&host.agent.subnet_file).unwrap();
+        assert_eq!(env.ipv6.map(|v6| v6.subnet.to_string()), Some(format!("2001:db8:42:{i}::/64")));
+        host.agent.wait_for("one peer", 20, |a| watched(a) == 1.0);
+        let notes = api.annotations(&format!("node-{i}"));
+        assert_eq!(notes.get(&key("public-ipv6")).map(String::as_str), Some(format!("2001:db8::{i}").as_str()));
+        assert_eq!(notes.get(&key("backend-v6-data")).map(String::as_str), Some("null"), "{notes:?}");
+    }
 }

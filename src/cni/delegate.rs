@@ -1,6 +1,8 @@
 //! The delegate plugin's config, built as flannel's CNI plugin builds it: a bridge (`cni0`) that
-//! is the pods' gateway, host-local IPAM over this host's subnet, a route to the whole cluster
-//! network (through the bridge), the MTU the agent chose, and masquerading only when the agent does not do it.
+//! is the pods' gateway, host-local IPAM over this host's subnet (both of them, dual-stack: one
+//! range set each, so a pod gets an address of each family), a route to the whole cluster
+//! network of each family (through the bridge), the MTU the agent chose, and masquerading only
+//! when the agent does not do it.
 //! Keys the operator put under `delegate` (or `ipam`) win over every derived one.
 
 use serde_json::{json, Map, Value};
@@ -37,7 +39,9 @@ pub fn build(conf: &NetConf, subnet: &SubnetEnv) -> Map<String, Value> {
 fn ipam(conf: &NetConf, subnet: &SubnetEnv) -> Map<String, Value> {
     let mut ipam = conf.ipam.clone();
     ipam.entry("type").or_insert(json!("host-local"));
-    ipam.insert("ranges".into(), json!([[{ "subnet": subnet.subnet.to_string() }]]));
+    let mut ranges = vec![json!([{ "subnet": subnet.subnet.to_string() }])];
+    ranges.extend(subnet.ipv6.map(|v6| json!([{ "subnet": v6.subnet.to_string() }])));
+    ipam.insert("ranges".into(), Value::Array(ranges));
     // Routes the operator listed come first; the cluster network is always reachable. Its
     // gateway is spelled out although the bridge would use it anyway: the bridge plugin's CHECK
     // looks for the route exactly as the result lists it, and a gateway-less one never matches.
@@ -46,6 +50,9 @@ fn ipam(conf: &NetConf, subnet: &SubnetEnv) -> Map<String, Value> {
         _ => Vec::new(),
     };
     routes.push(json!({ "dst": subnet.network.to_string(), "gw": subnet.gateway().to_string() }));
+    if let Some(v6) = &subnet.ipv6 {
+        routes.push(json!({ "dst": v6.network.to_string(), "gw": v6.gateway().to_string() }));
+    }
     ipam.insert("routes".into(), Value::Array(routes));
     ipam
 }
@@ -112,6 +119,25 @@ mod tests {
         assert_eq!(d["cniVersion"], "0.4.0");
         assert_eq!(d["runtimeConfig"], json!({"portMappings": []}));
         assert_eq!(d["ipam"]["routes"], json!([{"dst": "192.0.2.0/24"}, {"dst": "10.244.0.0/16", "gw": "10.244.3.1"}]));
+    }
+
+    #[test]
+    fn a_dual_stack_host_hands_out_an_address_of_each_family() {
+        let c = conf(r#"{"cniVersion":"1.0.0","name":"weft"}"#);
+        let mut env = subnet(true);
+        env.ipv6 = Some(crate::subnet_env::Ipv6Pair {
+            network: "2001:db8:42::/56".parse().unwrap(),
+            subnet: "2001:db8:42:3::/64".parse().unwrap(),
+        });
+        let d = build(&c, &env);
+        assert_eq!(d["ipam"]["ranges"], json!([[{"subnet": "10.244.3.0/24"}], [{"subnet": "2001:db8:42:3::/64"}]]));
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([
+                {"dst": "10.244.0.0/16", "gw": "10.244.3.1"},
+                {"dst": "2001:db8:42::/56", "gw": "2001:db8:42:3::1"}
+            ])
+        );
     }
 
     #[test]

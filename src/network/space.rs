@@ -180,6 +180,14 @@ impl SubnetSpace {
         self.subnet_at(self.index_of(self.min) + u128::from(i))
     }
 
+    /// Where `subnet` lies counting from `min` (the inverse of [`SubnetSpace::nth_subnet`]), if
+    /// it is in the allocation range.
+    pub fn position(&self, subnet: &IpNet) -> Option<u64> {
+        self.in_allocation_range(subnet)
+            .then(|| u64::try_from(self.index_of(subnet.network()) - self.index_of(self.min)).ok())
+            .flatten()
+    }
+
     /// Whether `subnet` is one this space hands out: inside it, of the right length.
     pub fn contains_subnet(&self, subnet: &IpNet) -> bool {
         subnet.prefix_len() == self.subnet_len && self.network.contains(subnet)
@@ -219,6 +227,8 @@ mod tests {
         assert_eq!(s.subnet_count(), 255);
         assert_eq!(s.nth_subnet(0), net("2001:db8:42:1::/64"));
         assert_eq!(s.nth_subnet(254), net("2001:db8:42:ff::/64"));
+        assert_eq!(s.position(&net("2001:db8:42:ff::/64")), Some(254));
+        assert_eq!(s.position(&net("2001:db8:42::/64")), None, "below the range");
         assert!(s.in_allocation_range(&net("2001:db8:42:7::/64")));
         assert!(!s.in_allocation_range(&net("2001:db8:42::/64")));
         assert!(s.contains_subnet(&net("2001:db8:42::/64")));

@@ -528,8 +528,13 @@ impl LeaseStore for EtcdStore {
         let key = self.keys.subnet(write.key);
         let context = format!("create lease {key}");
         let grant = self.grant(write.ttl, &context).await?;
-        // flannel's rule: only a key that does not exist yet may be taken.
-        let absent = Compare::version(key.clone(), CompareOp::Equal, 0);
+        // flannel's rule: only a key that does not exist yet may be taken. A dual-stack key
+        // (`10.244.3.0-24&…`) differs from any other key of its IPv4 subnet, so the compare
+        // covers every key that starts with that subnet's: none may exist. (The IPv6 subnet
+        // cannot be compared in the same way; weft picks it from the IPv4 one, so two agents
+        // that cannot share an IPv4 subnet do not pick one IPv6 subnet either.)
+        let v4_key = self.keys.subnet(LeaseKey::from(write.key.subnet));
+        let absent = Compare::version(v4_key, CompareOp::Equal, 0).with_prefix();
         self.conditional_put(key, write.attrs_json, absent, grant, WriteKind::Create, &context).await
     }
 

@@ -25,7 +25,7 @@ use super::{
     receiver_stream, Failure, Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease,
     Revision, StoreError, WriteOutcome,
 };
-use crate::lease::{subnet_key, Expiry, LeaseKey};
+use crate::lease::{parse_lease_key, subnet_key, Expiry, LeaseKey};
 
 const STATE_FILE: &str = "state.json";
 const TEMP_FILE: &str = "state.json.tmp";
@@ -90,10 +90,14 @@ impl LeaseStore for LocalStore {
     }
 
     async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
+        let wanted = write.key;
         let (key, value, ttl) = owned(write);
         self.write(move |state, next| {
-            // Expired leases are already gone, so an existing key is a live holder.
-            if state.leases.contains_key(&key) {
+            // Expired leases are already gone, so an existing key is a live holder. A dual-stack
+            // key differs from an IPv4 one of the same subnet: what must be absent is any key
+            // holding either subnet.
+            let taken = state.leases.keys().filter_map(|k| parse_lease_key(k).ok()).any(|k| k.shares_a_subnet_with(&wanted));
+            if taken {
                 return Applied::Unchanged(WriteOutcome::Conflict);
             }
             Applied::Changed(state.put(key, value, ttl, next))

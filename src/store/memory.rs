@@ -16,7 +16,7 @@ use super::{
     Leadership, LeaseListing, LeaseStore, LeaseUpdate, LeaseWrite, NetworkSource, RawLease, Revision, StoreError,
     WriteOutcome,
 };
-use crate::lease::{subnet_key, Expiry, LeaseKey};
+use crate::lease::{parse_lease_key, subnet_key, Expiry, LeaseKey};
 
 /// Changes a watch may fall behind by before it is resynced.
 const WATCH_BUFFER: usize = 1024;
@@ -152,7 +152,10 @@ impl LeaseStore for MemoryStore {
 
     async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
         let mut state = self.lock();
-        if state.leases.contains_key(&subnet_key(write.key)) {
+        // A dual-stack key differs from an IPv4 one of the same subnet: what must be absent is
+        // any key holding either subnet.
+        let taken = state.leases.keys().filter_map(|k| parse_lease_key(k).ok()).any(|k| k.shares_a_subnet_with(&write.key));
+        if taken {
             return Ok(WriteOutcome::Conflict);
         }
         Ok(self.put(&mut state, write))
@@ -287,6 +290,22 @@ mod tests {
 
     async fn next(watch: &mut BoxStream<'static, Result<LeaseUpdate, StoreError>>) -> LeaseUpdate {
         tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap()
+    }
+
+    /// As etcd's create: a key holding either subnet of the new one makes it a conflict.
+    #[tokio::test]
+    async fn a_subnet_of_either_family_is_held_by_one_key() {
+        let store = MemoryStore::new();
+        let create = |text: &str| {
+            let key = parse_lease_key(text).unwrap();
+            let store = store.clone();
+            async move { store.create_lease(LeaseWrite::new(key, "{}", None)).await.unwrap() }
+        };
+        assert!(matches!(create("10.244.8.0-24&2001:db8:42:1::-64").await, WriteOutcome::Written { .. }));
+        assert_eq!(create("10.244.8.0-24&2001:db8:42:2::-64").await, WriteOutcome::Conflict);
+        assert_eq!(create("10.244.9.0-24&2001:db8:42:1::-64").await, WriteOutcome::Conflict);
+        assert_eq!(create("10.244.8.0-24").await, WriteOutcome::Conflict);
+        assert!(matches!(create("10.244.9.0-24").await, WriteOutcome::Written { .. }));
     }
 
     #[tokio::test]

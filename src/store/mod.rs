@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use crate::lease::{self, Expiry, Lease, LeaseKey, LeaseParseError};
@@ -253,7 +252,7 @@ pub trait LeaseStore: Send + Sync {
     /// The subnet this host must hold when the store assigns it (Kubernetes: the node's
     /// `spec.podCIDR`); `None` when hosts pick their own (etcd, local). A store that assigns
     /// subnets but has not assigned one yet returns an error, and the agent retries.
-    async fn assigned_subnet(&self) -> Result<Option<Ipv4Net>, StoreError> {
+    async fn assigned_subnet(&self) -> Result<Option<LeaseKey>, StoreError> {
         Ok(None)
     }
 }

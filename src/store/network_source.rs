@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
-use ipnet::Ipv4Net;
 use tokio::sync::watch;
 
 use super::{
@@ -131,7 +130,7 @@ impl<S: LeaseStore> LeaseStore for WithNetwork<S> {
         self.store.resolve_expiry(leases).await
     }
 
-    async fn assigned_subnet(&self) -> Result<Option<Ipv4Net>, StoreError> {
+    async fn assigned_subnet(&self) -> Result<Option<LeaseKey>, StoreError> {
         self.store.assigned_subnet().await
     }
 }

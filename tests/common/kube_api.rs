@@ -184,6 +184,15 @@ impl KubeApi {
         inner.nodes.insert(name.to_string(), node);
     }
 
+    /// Gives a node a pod subnet of each family, as a dual-stack controller manager does.
+    pub fn set_pod_cidrs(&self, name: &str, v4: &str, v6: &str) {
+        let mut inner = self.inner();
+        let mut node = inner.nodes.get(name).cloned().expect("node exists");
+        node["spec"] = json!({ "podCIDR": v4, "podCIDRs": [v4, v6] });
+        let node = inner.record(EventType::Modified, node);
+        inner.nodes.insert(name.to_string(), node);
+    }
+
     /// Sets the node's pod CIDR, as the controller manager does once.
     pub fn set_pod_cidr(&self, name: &str, cidr: &str) {
         let mut inner = self.inner();

@@ -70,7 +70,8 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn start(cluster: &Cluster, from: usize, to: Ipv4Addr, count: u32) -> Flow {
+    pub fn start(cluster: &Cluster, from: usize, to: impl Into<std::net::IpAddr>, count: u32) -> Flow {
+        let to = to.into();
         let ns = Netns::open(&cluster.pod_ns(from)).expect("pod namespace");
         let child = ns
             .command("ping")

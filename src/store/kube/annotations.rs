@@ -19,6 +19,9 @@ pub struct AnnotationNames {
     pub backend_type: String,
     pub public_ip: String,
     pub public_ip_overwrite: String,
+    /// Dual-stack: the IPv6 public address and the backend's IPv6 data.
+    pub public_ipv6: String,
+    pub backend_v6_data: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +58,8 @@ impl AnnotationNames {
             backend_type: format!("{full}backend-type"),
             public_ip: format!("{full}public-ip"),
             public_ip_overwrite: format!("{full}public-ip-overwrite"),
+            public_ipv6: format!("{full}public-ipv6"),
+            backend_v6_data: format!("{full}backend-v6-data"),
         })
     }
 
@@ -72,7 +77,14 @@ impl AnnotationNames {
         let data = attrs.backend_data.to_string();
         let ip = attrs.public_ip.to_string();
         let overwrite = get(&self.public_ip_overwrite);
-        let stale = get(&self.backend_data) != data
+        // A dual-stack node's IPv6 side, as flannel writes it: the address, and the v6 data
+        // (vxlan's once its IPv6 VTEP is known, `null` for the others).
+        let v6: Vec<(&String, String)> = match attrs.public_ipv6() {
+            Some(ip6) => vec![(&self.public_ipv6, ip6.to_string()), (&self.backend_v6_data, attrs.backend_v6_data().to_string())],
+            None => Vec::new(),
+        };
+        let stale = v6.iter().any(|(key, value)| get(key) != value)
+            || get(&self.backend_data) != data
             || get(&self.backend_type) != attrs.backend_type
             || get(&self.public_ip) != ip
             || get(&self.subnet_kube_managed) != MANAGED
@@ -90,6 +102,7 @@ impl AnnotationNames {
             // (behind NAT, or a second interface).
             let public = if overwrite.is_empty() { ip } else { overwrite.to_string() };
             wanted.insert(self.public_ip.clone(), public);
+            wanted.extend(v6.into_iter().map(|(key, value)| (key.clone(), value)));
         }
         wanted.insert(self.subnet_kube_managed.clone(), MANAGED.to_string());
         // Send only what changes, as flannel's two-way strategic merge patch does.
@@ -132,6 +145,21 @@ mod tests {
         for bad in ["a/b/c", "nodots", "Example.com", "example.com/UP"] {
             assert!(AnnotationNames::new(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn a_dual_stack_node_gets_flannels_ipv6_annotations_too() {
+        let attrs = vxlan()
+            .with_v6("2001:db8::7".parse().unwrap(), serde_json::json!({"VNI": 1, "VtepMAC": "6e:0b:1c:3a:9f:61"}));
+        let patch = names().own_patch(&BTreeMap::new(), &attrs);
+        assert_eq!(patch.get("flannel.alpha.coreos.com/public-ipv6").map(String::as_str), Some("2001:db8::7"));
+        assert_eq!(
+            patch.get("flannel.alpha.coreos.com/backend-v6-data").map(String::as_str),
+            Some(r#"{"VNI":1,"VtepMAC":"6e:0b:1c:3a:9f:61"}"#)
+        );
+        assert_eq!(patch.len(), 6);
+        // Written: nothing more to send.
+        assert!(names().own_patch(&patch, &attrs).is_empty());
     }
 
     #[test]

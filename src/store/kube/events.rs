@@ -40,7 +40,7 @@ impl OwnNode {
 
 /// Reads one node as a raw lease; `Ok(None)` for nodes nobody manages.
 pub fn lease_of(names: &AnnotationNames, own: &OwnNode, node: &Node) -> Result<Option<RawLease>, NodeSkip> {
-    let NodeLease::Lease { subnet, attrs } = node::read(names, node)? else {
+    let NodeLease::Lease { key, attrs } = node::read(names, node)? else {
         return Ok(None);
     };
     let json = match own.written() {
@@ -48,7 +48,7 @@ pub fn lease_of(names: &AnnotationNames, own: &OwnNode, node: &Node) -> Result<O
         _ => attrs.to_json(),
     };
     let revision = node::revision(node.metadata.resource_version.as_deref());
-    Ok(Some(node::raw(subnet, json, revision)))
+    Ok(Some(node::raw(key, json, revision)))
 }
 
 /// Follows the watcher's events.

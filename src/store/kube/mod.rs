@@ -100,19 +100,25 @@ impl KubeStore {
 
     /// Our node's pod subnet, `None` while unassigned.
     async fn own_pod_cidr(&self) -> Result<(Node, Option<Ipv4Net>), StoreError> {
+        let (node, v4, _) = self.own_pod_cidrs().await?;
+        Ok((node, v4))
+    }
+
+    /// Our node and its pod subnets of each family.
+    async fn own_pod_cidrs(&self) -> Result<(Node, Option<Ipv4Net>, Option<ipnet::Ipv6Net>), StoreError> {
         let node = self.own_node().await?;
-        let cidr =
-            node::pod_cidr(&node).map_err(|e| StoreError::corrupt(format!("node {:?}", self.own.name)).because(e))?;
-        Ok((node, cidr))
+        let (v4, v6) =
+            node::pod_cidrs(&node).map_err(|e| StoreError::corrupt(format!("node {:?}", self.own.name)).because(e))?;
+        Ok((node, v4, v6))
     }
 
     /// Annotates our node with `attrs_json`, if `subnet` is its pod subnet: that is the only
     /// lease this host can hold in Kubernetes mode.
-    async fn write_own(&self, subnet: Ipv4Net, attrs_json: &str) -> Result<WriteOutcome, StoreError> {
+    async fn write_own(&self, key: LeaseKey, attrs_json: &str) -> Result<WriteOutcome, StoreError> {
         let attrs: LeaseAttrs = serde_json::from_str(attrs_json)
-            .map_err(|e| StoreError::corrupt(format!("lease attributes to write for {subnet}")).because(e))?;
-        let (node, assigned) = self.own_pod_cidr().await?;
-        if assigned != Some(subnet) {
+            .map_err(|e| StoreError::corrupt(format!("lease attributes to write for {key}")).because(e))?;
+        let (node, assigned, assigned_v6) = self.own_pod_cidrs().await?;
+        if assigned != Some(key.subnet) || key.subnet_v6.is_some_and(|v6| assigned_v6 != Some(v6)) {
             return Ok(WriteOutcome::Conflict);
         }
         let patch = self.names.own_patch(&node::annotations(&node), &attrs);
@@ -183,13 +189,13 @@ impl LeaseStore for KubeStore {
     /// "creating" a lease annotates our node when `subnet` is its pod subnet, and is a conflict
     /// for any other subnet. TTLs do not apply.
     async fn create_lease(&self, write: LeaseWrite<'_>) -> Result<WriteOutcome, StoreError> {
-        self.write_own(write.key.subnet, write.attrs_json).await
+        self.write_own(write.key, write.attrs_json).await
     }
 
     /// As `create_lease`: the node is ours whatever its resourceVersion, since only this agent
     /// writes these annotations on it.
     async fn update_lease(&self, write: LeaseWrite<'_>, _expected: Revision) -> Result<WriteOutcome, StoreError> {
-        self.write_own(write.key.subnet, write.attrs_json).await
+        self.write_own(write.key, write.attrs_json).await
     }
 
     /// Removes our node's lease annotations; other nodes are never written.
@@ -204,7 +210,14 @@ impl LeaseStore for KubeStore {
         }
         let notes = node::annotations(&node);
         let names = &self.names;
-        let ours = [&names.backend_type, &names.backend_data, &names.public_ip, &names.subnet_kube_managed];
+        let ours = [
+            &names.backend_type,
+            &names.backend_data,
+            &names.public_ip,
+            &names.subnet_kube_managed,
+            &names.public_ipv6,
+            &names.backend_v6_data,
+        ];
         if !ours.iter().any(|key| notes.contains_key(*key)) {
             return Ok(false);
         }
@@ -236,9 +249,10 @@ impl LeaseStore for KubeStore {
             .boxed()
     }
 
-    async fn assigned_subnet(&self) -> Result<Option<Ipv4Net>, StoreError> {
-        match self.own_pod_cidr().await?.1 {
-            Some(subnet) => Ok(Some(subnet)),
+    async fn assigned_subnet(&self) -> Result<Option<LeaseKey>, StoreError> {
+        let (_, v4, v6) = self.own_pod_cidrs().await?;
+        match v4 {
+            Some(subnet) => Ok(Some(LeaseKey { subnet, subnet_v6: v6 })),
             None => {
                 info!(node = %self.own.name, "waiting for the node's spec.podCIDR (assigned by kube-controller-manager --allocate-node-cidrs)");
                 Err(StoreError::unavailable(format!(

@@ -2,13 +2,13 @@
 //! flannel's annotations on it.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 
 use super::annotations::AnnotationNames;
-use crate::lease::{self, BackendData, Expiry, LeaseAttrs};
+use crate::lease::{self, BackendData, Expiry, LeaseAttrs, LeaseKey};
 use crate::store::{RawLease, Revision};
 
 /// Why a node managed by flannel or weft cannot be read as a lease.
@@ -18,7 +18,7 @@ pub enum NodeSkip {
     NoPodCidr { node: String },
     #[error("node {node:?}: spec.podCIDR {value:?} is not a CIDR")]
     BadPodCidr { node: String, value: String },
-    #[error("node {node:?}: annotation {key} = {value:?} is not an IPv4 address")]
+    #[error("node {node:?}: annotation {key} = {value:?} is not an IP address of its family")]
     BadPublicIp { node: String, key: String, value: String },
     #[error("node {node:?}: annotation {key} is not JSON: {reason}")]
     BadBackendData { node: String, key: String, reason: String },
@@ -30,7 +30,9 @@ pub enum NodeLease {
     /// Neither flannel nor weft has annotated it yet: not a lease, nothing to warn about.
     Unmanaged,
     Lease {
-        subnet: Ipv4Net,
+        /// The IPv4 pod subnet and, on a dual-stack node that publishes its IPv6 address, the
+        /// IPv6 one.
+        key: LeaseKey,
         attrs: LeaseAttrs,
     },
 }
@@ -52,18 +54,26 @@ pub fn revision(resource_version: Option<&str>) -> Revision {
 /// The node's IPv4 pod subnet: the IPv4 entry of `spec.podCIDRs` (dual-stack), else
 /// `spec.podCIDR`. `Ok(None)` while the controller manager has not assigned one.
 pub fn pod_cidr(node: &Node) -> Result<Option<Ipv4Net>, NodeSkip> {
+    Ok(pod_cidrs(node)?.0)
+}
+
+/// The node's pod subnets of each family, as flannel reads them: by family, not by position in
+/// `spec.podCIDRs` (else `spec.podCIDR`).
+pub fn pod_cidrs(node: &Node) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), NodeSkip> {
     let spec = node.spec.as_ref();
     let listed = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
     let single = spec.and_then(|s| s.pod_cidr.clone()).filter(|c| !c.is_empty());
     let candidates = if listed.is_empty() { single.into_iter().collect() } else { listed };
+    let (mut v4, mut v6) = (None, None);
     for value in candidates {
         let net: IpNet =
             value.parse().map_err(|_| NodeSkip::BadPodCidr { node: name(node).to_string(), value: value.clone() })?;
-        if let IpNet::V4(v4) = net {
-            return Ok(Some(v4.trunc()));
+        match net {
+            IpNet::V4(net) => v4 = v4.or(Some(net.trunc())),
+            IpNet::V6(net) => v6 = v6.or(Some(net.trunc())),
         }
     }
-    Ok(None)
+    Ok((v4, v6))
 }
 
 /// Reads a node as flannel's `nodeToLease` does.
@@ -73,7 +83,8 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
         return Ok(NodeLease::Unmanaged);
     }
     let node_name = name(node).to_string();
-    let subnet = pod_cidr(node)?.ok_or_else(|| NodeSkip::NoPodCidr { node: node_name.clone() })?;
+    let (subnet, subnet_v6) = pod_cidrs(node)?;
+    let subnet = subnet.ok_or_else(|| NodeSkip::NoPodCidr { node: node_name.clone() })?;
     let ip_text = notes.get(&names.public_ip).cloned().unwrap_or_default();
     let public_ip: Ipv4Addr = ip_text.parse().map_err(|_| NodeSkip::BadPublicIp {
         node: node_name.clone(),
@@ -90,14 +101,34 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
         })?,
     };
     let backend_type = notes.get(&names.backend_type).cloned().unwrap_or_default();
-    Ok(NodeLease::Lease { subnet, attrs: LeaseAttrs::new(public_ip, &backend_type, backend_data) })
+    let mut attrs = LeaseAttrs::new(public_ip, &backend_type, backend_data);
+    // Dual-stack: the IPv6 side counts once the node publishes its IPv6 address.
+    let mut key = LeaseKey::from(subnet);
+    if let (Some(v6), Some(text)) = (subnet_v6, notes.get(&names.public_ipv6)) {
+        let public_ipv6: Ipv6Addr = text.parse().map_err(|_| NodeSkip::BadPublicIp {
+            node: node_name.clone(),
+            key: names.public_ipv6.clone(),
+            value: text.clone(),
+        })?;
+        let data = match notes.get(&names.backend_v6_data) {
+            None => BackendData::null(),
+            Some(text) => serde_json::from_str::<BackendData>(text).map_err(|e| NodeSkip::BadBackendData {
+                node: node_name.clone(),
+                key: names.backend_v6_data.clone(),
+                reason: e.to_string(),
+            })?,
+        };
+        attrs = attrs.with_v6(public_ipv6, data);
+        key.subnet_v6 = Some(v6);
+    }
+    Ok(NodeLease::Lease { key, attrs })
 }
 
 /// The lease as the store trait carries it. Kubernetes leases never expire: the node is the
 /// lease, and it goes when the node goes.
-pub fn raw(subnet: Ipv4Net, attrs_json: String, revision: Revision) -> RawLease {
+pub fn raw(key: LeaseKey, attrs_json: String, revision: Revision) -> RawLease {
     RawLease {
-        key: lease::subnet_key(subnet),
+        key: lease::subnet_key(key),
         value: attrs_json.into_bytes(),
         expiry: Expiry::Never,
         mod_revision: revision,
@@ -145,10 +176,10 @@ pub(crate) mod tests {
     #[test]
     fn reads_a_flannel_node() {
         let lease = read(&names(), &flannel_node("n1", "10.244.3.0/24", "198.51.100.3")).unwrap();
-        let NodeLease::Lease { subnet, attrs } = lease else {
+        let NodeLease::Lease { key, attrs } = lease else {
             panic!("not a lease: {lease:?}");
         };
-        assert_eq!(subnet, "10.244.3.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(key, "10.244.3.0/24".parse::<Ipv4Net>().unwrap().into());
         assert_eq!(attrs.public_ip, Ipv4Addr::new(198, 51, 100, 3));
         assert_eq!(attrs.backend_type, "vxlan");
         assert_eq!(attrs.backend_data.str_field("VtepMAC").as_deref(), Some("6e:0b:1c:3a:9f:01"));
@@ -188,6 +219,36 @@ pub(crate) mod tests {
         assert_eq!(pod_cidr(&n), Ok(Some("10.244.3.0/24".parse().unwrap())));
         let v6_only = flannel_node("n2", "fd00:10:244:3::/64", "198.51.100.3");
         assert_eq!(pod_cidr(&v6_only), Ok(None));
+    }
+
+    #[test]
+    fn a_dual_stack_node_as_flannel_annotates_it_is_a_dual_stack_lease() {
+        let mut n = node(
+            "n1",
+            None,
+            &[
+                ("kube-subnet-manager", "true"),
+                ("backend-type", "vxlan"),
+                ("backend-data", r#"{"VNI":1,"VtepMAC":"6e:0b:1c:3a:9f:01"}"#),
+                ("backend-v6-data", r#"{"VNI":1,"VtepMAC":"6e:0b:1c:3a:9f:61"}"#),
+                ("public-ip", "198.51.100.3"),
+                ("public-ipv6", "2001:db8::3"),
+            ],
+        );
+        n.spec = Some(NodeSpec {
+            pod_cidrs: Some(vec!["10.244.3.0/24".into(), "2001:db8:42:3::/64".into()]),
+            ..Default::default()
+        });
+        let NodeLease::Lease { key, attrs } = read(&names(), &n).unwrap() else { panic!("a lease") };
+        assert_eq!(key.to_string(), "10.244.3.0-24&2001:db8:42:3::-64");
+        assert_eq!(attrs.public_ipv6(), Some("2001:db8::3".parse().unwrap()));
+        assert_eq!(attrs.backend_v6_data().str_field("VtepMAC").as_deref(), Some("6e:0b:1c:3a:9f:61"));
+        // Without its IPv6 address published, the node is an IPv4 lease (flannel's IPv4-only peers).
+        let mut notes = n.metadata.annotations.take().unwrap();
+        notes.remove("flannel.alpha.coreos.com/public-ipv6");
+        n.metadata.annotations = Some(notes);
+        let NodeLease::Lease { key, .. } = read(&names(), &n).unwrap() else { panic!("a lease") };
+        assert_eq!(key.subnet_v6, None);
     }
 
     #[test]
