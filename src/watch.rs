@@ -89,9 +89,15 @@ impl LeaseWatcher {
                 }
             }
             LeaseUpdate::Deleted { key, .. } => {
-                if let Ok(subnet) = lease::parse_subnet_key(&key) {
+                if let Ok(deleted) = lease::parse_lease_key(&key).map(|k| self.as_kept(k)) {
+                    let subnet = deleted.subnet;
                     self.unreadable.remove(&subnet);
-                    delivery.events.extend(self.known.remove(&subnet).map(|_| LeaseEvent::Removed(subnet)));
+                    // Another key of the same IPv4 subnet (a dual-stack key beside an IPv4 one,
+                    // written by someone else) is not what was deleted.
+                    if self.known.get(&subnet).is_some_and(|held| held.key() == deleted) {
+                        self.known.remove(&subnet);
+                        delivery.events.push(LeaseEvent::Removed(subnet));
+                    }
                 }
             }
             LeaseUpdate::Resync(entries, _) => {
@@ -150,9 +156,18 @@ impl LeaseWatcher {
         Some(lease)
     }
 
+    /// A key as its lease is kept: without an IPv6 subnet this network does not route (see
+    /// [`LeaseWatcher::accept`]).
+    fn as_kept(&self, mut key: lease::LeaseKey) -> lease::LeaseKey {
+        if !self.network.fits_ipv6(key.subnet_v6) {
+            key.subnet_v6 = None;
+        }
+        key
+    }
+
     fn upsert(&mut self, lease: Lease) -> Option<LeaseEvent> {
         let subnet = lease.subnet;
-        let attrs_before = self.known.get(&subnet).map(|old| old.attrs == lease.attrs);
+        let attrs_before = self.known.get(&subnet).map(|old| old.attrs == lease.attrs && old.subnet_v6 == lease.subnet_v6);
         self.known.insert(subnet, lease);
         match attrs_before {
             None => Some(LeaseEvent::Added(subnet)),
@@ -168,7 +183,9 @@ impl LeaseWatcher {
             old.keys().filter(|subnet| !self.known.contains_key(subnet)).map(|&subnet| LeaseEvent::Removed(subnet));
         let came = self.known.values().filter_map(|lease| match old.get(&lease.subnet) {
             None => Some(LeaseEvent::Added(lease.subnet)),
-            Some(prev) if prev.attrs != lease.attrs => Some(LeaseEvent::Changed(lease.subnet)),
+            Some(prev) if prev.attrs != lease.attrs || prev.subnet_v6 != lease.subnet_v6 => {
+                Some(LeaseEvent::Changed(lease.subnet))
+            }
             Some(_) => None,
         });
         gone.chain(came).collect()
@@ -199,6 +216,39 @@ mod tests {
                 LeaseEvent::Removed(subnet) => format!("-{subnet}"),
             })
             .collect()
+    }
+
+    fn dual_stack() -> Network {
+        let section = NetworkSection {
+            cidr: "10.244.0.0/16".into(),
+            ipv6_cidr: "2001:db8:42::/56".into(),
+            backend: crate::network::backend::BackendConfig::HostGw(crate::network::backend::NoOptions {}),
+            ..Default::default()
+        };
+        Network::new(&section).unwrap()
+    }
+
+    #[test]
+    fn ipv6_subnets_are_kept_inside_the_network_and_their_changes_are_changes() {
+        let mut w = LeaseWatcher::new(dual_stack(), None);
+        let d = w.apply(LeaseUpdate::Put(raw("10.244.1.0-24&2001:db8:42:1::-64", "192.0.2.1")));
+        assert_eq!(kinds(&d.events), ["+10.244.1.0/24"]);
+        // The same host's lease with another IPv6 subnet (written again after a restart).
+        let d = w.apply(LeaseUpdate::Put(raw("10.244.1.0-24&2001:db8:42:7::-64", "192.0.2.1")));
+        assert_eq!(kinds(&d.events), ["~10.244.1.0/24"]);
+        // The old key's deletion does not remove the lease that replaced it.
+        let d = w.apply(LeaseUpdate::Deleted { key: "10.244.1.0-24&2001:db8:42:1::-64".into(), revision: 3 });
+        assert!(d.events.is_empty(), "{:?}", kinds(&d.events));
+        assert_eq!(w.leases()[&"10.244.1.0/24".parse().unwrap()].subnet_v6, Some("2001:db8:42:7::/64".parse().unwrap()));
+        // An IPv6 subnet outside the network is dropped; the IPv4 side stays.
+        w.apply(LeaseUpdate::Put(raw("10.244.2.0-24&2001:db8:99::-64", "192.0.2.2")));
+        assert_eq!(w.leases()[&"10.244.2.0/24".parse().unwrap()].subnet_v6, None);
+        // In an IPv4-only network, every IPv6 subnet is.
+        let mut v4 = LeaseWatcher::new(network(), None);
+        v4.apply(LeaseUpdate::Put(raw("10.244.1.0-24&2001:db8:42:1::-64", "192.0.2.1")));
+        assert_eq!(v4.leases()[&"10.244.1.0/24".parse().unwrap()].subnet_v6, None);
+        let d = v4.apply(LeaseUpdate::Deleted { key: "10.244.1.0-24&2001:db8:42:1::-64".into(), revision: 5 });
+        assert_eq!(kinds(&d.events), ["-10.244.1.0/24"], "kept without its IPv6 side, still its key's lease");
     }
 
     #[test]
