@@ -275,7 +275,11 @@ impl LeaseSet {
     }
 
     fn dual_stack(kind: BackendKind, count: u32) -> Self {
-        LeaseSet { prefix: format!("/weft-bench/{}-dual-{count}", kind.name()), dual: true, ..LeaseSet::new(kind, count) }
+        LeaseSet {
+            prefix: format!("/weft-bench/{}-dual-{count}", kind.name()),
+            dual: true,
+            ..LeaseSet::new(kind, count)
+        }
     }
 
     /// Peer `i`'s key.
@@ -1237,7 +1241,8 @@ fn library_apply(lab: &Lab, nexthops: bool, count: u32) -> io::Result<(Duration,
                 public_ip: HOST_ADDR,
                 public_ipv6: None,
             };
-            let peers = VxlanPeers { link: link.index, link6: None, ext, direct_routing: false, use_nexthops: nexthops };
+            let peers =
+                VxlanPeers { link: link.index, link6: None, ext, direct_routing: false, use_nexthops: nexthops };
             let mut want = KernelState::default();
             for i in 1..=count {
                 let attrs =

@@ -180,9 +180,27 @@ mod tests {
 
     fn links() -> Vec<LinkInfo> {
         vec![
-            LinkInfo { index: 1, name: "lo".into(), mtu: 65536, addrs: vec!["127.0.0.1/8".parse().unwrap()], addrs_v6: vec![] },
-            LinkInfo { index: 2, name: "eth0".into(), mtu: 9001, addrs: vec!["192.0.2.10/24".parse().unwrap()], addrs_v6: vec![] },
-            LinkInfo { index: 3, name: "eth1".into(), mtu: 1500, addrs: vec!["198.51.100.7/24".parse().unwrap()], addrs_v6: vec![] },
+            LinkInfo {
+                index: 1,
+                name: "lo".into(),
+                mtu: 65536,
+                addrs: vec!["127.0.0.1/8".parse().unwrap()],
+                addrs_v6: vec![],
+            },
+            LinkInfo {
+                index: 2,
+                name: "eth0".into(),
+                mtu: 9001,
+                addrs: vec!["192.0.2.10/24".parse().unwrap()],
+                addrs_v6: vec![],
+            },
+            LinkInfo {
+                index: 3,
+                name: "eth1".into(),
+                mtu: 1500,
+                addrs: vec!["198.51.100.7/24".parse().unwrap()],
+                addrs_v6: vec![],
+            },
             LinkInfo { index: 4, name: "dummy0".into(), mtu: 1500, addrs: vec![], addrs_v6: vec![] },
         ]
     }

@@ -172,12 +172,12 @@ impl Taken {
 /// The subnets of a new lease: for each family of the network, the previous run's subnet when
 /// it is free, else a random free one.
 fn choose_key(request: &LeaseRequest<'_>, taken: &Taken, previous: Option<Ipv4Net>) -> Result<LeaseKey, LeaseError> {
-    let pick = |space: &SubnetSpace, previous: Option<IpNet>, taken: &HashSet<IpNet>| {
-        match previous.filter(|p| space.in_allocation_range(p) && !taken.contains(p)) {
-            Some(previous) => Ok(previous),
-            None => choose_free(space, taken, &mut rand::rng())
-                .ok_or(LeaseError::NetworkFull { network: space.network, count: space.subnet_count() }),
-        }
+    let pick = |space: &SubnetSpace, previous: Option<IpNet>, taken: &HashSet<IpNet>| match previous
+        .filter(|p| space.in_allocation_range(p) && !taken.contains(p))
+    {
+        Some(previous) => Ok(previous),
+        None => choose_free(space, taken, &mut rand::rng())
+            .ok_or(LeaseError::NetworkFull { network: space.network, count: space.subnet_count() }),
     };
     let IpNet::V4(subnet) = pick(&request.network.ipv4(), previous.map(IpNet::from), &taken.v4)? else {
         unreachable!("an IPv4 space")
@@ -185,15 +185,34 @@ fn choose_key(request: &LeaseRequest<'_>, taken: &Taken, previous: Option<Ipv4Ne
     let Some(space) = &request.network.ipv6 else {
         return Ok(LeaseKey { subnet, subnet_v6: None });
     };
-    // The IPv6 subnet in the IPv4 one's place: two agents racing for subnets can then only
-    // collide on their IPv4 subnet, which the store's create refuses to give twice. Our own
-    // previous pair is kept whole; a pair that cannot be made falls back to any free subnet.
-    let ours = request.previous_v6.filter(|_| previous == Some(subnet)).map(IpNet::from);
-    let paired = request.network.ipv4().position(&subnet.into()).map(|i| space.nth_subnet(i));
-    let first_free = [ours, paired].into_iter().flatten().find(|c| space.in_allocation_range(c) && !taken.v6.contains(c));
-    match pick(space, first_free, &taken.v6)? {
-        IpNet::V6(net) => Ok(LeaseKey { subnet, subnet_v6: Some(net) }),
-        IpNet::V4(_) => unreachable!("an IPv6 space"),
+    // Our own previous pair is kept whole.
+    let ours = request.previous_v6.filter(|_| previous == Some(subnet));
+    let subnet_v6 = ipv6_for(request.network, subnet, &taken.v6, ours)
+        .ok_or(LeaseError::NetworkFull { network: space.network, count: space.subnet_count() })?;
+    Ok(LeaseKey { subnet, subnet_v6: Some(subnet_v6) })
+}
+
+/// The IPv6 subnet that goes with a new lease of `subnet` in a dual-stack network: `preferred`
+/// when free, else the one in `subnet`'s place (its position in the IPv6 range), else any free
+/// one. Pairing by position means two agents racing for subnets can only collide on their IPv4
+/// subnet, which the store's create refuses to give twice. `None`: IPv4 only, or no IPv6 subnet
+/// is free.
+pub fn ipv6_for(
+    network: &Network,
+    subnet: Ipv4Net,
+    taken: &HashSet<IpNet>,
+    preferred: Option<Ipv6Net>,
+) -> Option<Ipv6Net> {
+    let space = network.ipv6.as_ref()?;
+    let paired = network.ipv4().position(&subnet.into()).map(|i| space.nth_subnet(i));
+    let mut candidates = [preferred.map(IpNet::from), paired].into_iter().flatten();
+    let chosen = match candidates.find(|c| space.in_allocation_range(c) && !taken.contains(c)) {
+        Some(free) => free,
+        None => choose_free(space, taken, &mut rand::rng())?,
+    };
+    match chosen {
+        IpNet::V6(net) => Some(net),
+        IpNet::V4(_) => None,
     }
 }
 
@@ -295,14 +314,17 @@ fn ours(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<(Lea
 /// A lease of our public IP whose IPv4 subnet is in the network but whose IPv6 side is not as
 /// the network wants it: taken before IPv6 was turned on, or off.
 fn outgrown(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<Lease> {
-    leases.iter().map(|(l, _)| l).cloned().find(|l| {
-        l.attrs.public_ip == request.attrs.public_ip
-            && request.network.contains_subnet(&l.subnet)
-            && !request.fits(l)
-            && !l.is_reservation()
-    })
+    leases
+        .iter()
+        .map(|(l, _)| l)
+        .find(|l| {
+            l.attrs.public_ip == request.attrs.public_ip
+                && request.network.contains_subnet(&l.subnet)
+                && !request.fits(l)
+                && !l.is_reservation()
+        })
+        .cloned()
 }
-
 
 /// The lease handed over from before a reload, if it is still as we last wrote it.
 fn handed_over(raw: &[RawLease], request: &LeaseRequest<'_>) -> Option<(Lease, Revision)> {
@@ -333,7 +355,9 @@ fn choose_free(space: &SubnetSpace, taken: &HashSet<IpNet>, rng: &mut impl Rng) 
     }
     if count > MOST_LISTED {
         // 32 random picks all taken in a space this large: the odds say it is crowded, not full.
-        return (0..RANDOM_TRIES * 32).map(|_| space.nth_subnet(rng.random_range(0..count))).find(|s| !taken.contains(s));
+        return (0..RANDOM_TRIES * 32)
+            .map(|_| space.nth_subnet(rng.random_range(0..count)))
+            .find(|s| !taken.contains(s));
     }
     // Mostly full: pick among what is left.
     let free: Vec<IpNet> = (0..count).map(|i| space.nth_subnet(i)).filter(|s| !taken.contains(s)).collect();
@@ -528,6 +552,24 @@ mod tests {
             // And back: the IPv6 side goes, the IPv4 subnet stays.
             let back = acquire(&store, &request(&v4_only, &me, None)).await.unwrap();
             assert_eq!((back.subnet(), back.subnet_v6()), (before.subnet(), None));
+        }
+
+        #[tokio::test]
+        async fn a_dual_stack_reservation_is_taken_by_its_host() {
+            let (store, n, me) = (MemoryStore::new(), dual_stack(), attrs(1));
+            let reserved: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+            let v6 = ipv6_for(&n, reserved, &HashSet::new(), None).unwrap();
+            // Paired by position: the 7th IPv4 subnet of the range, the 7th IPv6 one.
+            assert_eq!(v6.to_string(), "2001:db8:42:7::/64");
+            let key = LeaseKey { subnet: reserved, subnet_v6: Some(v6) };
+            store.create_lease(LeaseWrite::new(key, &me.to_json(), None)).await.unwrap();
+            let own = acquire(&store, &request(&n, &me, None)).await.unwrap();
+            assert_eq!((own.key(), own.lease.expiry), (key, Expiry::Never));
+            // Taken, the paired subnet gives way to a free one.
+            let taken: HashSet<IpNet> = [IpNet::from(v6)].into();
+            let other = ipv6_for(&n, reserved, &taken, None).unwrap();
+            assert!(other != v6 && n.fits_ipv6(Some(other)));
+            assert_eq!(ipv6_for(&network("10.244.0.0/16"), reserved, &HashSet::new(), None), None);
         }
 
         #[tokio::test]

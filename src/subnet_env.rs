@@ -54,9 +54,11 @@ pub struct Ipv6Pair {
 impl SubnetEnv {
     /// flannel's format: the subnet is written with its first host address (the bridge's).
     pub fn render(&self) -> String {
-        let mut text = format!("{NETWORK}={}\n{SUBNET}={}/{}\n", self.network, self.gateway(), self.subnet.prefix_len());
+        let mut text =
+            format!("{NETWORK}={}\n{SUBNET}={}/{}\n", self.network, self.gateway(), self.subnet.prefix_len());
         if let Some(v6) = &self.ipv6 {
-            text += &format!("{IPV6_NETWORK}={}\n{IPV6_SUBNET}={}/{}\n", v6.network, v6.gateway(), v6.subnet.prefix_len());
+            text +=
+                &format!("{IPV6_NETWORK}={}\n{IPV6_SUBNET}={}/{}\n", v6.network, v6.gateway(), v6.subnet.prefix_len());
         }
         text + &format!("{MTU}={}\n{IPMASQ}={}\n", self.mtu, self.ip_masq)
     }

@@ -167,7 +167,8 @@ impl LeaseWatcher {
 
     fn upsert(&mut self, lease: Lease) -> Option<LeaseEvent> {
         let subnet = lease.subnet;
-        let attrs_before = self.known.get(&subnet).map(|old| old.attrs == lease.attrs && old.subnet_v6 == lease.subnet_v6);
+        let attrs_before =
+            self.known.get(&subnet).map(|old| old.attrs == lease.attrs && old.subnet_v6 == lease.subnet_v6);
         self.known.insert(subnet, lease);
         match attrs_before {
             None => Some(LeaseEvent::Added(subnet)),
@@ -239,7 +240,10 @@ mod tests {
         // The old key's deletion does not remove the lease that replaced it.
         let d = w.apply(LeaseUpdate::Deleted { key: "10.244.1.0-24&2001:db8:42:1::-64".into(), revision: 3 });
         assert!(d.events.is_empty(), "{:?}", kinds(&d.events));
-        assert_eq!(w.leases()[&"10.244.1.0/24".parse().unwrap()].subnet_v6, Some("2001:db8:42:7::/64".parse().unwrap()));
+        assert_eq!(
+            w.leases()[&"10.244.1.0/24".parse().unwrap()].subnet_v6,
+            Some("2001:db8:42:7::/64".parse().unwrap())
+        );
         // An IPv6 subnet outside the network is dropped; the IPv4 side stays.
         w.apply(LeaseUpdate::Put(raw("10.244.2.0-24&2001:db8:99::-64", "192.0.2.2")));
         assert_eq!(w.leases()[&"10.244.2.0/24".parse().unwrap()].subnet_v6, None);

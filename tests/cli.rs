@@ -128,12 +128,15 @@ fn config_check_names_bad_ipv6_keys() {
         (network("ipv6_cidr = \"2001:db8::/56\"\nipv6_subnet_len = 129", "host-gw"), "network.ipv6_subnet_len", "129"),
         (network("ipv6_cidr = \"2001:db8::/56\"\nipv6_subnet_len = 48", "host-gw"), "network.ipv6_subnet_len", "48"),
         (network("enable_ipv4 = false", "host-gw"), "network.enable_ipv4", "false"),
-        (format!("[agent]\npublic_ipv6 = \"198.51.100.1\"\n{}", network("", "host-gw")), "agent.public_ipv6", "198.51.100.1"),
+        (
+            format!("[agent]\npublic_ipv6 = \"198.51.100.1\"\n{}", network("", "host-gw")),
+            "agent.public_ipv6",
+            "198.51.100.1",
+        ),
     ];
     // A cloud backend's routes are IPv4 only so far: said, not silently half done.
-    let cloud = cfg!(feature = "aws").then(|| {
-        (network("ipv6_cidr = \"2001:db8::/56\"", "aws-vpc"), "network.ipv6_cidr", "not yet by aws-vpc")
-    });
+    let cloud = cfg!(feature = "aws")
+        .then(|| (network("ipv6_cidr = \"2001:db8::/56\"", "aws-vpc"), "network.ipv6_cidr", "not yet by aws-vpc"));
     for (text, key, value) in cases.into_iter().chain(cloud) {
         let setup = Setup::new(&text);
         let out = setup.weft(&["config", "check"]);

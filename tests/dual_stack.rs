@@ -210,9 +210,8 @@ fn a_live_switch_keeps_both_families_flowing() {
         std::thread::sleep(Duration::from_millis(300));
         cluster.write_config(&network(&format!("type = \"{kind}\"")));
         cluster.weft_ok(&["network", "apply"]);
-        let took = wait_until(&format!("every host on {kind}"), Duration::from_secs(20), || {
-            on_backend(&cluster, HOSTS, kind)
-        });
+        let took =
+            wait_until(&format!("every host on {kind}"), Duration::from_secs(20), || on_backend(&cluster, HOSTS, kind));
         for flow in flows {
             let label = flow.name.clone();
             let (sent, received) = flow.finish();

@@ -612,7 +612,14 @@ struct ViaUnderlay {
 impl PeerObjects for ViaUnderlay {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
-        peer_route::add_route(&mut state, lease.subnet.into(), lease.attrs.public_ip.into(), self.underlay, false, true);
+        peer_route::add_route(
+            &mut state,
+            lease.subnet.into(),
+            lease.attrs.public_ip.into(),
+            self.underlay,
+            false,
+            true,
+        );
         Ok(state)
     }
 }

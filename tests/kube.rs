@@ -220,14 +220,23 @@ fn store_lists_nodes_and_elects_one_leader() {
 
         let attrs = r#"{"PublicIP":"198.51.100.1","PublicIPv6":null,"BackendType":"alloc"}"#;
         // Only our own podCIDR can be "leased".
-        let other = a.create_lease(LeaseWrite::new("10.244.2.0/24".parse::<ipnet::Ipv4Net>().unwrap(), attrs, None)).await.unwrap();
+        let other = a
+            .create_lease(LeaseWrite::new("10.244.2.0/24".parse::<ipnet::Ipv4Net>().unwrap(), attrs, None))
+            .await
+            .unwrap();
         assert_eq!(other, weft::store::WriteOutcome::Conflict);
-        let own = a.create_lease(LeaseWrite::new("10.244.1.0/24".parse::<ipnet::Ipv4Net>().unwrap(), attrs, None)).await.unwrap();
+        let own = a
+            .create_lease(LeaseWrite::new("10.244.1.0/24".parse::<ipnet::Ipv4Net>().unwrap(), attrs, None))
+            .await
+            .unwrap();
         assert!(matches!(own, weft::store::WriteOutcome::Written { .. }), "{own:?}");
         let listing = b.list_leases().await.unwrap();
         assert_eq!(listing.leases.len(), 1, "only the annotated node is a lease");
         assert_eq!(listing.leases[0].key, "10.244.1.0-24");
-        assert!(b.delete_lease("10.244.1.0/24".parse::<ipnet::Ipv4Net>().unwrap().into()).await.is_err(), "not b's node");
+        assert!(
+            b.delete_lease("10.244.1.0/24".parse::<ipnet::Ipv4Net>().unwrap().into()).await.is_err(),
+            "not b's node"
+        );
         assert!(a.delete_lease("10.244.1.0/24".parse::<ipnet::Ipv4Net>().unwrap().into()).await.unwrap());
         assert!(b.list_leases().await.unwrap().leases.is_empty());
         // A watch: kube-rs lists, then watches from the listing's resourceVersion.
@@ -295,7 +304,8 @@ fn serves_inside_a_namespace_for_multi_host_tests() {
 #[test]
 fn dual_stack_nodes_lease_both_pod_cidrs() {
     let api = KubeApi::start();
-    let network = "[network]\ncidr = \"10.244.0.0/16\"\nipv6_cidr = \"2001:db8:42::/56\"\n[network.backend]\ntype = \"alloc\"\n";
+    let network =
+        "[network]\ncidr = \"10.244.0.0/16\"\nipv6_cidr = \"2001:db8:42::/56\"\n[network.backend]\ntype = \"alloc\"\n";
     let mut hosts = Vec::new();
     for i in 1..=2 {
         let name = format!("node-{i}");

@@ -99,7 +99,11 @@ impl Running {
         let env = SubnetEnv {
             network: self.network.network,
             subnet: self.own.subnet(),
-            ipv6: self.network.ipv6_network().zip(self.own.subnet_v6()).map(|(network, subnet)| Ipv6Pair { network, subnet }),
+            ipv6: self
+                .network
+                .ipv6_network()
+                .zip(self.own.subnet_v6())
+                .map(|(network, subnet)| Ipv6Pair { network, subnet }),
             mtu: self.data.mtu,
             ip_masq: self.config.agent.ip_masq,
         };

@@ -130,12 +130,8 @@ async fn start_and_run(
     let previous = subnet_env::previous_subnet(&config.agent.subnet_file);
     let previous_v6 = subnet_env::previous_subnet_v6(&config.agent.subnet_file);
     let handover = handover.map(|own| (own.key(), own.revision));
-    let request = LeaseRequest {
-        previous,
-        previous_v6,
-        handover,
-        ..LeaseRequest::new(&network, &attrs, config.agent.lease_ttl)
-    };
+    let request =
+        LeaseRequest { previous, previous_v6, handover, ..LeaseRequest::new(&network, &attrs, config.agent.lease_ttl) };
     let (own, listing) = lease_loop::acquire_until_held(store.as_ref(), &request, &health, cancel).await?;
     let ready = dataplane.start(prepared, &own.lease).await?;
     dataplane.activate(ready).await;

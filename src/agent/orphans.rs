@@ -66,7 +66,10 @@ mod tests {
             raw("10.244.1.0-24&2001:db8:42:1::-64", US, Expiry::Unknown, 4),
         ];
         let update = LeaseUpdate::Resync(entries, 5);
-        assert_eq!(orphans(&update, own(), US), [(key("10.244.4.0-24"), 5), (key("10.244.1.0-24&2001:db8:42:1::-64"), 4)]);
+        assert_eq!(
+            orphans(&update, own(), US),
+            [(key("10.244.4.0-24"), 5), (key("10.244.1.0-24&2001:db8:42:1::-64"), 4)]
+        );
         let deleted = LeaseUpdate::Deleted { key: "10.244.4.0-24".into(), revision: 6 };
         assert!(orphans(&deleted, own(), US).is_empty());
     }

@@ -87,12 +87,14 @@ impl PeerTrust {
             IpAddr::V4(ip) => refused_v4(ip, in_underlay),
             IpAddr::V6(ip) => refused_v6(ip, in_underlay),
         };
-        let refused = refused.or_else(|| if self.own.contains(&ip) {
-            Some(Untrusted::Own)
-        } else if !same_family.is_empty() && !in_underlay {
-            Some(Untrusted::OutsideUnderlay)
-        } else {
-            None
+        let refused = refused.or_else(|| {
+            if self.own.contains(&ip) {
+                Some(Untrusted::Own)
+            } else if !same_family.is_empty() && !in_underlay {
+                Some(Untrusted::OutsideUnderlay)
+            } else {
+                None
+            }
         });
         refused.map_or(Ok(()), Err)
     }

@@ -397,7 +397,10 @@ mod tests {
         sync.add_mapper(BackendKind::AwsVpc, Box::new(NoneToInstall), &[]);
         let family = Family::<PeerRejectedLabels, Counter>::default();
         let underlay = vec!["198.51.100.0/24".parse().unwrap()];
-        sync.set_trust(PeerTrust::new(["198.51.100.1".parse::<std::net::Ipv4Addr>().unwrap()], underlay), family.clone());
+        sync.set_trust(
+            PeerTrust::new(["198.51.100.1".parse::<std::net::Ipv4Addr>().unwrap()], underlay),
+            family.clone(),
+        );
 
         let good = lease_at("10.244.2.0/24", "198.51.100.2", "vxlan");
         let ours = lease_at("10.244.3.0/24", "198.51.100.1", "vxlan");

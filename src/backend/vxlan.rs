@@ -63,7 +63,10 @@ impl Vxlan {
             mtu,
             mac: Some(stable_mac(local_identity(&self.ext, local), self.config.vni)),
         };
-        self.kernel.ensure_vxlan(&spec).await.map_err(|e| BackendError::kernel(format!("vxlan device {}", spec.name), e))
+        self.kernel
+            .ensure_vxlan(&spec)
+            .await
+            .map_err(|e| BackendError::kernel(format!("vxlan device {}", spec.name), e))
     }
 }
 
@@ -158,9 +161,11 @@ impl Device {
     /// what we send through them.
     async fn address(&self, own: &Lease) -> Result<(), BackendError> {
         let v4 = (&self.link, IpNet::new(own.subnet.network().into(), 32).expect("/32 is valid"));
-        let v6 = self.link6.as_ref().zip(own.subnet_v6).map(|(link, subnet)| {
-            (link, IpNet::new(subnet.network().into(), 128).expect("/128 is valid"))
-        });
+        let v6 = self
+            .link6
+            .as_ref()
+            .zip(own.subnet_v6)
+            .map(|(link, subnet)| (link, IpNet::new(subnet.network().into(), 128).expect("/128 is valid")));
         for (link, addr) in [v4].into_iter().chain(v6) {
             self.kernel
                 .ensure_address(link.index, addr)
@@ -475,10 +480,9 @@ mod tests {
         sync.add_mapper(BackendKind::Vxlan, mapping.mapper, &mapping.links);
         let mut peer = lease(2, "198.51.100.2", "02:00:00:00:00:02");
         peer.subnet_v6 = Some("2001:db8:42:2::/64".parse().unwrap());
-        peer.attrs = peer.attrs.with_v6(
-            "2001:db8::2".parse().unwrap(),
-            serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:62"}),
-        );
+        peer.attrs = peer
+            .attrs
+            .with_v6("2001:db8::2".parse().unwrap(), serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:62"}));
         sync.reconcile(&peers(&[peer])).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!((state.routes.len(), state.neighbours.len(), state.fdb.len()), (2, 2, 2));

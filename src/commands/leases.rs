@@ -148,6 +148,7 @@ async fn reserve(store: &dyn Store, args: ReserveArgs) -> Result<(), CommandErro
     if subnet.trunc() != subnet {
         return Err(CommandError::Input(format!("{subnet}: host bits set, did you mean {}?", subnet.trunc())));
     }
+    let mut key = crate::lease::LeaseKey::from(subnet);
     if let Some(text) = store.network_config().await? {
         if let Ok((network, _)) = Network::from_flannel_json(&text) {
             if !network.contains_subnet(&subnet) {
@@ -156,13 +157,24 @@ async fn reserve(store: &dyn Store, args: ReserveArgs) -> Result<(), CommandErro
                     network.subnet_len, network.network
                 )));
             }
+            // Dual-stack: the reservation holds an IPv6 subnet too, or its host could not use it.
+            if network.ipv6.is_some() {
+                let listing = store.list_leases().await?;
+                let taken = listing
+                    .leases
+                    .iter()
+                    .filter_map(|raw| crate::lease::parse_lease_key(&raw.key).ok()?.subnet_v6)
+                    .map(ipnet::IpNet::from)
+                    .collect();
+                key.subnet_v6 = crate::leasing::ipv6_for(&network, subnet, &taken, None);
+            }
         }
     }
     let attrs = LeaseAttrs::new(args.public_ip, "", serde_json::Value::Null);
     let json = attrs.to_json();
-    match store.create_lease(LeaseWrite::new(subnet, &json, None)).await? {
+    match store.create_lease(LeaseWrite::new(key, &json, None)).await? {
         WriteOutcome::Written { .. } => {
-            println!("reserved {subnet} for {}", args.public_ip);
+            println!("reserved {key} for {}", args.public_ip);
             Ok(())
         }
         WriteOutcome::Conflict => make_existing_permanent(store, subnet, args.public_ip).await,

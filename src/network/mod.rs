@@ -521,7 +521,10 @@ mod tests {
         assert_eq!(Network::from_flannel_json(text).unwrap().0.ipv6, None);
         let err = Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#).unwrap_err();
         assert!(err.to_string().contains("IPv6Network"), "{err}");
-        let err = Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8::/48"}"#).unwrap_err();
+        let err = Network::from_flannel_json(
+            r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8::/48"}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("network.enable_ipv4"), "{err}");
     }
 
@@ -535,7 +538,6 @@ mod tests {
             (NetworkSection { ipv6_subnet_len: 64, ..section("10.244.0.0/16") }, "network.ipv6_subnet_len"),
             (NetworkSection { enable_ipv4: false, ..section("10.244.0.0/16") }, "network.enable_ipv4"),
             (NetworkSection { enable_ipv4: false, ..dual_stack() }, "network.enable_ipv4"),
-
         ];
         for (s, key) in cases {
             let err = Network::new(&s).unwrap_err();

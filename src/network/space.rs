@@ -119,7 +119,8 @@ impl SubnetSpace {
         // flannel skips the network's first subnet by default (its first address is the network's).
         let default_min = if count > 1 { space.subnet_at(1).network() } else { space.subnet_at(0).network() };
         space.min = space.parse_bound(keys.subnet_min, text.subnet_min, default_min, family)?;
-        space.max = space.parse_bound(keys.subnet_max, text.subnet_max, space.subnet_at(count - 1).network(), family)?;
+        space.max =
+            space.parse_bound(keys.subnet_max, text.subnet_max, space.subnet_at(count - 1).network(), family)?;
         if space.min > space.max {
             return Err(invalid(keys.subnet_min, space.min, format!("above {} {}", keys.subnet_max, space.max)));
         }

@@ -96,7 +96,8 @@ impl LeaseStore for LocalStore {
             // Expired leases are already gone, so an existing key is a live holder. A dual-stack
             // key differs from an IPv4 one of the same subnet: what must be absent is any key
             // holding either subnet.
-            let taken = state.leases.keys().filter_map(|k| parse_lease_key(k).ok()).any(|k| k.shares_a_subnet_with(&wanted));
+            let taken =
+                state.leases.keys().filter_map(|k| parse_lease_key(k).ok()).any(|k| k.shares_a_subnet_with(&wanted));
             if taken {
                 return Applied::Unchanged(WriteOutcome::Conflict);
             }

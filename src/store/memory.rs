@@ -154,7 +154,8 @@ impl LeaseStore for MemoryStore {
         let mut state = self.lock();
         // A dual-stack key differs from an IPv4 one of the same subnet: what must be absent is
         // any key holding either subnet.
-        let taken = state.leases.keys().filter_map(|k| parse_lease_key(k).ok()).any(|k| k.shares_a_subnet_with(&write.key));
+        let taken =
+            state.leases.keys().filter_map(|k| parse_lease_key(k).ok()).any(|k| k.shares_a_subnet_with(&write.key));
         if taken {
             return Ok(WriteOutcome::Conflict);
         }

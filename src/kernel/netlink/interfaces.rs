@@ -21,8 +21,13 @@ pub async fn all(handle: &Handle) -> Result<Vec<InterfaceInfo>, KernelError> {
     let mut links = Vec::new();
     let mut stream = handle.link().get().execute();
     while let Some(msg) = stream.try_next().await.map_err(|e| failed("list links", e))? {
-        let mut link =
-            InterfaceInfo { index: msg.header.index, name: String::new(), mtu: 0, addrs: Vec::new(), addrs_v6: Vec::new() };
+        let mut link = InterfaceInfo {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: 0,
+            addrs: Vec::new(),
+            addrs_v6: Vec::new(),
+        };
         for attr in msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name,
@@ -44,9 +49,10 @@ pub async fn all(handle: &Handle) -> Result<Vec<InterfaceInfo>, KernelError> {
         match ip {
             IpAddr::V4(ip) => link.addrs.extend(Ipv4Net::new(ip, msg.header.prefix_len)),
             IpAddr::V6(ip) => {
-                let deprecated = msg.attributes.iter().any(|a| {
-                    matches!(a, AddressAttribute::CacheInfo(info) if info.ifa_preferred == 0)
-                });
+                let deprecated = msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::CacheInfo(info) if info.ifa_preferred == 0));
                 // Link-local (fe80::/10) and loopback addresses reach no other host.
                 let global = !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80;
                 if global && !deprecated {

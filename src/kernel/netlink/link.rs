@@ -180,11 +180,7 @@ async fn create_vxlan(handle: &Handle, spec: &VxlanSpec) -> Result<(), rtnetlink
         IpAddr::V4(local) => builder.local(local),
         IpAddr::V6(local) => builder.local6(local),
     };
-    let mut builder = builder
-        .port(spec.port)
-        .learning(spec.learning)
-        .mtu(spec.mtu)
-        .up();
+    let mut builder = builder.port(spec.port).learning(spec.learning).mtu(spec.mtu).up();
     if spec.gbp {
         builder = builder.gbp();
     }

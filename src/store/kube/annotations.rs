@@ -80,7 +80,9 @@ impl AnnotationNames {
         // A dual-stack node's IPv6 side, as flannel writes it: the address, and the v6 data
         // (vxlan's once its IPv6 VTEP is known, `null` for the others).
         let v6: Vec<(&String, String)> = match attrs.public_ipv6() {
-            Some(ip6) => vec![(&self.public_ipv6, ip6.to_string()), (&self.backend_v6_data, attrs.backend_v6_data().to_string())],
+            Some(ip6) => {
+                vec![(&self.public_ipv6, ip6.to_string()), (&self.backend_v6_data, attrs.backend_v6_data().to_string())]
+            }
             None => Vec::new(),
         };
         let stale = v6.iter().any(|(key, value)| get(key) != value)
