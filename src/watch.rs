@@ -220,13 +220,7 @@ mod tests {
     }
 
     fn dual_stack() -> Network {
-        let section = NetworkSection {
-            cidr: "10.244.0.0/16".into(),
-            ipv6_cidr: "2001:db8:42::/56".into(),
-            backend: crate::network::backend::BackendConfig::HostGw(crate::network::backend::NoOptions {}),
-            ..Default::default()
-        };
-        Network::new(&section).unwrap()
+        crate::network::dual_stack_for_tests()
     }
 
     #[test]

@@ -366,6 +366,18 @@ impl Network {
     }
 }
 
+/// A dual-stack host-gw network for tests: 10.244.0.0/16 and 2001:db8:42::/56.
+#[cfg(test)]
+pub(crate) fn dual_stack_for_tests() -> Network {
+    let section = NetworkSection {
+        cidr: "10.244.0.0/16".into(),
+        ipv6_cidr: "2001:db8:42::/56".into(),
+        backend: BackendConfig::HostGw(backend::NoOptions {}),
+        ..Default::default()
+    };
+    Network::new(&section).expect("a valid network")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

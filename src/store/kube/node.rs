@@ -91,15 +91,7 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
         key: names.public_ip.clone(),
         value: ip_text.clone(),
     })?;
-    // A vxlan node without its VTEP yet carries no data annotation: that reads as `null`.
-    let backend_data = match notes.get(&names.backend_data) {
-        None => BackendData::null(),
-        Some(text) => serde_json::from_str::<BackendData>(text).map_err(|e| NodeSkip::BadBackendData {
-            node: node_name.clone(),
-            key: names.backend_data.clone(),
-            reason: e.to_string(),
-        })?,
-    };
+    let backend_data = data_annotation(&notes, &names.backend_data, &node_name)?;
     let backend_type = notes.get(&names.backend_type).cloned().unwrap_or_default();
     let mut attrs = LeaseAttrs::new(public_ip, &backend_type, backend_data);
     // Dual-stack: the IPv6 side counts once the node publishes its IPv6 address.
@@ -110,18 +102,24 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
             key: names.public_ipv6.clone(),
             value: text.clone(),
         })?;
-        let data = match notes.get(&names.backend_v6_data) {
-            None => BackendData::null(),
-            Some(text) => serde_json::from_str::<BackendData>(text).map_err(|e| NodeSkip::BadBackendData {
-                node: node_name.clone(),
-                key: names.backend_v6_data.clone(),
-                reason: e.to_string(),
-            })?,
-        };
+        let data = data_annotation(&notes, &names.backend_v6_data, &node_name)?;
         attrs = attrs.with_v6(public_ipv6, data);
         key.subnet_v6 = Some(v6);
     }
     Ok(NodeLease::Lease { key, attrs })
+}
+
+/// A backend data annotation (`backend-data`, `backend-v6-data`). A vxlan node without its VTEP
+/// yet carries none: that reads as `null`.
+fn data_annotation(notes: &BTreeMap<String, String>, key: &str, node: &str) -> Result<BackendData, NodeSkip> {
+    match notes.get(key) {
+        None => Ok(BackendData::null()),
+        Some(text) => serde_json::from_str::<BackendData>(text).map_err(|e| NodeSkip::BadBackendData {
+            node: node.to_string(),
+            key: key.to_string(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// The lease as the store trait carries it. Kubernetes leases never expire: the node is the
