@@ -140,6 +140,18 @@ fn external(link: &LinkInfo, addr: Ipv4Net, agent: &InterfaceChoice) -> External
     }
 }
 
+impl ExternalInterface {
+    /// The public IPv6 address a dual-stack network needs, or why there is none.
+    pub fn require_public_ipv6(&self) -> Result<Ipv6Addr, String> {
+        self.public_ipv6.ok_or_else(|| {
+            format!(
+                "the network is dual-stack but interface {} has no global IPv6 address: set agent.public_ipv6",
+                self.name
+            )
+        })
+    }
+}
+
 /// Reads the host's links and routes over netlink and selects the external interface.
 pub async fn discover(choice: impl Into<InterfaceChoice>) -> Result<ExternalInterface, IfaceError> {
     let kernel = crate::kernel::netlink::NetlinkKernel::new()?;

@@ -169,8 +169,8 @@ impl Taken {
     }
 }
 
-/// The subnets of a new lease: for each family of the network, the previous run's subnet when
-/// it is free, else a random free one.
+/// The subnets of a new lease: the previous run's IPv4 subnet when it is free, else a random free
+/// one; in a dual-stack network the IPv6 subnet that goes with it ([`ipv6_for`]).
 fn choose_key(request: &LeaseRequest<'_>, taken: &Taken, previous: Option<Ipv4Net>) -> Result<LeaseKey, LeaseError> {
     let pick = |space: &SubnetSpace, previous: Option<IpNet>, taken: &HashSet<IpNet>| match previous
         .filter(|p| space.in_allocation_range(p) && !taken.contains(p))

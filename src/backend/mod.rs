@@ -57,13 +57,8 @@ impl LeaseData {
         if network.ipv6.is_none() {
             return Ok(attrs);
         }
-        let public_ipv6 = ext.public_ipv6.ok_or_else(|| {
-            let problem = format!(
-                "the network is dual-stack but interface {} has no global IPv6 address: set agent.public_ipv6",
-                ext.name
-            );
-            BackendError::Config { backend: self.kind, problem }
-        })?;
+        let public_ipv6 =
+            ext.require_public_ipv6().map_err(|problem| BackendError::Config { backend: self.kind, problem })?;
         Ok(attrs.with_v6(public_ipv6, self.backend_v6_data.clone()))
     }
 }

@@ -118,23 +118,19 @@ impl Backend for Vxlan {
             backend_v6_data: BackendData::null(),
             mtu,
         };
-        let link6 = match (self.ipv6, self.ext.public_ipv6) {
-            (false, _) => None,
-            (true, Some(local)) => {
-                let mtu6 = configured(VXLAN_V6_OVERHEAD);
-                let link6 = self.ensure_device(vxlan_v6_device_name(self.config.vni), local.into(), mtu6).await?;
-                data.backend_v6_data = vtep_data(self.config.vni, link6.mac);
-                // Pods send both families through one interface: the smaller MTU fits both.
-                data.mtu = data.mtu.min(mtu6);
-                Some(link6)
-            }
-            (true, None) => {
-                let problem = format!(
-                    "the network is dual-stack but interface {} has no global IPv6 address: set agent.public_ipv6",
-                    self.ext.name
-                );
-                return Err(BackendError::Config { backend: BackendKind::Vxlan, problem });
-            }
+        let link6 = if self.ipv6 {
+            let local = self
+                .ext
+                .require_public_ipv6()
+                .map_err(|problem| BackendError::Config { backend: BackendKind::Vxlan, problem })?;
+            let mtu6 = configured(VXLAN_V6_OVERHEAD);
+            let link6 = self.ensure_device(vxlan_v6_device_name(self.config.vni), local.into(), mtu6).await?;
+            data.backend_v6_data = vtep_data(self.config.vni, link6.mac);
+            // Pods send both families through one interface: the smaller MTU fits both.
+            data.mtu = data.mtu.min(mtu6);
+            Some(link6)
+        } else {
+            None
         };
         let use_nexthops = self.kernel.supports_nexthops().await;
         let Vxlan { kernel, config, ext, .. } = *self;
