@@ -126,6 +126,19 @@ fn lab_up_status_down() {
     assert!(twice.contains("no lab to remove"), "{twice}");
     let status = weft(&["lab", "status"]);
     assert!(!status.status.success());
+
+    // Dual-stack: IPv6 underlay and pods, vxlan's second device, every pod reaching every other
+    // over both families (`lab up` exits non-zero on any ✗).
+    let up = ok(&["lab", "up", "--hosts", "2", "--backend", "vxlan", "--ipv6"]);
+    for expected in ["and 2001:db8::/64", "(IPv6)", "Pod to pod ping over IPv6"] {
+        assert!(up.contains(expected), "no {expected:?} in:\n{up}");
+    }
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["lab", "status", "-o", "json"])).unwrap();
+    let pings = shown["pings_v6"].as_array().unwrap_or_else(|| panic!("no IPv6 pings: {shown}"));
+    assert_eq!(pings.len(), 2, "{shown}");
+    assert!(pings.iter().all(|p| p["reachable"] == true), "{shown}");
+    let down = ok(&["lab", "down"]);
+    assert!(down.contains("stopped 2 agent(s)"), "{down}");
 }
 
 #[test]

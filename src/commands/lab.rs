@@ -26,6 +26,7 @@ use crate::netns::Netns;
 use crate::network::backend::{BackendConfig, BackendKind, NoOptions, VxlanConfig};
 use crate::network::Network;
 use crate::store::{self, Store};
+use crate::subnet_env::SubnetEnv;
 
 /// How long agents may take to lease their subnets.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,7 +66,14 @@ pub struct UpArgs {
     /// When something fails, leave what was built for inspection instead of removing it.
     #[arg(long)]
     pub keep_on_failure: bool,
+    /// Dual-stack: hosts get IPv6 underlay addresses (2001:db8::/64), the network an IPv6 side
+    /// (2001:db8:42::/56, unless the config file names one) and pods an address of each family.
+    #[arg(long)]
+    pub ipv6: bool,
 }
+
+/// The pods' IPv6 network of `weft lab up --ipv6` (a documentation prefix).
+const LAB_IPV6_PODS: &str = "2001:db8:42::/56";
 
 /// The backends that make sense between namespaces on one machine.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -107,7 +115,10 @@ fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), CommandError> {
         Some(file) => Some(config::load(file, true, Flags::default())?.config),
         None => None,
     };
-    let lab = state::lab_config(base.as_ref(), args.backend.map(LabBackend::config), &dir);
+    let mut lab = state::lab_config(base.as_ref(), args.backend.map(LabBackend::config), &dir);
+    if args.ipv6 && lab.network.ipv6_cidr.is_empty() {
+        lab.network.ipv6_cidr = LAB_IPV6_PODS.into();
+    }
     let network = Network::new(&lab.network).map_err(|e| CommandError::Input(e.to_string()))?;
     println!(
         "weft lab: {} hosts, network {}, backend {}, state in {}",
@@ -166,12 +177,19 @@ fn refuse_existing_lab(dir: &LabDir) -> Result<(), CommandError> {
 fn build(topology: &Topology, dir: &LabDir, lab: &Config, network: &Network) -> Result<(), CommandError> {
     let start = Instant::now();
     wire::build(topology).map_err(runtime)?;
+    if network.ipv6.is_some() {
+        for node in topology.host_nodes() {
+            let ns = Netns::open(&node.ns).map_err(|e| CommandError::Runtime(format!("open {}: {e}", node.ns)))?;
+            wire::add_ipv6(&ns, crate::lab::topology::HOST_IFACE, node.addr_v6()).map_err(runtime)?;
+        }
+    }
     let last = topology.host(topology.hosts);
     println!(
-        "  built    switch {} and hosts {}..{} on 198.51.100.0/24 ({:.2}s)",
+        "  built    switch {} and hosts {}..{} on 198.51.100.0/24{} ({:.2}s)",
         topology.switch_ns(),
         topology.host(1).ns,
         last.name,
+        if network.ipv6.is_some() { " and 2001:db8::/64" } else { "" },
         start.elapsed().as_secs_f64()
     );
     write_configs(topology, dir, lab)?;
@@ -192,6 +210,10 @@ fn build(topology: &Topology, dir: &LabDir, lab: &Config, network: &Network) -> 
     let infos = wait_for_agents(dir, &mut children)?;
     for (node, info) in topology.host_nodes().iter().zip(infos) {
         let addrs = pods::create(topology, node, info).map_err(runtime)?;
+        if let Some(v6) = subnet_v6(dir, node) {
+            let pod = pods::add_ipv6(topology, node, v6).map_err(runtime)?;
+            println!("  pod      {} {pod}/{} (IPv6)", topology.pod_ns(node), v6.prefix_len());
+        }
         println!(
             "  pod      {} {} (via cni0 {}, mtu {})",
             topology.pod_ns(node),
@@ -308,12 +330,15 @@ fn status(output: OutputArgs) -> Result<(), CommandError> {
             hosts: &'a [HostLine],
             leases: &'a [LeaseLine],
             pings: Vec<ProbeLine>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pings_v6: Option<Vec<ProbeLine>>,
             checks: &'a [HostCheck],
             ok: bool,
         }
         let pings = report::probe_lines(&shown.names, &shown.probes);
+        let pings_v6 = shown.probes_v6.as_ref().map(|probes| report::probe_lines(&shown.names, probes));
         let ok = shown.verdict().is_ok();
-        print_json(&Status { hosts: &hosts, leases: &shown.leases, pings, checks: &shown.checks, ok })?;
+        print_json(&Status { hosts: &hosts, leases: &shown.leases, pings, pings_v6, checks: &shown.checks, ok })?;
     } else {
         print!("{}", report::render_hosts(&hosts));
         shown.print();
@@ -379,6 +404,8 @@ struct Shown {
     leases: Vec<LeaseLine>,
     names: Vec<String>,
     probes: Vec<Vec<Probe>>,
+    /// The same over IPv6, in a dual-stack lab.
+    probes_v6: Option<Vec<Vec<Probe>>>,
     checks: Vec<HostCheck>,
 }
 
@@ -419,6 +446,10 @@ impl Shown {
         print!("{}", report::render_leases(&self.leases));
         println!("\nPod to pod ping, average round trip (✗: no answer)");
         print!("{}", report::render_matrix(&self.names, &self.probes));
+        if let Some(probes) = &self.probes_v6 {
+            println!("\nPod to pod ping over IPv6");
+            print!("{}", report::render_matrix(&self.names, probes));
+        }
         println!("\nEach host to its peers' subnets (`weft check connectivity` on the host)");
         for check in &self.checks {
             println!("{}", check.line());
@@ -429,7 +460,9 @@ impl Shown {
     fn verdict(&self) -> Result<(), CommandError> {
         let alloc = BackendKind::Alloc.as_str();
         let unreachable_expected = !self.leases.is_empty() && self.leases.iter().all(|l| l.backend == alloc);
-        report::matrix_verdict(&self.probes, unreachable_expected).map_err(|failed| {
+        let matrices = [&self.probes].into_iter().chain(self.probes_v6.as_ref());
+        let failed: usize = matrices.map(|m| report::matrix_verdict(m, unreachable_expected).err().unwrap_or(0)).sum();
+        (failed == 0).then_some(()).ok_or(failed).map_err(|failed| {
             CommandError::Runtime(format!(
                 "{failed} pod-to-pod ping(s) got no answer (✗ in the matrix); the lab is left running for inspection"
             ))
@@ -477,22 +510,37 @@ fn check_on(node: &Node, dir: &LabDir) -> Result<Vec<PeerProbe>, String> {
     serde_json::from_slice(&out.stdout).map_err(|_| String::from_utf8_lossy(&out.stderr).trim().to_string())
 }
 
+/// Host `node`'s IPv6 subnet, in a dual-stack lab.
+fn subnet_v6(dir: &LabDir, node: &Node) -> Option<ipnet::Ipv6Net> {
+    Some(SubnetEnv::read(&dir.subnet_file(node)).ok()?.ipv6?.subnet)
+}
+
 fn measure(topology: &Topology, dir: &LabDir) -> Result<Shown, CommandError> {
     let nodes = topology.host_nodes();
     let leases = read_leases(dir, &nodes)?;
+    let pod_at = |node: &Node, addr: std::net::IpAddr| {
+        let pod_ns = topology.pod_ns(node);
+        Netns::exists(&pod_ns).then_some((pod_ns, addr))
+    };
     let pods: Vec<probe::Pod> = nodes
         .iter()
         .map(|node| {
             let info = pods::read_subnet_env(&dir.subnet_file(node))?;
             let addrs = crate::lab::PodAddrs::for_subnet(info.subnet).ok()?;
-            let pod_ns = topology.pod_ns(node);
-            Netns::exists(&pod_ns).then(|| (pod_ns, addrs.pod.addr()))
+            pod_at(node, addrs.pod.addr().into())
         })
         .collect();
     let probes = probe::pod_matrix(&pods).map_err(runtime)?;
+    // The pods' IPv6 addresses (`::2` of each subnet, as `pods::add_ipv6` gives them).
+    let pods_v6: Vec<probe::Pod> = nodes
+        .iter()
+        .map(|node| pod_at(node, std::net::Ipv6Addr::from(u128::from(subnet_v6(dir, node)?.network()) + 2).into()))
+        .collect();
+    let probes_v6 =
+        if pods_v6.iter().any(Option::is_some) { Some(probe::pod_matrix(&pods_v6).map_err(runtime)?) } else { None };
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let checks = host_checks(topology, dir);
-    Ok(Shown { leases, names, probes, checks })
+    Ok(Shown { leases, names, probes, probes_v6, checks })
 }
 
 fn read_leases(dir: &LabDir, nodes: &[Node]) -> Result<Vec<LeaseLine>, CommandError> {

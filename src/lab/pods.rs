@@ -43,6 +43,22 @@ impl From<SubnetEnv> for SubnetInfo {
     }
 }
 
+/// Gives the pod behind `node` (made by [`create`]) an address of the host's IPv6 subnet too:
+/// `::1` on the bridge, `::2` in the pod, its IPv6 default route through the bridge. Returns the
+/// pod's address.
+pub fn add_ipv6(topology: &Topology, node: &Node, subnet: ipnet::Ipv6Net) -> Result<std::net::Ipv6Addr, LabError> {
+    let base = u128::from(subnet.network());
+    let (gateway, pod) = (std::net::Ipv6Addr::from(base + 1), std::net::Ipv6Addr::from(base + 2));
+    let net = |addr| ipnet::Ipv6Net::new(addr, subnet.prefix_len()).expect("the subnet's length");
+    let host = Netns::open(&node.ns).map_err(LabError::io(format!("open host namespace {}", node.ns)))?;
+    let pod_ns = topology.pod_ns(node);
+    let pod_netns = Netns::open(&pod_ns).map_err(LabError::io(format!("open pod namespace {pod_ns}")))?;
+    wire::add_ipv6(&host, POD_BRIDGE, net(gateway))?;
+    wire::add_ipv6(&pod_netns, POD_IFACE, net(pod))?;
+    wire::default_route_v6(&pod_netns, gateway)?;
+    Ok(pod)
+}
+
 /// Builds the pod behind `node` for `info`'s subnet; returns its addresses.
 pub fn create(topology: &Topology, node: &Node, info: SubnetInfo) -> Result<PodAddrs, LabError> {
     let addrs = PodAddrs::for_subnet(info.subnet).map_err(LabError::Invalid)?;

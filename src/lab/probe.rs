@@ -67,7 +67,7 @@ fn collect_pings(children: Vec<Child>) -> Vec<Probe> {
 }
 
 /// One pod of the matrix: its namespace and address, `None` where there is no pod.
-pub type Pod = Option<(String, std::net::Ipv4Addr)>;
+pub type Pod = Option<(String, std::net::IpAddr)>;
 
 /// Every pod pings every other: `result[from][to]`. Pairs with a missing pod are failures.
 pub fn pod_matrix(pods: &[Pod]) -> Result<Vec<Vec<Probe>>, LabError> {
@@ -76,7 +76,7 @@ pub fn pod_matrix(pods: &[Pod]) -> Result<Vec<Vec<Probe>>, LabError> {
     for (from, source) in pods.iter().enumerate() {
         for (to, target) in pods.iter().enumerate() {
             if let (Some((ns, _)), Some((_, addr)), true) = (source, target, from != to) {
-                jobs.push(PingJob { from_ns: ns.clone(), to: (*addr).into() });
+                jobs.push(PingJob { from_ns: ns.clone(), to: *addr });
                 slots.push((from, to));
             }
         }

@@ -47,6 +47,13 @@ impl Node {
     pub fn addr_net(&self) -> Ipv4Net {
         Ipv4Net::new(self.addr, UNDERLAY.prefix_len()).expect("underlay prefix is valid")
     }
+
+    /// The node's IPv6 underlay address in a dual-stack lab: 2001:db8::<its IPv4 last octet>/64
+    /// (a documentation prefix, as 198.51.100.0/24 is).
+    pub fn addr_v6(&self) -> ipnet::Ipv6Net {
+        let last = u16::from(self.addr.octets()[3]);
+        ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last), 64).expect("a /64")
+    }
 }
 
 /// N hosts and a switch, all named with one prefix.

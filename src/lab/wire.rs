@@ -4,12 +4,12 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::link::{LinkAttribute, State};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -113,6 +113,27 @@ pub fn default_route(ns: &Netns, gateway: Ipv4Addr) -> Result<(), LabError> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
         handle.route().add(route).execute().await.map_err(LabError::netlink(what))
     })
+}
+
+/// `ip <args>` in `ns`: the lab's IPv6 addresses are added without duplicate address detection
+/// (`nodad`, which iproute2 says in one word), their uniqueness being the lab's own.
+fn ip(ns: &Netns, args: &[&str]) -> Result<(), LabError> {
+    let what = format!("ip {} in {}", args.join(" "), ns.name);
+    let out = ns.command("ip").and_then(|mut c| c.args(args).output()).map_err(LabError::io(what.clone()))?;
+    if !out.status.success() {
+        return Err(LabError::Invalid(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+/// Adds IPv6 address `addr` to `link` in `ns`, usable at once (no duplicate address detection).
+pub fn add_ipv6(ns: &Netns, link: &str, addr: Ipv6Net) -> Result<(), LabError> {
+    ip(ns, &["-6", "addr", "add", &addr.to_string(), "dev", link, "nodad"])
+}
+
+/// The IPv6 default route of `ns`, via `gateway`.
+pub fn default_route_v6(ns: &Netns, gateway: Ipv6Addr) -> Result<(), LabError> {
+    ip(ns, &["-6", "route", "add", "default", "via", &gateway.to_string()])
 }
 
 /// Creates a namespace, naming it in the error.
