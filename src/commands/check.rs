@@ -4,11 +4,11 @@
 //! and path (the peer's backend type); exit 1 on any ✗.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use super::output::{print_json, OutputArgs};
@@ -54,8 +54,10 @@ pub async fn run(global: &GlobalArgs, command: CheckCommand) -> Result<(), Comma
     let CheckCommand::Connectivity(args) = command;
     let config = global.load_config(Flags::default())?.config;
     let subnet_file = args.subnet_file.unwrap_or_else(|| config.agent.subnet_file.clone());
-    // Without a subnet.env (no agent here yet) every lease is probed.
-    let own = SubnetEnv::read(&subnet_file).ok().map(|env| env.subnet.trunc());
+    // Without a subnet.env (no agent here yet) every lease is probed, over IPv4 only.
+    let env = SubnetEnv::read(&subnet_file).ok();
+    let own = env.as_ref().map(|env| env.subnet.trunc());
+    let dual_stack = env.as_ref().is_some_and(|env| env.ipv6.is_some());
     let store = store::open(&config.store).await?;
     let listing = store.list_leases().await.map_err(|e| CommandError::Runtime(format!("listing leases: {e}")))?;
     let mut leases = Vec::new();
@@ -66,12 +68,13 @@ pub async fn run(global: &GlobalArgs, command: CheckCommand) -> Result<(), Comma
         }
     }
     let peers = peers(&leases, own);
-    let targets: Vec<Ipv4Addr> = peers.iter().map(|lease| first_address(lease.subnet)).collect();
-    let probes = tokio::task::spawn_blocking(move || probe::ping_here(&targets))
+    let targets = targets(&peers, dual_stack);
+    let addrs: Vec<IpAddr> = targets.iter().map(|t| first_address(t.subnet)).collect();
+    let probes = tokio::task::spawn_blocking(move || probe::ping_here(&addrs))
         .await
         .map_err(|e| CommandError::Runtime(format!("the ping task failed: {e}")))?
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    let rows: Vec<PeerProbe> = peers.iter().zip(probes).map(|(lease, probe)| row(lease, probe)).collect();
+    let rows: Vec<PeerProbe> = targets.iter().zip(probes).map(|(target, probe)| row(target, probe)).collect();
     if args.output.is_json() {
         print_json(&rows)?;
     } else {
@@ -91,23 +94,46 @@ fn peers(leases: &[Lease], own: Option<Ipv4Net>) -> Vec<&Lease> {
     peers
 }
 
-/// The subnet's first address: where the bridge CNI plugin puts the pods' gateway (`cni0`).
-fn first_address(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()).saturating_add(1))
+/// One subnet of a peer to probe: its IPv4 one, and on a dual-stack host its IPv6 one too.
+struct Target<'a> {
+    lease: &'a Lease,
+    subnet: IpNet,
+    /// The peer's public address of the subnet's family.
+    peer: String,
 }
 
-fn row(lease: &Lease, probe: Probe) -> PeerProbe {
+fn targets<'a>(peers: &[&'a Lease], dual_stack: bool) -> Vec<Target<'a>> {
+    let mut targets = Vec::new();
+    for lease in peers {
+        targets.push(Target { lease, subnet: lease.subnet.into(), peer: lease.attrs.public_ip.to_string() });
+        if let (true, Some(subnet)) = (dual_stack, lease.subnet_v6) {
+            let peer = lease.attrs.public_ipv6().map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
+            targets.push(Target { lease, subnet: subnet.into(), peer });
+        }
+    }
+    targets
+}
+
+/// The subnet's first address: where the bridge CNI plugin puts the pods' gateway (`cni0`).
+fn first_address(subnet: IpNet) -> IpAddr {
+    match subnet {
+        IpNet::V4(net) => Ipv4Addr::from(u32::from(net.network()).saturating_add(1)).into(),
+        IpNet::V6(net) => Ipv6Addr::from(u128::from(net.network()).saturating_add(1)).into(),
+    }
+}
+
+fn row(target: &Target<'_>, probe: Probe) -> PeerProbe {
     let rtt = match probe {
         Probe::Rtt(rtt) => Some(rtt),
         Probe::Failed | Probe::Itself => None,
     };
     PeerProbe {
-        peer: lease.attrs.public_ip.to_string(),
-        subnet: lease.subnet.to_string(),
-        target: first_address(lease.subnet).to_string(),
+        peer: target.peer.clone(),
+        subnet: target.subnet.to_string(),
+        target: first_address(target.subnet).to_string(),
         reachable: rtt.is_some(),
         rtt_ms: rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
-        path: lease.attrs.backend_type.to_string(),
+        path: target.lease.attrs.backend_type.to_string(),
     }
 }
 
@@ -145,16 +171,37 @@ mod tests {
         let own = Some("10.244.7.0/24".parse().unwrap());
         let peers = peers(&leases, own);
         assert_eq!(peers.len(), 1);
-        assert_eq!(first_address(peers[0].subnet), "10.244.3.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(first_address(peers[0].subnet.into()).to_string(), "10.244.3.1");
         assert_eq!(super::peers(&leases, None).len(), 2, "no subnet.env: every lease");
     }
 
     #[test]
+    fn a_dual_stack_host_probes_each_family_of_a_dual_stack_peer() {
+        let mut dual = lease("10.244.3.0/24", "198.51.100.3", "vxlan");
+        dual.subnet_v6 = Some("2001:db8:42:3::/64".parse().unwrap());
+        dual.attrs = dual.attrs.with_v6("2001:db8::3".parse().unwrap(), serde_json::Value::Null);
+        let v4_only = lease("10.244.4.0/24", "198.51.100.4", "vxlan");
+        let peers = [&dual, &v4_only];
+        let rows: Vec<PeerProbe> = targets(&peers, true).iter().map(|t| row(t, Probe::Failed)).collect();
+        let seen: Vec<(&str, &str, &str)> =
+            rows.iter().map(|r| (r.peer.as_str(), r.subnet.as_str(), r.target.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("198.51.100.3", "10.244.3.0/24", "10.244.3.1"),
+                ("2001:db8::3", "2001:db8:42:3::/64", "2001:db8:42:3::1"),
+                ("198.51.100.4", "10.244.4.0/24", "10.244.4.1"),
+            ]
+        );
+        assert_eq!(targets(&peers, false).len(), 2, "an IPv4-only host probes IPv4 only");
+    }
+
+    #[test]
     fn the_matrix_marks_each_peer() {
-        let rows = vec![
-            row(&lease("10.244.3.0/24", "198.51.100.3", "host-gw"), Probe::Rtt(Duration::from_micros(52))),
-            row(&lease("10.244.9.0/24", "198.51.100.9", "vxlan"), Probe::Failed),
-        ];
+        let (a, b) =
+            (lease("10.244.3.0/24", "198.51.100.3", "host-gw"), lease("10.244.9.0/24", "198.51.100.9", "vxlan"));
+        let targets = targets(&[&a, &b], false);
+        let rows = vec![row(&targets[0], Probe::Rtt(Duration::from_micros(52))), row(&targets[1], Probe::Failed)];
         assert_eq!(rows[0].rtt_ms, Some(0.052));
         assert_eq!(
             render(&rows),

@@ -36,7 +36,7 @@ pub fn ping_all(jobs: &[PingJob]) -> Result<Vec<Probe>, LabError> {
 }
 
 /// Like [`ping_all`], from this process's own namespace (`weft check connectivity` on a host).
-pub fn ping_here(targets: &[std::net::Ipv4Addr]) -> Result<Vec<Probe>, LabError> {
+pub fn ping_here(targets: &[std::net::IpAddr]) -> Result<Vec<Probe>, LabError> {
     let children =
         targets.iter().map(|to| spawn_ping(std::process::Command::new("ping"), *to)).collect::<Result<Vec<_>, _>>()?;
     Ok(collect_pings(children))
