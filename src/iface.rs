@@ -171,8 +171,8 @@ pub async fn discover_with(
     select(&links, choice, &facts)
 }
 
-/// Every IPv4 address on this host's links: a peer announcing one of them as its public IP
-/// would have us send its subnet's traffic to ourselves.
+/// Every address on this host's links, of both families: a peer announcing one of them as its
+/// public IP would have us send its subnet's traffic to ourselves.
 pub async fn host_addresses() -> Result<Vec<IpAddr>, IfaceError> {
     let kernel = crate::kernel::netlink::NetlinkKernel::new()?;
     host_addresses_with(&kernel).await
@@ -228,6 +228,19 @@ mod tests {
         assert_eq!((ext.name.as_str(), ext.mtu), ("eth0", 9001));
         assert_eq!(ext.public_ip, Ipv4Addr::new(192, 0, 2, 10));
         assert!(matches!(select(&links(), &agent(), &RouteFacts::default()), Err(IfaceError::NoDefaultRoute)));
+    }
+
+    #[test]
+    fn the_public_ipv6_is_the_interfaces_first_global_one_unless_configured() {
+        let facts = RouteFacts { default_oif: Some(2), ..Default::default() };
+        let mut links = links();
+        links[1].addrs_v6 = vec!["2001:db8::10/64".parse().unwrap(), "2001:db8::11/64".parse().unwrap()];
+        let ext = select(&links, &agent(), &facts).unwrap();
+        assert_eq!(ext.public_ipv6, Some("2001:db8::10".parse().unwrap()));
+        let set = InterfaceChoice { public_ipv6: "2001:db8::99".into(), ..agent() };
+        assert_eq!(select(&links, &set, &facts).unwrap().public_ipv6, Some("2001:db8::99".parse().unwrap()));
+        let none = select(&self::links(), &agent(), &facts).unwrap();
+        assert!(none.require_public_ipv6().unwrap_err().contains("agent.public_ipv6"));
     }
 
     #[test]
