@@ -10,16 +10,18 @@ use tracing::{debug, warn};
 
 use super::annotations::AnnotationNames;
 use super::node::{self, NodeLease, NodeSkip};
+use crate::lease::LeaseKey;
 use crate::store::{LeaseUpdate, RawLease};
 
-/// This agent's node, and the attributes the agent last wrote on it.
+/// This agent's node, and the lease the agent last wrote on it.
 #[derive(Debug, Default)]
 pub struct OwnNode {
     pub name: String,
-    /// The agent's own attribute JSON. Our node is reported with these rather than with what
-    /// the annotations say, because `public-ip-overwrite` makes the stored address differ from the
-    /// agent's on purpose: the agent must not take that for someone else holding its subnet.
-    pub written: Mutex<Option<String>>,
+    /// The agent's own key and attribute JSON. Our node is reported with these rather than with
+    /// what the annotations say: `public-ip-overwrite` makes the stored address differ from the
+    /// agent's on purpose, and an IPv6 annotation left by an earlier dual-stack run would make the
+    /// key differ; the agent must take neither for someone else holding its subnet.
+    pub written: Mutex<Option<(LeaseKey, String)>>,
 }
 
 impl OwnNode {
@@ -27,13 +29,13 @@ impl OwnNode {
         OwnNode { name: name.to_string(), written: Mutex::new(None) }
     }
 
-    fn written(&self) -> Option<String> {
+    fn written(&self) -> Option<(LeaseKey, String)> {
         self.written.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
-    pub fn remember(&self, attrs_json: &str) {
+    pub fn remember(&self, key: LeaseKey, attrs_json: &str) {
         if let Ok(mut w) = self.written.lock() {
-            *w = Some(attrs_json.to_string());
+            *w = Some((key, attrs_json.to_string()));
         }
     }
 }
@@ -43,9 +45,10 @@ pub fn lease_of(names: &AnnotationNames, own: &OwnNode, node: &Node) -> Result<O
     let NodeLease::Lease { key, attrs } = node::read(names, node)? else {
         return Ok(None);
     };
-    let json = match own.written() {
-        Some(json) if node::name(node) == own.name => json,
-        _ => attrs.to_json(),
+    let (key, json) = match own.written() {
+        // Our node's IPv4 subnet is the one we wrote for, or it was reassigned: then it is read.
+        Some((written, json)) if node::name(node) == own.name && written.subnet == key.subnet => (written, json),
+        _ => (key, attrs.to_json()),
     };
     let revision = node::revision(node.metadata.resource_version.as_deref());
     Ok(Some(node::raw(key, json, revision)))
@@ -195,7 +198,8 @@ mod tests {
     fn our_node_is_reported_with_what_we_wrote() {
         let names = AnnotationNames::new("flannel.alpha.coreos.com").unwrap();
         let own = Arc::new(OwnNode::new("me"));
-        own.remember(r#"{"PublicIP":"198.51.100.9","PublicIPv6":null,"BackendType":"vxlan"}"#);
+        let key = "10.244.5.0/24".parse::<ipnet::Ipv4Net>().unwrap().into();
+        own.remember(key, r#"{"PublicIP":"198.51.100.9","PublicIPv6":null,"BackendType":"vxlan"}"#);
         // The overwrite put another address in the annotation; the agent still sees its own.
         let me = flannel_node("me", "10.244.5.0/24", "203.0.113.50");
         let raw = lease_of(&names, &own, &me).unwrap().unwrap();
@@ -203,5 +207,17 @@ mod tests {
         let other = flannel_node("other", "10.244.6.0/24", "203.0.113.51");
         let raw = lease_of(&names, &own, &other).unwrap().unwrap();
         assert_eq!(raw.parse().unwrap().attrs.public_ip.to_string(), "203.0.113.51");
+        // An IPv6 annotation left from a dual-stack run does not change the key we hold.
+        let mut stale = flannel_node("me", "10.244.5.0/24", "203.0.113.50");
+        if let Some(spec) = stale.spec.as_mut() {
+            spec.pod_cidrs = Some(vec!["10.244.5.0/24".into(), "2001:db8:42:5::/64".into()]);
+        }
+        let notes = stale.metadata.annotations.get_or_insert_with(Default::default);
+        notes.insert("flannel.alpha.coreos.com/public-ipv6".into(), "2001:db8::50".into());
+        assert_eq!(lease_of(&names, &own, &stale).unwrap().unwrap().key, "10.244.5.0-24");
+        assert_eq!(
+            lease_of(&names, &Arc::new(OwnNode::new("x")), &stale).unwrap().unwrap().key,
+            "10.244.5.0-24&2001:db8:42:5::-64"
+        );
     }
 }

@@ -137,7 +137,7 @@ impl KubeStore {
                 .map_err(|e| api_error(format!("annotate node {:?} with its lease", self.own.name), e))?;
             revision = node::revision(patched.metadata.resource_version.as_deref());
         }
-        self.own.remember(attrs_json);
+        self.own.remember(key, attrs_json);
         Ok(WriteOutcome::Written { revision, expiry: Expiry::Never })
     }
 }
