@@ -145,14 +145,14 @@ impl LeaseWatcher {
         if Some(lease.subnet) == self.own {
             return None;
         }
-        if !self.network.fits_ipv6(lease.subnet_v6) {
-            // Its IPv4 subnet is fine; an IPv6 one outside our IPv6 network (or in an IPv4-only
-            // network) gets nothing installed. A dual-stack network's peer without one is IPv4
-            // only until it leases again.
-            if let Some(v6) = lease.subnet_v6.take() {
-                debug!(key = %raw.key, subnet = %v6, "IPv6 subnet outside the network's: ignored");
-            }
+        // Its IPv4 subnet is fine; an IPv6 one outside our IPv6 network (or in an IPv4-only
+        // network) gets nothing installed. A dual-stack network's peer without one is IPv4 only
+        // until it leases again.
+        let kept = self.as_kept(lease.key()).subnet_v6;
+        if let Some(v6) = lease.subnet_v6.filter(|_| kept.is_none()) {
+            debug!(key = %raw.key, subnet = %v6, "IPv6 subnet outside the network's: ignored");
         }
+        lease.subnet_v6 = kept;
         Some(lease)
     }
 
@@ -167,10 +167,9 @@ impl LeaseWatcher {
 
     fn upsert(&mut self, lease: Lease) -> Option<LeaseEvent> {
         let subnet = lease.subnet;
-        let attrs_before =
-            self.known.get(&subnet).map(|old| old.attrs == lease.attrs && old.subnet_v6 == lease.subnet_v6);
+        let unchanged = self.known.get(&subnet).map(|old| same_peer(old, &lease));
         self.known.insert(subnet, lease);
-        match attrs_before {
+        match unchanged {
             None => Some(LeaseEvent::Added(subnet)),
             // A renewal changes only the expiry: nothing for the backend to do.
             Some(true) => None,
@@ -184,13 +183,16 @@ impl LeaseWatcher {
             old.keys().filter(|subnet| !self.known.contains_key(subnet)).map(|&subnet| LeaseEvent::Removed(subnet));
         let came = self.known.values().filter_map(|lease| match old.get(&lease.subnet) {
             None => Some(LeaseEvent::Added(lease.subnet)),
-            Some(prev) if prev.attrs != lease.attrs || prev.subnet_v6 != lease.subnet_v6 => {
-                Some(LeaseEvent::Changed(lease.subnet))
-            }
+            Some(prev) if !same_peer(prev, lease) => Some(LeaseEvent::Changed(lease.subnet)),
             Some(_) => None,
         });
         gone.chain(came).collect()
     }
+}
+
+/// Whether `new` asks nothing more of the backend than `old`: a renewal changes only the expiry.
+fn same_peer(old: &Lease, new: &Lease) -> bool {
+    old.attrs == new.attrs && old.subnet_v6 == new.subnet_v6
 }
 
 #[cfg(test)]

@@ -80,9 +80,10 @@ impl PeerTrust {
     /// Whether weft may install kernel objects that send traffic to `ip`.
     pub fn check(&self, ip: impl Into<IpAddr>) -> Result<(), Untrusted> {
         let ip = ip.into();
-        let same_family: Vec<&IpNet> =
-            self.underlay.iter().filter(|net| matches!(net, IpNet::V6(_)) == ip.is_ipv6()).collect();
-        let in_underlay = same_family.iter().any(|net| net.contains(&ip));
+        // Asked for every peer on every pass: the underlay is walked, not copied.
+        let mut same_family = self.underlay.iter().filter(|net| matches!(net, IpNet::V6(_)) == ip.is_ipv6()).peekable();
+        let restricted = same_family.peek().is_some();
+        let in_underlay = same_family.any(|net| net.contains(&ip));
         let refused = match ip {
             IpAddr::V4(ip) => refused_v4(ip, in_underlay),
             IpAddr::V6(ip) => refused_v6(ip, in_underlay),
@@ -90,7 +91,7 @@ impl PeerTrust {
         let refused = refused.or_else(|| {
             if self.own.contains(&ip) {
                 Some(Untrusted::Own)
-            } else if !same_family.is_empty() && !in_underlay {
+            } else if restricted && !in_underlay {
                 Some(Untrusted::OutsideUnderlay)
             } else {
                 None

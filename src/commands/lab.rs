@@ -522,19 +522,20 @@ fn measure(topology: &Topology, dir: &LabDir) -> Result<Shown, CommandError> {
         let pod_ns = topology.pod_ns(node);
         Netns::exists(&pod_ns).then_some((pod_ns, addr))
     };
+    let envs: Vec<Option<SubnetEnv>> = nodes.iter().map(|node| SubnetEnv::read(&dir.subnet_file(node)).ok()).collect();
     let pods: Vec<probe::Pod> = nodes
         .iter()
-        .map(|node| {
-            let info = pods::read_subnet_env(&dir.subnet_file(node))?;
-            let addrs = crate::lab::PodAddrs::for_subnet(info.subnet).ok()?;
+        .zip(&envs)
+        .map(|(node, env)| {
+            let addrs = crate::lab::PodAddrs::for_subnet(env.as_ref()?.subnet).ok()?;
             pod_at(node, addrs.pod.addr().into())
         })
         .collect();
     let probes = probe::pod_matrix(&pods).map_err(runtime)?;
-    // The pods' IPv6 addresses (`::2` of each subnet, as `pods::add_ipv6` gives them).
     let pods_v6: Vec<probe::Pod> = nodes
         .iter()
-        .map(|node| pod_at(node, std::net::Ipv6Addr::from(u128::from(subnet_v6(dir, node)?.network()) + 2).into()))
+        .zip(&envs)
+        .map(|(node, env)| pod_at(node, pods::ipv6_addrs(env.as_ref()?.ipv6?.subnet).1.into()))
         .collect();
     let probes_v6 =
         if pods_v6.iter().any(Option::is_some) { Some(probe::pod_matrix(&pods_v6).map_err(runtime)?) } else { None };

@@ -43,12 +43,17 @@ impl From<SubnetEnv> for SubnetInfo {
     }
 }
 
-/// Gives the pod behind `node` (made by [`create`]) an address of the host's IPv6 subnet too:
-/// `::1` on the bridge, `::2` in the pod, its IPv6 default route through the bridge. Returns the
-/// pod's address.
-pub fn add_ipv6(topology: &Topology, node: &Node, subnet: ipnet::Ipv6Net) -> Result<std::net::Ipv6Addr, LabError> {
+/// A pod's IPv6 addresses in `subnet`, as for IPv4: `::1` on the bridge (the gateway), `::2` in
+/// the pod.
+pub fn ipv6_addrs(subnet: ipnet::Ipv6Net) -> (std::net::Ipv6Addr, std::net::Ipv6Addr) {
     let base = u128::from(subnet.network());
-    let (gateway, pod) = (std::net::Ipv6Addr::from(base + 1), std::net::Ipv6Addr::from(base + 2));
+    (std::net::Ipv6Addr::from(base + 1), std::net::Ipv6Addr::from(base + 2))
+}
+
+/// Gives the pod behind `node` (made by [`create`]) an address of the host's IPv6 subnet too
+/// ([`ipv6_addrs`]), and its IPv6 default route through the bridge. Returns the pod's address.
+pub fn add_ipv6(topology: &Topology, node: &Node, subnet: ipnet::Ipv6Net) -> Result<std::net::Ipv6Addr, LabError> {
+    let (gateway, pod) = ipv6_addrs(subnet);
     let net = |addr| ipnet::Ipv6Net::new(addr, subnet.prefix_len()).expect("the subnet's length");
     let host = Netns::open(&node.ns).map_err(LabError::io(format!("open host namespace {}", node.ns)))?;
     let pod_ns = topology.pod_ns(node);

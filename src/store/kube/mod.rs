@@ -98,13 +98,7 @@ impl KubeStore {
         })
     }
 
-    /// Our node's pod subnet, `None` while unassigned.
-    async fn own_pod_cidr(&self) -> Result<(Node, Option<Ipv4Net>), StoreError> {
-        let (node, v4, _) = self.own_pod_cidrs().await?;
-        Ok((node, v4))
-    }
-
-    /// Our node and its pod subnets of each family.
+    /// Our node and its pod subnets of each family, `None` while unassigned.
     async fn own_pod_cidrs(&self) -> Result<(Node, Option<Ipv4Net>, Option<ipnet::Ipv6Net>), StoreError> {
         let node = self.own_node().await?;
         let (v4, v6) =
@@ -201,7 +195,7 @@ impl LeaseStore for KubeStore {
     /// Removes our node's lease annotations; other nodes are never written.
     async fn delete_lease(&self, key: LeaseKey) -> Result<bool, StoreError> {
         let subnet = key.subnet;
-        let (node, assigned) = self.own_pod_cidr().await?;
+        let (node, assigned, _) = self.own_pod_cidrs().await?;
         if assigned != Some(subnet) {
             return Err(StoreError::config(format!(
                 "{subnet} is not the pod subnet of node {:?}: in Kubernetes mode an agent changes only its own node; delete the node to free its subnet",

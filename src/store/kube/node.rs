@@ -51,14 +51,9 @@ pub fn revision(resource_version: Option<&str>) -> Revision {
     resource_version.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// The node's IPv4 pod subnet: the IPv4 entry of `spec.podCIDRs` (dual-stack), else
-/// `spec.podCIDR`. `Ok(None)` while the controller manager has not assigned one.
-pub fn pod_cidr(node: &Node) -> Result<Option<Ipv4Net>, NodeSkip> {
-    Ok(pod_cidrs(node)?.0)
-}
-
 /// The node's pod subnets of each family, as flannel reads them: by family, not by position in
-/// `spec.podCIDRs` (else `spec.podCIDR`).
+/// `spec.podCIDRs` (else `spec.podCIDR`). `None` while the controller manager has not assigned
+/// one.
 pub fn pod_cidrs(node: &Node) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), NodeSkip> {
     let spec = node.spec.as_ref();
     let listed = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
@@ -214,9 +209,9 @@ pub(crate) mod tests {
         if let Some(spec) = n.spec.as_mut() {
             spec.pod_cidrs = Some(vec!["fd00:10:244:3::/64".into(), "10.244.3.0/24".into()]);
         }
-        assert_eq!(pod_cidr(&n), Ok(Some("10.244.3.0/24".parse().unwrap())));
+        assert_eq!(pod_cidrs(&n).map(|c| c.0), Ok(Some("10.244.3.0/24".parse().unwrap())));
         let v6_only = flannel_node("n2", "fd00:10:244:3::/64", "198.51.100.3");
-        assert_eq!(pod_cidr(&v6_only), Ok(None));
+        assert_eq!(pod_cidrs(&v6_only).map(|c| c.0), Ok(None));
     }
 
     #[test]
