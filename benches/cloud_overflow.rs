@@ -28,13 +28,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft::backend::aws_vpc::node::Node;
 use weft::backend::aws_vpc::plan::TableMode;
 use weft::backend::aws_vpc::worker::AwsRoutes;
 use weft::backend::cloud::engine::{Engine, Request};
 use weft::backend::cloud::{CloudPaths, Settings, StaleTracker};
 use weft::health::Health;
+use weft::lease::LeaseKey;
 use weft::network::{Network, NetworkSection};
 use weft::store::local::LocalStore;
 use weft::store::memory::MemoryStore;
@@ -109,10 +110,18 @@ impl SimEc2 {
         Ok(out)
     }
 
-    fn cluster_routes(&self, zone: usize, network: Ipv4Net) -> BTreeSet<Ipv4Net> {
+    fn cluster_routes(&self, zone: usize, network: IpNet) -> BTreeSet<IpNet> {
         let tables = self.tables.lock().unwrap();
         let table = &tables[&format!("rtb-zone{zone}")];
         table.routes.iter().map(|r| r.destination).filter(|d| network.contains(d)).collect()
+    }
+}
+
+/// The lease of an (IPv4) subnet.
+fn key(subnet: IpNet) -> LeaseKey {
+    match subnet {
+        IpNet::V4(v4) => v4.into(),
+        IpNet::V6(_) => unreachable!("the benchmark's leases are IPv4"),
     }
 }
 
@@ -124,7 +133,7 @@ fn interface_of(agent: usize) -> String {
     format!("eni-{agent:05}")
 }
 
-fn route_to(destination: Ipv4Net, eni: &str) -> Route {
+fn route_to(destination: IpNet, eni: &str) -> Route {
     Route { destination, target: Target::Interface(eni.into()), blackhole: false, origin: Origin::Api }
 }
 
@@ -153,7 +162,7 @@ impl Ec2 for SimEc2 {
             .collect())
     }
 
-    async fn create_route(&self, table: &str, destination: Ipv4Net, eni: &str) -> Result<(), Ec2Error> {
+    async fn create_route(&self, table: &str, destination: IpNet, eni: &str) -> Result<(), Ec2Error> {
         self.count("CreateRoute");
         self.edit(table, |t| {
             if t.route(destination).is_some() {
@@ -167,7 +176,7 @@ impl Ec2 for SimEc2 {
         })
     }
 
-    async fn replace_route(&self, table: &str, destination: Ipv4Net, eni: &str) -> Result<(), Ec2Error> {
+    async fn replace_route(&self, table: &str, destination: IpNet, eni: &str) -> Result<(), Ec2Error> {
         self.count("ReplaceRoute");
         self.edit(table, |t| match t.routes.iter_mut().find(|r| r.destination == destination) {
             Some(route) => {
@@ -182,7 +191,7 @@ impl Ec2 for SimEc2 {
         })
     }
 
-    async fn delete_route(&self, table: &str, destination: Ipv4Net) -> Result<(), Ec2Error> {
+    async fn delete_route(&self, table: &str, destination: IpNet) -> Result<(), Ec2Error> {
         self.count("DeleteRoute");
         self.edit(table, |t| {
             t.routes.retain(|r| r.destination != destination);
@@ -201,8 +210,8 @@ struct Agent {
 struct Cluster {
     ec2: Arc<SimEc2>,
     agents: Vec<Agent>,
-    subnets: Vec<Ipv4Net>,
-    network: Ipv4Net,
+    subnets: Vec<IpNet>,
+    network: IpNet,
     /// Agents gone (their leases deleted).
     gone: BTreeSet<usize>,
     _store_dir: tempfile::TempDir,
@@ -262,12 +271,12 @@ impl Cluster {
         }
         // Lease i: the i-th /24 after 10.0.0.0/24.
         let subnets =
-            (0..count).map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + ((i as u32 + 1) << 8)), 24).unwrap());
+            (0..count).map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + ((i as u32 + 1) << 8)), 24).unwrap().into());
         Cluster {
             ec2,
             agents,
             subnets: subnets.collect(),
-            network: network.network,
+            network: network.network.into(),
             gone: BTreeSet::new(),
             _store_dir: dir,
         }
@@ -275,14 +284,14 @@ impl Cluster {
 
     /// Every agent's pass once: one recheck of the cluster. Returns the route writes made.
     async fn round(&mut self) -> u64 {
-        let leased: BTreeSet<Ipv4Net> =
-            self.subnets.iter().enumerate().filter(|(i, _)| !self.gone.contains(i)).map(|(_, s)| *s).collect();
+        let leased: BTreeSet<LeaseKey> =
+            self.subnets.iter().enumerate().filter(|(i, _)| !self.gone.contains(i)).map(|(_, s)| key(*s)).collect();
         let mut request = Request { own: None, leased: Some(leased) };
         for (i, agent) in self.agents.iter_mut().enumerate() {
             if self.gone.contains(&i) {
                 continue;
             }
-            request.own = Some(self.subnets[i]);
+            request.own = Some(key(self.subnets[i]));
             agent.engine.pass(&request).await;
         }
         self.ec2.take_writes()
@@ -295,7 +304,7 @@ impl Cluster {
             let agent = &self.agents[i];
             let mut table = self.ec2.cluster_routes(agent.zone, self.network);
             table.remove(&self.subnets[i]);
-            let carried: BTreeSet<Ipv4Net> = agent.paths.subscribe().borrow().clone();
+            let carried: BTreeSet<IpNet> = agent.paths.subscribe().borrow().clone();
             let mut carried_peers = carried;
             carried_peers.remove(&self.subnets[i]);
             carried_peers == table
@@ -410,7 +419,7 @@ pub async fn run(count: usize, sharing: Sharing) -> SteadyCalls {
 
     // Routed hosts leave: the leader removes their routes (two passes apart), overflowed hosts
     // take the slots.
-    let routed: BTreeSet<Ipv4Net> = cluster.ec2.cluster_routes(0, cluster.network);
+    let routed: BTreeSet<IpNet> = cluster.ec2.cluster_routes(0, cluster.network);
     let leavers: Vec<usize> =
         (0..count).filter(|i| routed.contains(&cluster.subnets[*i])).skip(1).take(LEAVERS).collect();
     cluster.gone.extend(leavers.iter().copied());

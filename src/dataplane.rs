@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
@@ -29,7 +29,7 @@ use crate::backend::{
 };
 use crate::health::PeerRejectedLabels;
 use crate::kernel::{Conflict, Kernel, KernelState};
-use crate::lease::{Lease, LeaseMap};
+use crate::lease::{Lease, LeaseKey, LeaseMap};
 use crate::watch::LeaseEvent;
 
 /// The peer mapping of a backend that installs nothing in the kernel.
@@ -113,7 +113,7 @@ pub struct Dataplane {
     changes: std::sync::Mutex<Option<BoxStream<'static, ()>>>,
     /// The active backend's word on peers to map again (which peers the cloud carries), with
     /// what it said last.
-    remap: Option<(watch::Receiver<BTreeSet<Ipv4Net>>, BTreeSet<Ipv4Net>)>,
+    remap: Option<(watch::Receiver<BTreeSet<IpNet>>, BTreeSet<IpNet>)>,
 }
 
 impl Dataplane {
@@ -275,7 +275,7 @@ impl Dataplane {
 
     /// Resolves when the active backend changed its mind about some peers' mapping; never for a
     /// backend without such a say.
-    async fn remap_due(remap: &mut Option<(watch::Receiver<BTreeSet<Ipv4Net>>, BTreeSet<Ipv4Net>)>) {
+    async fn remap_due(remap: &mut Option<(watch::Receiver<BTreeSet<IpNet>>, BTreeSet<IpNet>)>) {
         let Some((rx, _)) = remap else {
             return std::future::pending().await;
         };
@@ -289,11 +289,8 @@ impl Dataplane {
     pub async fn remap(&mut self, peers: &LeaseMap) -> Result<(), BackendError> {
         let Some((rx, seen)) = &mut self.remap else { return Ok(()) };
         let now = rx.borrow_and_update().clone();
-        let events: Vec<LeaseEvent> = crate::backend::cloud_paths_changed(seen, &now)
-            .into_iter()
-            .filter(|subnet| peers.contains_key(subnet))
-            .map(LeaseEvent::Changed)
-            .collect();
+        let events: Vec<LeaseEvent> =
+            crate::backend::cloud_paths_changed(seen, &now, peers).into_iter().map(LeaseEvent::Changed).collect();
         *seen = now;
         if events.is_empty() {
             return Ok(());
@@ -440,7 +437,7 @@ impl Dataplane {
         &mut self,
         own: &Lease,
         peers: &LeaseMap,
-        unreadable: &BTreeSet<Ipv4Net>,
+        unreadable: &BTreeSet<LeaseKey>,
         forced: bool,
     ) -> Result<(), BackendError> {
         match &mut self.active {
@@ -584,18 +581,18 @@ mod tests {
     }
 
     /// Routes a peer through the public IP unless `carried` names it (as overflow does).
-    struct UnlessCarried(watch::Receiver<BTreeSet<Ipv4Net>>);
+    struct UnlessCarried(watch::Receiver<BTreeSet<IpNet>>);
 
     impl PeerObjects for UnlessCarried {
         fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
-            if self.0.borrow().contains(&lease.subnet) {
+            if self.0.borrow().contains(&IpNet::V4(lease.subnet)) {
                 return Ok(KernelState::default());
             }
             ViaPublicIp.objects(lease)
         }
     }
 
-    struct Remapping(watch::Receiver<BTreeSet<Ipv4Net>>, LeaseData);
+    struct Remapping(watch::Receiver<BTreeSet<IpNet>>, LeaseData);
 
     #[async_trait]
     impl Registered for Remapping {
@@ -629,7 +626,7 @@ mod tests {
         let routes = |k: &MemoryKernel| k.snapshot().routes.keys().map(|r| r.to_string()).collect::<Vec<_>>();
         assert_eq!(routes(&kernel).len(), 2);
 
-        carried.send_replace([a.subnet].into());
+        carried.send_replace([IpNet::V4(a.subnet)].into());
         assert_eq!(dataplane.next_change().await, Change::Paths);
         dataplane.remap(&peers).await.unwrap();
         let left = routes(&kernel);

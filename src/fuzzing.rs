@@ -31,27 +31,33 @@ pub const CLOUD_TARGETS: &[(&str, Target)] = &[("ec2_route_table", ec2_route_tab
 #[cfg(not(all(feature = "aws", feature = "gce")))]
 pub const CLOUD_TARGETS: &[(&str, Target)] = &[];
 
-/// One node's view for the cloud targets: network, lease size, its own subnet, the leased ones.
+/// One node's view for the cloud targets, dual-stack: the networks, its own subnets, the leased
+/// ones.
 #[cfg(any(feature = "aws", feature = "gce"))]
 mod cloud_view {
     use std::collections::BTreeSet;
 
-    use ipnet::Ipv4Net;
+    use ipnet::IpNet;
 
-    pub const NETWORK: &str = "10.244.0.0/16";
-    pub const SUBNET_LEN: u8 = 24;
-    pub const OWN: &str = "10.244.1.0/24";
+    use crate::network::{Network, NetworkSection};
 
-    pub fn network() -> Ipv4Net {
-        NETWORK.parse().expect("constant")
+    pub const OWN: [&str; 2] = ["10.244.1.0/24", "2001:db8:42:1::/64"];
+
+    pub fn network() -> Network {
+        let section = NetworkSection {
+            cidr: "10.244.0.0/16".into(),
+            ipv6_cidr: "2001:db8:42::/56".into(),
+            ..NetworkSection::default()
+        };
+        Network::new(&section).expect("constant")
     }
 
-    pub fn own() -> Ipv4Net {
-        OWN.parse().expect("constant")
+    pub fn own() -> Vec<IpNet> {
+        OWN.iter().map(|s| s.parse().expect("constant")).collect()
     }
 
-    pub fn leased() -> BTreeSet<Ipv4Net> {
-        [OWN, "10.244.2.0/24"].iter().map(|s| s.parse().expect("constant")).collect()
+    pub fn leased() -> BTreeSet<IpNet> {
+        OWN.iter().chain(&["10.244.2.0/24", "2001:db8:42:2::/64"]).map(|s| s.parse().expect("constant")).collect()
     }
 }
 
@@ -66,19 +72,12 @@ pub fn ec2_route_table(data: &[u8]) {
 
     let Some(table) = weft_aws::fuzzing::route_table(data) else { return };
     let (network, own, leased) = (cloud_view::network(), cloud_view::own(), cloud_view::leased());
-    let input = PlanInput {
-        network,
-        subnet_len: cloud_view::SUBNET_LEN,
-        own,
-        interface_id: "eni-me",
-        leased: &leased,
-        retired: None,
-        lead: true,
-    };
+    let input =
+        PlanInput { network: &network, own: &own, interface_id: "eni-me", leased: &leased, retired: &[], lead: true };
     let planned = plan::plan_table(&table, &input);
     for (destination, why) in &planned.remove {
-        assert_ne!(*destination, own, "our own route is never removed as stale");
-        assert!(network.contains(destination) && destination.prefix_len() == cloud_view::SUBNET_LEN, "{destination}");
+        assert!(!own.contains(destination), "our own route is never removed as stale");
+        assert!(network.is_lease_sized(destination), "{destination}");
         // EC2 holds one route per destination; arbitrary text may give several: one must qualify.
         let removable = table.routes.iter().filter(|r| r.destination == *destination).any(|route| {
             route.origin == Origin::Api
@@ -88,10 +87,12 @@ pub fn ec2_route_table(data: &[u8]) {
         assert!(removable, "{destination} removed ({why:?}) but no route to it is weft's to remove");
         assert!(*why != Removal::Retired, "nothing retired in this view");
     }
-    for carried in plan::carried(&table, network, cloud_view::SUBNET_LEN) {
-        assert!(network.contains(&carried) && carried.prefix_len() == cloud_view::SUBNET_LEN, "{carried}");
+    for carried in plan::carried(&table, &network) {
+        assert!(network.is_lease_sized(&carried), "{carried}");
     }
-    let _ = plan::over_route_limit(&table, network, cloud_view::SUBNET_LEN, own, 3);
+    for own in &own {
+        let _ = plan::over_route_limit(&table, &network, *own, 3);
+    }
 }
 
 /// `routes.list` or an operation as the Compute API returns them, planned by the elected node:
@@ -104,9 +105,9 @@ pub fn gce_routes(data: &[u8]) {
     const VPC: &str = "projects/p/global/networks/default";
     let routes = weft_gce::fuzzing::replies(data);
     let (network, leased) = (cloud_view::network(), cloud_view::leased());
-    for name in plan::stale_routes(&routes, "weft-", VPC, network, cloud_view::SUBNET_LEN, &leased) {
+    for name in plan::stale_routes(&routes, "weft-", VPC, &network, &leased) {
         let subnet = plan::parse_route_name("weft-", &name).expect("a stale route is named as ours");
-        assert!(network.contains(&subnet) && subnet.prefix_len() == cloud_view::SUBNET_LEN, "{name}");
+        assert!(network.is_lease_sized(&subnet), "{name}");
         assert!(!leased.contains(&subnet), "{name} is leased");
         // Compute names are unique; arbitrary text may repeat one: one of them must qualify.
         let qualifies = routes.iter().filter(|r| r.name == name).any(|route| {
@@ -116,10 +117,10 @@ pub fn gce_routes(data: &[u8]) {
         });
         assert!(qualifies, "{name}: no route of that name is ours by range, next hop and network");
     }
-    for carried in plan::carried(&routes, VPC, network, cloud_view::SUBNET_LEN) {
-        assert!(network.contains(&carried) && carried.prefix_len() == cloud_view::SUBNET_LEN, "{carried}");
+    for carried in plan::carried(&routes, VPC, &network) {
+        assert!(network.is_lease_sized(&carried), "{carried}");
     }
-    let _ = plan::cluster_routes(&routes, VPC, network);
+    let _ = plan::cluster_routes(&routes, VPC, &network);
 }
 
 /// The network config JSON a store holds (flannel's `<prefix>/config`).

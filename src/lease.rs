@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -297,6 +297,11 @@ impl LeaseKey {
     /// route one subnet to two hosts, so only one of them may be created.
     pub fn shares_a_subnet_with(&self, other: &LeaseKey) -> bool {
         self.subnet == other.subnet || (self.subnet_v6.is_some() && self.subnet_v6 == other.subnet_v6)
+    }
+
+    /// The subnets of the key, IPv4 first: what a route per destination (a cloud's) is made for.
+    pub fn subnets(&self) -> impl Iterator<Item = IpNet> {
+        [Some(IpNet::V4(self.subnet)), self.subnet_v6.map(IpNet::V6)].into_iter().flatten()
     }
 }
 

@@ -41,9 +41,9 @@ pub struct LeaseWatcher {
     network: Network,
     own: Option<Ipv4Net>,
     known: LeaseMap,
-    /// Subnets whose key is in the store but whose value does not parse: not installed, yet
-    /// held by someone, so nothing of theirs (a cloud route) is judged stale.
-    unreadable: BTreeSet<Ipv4Net>,
+    /// Keys in the store whose value does not parse: not installed, yet held by someone, so
+    /// nothing of theirs (a cloud route of either family) is judged stale.
+    unreadable: BTreeSet<lease::LeaseKey>,
 }
 
 /// The result of feeding one update.
@@ -69,8 +69,8 @@ impl LeaseWatcher {
         &self.known
     }
 
-    /// Subnets held by an entry that does not parse (see [`LeaseWatcher::apply`]'s skipped).
-    pub fn unreadable(&self) -> &BTreeSet<Ipv4Net> {
+    /// Keys held by an entry that does not parse (see [`LeaseWatcher::apply`]'s skipped).
+    pub fn unreadable(&self) -> &BTreeSet<lease::LeaseKey> {
         &self.unreadable
     }
 
@@ -78,20 +78,21 @@ impl LeaseWatcher {
         let mut delivery = Delivery::default();
         match update {
             LeaseUpdate::Put(raw) => {
-                let subnet = lease::parse_subnet_key(&raw.key).ok();
+                let key = lease::parse_lease_key(&raw.key).ok();
                 if let Some(lease) = self.accept(&raw, &mut delivery.skipped) {
-                    self.unreadable.remove(&lease.subnet);
+                    self.unreadable.retain(|held| held.subnet != lease.subnet);
                     delivery.events.extend(self.upsert(lease));
-                } else if let Some(subnet) = subnet {
+                } else if let Some(key) = key {
                     // A lease we knew turned unreadable: it is gone as far as the backend knows.
+                    let subnet = key.subnet;
                     delivery.events.extend(self.known.remove(&subnet).map(|_| LeaseEvent::Removed(subnet)));
-                    self.note_unreadable(subnet);
+                    self.note_unreadable(key);
                 }
             }
             LeaseUpdate::Deleted { key, .. } => {
                 if let Ok(deleted) = lease::parse_lease_key(&key).map(|k| self.as_kept(k)) {
                     let subnet = deleted.subnet;
-                    self.unreadable.remove(&subnet);
+                    self.unreadable.remove(&deleted);
                     // Another key of the same IPv4 subnet (a dual-stack key beside an IPv4 one,
                     // written by someone else) is not what was deleted.
                     if self.known.get(&subnet).is_some_and(|held| held.key() == deleted) {
@@ -110,8 +111,8 @@ impl LeaseWatcher {
                     match self.accept(&raw, &mut delivery.skipped) {
                         Some(lease) => fresh.push((lease.subnet, lease)),
                         None => {
-                            if let Ok(subnet) = lease::parse_subnet_key(&raw.key) {
-                                self.note_unreadable(subnet);
+                            if let Ok(key) = lease::parse_lease_key(&raw.key) {
+                                self.note_unreadable(key);
                             }
                         }
                     }
@@ -123,9 +124,9 @@ impl LeaseWatcher {
     }
 
     /// Our own subnet and subnets outside the network are not anyone's route to keep.
-    fn note_unreadable(&mut self, subnet: Ipv4Net) {
-        if Some(subnet) != self.own && self.network.contains_subnet(&subnet) {
-            self.unreadable.insert(subnet);
+    fn note_unreadable(&mut self, key: lease::LeaseKey) {
+        if Some(key.subnet) != self.own && self.network.contains_subnet(&key.subnet) {
+            self.unreadable.insert(self.as_kept(key));
         }
     }
 
@@ -299,7 +300,7 @@ mod tests {
         // Held, though unreadable: its cloud route is not stale. Only that one: the others are
         // no subnet of the network.
         let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
-        assert_eq!(w.unreadable(), &BTreeSet::from([net("10.244.1.0/24")]));
+        assert_eq!(w.unreadable(), &BTreeSet::from([net("10.244.1.0/24").into()]));
     }
 
     #[test]
@@ -309,7 +310,7 @@ mod tests {
         let mut bad = raw("10.244.7.0-24", "192.0.2.7");
         bad.value = b"null".to_vec();
         w.apply(LeaseUpdate::Put(bad.clone()));
-        assert_eq!(w.unreadable(), &BTreeSet::from([net("10.244.7.0/24")]));
+        assert_eq!(w.unreadable(), &BTreeSet::from([net("10.244.7.0/24").into()]));
         w.apply(LeaseUpdate::Put(raw("10.244.7.0-24", "192.0.2.7")));
         assert!(w.unreadable().is_empty(), "readable again");
         w.apply(LeaseUpdate::Put(bad));

@@ -14,7 +14,7 @@ use crate::config::CloudSection;
 use crate::health::Health;
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelError};
-use crate::lease::{BackendData, Lease, LeaseAttrs, LeaseMap};
+use crate::lease::{BackendData, Lease, LeaseAttrs, LeaseKey, LeaseMap};
 use crate::network::Network;
 use crate::store::Leadership;
 
@@ -117,7 +117,7 @@ pub struct PeerMapping {
     pub links: Vec<u32>,
     /// Tells of peers whose mapping changed without a lease event (which peers the cloud
     /// carries, with overflow): the data plane maps those again.
-    pub remap: Option<tokio::sync::watch::Receiver<std::collections::BTreeSet<ipnet::Ipv4Net>>>,
+    pub remap: Option<tokio::sync::watch::Receiver<std::collections::BTreeSet<ipnet::IpNet>>>,
 }
 
 /// A backend as configured: nothing on the host touched yet.
@@ -172,9 +172,9 @@ pub trait Active: Send + Sync {
     async fn own_lease_changed(&mut self, _own: &Lease) -> Result<(), BackendError> {
         Ok(())
     }
-    /// Subnets whose lease is in the store but unreadable: a cloud backend counts them as leased,
-    /// so that their routes are never judged stale. Told before each `check`.
-    fn unreadable_leases(&mut self, _subnets: &std::collections::BTreeSet<ipnet::Ipv4Net>) {}
+    /// Keys whose lease is in the store but unreadable: a cloud backend counts their subnets as
+    /// leased, so that their routes are never judged stale. Told before each `check`.
+    fn unreadable_leases(&mut self, _keys: &std::collections::BTreeSet<LeaseKey>) {}
     /// Our lease ran out while the store could not be reached: another host may hold our subnet
     /// by now. A cloud backend stops asserting its route until `check` brings a lease again.
     fn own_lease_lapsed(&mut self) {}
@@ -189,12 +189,33 @@ pub trait Active: Send + Sync {
     async fn teardown(self: Box<Self>) -> Result<(), BackendError>;
 }
 
-/// The subnets in one of two sets and not the other: peers whose path changed.
+/// The peers (by their IPv4 subnet, as [`LeaseMap`] keys them) with a subnet of either family in
+/// one of two sets of carried subnets and not the other: peers whose path changed.
 pub fn cloud_paths_changed(
-    before: &std::collections::BTreeSet<ipnet::Ipv4Net>,
-    after: &std::collections::BTreeSet<ipnet::Ipv4Net>,
+    before: &std::collections::BTreeSet<ipnet::IpNet>,
+    after: &std::collections::BTreeSet<ipnet::IpNet>,
+    peers: &crate::lease::LeaseMap,
 ) -> Vec<ipnet::Ipv4Net> {
-    before.symmetric_difference(after).copied().collect()
+    use ipnet::IpNet;
+    let mut changed = Vec::new();
+    let mut changed_v6 = std::collections::BTreeSet::new();
+    for subnet in before.symmetric_difference(after) {
+        match subnet {
+            IpNet::V4(v4) if peers.contains_key(v4) => changed.push(*v4),
+            IpNet::V4(_) => {}
+            IpNet::V6(v6) => {
+                changed_v6.insert(*v6);
+            }
+        }
+    }
+    if !changed_v6.is_empty() {
+        // A lease is keyed by its IPv4 subnet: one walk finds the holders of the IPv6 ones.
+        let holders = peers.values().filter(|l| l.subnet_v6.is_some_and(|v6| changed_v6.contains(&v6)));
+        changed.extend(holders.map(|l| l.subnet));
+        changed.sort_unstable();
+        changed.dedup();
+    }
+    changed
 }
 
 /// What a backend may need from the agent besides the kernel.
@@ -253,11 +274,13 @@ fn with_overflow(
     kernel: impl FnOnce() -> Result<Arc<dyn Kernel>, BackendError>,
 ) -> Result<Box<dyn Backend>, BackendError> {
     let kernel = kernel()?;
+    let dual_stack = ctx.network.ipv6.is_some();
     match overflow {
-        None => Ok(Box::new(cloud::forwarding::Forwarding::new(cloud, kernel))),
+        None => Ok(Box::new(cloud::forwarding::Forwarding::new(cloud, kernel, dual_stack))),
         Some(crate::network::backend::Overflow::Vxlan) => {
-            // The vxlan part turns forwarding on itself.
-            let overlay = vxlan::Vxlan::new(kernel, crate::network::backend::VxlanConfig::default(), ctx.ext.clone());
+            // The vxlan part turns forwarding on itself, and carries both families.
+            let overlay = vxlan::Vxlan::new(kernel, crate::network::backend::VxlanConfig::default(), ctx.ext.clone())
+                .dual_stack(dual_stack);
             Ok(Box::new(cloud::hybrid::Hybrid::new(cloud, Box::new(overlay), paths)))
         }
     }

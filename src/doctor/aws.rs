@@ -10,10 +10,11 @@ use ipnet::Ipv4Net;
 use weft_aws::{DryRunTarget, Ec2, Permission, RouteTable, SdkEc2, SdkOptions, TokenProbe, ACTIONS};
 
 use crate::backend::aws_vpc::node::choose_interface;
-use crate::backend::aws_vpc::plan::{cluster_routes, routes_to_us, TableMode, DEFAULT_ROUTE_LIMIT};
+use crate::backend::aws_vpc::plan::{family_routes, routes_to_us, TableMode, DEFAULT_ROUTE_LIMIT};
 use crate::config::CloudSection;
 use crate::iface::ExternalInterface;
 use crate::network::backend::AwsVpcConfig;
+use crate::network::Network;
 
 use super::Check;
 
@@ -110,19 +111,23 @@ pub fn route_tables(mode: &TableMode, chosen: &Result<Vec<RouteTable>, String>) 
 /// with `overflow` a full table is no error (the host is reached over vxlan).
 pub fn route_room(
     table: &RouteTable,
-    network: Ipv4Net,
+    network: &Network,
     route_limit: Option<u32>,
     own: Option<(Ipv4Net, &str)>,
     overflow: bool,
 ) -> Check {
     let name = format!("aws.route_room.{}", table.id);
     let (used, limit, what) = match route_limit {
-        Some(limit) => (cluster_routes(table, network), limit as usize, format!("routes of {network} (route_limit)")),
+        Some(limit) => {
+            // The IPv4 route's room: route_limit counts each family apart, as EC2 does.
+            let v4 = network.network;
+            (family_routes(table, network, v4.into()), limit as usize, format!("routes of {v4} (route_limit)"))
+        }
         None => (table.route_count, DEFAULT_ROUTE_LIMIT, "routes (EC2's default limit)".to_string()),
     };
     let left = limit.saturating_sub(used);
     let shown = format!("{used} of {limit} {what} used, {left} left");
-    if own.is_some_and(|(subnet, interface)| routes_to_us(table, subnet, interface)) {
+    if own.is_some_and(|(subnet, interface)| routes_to_us(table, subnet.into(), interface)) {
         return Check::pass(name, format!("{shown}; it holds our route already"));
     }
     if left > 0 {
@@ -150,7 +155,7 @@ pub fn route_room(
 pub async fn checks(
     config: &AwsVpcConfig,
     cloud: &CloudSection,
-    network: Ipv4Net,
+    network: &Network,
     ext: Option<&ExternalInterface>,
     own: Option<Ipv4Net>,
 ) -> Vec<Check> {
@@ -196,7 +201,7 @@ pub async fn checks(
         instance_id: instance.id.clone(),
         interface_id: interface_id.clone(),
         table_id: chosen.as_ref().ok().and_then(|t| t.first()).map(|t| t.id.clone()),
-        destination: own.unwrap_or(network),
+        destination: own.unwrap_or(network.network),
     };
     for action in ACTIONS {
         // Without a table the route actions cannot be asked; aws.route_tables says why.
@@ -247,8 +252,9 @@ mod tests {
         }
     }
 
-    fn net() -> Ipv4Net {
-        "10.244.0.0/16".parse().unwrap()
+    fn net() -> &'static Network {
+        static NETWORK: std::sync::OnceLock<Network> = std::sync::OnceLock::new();
+        NETWORK.get_or_init(crate::network::dual_stack_for_tests)
     }
 
     #[test]

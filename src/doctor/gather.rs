@@ -78,12 +78,10 @@ async fn cloud(
     match &network.backend {
         #[cfg(feature = "aws")]
         crate::network::backend::BackendConfig::AwsVpc(aws) => {
-            super::aws::checks(aws, &config.cloud, network.network, ext, own).await
+            super::aws::checks(aws, &config.cloud, network, ext, own).await
         }
         #[cfg(feature = "gce")]
-        crate::network::backend::BackendConfig::Gce(gce) => {
-            super::gce::checks(gce, &config.cloud, network.network, own).await
-        }
+        crate::network::backend::BackendConfig::Gce(gce) => super::gce::checks(gce, &config.cloud, network, own).await,
         _ => {
             let _ = (config, ext, own);
             Vec::new()

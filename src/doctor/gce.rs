@@ -110,7 +110,12 @@ pub fn route_quota(network: &str, room: RouteRoom) -> Check {
 }
 
 /// Every gce check. `own` is our subnet (subnet.env), whose route needs no room.
-pub async fn checks(config: &GceConfig, cloud: &CloudSection, cluster: Ipv4Net, own: Option<Ipv4Net>) -> Vec<Check> {
+pub async fn checks(
+    config: &GceConfig,
+    cloud: &CloudSection,
+    cluster: &crate::network::Network,
+    own: Option<Ipv4Net>,
+) -> Vec<Check> {
     let metadata_fail = |e: String| {
         vec![Check::fail("gce.metadata", e, "run on a GCE VM (GCE_METADATA_HOST names another metadata server)")]
     };

@@ -12,7 +12,7 @@ pub mod backend;
 pub mod import;
 pub mod space;
 
-use backend::{BackendConfig, BackendKind};
+use backend::BackendConfig;
 pub use space::SubnetSpace;
 use space::{SpaceKeys, SpaceText};
 
@@ -169,11 +169,6 @@ impl Network {
             Some(SubnetSpace::parse(&IPV6_KEYS, &text, true)?)
         };
         section.backend.check()?;
-        let kind = section.backend.kind();
-        if ipv6.is_some() && !matches!(kind, BackendKind::Vxlan | BackendKind::HostGw | BackendKind::Alloc) {
-            let reason = format!("IPv6 is carried by vxlan and host-gw so far, not yet by {}", kind.as_str());
-            return Err(invalid("network.ipv6_cidr", &section.ipv6_cidr, reason));
-        }
         let (IpNet::V4(network), IpAddr::V4(subnet_min), IpAddr::V4(subnet_max)) = (v4.network, v4.min, v4.max) else {
             unreachable!("parsed as IPv4")
         };
@@ -219,6 +214,28 @@ impl Network {
     /// Whether `subnet` is between `subnet_min` and `subnet_max`, where new leases are allocated.
     pub fn in_allocation_range(&self, subnet: &Ipv4Net) -> bool {
         self.ipv4().in_allocation_range(&(*subnet).into())
+    }
+
+    /// The network's subnet spaces, IPv4 first, IPv6 in a dual-stack network.
+    pub fn spaces(&self) -> impl Iterator<Item = SubnetSpace> {
+        [Some(self.ipv4()), self.ipv6].into_iter().flatten()
+    }
+
+    /// The subnet space of `subnet`'s family, if the network has that family.
+    pub fn space_of(&self, subnet: &IpNet) -> Option<SubnetSpace> {
+        self.spaces().find(|space| space.network.addr().is_ipv4() == subnet.addr().is_ipv4())
+    }
+
+    /// Whether `destination` lies inside the network of its family: a route there is the
+    /// cluster's business, whatever its length.
+    pub fn covers(&self, destination: &IpNet) -> bool {
+        self.spaces().any(|space| space.network.contains(destination))
+    }
+
+    /// Whether `destination` is shaped as a lease of either family: inside the network of its
+    /// family, of that family's subnet length (what a host route of weft or flannel is).
+    pub fn is_lease_sized(&self, destination: &IpNet) -> bool {
+        self.spaces().any(|space| space.contains_subnet(destination))
     }
 
     /// The IPv6 network of a dual-stack network.

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Ec2Error;
@@ -46,7 +46,7 @@ pub trait Ec2: Send + Sync {
     /// Turns the interface's source/destination check on or off (off: it may forward for pods).
     async fn set_source_dest_check(&self, interface_id: &str, enabled: bool) -> Result<(), Ec2Error>;
     async fn route_tables(&self, filter: &TableFilter) -> Result<Vec<RouteTable>, Ec2Error>;
-    async fn create_route(&self, table: &str, destination: Ipv4Net, interface_id: &str) -> Result<(), Ec2Error>;
-    async fn replace_route(&self, table: &str, destination: Ipv4Net, interface_id: &str) -> Result<(), Ec2Error>;
-    async fn delete_route(&self, table: &str, destination: Ipv4Net) -> Result<(), Ec2Error>;
+    async fn create_route(&self, table: &str, destination: IpNet, interface_id: &str) -> Result<(), Ec2Error>;
+    async fn replace_route(&self, table: &str, destination: IpNet, interface_id: &str) -> Result<(), Ec2Error>;
+    async fn delete_route(&self, table: &str, destination: IpNet) -> Result<(), Ec2Error>;
 }

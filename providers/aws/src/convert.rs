@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use aws_sdk_ec2::types;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::error::Ec2Error;
 use crate::model::{Instance, Interface, Origin, Route, RouteTable, Target};
@@ -66,9 +66,15 @@ pub(crate) fn route_table(operation: &'static str, sdk: &types::RouteTable) -> R
     })
 }
 
-/// An IPv4 CIDR route; `None` for IPv6, prefix-list and unreadable destinations.
+/// A CIDR route of either family; `None` for prefix-list and unreadable destinations. Each field
+/// is read as its own family only: an IPv6 text in the IPv4 field is unreadable, not IPv6.
 fn route(sdk: &types::Route) -> Option<Route> {
-    let destination: Ipv4Net = sdk.destination_cidr_block()?.parse().ok()?;
+    let v4 = || sdk.destination_cidr_block()?.parse::<Ipv4Net>().ok().map(IpNet::V4);
+    let v6 = || sdk.destination_ipv6_cidr_block()?.parse::<Ipv6Net>().ok().map(IpNet::V6);
+    let destination = match sdk.destination_cidr_block() {
+        Some(_) => v4()?,
+        None => v6()?,
+    };
     Some(Route {
         destination,
         target: target(sdk),

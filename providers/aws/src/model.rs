@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,14 +45,15 @@ impl RouteTable {
         self.tags.iter().any(|(k, v)| k == key && v == value)
     }
 
-    pub fn route(&self, destination: Ipv4Net) -> Option<&Route> {
+    pub fn route(&self, destination: IpNet) -> Option<&Route> {
         self.routes.iter().find(|r| r.destination == destination)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    pub destination: Ipv4Net,
+    /// `DestinationCidrBlock` or `DestinationIpv6CidrBlock`, whichever the route has.
+    pub destination: IpNet,
     pub target: Target,
     /// The target is gone (an ENI deleted, an instance terminated): traffic is dropped.
     pub blackhole: bool,

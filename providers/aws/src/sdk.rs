@@ -11,12 +11,23 @@ use aws_sdk_ec2::config::Region;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
 use aws_sdk_ec2::Client;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::api::{Call, CallObserver, Ec2, TableFilter};
 use crate::convert;
 use crate::error::Ec2Error;
 use crate::model::{Instance, Interface, RouteTable};
+
+/// Sets a route request's destination field of the destination's family (EC2 has one field
+/// per family: `DestinationCidrBlock`, `DestinationIpv6CidrBlock`).
+macro_rules! with_destination {
+    ($request:expr, $destination:expr) => {
+        match $destination {
+            IpNet::V4(destination) => $request.destination_cidr_block(destination.to_string()),
+            IpNet::V6(destination) => $request.destination_ipv6_cidr_block(destination.to_string()),
+        }
+    };
+}
 
 /// Attempts per call, the first included. The standard mode's default (3) gives up quickly on a
 /// throttled account; a few more spread a burst of agents over a longer back-off.
@@ -162,47 +173,27 @@ impl Ec2 for SdkEc2 {
         }
     }
 
-    async fn create_route(&self, table: &str, destination: Ipv4Net, interface_id: &str) -> Result<(), Ec2Error> {
+    async fn create_route(&self, table: &str, destination: IpNet, interface_id: &str) -> Result<(), Ec2Error> {
         const OP: &str = "CreateRoute";
-        let result = self
-            .client
-            .create_route()
-            .route_table_id(table)
-            .destination_cidr_block(destination.to_string())
-            .network_interface_id(interface_id)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| sdk_error(OP, Some(table), e));
+        let request = self.client.create_route().route_table_id(table).network_interface_id(interface_id);
+        let result =
+            with_destination!(request, destination).send().await.map(|_| ()).map_err(|e| sdk_error(OP, Some(table), e));
         self.observe(OP, result)
     }
 
-    async fn replace_route(&self, table: &str, destination: Ipv4Net, interface_id: &str) -> Result<(), Ec2Error> {
+    async fn replace_route(&self, table: &str, destination: IpNet, interface_id: &str) -> Result<(), Ec2Error> {
         const OP: &str = "ReplaceRoute";
-        let result = self
-            .client
-            .replace_route()
-            .route_table_id(table)
-            .destination_cidr_block(destination.to_string())
-            .network_interface_id(interface_id)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| sdk_error(OP, Some(table), e));
+        let request = self.client.replace_route().route_table_id(table).network_interface_id(interface_id);
+        let result =
+            with_destination!(request, destination).send().await.map(|_| ()).map_err(|e| sdk_error(OP, Some(table), e));
         self.observe(OP, result)
     }
 
-    async fn delete_route(&self, table: &str, destination: Ipv4Net) -> Result<(), Ec2Error> {
+    async fn delete_route(&self, table: &str, destination: IpNet) -> Result<(), Ec2Error> {
         const OP: &str = "DeleteRoute";
-        let result = self
-            .client
-            .delete_route()
-            .route_table_id(table)
-            .destination_cidr_block(destination.to_string())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| sdk_error(OP, Some(table), e));
+        let request = self.client.delete_route().route_table_id(table);
+        let result =
+            with_destination!(request, destination).send().await.map(|_| ()).map_err(|e| sdk_error(OP, Some(table), e));
         self.observe(OP, result)
     }
 }

@@ -1,7 +1,7 @@
 //! What weft reads and writes, in its own small types: the SDK's models carry every field of
 //! the Compute API as an `Option`, and only a handful matter here.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::OperationError;
@@ -10,7 +10,7 @@ use crate::error::OperationError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteSpec {
     pub name: String,
-    pub dest_range: Ipv4Net,
+    pub dest_range: IpNet,
     /// The VPC network's selfLink (or `projects/<p>/global/networks/<n>`).
     pub network: String,
     /// The instance's selfLink (or `projects/<p>/zones/<z>/instances/<i>`).

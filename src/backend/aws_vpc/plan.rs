@@ -4,8 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_aws::{Origin, RouteTable, TableFilter, Target};
+
+use crate::backend::cloud::same_family;
+use crate::network::Network;
 
 /// Route tables hold 50 routes unless AWS raised the quota; 1000 is the most it grants.
 pub const DEFAULT_ROUTE_LIMIT: usize = 50;
@@ -90,14 +93,15 @@ impl TableMode {
 /// What this node is and what the cluster holds, for one pass.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
-    pub network: Ipv4Net,
-    pub subnet_len: u8,
-    pub own: Ipv4Net,
+    /// The cluster network of each family, with its lease size.
+    pub network: &'a Network,
+    /// Our subnets, a route each: IPv4, and IPv6 in a dual-stack network.
+    pub own: &'a [IpNet],
     pub interface_id: &'a str,
-    /// Every subnet with a lease (ours included).
-    pub leased: &'a BTreeSet<Ipv4Net>,
-    /// Our previous subnet, when the lease moved: its route to us goes.
-    pub retired: Option<Ipv4Net>,
+    /// Every subnet with a lease, of either family (ours included).
+    pub leased: &'a BTreeSet<IpNet>,
+    /// Our previous subnets, when the lease moved: their routes to us go.
+    pub retired: &'a [IpNet],
     /// Whether this agent holds the cleanup leadership.
     pub lead: bool,
 }
@@ -126,52 +130,57 @@ pub enum Removal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TablePlan {
-    pub own: OwnRoute,
-    pub remove: Vec<(Ipv4Net, Removal)>,
+    /// What to do with the route to each of our subnets, in [`PlanInput::own`]'s order.
+    pub own: Vec<(IpNet, OwnRoute)>,
+    pub remove: Vec<(IpNet, Removal)>,
 }
 
 impl TablePlan {
     #[cfg(test)]
     pub fn is_noop(&self) -> bool {
-        self.own == OwnRoute::Keep && self.remove.is_empty()
+        self.own.iter().all(|(_, own)| *own == OwnRoute::Keep) && self.remove.is_empty()
     }
 }
 
 pub fn plan_table(table: &RouteTable, input: &PlanInput) -> TablePlan {
-    let own = match table.route(input.own) {
-        None => OwnRoute::Create,
-        Some(r) if r.origin != Origin::Api && r.origin != Origin::Unknown => OwnRoute::Blocked(format!(
-            "{} holds a {:?} route to {} that the route API cannot replace",
-            table.id, r.origin, input.own
-        )),
-        Some(r) if !r.blackhole && r.target == Target::Interface(input.interface_id.to_string()) => OwnRoute::Keep,
-        Some(_) => OwnRoute::Replace,
-    };
+    let own = input.own.iter().map(|own| (*own, own_route(table, *own, input.interface_id))).collect();
     let remove = table
         .routes
         .iter()
-        .filter(|r| r.destination != input.own)
+        .filter(|r| !input.own.contains(&r.destination))
         .filter_map(|r| removal(r, input).map(|why| (r.destination, why)))
         .collect();
     TablePlan { own, remove }
+}
+
+fn own_route(table: &RouteTable, own: IpNet, interface_id: &str) -> OwnRoute {
+    match table.route(own) {
+        None => OwnRoute::Create,
+        Some(r) if r.origin != Origin::Api && r.origin != Origin::Unknown => OwnRoute::Blocked(format!(
+            "{} holds a {:?} route to {own} that the route API cannot replace",
+            table.id, r.origin
+        )),
+        Some(r) if !r.blackhole && r.target == Target::Interface(interface_id.to_string()) => OwnRoute::Keep,
+        Some(_) => OwnRoute::Replace,
+    }
 }
 
 /// Why `route` should go, when weft can prove it; `None` leaves it alone.
 fn removal(route: &weft_aws::Route, input: &PlanInput) -> Option<Removal> {
     // Only routes made through the route API inside the cluster network are candidates: the
     // VPC's own, propagated ones and anything outside the network belong to someone else.
-    if route.origin != Origin::Api || !input.network.contains(&route.destination) {
+    if route.origin != Origin::Api || !input.network.covers(&route.destination) {
         return None;
     }
     let ours = route.target == Target::Interface(input.interface_id.to_string());
-    if ours && input.retired == Some(route.destination) && !input.leased.contains(&route.destination) {
+    if ours && input.retired.contains(&route.destination) && !input.leased.contains(&route.destination) {
         return Some(Removal::Retired);
     }
     // Only a route weft or flannel would have made is the leader's to judge: a subnet of the
     // lease size to an interface or instance. A blackhole of another size, or one whose gateway
     // went, is someone else's.
     let host_route = matches!(route.target, Target::Interface(_) | Target::Instance(_));
-    if !input.lead || !host_route || route.destination.prefix_len() != input.subnet_len {
+    if !input.lead || !host_route || !input.network.is_lease_sized(&route.destination) {
         return None;
     }
     if route.blackhole {
@@ -194,38 +203,45 @@ pub fn own_table<'a>(tables: &'a [RouteTable], subnet: &str) -> Option<&'a Route
     associated.or_else(main).or_else(only)
 }
 
-/// The lease-sized subnets of the cluster network that `table` sends to a node's interface or
-/// instance: the peers whose packets the VPC carries for us.
-pub fn carried(table: &RouteTable, network: Ipv4Net, subnet_len: u8) -> BTreeSet<Ipv4Net> {
+/// The lease-sized subnets of the cluster network (either family) that `table` sends to a node's
+/// interface or instance: the peers whose packets the VPC carries for us.
+pub fn carried(table: &RouteTable, network: &Network) -> BTreeSet<IpNet> {
     table
         .routes
         .iter()
-        .filter(|r| r.origin == Origin::Api && !r.blackhole && network.contains(&r.destination))
-        .filter(|r| r.destination.prefix_len() == subnet_len)
+        .filter(|r| r.origin == Origin::Api && !r.blackhole && network.is_lease_sized(&r.destination))
         .filter(|r| matches!(r.target, Target::Interface(_) | Target::Instance(_)))
         .map(|r| r.destination)
         .collect()
 }
 
-/// Routes into the cluster network in `table`, whoever made them: what `route_limit` counts.
-pub fn cluster_routes(table: &RouteTable, network: Ipv4Net) -> usize {
-    table.routes.iter().filter(|r| network.contains(&r.destination)).count()
+/// Routes into the cluster network in `table`, whoever made them, of both families: what the
+/// route metric shows.
+pub fn cluster_routes(table: &RouteTable, network: &Network) -> usize {
+    table.routes.iter().filter(|r| network.covers(&r.destination)).count()
 }
 
-/// Whether `table` is below `route_limit` routes of the cluster network (none: no limit of ours).
-pub fn under_limit(table: &RouteTable, network: Ipv4Net, route_limit: Option<usize>) -> bool {
-    route_limit.is_none_or(|limit| cluster_routes(table, network) < limit)
+/// Routes into the cluster network of `family`'s family: what `route_limit` counts, per family
+/// as EC2 counts its routes-per-table quota.
+pub fn family_routes(table: &RouteTable, network: &Network, family: IpNet) -> usize {
+    table.routes.iter().filter(|r| same_family(&r.destination, &family) && network.covers(&r.destination)).count()
 }
 
-/// Whether our route in `table` ranks beyond `route_limit` and must go (see
-/// [`crate::backend::cloud::room::beyond_limit`]).
-pub fn over_route_limit(table: &RouteTable, network: Ipv4Net, subnet_len: u8, own: Ipv4Net, limit: usize) -> bool {
-    let hosts = carried(table, network, subnet_len);
-    crate::backend::cloud::room::beyond_limit(&hosts, cluster_routes(table, network), own, limit)
+/// Whether `table` is below `route_limit` routes of the cluster network of `family`'s family
+/// (none: no limit of ours).
+pub fn under_limit(table: &RouteTable, network: &Network, family: IpNet, route_limit: Option<usize>) -> bool {
+    route_limit.is_none_or(|limit| family_routes(table, network, family) < limit)
+}
+
+/// Whether our route to `own` in `table` ranks beyond `route_limit` among its family and must go
+/// (see [`crate::backend::cloud::room::beyond_limit`]).
+pub fn over_route_limit(table: &RouteTable, network: &Network, own: IpNet, limit: usize) -> bool {
+    let hosts = carried(table, network).into_iter().filter(|s| same_family(s, &own)).collect();
+    crate::backend::cloud::room::beyond_limit(&hosts, family_routes(table, network, own), own, limit)
 }
 
 /// Whether `table` routes `own` to our interface (what teardown removes).
-pub fn routes_to_us(table: &RouteTable, own: Ipv4Net, interface_id: &str) -> bool {
+pub fn routes_to_us(table: &RouteTable, own: IpNet, interface_id: &str) -> bool {
     table.route(own).is_some_and(|r| r.target == Target::Interface(interface_id.to_string()))
 }
 
@@ -250,8 +266,25 @@ mod tests {
     use super::*;
     use weft_aws::Route;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    /// 10.244.0.0/16 by /24 and 2001:db8:42::/56 by /64.
+    fn network() -> &'static Network {
+        static NETWORK: std::sync::OnceLock<Network> = std::sync::OnceLock::new();
+        NETWORK.get_or_init(crate::network::dual_stack_for_tests)
+    }
+
+    /// Our subnets: IPv4 only, or both families.
+    fn own(dual: bool) -> &'static [IpNet] {
+        static OWN: std::sync::OnceLock<[IpNet; 2]> = std::sync::OnceLock::new();
+        let both = OWN.get_or_init(|| [net("10.244.1.0/24"), net("2001:db8:42:1::/64")]);
+        if dual {
+            both
+        } else {
+            &both[..1]
+        }
     }
 
     fn route(cidr: &str, target: Target) -> Route {
@@ -274,26 +307,18 @@ mod tests {
         }
     }
 
-    fn input<'a>(leased: &'a BTreeSet<Ipv4Net>, lead: bool) -> PlanInput<'a> {
-        PlanInput {
-            network: net("10.244.0.0/16"),
-            subnet_len: 24,
-            own: net("10.244.1.0/24"),
-            interface_id: "eni-me",
-            leased,
-            retired: None,
-            lead,
-        }
+    fn input<'a>(leased: &'a BTreeSet<IpNet>, lead: bool) -> PlanInput<'a> {
+        PlanInput { network: network(), own: own(false), interface_id: "eni-me", leased, retired: &[], lead }
     }
 
-    fn leased(subnets: &[&str]) -> BTreeSet<Ipv4Net> {
+    fn leased(subnets: &[&str]) -> BTreeSet<IpNet> {
         subnets.iter().map(|s| net(s)).collect()
     }
 
     #[test]
     fn own_route_absent_ours_elsewhere_blackhole() {
         let l = leased(&["10.244.1.0/24"]);
-        let p = |routes| plan_table(&table("rtb-1", routes), &input(&l, false)).own;
+        let p = |routes| plan_table(&table("rtb-1", routes), &input(&l, false)).own[0].1.clone();
         assert_eq!(p(vec![]), OwnRoute::Create);
         assert_eq!(p(vec![route("10.244.1.0/24", eni("eni-me"))]), OwnRoute::Keep);
         assert_eq!(p(vec![route("10.244.1.0/24", eni("eni-other"))]), OwnRoute::Replace);
@@ -372,12 +397,42 @@ mod tests {
     fn retired_subnet_route_to_us_goes_without_leadership() {
         let l = leased(&["10.244.1.0/24"]);
         let mut i = input(&l, false);
-        i.retired = Some(net("10.244.5.0/24"));
+        let retired = [net("10.244.5.0/24")];
+        i.retired = &retired;
         let t = table("rtb-1", vec![route("10.244.5.0/24", eni("eni-me")), route("10.244.1.0/24", eni("eni-me"))]);
         assert_eq!(plan_table(&t, &i).remove, vec![(net("10.244.5.0/24"), Removal::Retired)]);
         // Someone else's by now: left to its owner.
         let t = table("rtb-1", vec![route("10.244.5.0/24", eni("eni-new"))]);
         assert_eq!(plan_table(&t, &i).remove, vec![]);
+    }
+
+    /// A dual-stack node: a route per family, each planned on its own; a stale IPv6 route goes
+    /// as an IPv4 one does, and IPv6 routes outside the cluster's IPv6 network are left alone.
+    #[test]
+    fn both_families_planned_each_on_its_own() {
+        let l = leased(&["10.244.1.0/24", "2001:db8:42:1::/64", "10.244.2.0/24", "2001:db8:42:2::/64"]);
+        let mut i = input(&l, true);
+        i.own = own(true);
+        let t = table(
+            "rtb-1",
+            vec![
+                route("10.244.1.0/24", eni("eni-me")),
+                route("2001:db8:42:2::/64", eni("eni-2")),
+                route("2001:db8:42:9::/64", eni("eni-gone")),
+                route("2001:db8:99:9::/64", eni("eni-gone")),
+                route("2001:db8:42::/60", eni("eni-x")),
+            ],
+        );
+        let plan = plan_table(&t, &i);
+        assert_eq!(
+            plan.own,
+            vec![(net("10.244.1.0/24"), OwnRoute::Keep), (net("2001:db8:42:1::/64"), OwnRoute::Create)]
+        );
+        assert_eq!(plan.remove, vec![(net("2001:db8:42:9::/64"), Removal::NoLease)]);
+        let held =
+            table("rtb-1", vec![route("10.244.1.0/24", eni("eni-me")), route("2001:db8:42:1::/64", eni("eni-me"))]);
+        assert!(plan_table(&held, &i).is_noop());
+        assert!(routes_to_us(&held, net("2001:db8:42:1::/64"), "eni-me"));
     }
 
     #[test]
@@ -444,30 +499,46 @@ mod tests {
                 route("10.244.5.0/24", Target::Gateway("nat-1".into())),
                 route("10.244.128.0/17", eni("eni-x")),
                 route("172.16.0.0/24", eni("eni-y")),
+                route("2001:db8:42:2::/64", eni("eni-2")),
+                route("2001:db8:42::/60", eni("eni-x")),
+                route("2001:db8:99::/64", eni("eni-y")),
             ],
         );
-        let got = carried(&t, net("10.244.0.0/16"), 24);
-        assert_eq!(got, [net("10.244.2.0/24"), net("10.244.3.0/24")].into());
-        assert_eq!(cluster_routes(&t, net("10.244.0.0/16")), 5);
+        let got = carried(&t, network());
+        assert_eq!(got, [net("10.244.2.0/24"), net("10.244.3.0/24"), net("2001:db8:42:2::/64")].into());
+        assert_eq!(cluster_routes(&t, network()), 7);
     }
 
     #[test]
     fn route_limit_counts_the_cluster_networks_routes() {
-        let network = net("10.244.0.0/16");
-        let t = table("rtb-1", vec![route("10.244.2.0/24", eni("eni-2")), route("0.0.0.0/0", eni("eni-gw"))]);
-        assert!(under_limit(&t, network, None));
-        assert!(under_limit(&t, network, Some(2)));
-        assert!(!under_limit(&t, network, Some(1)), "one cluster route, limit one");
+        let (v4, v6) = (net("10.244.1.0/24"), net("2001:db8:42:1::/64"));
+        let t = table(
+            "rtb-1",
+            vec![
+                route("10.244.2.0/24", eni("eni-2")),
+                route("0.0.0.0/0", eni("eni-gw")),
+                route("2001:db8:42:2::/64", eni("eni-2")),
+                route("2001:db8:42:3::/64", eni("eni-3")),
+            ],
+        );
+        assert!(under_limit(&t, network(), v4, None));
+        assert!(under_limit(&t, network(), v4, Some(2)));
+        assert!(!under_limit(&t, network(), v4, Some(1)), "one cluster route, limit one");
+        // EC2 counts each family against its own quota: two IPv6 routes, room for an IPv4 one.
+        assert!(!under_limit(&t, network(), v6, Some(2)) && under_limit(&t, network(), v4, Some(2)));
     }
 
     #[test]
     fn past_route_limit_the_highest_host_subnets_withdraw() {
-        let network = net("10.244.0.0/16");
         let routes = ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"].map(|d| route(d, eni("eni-x")));
         let mut t = table("rtb-1", routes.to_vec());
-        let over = |t: &RouteTable, own: &str, limit| over_route_limit(t, network, 24, net(own), limit);
+        let over = |t: &RouteTable, own: &str, limit| over_route_limit(t, network(), net(own), limit);
         assert!(!over(&t, "10.244.3.0/24", 3), "at the limit: kept");
         assert!(over(&t, "10.244.3.0/24", 2) && !over(&t, "10.244.2.0/24", 2));
+        // The IPv6 routes rank among themselves: the IPv4 ones take none of their slots.
+        t.routes.extend(["2001:db8:42:1::/64", "2001:db8:42:2::/64"].map(|d| route(d, eni("eni-x"))));
+        assert!(!over(&t, "2001:db8:42:2::/64", 2) && over(&t, "2001:db8:42:2::/64", 1));
+        assert!(!over(&t, "10.244.2.0/24", 2), "the IPv6 routes take no IPv4 slot");
         // A gateway route inside the network is nobody's to withdraw: it takes the first slot.
         t.routes.push(route("10.244.128.0/17", Target::Gateway("igw-1".into())));
         assert!(over(&t, "10.244.2.0/24", 2) && !over(&t, "10.244.1.0/24", 2));

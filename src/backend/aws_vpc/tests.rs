@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_aws::{Ec2, Ec2Error, Instance, Interface, Origin, Route, RouteTable, TableFilter, Target};
 
 use super::*;
@@ -90,7 +90,7 @@ impl Ec2 for FakeEc2 {
             .collect())
     }
 
-    async fn create_route(&self, table: &str, destination: Ipv4Net, eni: &str) -> Result<(), Ec2Error> {
+    async fn create_route(&self, table: &str, destination: IpNet, eni: &str) -> Result<(), Ec2Error> {
         self.log(format!("CreateRoute {table} {destination}"));
         if self.full.lock().unwrap().iter().any(|t| t == table) {
             return Err(Ec2Error::RouteLimitExceeded { table: table.into() });
@@ -104,7 +104,7 @@ impl Ec2 for FakeEc2 {
         })?
     }
 
-    async fn replace_route(&self, table: &str, destination: Ipv4Net, eni: &str) -> Result<(), Ec2Error> {
+    async fn replace_route(&self, table: &str, destination: IpNet, eni: &str) -> Result<(), Ec2Error> {
         self.log(format!("ReplaceRoute {table} {destination}"));
         self.edit(table, |t| match t.routes.iter_mut().find(|r| r.destination == destination) {
             Some(route) => {
@@ -115,17 +115,17 @@ impl Ec2 for FakeEc2 {
         })?
     }
 
-    async fn delete_route(&self, table: &str, destination: Ipv4Net) -> Result<(), Ec2Error> {
+    async fn delete_route(&self, table: &str, destination: IpNet) -> Result<(), Ec2Error> {
         self.log(format!("DeleteRoute {table} {destination}"));
         self.edit(table, |t| t.routes.retain(|r| r.destination != destination))
     }
 }
 
-fn net(s: &str) -> Ipv4Net {
+fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 
-fn api_route(destination: Ipv4Net, target: Target) -> Route {
+fn api_route(destination: IpNet, target: Target) -> Route {
     Route { destination, target, blackhole: false, origin: Origin::Api }
 }
 
@@ -170,8 +170,14 @@ fn harness(config: &AwsVpcConfig) -> Harness {
 }
 
 fn harness_on(config: &AwsVpcConfig, store: Arc<dyn Leadership>, dir: tempfile::TempDir) -> Harness {
+    harness_of(config, store, dir, "")
+}
+
+/// A harness in a network with `ipv6_cidr` (dual-stack unless empty).
+fn harness_of(config: &AwsVpcConfig, store: Arc<dyn Leadership>, dir: tempfile::TempDir, ipv6_cidr: &str) -> Harness {
     let section = NetworkSection {
         cidr: "10.244.0.0/16".into(),
+        ipv6_cidr: ipv6_cidr.into(),
         backend: BackendConfig::AwsVpc(config.clone()),
         ..Default::default()
     };
@@ -181,9 +187,9 @@ fn harness_on(config: &AwsVpcConfig, store: Arc<dyn Leadership>, dir: tempfile::
             index: 2,
             name: "eth0".into(),
             mtu: 9001,
-            addr: net("10.0.1.10/24"),
+            addr: "10.0.1.10/24".parse().unwrap(),
             public_ip: "10.0.1.10".parse().unwrap(),
-            public_ipv6: None,
+            public_ipv6: (!ipv6_cidr.is_empty()).then(|| "2001:db8::10".parse().unwrap()),
         },
         store,
         health: Arc::new(Health::default()),
@@ -198,7 +204,7 @@ fn tagged_config() -> AwsVpcConfig {
 
 fn lease(subnet: &str) -> Lease {
     Lease {
-        subnet: net(subnet),
+        subnet: subnet.parse().unwrap(),
         subnet_v6: None,
         attrs: LeaseAttrs::new("10.0.1.10".parse().unwrap(), BackendKind::AwsVpc.as_str(), serde_json::Value::Null),
         expiry: Expiry::At(SystemTime::now() + Duration::from_secs(3600)),
@@ -206,7 +212,7 @@ fn lease(subnet: &str) -> Lease {
 }
 
 fn peers(subnets: &[&str]) -> LeaseMap {
-    subnets.iter().map(|s| (net(s), lease(s))).collect()
+    subnets.iter().map(|s| (s.parse().unwrap(), lease(s))).collect()
 }
 
 /// Asks for a pass and waits until the worker finished it; the outcome.
@@ -288,6 +294,61 @@ async fn once_settled_only_the_leader_describes_the_tables() {
         "the leader's describe, then the follower's own before its write"
     );
     assert!(ec2.route("rtb-b", "10.244.2.0/24").is_some());
+}
+
+fn dual_lease(subnet: &str, subnet_v6: &str) -> Lease {
+    Lease { subnet_v6: Some(subnet_v6.parse().unwrap()), ..lease(subnet) }
+}
+
+/// Dual-stack: the IPv6 subnet gets its route (`DestinationIpv6CidrBlock` to our interface) in
+/// every table beside the IPv4 one; a stale IPv6 route goes as an IPv4 one does; the cloud
+/// carries a peer once both of its routes are in our table; teardown removes both of ours.
+#[tokio::test(start_paused = true)]
+async fn dual_stack_routes_both_families_in_every_table() {
+    let stale_v6 = api_route(net("2001:db8:42:9::/64"), Target::Interface("eni-9".into()));
+    let foreign_v6 = api_route(net("2001:db8:99::/64"), Target::Interface("eni-9".into()));
+    // rtb-a is our subnet's table: what the VPC applies to our packets.
+    let ours =
+        RouteTable { subnets: vec!["subnet-a".into()], ..table("rtb-a", Some("az"), vec![stale_v6, foreign_v6]) };
+    let ec2 = FakeEc2::with_tables(vec![ours, table("rtb-b", Some("az"), vec![])]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let h = harness_of(&tagged_config(), store, dir, "2001:db8:42::/56");
+    let own = dual_lease("10.244.1.0/24", "2001:db8:42:1::/64");
+    let paths = CloudPaths::default();
+    let registered =
+        AwsVpc::new(&h.ctx, tagged_config(), paths.clone()).unwrap().registered(ec2.clone(), node("i-1", "eni-1"));
+    let mut backend = registered.activate(&own);
+    let peer = dual_lease("10.244.2.0/24", "2001:db8:42:2::/64");
+    let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+    pass(&mut backend, &own, &peers).await.unwrap();
+    let calls = ec2.take_calls();
+    for table in ["rtb-a", "rtb-b"] {
+        for subnet in ["10.244.1.0/24", "2001:db8:42:1::/64"] {
+            assert!(calls.contains(&format!("CreateRoute {table} {subnet}")), "{calls:?}");
+            assert_eq!(ec2.route(table, subnet).unwrap().target, Target::Interface("eni-1".into()));
+        }
+    }
+    // The leader's second sighting, after the grace, removes the IPv6 route nobody leases; the
+    // one outside the cluster's IPv6 network is not weft's.
+    tokio::time::advance(crate::backend::cloud::stale::STALE_GRACE).await;
+    pass(&mut backend, &own, &peers).await.unwrap();
+    assert!(ec2.route("rtb-a", "2001:db8:42:9::/64").is_none(), "{:?}", ec2.take_calls());
+    assert!(ec2.route("rtb-a", "2001:db8:99::/64").is_some());
+    // The peer's routes: carried once both families are there.
+    ec2.edit("rtb-a", |t| t.routes.push(api_route(net("10.244.2.0/24"), Target::Interface("eni-2".into())))).unwrap();
+    pass(&mut backend, &own, &peers).await.unwrap();
+    assert!(paths.carries(net("10.244.2.0/24")) && !paths.carries_all(&peer.key()), "IPv6 not carried yet");
+    ec2.edit("rtb-a", |t| t.routes.push(api_route(net("2001:db8:42:2::/64"), Target::Interface("eni-2".into()))))
+        .unwrap();
+    pass(&mut backend, &own, &peers).await.unwrap();
+    assert!(paths.carries_all(&peer.key()));
+    ec2.take_calls();
+    Box::new(backend).teardown().await.unwrap();
+    for table in ["rtb-a", "rtb-b"] {
+        assert!(ec2.route(table, "10.244.1.0/24").is_none() && ec2.route(table, "2001:db8:42:1::/64").is_none());
+    }
+    assert!(ec2.route("rtb-a", "2001:db8:42:2::/64").is_some(), "a peer's route stays");
 }
 
 #[tokio::test]
@@ -539,7 +600,7 @@ async fn an_unreadable_lease_keeps_its_route() {
     let held = api_route(net("10.244.9.0/24"), Target::Interface("eni-9".into()));
     let ec2 = FakeEc2::with_tables(vec![table("rtb-a", Some("az"), vec![held])]);
     let (_h, own, mut backend) = started_tagged(&ec2).await;
-    backend.unreadable_leases(&[net("10.244.9.0/24")].into());
+    backend.unreadable_leases(&[lease("10.244.9.0/24").key()].into());
     for _ in 0..3 {
         pass(&mut backend, &own, &peers(&[])).await.unwrap();
     }

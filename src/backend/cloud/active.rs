@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::engine::{Engine, Outcome, Provider, Request, Settings};
 use crate::backend::{Active, BackendError, BackendKind, CloudError, LeaseData};
 use crate::health::{Condition, Health};
-use crate::lease::{Lease, LeaseMap};
+use crate::lease::{Lease, LeaseKey, LeaseMap};
 
 /// Teardown gives up on the cloud after this long: the agent has other work.
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(60);
@@ -30,10 +29,10 @@ pub struct CloudActive<P: Provider> {
     /// Taken by teardown, which gets the provider back.
     task: Option<JoinHandle<P>>,
     cancel: CancellationToken,
-    /// Our subnet, for teardown.
-    own: Ipv4Net,
+    /// Our subnets, for teardown.
+    own: LeaseKey,
     /// Held by leases that do not parse: leased as far as staleness goes.
-    unreadable: BTreeSet<Ipv4Net>,
+    unreadable: BTreeSet<LeaseKey>,
 }
 
 impl<P: Provider> CloudActive<P> {
@@ -42,16 +41,14 @@ impl<P: Provider> CloudActive<P> {
     pub fn start(provider: P, settings: Settings, data: LeaseData, own: &Lease) -> Self {
         let kind = provider.kind();
         let health = settings.health.clone();
-        health.fail(
-            Condition::Cloud,
-            format!("{kind}: route for {} not confirmed yet (first check running)", own.subnet),
-        );
+        health
+            .fail(Condition::Cloud, format!("{kind}: route for {} not confirmed yet (first check running)", own.key()));
         let (requests, receiver) = watch::channel(None);
         let (engine, outcomes) = Engine::new(provider, settings);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(engine.run(receiver, cancel.clone()));
         let unreadable = BTreeSet::new();
-        CloudActive { kind, data, health, requests, outcomes, task: Some(task), cancel, own: own.subnet, unreadable }
+        CloudActive { kind, data, health, requests, outcomes, task: Some(task), cancel, own: own.key(), unreadable }
     }
 
     fn ask(&self, request: Request, forced: bool) {
@@ -68,8 +65,8 @@ impl<P: Provider> CloudActive<P> {
         }
     }
 
-    /// The last request's leased subnets (for a request made without a fresh view).
-    fn leased(&self) -> Option<BTreeSet<Ipv4Net>> {
+    /// The last request's leases (for a request made without a fresh view).
+    fn leased(&self) -> Option<BTreeSet<LeaseKey>> {
         self.requests.borrow().as_ref().and_then(|r| r.leased.clone())
     }
 }
@@ -81,17 +78,17 @@ impl<P: Provider> Active for CloudActive<P> {
     }
 
     async fn check(&mut self, own: &Lease, peers: &LeaseMap, forced: bool) -> Result<(), BackendError> {
-        self.own = own.subnet;
-        let leased = peers.keys().chain(&self.unreadable).copied().chain([own.subnet]).collect();
-        self.ask(Request { own: Some(own.subnet), leased: Some(leased) }, forced);
+        self.own = own.key();
+        let leased = peers.values().map(Lease::key).chain(self.unreadable.iter().copied()).chain([self.own]).collect();
+        self.ask(Request { own: Some(self.own), leased: Some(leased) }, forced);
         match &self.task {
             Some(task) if !task.is_finished() => Ok(()),
             _ => Err(BackendError::TaskStopped(self.kind)),
         }
     }
 
-    fn unreadable_leases(&mut self, subnets: &BTreeSet<Ipv4Net>) {
-        self.unreadable.clone_from(subnets);
+    fn unreadable_leases(&mut self, keys: &BTreeSet<LeaseKey>) {
+        self.unreadable.clone_from(keys);
     }
 
     fn own_lease_lapsed(&mut self) {

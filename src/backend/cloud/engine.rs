@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ use super::paths::CloudPaths;
 use crate::backend::BackendKind;
 use crate::backoff::Backoff;
 use crate::health::{Condition, Health, PathLabels};
+use crate::lease::LeaseKey;
 use crate::store::Leadership;
 
 /// The first retry of a failed pass; later ones grow up to `recheck`.
@@ -31,21 +32,23 @@ const MIN_LEAD_TTL: Duration = Duration::from_secs(15);
 /// What the backend wants the cloud to reflect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// Our subnet; `None` while our lease has run out (cut off from the store): another host may
-    /// hold the subnet by now, so our route is not asserted until we hold a lease again.
-    pub own: Option<Ipv4Net>,
-    /// Every leased subnet, ours included; `None` until the agent has listed the leases (and
-    /// until then nothing is judged stale).
-    pub leased: Option<BTreeSet<Ipv4Net>>,
+    /// Our subnets; `None` while our lease has run out (cut off from the store): another host
+    /// may hold them by now, so our routes are not asserted until we hold a lease again.
+    pub own: Option<LeaseKey>,
+    /// Every lease, ours included; `None` until the agent has listed the leases (and until then
+    /// nothing is judged stale).
+    pub leased: Option<BTreeSet<LeaseKey>>,
 }
 
 /// One pass's input: the request and whether this agent removes stale routes this time.
 #[derive(Debug, Clone)]
 pub struct PassInput<'a> {
-    pub own: Option<Ipv4Net>,
-    pub leased: Option<&'a BTreeSet<Ipv4Net>>,
-    /// Our subnet at the previous pass, when it changed since: its route to us goes.
-    pub retired: Option<Ipv4Net>,
+    /// Our subnets, one route each (IPv4, and IPv6 in a dual-stack network).
+    pub own: Option<LeaseKey>,
+    /// Every leased subnet of either family, ours included.
+    pub leased: Option<&'a BTreeSet<IpNet>>,
+    /// Our subnets at the previous pass that we no longer hold: their routes to us go.
+    pub retired: Vec<IpNet>,
     pub lead: bool,
     /// What the leader last read from the cloud and shares through the store (never given to
     /// the leader itself): a provider may decide from it instead of asking the cloud again.
@@ -73,8 +76,9 @@ impl Problem {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pass {
     pub problems: Vec<Problem>,
-    /// The peer subnets our own route table(s) send to a host, when the pass read them.
-    pub carried: Option<BTreeSet<Ipv4Net>>,
+    /// The peer subnets (either family) our own route table(s) send to a host, when the pass
+    /// read them.
+    pub carried: Option<BTreeSet<IpNet>>,
     /// What a leading pass read from the cloud, for the engine to share with the others.
     pub view: Option<String>,
 }
@@ -96,8 +100,8 @@ pub trait Provider: Send + 'static {
     async fn pass(&mut self, input: &PassInput<'_>) -> Pass;
     /// Leadership went to someone else: forget what was suspected stale.
     fn lost_leadership(&mut self) {}
-    /// Removes our route for `own` wherever it still points at us.
-    async fn teardown(&mut self, own: Ipv4Net) -> Result<(), String>;
+    /// Removes our routes for `own`'s subnets wherever they still point at us.
+    async fn teardown(&mut self, own: LeaseKey) -> Result<(), String>;
 }
 
 /// How the engine runs, from the backend's config and the agent.
@@ -125,7 +129,7 @@ pub struct Engine<P> {
     provider: P,
     settings: Settings,
     leading: bool,
-    last_own: Option<Ipv4Net>,
+    last_own: Option<LeaseKey>,
     outcomes: watch::Sender<Outcome>,
 }
 
@@ -176,10 +180,11 @@ impl<P: Provider> Engine<P> {
             (Some(_), Some(_)) => self.lead().await,
             _ => false,
         };
-        let retired = self.last_own.filter(|previous| Some(*previous) != request.own);
+        let retired = retired(self.last_own, request.own);
         let shared = if lead { None } else { self.shared_view().await };
-        let input =
-            PassInput { own: request.own, leased: request.leased.as_ref(), retired, lead, shared: shared.as_deref() };
+        let leased: Option<BTreeSet<IpNet>> =
+            request.leased.as_ref().map(|keys| keys.iter().flat_map(LeaseKey::subnets).collect());
+        let input = PassInput { own: request.own, leased: leased.as_ref(), retired, lead, shared: shared.as_deref() };
         let pass = self.provider.pass(&input).await;
         if request.own.is_some() {
             self.last_own = request.own;
@@ -243,11 +248,11 @@ impl<P: Provider> Engine<P> {
     }
 
     /// `weft_peers{path}`: peers the cloud carries, and (with overflow) those reached over vxlan.
-    fn count_paths(&self, own: Option<Ipv4Net>, leased: &BTreeSet<Ipv4Net>) {
-        let peers = leased.iter().filter(|s| Some(**s) != own);
+    fn count_paths(&self, own: Option<LeaseKey>, leased: &BTreeSet<LeaseKey>) {
+        let peers = leased.iter().filter(|key| own.is_none_or(|own| own.subnet != key.subnet));
         let (mut cloud, mut overlay) = (0, 0);
-        for subnet in peers {
-            if self.settings.paths.carries(*subnet) {
+        for key in peers {
+            if self.settings.paths.carries_all(key) {
                 cloud += 1;
             } else {
                 overlay += 1;
@@ -288,6 +293,12 @@ impl<P: Provider> Engine<P> {
     }
 }
 
+/// Our subnets of the previous pass that the current request no longer holds.
+fn retired(previous: Option<LeaseKey>, current: Option<LeaseKey>) -> Vec<IpNet> {
+    let current: Vec<IpNet> = current.iter().flat_map(LeaseKey::subnets).collect();
+    previous.iter().flat_map(LeaseKey::subnets).filter(|subnet| !current.contains(subnet)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -298,7 +309,7 @@ mod tests {
     /// What the fake provider was asked, and what its next passes answer.
     #[derive(Default)]
     struct Script {
-        inputs: Vec<(Option<Ipv4Net>, bool)>,
+        inputs: Vec<(Option<LeaseKey>, bool)>,
         /// The shared view each pass was given.
         shared: Vec<Option<String>>,
         answers: Vec<Pass>,
@@ -327,12 +338,16 @@ mod tests {
                 script.answers.remove(0)
             }
         }
-        async fn teardown(&mut self, _own: Ipv4Net) -> Result<(), String> {
+        async fn teardown(&mut self, _own: LeaseKey) -> Result<(), String> {
             Ok(())
         }
     }
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> LeaseKey {
+        LeaseKey::from(s.parse::<ipnet::Ipv4Net>().unwrap())
+    }
+
+    fn subnet(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -420,7 +435,7 @@ mod tests {
     async fn no_room_is_a_problem_only_without_overflow() {
         for overflow in [false, true] {
             let rig = rig(overflow);
-            let carried: BTreeSet<Ipv4Net> = [net("10.244.2.0/24")].into();
+            let carried: BTreeSet<IpNet> = [subnet("10.244.2.0/24")].into();
             rig.answer(Pass {
                 problems: vec![Problem::NoRoom("rtb-a is full".into())],
                 carried: Some(carried.clone()),
@@ -435,11 +450,27 @@ mod tests {
             } else {
                 assert_eq!(problem.as_deref(), Some("aws-vpc: rtb-a is full"));
             }
-            assert!(rig.settings.paths.carries(net("10.244.2.0/24")));
+            assert!(rig.settings.paths.carries(subnet("10.244.2.0/24")));
             let metrics = rig.settings.health.metrics.encode();
             assert!(metrics.contains(r#"weft_peers{path="cloud"} 1"#), "{metrics}");
             assert_eq!(metrics.contains(r#"weft_peers{path="overlay"} 1"#), overflow, "{metrics}");
         }
+    }
+
+    #[test]
+    fn only_subnets_we_no_longer_hold_are_retired() {
+        let dual = |v4: &str, v6: &str| LeaseKey { subnet: v4.parse().unwrap(), subnet_v6: Some(v6.parse().unwrap()) };
+        let before = dual("10.244.1.0/24", "2001:db8:42:1::/64");
+        assert_eq!(retired(Some(before), Some(before)), []);
+        assert_eq!(retired(None, Some(before)), []);
+        assert_eq!(
+            retired(Some(before), Some(net("10.244.1.0/24"))),
+            [subnet("2001:db8:42:1::/64")],
+            "IPv6 turned off"
+        );
+        let moved = dual("10.244.2.0/24", "2001:db8:42:1::/64");
+        assert_eq!(retired(Some(before), Some(moved)), [subnet("10.244.1.0/24")]);
+        assert_eq!(retired(Some(before), None).len(), 2, "lapsed: nothing is ours");
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! A cloud backend installs no kernel route, but its host still forwards: the VPC hands it
-//! packets for its pods, and its pods' packets leave through it. So IPv4 forwarding goes on
-//! before the cloud backend registers, as the kernel backends do for themselves.
+//! packets for its pods, and its pods' packets leave through it. So forwarding goes on (IPv6
+//! too in a dual-stack network) before the cloud backend registers, as the kernel backends do
+//! for themselves.
 
 use std::sync::Arc;
 
@@ -14,18 +15,19 @@ use crate::kernel::Kernel;
 pub struct Forwarding {
     inner: Box<dyn Backend>,
     kernel: Arc<dyn Kernel>,
+    ipv6: bool,
 }
 
 impl Forwarding {
-    pub fn new(inner: Box<dyn Backend>, kernel: Arc<dyn Kernel>) -> Forwarding {
-        Forwarding { inner, kernel }
+    pub fn new(inner: Box<dyn Backend>, kernel: Arc<dyn Kernel>, ipv6: bool) -> Forwarding {
+        Forwarding { inner, kernel, ipv6 }
     }
 }
 
 #[async_trait]
 impl Backend for Forwarding {
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        enable_forwarding(self.kernel.as_ref(), false).await;
+        enable_forwarding(self.kernel.as_ref(), self.ipv6).await;
         self.inner.register().await
     }
 }
@@ -40,10 +42,11 @@ mod tests {
     #[tokio::test]
     async fn forwarding_is_on_before_the_inner_backend_registers() {
         let kernel = Arc::new(MemoryKernel::default());
-        let backend = Box::new(Forwarding::new(Box::new(Alloc::new(1500)), kernel.clone()));
+        let backend = Box::new(Forwarding::new(Box::new(Alloc::new(1500)), kernel.clone(), true));
         let registered = backend.register().await.expect("registers");
         assert_eq!(registered.lease_data().mtu, 1500);
-        // Asking again reports "already on": the first call turned it on.
+        // Asking again reports "already on": the first call turned it on, for both families.
         assert!(!kernel.enable_forwarding(IpFamily::V4).await.unwrap());
+        assert!(!kernel.enable_forwarding(IpFamily::V6).await.unwrap());
     }
 }

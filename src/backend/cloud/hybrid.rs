@@ -129,8 +129,8 @@ impl Active for HybridActive {
         self.cloud.check(own, peers, forced).await
     }
 
-    fn unreadable_leases(&mut self, subnets: &std::collections::BTreeSet<ipnet::Ipv4Net>) {
-        self.cloud.unreadable_leases(subnets);
+    fn unreadable_leases(&mut self, keys: &std::collections::BTreeSet<crate::lease::LeaseKey>) {
+        self.cloud.unreadable_leases(keys);
     }
 
     fn own_lease_lapsed(&mut self) {

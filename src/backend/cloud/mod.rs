@@ -20,3 +20,9 @@ pub use engine::{Pass, PassInput, Problem, Provider, Settings};
 pub use paths::CloudPaths;
 pub use room::Refusal;
 pub use stale::StaleTracker;
+
+/// Whether two subnets are of one family: clouds count and order routes per family (EC2's
+/// route quota is per family, and the lowest subnet of a family goes first).
+pub fn same_family(a: &ipnet::IpNet, b: &ipnet::IpNet) -> bool {
+    a.addr().is_ipv4() == b.addr().is_ipv4()
+}

@@ -1,22 +1,23 @@
 //! Which peers the cloud carries for this host, and the kernel mapping that sends every other
 //! peer over vxlan (`overflow = "vxlan"`). A host decides by its *own* route table(s): those are
-//! what the VPC applies to the packets it sends.
+//! what the VPC applies to the packets it sends. A dual-stack peer rides the cloud only when the
+//! cloud carries both of its subnets; otherwise vxlan takes both (one path per peer).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::sync::watch;
 
 use crate::backend::route_sync::PeerObjects;
 use crate::kernel::KernelState;
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseKey};
 
 /// The peer subnets our own route table(s) route to a host, as the last pass saw them. Shared by
 /// the engine (which writes it) and the kernel mapping and the data plane (which read it).
 #[derive(Clone)]
 pub struct CloudPaths {
-    carried: Arc<watch::Sender<BTreeSet<Ipv4Net>>>,
+    carried: Arc<watch::Sender<BTreeSet<IpNet>>>,
 }
 
 impl Default for CloudPaths {
@@ -26,12 +27,18 @@ impl Default for CloudPaths {
 }
 
 impl CloudPaths {
-    pub fn carries(&self, subnet: Ipv4Net) -> bool {
+    pub fn carries(&self, subnet: IpNet) -> bool {
         self.carried.borrow().contains(&subnet)
     }
 
+    /// Whether the cloud carries every subnet of the peer holding `key`.
+    pub fn carries_all(&self, key: &LeaseKey) -> bool {
+        let carried = self.carried.borrow();
+        key.subnets().all(|subnet| carried.contains(&subnet))
+    }
+
     /// Replaces what the cloud carries; subscribers hear of it only when it changed.
-    pub fn publish(&self, carried: BTreeSet<Ipv4Net>) {
+    pub fn publish(&self, carried: BTreeSet<IpNet>) {
         self.carried.send_if_modified(|current| {
             let changed = *current != carried;
             *current = carried;
@@ -39,7 +46,7 @@ impl CloudPaths {
         });
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<BTreeSet<Ipv4Net>> {
+    pub fn subscribe(&self) -> watch::Receiver<BTreeSet<IpNet>> {
         self.carried.subscribe()
     }
 }
@@ -53,7 +60,7 @@ pub struct Overflow {
 
 impl PeerObjects for Overflow {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
-        if self.paths.carries(lease.subnet) {
+        if self.paths.carries_all(&lease.key()) {
             return Ok(KernelState::default());
         }
         // A peer without a VTEP (a cloud-only agent: flannel's aws-vpc, or weft without
@@ -73,7 +80,7 @@ mod tests {
     use crate::kernel::{MacAddr, NeighbourSpec};
     use crate::lease::{Expiry, LeaseAttrs};
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -94,7 +101,7 @@ mod tests {
 
     fn lease(subnet: &str, data: serde_json::Value) -> Lease {
         Lease {
-            subnet: net(subnet),
+            subnet: subnet.parse().unwrap(),
             subnet_v6: None,
             attrs: LeaseAttrs::new("192.0.2.7".parse().unwrap(), "aws-vpc", data),
             expiry: Expiry::At(SystemTime::now() + Duration::from_secs(60)),
@@ -111,6 +118,10 @@ mod tests {
         assert!(mapping.objects(&cloud_only).unwrap().is_empty(), "no VTEP: nothing we can install");
         paths.publish([net("10.244.2.0/24")].into());
         assert!(mapping.objects(&hybrid).unwrap().is_empty(), "the cloud carries it now");
+        let dual = Lease { subnet_v6: Some("2001:db8:42:2::/64".parse().unwrap()), ..hybrid };
+        assert!(!mapping.objects(&dual).unwrap().is_empty(), "its IPv6 subnet is not carried: vxlan for both");
+        paths.publish([net("10.244.2.0/24"), net("2001:db8:42:2::/64")].into());
+        assert!(mapping.objects(&dual).unwrap().is_empty(), "both carried");
     }
 
     #[tokio::test]
@@ -123,6 +134,16 @@ mod tests {
         assert!(seen.has_changed().unwrap());
         let before = BTreeSet::new();
         let after = seen.borrow_and_update().clone();
-        assert_eq!(crate::backend::cloud_paths_changed(&before, &after), vec![net("10.244.2.0/24")]);
+        let peer = lease("10.244.2.0/24", serde_json::Value::Null);
+        let dual = Lease {
+            subnet_v6: Some("2001:db8:42:3::/64".parse().unwrap()),
+            ..lease("10.244.3.0/24", serde_json::Value::Null)
+        };
+        let peers = [(peer.subnet, peer.clone()), (dual.subnet, dual.clone())].into();
+        let changed = crate::backend::cloud_paths_changed(&before, &after, &peers);
+        assert_eq!(changed, vec![peer.subnet], "a carried subnet nobody leases is no peer's change");
+        let v6_only: BTreeSet<IpNet> = [net("2001:db8:42:3::/64"), net("2001:db8:42:9::/64")].into();
+        let changed = crate::backend::cloud_paths_changed(&before, &v6_only, &peers);
+        assert_eq!(changed, vec![dual.subnet], "an IPv6 subnet's path changed: its holder is mapped again");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// A refusal is trusted for this many checks of the table; then our route is tried again.
 pub const TRUSTED_CHECKS: u32 = 10;
@@ -58,13 +58,16 @@ impl Refusal {
 }
 
 /// Whether `own` asks a full table again once its refusal is old: the lowest of the `leased`
-/// host subnets the table does not carry. Every host judges the same listing the same way, so
-/// one asks per table (two, briefly, when their listings differ).
-pub fn prober(leased: &BTreeSet<Ipv4Net>, carried: &BTreeSet<Ipv4Net>, subnet_len: u8, own: Ipv4Net) -> bool {
+/// host subnets of its family the table does not carry. Every host judges the same listing the
+/// same way, so one asks per table (two, briefly, when their listings differ).
+pub fn prober(leased: &BTreeSet<IpNet>, carried: &BTreeSet<IpNet>, subnet_len: u8, own: IpNet) -> bool {
     if carried.contains(&own) {
         return false;
     }
-    let left_out = leased.iter().filter(|s| s.prefix_len() == subnet_len && !carried.contains(s));
+    let left_out = leased
+        .iter()
+        .filter(|s| super::same_family(s, &own))
+        .filter(|s| s.prefix_len() == subnet_len && !carried.contains(s));
     left_out.chain([&own]).min() == Some(&own)
 }
 
@@ -75,7 +78,7 @@ pub fn prober(leased: &BTreeSet<Ipv4Net>, carried: &BTreeSet<Ipv4Net>, subnet_le
 /// the lowest host subnets keep theirs; an agent whose route ranks beyond the limit withdraws it,
 /// and its peers reach it by the overlay instead. A newcomer never displaces a route: it finds
 /// the table full and does not add one.
-pub fn beyond_limit(host_routes: &BTreeSet<Ipv4Net>, cluster_routes: usize, own: Ipv4Net, limit: usize) -> bool {
+pub fn beyond_limit(host_routes: &BTreeSet<IpNet>, cluster_routes: usize, own: IpNet, limit: usize) -> bool {
     let others = cluster_routes.saturating_sub(host_routes.len());
     let room_for_hosts = limit.saturating_sub(others);
     host_routes.iter().position(|subnet| *subnet == own).is_some_and(|rank| rank >= room_for_hosts)
@@ -85,14 +88,14 @@ pub fn beyond_limit(host_routes: &BTreeSet<Ipv4Net>, cluster_routes: usize, own:
 mod tests {
     use super::*;
 
-    fn subnets(list: &[&str]) -> BTreeSet<Ipv4Net> {
+    fn subnets(list: &[&str]) -> BTreeSet<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
     #[test]
     fn the_lowest_subnets_keep_their_routes_past_the_limit() {
         let hosts = subnets(&["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"]);
-        let own = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let own = |s: &str| s.parse::<IpNet>().unwrap();
         let judged: Vec<bool> = hosts.iter().map(|s| beyond_limit(&hosts, 4, *s, 3)).collect();
         assert_eq!(judged, [false, false, false, true], "one over: the highest withdraws");
         assert!(beyond_limit(&hosts, 5, own("10.244.3.0/24"), 3), "a route weft cannot move takes a slot");
@@ -134,10 +137,15 @@ mod tests {
         assert!(refusal.allows_as(49, 47, false), "a slot was freed: everyone may try");
         let leased = subnets(&["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24", "10.244.0.0/23"]);
         let carried = subnets(&["10.244.1.0/24", "10.244.3.0/24"]);
-        let own = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let own = |s: &str| s.parse::<IpNet>().unwrap();
         assert!(prober(&leased, &carried, 24, own("10.244.2.0/24")), "the lowest left out");
         assert!(!prober(&leased, &carried, 24, own("10.244.4.0/24")));
         assert!(!prober(&leased, &carried, 24, own("10.244.1.0/24")), "carried: lower than every left out");
         assert!(prober(&BTreeSet::new(), &carried, 24, own("10.244.9.0/24")), "leases unknown: alone, it asks");
+        // An IPv6 subnet is judged among the IPv6 ones only (they sort after every IPv4 one).
+        let dual = subnets(&["10.244.2.0/24", "2001:db8:42:2::/64", "2001:db8:42:3::/64"]);
+        assert!(prober(&dual, &carried, 64, own("2001:db8:42:2::/64")));
+        assert!(!prober(&dual, &carried, 64, own("2001:db8:42:3::/64")));
+        assert!(prober(&dual, &carried, 24, own("10.244.2.0/24")));
     }
 }

@@ -2,26 +2,33 @@
 //! name, or flannel's adopted), what to delete and insert, and which routes are stale.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_gce::{same_resource, Route, RouteSpec};
+
+use crate::network::Network;
 
 /// flannel's gce backend names its routes `flannel-<a-b-c-d>-<len>`.
 pub const FLANNEL_PREFIX: &str = "flannel-";
 
-/// `<prefix><a-b-c-d>-<len>`, flannel's naming with our prefix.
-pub fn route_name(prefix: &str, subnet: Ipv4Net) -> String {
-    let addr = subnet.network().to_string().replace('.', "-");
+/// `<prefix><a-b-c-d>-<len>`, flannel's naming with our prefix; an IPv6 subnet the same way, its
+/// colons as dashes (`weft-2001-db8-42-3---64`: GCE names take only `[-a-z0-9]`).
+pub fn route_name(prefix: &str, subnet: IpNet) -> String {
+    let addr = subnet.network().to_string().replace(['.', ':'], "-");
     format!("{prefix}{addr}-{}", subnet.prefix_len())
 }
 
-/// The subnet a route name stands for, when it has `prefix` and is well formed.
-pub fn parse_route_name(prefix: &str, name: &str) -> Option<Ipv4Net> {
+/// The subnet a route name stands for, when it has `prefix` and is well formed. A name reads as
+/// one family only: four decimal parts cannot be an IPv6 address, nor an IPv6 one IPv4.
+pub fn parse_route_name(prefix: &str, name: &str) -> Option<IpNet> {
     let rest = name.strip_prefix(prefix)?;
     let (addr, len) = rest.rsplit_once('-')?;
-    let addr: Ipv4Addr = addr.replace('-', ".").parse().ok()?;
-    let net = Ipv4Net::new(addr, len.parse().ok()?).ok()?;
+    let addr: IpAddr = match addr.replace('-', ".").parse::<Ipv4Addr>() {
+        Ok(v4) => v4.into(),
+        Err(_) => addr.replace('-', ":").parse::<Ipv6Addr>().ok()?.into(),
+    };
+    let net = IpNet::new(addr, len.parse().ok()?).ok()?;
     // A name whose address has host bits is not one we wrote (and not the same as the trunc).
     (net.network() == addr).then_some(net)
 }
@@ -29,7 +36,7 @@ pub fn parse_route_name(prefix: &str, name: &str) -> Option<Ipv4Net> {
 /// The route this host needs: its subnet through its instance, in its network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
-    pub subnet: Ipv4Net,
+    pub subnet: IpNet,
     pub network: String,
     pub instance: String,
     pub priority: u32,
@@ -51,7 +58,7 @@ impl Target {
 
     /// Same destination, network and next hop: the route carries our traffic.
     fn carries(&self, route: &Route) -> bool {
-        route.dest_range.parse::<Ipv4Net>().ok() == Some(self.subnet)
+        route.dest_range.parse::<IpNet>().ok() == Some(self.subnet)
             && same_resource(&route.network, &self.network)
             && route.next_hop_instance.as_deref().is_some_and(|hop| same_resource(hop, &self.instance))
     }
@@ -92,7 +99,7 @@ pub fn plan_own(target: &Target, prefix: &str, ours: Option<&Route>, flannel: Op
     }
     // A flannel route for our subnet through another instance is a leftover claim on our subnet:
     // left alone, GCE would spread our traffic over both next hops.
-    let conflicting = |r: &&Route| !flannel_carries && r.dest_range.parse::<Ipv4Net>().ok() == Some(target.subnet);
+    let conflicting = |r: &&Route| !flannel_carries && r.dest_range.parse::<IpNet>().ok() == Some(target.subnet);
     if let Some(route) = flannel.filter(conflicting) {
         steps.push(Step::Delete(route.name.clone()));
     }
@@ -114,39 +121,38 @@ pub fn stale_routes(
     routes: &[Route],
     prefix: &str,
     network: &str,
-    cluster: Ipv4Net,
-    subnet_len: u8,
-    leased: &BTreeSet<Ipv4Net>,
+    cluster: &Network,
+    leased: &BTreeSet<IpNet>,
 ) -> Vec<String> {
     routes
         .iter()
         .filter(|r| same_resource(&r.network, network) && r.next_hop_instance.is_some())
         .filter_map(|r| {
             let subnet = parse_route_name(prefix, &r.name)?;
-            let lease_sized = subnet.prefix_len() == subnet_len && cluster.contains(&subnet);
-            let ours = r.dest_range.parse::<Ipv4Net>().ok() == Some(subnet) && lease_sized;
+            let ours = r.dest_range.parse::<IpNet>().ok() == Some(subnet) && cluster.is_lease_sized(&subnet);
             (ours && !leased.contains(&subnet)).then(|| r.name.clone())
         })
         .collect()
 }
 
-/// The lease-sized subnets of the cluster network that `network` routes to an instance: the
-/// peers whose packets the VPC carries (GCE routes apply network-wide).
-pub fn carried(routes: &[Route], network: &str, cluster: Ipv4Net, subnet_len: u8) -> BTreeSet<Ipv4Net> {
+/// The lease-sized subnets of the cluster network (either family) that `network` routes to an
+/// instance: the peers whose packets the VPC carries (GCE routes apply network-wide).
+pub fn carried(routes: &[Route], network: &str, cluster: &Network) -> BTreeSet<IpNet> {
     routes
         .iter()
         .filter(|r| same_resource(&r.network, network) && r.next_hop_instance.is_some())
-        .filter_map(|r| r.dest_range.parse::<Ipv4Net>().ok())
-        .filter(|dest| cluster.contains(dest) && dest.prefix_len() == subnet_len)
+        .filter_map(|r| r.dest_range.parse::<IpNet>().ok())
+        .filter(|dest| cluster.is_lease_sized(dest))
         .collect()
 }
 
-/// Routes into the cluster network in `network`, whoever made them: what `route_limit` counts.
-pub fn cluster_routes(routes: &[Route], network: &str, cluster: Ipv4Net) -> usize {
+/// Routes into the cluster network (either family) in `network`, whoever made them: what
+/// `route_limit` counts (GCE's quota counts every route of the project, of both families).
+pub fn cluster_routes(routes: &[Route], network: &str, cluster: &Network) -> usize {
     routes
         .iter()
         .filter(|r| same_resource(&r.network, network))
-        .filter(|r| r.dest_range.parse::<Ipv4Net>().is_ok_and(|dest| cluster.contains(&dest)))
+        .filter(|r| r.dest_range.parse::<IpNet>().is_ok_and(|dest| cluster.covers(&dest)))
         .count()
 }
 
@@ -158,8 +164,12 @@ mod tests {
     const ME: &str = "https://www.googleapis.com/compute/v1/projects/p/zones/z/instances/node-a";
     const OTHER: &str = "https://www.googleapis.com/compute/v1/projects/p/zones/z/instances/node-b";
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    fn cluster() -> Network {
+        crate::network::dual_stack_for_tests()
     }
 
     fn target() -> Target {
@@ -185,6 +195,17 @@ mod tests {
         assert_eq!(parse_route_name("flannel-", "flannel-10-244-3-0-24"), Some(net("10.244.3.0/24")));
         for bad in
             ["weft-10-244-3-24", "weft-10-244-3-1-24", "weft-x-244-3-0-24", "other-10-244-3-0-24", "weft-10-244-3-0-33"]
+        {
+            assert_eq!(parse_route_name("weft-", bad), None, "{bad}");
+        }
+        let v6 = net("2001:db8:42:3::/64");
+        assert_eq!(route_name("weft-", v6), "weft-2001-db8-42-3---64");
+        assert_eq!(parse_route_name("weft-", "weft-2001-db8-42-3---64"), Some(v6));
+        let longest = net("2001:db8:1111:2222:3333:4444:5555:6666/128");
+        assert!(route_name("weft-", longest).len() <= 63, "GCE names are at most 63 characters");
+        assert_eq!(parse_route_name("weft-", &route_name("weft-", longest)), Some(longest));
+        for bad in
+            ["weft-2001-db8-42-3--1-64", "weft-2001-db8-42-3---129", "weft-2001-db8-42-3-", "weft-1-2-3-4-5-6-7-8-9-64"]
         {
             assert_eq!(parse_route_name("weft-", bad), None, "{bad}");
         }
@@ -247,8 +268,8 @@ mod tests {
 
     #[test]
     fn stale_only_our_prefix_our_network_no_lease() {
-        let cluster = net("10.244.0.0/16");
-        let leased: BTreeSet<_> = [net("10.244.3.0/24"), net("10.244.4.0/24")].into();
+        let cluster = cluster();
+        let leased: BTreeSet<_> = [net("10.244.3.0/24"), net("10.244.4.0/24"), net("2001:db8:42:3::/64")].into();
         let mut foreign_network = route("weft-10-244-9-0-24", "10.244.9.0/24", OTHER);
         foreign_network.network = "projects/p/global/networks/other".into();
         let mut gateway = route("weft-10-244-8-0-24", "10.244.8.0/24", OTHER);
@@ -262,15 +283,20 @@ mod tests {
             route("weft-10-244-0-0-16", "10.244.0.0/16", OTHER),    // not a lease: the whole network
             route("weft-10-244-12-0-23", "10.244.12.0/23", OTHER),  // not lease-sized
             route("default-route-123", "0.0.0.0/0", OTHER),
+            route("weft-2001-db8-42-3---64", "2001:db8:42:3::/64", ME), // leased
+            route("weft-2001-db8-42-5---64", "2001:db8:42:5::/64", OTHER), // stale
+            route("weft-2001-db8-99---64", "2001:db8:99::/64", OTHER),  // outside the IPv6 network
+            route("weft-2001-db8-42-6---64", "10.244.6.0/24", OTHER),   // name and range disagree
             foreign_network,
             gateway,
         ];
-        assert_eq!(stale_routes(&routes, "weft-", NET, cluster, 24, &leased), vec!["weft-10-244-5-0-24".to_string()]);
+        let stale = stale_routes(&routes, "weft-", NET, &cluster, &leased);
+        assert_eq!(stale, ["weft-10-244-5-0-24", "weft-2001-db8-42-5---64"]);
     }
 
     #[test]
     fn carried_are_instance_routes_of_the_network() {
-        let cluster = net("10.244.0.0/16");
+        let cluster = cluster();
         let mut foreign_network = route("weft-10-244-9-0-24", "10.244.9.0/24", OTHER);
         foreign_network.network = "projects/p/global/networks/other".into();
         let mut gateway = route("weft-10-244-8-0-24", "10.244.8.0/24", OTHER);
@@ -281,11 +307,15 @@ mod tests {
             route("big", "10.244.128.0/17", OTHER),
             route("elsewhere", "10.99.0.0/24", OTHER),
             route("junk", "not-a-cidr", OTHER),
+            route("weft-2001-db8-42-7---64", "2001:db8:42:7::/64", OTHER),
+            route("v6-wide", "2001:db8:42::/60", OTHER),
+            route("v6-elsewhere", "2001:db8:99::/64", OTHER),
             foreign_network,
             gateway,
         ];
-        assert_eq!(carried(&routes, NET, cluster, 24), [net("10.244.3.0/24"), net("10.244.6.0/24")].into());
+        let expected = [net("10.244.3.0/24"), net("10.244.6.0/24"), net("2001:db8:42:7::/64")];
+        assert_eq!(carried(&routes, NET, &cluster), expected.into());
         // Every route into the network counts against a limit, a gateway one too.
-        assert_eq!(cluster_routes(&routes, NET, cluster), 4);
+        assert_eq!(cluster_routes(&routes, NET, &cluster), 6);
     }
 }

@@ -4,11 +4,11 @@
 //! decide from it while it calls for no change, and ask Compute only when something is to be
 //! written. When passes run is the engine's business.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::{debug, info, warn};
 use weft_gce::{same_resource, wait_for_operation, ComputeApi, GceError, InstanceMetadata, Route, WaitPolicy};
 
@@ -17,7 +17,9 @@ use crate::backend::cloud::room::{beyond_limit, prober};
 use crate::backend::cloud::{view, Pass, PassInput, Problem, Provider, Refusal, StaleTracker};
 use crate::backend::BackendKind;
 use crate::health::{CloudPassLabels, CloudTableLabels, Health};
+use crate::lease::LeaseKey;
 use crate::network::backend::GceConfig;
+use crate::network::Network;
 
 /// The links our route is made of, looked up once.
 #[derive(Debug, Clone)]
@@ -33,25 +35,25 @@ pub struct Routing {
     pub api: Arc<dyn ComputeApi>,
     pub config: GceConfig,
     pub meta: InstanceMetadata,
-    /// The flannel network (`10.244.0.0/16`): stale routes are looked for only inside it.
-    pub cluster: Ipv4Net,
-    pub subnet_len: u8,
+    /// The cluster network of each family (`10.244.0.0/16`, and an IPv6 one in a dual-stack
+    /// network): stale routes are looked for only inside them.
+    pub cluster: Network,
     pub health: Arc<Health>,
     pub wait: WaitPolicy,
     resolved: Option<Resolved>,
     stale: StaleTracker<String>,
-    owned: Option<String>,
-    last_own: Option<Ipv4Net>,
-    /// The quota's last refusal of our route (with the network's route count then).
-    refusal: Option<Refusal>,
+    /// The route that carries each of our subnets (ours, or flannel's adopted).
+    owned: BTreeMap<IpNet, String>,
+    /// The quota's last refusal of our route to each subnet (with the network's route count then).
+    refusals: BTreeMap<IpNet, Refusal>,
 }
 
 /// What a pass knows before it writes: the network's routes (when listed), the host routes among
 /// them, and every leased subnet (once the agent listed the leases).
 struct Known<'a> {
     listing: Option<&'a [Route]>,
-    carried: Option<&'a BTreeSet<Ipv4Net>>,
-    leased: Option<&'a BTreeSet<Ipv4Net>>,
+    carried: Option<&'a BTreeSet<IpNet>>,
+    leased: Option<&'a BTreeSet<IpNet>>,
 }
 
 /// Leadership for stale-route removal, one agent at a time across the cluster.
@@ -63,7 +65,7 @@ impl Routing {
         api: Arc<dyn ComputeApi>,
         config: GceConfig,
         meta: InstanceMetadata,
-        network: &crate::network::Network,
+        network: &Network,
         health: Arc<Health>,
     ) -> Self {
         let stale_grace = crate::backend::cloud::stale::grace(config.recheck);
@@ -71,15 +73,13 @@ impl Routing {
             api,
             config,
             meta,
-            cluster: network.network,
-            subnet_len: network.subnet_len,
+            cluster: network.clone(),
             health,
             wait: WaitPolicy::default(),
             resolved: None,
             stale: StaleTracker::with_grace(stale_grace),
-            owned: None,
-            last_own: None,
-            refusal: None,
+            owned: BTreeMap::new(),
+            refusals: BTreeMap::new(),
         }
     }
 
@@ -107,20 +107,23 @@ impl Routing {
             (Some(routes), true) => view::encode(&resolved.network, routes),
             _ => None,
         };
-        let carried =
-            listing.as_ref().map(|routes| plan::carried(routes, &resolved.network, self.cluster, self.subnet_len));
+        let carried = listing.as_ref().map(|routes| plan::carried(routes, &resolved.network, &self.cluster));
         let Some(own) = input.own else {
             // Our lease ran out: nothing of ours is asserted (the engine says so in /readyz).
             return Pass { problems: Vec::new(), carried, view };
         };
         let mut problems = Vec::new();
         let known = Known { listing: listing.as_deref(), carried: carried.as_ref(), leased: input.leased };
-        if let Err(problem) = self.own_route(own, &resolved, &known).await {
-            problems.push(problem);
+        // Each of our subnets has its route, tried even when the other family's failed.
+        for own in own.subnets() {
+            problems.extend(self.own_route(own, &resolved, &known).await.err());
         }
+        let no_room = problems.iter().any(|p| matches!(p, Problem::NoRoom(_)));
+        self.limit_gauge(&resolved).set(i64::from(no_room));
+        self.note_owned(&resolved, problems.is_empty());
         if let (Some(routes), Some(leased), true) = (&listing, input.leased, input.lead) {
             let prefix = &self.config.route_prefix;
-            let stale = stale_routes(routes, prefix, &resolved.network, self.cluster, self.subnet_len, leased);
+            let stale = stale_routes(routes, prefix, &resolved.network, &self.cluster, leased);
             for name in self.stale.confirm(stale) {
                 match self.delete(&name).await {
                     Ok(()) => info!(route = %name, "removed a stale route (no lease for its subnet)"),
@@ -133,7 +136,7 @@ impl Routing {
     }
 
     /// The route this host needs.
-    fn target(&self, own: Ipv4Net, resolved: &Resolved) -> Target {
+    fn target(&self, own: IpNet, resolved: &Resolved) -> Target {
         Target {
             subnet: own,
             network: resolved.network.clone(),
@@ -144,16 +147,18 @@ impl Routing {
     }
 
     /// Our route and flannel's for our subnet, as `routes` list them.
-    fn named(&self, routes: &[Route], own: Ipv4Net) -> (Option<Route>, Option<Route>) {
+    fn named(&self, routes: &[Route], own: IpNet) -> (Option<Route>, Option<Route>) {
         let own_name = route_name(&self.config.route_prefix, own);
         let flannel_name = route_name(FLANNEL_PREFIX, own);
         let find = |name: &str| routes.iter().find(|r| r.name == name).cloned();
         (find(&own_name), find(&flannel_name).filter(|_| own_name != flannel_name))
     }
 
-    /// Whether we ask a refused quota again once its refusal is old (one host of the network does).
-    fn prober(&self, leased: Option<&BTreeSet<Ipv4Net>>, hosts: &BTreeSet<Ipv4Net>, own: Ipv4Net) -> bool {
-        prober(leased.unwrap_or(&BTreeSet::new()), hosts, self.subnet_len, own)
+    /// Whether we ask a refused quota again once its refusal is old (one host of the network and
+    /// family does).
+    fn prober(&self, leased: Option<&BTreeSet<IpNet>>, hosts: &BTreeSet<IpNet>, own: IpNet) -> bool {
+        let subnet_len = self.cluster.space_of(&own).map_or(0, |s| s.subnet_len);
+        prober(leased.unwrap_or(&BTreeSet::new()), hosts, subnet_len, own)
     }
 
     /// The leader's shared listing, if it is of our network and calls for no change here
@@ -162,29 +167,32 @@ impl Routing {
     fn quiet_view(&self, input: &PassInput<'_>, resolved: &Resolved) -> Option<Vec<Route>> {
         let routes: Vec<Route> = view::decode(input.shared?, &resolved.network)?;
         let Some(own) = input.own else { return Some(routes) };
-        let (ours, flannel) = self.named(&routes, own);
-        let plan = plan_own(&self.target(own, resolved), &self.config.route_prefix, ours.as_ref(), flannel.as_ref());
-        let inserts = plan.steps.iter().any(|s| matches!(s, Step::Insert(_)));
-        let count = plan::cluster_routes(&routes, &resolved.network, self.cluster);
-        let hosts = plan::carried(&routes, &resolved.network, self.cluster, self.subnet_len);
+        let count = plan::cluster_routes(&routes, &resolved.network, &self.cluster);
+        let hosts = plan::carried(&routes, &resolved.network, &self.cluster);
         let limit = self.config.route_limit.map(|l| l as usize);
-        let writes = if inserts {
-            let prober = self.prober(input.leased, &hosts, own);
-            let over_limit = limit.is_some_and(|limit| count >= limit);
-            !over_limit && self.refusal.as_ref().is_none_or(|r| r.would_allow(routes.len(), prober))
-        } else {
-            !plan.steps.is_empty() || limit.is_some_and(|limit| beyond_limit(&hosts, count, own, limit))
+        let writes = |own: IpNet| {
+            let (ours, flannel) = self.named(&routes, own);
+            let target = self.target(own, resolved);
+            let plan = plan_own(&target, &self.config.route_prefix, ours.as_ref(), flannel.as_ref());
+            if plan.steps.iter().any(|s| matches!(s, Step::Insert(_))) {
+                let prober = self.prober(input.leased, &hosts, own);
+                let over_limit = limit.is_some_and(|limit| count >= limit);
+                !over_limit && self.refusals.get(&own).is_none_or(|r| r.would_allow(routes.len(), prober))
+            } else {
+                !plan.steps.is_empty() || limit.is_some_and(|limit| beyond_limit(&hosts, count, own, limit))
+            }
         };
-        if writes {
+        if own.subnets().any(writes) {
             debug!("the shared routes call for a change: asking Compute before writing");
             return None;
         }
         Some(routes)
     }
 
-    /// Our route (ours by name, or flannel's adopted) in place, through our instance.
-    async fn own_route(&mut self, own: Ipv4Net, resolved: &Resolved, known: &Known<'_>) -> Result<(), Problem> {
-        self.last_own = Some(own);
+    /// Our route to `own` (ours by name, or flannel's adopted) in place, through our instance.
+    /// The quota is the project's, shared by both families: the limit counts and ranks the
+    /// routes of both (an IPv4 subnet ranks before every IPv6 one).
+    async fn own_route(&mut self, own: IpNet, resolved: &Resolved, known: &Known<'_>) -> Result<(), Problem> {
         let failed = |m: String| Problem::Failed(m);
         let target = self.target(own, resolved);
         let prefix = self.config.route_prefix.clone();
@@ -201,7 +209,7 @@ impl Routing {
                         .is_some_and(|h| same_resource(h, &target.instance))
                 };
                 // Look first where our route was last time: one call per recheck in steady state.
-                let adopted_before = adoptable && self.owned.as_deref() == Some(flannel_name.as_str());
+                let adopted_before = adoptable && self.owned.get(&own) == Some(&flannel_name);
                 if adopted_before {
                     let flannel = self.get_route(&flannel_name).await.map_err(failed)?;
                     let ours =
@@ -220,19 +228,17 @@ impl Routing {
         };
         let plan = plan_own(&target, &prefix, ours.as_ref(), flannel.as_ref());
         let inserts = plan.steps.iter().any(|s| matches!(s, Step::Insert(_)));
-        let cluster_routes = listing.map(|routes| plan::cluster_routes(routes, &resolved.network, self.cluster));
+        let cluster_routes = listing.map(|routes| plan::cluster_routes(routes, &resolved.network, &self.cluster));
         if let (Some(count), Some(routes), Some(hosts)) = (cluster_routes, listing, carried) {
             let labels = self.labels(resolved);
             self.health.metrics.cloud_routes.get_or_create(&labels).set(count as i64);
             let limit = self.config.route_limit.map(|l| l as usize);
             if !inserts && limit.is_some_and(|limit| beyond_limit(hosts, count, own, limit)) {
                 // Agents that looked at once overfilled the network: the highest subnets withdraw.
-                self.limit_gauge(resolved).set(1);
-                self.note_owned(resolved, false);
                 let name = plan.owned.clone();
                 self.delete(&name).await.map_err(|e| failed(format!("withdrawing route {name}: {e}")))?;
                 info!(route = %name, "withdrew our route: the network holds more than route_limit");
-                self.owned = None;
+                self.owned.remove(&own);
                 return Err(Problem::NoRoom(format!(
                     "no room for route {own_name} in network {}: {count} routes of the cluster network \
                      (route_limit = {}); ours withdrawn, the lowest subnets keep theirs",
@@ -244,14 +250,12 @@ impl Routing {
             let prober = self.prober(known.leased, hosts, own);
             let refused = inserts
                 && !over_limit
-                && self.refusal.as_mut().is_some_and(|r| !r.allows_as(routes.len(), count, prober));
-            let learned = self.refusal.as_ref().map(Refusal::capacity);
+                && self.refusals.get_mut(&own).is_some_and(|r| !r.allows_as(routes.len(), count, prober));
+            let learned = self.refusals.values().map(Refusal::capacity).min();
             if let Some(capacity) = [limit, learned].into_iter().flatten().min() {
                 self.health.metrics.cloud_route_capacity.get_or_create(&labels).set(capacity as i64);
             }
             if inserts && (over_limit || refused) {
-                self.limit_gauge(resolved).set(1);
-                self.note_owned(resolved, false);
                 return Err(Problem::NoRoom(format!(
                     "no room for route {own_name} in network {}: {count} routes of the cluster network ({})",
                     resolved.network_name,
@@ -262,23 +266,28 @@ impl Routing {
                 )));
             }
         }
-        let result = self.apply_own(&plan, resolved).await;
-        self.note_owned(resolved, result.is_ok());
+        let result = self.apply_own(&plan).await;
         match &result {
             Err(Problem::NoRoom(_)) => {
-                self.refusal = listing.zip(cluster_routes).map(|(routes, cluster)| Refusal::new(routes.len(), cluster))
+                let refusal = listing.zip(cluster_routes).map(|(routes, cluster)| Refusal::new(routes.len(), cluster));
+                match refusal {
+                    Some(refusal) => self.refusals.insert(own, refusal),
+                    None => self.refusals.remove(&own),
+                };
             }
-            Ok(()) => self.refusal = None,
+            Ok(()) => {
+                self.refusals.remove(&own);
+            }
             Err(Problem::Failed(_)) => {}
         }
         result?;
-        if self.owned.as_deref() != Some(plan.owned.as_str()) {
+        if self.owned.get(&own) != Some(&plan.owned) {
             if plan.adopted {
                 info!(route = %plan.owned, subnet = %own, "adopted flannel's route for our subnet");
             } else {
                 info!(route = %plan.owned, subnet = %own, "our route is in place");
             }
-            self.owned = Some(plan.owned.clone());
+            self.owned.insert(own, plan.owned.clone());
         }
         Ok(())
     }
@@ -287,7 +296,7 @@ impl Routing {
         CloudTableLabels { provider: "gce".into(), table: resolved.network_name.clone() }
     }
 
-    async fn apply_own(&self, plan: &plan::OwnPlan, resolved: &Resolved) -> Result<(), Problem> {
+    async fn apply_own(&self, plan: &plan::OwnPlan) -> Result<(), Problem> {
         for step in &plan.steps {
             match step {
                 Step::Delete(name) => {
@@ -300,13 +309,9 @@ impl Routing {
                         Ok(op) => wait_for_operation(self.api.as_ref(), op, self.wait).await,
                         Err(e) => Err(e),
                     };
-                    let limit = self.limit_gauge(resolved);
                     match inserted {
-                        Ok(()) => {
-                            limit.set(0);
-                        }
+                        Ok(()) => {}
                         Err(e @ GceError::QuotaExceeded { .. }) => {
-                            limit.set(1);
                             return Err(Problem::NoRoom(format!(
                                 "no room for route {} ({} via {}): {e}; raise the quota or remove unused routes",
                                 spec.name, spec.dest_range, self.meta.instance
@@ -381,10 +386,13 @@ impl Routing {
     }
 
     /// Deletes our route (and flannel's one we adopted), when the cluster leaves the gce backend.
-    async fn remove_own(&mut self, own: Ipv4Net) -> Result<(), String> {
+    async fn remove_own(&mut self, own: LeaseKey) -> Result<(), String> {
         let resolved = self.resolve().await.map_err(|e| format!("looking up instance: {e}"))?;
         let mut failures = Vec::new();
-        for name in [route_name(&self.config.route_prefix, own), route_name(FLANNEL_PREFIX, own)] {
+        let prefix = self.config.route_prefix.clone();
+        let names: Vec<String> =
+            own.subnets().flat_map(|own| [route_name(&prefix, own), route_name(FLANNEL_PREFIX, own)]).collect();
+        for name in names {
             let ours = match self.get_route(&name).await {
                 Ok(Some(route)) => {
                     route.next_hop_instance.as_deref().is_some_and(|h| same_resource(h, &resolved.instance))
@@ -430,7 +438,7 @@ impl Provider for Routing {
     }
 
     /// Deletes our route (and flannel's one we adopted), when the cluster leaves the gce backend.
-    async fn teardown(&mut self, own: Ipv4Net) -> Result<(), String> {
+    async fn teardown(&mut self, own: LeaseKey) -> Result<(), String> {
         self.remove_own(own).await
     }
 }
@@ -445,7 +453,6 @@ mod tests {
     use super::*;
     use crate::backend::cloud::engine::{Engine, Outcome, Request};
     use crate::backend::cloud::{CloudPaths, Settings};
-    use crate::network::{Network, NetworkSection};
     use crate::store::local::LocalStore;
     use crate::store::Leadership;
 
@@ -494,8 +501,8 @@ mod tests {
                 network: "default".into(),
             };
             let api: Arc<dyn ComputeApi> = self.api.clone();
-            let section = NetworkSection { cidr: "10.244.0.0/16".into(), ..Default::default() };
-            let network = Network::new(&section).unwrap();
+            // Dual-stack: an IPv4-only lease in it is planned exactly as in an IPv4-only network.
+            let network = crate::network::dual_stack_for_tests();
             let mut routing = Routing::new(api, config, meta, &network, self.health.clone());
             // Passes here are back to back: two in a row confirm, as passes a recheck apart do.
             routing.stale = StaleTracker::default();
@@ -519,12 +526,45 @@ mod tests {
         }
     }
 
-    fn net(s: &str) -> Ipv4Net {
-        s.parse().unwrap()
+    fn net(s: &str) -> LeaseKey {
+        LeaseKey::from(s.parse::<ipnet::Ipv4Net>().unwrap())
     }
 
     fn desired(own: &str, leased: &[&str]) -> Request {
         Request { own: Some(net(own)), leased: Some(leased.iter().map(|s| net(s)).chain([net(own)]).collect()) }
+    }
+
+    fn dual(v4: &str, v6: &str) -> LeaseKey {
+        LeaseKey { subnet: v4.parse().unwrap(), subnet_v6: Some(v6.parse().unwrap()) }
+    }
+
+    /// Dual-stack: each subnet gets its route (an IPv6 `destRange`, the colons of its name as
+    /// dashes); a stale IPv6 route goes as an IPv4 one does; teardown removes both of ours.
+    #[tokio::test]
+    async fn dual_stack_routes_each_subnet() {
+        let rig = Rig::new();
+        rig.api.put("weft-2001-db8-42-9---64", "2001:db8:42:9::/64", "node-gone");
+        rig.api.put("weft-2001-db8-99---64", "2001:db8:99::/64", "node-gone");
+        let mut a = rig.agent("node-a");
+        let own = dual("10.244.1.0/24", "2001:db8:42:1::/64");
+        let request = Request { own: Some(own), leased: Some([own].into()) };
+        a.pass(&request).await.unwrap();
+        let routes = rig.api.routes.lock().unwrap().clone();
+        let v6 = &routes["weft-2001-db8-42-1---64"];
+        assert_eq!(v6.dest_range, "2001:db8:42:1::/64");
+        assert_eq!(v6.next_hop_instance.as_deref(), Some(super::super::fake::instance_link("node-a").as_str()));
+        assert_eq!(routes["weft-10-244-1-0-24"].dest_range, "10.244.1.0/24");
+        a.pass(&request).await.unwrap();
+        let names: Vec<String> = rig.api.routes.lock().unwrap().keys().cloned().collect();
+        assert_eq!(
+            names,
+            ["weft-10-244-1-0-24", "weft-2001-db8-42-1---64", "weft-2001-db8-99---64"],
+            "the stale IPv6 route went on the second sighting; the one outside the network stays"
+        );
+        let mut routing = rig.routing("node-a");
+        Provider::teardown(&mut routing, own).await.unwrap();
+        let names: Vec<String> = rig.api.routes.lock().unwrap().keys().cloned().collect();
+        assert_eq!(names, ["weft-2001-db8-99---64"]);
     }
 
     #[tokio::test]
