@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::gce_world::{GceWorld as World, NETWORK, OTHER_NETWORK, RECHECK, ZONE};
 use common::packets::{self, ping_once, reaches, unreachable_pairs};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use weft::lab::PodAddrs;
 
 const PROJECT: &str = "weft-packets";
@@ -116,4 +116,59 @@ fn gce_quota_of_three_every_pod_reaches_every_other_by_a_route_or_by_vxlan() {
         "gce overflow: converged in {took:?}; {} pairs pinged in {all_pairs:?}; the freed quota taken in {taken:?}",
         HOSTS * (HOSTS - 1)
     );
+}
+
+/// Dual-stack (issue 14): 4 hosts in one network, a project quota of 5 routes, overflow on. Each
+/// host's subnets get a route each (an IPv6 `destRange` for the IPv6 one) while the quota lasts;
+/// a peer rides the network's routes only when both of its subnets have one, and is reached over
+/// vxlan for both families otherwise. Every pod reaches every other over both families.
+#[test]
+fn gce_dual_stack_routes_both_families_and_overflows_a_peer_whole() {
+    const DUAL_HOSTS: usize = 4;
+    const DUAL_QUOTA: usize = 5;
+    let names: Vec<String> = (1..=DUAL_HOSTS).map(|i| format!("node-{i}")).collect();
+    let instances: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), NETWORK)).collect();
+    let mut world = World::dual_stack("weft-packets-v6", &instances);
+    world.api.api.set_route_quota(Some(DUAL_QUOTA));
+    world.apply("overflow = \"vxlan\"");
+    for i in 1..=DUAL_HOSTS {
+        world.start_agent(i);
+    }
+    let (subnets, pods) = world.pods();
+    let (subnets_v6, pods_v6) = world.pods_v6();
+    let routed = |world: &World, destination: String| {
+        world.api.api.routes().values().any(|r| r["destRange"].as_str() == Some(destination.as_str()))
+    };
+    let both_routed = |world: &World, j: usize| {
+        routed(world, subnets[j - 1].to_string()) && routed(world, subnets_v6[j - 1].to_string())
+    };
+    let split_right = |world: &World, i: usize| {
+        let over: Vec<usize> = (1..=DUAL_HOSTS).filter(|j| *j != i && !both_routed(world, *j)).collect();
+        let v4: BTreeSet<Ipv4Net> = over.iter().map(|j| subnets[j - 1]).collect();
+        let v6: BTreeSet<Ipv6Net> = over.iter().map(|j| subnets_v6[j - 1]).collect();
+        packets::overlay_routes(&world.cluster, i) == v4 && packets::overlay_routes_v6(&world.cluster, i) == v6
+    };
+    let took = world.wait("the quota used by both families, the rest over vxlan", Duration::from_secs(40), || {
+        world.api.api.routes().len() == DUAL_QUOTA && (1..=DUAL_HOSTS).all(|i| split_right(&world, i))
+    });
+    let whole = (1..=DUAL_HOSTS).filter(|j| both_routed(&world, *j)).count();
+    // Who got in first decides the split, but 5 routes among 4 hosts hold at least one whole.
+    assert!(whole >= 1, "no host has both of its routes");
+    let v6_route = world
+        .api
+        .api
+        .routes()
+        .values()
+        .find(|r| r["destRange"].as_str().is_some_and(|d| d.contains(':')))
+        .cloned()
+        .expect("an IPv6 route");
+    assert!(v6_route["name"].as_str().is_some_and(|n| n.starts_with("weft-2001-db8-42-")), "{v6_route}");
+    for i in 1..=DUAL_HOSTS {
+        assert!(world.ready(i), "h{i} not ready at the quota:\n{}", world.cluster.agent_log(i));
+    }
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv4: pods not reached: {failed:?}");
+    let failed = packets::unreachable_addrs(&world.cluster, &pods_v6, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv6: pods not reached: {failed:?}");
+    eprintln!("gce dual-stack overflow: converged in {took:?}; hosts routed whole: {whole}");
 }

@@ -200,7 +200,7 @@ impl World {
                     instance_id: node.instance_id.clone(),
                     interface_id: node.interface_id.clone(),
                 };
-                RoutedHost { ns: host.ns, addr: host.addr, cloud }
+                RoutedHost { ns: host.ns, addr: host.addr, addr_v6: None, cloud }
             })
             .collect();
         let (runtime, ec2) = (cloud.runtime.handle().clone(), cloud.ec2.clone());

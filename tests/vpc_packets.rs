@@ -77,6 +77,100 @@ fn pods_reach_each_other_only_through_the_route_tables() {
     eprintln!("router followed a deleted route in {followed:?}");
 }
 
+/// Dual-stack (issue 14): each host's IPv6 subnet is routed to its interface in every tagged
+/// table (`DestinationIpv6CidrBlock`) beside its IPv4 one, and pods reach each other over both
+/// families only through the tables: a deleted IPv6 route stops that family alone.
+#[test]
+fn dual_stack_pods_reach_each_other_over_both_families_through_the_route_tables() {
+    let mut world = World::dual_stack(3);
+    world.start_agents("");
+    let (subnets, pods) = world.pods();
+    let (subnets_v6, pods_v6) = world.pods_v6();
+    let took =
+        world.wait("both subnets of each node in every tagged table", Duration::from_secs(30), || {
+            world.vpc.tagged.iter().all(|t| {
+                (1..=3).all(|i| world.routes_to(t, subnets[i - 1], i) && world.routes_to(t, subnets_v6[i - 1], i))
+            })
+        });
+    world.wait("the router follows the IPv6 routes", Duration::from_secs(5), || {
+        (0..3).all(|i| {
+            (0..3).filter(|j| *j != i).all(|j| world.router().forwarding().hop(i, subnets_v6[j]) == Some(Hop::Host(j)))
+        })
+    });
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv4: pods not reached through the VPC: {failed:?}");
+    let failed = packets::unreachable_addrs(&world.cluster, &pods_v6, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv6: pods not reached through the VPC: {failed:?}");
+    for i in 1..=3 {
+        let routes = world.cluster.ip_json(&world.cluster.host(i).ns, &["-6", "route", "show", "proto", "87"]);
+        assert_eq!(routes, serde_json::json!([]), "h{i} has IPv6 kernel routes on aws-vpc");
+        assert!(world.ready(i), "h{i} not ready:\n{}", world.cluster.agent_log(i));
+    }
+
+    // h2's IPv6 route gone from h1's table: h1 → h2 stops for IPv6 only (h2's agent stopped
+    // first, or it would put the route back).
+    world.cluster.kill_agent(2);
+    let (ec2, table, cidr) = (world.ec2.clone(), world.vpc.tagged[0].clone(), subnets_v6[1].to_string());
+    world.call(async move { moto::delete_route(&ec2, &table, &cidr).await });
+    world.wait("the router drops h2's IPv6 route for h1", Duration::from_millis(500), || {
+        world.router().forwarding().hop(0, subnets_v6[1]).is_none()
+    });
+    assert!(!ping_once(&world.cluster.pod_ns(1), pods_v6[1]), "h1 reached h2 over IPv6 without a route");
+    assert!(ping_once(&world.cluster.pod_ns(1), pods[1].pod.addr()), "h1 lost h2 over IPv4 too");
+    assert!(ping_once(&world.cluster.pod_ns(3), pods_v6[1]), "h3's table still routes h2's IPv6 subnet");
+    world.start_agent(2);
+    assert!(reaches(&world.cluster.pod_ns(1), pods_v6[1], Duration::from_secs(15)), "h2's IPv6 route not restored");
+    eprintln!("dual-stack aws-vpc: both families routed in every table in {took:?}");
+}
+
+/// Dual-stack with overflow: 6 hosts, `route_limit = 3` routes per family and table. A peer rides
+/// the cloud only when our table carries both of its subnets; every other peer is reached over
+/// vxlan for both families (`flannel.1`, `flannel-v6.1`). Every pod reaches every other over both.
+#[test]
+fn dual_stack_overflow_takes_a_peer_to_vxlan_for_both_families_unless_the_cloud_carries_both() {
+    const HOSTS: usize = 6;
+    const LIMIT: usize = 3;
+    let mut world = World::dual_stack(HOSTS);
+    world.start_agents(&format!("overflow = \"vxlan\"\nroute_limit = {LIMIT}"));
+    let (subnets, pods) = world.pods();
+    let (subnets_v6, pods_v6) = world.pods_v6();
+    // Peer j of host i rides the cloud when i's own table (its zone's) routes both of j's subnets.
+    let by_cloud = |world: &World, i: usize| -> BTreeSet<usize> {
+        let table = &world.vpc.tagged[(i - 1) % 3];
+        (1..=HOSTS)
+            .filter(|j| *j != i)
+            .filter(|j| world.routes_to(table, subnets[j - 1], *j) && world.routes_to(table, subnets_v6[j - 1], *j))
+            .collect()
+    };
+    let split_right = |world: &World, i: usize| {
+        let cloud = by_cloud(world, i);
+        let over: BTreeSet<usize> = (1..=HOSTS).filter(|j| *j != i && !cloud.contains(j)).collect();
+        let v4: BTreeSet<Ipv4Net> = over.iter().map(|j| subnets[j - 1]).collect();
+        let v6: BTreeSet<ipnet::Ipv6Net> = over.iter().map(|j| subnets_v6[j - 1]).collect();
+        world.overlay_routes(i) == v4 && packets::overlay_routes_v6(&world.cluster, i) == v6
+    };
+    let within_limit = |world: &World| {
+        world.vpc.tagged.iter().all(|t| {
+            let network = |cidr: &str| cidr.parse::<ipnet::IpNet>().unwrap();
+            world.routes_within(t, network(common::aws_world::CIDR)).len() == LIMIT
+                && world.routes_within(t, network(common::cluster::POD_NETWORK_V6)).len() == LIMIT
+        })
+    };
+    let took = world.wait("tables full in both families, the rest over vxlan", Duration::from_secs(40), || {
+        within_limit(&world) && (1..=HOSTS).all(|i| split_right(&world, i))
+    });
+    for i in 1..=HOSTS {
+        assert!(world.ready(i), "h{i} not ready with full tables:\n{}", world.cluster.agent_log(i));
+    }
+    let failed = unreachable_pairs(&world.cluster, &pods, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv4: pods not reached: {failed:?}");
+    let failed = packets::unreachable_addrs(&world.cluster, &pods_v6, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv6: pods not reached: {failed:?}");
+    let split: Vec<(usize, usize)> =
+        (1..=HOSTS).map(|i| (by_cloud(&world, i).len(), world.overlay_routes(i).len())).collect();
+    eprintln!("dual-stack overflow: converged in {took:?}; (cloud, overlay) peers per host {split:?}");
+}
+
 /// A host in another VPC, overflow on: no table of the cluster's VPC routes to it and none of
 /// its own VPC's tables routes to the others, so it and they reach each other over vxlan, while
 /// the hosts of one VPC keep the cloud among themselves.

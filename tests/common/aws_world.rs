@@ -2,22 +2,27 @@
 //! own metadata server, reaching each other's pods only through the VPC router
 //! ([`super::vpc_router`]), which forwards what moto's route tables say. moto, the metadata
 //! servers and the router live in the cluster's service namespace.
+//!
+//! IPv4 unless built on a dual-stack underlay ([`AwsWorld::dual_stack`], [`AwsWorld::placed_on`]):
+//! then every host and the router have an IPv6 address too (2001:db8::/64), the router forwards
+//! IPv6 by the tables' IPv6 routes, each VPC has an IPv6 block (and its local route in every
+//! table), and [`AwsWorld::apply`] gives the network `ipv6_cidr` ([`POD_NETWORK_V6`]).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft::lab::PodAddrs;
 use weft::netns::Netns;
 
-use super::cluster::{runtime_in, Cluster};
+use super::cluster::{runtime_in, Cluster, Underlay, POD_NETWORK_V6};
 use super::imds::{self, Imds};
 use super::moto::{self, Fault, FaultProxy, Host, Moto, SeenRoute, Vpc};
 use super::packets;
-use super::vpc_router::{Identity, RoutedHost, VpcRouter};
+use super::vpc_router::{Identity, RoutedHost, RouterAddrs, VpcRouter};
 
 pub const CIDR: &str = "10.244.0.0/16";
 const MOTO_PORT: u16 = 5000;
@@ -37,6 +42,11 @@ pub enum Placement {
     OtherVpc(usize),
 }
 
+/// `hosts` placements, host i in zone subnet (i - 1) % 3.
+fn zoned(hosts: usize) -> Vec<Placement> {
+    (0..hosts).map(|i| Placement::Zone(i % 3)).collect()
+}
+
 /// The cluster, moto and the router; the router is dropped first (it reads moto), then the
 /// cluster.
 pub struct AwsWorld {
@@ -54,17 +64,32 @@ pub struct AwsWorld {
     pub placements: Vec<Placement>,
     /// Between the agents and moto once [`AwsWorld::with_proxy`] was called.
     pub proxy: Option<FaultProxy>,
+    pub underlay: Underlay,
 }
 
 impl AwsWorld {
     /// `hosts` hosts, host i in zone subnet (i - 1) % 3.
     pub fn new(hosts: usize) -> AwsWorld {
-        AwsWorld::placed(&(0..hosts).map(|i| Placement::Zone(i % 3)).collect::<Vec<_>>())
+        AwsWorld::placed(&zoned(hosts))
+    }
+
+    /// [`AwsWorld::new`] on a dual-stack underlay.
+    pub fn dual_stack(hosts: usize) -> AwsWorld {
+        AwsWorld::placed_on(&zoned(hosts), Underlay::DualStack)
     }
 
     /// One host per placement, host i at `placements[i - 1]`.
     pub fn placed(placements: &[Placement]) -> AwsWorld {
+        AwsWorld::placed_on(placements, Underlay::Ipv4)
+    }
+
+    /// [`AwsWorld::placed`] on `underlay`.
+    pub fn placed_on(placements: &[Placement], underlay: Underlay) -> AwsWorld {
+        let dual = underlay == Underlay::DualStack;
         let cluster = Cluster::with_etcd(placements.len());
+        if dual {
+            cluster.add_ipv6_underlay();
+        }
         let service = cluster.topology.service();
         let netns = Netns::open(&service.ns).expect("the service namespace");
         let runtime = runtime_in(&netns);
@@ -72,7 +97,14 @@ impl AwsWorld {
         let ec2 = moto::client(&moto.endpoint);
         let build = |runtime: &tokio::runtime::Runtime| {
             let ec2 = ec2.clone();
-            runtime.block_on(runtime.spawn(async move { moto::build_vpc(&ec2).await })).expect("building a VPC")
+            let built = async move {
+                let vpc = moto::build_vpc(&ec2).await;
+                if dual {
+                    moto::associate_ipv6(&ec2, &vpc.id).await;
+                }
+                vpc
+            };
+            runtime.block_on(runtime.spawn(built)).expect("building a VPC")
         };
         let vpc = build(&runtime);
         let other_vpc = placements.iter().any(|p| matches!(p, Placement::OtherVpc(_))).then(|| build(&runtime));
@@ -97,6 +129,7 @@ impl AwsWorld {
             routed.push(RoutedHost {
                 ns: node.ns,
                 addr: node.addr,
+                addr_v6: dual.then(|| cluster.host_v6(i + 1)),
                 cloud: Identity::Aws {
                     vpc_id: in_vpc.id.clone(),
                     subnet_id: subnet,
@@ -106,7 +139,8 @@ impl AwsWorld {
             });
             nodes.push((host, imds));
         }
-        let router = VpcRouter::start_aws(&service.ns, service.addr, runtime.handle().clone(), ec2.clone(), routed);
+        let addrs = RouterAddrs { v4: service.addr, v6: dual.then(|| cluster.service_v6()) };
+        let router = VpcRouter::start_aws(&service.ns, addrs, runtime.handle().clone(), ec2.clone(), routed);
         AwsWorld {
             router: Some(router),
             cluster,
@@ -118,6 +152,7 @@ impl AwsWorld {
             nodes,
             placements: placements.to_vec(),
             proxy: None,
+            underlay,
         }
     }
 
@@ -139,12 +174,15 @@ impl AwsWorld {
     }
 
     /// Agents started from now on call EC2 through a fault proxy, which answers
-    /// `RouteLimitExceeded` once a table holds `cluster_routes` routes of the cluster network.
+    /// `RouteLimitExceeded` once a table holds `cluster_routes` routes of the cluster network of
+    /// the route's family (EC2 counts IPv4 and IPv6 routes apart).
     pub fn with_table_capacity(&mut self, cluster_routes: usize) {
         let proxy = self.with_proxy();
         let (ec2, table) = (self.ec2.clone(), self.vpc.tagged[0].clone());
-        // The tables are alike: each has its local route, nothing else yet.
-        let others = self.call(async move { moto::routes(&ec2, &table).await }).len();
+        // The tables are alike: each has its local route of each family (IPv6 on a dual-stack
+        // underlay), nothing else yet; the IPv4 ones are counted.
+        let routes = self.call(async move { moto::routes(&ec2, &table).await });
+        let others = routes.keys().filter(|d| d.parse::<Ipv4Net>().is_ok()).count();
         proxy.inject(Fault::Capacity { routes: others + cluster_routes });
     }
 
@@ -158,10 +196,12 @@ impl AwsWorld {
         )
     }
 
-    /// Writes the config with `backend` as `[network.backend]` and applies it to the store.
+    /// Writes the config with `backend` as `[network.backend]` and applies it to the store; on a
+    /// dual-stack underlay the network has `ipv6_cidr` too.
     pub fn apply(&self, backend: &str) {
+        let ipv6 = self.underlay.network_lines();
         let network = format!(
-            "cidr = \"{CIDR}\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n[network.backend]\n{backend}"
+            "cidr = \"{CIDR}\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n{ipv6}[network.backend]\n{backend}"
         );
         self.cluster.write_config(&network);
         self.cluster.weft_ok(&["network", "apply"]);
@@ -197,24 +237,40 @@ impl AwsWorld {
         (infos.iter().map(|info| info.subnet).collect(), pods)
     }
 
-    /// Every route of `table`, by destination.
+    /// Each host's IPv6 subnet, read from its subnet.env, and its pod's IPv6 address: call after
+    /// [`AwsWorld::pods`] (it gives the pods made there an address of that subnet).
+    pub fn pods_v6(&self) -> (Vec<Ipv6Net>, Vec<Ipv6Addr>) {
+        (1..=self.nodes.len()).map(|i| self.cluster.add_pod_ipv6(i)).unzip()
+    }
+
+    /// Every route of `table` (IPv4 and IPv6), by destination.
     pub fn routes(&self, table: &str) -> BTreeMap<String, SeenRoute> {
         let (ec2, table) = (self.ec2.clone(), table.to_string());
         self.call(async move { moto::routes(&ec2, &table).await })
     }
 
-    /// Whether `table` routes `cidr` to host i's interface.
-    pub fn routes_to(&self, table: &str, cidr: Ipv4Net, i: usize) -> bool {
-        self.routes(table).get(&cidr.to_string()).is_some_and(|r| r.target == self.nodes[i - 1].0.interface_id)
+    /// Whether `table` routes `cidr` (IPv4 or IPv6) to host i's interface.
+    pub fn routes_to(&self, table: &str, cidr: impl Into<IpNet>, i: usize) -> bool {
+        let cidr = cidr.into().to_string();
+        self.routes(table).get(&cidr).is_some_and(|r| r.target == self.nodes[i - 1].0.interface_id)
     }
 
-    /// Routes of the cluster network in `table`: destination → target.
-    pub fn cluster_routes(&self, table: &str) -> Vec<(Ipv4Net, String)> {
-        let cidr: Ipv4Net = CIDR.parse().unwrap();
+    /// Routes of `table` into `network` (an IPv4 or IPv6 pod network): destination → target.
+    pub fn routes_within(&self, table: &str, network: IpNet) -> Vec<(IpNet, String)> {
         self.routes(table)
             .into_iter()
-            .filter_map(|(d, r)| d.parse::<Ipv4Net>().ok().filter(|d| cidr.contains(d)).map(|d| (d, r.target)))
+            .filter_map(|(d, r)| d.parse::<IpNet>().ok().filter(|d| network.contains(d)).map(|d| (d, r.target)))
             .collect()
+    }
+
+    /// Routes of the cluster's IPv4 network in `table`: destination → target.
+    pub fn cluster_routes(&self, table: &str) -> Vec<(Ipv4Net, String)> {
+        let cidr: IpNet = CIDR.parse().unwrap();
+        let v4 = |d: IpNet| match d {
+            IpNet::V4(d) => Some(d),
+            IpNet::V6(_) => None,
+        };
+        self.routes_within(table, cidr).into_iter().filter_map(|(d, t)| Some((v4(d)?, t))).collect()
     }
 
     /// weft's vxlan routes on host i.
@@ -285,6 +341,10 @@ impl AwsWorld {
         let tables = self.vpc.tagged.iter().chain([&self.vpc.main, &self.vpc.untagged]);
         for table in tables.chain(self.other_vpc.iter().flat_map(|v| &v.tagged)) {
             out.push_str(&format!("table {table}: {:?}\n", self.cluster_routes(table)));
+            if self.underlay == Underlay::DualStack {
+                let v6 = self.routes_within(table, POD_NETWORK_V6.parse().unwrap());
+                out.push_str(&format!("table {table} IPv6: {v6:?}\n"));
+            }
         }
         for i in 1..=self.nodes.len() {
             let log = self.cluster.agent_log(i);

@@ -8,22 +8,24 @@
 //! thread even on SIGKILL (parent-death signal); namespaces left by a killed test run are removed
 //! by the next one.
 //!
-//! Only documentation-range addresses (198.51.100.0/24) on the underlay; nothing is ever changed
-//! in the machine's own namespace.
+//! Only documentation-range addresses (198.51.100.0/24, and 2001:db8::/64 on a dual-stack
+//! underlay, [`Underlay`]) on the underlay; nothing is ever changed in the machine's own namespace.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv6Net;
 use tempfile::TempDir;
 use weft::lab::pods::{self, SubnetInfo};
 use weft::lab::report::Probe;
 use weft::lab::{agents, probe, wire, Node, PodAddrs, Topology};
 use weft::netns::Netns;
+use weft::subnet_env::SubnetEnv;
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 /// Each host namespace has its own loopback: every agent listens on the same address.
@@ -33,6 +35,32 @@ const ETCD_START_DEADLINE: Duration = Duration::from_secs(20);
 const SUBNET_DEADLINE: Duration = Duration::from_secs(20);
 
 static NEXT_CLUSTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The pods' IPv6 network of the dual-stack cloud tests (`ipv6_cidr`), beside 10.244.0.0/16: a
+/// documentation range, as in tests/dual_stack.rs.
+pub const POD_NETWORK_V6: &str = "2001:db8:42::/56";
+
+/// The underlay a test world builds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Underlay {
+    /// IPv4 only: every test's default.
+    #[default]
+    Ipv4,
+    /// Every host and the service namespace have an IPv6 address too
+    /// ([`Cluster::add_ipv6_underlay`]), and the VPC router forwards IPv6.
+    DualStack,
+}
+
+impl Underlay {
+    /// What `[network]` says for this underlay's pods beyond IPv4: `ipv6_cidr` on a dual-stack
+    /// one, nothing otherwise.
+    pub fn network_lines(self) -> String {
+        match self {
+            Underlay::Ipv4 => String::new(),
+            Underlay::DualStack => format!("ipv6_cidr = \"{POD_NETWORK_V6}\"\n"),
+        }
+    }
+}
 
 /// Namespace tests need root; CI runs as root. Never skip: a skipped test proves nothing.
 pub fn require_root() {
@@ -321,6 +349,52 @@ impl Cluster {
     pub fn agent_get(&self, i: usize, path: &str) -> Option<(u16, String)> {
         let addr: SocketAddr = AGENT_LISTEN.parse().expect("valid address");
         probe::http_get(&self.host_ns(i), addr, path).expect("enter host")
+    }
+
+    // ---- IPv6 underlay ----
+
+    /// Host i's IPv6 underlay address (given by [`Cluster::add_ipv6_underlay`]):
+    /// 2001:db8::<the last octet of its IPv4 address>, as `weft lab` gives it.
+    pub fn host_v6(&self, i: usize) -> Ipv6Addr {
+        self.host(i).addr_v6().addr()
+    }
+
+    /// The service namespace's IPv6 underlay address (the VPC router's), likewise.
+    pub fn service_v6(&self) -> Ipv6Addr {
+        self.topology.service().addr_v6().addr()
+    }
+
+    /// Gives every host and the service namespace (it must exist: etcd started) its IPv6
+    /// underlay address on `eth0`, a /64 without duplicate address detection, then waits until
+    /// no address on those links is tentative: the link-local ones still run DAD, and until it
+    /// ends neighbour discovery across the bridge may go unanswered.
+    pub fn add_ipv6_underlay(&self) {
+        let mut nodes = self.topology.host_nodes();
+        nodes.push(self.topology.service());
+        for node in &nodes {
+            wire::add_ipv6(&ns(&node.ns), "eth0", node.addr_v6())
+                .unwrap_or_else(|e| panic!("the IPv6 underlay address of {}: {e}", node.name));
+        }
+        let settled = |node: &Node| {
+            let links = self.ip_json(&node.ns, &["-6", "addr", "show", "dev", "eth0", "tentative"]);
+            links
+                .as_array()
+                .is_none_or(|links| links.iter().all(|l| l["addr_info"].as_array().is_none_or(Vec::is_empty)))
+        };
+        super::wait::until("no tentative IPv6 address on the underlay", Duration::from_secs(10), || {
+            nodes.iter().all(settled)
+        });
+    }
+
+    /// Gives host i's pod (made by [`Cluster::make_pod`]) an address of the host's IPv6 subnet,
+    /// as its subnet.env names it (`::1` on the bridge, `::2` in the pod, the pod's IPv6 default
+    /// route through the bridge). Returns the subnet and the pod's address.
+    pub fn add_pod_ipv6(&self, i: usize) -> (Ipv6Net, Ipv6Addr) {
+        let env = SubnetEnv::read(&self.subnet_file(i)).unwrap_or_else(|e| panic!("h{i}'s subnet.env: {e}"));
+        let v6 = env.ipv6.unwrap_or_else(|| panic!("h{i}'s subnet.env has no IPv6 subnet:\n{}", self.agent_log(i)));
+        let pod = pods::add_ipv6(&self.topology, &self.host(i), v6.subnet)
+            .unwrap_or_else(|e| panic!("h{i}'s pod IPv6 address: {e}"));
+        (v6.subnet, pod)
     }
 
     // ---- pods and traffic ----

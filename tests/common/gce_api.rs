@@ -3,7 +3,9 @@
 //! GCE does (selfLinks, `compute#operation`s that go PENDING → RUNNING → DONE across polls,
 //! Google's error bodies). No GCE emulator exists; this follows the API reference.
 //!
-//! Also `projects.get`, with the project's ROUTES quota and its usage.
+//! Also `projects.get`, with the project's ROUTES quota and its usage (routes of both families
+//! count alike). A route's `destRange` is an IPv4 or IPv6 CIDR and its name a GCE name; an insert
+//! with either malformed is refused with HTTP 400 `invalid`, as GCE does.
 //!
 //! Faults for tests: a route quota (the insert's operation ends in `QUOTA_EXCEEDED`, or the
 //! insert itself is refused with HTTP 403 `quotaExceeded`), and operations that end in error.
@@ -193,6 +195,18 @@ impl GceApi {
                    "networkInterfaces": [{"kind": "compute#networkInterface", "name": "nic0",
                                           "network": network, "networkIP": ip}]}),
         );
+    }
+
+    /// Makes the instance dual-stack, its `nic0` with `ipv6` as its internal IPv6 address, as
+    /// GCE shows an instance in a dual-stack subnet (`stackType`, `ipv6Address`).
+    pub fn set_instance_ipv6(&self, zone: &str, name: &str, ipv6: &str) {
+        if let Some(instance) = self.lock().instances.get_mut(&(zone.into(), name.into())) {
+            let nic = &mut instance["networkInterfaces"][0];
+            nic["stackType"] = json!("IPV4_IPV6");
+            nic["ipv6AccessType"] = json!("INTERNAL");
+            nic["ipv6Address"] = json!(ipv6);
+            nic["internalIpv6PrefixLength"] = json!(96);
+        }
     }
 
     /// Turns the instance's IP forwarding (`canIpForward`) on or off, as `instances.update` would.
@@ -468,14 +482,41 @@ async fn handle(State(api): State<GceApi>, method: Method, uri: Uri, headers: He
     }
 }
 
+/// GCE's rule for a resource name (RFC 1035): `[a-z]([-a-z0-9]{0,61}[a-z0-9])?`.
+fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes.iter().all(inner)
+        && bytes.last().is_some_and(|b| *b != b'-')
+}
+
+/// Google's answer to a field it cannot take: HTTP 400, reason `invalid`.
+fn invalid_field(field: &str, value: &str, rule: &str) -> Response {
+    google_error(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &format!("Invalid value for field 'resource.{field}': '{value}'. {rule}"),
+    )
+}
+
 fn insert_route(state: &mut Api, name: String, body: Value) -> Response {
     let project = state.project.clone();
-    if name.is_empty() || body["destRange"].as_str().is_none() {
+    let Some(dest) = body["destRange"].as_str().filter(|_| !name.is_empty()) else {
         return google_error(
             StatusCode::BAD_REQUEST,
             "required",
             "Required field 'resource.name' or 'destRange' not specified",
         );
+    };
+    if !valid_name(&name) {
+        let rule = "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'";
+        return invalid_field("name", &name, rule);
+    }
+    // A single IPv4 or IPv6 CIDR range.
+    if dest.parse::<ipnet::IpNet>().is_err() {
+        return invalid_field("destRange", dest, "Must be a valid IPv4 or IPv6 CIDR range.");
     }
     if state.routes.contains_key(&name) {
         return google_error(

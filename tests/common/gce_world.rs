@@ -2,20 +2,26 @@
 //! with its own metadata server, reaching each other's pods only through the VPC router
 //! ([`super::vpc_router`]), which forwards what the network's routes say. The API and metadata
 //! servers and the router live in the cluster's service namespace.
+//!
+//! IPv4 unless built on a dual-stack underlay ([`GceWorld::dual_stack`], [`GceWorld::on`]): then
+//! every host and the router have an IPv6 address too (2001:db8::/64), the router forwards IPv6
+//! by the network's IPv6 routes, the instances are dual-stack in the API, and [`GceWorld::apply`]
+//! gives the network `ipv6_cidr` ([`super::cluster::POD_NETWORK_V6`]).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use weft::lab::PodAddrs;
 use weft::netns::Netns;
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, Underlay};
 use super::gce_api::GceApiServer;
 use super::gce_metadata::MetadataServer;
 use super::packets;
-use super::vpc_router::{Identity, RoutedHost, VpcRouter};
+use super::vpc_router::{Identity, RoutedHost, RouterAddrs, VpcRouter};
 
 pub const ZONE: &str = "europe-west1-b";
 pub const NETWORK: &str = "default";
@@ -33,13 +39,28 @@ pub struct GceWorld {
     pub metadata: Vec<MetadataServer>,
     /// Host i's instance name and network at index i - 1.
     pub instances: Vec<(String, String)>,
+    pub underlay: Underlay,
 }
 
 impl GceWorld {
     /// One host per `(instance name, network)`, host i at index i - 1; the project has both
     /// [`NETWORK`] and [`OTHER_NETWORK`].
     pub fn new(project: &str, instances: &[(&str, &str)]) -> GceWorld {
+        GceWorld::on(project, instances, Underlay::Ipv4)
+    }
+
+    /// [`GceWorld::new`] on a dual-stack underlay.
+    pub fn dual_stack(project: &str, instances: &[(&str, &str)]) -> GceWorld {
+        GceWorld::on(project, instances, Underlay::DualStack)
+    }
+
+    /// [`GceWorld::new`] on `underlay`.
+    pub fn on(project: &str, instances: &[(&str, &str)], underlay: Underlay) -> GceWorld {
+        let dual = underlay == Underlay::DualStack;
         let cluster = Cluster::with_etcd(instances.len());
+        if dual {
+            cluster.add_ipv6_underlay();
+        }
         let service = cluster.topology.service();
         let netns = Netns::open(&service.ns).expect("the service namespace");
         let api = GceApiServer::start_in(project, &netns, service.addr);
@@ -51,16 +72,21 @@ impl GceWorld {
             let host = cluster.host(i + 1);
             let ip = host.addr.to_string();
             api.api.add_instance(ZONE, name, network, &ip);
+            let addr_v6 = dual.then(|| cluster.host_v6(i + 1));
+            if let Some(v6) = addr_v6 {
+                api.api.set_instance_ipv6(ZONE, name, &v6.to_string());
+            }
             let server = MetadataServer::start_in(project, ZONE, name, network, &ip, &netns, service.addr);
             api.api.allow_token(&server.token, name);
             metadata.push(server);
             let cloud =
                 Identity::Gce { network: api.api.network_link(network), instance: api.api.instance_link(ZONE, name) };
-            routed.push(RoutedHost { ns: host.ns, addr: host.addr, cloud });
+            routed.push(RoutedHost { ns: host.ns, addr: host.addr, addr_v6, cloud });
         }
-        let router = VpcRouter::start_gce(&service.ns, service.addr, api.api.clone(), routed);
+        let addrs = RouterAddrs { v4: service.addr, v6: dual.then(|| cluster.service_v6()) };
+        let router = VpcRouter::start_gce(&service.ns, addrs, api.api.clone(), routed);
         let instances = instances.iter().map(|(n, net)| (n.to_string(), net.to_string())).collect();
-        GceWorld { router: Some(router), cluster, api, metadata, instances }
+        GceWorld { router: Some(router), cluster, api, metadata, instances, underlay }
     }
 
     pub fn router(&self) -> &VpcRouter {
@@ -75,10 +101,12 @@ impl GceWorld {
         self.api.api.instance_link(ZONE, self.instance(i))
     }
 
-    /// Writes the config (gce, `extra` backend keys) and applies it to the store.
+    /// Writes the config (gce, `extra` backend keys) and applies it to the store; on a dual-stack
+    /// underlay the network has `ipv6_cidr` too.
     pub fn apply(&self, extra: &str) {
+        let ipv6 = self.underlay.network_lines();
         let network = format!(
-            "cidr = \"10.244.0.0/16\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n\
+            "cidr = \"10.244.0.0/16\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n{ipv6}\
              [network.backend]\ntype = \"gce\"\nrecheck = \"{}s\"\n{extra}\n",
             RECHECK.as_secs()
         );
@@ -112,7 +140,13 @@ impl GceWorld {
         (infos.iter().map(|info| info.subnet).collect(), pods)
     }
 
-    /// Destinations the routes of host i's network send to an instance, i's own left out.
+    /// Each host's IPv6 subnet, read from its subnet.env, and its pod's IPv6 address: call after
+    /// [`GceWorld::pods`] (it gives the pods made there an address of that subnet).
+    pub fn pods_v6(&self) -> (Vec<Ipv6Net>, Vec<Ipv6Addr>) {
+        (1..=self.instances.len()).map(|i| self.cluster.add_pod_ipv6(i)).unzip()
+    }
+
+    /// IPv4 destinations the routes of host i's network send to an instance, i's own left out.
     pub fn carried(&self, subnets: &[Ipv4Net], i: usize) -> BTreeSet<Ipv4Net> {
         let network = self.api.api.network_link(&self.instances[i - 1].1);
         let tail = |link: &str| link.rsplit("/networks/").next().map(str::to_string);

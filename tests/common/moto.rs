@@ -188,6 +188,20 @@ pub async fn build_vpc(ec2: &Client) -> Vpc {
     Vpc { id, subnets, tagged, untagged, main, loose_subnet, spare_interface }
 }
 
+/// Gives the VPC an Amazon-provided IPv6 block (`AssociateVpcCidrBlock`), as a dual-stack VPC
+/// has; returns it. moto then adds its local route to every table of the VPC, as EC2 does. (moto
+/// takes an IPv6 route without it; EC2's tables of a dual-stack VPC have it.)
+pub async fn associate_ipv6(ec2: &Client, vpc: &str) -> String {
+    let out = ec2
+        .associate_vpc_cidr_block()
+        .vpc_id(vpc)
+        .amazon_provided_ipv6_cidr_block(true)
+        .send()
+        .await
+        .expect("AssociateVpcCidrBlock");
+    out.ipv6_cidr_block_association().and_then(|a| a.ipv6_cidr_block()).expect("an IPv6 block").to_string()
+}
+
 /// The VPC's main route table (every VPC has one).
 pub async fn main_table(ec2: &Client, vpc: &str) -> String {
     ec2.describe_route_tables()
@@ -253,7 +267,8 @@ pub async fn launch_at(ec2: &Client, subnet: &str, private_ip: Option<Ipv4Addr>)
     }
 }
 
-/// A route as the test checks it: destination → (interface id or other target, state).
+/// A route as the test checks it: destination (IPv4 or IPv6) → (interface id or other target,
+/// state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenRoute {
     pub target: String,
@@ -269,15 +284,35 @@ pub async fn routes(ec2: &Client, table: &str) -> BTreeMap<String, SeenRoute> {
         .filter_map(|r| {
             let target = r.network_interface_id().or(r.gateway_id()).or(r.instance_id()).unwrap_or("?").to_string();
             let origin = r.origin().map(|o| o.as_str().to_string()).unwrap_or_default();
-            Some((r.destination_cidr_block()?.to_string(), SeenRoute { target, origin }))
+            let destination = r.destination_cidr_block().or(r.destination_ipv6_cidr_block())?;
+            Some((destination.to_string(), SeenRoute { target, origin }))
         })
         .collect()
 }
 
+/// Whether `cidr` is IPv6: EC2 takes it in `DestinationIpv6CidrBlock`, an IPv4 one in
+/// `DestinationCidrBlock`.
+fn is_ipv6(cidr: &str) -> bool {
+    cidr.contains(':')
+}
+
+/// `cidr` as a route request carries it: (`DestinationCidrBlock`, `DestinationIpv6CidrBlock`).
+fn destination(cidr: &str) -> (Option<String>, Option<String>) {
+    let given = Some(cidr.to_string());
+    if is_ipv6(cidr) {
+        (None, given)
+    } else {
+        (given, None)
+    }
+}
+
+/// A route to `cidr` (IPv4 or IPv6) through `eni`.
 pub async fn create_route(ec2: &Client, table: &str, cidr: &str, eni: &str) {
+    let (v4, v6) = destination(cidr);
     ec2.create_route()
         .route_table_id(table)
-        .destination_cidr_block(cidr)
+        .set_destination_cidr_block(v4)
+        .set_destination_ipv6_cidr_block(v6)
         .network_interface_id(eni)
         .send()
         .await
@@ -285,9 +320,11 @@ pub async fn create_route(ec2: &Client, table: &str, cidr: &str, eni: &str) {
 }
 
 pub async fn replace_route(ec2: &Client, table: &str, cidr: &str, eni: &str) {
+    let (v4, v6) = destination(cidr);
     ec2.replace_route()
         .route_table_id(table)
-        .destination_cidr_block(cidr)
+        .set_destination_cidr_block(v4)
+        .set_destination_ipv6_cidr_block(v6)
         .network_interface_id(eni)
         .send()
         .await
@@ -295,7 +332,14 @@ pub async fn replace_route(ec2: &Client, table: &str, cidr: &str, eni: &str) {
 }
 
 pub async fn delete_route(ec2: &Client, table: &str, cidr: &str) {
-    ec2.delete_route().route_table_id(table).destination_cidr_block(cidr).send().await.expect("DeleteRoute");
+    let (v4, v6) = destination(cidr);
+    ec2.delete_route()
+        .route_table_id(table)
+        .set_destination_cidr_block(v4)
+        .set_destination_ipv6_cidr_block(v6)
+        .send()
+        .await
+        .expect("DeleteRoute");
 }
 
 pub async fn source_dest_check(ec2: &Client, eni: &str) -> Option<bool> {
@@ -320,13 +364,15 @@ pub enum Fault {
     RouteLimit { table: String },
     /// The next `times` calls of `action` answer `RequestLimitExceeded` (HTTP 503).
     Throttle { action: String, times: usize },
-    /// `DescribeRouteTables` answers show the route to `cidr` as a blackhole (moto has none).
+    /// `DescribeRouteTables` answers show the route to `cidr` (IPv4 or IPv6) as a blackhole
+    /// (moto has none).
     Blackhole { cidr: String },
     /// Calls of `action` answer `UnauthorizedOperation`, as EC2 does for an action the role lacks.
     Unauthorized { action: String },
-    /// Every table holds at most `routes` routes (its local route included): `CreateRoute` into
-    /// a table that has them answers `RouteLimitExceeded`, as EC2 does at the quota (moto has
-    /// none). Route creations are serialized, so racing agents cannot overfill a table.
+    /// Every table holds at most `routes` routes of each family (its local route of that family
+    /// included): `CreateRoute` into a table that has them answers `RouteLimitExceeded`, as EC2
+    /// does at the quota, which it counts for IPv4 and IPv6 routes apart (moto has none). Route
+    /// creations are serialized, so racing agents cannot overfill a table.
     Capacity { routes: usize },
 }
 
@@ -490,6 +536,8 @@ async fn handle(
     }
     let upstream = proxy.upstream;
     let capacity = proxy.capacity().filter(|_| action == "CreateRoute");
+    // The family of the route asked for: the quota counts each apart.
+    let ipv6 = !form_value(&text, "DestinationIpv6CidrBlock").is_empty();
     let _creating = match capacity {
         Some(_) => Some(proxy.creating.clone().lock_owned().await),
         None => None,
@@ -500,7 +548,7 @@ async fn handle(
         let (m, u, h) = (method.clone(), uri.clone(), headers.clone());
         let listed = tokio::task::spawn_blocking(move || forward(upstream, &m, &u, &h, query.as_bytes())).await;
         let routes = match listed {
-            Ok(Ok((200, _, xml))) => xml.matches("<destinationCidrBlock>").count(),
+            Ok(Ok((200, _, xml))) => xml.matches(&format!("<{}>", destination_tag(ipv6))).count(),
             _ => return (StatusCode::BAD_GATEWAY, "the capacity check could not list the table").into_response(),
         };
         if routes >= capacity {
@@ -567,9 +615,20 @@ fn forward(
     Ok((status, content_type, body.to_string()))
 }
 
-/// Rewrites the state of the route item to `cidr` in a DescribeRouteTables answer.
+/// The element of a route item (in moto's DescribeRouteTables answer, as in EC2's) that holds its
+/// destination: one per family.
+fn destination_tag(ipv6: bool) -> &'static str {
+    if ipv6 {
+        "destinationIpv6CidrBlock"
+    } else {
+        "destinationCidrBlock"
+    }
+}
+
+/// Rewrites the state of the route item to `cidr` (IPv4 or IPv6) in a DescribeRouteTables answer.
 fn mark_blackhole(xml: &str, cidr: &str) -> String {
-    let needle = format!("<destinationCidrBlock>{cidr}</destinationCidrBlock>");
+    let tag = destination_tag(is_ipv6(cidr));
+    let needle = format!("<{tag}>{cidr}</{tag}>");
     let mut out = String::with_capacity(xml.len());
     let mut rest = xml;
     while let Some(at) = rest.find(&needle) {

@@ -17,13 +17,18 @@
 //! The same router follows the GCE test server ([`VpcRouter::start_gce`]): routes apply to the
 //! whole network, a next-hop instance is that host, `canIpForward` off acts as the check.
 //!
+//! Both families, one path: a destination is an [`IpNet`]; an IPv6 one goes via the hop host's
+//! IPv6 underlay address ([`RoutedHost::addr_v6`]) when the router has one too
+//! ([`RouterAddrs::v6`]): then IPv6 is forwarded, each host's IPv6 default route is the router
+//! and the check covers IPv6 as well. Without, the router is IPv4 only, as before.
+//!
 //! It follows moto every 100 ms (so a change shows within 200 ms) and applies only what changed.
-//! ICMP redirects are off on both sides, so the router stays in the path. It changes only the
-//! namespaces it is given.
+//! ICMP redirects are off on both sides (IPv6 has no `send_redirects`: nftables drops the
+//! router's), so the router stays in the path. It changes only the namespaces it is given.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::gce_api::GceApi;
 
@@ -46,7 +51,23 @@ const NFT_TABLE: &str = "weft_test_vpc";
 pub struct RoutedHost {
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 underlay address, on a dual-stack underlay: only then is it a next hop for IPv6.
+    pub addr_v6: Option<Ipv6Addr>,
     pub cloud: Identity,
+}
+
+/// The router's own addresses on the underlay, each its family's default gateway of every host.
+/// Without `v6` the router forwards IPv4 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterAddrs {
+    pub v4: Ipv4Addr,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl From<Ipv4Addr> for RouterAddrs {
+    fn from(v4: Ipv4Addr) -> RouterAddrs {
+        RouterAddrs { v4, v6: None }
+    }
 }
 
 /// Who a host is to the VPC.
@@ -59,6 +80,15 @@ pub enum Identity {
 }
 
 impl RoutedHost {
+    /// Its underlay address of `destination`'s family: where the router sends what this host is
+    /// the next hop of. None for IPv6 without an IPv6 address.
+    fn via(&self, destination: &IpNet) -> Option<IpAddr> {
+        match destination {
+            IpNet::V4(_) => Some(self.addr.into()),
+            IpNet::V6(_) => self.addr_v6.map(IpAddr::from),
+        }
+    }
+
     fn aws(&self) -> Option<(&str, &str, &str)> {
         match &self.cloud {
             Identity::Aws { subnet_id, instance_id, interface_id, .. } => Some((subnet_id, instance_id, interface_id)),
@@ -93,14 +123,14 @@ pub enum Hop {
 /// source/dest check is on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forwarding {
-    pub routes: Vec<BTreeMap<Ipv4Net, Hop>>,
+    pub routes: Vec<BTreeMap<IpNet, Hop>>,
     pub checked: BTreeSet<usize>,
 }
 
 impl Forwarding {
-    /// The host that `from` reaches `destination` through, if any.
-    pub fn hop(&self, from: usize, destination: Ipv4Net) -> Option<Hop> {
-        self.routes.get(from).and_then(|routes| routes.get(&destination)).copied()
+    /// The host that `from` reaches `destination` (an IPv4 or IPv6 subnet) through, if any.
+    pub fn hop(&self, from: usize, destination: impl Into<IpNet>) -> Option<Hop> {
+        self.routes.get(from).and_then(|routes| routes.get(&destination.into())).copied()
     }
 }
 
@@ -154,17 +184,17 @@ fn mac_of(ns: &str) -> String {
 }
 
 impl VpcRouter {
-    /// Makes `router_ns` (at `router_addr` on the underlay) every host's router and starts
-    /// following moto's VPCs (each host's own). `runtime` runs the EC2 calls (its threads must be where
-    /// moto can be reached).
+    /// Makes `router_ns` (at `router` on the underlay: an IPv4 address, or [`RouterAddrs`] with
+    /// an IPv6 one) every host's router and starts following moto's VPCs (each host's own).
+    /// `runtime` runs the EC2 calls (its threads must be where moto can be reached).
     pub fn start_aws(
         router_ns: &str,
-        router_addr: Ipv4Addr,
+        router: impl Into<RouterAddrs>,
         runtime: tokio::runtime::Handle,
         ec2: Client,
         hosts: Vec<RoutedHost>,
     ) -> VpcRouter {
-        set_up(router_ns, router_addr, &hosts);
+        set_up(router_ns, router.into(), &hosts);
         let read_hosts = hosts.clone();
         let read = move || {
             let (ec2, hosts) = (ec2.clone(), read_hosts.clone());
@@ -175,8 +205,13 @@ impl VpcRouter {
 
     /// Likewise for the GCE test server's routes: network-wide, next hop instance → that host;
     /// an instance without `canIpForward` is treated as EC2 treats the source/dest check.
-    pub fn start_gce(router_ns: &str, router_addr: Ipv4Addr, api: GceApi, hosts: Vec<RoutedHost>) -> VpcRouter {
-        set_up(router_ns, router_addr, &hosts);
+    pub fn start_gce(
+        router_ns: &str,
+        router: impl Into<RouterAddrs>,
+        api: GceApi,
+        hosts: Vec<RoutedHost>,
+    ) -> VpcRouter {
+        set_up(router_ns, router.into(), &hosts);
         let read_hosts = hosts.clone();
         VpcRouter::follow(router_ns, hosts, move || Ok(read_gce(&api, &read_hosts)))
     }
@@ -228,28 +263,48 @@ impl Drop for VpcRouter {
 }
 
 /// Forwarding on, redirects off, each host's frames marked, each mark its table, each host's
-/// default route through the router.
-fn set_up(router_ns: &str, router_addr: Ipv4Addr, hosts: &[RoutedHost]) {
+/// default route through the router; for IPv6 as well when the router has an IPv6 address (then
+/// the hosts with one get their IPv6 default route through it).
+fn set_up(router_ns: &str, router: RouterAddrs, hosts: &[RoutedHost]) {
     sysctl(router_ns, "net.ipv4.ip_forward", "1");
     for scope in ["all", "default", "eth0"] {
         sysctl(router_ns, &format!("net.ipv4.conf.{scope}.send_redirects"), "0");
         // Pod sources have no route back here but through the tables: not a spoof.
         sysctl(router_ns, &format!("net.ipv4.conf.{scope}.rp_filter"), "0");
     }
+    if router.v6.is_some() {
+        // IPv6 has neither send_redirects (the output chain drops them) nor rp_filter.
+        sysctl(router_ns, "net.ipv6.conf.all.forwarding", "1");
+    }
     let mut marks = String::new();
     for (i, host) in hosts.iter().enumerate() {
         marks.push_str(&format!("    ether saddr {} meta mark set {}\n", mac_of(&host.ns), TABLE_BASE + i as u32));
         let table = (TABLE_BASE + i as u32).to_string();
-        must("ip", &["-n", router_ns, "rule", "add", "fwmark", &table, "lookup", &table, "priority", &table]);
-        for scope in ["all", "default", "eth0"] {
-            sysctl(&host.ns, &format!("net.ipv4.conf.{scope}.accept_redirects"), "0");
+        // The router's address of each family it forwards for this host: IPv4, and IPv6 when
+        // both have an IPv6 address.
+        let v6 = router.v6.filter(|_| host.addr_v6.is_some()).map(IpAddr::from);
+        for gateway in [Some(IpAddr::from(router.v4)), v6].into_iter().flatten() {
+            let (flag, family) = if gateway.is_ipv4() { ("-4", "ipv4") } else { ("-6", "ipv6") };
+            must("ip", &["-n", router_ns, flag, "rule", "add", "fwmark", &table, "lookup", &table, "priority", &table]);
+            for scope in ["all", "default", "eth0"] {
+                sysctl(&host.ns, &format!("net.{family}.conf.{scope}.accept_redirects"), "0");
+            }
+            must("ip", &["-n", &host.ns, flag, "route", "replace", "default", "via", &gateway.to_string()]);
         }
-        must("ip", &["-n", &host.ns, "route", "replace", "default", "via", &router_addr.to_string()]);
     }
+    // `inet`: the marks and the check rules see both families.
     let script = format!(
-        "table ip {NFT_TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority -150; policy accept;\n{marks}  }}\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n  }}\n}}\n"
+        "table inet {NFT_TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority -150; policy accept;\n{marks}  }}\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n  }}\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    icmpv6 type nd-redirect drop\n  }}\n}}\n"
     );
     nft(router_ns, &script).unwrap_or_else(|e| panic!("VPC router setup: {e}"));
+}
+
+/// `ip`'s flag for `destination`'s family: a route is added and deleted in its own family.
+fn family_flag(destination: &IpNet) -> &'static str {
+    match destination {
+        IpNet::V4(_) => "-4",
+        IpNet::V6(_) => "-6",
+    }
 }
 
 /// Brings the router's tables and check rules from `installed` to `wanted`.
@@ -257,32 +312,55 @@ fn apply(ns: &str, hosts: &[RoutedHost], installed: &mut Forwarding, wanted: &Fo
     for (i, routes) in wanted.routes.iter().enumerate() {
         let table = (TABLE_BASE + i as u32).to_string();
         let have = &mut installed.routes[i];
-        for (destination, hop) in routes {
+        // A host without an IPv6 underlay address cannot be an IPv6 destination's next hop here:
+        // the router has no address to send it to. Such a route is left out (not forwarded, and
+        // not in `forwarding()`), as if the VPC had none.
+        let routes: BTreeMap<IpNet, Hop> = routes
+            .iter()
+            .filter(|(destination, hop)| match hop {
+                Hop::Host(j) => hosts[*j].via(destination).is_some(),
+                Hop::Drop => true,
+            })
+            .map(|(destination, hop)| (*destination, *hop))
+            .collect();
+        for (destination, hop) in &routes {
             if have.get(destination) == Some(hop) {
                 continue;
             }
-            let dest = destination.to_string();
+            let (dest, flag) = (destination.to_string(), family_flag(destination));
             match hop {
                 Hop::Host(j) => {
-                    let via = hosts[*j].addr.to_string();
-                    run("ip", &["-n", ns, "route", "replace", &dest, "via", &via, "table", &table])?
+                    let via = hosts[*j].via(destination).expect("kept only with an address").to_string();
+                    run("ip", &["-n", ns, flag, "route", "replace", &dest, "via", &via, "table", &table])?
                 }
-                Hop::Drop => run("ip", &["-n", ns, "route", "replace", "blackhole", &dest, "table", &table])?,
+                Hop::Drop => run("ip", &["-n", ns, flag, "route", "replace", "blackhole", &dest, "table", &table])?,
             }
             have.insert(*destination, *hop);
         }
-        let gone: Vec<Ipv4Net> = have.keys().filter(|d| !routes.contains_key(d)).copied().collect();
+        let gone: Vec<IpNet> = have.keys().filter(|d| !routes.contains_key(d)).copied().collect();
         for destination in gone {
-            run("ip", &["-n", ns, "route", "del", &destination.to_string(), "table", &table])?;
+            run(
+                "ip",
+                &["-n", ns, family_flag(&destination), "route", "del", &destination.to_string(), "table", &table],
+            )?;
             have.remove(&destination);
         }
     }
     if installed.checked != wanted.checked {
-        let mut script = format!("flush chain ip {NFT_TABLE} forward\n");
+        let mut script = format!("flush chain inet {NFT_TABLE} forward\n");
         for i in &wanted.checked {
             let (addr, mac) = (hosts[*i].addr, mac_of(&hosts[*i].ns));
-            script.push_str(&format!("add rule ip {NFT_TABLE} forward rt ip nexthop {addr} ip daddr != {addr} drop\n"));
-            script.push_str(&format!("add rule ip {NFT_TABLE} forward ether saddr {mac} ip saddr != {addr} drop\n"));
+            let rule = |rule: String| format!("add rule inet {NFT_TABLE} forward {rule} drop\n");
+            script.push_str(&rule(format!("rt ip nexthop {addr} ip daddr != {addr}")));
+            script.push_str(&rule(format!("ether saddr {mac} ip saddr != {addr}")));
+            match hosts[*i].addr_v6 {
+                Some(v6) => {
+                    script.push_str(&rule(format!("rt ip6 nexthop {v6} ip6 daddr != {v6}")));
+                    script.push_str(&rule(format!("ether saddr {mac} ip6 saddr != {v6}")));
+                }
+                // Never a next hop of IPv6; anything IPv6 it sends is from an address not its own.
+                None => script.push_str(&rule(format!("ether saddr {mac} meta nfproto ipv6"))),
+            }
         }
         nft(ns, &script)?;
         installed.checked = wanted.checked.clone();
@@ -290,9 +368,10 @@ fn apply(ns: &str, hosts: &[RoutedHost], installed: &mut Forwarding, wanted: &Fo
     Ok(())
 }
 
-/// What the VPC forwards, read from moto: each host's table (association, else its VPC's main)
-/// and each host's source/dest check. A route in one VPC's table to another VPC's instance is
-/// followed as if the VPCs were peered; the tests do not write such routes.
+/// What the VPC forwards, read from moto: each host's table (association, else its VPC's main),
+/// its IPv4 and IPv6 routes, and each host's source/dest check. A route in one VPC's table to
+/// another VPC's instance is followed as if the VPCs were peered; the tests do not write such
+/// routes.
 async fn read_moto(ec2: &Client, hosts: &[RoutedHost]) -> Result<Forwarding, String> {
     let tables = ec2.describe_route_tables().send().await.map_err(|e| format!("{e:?}"))?;
     let tables = tables.route_tables();
@@ -309,7 +388,8 @@ async fn read_moto(ec2: &Client, hosts: &[RoutedHost]) -> Result<Forwarding, Str
         let mut seen = BTreeMap::new();
         let applies = associated.or_else(|| main_of(host.aws_vpc()));
         for route in applies.map(|t| t.routes()).unwrap_or_default() {
-            let Some(destination) = route.destination_cidr_block().and_then(|d| d.parse::<Ipv4Net>().ok()) else {
+            let destination = route.destination_cidr_block().or(route.destination_ipv6_cidr_block());
+            let Some(destination) = destination.and_then(|d| d.parse::<IpNet>().ok()) else {
                 continue;
             };
             let blackhole = route.state().is_some_and(|s| s.as_str() == "blackhole");
@@ -356,7 +436,8 @@ fn read_gce(api: &GceApi, hosts: &[RoutedHost]) -> Forwarding {
         let network = host.gce().map(|(network, _)| resource(network)).unwrap_or_default();
         let mut seen = BTreeMap::new();
         for route in all.values().filter(|r| r["network"].as_str().map(resource) == Some(network)) {
-            let Some(destination) = route["destRange"].as_str().and_then(|d| d.parse::<Ipv4Net>().ok()) else {
+            // IPv4 or IPv6.
+            let Some(destination) = route["destRange"].as_str().and_then(|d| d.parse::<IpNet>().ok()) else {
                 continue;
             };
             if let Some(j) = route["nextHopInstance"].as_str().and_then(host_of) {
