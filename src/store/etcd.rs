@@ -36,6 +36,13 @@ const MAX_LIST_BYTES: usize = 256 * 1024 * 1024;
 /// decoded response small for the agent and for etcd: 10,000 leases in one answer cost the agent
 /// 5 MB of buffers at start-up, in pages of 1,000 a tenth of that, for 9 more round trips.
 const LIST_PAGE: i64 = 1_000;
+/// Tries of one page of a listing. A read changes nothing, so a page etcd did not answer in
+/// time is asked again by itself: under a fleet's start-up (every agent lists every lease at
+/// once) the pages already read are kept rather than the whole listing failing and starting over.
+const PAGE_ATTEMPTS: u32 = 3;
+/// The first pause before a page is asked again (jittered, growing): an overloaded etcd gets a
+/// moment rather than the same request at once.
+const PAGE_RETRY: Duration = Duration::from_millis(250);
 /// Up to this many unknown expiries are resolved key by key; more take one range read.
 const KEY_BY_KEY_LOOKUPS: usize = 32;
 /// TTL lookups in flight at once.
@@ -498,12 +505,24 @@ impl LeaseStore for EtcdStore {
                 None => options,
             };
             let key = from.clone();
-            let mut resp = self
-                .request(context, |client| {
-                    let (key, options) = (key.clone(), options.clone());
-                    async move { client.kv_client().max_decoding_message_size(MAX_LIST_BYTES).get(key, Some(options)).await }
-                })
-                .await?;
+            let (mut attempt, mut pause) = (1, Backoff::exponential(PAGE_RETRY, PAGE_RETRY * 8));
+            let mut resp = loop {
+                let answer = self
+                    .request(context, |client| {
+                        let (key, options) = (key.clone(), options.clone());
+                        async move {
+                            client.kv_client().max_decoding_message_size(MAX_LIST_BYTES).get(key, Some(options)).await
+                        }
+                    })
+                    .await;
+                match answer {
+                    Err(StoreError::Unavailable { .. }) if attempt < PAGE_ATTEMPTS => {
+                        attempt += 1;
+                        tokio::time::sleep(pause.step()).await;
+                    }
+                    answer => break answer?,
+                }
+            };
             if revision.is_none() {
                 revision = Some(header_revision(resp.header(), context)?);
             }

@@ -212,6 +212,8 @@ impl AwsRoutes {
             return Pass { carried: Some(carried), ..Pass::default() };
         };
         let own: Vec<IpNet> = own.subnets().collect();
+        // What a table told us of a subnet we no longer hold is no guide for the ones we do.
+        self.refusals.retain(|(_, subnet), _| own.contains(subnet));
         let no_lease = BTreeSet::new();
         // Borrowed apart from `self`, which the table syncs change.
         let (interface_id, network) = (self.node.interface_id.clone(), self.network.clone());

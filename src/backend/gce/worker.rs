@@ -114,6 +114,9 @@ impl Routing {
         };
         let mut problems = Vec::new();
         let known = Known { listing: listing.as_deref(), carried: carried.as_ref(), leased: input.leased };
+        // What we knew of subnets we no longer hold is no guide for the ones we do.
+        self.refusals.retain(|subnet, _| own.subnets().any(|own| own == *subnet));
+        self.owned.retain(|subnet, _| own.subnets().any(|own| own == *subnet));
         // Each of our subnets has its route, tried even when the other family's failed.
         for own in own.subnets() {
             problems.extend(self.own_route(own, &resolved, &known).await.err());
