@@ -425,8 +425,18 @@ impl FaultProxy {
 
     /// Calls per action since the last reset.
     pub fn counts(&self) -> BTreeMap<String, usize> {
+        self.counts_since(0)
+    }
+
+    /// Calls since the last reset, in all.
+    pub fn calls_made(&self) -> usize {
+        self.state.lock().unwrap().calls.len()
+    }
+
+    /// Calls per action from the `from`th since the last reset on.
+    pub fn counts_since(&self, from: usize) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for (action, _) in &self.state.lock().unwrap().calls {
+        for (action, _) in self.state.lock().unwrap().calls.iter().skip(from) {
             *counts.entry(action.clone()).or_default() += 1;
         }
         counts
