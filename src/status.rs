@@ -33,9 +33,12 @@ pub struct ConditionState {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseState {
-    /// The subnets this host holds (one today; a list for dual-stack).
+    /// The subnets this host holds: its IPv4 one, and its IPv6 one in a dual-stack network.
     pub subnets: Vec<String>,
     pub public_ip: String,
+    /// Its `PublicIPv6`, in a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<String>,
     pub backend_type: String,
     /// RFC 3339; None for a reservation (never expires) or when the store does not say.
     pub expires: Option<String>,
@@ -117,11 +120,14 @@ impl AgentStatus {
         match &self.lease {
             Some(lease) => {
                 let expires = lease.expires.as_deref().unwrap_or("never");
+                let public = match &lease.public_ipv6 {
+                    Some(v6) => format!("public IPs {}, {v6}", lease.public_ip),
+                    None => format!("public IP {}", lease.public_ip),
+                };
                 let _ = writeln!(
                     out,
-                    "lease: {} (public IP {}, backend {}), expires {expires}",
+                    "lease: {} ({public}, backend {}), expires {expires}",
                     lease.subnets.join(", "),
-                    lease.public_ip,
                     lease.backend_type
                 );
             }
@@ -168,6 +174,7 @@ mod tests {
             lease: Some(LeaseState {
                 subnets: vec!["10.244.3.0/24".into()],
                 public_ip: "198.51.100.11".into(),
+                public_ipv6: None,
                 backend_type: "host-gw".into(),
                 expires: Some("2026-12-03T00:10:00Z".into()),
             }),
@@ -201,6 +208,19 @@ mod tests {
              store: failing since 2026-12-03T00:01:00Z: connection refused (7 failed requests since start)\n\
              last reload: ✗ 2026-12-03T00:00:00Z (SIGHUP): agent.resync = \"0s\": too short\n"
         );
+    }
+
+    #[test]
+    fn a_dual_stack_lease_shows_both_subnets_and_public_ips() {
+        let mut status = sample();
+        let lease = status.lease.as_mut().unwrap();
+        lease.subnets.push("2001:db8:42:3::/64".into());
+        lease.public_ipv6 = Some("2001:db8::11".into());
+        let text = status.render();
+        let line = "lease: 10.244.3.0/24, 2001:db8:42:3::/64 (public IPs 198.51.100.11, 2001:db8::11, backend host-gw)";
+        assert!(text.contains(line), "{text}");
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(serde_json::from_str::<AgentStatus>(&json).unwrap(), status);
     }
 
     #[test]

@@ -111,6 +111,13 @@ fn pods_talk_over_ipv4_and_ipv6_with_vxlan() {
     assert_eq!(envs[0].mtu, 1430);
     let keys = cluster.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]);
     assert_eq!(keys.matches("\"BackendV6Data\":{\"VNI\":1,\"VtepMAC\":").count(), 3, "{keys}");
+    // /status names both subnets and both public addresses.
+    let (code, body) = cluster.agent_get(1, "/status").expect("h1's /status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status as JSON");
+    let v6 = envs[0].ipv6.as_ref().expect("an IPv6 pair").subnet.trunc().to_string();
+    assert_eq!(status["lease"]["subnets"], serde_json::json!([envs[0].subnet.trunc().to_string(), v6]), "{body}");
+    assert_eq!(status["lease"]["public_ipv6"], host_ipv6(1).to_string(), "{body}");
 }
 
 #[test]

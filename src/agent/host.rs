@@ -115,8 +115,9 @@ impl Running {
     pub(super) fn note_expiry(&self) {
         let lease = &self.own.lease;
         self.health.set_lease(crate::status::LeaseState {
-            subnets: vec![lease.subnet.to_string()],
+            subnets: lease.key().subnets().map(|subnet| subnet.to_string()).collect(),
             public_ip: lease.attrs.public_ip.to_string(),
+            public_ipv6: lease.attrs.public_ipv6().map(|ip| ip.to_string()),
             backend_type: lease.attrs.backend_type.to_string(),
             expires: match lease.expiry {
                 Expiry::At(when) => Some(crate::status::timestamp(when)),
