@@ -1238,6 +1238,7 @@ fn library_apply(lab: &Lab, nexthops: bool, count: u32) -> io::Result<(Duration,
                 name: under.name,
                 mtu: 1500,
                 addr: Ipv4Net::new(HOST_ADDR, HOST_PREFIX_LEN).expect("valid"),
+                addr_v6: None,
                 public_ip: HOST_ADDR,
                 public_ipv6: None,
             };

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::kernel::{Interfaces, KernelError};
 
@@ -15,7 +15,7 @@ pub use crate::kernel::InterfaceInfo as LinkInfo;
 /// `impl From<&AgentSection>` in `config.rs`). Empty means "not set".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InterfaceChoice {
-    /// Interface names or addresses, tried in order (`agent.iface`).
+    /// Interface names or addresses (IPv4 or IPv6), tried in order (`agent.iface`).
     pub iface: Vec<String>,
     /// Patterns over interface names and addresses (`agent.iface_regex`).
     pub iface_regex: Vec<String>,
@@ -50,6 +50,9 @@ pub struct ExternalInterface {
     pub mtu: u32,
     /// The interface's own address and on-link prefix.
     pub addr: Ipv4Net,
+    /// Its global IPv6 address and on-link prefix, when it has one (the one `agent.iface`
+    /// named, else the first).
+    pub addr_v6: Option<Ipv6Net>,
     /// What other hosts use to reach this one (`agent.public_ip`, else `addr`).
     pub public_ip: Ipv4Addr,
     /// The same over IPv6: `agent.public_ipv6`, else the interface's first global IPv6 address.
@@ -86,18 +89,24 @@ pub fn select(
     agent: &InterfaceChoice,
     routes: &RouteFacts,
 ) -> Result<ExternalInterface, IfaceError> {
-    let with_addr = |link: &LinkInfo, want: Option<Ipv4Addr>| -> Option<ExternalInterface> {
+    // The link's IPv4 address `want` names (else its first), and its IPv6 one likewise: the
+    // cluster runs over IPv4 whichever family named the link.
+    let with_addr = |link: &LinkInfo, want: Option<IpAddr>| -> Option<ExternalInterface> {
         let addr = match want {
-            Some(ip) => *link.addrs.iter().find(|a| a.addr() == ip)?,
-            None => *link.addrs.first()?,
+            Some(IpAddr::V4(ip)) => *link.addrs.iter().find(|a| a.addr() == ip)?,
+            _ => *link.addrs.first()?,
         };
-        Some(external(link, addr, agent))
+        let addr_v6 = match want {
+            Some(IpAddr::V6(ip)) => Some(*link.addrs_v6.iter().find(|a| a.addr() == ip)?),
+            _ => link.addrs_v6.first().copied(),
+        };
+        Some(external(link, addr, addr_v6, agent))
     };
     if !agent.iface.is_empty() {
         return agent
             .iface
             .iter()
-            .find_map(|wanted| match wanted.parse::<Ipv4Addr>() {
+            .find_map(|wanted| match wanted.parse::<IpAddr>() {
                 Ok(ip) => links.iter().find_map(|l| with_addr(l, Some(ip))),
                 Err(_) => links.iter().filter(|l| &l.name == wanted).find_map(|l| with_addr(l, None)),
             })
@@ -113,7 +122,7 @@ pub fn select(
                     }
                 }
                 if let Some(a) = link.addrs.iter().find(|a| pattern.is_match(&a.addr().to_string())) {
-                    return Ok(external(link, *a, agent));
+                    return Ok(external(link, *a, link.addrs_v6.first().copied(), agent));
                 }
             }
         }
@@ -129,18 +138,29 @@ pub fn select(
     with_addr(link, None).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))
 }
 
-fn external(link: &LinkInfo, addr: Ipv4Net, agent: &InterfaceChoice) -> ExternalInterface {
+fn external(link: &LinkInfo, addr: Ipv4Net, addr_v6: Option<Ipv6Net>, agent: &InterfaceChoice) -> ExternalInterface {
     ExternalInterface {
         index: link.index,
         name: link.name.clone(),
         mtu: link.mtu,
         addr,
+        addr_v6,
         public_ip: agent.public_ip.parse().unwrap_or(addr.addr()),
-        public_ipv6: agent.public_ipv6.parse().ok().or_else(|| link.addrs_v6.first().map(|a| a.addr())),
+        public_ipv6: agent.public_ipv6.parse().ok().or(addr_v6.map(|a| a.addr())),
     }
 }
 
 impl ExternalInterface {
+    /// The on-link prefix of the interface in `ip`'s family: peers there are one hop away.
+    /// `None` when unknown: no IPv6 address, or a /128 one (as DHCPv6 hands out, the prefix
+    /// coming from router advertisements) that says nothing of the segment.
+    pub fn segment_of(&self, ip: IpAddr) -> Option<IpNet> {
+        match ip {
+            IpAddr::V4(_) => Some(self.addr.into()),
+            IpAddr::V6(_) => self.addr_v6.filter(|a| a.prefix_len() < 128).map(IpNet::from),
+        }
+    }
+
     /// The public IPv6 address a dual-stack network needs, or why there is none.
     pub fn require_public_ipv6(&self) -> Result<Ipv6Addr, String> {
         self.public_ipv6.ok_or_else(|| {
@@ -250,6 +270,25 @@ mod tests {
         assert_eq!(select(&links(), &a, &facts).unwrap().name, "eth1");
         let a = InterfaceChoice { iface: vec!["nope".into()], ..agent() };
         assert!(select(&links(), &a, &facts).unwrap_err().to_string().contains("nope"));
+    }
+
+    /// An IPv6 address names its link too; the link's IPv4 address still carries the cluster,
+    /// and the named IPv6 address is the one published.
+    #[test]
+    fn an_ipv6_address_names_its_interface() {
+        let facts = RouteFacts { default_oif: Some(2), ..Default::default() };
+        let mut links = links();
+        links[2].addrs_v6 = vec!["2001:db8:1::7/64".parse().unwrap(), "2001:db8:2::7/64".parse().unwrap()];
+        let a = InterfaceChoice { iface: vec!["2001:db8:2::7".into()], ..agent() };
+        let ext = select(&links, &a, &facts).unwrap();
+        assert_eq!((ext.name.as_str(), ext.addr.to_string()), ("eth1", "198.51.100.7/24".to_string()));
+        assert_eq!(ext.addr_v6, Some("2001:db8:2::7/64".parse().unwrap()));
+        assert_eq!(ext.public_ipv6, Some("2001:db8:2::7".parse().unwrap()));
+        assert_eq!(ext.segment_of("2001:db8:2::9".parse().unwrap()), Some("2001:db8:2::7/64".parse().unwrap()));
+        let lone = ExternalInterface { addr_v6: Some("2001:db8:2::7/128".parse().unwrap()), ..ext };
+        assert_eq!(lone.segment_of("2001:db8:2::9".parse().unwrap()), None, "a /128 tells no segment");
+        let a = InterfaceChoice { iface: vec!["2001:db8:9::1".into()], ..agent() };
+        assert!(select(&links, &a, &facts).is_err(), "no link holds it");
     }
 
     #[test]

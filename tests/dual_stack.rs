@@ -120,6 +120,21 @@ fn pods_talk_over_ipv4_and_ipv6_with_vxlan() {
     assert_eq!(status["lease"]["public_ipv6"], host_ipv6(1).to_string(), "{body}");
 }
 
+/// vxlan with `direct_routing`: hosts on one IPv6 segment route each other's IPv6 subnets
+/// through the underlay, unencapsulated, as they do the IPv4 ones; pods still reach each other
+/// over both families (checked by `dual_stack_cluster`).
+#[test]
+fn vxlan_direct_routing_carries_ipv6_peers_on_the_segment_unencapsulated() {
+    let (cluster, envs, _) = dual_stack_cluster(2, "type = \"vxlan\"\ndirect_routing = true");
+    let peer_v6 = envs[1].ipv6.as_ref().expect("h2's IPv6 pair").subnet.trunc().to_string();
+    let routes = cluster.ip_json(&cluster.host(1).ns, &["-6", "route", "show", &peer_v6]);
+    let text = routes.to_string();
+    assert!(!text.contains("flannel-v6.1"), "h2's IPv6 subnet still goes through the device: {text}");
+    assert!(text.contains(&host_ipv6(2).to_string()), "not via h2's IPv6 address: {text}");
+    let fdb = cluster.ip_json(&cluster.host(1).ns, &["neigh", "show", "dev", "flannel-v6.1"]);
+    assert_eq!(fdb, serde_json::json!([]), "no IPv6 VTEP neighbour for a direct peer");
+}
+
 #[test]
 fn pods_talk_over_ipv4_and_ipv6_with_host_gw() {
     let hosts = 3;

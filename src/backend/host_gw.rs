@@ -64,19 +64,29 @@ impl PeerObjects for HostGwPeers {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
         let gateway = lease.attrs.public_ip;
-        if !self.ext.addr.contains(&gateway) {
-            return Err(format!(
-                "public IP {gateway} is not on-link on {} ({}): host-gw needs every host on one L2 segment",
-                self.ext.name,
-                self.ext.addr.trunc()
-            ));
-        }
+        self.on_link(gateway.into())?;
         add_route(&mut state, lease.subnet.into(), gateway.into(), self.ext.index, false, self.use_nexthops);
         // The watcher keeps a lease's IPv6 subnet only inside a dual-stack network's IPv6 one.
         if let (Some(subnet), Some(gateway)) = (lease.subnet_v6, lease.attrs.public_ipv6()) {
+            self.on_link(gateway.into())?;
             add_route(&mut state, subnet.into(), gateway.into(), self.ext.index, false, self.use_nexthops);
         }
         Ok(state)
+    }
+}
+
+impl HostGwPeers {
+    /// Whether a peer's public address is on our segment of its family. Without an IPv6 address
+    /// of ours to tell by, an IPv6 gateway is left to the kernel to judge.
+    fn on_link(&self, gateway: std::net::IpAddr) -> Result<(), String> {
+        match self.ext.segment_of(gateway) {
+            Some(segment) if !segment.contains(&gateway) => Err(format!(
+                "public IP {gateway} is not on-link on {} ({}): host-gw needs every host on one L2 segment",
+                self.ext.name,
+                segment.trunc()
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -105,6 +115,7 @@ mod tests {
             name: "eth0".into(),
             mtu: 1500,
             addr: "198.51.100.1/24".parse().unwrap(),
+            addr_v6: None,
             public_ip: "198.51.100.1".parse().unwrap(),
             public_ipv6: Some("2001:db8::1".parse().unwrap()),
         };
@@ -134,5 +145,30 @@ mod tests {
         assert_eq!(gateway(near.subnet.into()), "198.51.100.2");
         assert_eq!(gateway(dual.subnet.into()), "198.51.100.4");
         assert_eq!(gateway(dual.subnet_v6.unwrap().into()), "2001:db8::4");
+    }
+
+    /// With an IPv6 address of ours to tell by, a peer whose public IPv6 address is on another
+    /// segment is reported as an IPv4 one is.
+    #[test]
+    fn an_off_link_ipv6_gateway_is_reported() {
+        let ext = ExternalInterface {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            addr: "198.51.100.1/24".parse().unwrap(),
+            addr_v6: Some("2001:db8::1/64".parse().unwrap()),
+            public_ip: "198.51.100.1".parse().unwrap(),
+            public_ipv6: Some("2001:db8::1".parse().unwrap()),
+        };
+        let peers = HostGwPeers { ext, use_nexthops: false };
+        let dual = |v6: &str| {
+            let mut peer = lease(4, "198.51.100.4");
+            peer.subnet_v6 = Some("2001:db8:42:4::/64".parse().unwrap());
+            peer.attrs = peer.attrs.with_v6(v6.parse().unwrap(), serde_json::Value::Null);
+            peer
+        };
+        assert_eq!(peers.objects(&dual("2001:db8::4")).unwrap().routes.len(), 2);
+        let err = peers.objects(&dual("2001:db8:7::4")).unwrap_err();
+        assert!(err.contains("2001:db8:7::4") && err.contains("2001:db8::/64"), "{err}");
     }
 }

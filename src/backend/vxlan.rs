@@ -267,24 +267,40 @@ pub struct VxlanPeers {
 impl PeerObjects for VxlanPeers {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
-        let public_ip = lease.attrs.public_ip;
-        if self.direct_routing && self.ext.addr.contains(&public_ip) {
-            add_route(&mut state, lease.subnet.into(), public_ip.into(), self.ext.index, false, self.use_nexthops);
-        } else {
-            let mac = vtep_mac(&lease.attrs.backend_data, "BackendData")?;
-            self.through_device(&mut state, self.link, lease.subnet.into(), mac, public_ip.into());
-        }
+        let data = &lease.attrs.backend_data;
+        self.to_subnet(&mut state, self.link, lease.subnet.into(), lease.attrs.public_ip.into(), || {
+            vtep_mac(data, "BackendData")
+        })?;
         // The watcher keeps a lease's IPv6 subnet only inside a dual-stack network's IPv6 one.
         if let (Some(link6), Some(subnet), Some(public_ipv6)) = (self.link6, lease.subnet_v6, lease.attrs.public_ipv6())
         {
-            let mac = vtep_mac(lease.attrs.backend_v6_data(), "BackendV6Data")?;
-            self.through_device(&mut state, link6, subnet.into(), mac, public_ipv6.into());
+            let data = lease.attrs.backend_v6_data();
+            self.to_subnet(&mut state, link6, subnet.into(), public_ipv6.into(), || vtep_mac(data, "BackendV6Data"))?;
         }
         Ok(state)
     }
 }
 
 impl VxlanPeers {
+    /// A peer's subnet of one family: with `direct_routing` and the peer's public address on our
+    /// segment of that family, a plain route to that address (no encapsulation); else through
+    /// `link`, with the VTEP's MAC that `mac` reads from the lease.
+    fn to_subnet(
+        &self,
+        state: &mut KernelState,
+        link: u32,
+        subnet: IpNet,
+        public: IpAddr,
+        mac: impl FnOnce() -> Result<MacAddr, String>,
+    ) -> Result<(), String> {
+        if self.direct_routing && self.ext.segment_of(public).is_some_and(|segment| segment.contains(&public)) {
+            add_route(state, subnet, public, self.ext.index, false, self.use_nexthops);
+        } else {
+            self.through_device(state, link, subnet, mac()?, public);
+        }
+        Ok(())
+    }
+
     /// A peer's subnet through one of our devices: the subnet's first address is the peer's VTEP
     /// (its neighbour entry), its MAC's packets go to the peer's public address (the FDB entry),
     /// and the subnet is routed via the VTEP, on-link.
@@ -320,6 +336,7 @@ mod tests {
             name: "eth0".into(),
             mtu: 1500,
             addr: "198.51.100.1/24".parse().unwrap(),
+            addr_v6: None,
             public_ip: "198.51.100.1".parse().unwrap(),
             public_ipv6: None,
         }
@@ -488,6 +505,33 @@ mod tests {
         assert!(nh.onlink);
         let addrs: Vec<String> = kernel.addresses.lock().unwrap().iter().map(|(_, a)| a.to_string()).collect();
         assert!(addrs.contains(&"2001:db8:42:1::/128".to_string()), "{addrs:?}");
+    }
+
+    /// `direct_routing` for IPv6: a peer whose public IPv6 address is on our IPv6 segment gets a
+    /// plain route to it; one elsewhere goes through `flannel-v6`.
+    #[test]
+    fn direct_routing_over_ipv6_on_the_same_segment_only() {
+        let ext = ExternalInterface { addr_v6: Some("2001:db8::1/64".parse().unwrap()), ..ext() };
+        let peers = VxlanPeers { link: 10, link6: Some(11), ext, direct_routing: true, use_nexthops: false };
+        let dual = |n: u8, v6: &str| {
+            let mut peer = lease(n, "203.0.113.9", "02:00:00:00:00:02");
+            peer.subnet_v6 = Some(format!("2001:db8:42:{n}::/64").parse().unwrap());
+            peer.attrs =
+                peer.attrs.with_v6(v6.parse().unwrap(), serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:62"}));
+            peer
+        };
+        let near = peers.objects(&dual(2, "2001:db8::2")).unwrap();
+        let fdb: Vec<IpAddr> = near.fdb.values().map(|f| f.dst).collect();
+        assert_eq!(
+            fdb,
+            ["203.0.113.9".parse::<IpAddr>().unwrap()],
+            "only the IPv4 side (another segment) is encapsulated"
+        );
+        let v6_route =
+            near.routes.iter().find(|(dst, _)| dst.to_string().starts_with("2001:db8:42:2::")).expect("an IPv6 route");
+        assert!(format!("{:?}", v6_route.1).contains("2001:db8::2"), "{:?}", v6_route.1);
+        let far = peers.objects(&dual(3, "2001:db8:7::3")).unwrap();
+        assert_eq!(far.fdb.len(), 2, "another IPv6 segment: through flannel-v6");
     }
 
     #[test]

@@ -226,6 +226,7 @@ mod tests {
             name: "eth0".into(),
             mtu,
             addr: "192.0.2.10/24".parse().unwrap(),
+            addr_v6: None,
             public_ip: "192.0.2.10".parse().unwrap(),
             public_ipv6: None,
         }

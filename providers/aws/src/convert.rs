@@ -136,12 +136,14 @@ mod tests {
             .build();
         let table = route_table("DescribeRouteTables", &table).unwrap();
         assert_eq!(table.route_count, 5);
-        assert_eq!(table.routes.len(), 4);
+        assert_eq!(table.routes.len(), 5, "IPv6 routes are read too");
         assert_eq!(table.routes[0].origin, Origin::Local);
         assert_eq!(table.routes[1].target, Target::Interface("eni-1".into()));
         assert_eq!(table.routes[2].target, Target::Instance("i-2".into()));
         assert!(table.routes[2].blackhole);
-        assert_eq!(table.routes[3].target, Target::None);
+        assert_eq!(table.routes[3].destination, "::/0".parse::<IpNet>().unwrap());
+        assert_eq!(table.routes[3].target, Target::Gateway("igw-1".into()));
+        assert_eq!(table.routes[4].target, Target::None);
         assert!(table.main);
         assert_eq!(table.subnets, vec!["subnet-1"]);
         assert!(table.has_tag("weft", "az-a"));

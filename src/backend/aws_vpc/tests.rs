@@ -188,6 +188,7 @@ fn harness_of(config: &AwsVpcConfig, store: Arc<dyn Leadership>, dir: tempfile::
             name: "eth0".into(),
             mtu: 9001,
             addr: "10.0.1.10/24".parse().unwrap(),
+            addr_v6: None,
             public_ip: "10.0.1.10".parse().unwrap(),
             public_ipv6: (!ipv6_cidr.is_empty()).then(|| "2001:db8::10".parse().unwrap()),
         },
