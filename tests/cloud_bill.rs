@@ -56,12 +56,12 @@ fn is_write(operation: &str) -> bool {
 }
 
 /// Two clusters of the same hosts, each in a cluster network of its own (so the other's routes
-/// are none of its business): one on a store sharing the leader's view, one on a store without.
-fn clusters() -> [(&'static str, Arc<dyn Leadership>); 2] {
-    let dir = tempfile::tempdir().unwrap().keep();
+/// are none of its business): one on a store sharing the leader's view, one on a store without
+/// (its state in `dir`, which the caller keeps until the end).
+fn clusters(dir: &std::path::Path) -> [(&'static str, Arc<dyn Leadership>); 2] {
     [
         ("10.244.0.0/16", Arc::new(MemoryStore::new())),
-        ("10.245.0.0/16", Arc::new(LocalStore::open(&dir).expect("a local store"))),
+        ("10.245.0.0/16", Arc::new(LocalStore::open(dir).expect("a local store"))),
     ]
 }
 
@@ -95,7 +95,8 @@ fn aws_an_hour_of_settled_rechecks_costs_one_describe_per_recheck_with_a_shared_
     });
     let mode = TableMode::from_config(&[], &format!("{TAG_KEY}={TAG_VALUE}")).unwrap();
     let options = SdkOptions { region: moto::REGION.into(), endpoint_url: proxy.endpoint.clone() };
-    let [shared, unshared] = clusters().map(|(cidr, store)| {
+    let dir = tempfile::tempdir().unwrap();
+    let [shared, unshared] = clusters(dir.path()).map(|(cidr, store)| {
         let network = network(cidr);
         runtime.block_on(async {
             let mut providers = Vec::new();
@@ -140,7 +141,8 @@ fn gce_an_hour_of_settled_rechecks_costs_one_listing_per_recheck_with_a_shared_v
         endpoint: server.endpoint.clone(),
         credentials: CredentialSource::from_env(),
     };
-    let [shared, unshared] = clusters().map(|(cidr, store)| {
+    let dir = tempfile::tempdir().unwrap();
+    let [shared, unshared] = clusters(dir.path()).map(|(cidr, store)| {
         let network = network(cidr);
         runtime.block_on(async {
             let mut providers = Vec::new();

@@ -166,8 +166,7 @@ impl AwsRoutes {
     /// table and family does).
     fn prober(&self, table: &RouteTable, input: &PlanInput<'_>, own: IpNet) -> bool {
         let carried = plan::carried(table, &self.network);
-        let subnet_len = self.network.space_of(&own).map_or(0, |s| s.subnet_len);
-        crate::backend::cloud::room::prober(input.leased, &carried, subnet_len, own)
+        crate::backend::cloud::room::prober(input.leased, &carried, &self.network, own)
     }
 
     /// Whether our route to `own` in `table` must go to keep it within `route_limit`.

@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 
+use crate::network::Network;
+
 /// A refusal is trusted for this many checks of the table; then our route is tried again.
 pub const TRUSTED_CHECKS: u32 = 10;
 
@@ -58,12 +60,14 @@ impl Refusal {
 }
 
 /// Whether `own` asks a full table again once its refusal is old: the lowest of the `leased`
-/// host subnets of its family the table does not carry. Every host judges the same listing the
-/// same way, so one asks per table (two, briefly, when their listings differ).
-pub fn prober(leased: &BTreeSet<IpNet>, carried: &BTreeSet<IpNet>, subnet_len: u8, own: IpNet) -> bool {
+/// host subnets of its family (of that family's lease size in `network`) the table does not
+/// carry. Every host judges the same listing the same way, so one asks per table (two, briefly,
+/// when their listings differ).
+pub fn prober(leased: &BTreeSet<IpNet>, carried: &BTreeSet<IpNet>, network: &Network, own: IpNet) -> bool {
     if carried.contains(&own) {
         return false;
     }
+    let subnet_len = network.space_of(&own).map_or(0, |space| space.subnet_len);
     let left_out = leased
         .iter()
         .filter(|s| super::same_family(s, &own))
@@ -135,17 +139,18 @@ mod tests {
         let tries: Vec<bool> = (0..3 * TRUSTED_CHECKS).map(|_| refusal.allows_as(50, 48, false)).collect();
         assert!(tries.iter().all(|allowed| !allowed), "not the prober: never asked while full");
         assert!(refusal.allows_as(49, 47, false), "a slot was freed: everyone may try");
+        let network = crate::network::dual_stack_for_tests();
         let leased = subnets(&["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24", "10.244.0.0/23"]);
         let carried = subnets(&["10.244.1.0/24", "10.244.3.0/24"]);
         let own = |s: &str| s.parse::<IpNet>().unwrap();
-        assert!(prober(&leased, &carried, 24, own("10.244.2.0/24")), "the lowest left out");
-        assert!(!prober(&leased, &carried, 24, own("10.244.4.0/24")));
-        assert!(!prober(&leased, &carried, 24, own("10.244.1.0/24")), "carried: lower than every left out");
-        assert!(prober(&BTreeSet::new(), &carried, 24, own("10.244.9.0/24")), "leases unknown: alone, it asks");
+        assert!(prober(&leased, &carried, &network, own("10.244.2.0/24")), "the lowest left out");
+        assert!(!prober(&leased, &carried, &network, own("10.244.4.0/24")));
+        assert!(!prober(&leased, &carried, &network, own("10.244.1.0/24")), "carried: lower than every left out");
+        assert!(prober(&BTreeSet::new(), &carried, &network, own("10.244.9.0/24")), "leases unknown: alone, it asks");
         // An IPv6 subnet is judged among the IPv6 ones only (they sort after every IPv4 one).
         let dual = subnets(&["10.244.2.0/24", "2001:db8:42:2::/64", "2001:db8:42:3::/64"]);
-        assert!(prober(&dual, &carried, 64, own("2001:db8:42:2::/64")));
-        assert!(!prober(&dual, &carried, 64, own("2001:db8:42:3::/64")));
-        assert!(prober(&dual, &carried, 24, own("10.244.2.0/24")));
+        assert!(prober(&dual, &carried, &network, own("2001:db8:42:2::/64")));
+        assert!(!prober(&dual, &carried, &network, own("2001:db8:42:3::/64")));
+        assert!(prober(&dual, &carried, &network, own("10.244.2.0/24")));
     }
 }

@@ -160,8 +160,7 @@ impl Routing {
     /// Whether we ask a refused quota again once its refusal is old (one host of the network and
     /// family does).
     fn prober(&self, leased: Option<&BTreeSet<IpNet>>, hosts: &BTreeSet<IpNet>, own: IpNet) -> bool {
-        let subnet_len = self.cluster.space_of(&own).map_or(0, |s| s.subnet_len);
-        prober(leased.unwrap_or(&BTreeSet::new()), hosts, subnet_len, own)
+        prober(leased.unwrap_or(&BTreeSet::new()), hosts, &self.cluster, own)
     }
 
     /// The leader's shared listing, if it is of our network and calls for no change here
