@@ -276,7 +276,7 @@ impl Cluster {
             ec2,
             agents,
             subnets: subnets.collect(),
-            network: network.network.into(),
+            network: network.lease_space().network,
             gone: BTreeSet::new(),
             _store_dir: dir,
         }

@@ -934,7 +934,7 @@ impl Agent {
     /// The agent's own lease key, once subnet.env is written.
     fn own_key(&self) -> Option<String> {
         let env = weft::subnet_env::SubnetEnv::read(&self.subnet_file).ok()?;
-        Some(self.set.key_of(env.subnet, env.ipv6.map(|v6| v6.subnet)))
+        Some(self.set.key_of(env.ipv4?.subnet, env.ipv6.map(|v6| v6.subnet)))
     }
 
     /// Stops the agent, removes its lease from the store and its namespace.
@@ -1243,12 +1243,12 @@ fn library_apply(lab: &Lab, nexthops: bool, count: u32) -> io::Result<(Duration,
                 public_ipv6: None,
             };
             let peers =
-                VxlanPeers { link: link.index, link6: None, ext, direct_routing: false, use_nexthops: nexthops };
+                VxlanPeers { link: Some(link.index), link6: None, ext, direct_routing: false, use_nexthops: nexthops };
             let mut want = KernelState::default();
             for i in 1..=count {
                 let attrs =
                     LeaseAttrs::new(peer_public_ip(i), "vxlan", serde_json::json!({"VNI": 1, "VtepMAC": peer_mac(i)}));
-                let lease = Lease { subnet: peer_subnet(i), subnet_v6: None, attrs, expiry: Expiry::Unknown };
+                let lease = Lease { subnet: Some(peer_subnet(i)), subnet_v6: None, attrs, expiry: Expiry::Unknown };
                 let objects = peers.objects(&lease).map_err(io::Error::other)?;
                 want.nexthops.extend(objects.nexthops);
                 want.routes.extend(objects.routes);

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft::backoff::Backoff;
 use weft::lease::{subnet_key, LeaseAttrs};
 use weft::leasing::{acquire_listed, LeaseRequest};
@@ -111,7 +111,7 @@ impl Report {
 }
 
 /// When each agent's watch first delivered each changed lease (by subnet).
-type Sightings = Arc<Mutex<Vec<HashMap<Ipv4Net, Instant>>>>;
+type Sightings = Arc<Mutex<Vec<HashMap<IpNet, Instant>>>>;
 
 /// The benchmark with `count` agents; panics on a duplicate subnet.
 pub async fn run(count: usize) -> Report {
@@ -182,8 +182,8 @@ pub async fn run(count: usize) -> Report {
     let converged = agents.iter().map(|(_, _, (_, held), _)| *held).max().expect("agents") - start;
     let retried = agents.iter().map(|(.., failed)| *failed).sum();
     let etcd_cpu = cpu_time(pid).saturating_sub(etcd_cpu_before);
-    let subnets: Vec<Ipv4Net> = agents.iter().map(|(_, own, ..)| own.subnet()).collect();
-    let distinct: HashSet<&Ipv4Net> = subnets.iter().collect();
+    let subnets: Vec<IpNet> = agents.iter().map(|(_, own, ..)| own.id()).collect();
+    let distinct: HashSet<&IpNet> = subnets.iter().collect();
     let duplicates = subnets.len() - distinct.len();
     assert_eq!(duplicates, 0, "two agents hold one subnet");
     let listed = agents[0].0.list_leases().await.expect("a listing").leases.len();
@@ -195,13 +195,13 @@ pub async fn run(count: usize) -> Report {
     for (i, (store, own, ..)) in agents.iter().take(CHANGES).enumerate() {
         let attrs = LeaseAttrs::new(changed_ip(i), "alloc", serde_json::Value::Null);
         let json = attrs.to_json();
-        let write = LeaseWrite::new(own.subnet(), &json, Some(LEASE_TTL));
+        let write = LeaseWrite::new(own.key(), &json, Some(LEASE_TTL));
         let at = Instant::now();
         match store.update_lease(write, own.revision).await.expect("a rewrite") {
             WriteOutcome::Written { .. } => {}
-            WriteOutcome::Conflict => panic!("{} was rewritten by someone else", subnet_key(own.subnet())),
+            WriteOutcome::Conflict => panic!("{} was rewritten by someone else", subnet_key(own.key())),
         }
-        written.insert(own.subnet(), (i, at));
+        written.insert(own.id(), (i, at));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     // Every agent's watch delivers every rewrite, its own included.

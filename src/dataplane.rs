@@ -528,7 +528,7 @@ mod tests {
 
     fn lease(subnet: &str, backend: BackendKind) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             subnet_v6: None,
             attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend.as_str(), serde_json::Value::Null),
             expiry: Expiry::Unknown,
@@ -554,7 +554,7 @@ mod tests {
             let mut rig = Rig { kernel, journal: Journal::default(), dataplane, own };
             rig.switch_to(kind, kernel_objects).await;
             let peer = lease("10.244.2.0/24", kind);
-            rig.dataplane.reconcile(&[(peer.subnet, peer.clone())].into()).await.unwrap();
+            rig.dataplane.reconcile(&[(peer.id(), peer.clone())].into()).await.unwrap();
             (rig, peer)
         }
 
@@ -575,8 +575,8 @@ mod tests {
     /// Moves the one peer to `backend`.
     async fn peer_moves(dataplane: &mut Dataplane, peer: &mut Lease, backend: BackendKind) -> LeaseMap {
         *peer = lease("10.244.2.0/24", backend);
-        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
-        dataplane.apply(&peers, &[LeaseEvent::Changed(peer.subnet)]).await.unwrap();
+        let peers: LeaseMap = [(peer.id(), peer.clone())].into();
+        dataplane.apply(&peers, &[LeaseEvent::Changed(peer.id())]).await.unwrap();
         peers
     }
 
@@ -585,7 +585,7 @@ mod tests {
 
     impl PeerObjects for UnlessCarried {
         fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
-            if self.0.borrow().contains(&IpNet::V4(lease.subnet)) {
+            if self.0.borrow().contains(&lease.id()) {
                 return Ok(KernelState::default());
             }
             ViaPublicIp.objects(lease)
@@ -621,12 +621,12 @@ mod tests {
         let ready = dataplane.start(prepared, &own).await.unwrap();
         dataplane.activate(ready).await;
         let (a, b) = (lease("10.244.2.0/24", BackendKind::AwsVpc), lease("10.244.3.0/24", BackendKind::AwsVpc));
-        let peers: LeaseMap = [(a.subnet, a.clone()), (b.subnet, b.clone())].into();
+        let peers: LeaseMap = [(a.id(), a.clone()), (b.id(), b.clone())].into();
         dataplane.reconcile(&peers).await.unwrap();
         let routes = |k: &MemoryKernel| k.snapshot().routes.keys().map(|r| r.to_string()).collect::<Vec<_>>();
         assert_eq!(routes(&kernel).len(), 2);
 
-        carried.send_replace([IpNet::V4(a.subnet)].into());
+        carried.send_replace([a.id()].into());
         assert_eq!(dataplane.next_change().await, Change::Paths);
         dataplane.remap(&peers).await.unwrap();
         let left = routes(&kernel);

@@ -128,11 +128,13 @@ pub fn network_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok((network, _ignored)) = Network::from_flannel_json(text) else { return };
     // What was accepted is a network weft can allocate from, and reads back as itself.
-    assert!(network.subnet_len >= network.network.prefix_len(), "{text}");
+    for space in network.spaces() {
+        assert!(space.subnet_len >= space.network.prefix_len(), "{text}");
+    }
     let (again, _) = Network::from_flannel_json(&network.to_flannel_json())
         .unwrap_or_else(|e| panic!("{text}: written back as {}: {e}", network.to_flannel_json()));
-    assert_eq!(again.network, network.network);
-    assert_eq!(again.subnet_len, network.subnet_len);
+    assert_eq!(again.ipv4, network.ipv4);
+    assert_eq!(again.ipv6, network.ipv6);
     assert_eq!(again.backend, network.backend);
 }
 
@@ -143,9 +145,9 @@ pub fn lease(data: &[u8]) {
         None => (data, &b""[..]),
     };
     let Ok(key) = std::str::from_utf8(key) else { return };
-    if let Ok(subnet) = lease::parse_subnet_key(key) {
-        // One spelling per subnet: the key is the subnet's own, up to flannel's IPv6 part.
-        assert_eq!(key.split('&').next(), Some(lease::subnet_key(subnet).as_str()), "{key}");
+    if let Ok(parsed) = lease::parse_lease_key(key) {
+        // One spelling per pair of subnets: the key is written back as it was read.
+        assert_eq!(lease::subnet_key(parsed), key);
     }
     let Ok(parsed) = lease::parse_lease(key, value, Expiry::Unknown) else { return };
     // What we read, we write back so that we read the same.

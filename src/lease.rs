@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::SystemTime;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -108,6 +108,31 @@ impl LeaseAttrs {
     pub fn with_v6(mut self, public_ipv6: Ipv6Addr, backend_v6_data: impl Into<BackendData>) -> Self {
         self.v6 = Some(Box::new(V6Attrs { public_ipv6: Some(public_ipv6), backend_v6_data: backend_v6_data.into() }));
         self
+    }
+
+    /// Whether `other` was published by the host that publishes these: the same public IPv4
+    /// address, or the same public IPv6 one. (IPv6-only hosts all publish 0.0.0.0, as flannel
+    /// writes them: that address tells no host; a host that turned IPv4 off is still known by
+    /// its IPv6 address.)
+    pub fn is_same_host(&self, other: &LeaseAttrs) -> bool {
+        Self::same_host(self.public_ip, self.public_ipv6(), other)
+    }
+
+    /// [`LeaseAttrs::is_same_host`] for a lease read only as far as its public addresses.
+    pub fn same_host(public_ip: Ipv4Addr, public_ipv6: Option<Ipv6Addr>, other: &LeaseAttrs) -> bool {
+        let by_ipv4 = !public_ip.is_unspecified() && public_ip == other.public_ip;
+        let by_ipv6 = public_ipv6.is_some() && public_ipv6 == other.public_ipv6();
+        by_ipv4 || by_ipv6
+    }
+
+    /// The address other hosts reach this one on: the public IPv4 one, else (IPv6-only) the
+    /// public IPv6 one.
+    pub fn public_addr(&self) -> Option<IpAddr> {
+        if self.public_ip.is_unspecified() {
+            self.public_ipv6().map(IpAddr::V6)
+        } else {
+            Some(IpAddr::V4(self.public_ip))
+        }
     }
 
     /// The JSON flannel writes for these attributes.
@@ -256,7 +281,8 @@ impl<'de> Deserialize<'de> for BackendData {
 /// One host's lease on a subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub subnet: Ipv4Net,
+    /// The IPv4 subnet; `None` in an IPv6-only network (flannel's `0.0.0.0-0` key part).
+    pub subnet: Option<Ipv4Net>,
     /// The IPv6 subnet of a dual-stack lease (the part of the key after `&`).
     pub subnet_v6: Option<Ipv6Net>,
     pub attrs: LeaseAttrs,
@@ -282,38 +308,75 @@ impl Lease {
     pub fn key(&self) -> LeaseKey {
         LeaseKey { subnet: self.subnet, subnet_v6: self.subnet_v6 }
     }
+
+    /// The subnet that names this lease among the others (see [`LeaseKey::id`]).
+    pub fn id(&self) -> IpNet {
+        self.key().id()
+    }
 }
 
-/// What a lease's key names: the IPv4 subnet and, dual-stack, the IPv6 one. flannel spells it
-/// `10.244.3.0-24` or `10.244.3.0-24&2001:db8:42:3::-64`.
+/// What a lease's key names: the IPv4 subnet and, dual-stack, the IPv6 one; IPv6-only, the IPv6
+/// one alone. flannel spells them `10.244.3.0-24`, `10.244.3.0-24&2001:db8:42:3::-64` and
+/// `0.0.0.0-0&2001:db8:42:3::-64`. A key names at least one subnet ([`parse_lease_key`] refuses
+/// `0.0.0.0-0` alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LeaseKey {
-    pub subnet: Ipv4Net,
+    pub subnet: Option<Ipv4Net>,
     pub subnet_v6: Option<Ipv6Net>,
 }
 
+/// What flannel writes for the IPv4 part of an IPv6-only key.
+const NO_IPV4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
+
 impl LeaseKey {
+    /// The key of an IPv6-only lease.
+    pub fn ipv6_only(subnet_v6: Ipv6Net) -> LeaseKey {
+        LeaseKey { subnet: None, subnet_v6: Some(subnet_v6) }
+    }
+
+    /// The subnet that tells this lease from every other of its network: the IPv4 one where the
+    /// network has IPv4 (a dual-stack key differing only in its IPv6 part claims the same
+    /// subnet), else the IPv6 one.
+    pub fn id(&self) -> IpNet {
+        match (self.subnet, self.subnet_v6) {
+            (Some(v4), _) => v4.into(),
+            (None, Some(v6)) => v6.into(),
+            (None, None) => NO_IPV4.into(),
+        }
+    }
+
     /// Whether the two keys hold a subnet in common (of either family): two such leases would
     /// route one subnet to two hosts, so only one of them may be created.
     pub fn shares_a_subnet_with(&self, other: &LeaseKey) -> bool {
-        self.subnet == other.subnet || (self.subnet_v6.is_some() && self.subnet_v6 == other.subnet_v6)
+        self.subnets().any(|mine| other.subnets().any(|theirs| mine == theirs))
     }
 
     /// The subnets of the key, IPv4 first: what a route per destination (a cloud's) is made for.
     pub fn subnets(&self) -> impl Iterator<Item = IpNet> {
-        [Some(IpNet::V4(self.subnet)), self.subnet_v6.map(IpNet::V6)].into_iter().flatten()
+        [self.subnet.map(IpNet::V4), self.subnet_v6.map(IpNet::V6)].into_iter().flatten()
     }
 }
 
 impl From<Ipv4Net> for LeaseKey {
     fn from(subnet: Ipv4Net) -> Self {
-        LeaseKey { subnet, subnet_v6: None }
+        LeaseKey { subnet: Some(subnet), subnet_v6: None }
+    }
+}
+
+/// The key of a lease named by one subnet: IPv4-only, or IPv6-only.
+impl From<IpNet> for LeaseKey {
+    fn from(subnet: IpNet) -> Self {
+        match subnet {
+            IpNet::V4(v4) => v4.into(),
+            IpNet::V6(v6) => LeaseKey::ipv6_only(v6),
+        }
     }
 }
 
 impl fmt::Display for LeaseKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.subnet.network(), self.subnet.prefix_len())?;
+        let v4 = self.subnet.unwrap_or(NO_IPV4);
+        write!(f, "{}-{}", v4.network(), v4.prefix_len())?;
         if let Some(v6) = self.subnet_v6 {
             write!(f, "&{}-{}", v6.network(), v6.prefix_len())?;
         }
@@ -321,8 +384,8 @@ impl fmt::Display for LeaseKey {
     }
 }
 
-/// The leases of a cluster by subnet.
-pub type LeaseMap = BTreeMap<Ipv4Net, Lease>;
+/// The leases of a cluster by their [`Lease::id`].
+pub type LeaseMap = BTreeMap<IpNet, Lease>;
 
 /// A key or value in the store that is not a lease we can read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -339,9 +402,9 @@ pub fn subnet_key(key: impl Into<LeaseKey>) -> String {
     key.into().to_string()
 }
 
-/// The IPv4 subnet a key names.
-pub fn parse_subnet_key(key: &str) -> Result<Ipv4Net, LeaseParseError> {
-    parse_lease_key(key).map(|k| k.subnet)
+/// The subnet that names the lease of a key ([`LeaseKey::id`]).
+pub fn parse_subnet_key(key: &str) -> Result<IpNet, LeaseParseError> {
+    parse_lease_key(key).map(|k| k.id())
 }
 
 /// Parses a subnet key as the store names it (the part after `subnets/`): exactly
@@ -364,6 +427,11 @@ pub fn parse_lease_key(key: &str) -> Result<LeaseKey, LeaseParseError> {
         }
         None => None,
     };
+    // flannel's IPv6-only key says "no IPv4 subnet" with 0.0.0.0-0, which alone names nothing.
+    let subnet = (subnet != NO_IPV4).then_some(subnet);
+    if subnet.is_none() && subnet_v6.is_none() {
+        return Err(bad());
+    }
     let parsed = LeaseKey { subnet, subnet_v6 };
     if parsed.to_string() != key {
         return Err(bad());
@@ -381,13 +449,13 @@ pub fn parse_lease(key: &str, value: &[u8], expiry: Expiry) -> Result<Lease, Lea
 
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.subnet)?;
-        if let Some(v6) = self.subnet_v6 {
-            write!(f, " {v6}")?;
-        }
-        write!(f, " ({} via {}", self.attrs.backend_type, self.attrs.public_ip)?;
-        if let Some(ip) = self.attrs.public_ipv6() {
-            write!(f, ", {ip}")?;
+        let subnets: Vec<String> = self.key().subnets().map(|s| s.to_string()).collect();
+        write!(f, "{} ({}", subnets.join(" "), self.attrs.backend_type)?;
+        let v4 = (!self.attrs.public_ip.is_unspecified()).then_some(IpAddr::V4(self.attrs.public_ip));
+        let v6 = self.attrs.public_ipv6().map(IpAddr::V6);
+        let publics: Vec<String> = v4.into_iter().chain(v6).map(|ip| ip.to_string()).collect();
+        if !publics.is_empty() {
+            write!(f, " via {}", publics.join(", "))?;
         }
         f.write_str(")")
     }
@@ -401,10 +469,17 @@ mod tests {
     fn subnet_keys_round_trip() {
         let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
         assert_eq!(subnet_key(net), "10.244.3.0-24");
-        assert_eq!(parse_subnet_key("10.244.3.0-24"), Ok(net));
-        // flannel's dual-stack key: the IPv4 part is the subnet.
-        assert_eq!(parse_subnet_key("10.244.3.0-24&fd00:10:244:3::-64"), Ok(net));
-        assert_eq!(parse_subnet_key("0.0.0.0-0"), Ok("0.0.0.0/0".parse().unwrap()));
+        assert_eq!(parse_subnet_key("10.244.3.0-24"), Ok(net.into()));
+        // flannel's dual-stack key: the IPv4 part names the lease.
+        assert_eq!(parse_subnet_key("10.244.3.0-24&fd00:10:244:3::-64"), Ok(net.into()));
+        // flannel's IPv6-only key: no IPv4 subnet, the IPv6 one names the lease.
+        let v6: Ipv6Net = "2001:db8:42:3::/64".parse().unwrap();
+        let key = parse_lease_key("0.0.0.0-0&2001:db8:42:3::-64").unwrap();
+        assert_eq!(key, LeaseKey::ipv6_only(v6));
+        assert_eq!(key.id(), IpNet::V6(v6));
+        assert_eq!(key.subnets().collect::<Vec<_>>(), [IpNet::V6(v6)]);
+        assert_eq!(subnet_key(key), "0.0.0.0-0&2001:db8:42:3::-64");
+        assert!(parse_subnet_key("0.0.0.0-0").is_err(), "names no subnet");
     }
 
     #[test]

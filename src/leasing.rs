@@ -33,11 +33,17 @@ pub struct OwnLease {
 }
 
 impl OwnLease {
-    pub fn subnet(&self) -> Ipv4Net {
+    /// The IPv4 subnet, unless the network is IPv6-only.
+    pub fn subnet(&self) -> Option<Ipv4Net> {
         self.lease.subnet
     }
 
-    /// The IPv6 subnet of a dual-stack lease.
+    /// The subnet that names the lease ([`LeaseKey::id`]).
+    pub fn id(&self) -> IpNet {
+        self.lease.id()
+    }
+
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease.
     pub fn subnet_v6(&self) -> Option<Ipv6Net> {
         self.lease.subnet_v6
     }
@@ -60,11 +66,17 @@ pub enum LeaseError {
     #[error("lost the race for a subnet {0} times in a row; will retry")]
     Contended(usize),
     #[error("our lease on {0} was taken or removed")]
-    Lost(Ipv4Net),
+    Lost(LeaseKey),
     #[error("the subnet {subnet} assigned to this host is not inside the network {network}")]
     OutsideNetwork { subnet: IpNet, network: IpNet },
-    #[error("the network is dual-stack but this host was assigned no IPv6 subnet (a node needs an IPv6 entry in spec.podCIDRs)")]
+    #[error(
+        "the network has IPv6 but this host was assigned no IPv6 subnet (a node needs an IPv6 entry in spec.podCIDRs)"
+    )]
     NoIpv6Subnet,
+    #[error(
+        "the network has IPv4 but this host was assigned no IPv4 subnet (a node needs an IPv4 entry in spec.podCIDRs)"
+    )]
+    NoIpv4Subnet,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -75,7 +87,7 @@ pub struct LeaseRequest<'a> {
     pub ttl: Duration,
     /// The subnet written to subnet.env by a previous run.
     pub previous: Option<Ipv4Net>,
-    /// The IPv6 subnet written there, in a dual-stack network.
+    /// The IPv6 subnet written there, in a dual-stack or IPv6-only network.
     pub previous_v6: Option<Ipv6Net>,
     /// The lease this process held until a moment ago, and the revision of its last write: after
     /// a reload changed our public IP, it is rewritten with the new one if nobody wrote it since,
@@ -89,10 +101,24 @@ impl<'a> LeaseRequest<'a> {
         LeaseRequest { network, attrs, ttl, previous: None, previous_v6: None, handover: None }
     }
 
-    /// Whether `lease` has the subnets this network hands out: its IPv4 one inside the network,
-    /// an IPv6 one exactly when the network is dual-stack.
+    /// Whether `lease` has the subnets this network hands out: one of each family the network
+    /// has, inside it.
     fn fits(&self, lease: &Lease) -> bool {
-        self.network.contains_subnet(&lease.subnet) && self.network.fits_ipv6(lease.subnet_v6)
+        self.network.fits(&lease.key())
+    }
+
+    /// The previous run's subnet of the family that names leases (IPv6 in an IPv6-only network).
+    fn previous_id(&self) -> Option<IpNet> {
+        match self.network.ipv4 {
+            Some(_) => self.previous.map(IpNet::V4),
+            None => self.previous_v6.map(IpNet::V6),
+        }
+    }
+
+    /// Whether `lease` was written by this host: the same public IPv4 address, or in an
+    /// IPv6-only network (where every host publishes 0.0.0.0, as flannel does) the same IPv6 one.
+    fn is_ours(&self, lease: &Lease) -> bool {
+        lease.attrs.is_same_host(self.attrs)
     }
 }
 
@@ -112,10 +138,10 @@ pub async fn acquire_listed(
     if let Some(key) = store.assigned_subnet().await? {
         return Ok((acquire_assigned(store, request, key).await?, None));
     }
-    let mut prefer = request.previous;
+    let mut prefer = request.previous_id();
     for _ in 0..CONFLICT_RETRIES {
         let listing = store.list_leases().await?;
-        let leases = readable(&listing.leases, request.attrs.public_ip);
+        let leases = readable(&listing.leases, request.attrs);
         if let Some((existing, revision)) = ours(&leases, request).or_else(|| handed_over(&listing.leases, request)) {
             // A reservation for us stays a reservation: it never expires.
             let ttl = if existing.is_reservation() { None } else { Some(request.ttl) };
@@ -135,7 +161,9 @@ pub async fn acquire_listed(
             if store.delete_lease(outgrown.key()).await? {
                 info!(subnet = %outgrown.key(), "released our lease of the network's old shape");
             }
-            prefer = prefer.or(Some(outgrown.subnet));
+            let naming = request.network.lease_space();
+            prefer =
+                prefer.or(outgrown.key().subnets().find(|s| naming.network.addr().is_ipv4() == s.addr().is_ipv4()));
             continue;
         }
         let taken = Taken::from_keys(&listing.leases);
@@ -162,34 +190,43 @@ impl Taken {
     fn from_keys(leases: &[RawLease]) -> Taken {
         let mut taken = Taken { v4: HashSet::new(), v6: HashSet::new() };
         for key in leases.iter().filter_map(|raw| lease::parse_lease_key(&raw.key).ok()) {
-            taken.v4.insert(key.subnet.into());
+            taken.v4.extend(key.subnet.map(IpNet::from));
             taken.v6.extend(key.subnet_v6.map(IpNet::from));
         }
         taken
     }
+
+    /// The taken subnets of `space`'s family.
+    fn of(&self, space: &SubnetSpace) -> &HashSet<IpNet> {
+        match space.network {
+            IpNet::V4(_) => &self.v4,
+            IpNet::V6(_) => &self.v6,
+        }
+    }
 }
 
-/// The subnets of a new lease: the previous run's IPv4 subnet when it is free, else a random free
-/// one; in a dual-stack network the IPv6 subnet that goes with it ([`ipv6_for`]).
-fn choose_key(request: &LeaseRequest<'_>, taken: &Taken, previous: Option<Ipv4Net>) -> Result<LeaseKey, LeaseError> {
-    let pick = |space: &SubnetSpace, previous: Option<IpNet>, taken: &HashSet<IpNet>| match previous
-        .filter(|p| space.in_allocation_range(p) && !taken.contains(p))
-    {
-        Some(previous) => Ok(previous),
-        None => choose_free(space, taken, &mut rand::rng())
-            .ok_or(LeaseError::NetworkFull { network: space.network, count: space.subnet_count() }),
+/// The subnets of a new lease: the previous run's subnet when it is free, else a random free
+/// one, of the family that names leases; in a dual-stack network the IPv6 subnet that goes with
+/// the IPv4 one ([`ipv6_for`]).
+fn choose_key(request: &LeaseRequest<'_>, taken: &Taken, previous: Option<IpNet>) -> Result<LeaseKey, LeaseError> {
+    let space = request.network.lease_space();
+    let id = match previous.filter(|p| space.in_allocation_range(p) && !taken.of(space).contains(p)) {
+        Some(previous) => previous,
+        None => choose_free(space, taken.of(space), &mut rand::rng())
+            .ok_or(LeaseError::NetworkFull { network: space.network, count: space.subnet_count() })?,
     };
-    let IpNet::V4(subnet) = pick(&request.network.ipv4(), previous.map(IpNet::from), &taken.v4)? else {
-        unreachable!("an IPv4 space")
+    let subnet = match id {
+        IpNet::V4(subnet) => subnet,
+        IpNet::V6(v6) => return Ok(LeaseKey::ipv6_only(v6)),
     };
     let Some(space) = &request.network.ipv6 else {
-        return Ok(LeaseKey { subnet, subnet_v6: None });
+        return Ok(LeaseKey::from(subnet));
     };
     // Our own previous pair is kept whole.
-    let ours = request.previous_v6.filter(|_| previous == Some(subnet));
+    let ours = request.previous_v6.filter(|_| previous == Some(id));
     let subnet_v6 = ipv6_for(request.network, subnet, &taken.v6, ours)
         .ok_or(LeaseError::NetworkFull { network: space.network, count: space.subnet_count() })?;
-    Ok(LeaseKey { subnet, subnet_v6: Some(subnet_v6) })
+    Ok(LeaseKey { subnet: Some(subnet), subnet_v6: Some(subnet_v6) })
 }
 
 /// The IPv6 subnet that goes with a new lease of `subnet` in a dual-stack network: `preferred`
@@ -204,7 +241,7 @@ pub fn ipv6_for(
     preferred: Option<Ipv6Net>,
 ) -> Option<Ipv6Net> {
     let space = network.ipv6.as_ref()?;
-    let paired = network.ipv4().position(&subnet.into()).map(|i| space.nth_subnet(i));
+    let paired = network.ipv4.as_ref()?.position(&subnet.into()).map(|i| space.nth_subnet(i));
     let mut candidates = [preferred.map(IpNet::from), paired].into_iter().flatten();
     let chosen = match candidates.find(|c| space.in_allocation_range(c) && !taken.contains(c)) {
         Some(free) => free,
@@ -224,19 +261,10 @@ async fn acquire_assigned(
     assigned: LeaseKey,
 ) -> Result<OwnLease, LeaseError> {
     let network = request.network;
-    if !network.contains_subnet(&assigned.subnet) {
-        return Err(LeaseError::OutsideNetwork { subnet: assigned.subnet.into(), network: network.network.into() });
-    }
-    // An IPv6 subnet is held only in a dual-stack network, and must then lie inside it.
-    let subnet_v6 = match (&network.ipv6, assigned.subnet_v6) {
-        (None, _) => None,
-        (Some(_), None) => return Err(LeaseError::NoIpv6Subnet),
-        (Some(space), Some(v6)) if !space.contains_subnet(&v6.into()) => {
-            return Err(LeaseError::OutsideNetwork { subnet: v6.into(), network: space.network })
-        }
-        (Some(_), Some(v6)) => Some(v6),
+    let key = LeaseKey {
+        subnet: held(network.ipv4.as_ref(), assigned.subnet, LeaseError::NoIpv4Subnet)?,
+        subnet_v6: held(network.ipv6.as_ref(), assigned.subnet_v6, LeaseError::NoIpv6Subnet)?,
     };
-    let key = LeaseKey { subnet: assigned.subnet, subnet_v6 };
     let json = request.attrs.to_json();
     match store.create_lease(LeaseWrite::new(key, &json, None)).await? {
         WriteOutcome::Written { revision, expiry } => {
@@ -245,6 +273,23 @@ async fn acquire_assigned(
         }
         // The assignment changed between reading and writing it.
         WriteOutcome::Conflict => Err(LeaseError::Contended(1)),
+    }
+}
+
+/// The assigned subnet of one family: held when the network has the family (it must then be
+/// assigned, inside the family's network), not used when the network lacks it.
+fn held<N: Into<IpNet> + Copy>(
+    space: Option<&SubnetSpace>,
+    subnet: Option<N>,
+    missing: LeaseError,
+) -> Result<Option<N>, LeaseError> {
+    match (space, subnet) {
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(missing),
+        (Some(space), Some(subnet)) if !space.contains_subnet(&subnet.into()) => {
+            Err(LeaseError::OutsideNetwork { subnet: subnet.into(), network: space.network })
+        }
+        (Some(_), subnet) => Ok(subnet),
     }
 }
 
@@ -259,7 +304,7 @@ pub async fn renew(
     let json = attrs.to_json();
     match store.update_lease(LeaseWrite::new(current.key(), &json, ttl), current.revision).await? {
         WriteOutcome::Written { revision, expiry } => Ok(own(current.key(), attrs, expiry, revision)),
-        WriteOutcome::Conflict => Err(LeaseError::Lost(current.subnet())),
+        WriteOutcome::Conflict => Err(LeaseError::Lost(current.key())),
     }
 }
 
@@ -282,17 +327,22 @@ fn own(key: LeaseKey, attrs: &LeaseAttrs, expiry: Expiry, revision: Revision) ->
     OwnLease { lease, revision, runs_out }
 }
 
-/// The leases whose PublicIP is `public_ip` (and the unreadable ones, to warn about), parsed.
-/// The others are only skimmed for their PublicIP: parsing every lease in full (its BackendData
-/// as a JSON tree) is a good part of an agent's start in a 10,000-host cluster.
-fn readable(raw: &[RawLease], public_ip: std::net::Ipv4Addr) -> Vec<(Lease, Revision)> {
+/// The leases with our public addresses (and the unreadable ones, to warn about), parsed. The
+/// others are only skimmed for their addresses: parsing every lease in full (its BackendData as
+/// a JSON tree) is a good part of an agent's start in a 10,000-host cluster.
+fn readable(raw: &[RawLease], attrs: &LeaseAttrs) -> Vec<(Lease, Revision)> {
     #[derive(serde::Deserialize)]
     struct Skim {
         #[serde(rename = "PublicIP")]
         public_ip: std::net::Ipv4Addr,
+        #[serde(rename = "PublicIPv6", default)]
+        public_ipv6: Option<std::net::Ipv6Addr>,
     }
     raw.iter()
-        .filter(|r| serde_json::from_slice::<Skim>(&r.value).map_or(true, |skim| skim.public_ip == public_ip))
+        .filter(|r| {
+            serde_json::from_slice::<Skim>(&r.value)
+                .map_or(true, |skim| LeaseAttrs::same_host(skim.public_ip, skim.public_ipv6, attrs))
+        })
         .filter_map(|r| match r.parse() {
             Ok(lease) => Some((lease, r.mod_revision)),
             Err(e) => {
@@ -305,21 +355,22 @@ fn readable(raw: &[RawLease], public_ip: std::net::Ipv4Addr) -> Vec<(Lease, Revi
 
 /// The lease already held by our public IP, preferring the subnet we last wrote to subnet.env.
 fn ours(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<(Lease, Revision)> {
-    let mine = leases.iter().filter(|(l, _)| l.attrs.public_ip == request.attrs.public_ip && request.fits(l));
+    let mine = leases.iter().filter(|(l, _)| request.is_ours(l) && request.fits(l));
     let mut candidates: Vec<_> = mine.cloned().collect();
-    candidates.sort_by_key(|(l, _)| Some(l.subnet) != request.previous);
+    let previous = request.previous_id();
+    candidates.sort_by_key(|(l, _)| Some(l.id()) != previous);
     candidates.into_iter().next()
 }
 
-/// A lease of our public IP whose IPv4 subnet is in the network but whose IPv6 side is not as
-/// the network wants it: taken before IPv6 was turned on, or off.
+/// A lease of ours with a subnet of the network whose other side is not as the network wants it:
+/// taken before a family was turned on, or off.
 fn outgrown(leases: &[(Lease, Revision)], request: &LeaseRequest<'_>) -> Option<Lease> {
     leases
         .iter()
         .map(|(l, _)| l)
         .find(|l| {
-            l.attrs.public_ip == request.attrs.public_ip
-                && request.network.contains_subnet(&l.subnet)
+            request.is_ours(l)
+                && l.key().subnets().any(|s| request.network.is_lease_sized(&s))
                 && !request.fits(l)
                 && !l.is_reservation()
         })
@@ -371,7 +422,7 @@ mod tests {
 
     #[test]
     fn free_subnet_avoids_taken_and_fills_up() {
-        let n = network("192.0.2.0/24").ipv4(); // four /26, three allocatable
+        let n = network("192.0.2.0/24").ipv4.unwrap(); // four /26, three allocatable
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut taken = HashSet::new();
         for _ in 0..3 {
@@ -402,7 +453,7 @@ mod tests {
         async fn acquires_a_free_subnet_in_the_range() {
             let (store, n, me) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
             let (own, listing) = acquire_listed(&store, &request(&n, &me, None)).await.unwrap();
-            assert!(n.in_allocation_range(&own.subnet()));
+            assert!(n.lease_space().in_allocation_range(&own.id()));
             assert!(listing.unwrap().leases.is_empty(), "the listing is from before our write");
             let stored = store.list_leases().await.unwrap();
             assert_eq!(stored.leases.len(), 1);
@@ -415,7 +466,7 @@ mod tests {
         async fn takes_the_previous_subnet_when_free() {
             let (store, n, me) = (MemoryStore::new(), network("10.244.0.0/16"), attrs(1));
             let own = acquire(&store, &request(&n, &me, Some("10.244.42.0/24"))).await.unwrap();
-            assert_eq!(own.subnet().to_string(), "10.244.42.0/24");
+            assert_eq!(own.id().to_string(), "10.244.42.0/24");
         }
 
         #[tokio::test]
@@ -455,7 +506,7 @@ mod tests {
             acquire(&store, &request(&n, &other, Some("10.244.42.0/24"))).await.unwrap();
             let me = attrs(1);
             let own = acquire(&store, &request(&n, &me, Some("10.244.42.0/24"))).await.unwrap();
-            assert_ne!(own.subnet().to_string(), "10.244.42.0/24");
+            assert_ne!(own.id().to_string(), "10.244.42.0/24");
         }
 
         #[tokio::test]
@@ -465,10 +516,10 @@ mod tests {
             let renewed = renew(&store, &own, &me, TTL).await.unwrap();
             assert!(renewed.revision > own.revision);
             // Renewing from the stale revision: someone (here, our own renewal) wrote since.
-            assert!(matches!(renew(&store, &own, &me, TTL).await, Err(LeaseError::Lost(s)) if s == own.subnet()));
+            assert!(matches!(renew(&store, &own, &me, TTL).await, Err(LeaseError::Lost(s)) if s == own.key()));
             // Taken over by another host.
             let json = attrs(2).to_json();
-            let write = LeaseWrite::new(own.subnet(), &json, Some(TTL));
+            let write = LeaseWrite::new(own.key(), &json, Some(TTL));
             store.update_lease(write, renewed.revision).await.unwrap();
             assert!(matches!(renew(&store, &renewed, &me, TTL).await, Err(LeaseError::Lost(_))));
             // Removed.
@@ -484,7 +535,7 @@ mod tests {
             tokio::time::advance(TTL + Duration::from_secs(1)).await;
             assert!(store.list_leases().await.unwrap().leases.is_empty());
             assert!(matches!(renew(&store, &own, &me, TTL).await, Err(LeaseError::Lost(_))));
-            let previous = own.subnet().to_string();
+            let previous = own.id().to_string();
             let other = attrs(2);
             let taken = acquire(&store, &request(&n, &other, Some(&previous))).await.unwrap();
             assert_eq!(taken.subnet(), own.subnet(), "the expired subnet is free for the next host");
@@ -517,7 +568,7 @@ mod tests {
             // Another host gets other subnets of both families.
             let other = acquire(&store, &request(&n, &attrs(2), Some("10.244.42.0/24"))).await.unwrap();
             assert_ne!(other.subnet(), own.subnet());
-            assert!(n.fits_ipv6(other.subnet_v6()) && other.subnet_v6() != own.subnet_v6());
+            assert!(n.fits(&other.key()) && other.subnet_v6() != own.subnet_v6());
             let keys: Vec<String> = store.list_leases().await.unwrap().leases.into_iter().map(|r| r.key).collect();
             assert_eq!(keys.len(), 2, "{keys:?}");
         }
@@ -531,7 +582,7 @@ mod tests {
             let dual = dual_stack();
             let after = acquire(&store, &request(&dual, &me, None)).await.unwrap();
             assert_eq!(after.subnet(), before.subnet(), "the IPv4 subnet is kept");
-            assert!(dual.fits_ipv6(after.subnet_v6()));
+            assert!(dual.fits(&after.key()));
             let keys: Vec<String> = store.list_leases().await.unwrap().leases.into_iter().map(|r| r.key).collect();
             assert_eq!(keys, [after.key().to_string()], "the old key is gone, not left beside the new one");
             // And back: the IPv6 side goes, the IPv4 subnet stays.
@@ -546,15 +597,62 @@ mod tests {
             let v6 = ipv6_for(&n, reserved, &HashSet::new(), None).unwrap();
             // Paired by position: the 7th IPv4 subnet of the range, the 7th IPv6 one.
             assert_eq!(v6.to_string(), "2001:db8:42:7::/64");
-            let key = LeaseKey { subnet: reserved, subnet_v6: Some(v6) };
+            let key = LeaseKey { subnet: Some(reserved), subnet_v6: Some(v6) };
             store.create_lease(LeaseWrite::new(key, &me.to_json(), None)).await.unwrap();
             let own = acquire(&store, &request(&n, &me, None)).await.unwrap();
             assert_eq!((own.key(), own.lease.expiry), (key, Expiry::Never));
             // Taken, the paired subnet gives way to a free one.
             let taken: HashSet<IpNet> = [IpNet::from(v6)].into();
             let other = ipv6_for(&n, reserved, &taken, None).unwrap();
-            assert!(other != v6 && n.fits_ipv6(Some(other)));
+            assert!(other != v6 && n.ipv6.unwrap().contains_subnet(&other.into()));
             assert_eq!(ipv6_for(&network("10.244.0.0/16"), reserved, &HashSet::new(), None), None);
+        }
+
+        fn ipv6_only() -> Network {
+            let section =
+                NetworkSection { enable_ipv4: false, ipv6_cidr: "2001:db8:42::/56".into(), ..Default::default() };
+            Network::new(&section).unwrap()
+        }
+
+        /// An IPv6-only host, as flannel writes it: 0.0.0.0 and its IPv6 address.
+        fn attrs_v6(last: u16) -> LeaseAttrs {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last);
+            LeaseAttrs::new(Ipv4Addr::UNSPECIFIED, "alloc", serde_json::Value::Null)
+                .with_v6(ip, serde_json::Value::Null)
+        }
+
+        #[tokio::test]
+        async fn an_ipv6_only_lease_is_named_by_its_ipv6_subnet_and_found_by_its_ipv6_address() {
+            let (store, n) = (MemoryStore::new(), ipv6_only());
+            let (me, other) = (attrs_v6(1), attrs_v6(2));
+            let previous_v6 = Some("2001:db8:42:42::/64".parse().unwrap());
+            let first = LeaseRequest { previous_v6, ..request(&n, &me, None) };
+            let own = acquire(&store, &first).await.unwrap();
+            assert_eq!(own.key().to_string(), "0.0.0.0-0&2001:db8:42:42::-64");
+            assert_eq!(own.subnet(), None);
+            assert_eq!(own.id().to_string(), "2001:db8:42:42::/64");
+            // Another host publishes 0.0.0.0 too: it is not us, and gets another subnet.
+            let theirs = acquire(&store, &request(&n, &other, None)).await.unwrap();
+            assert_ne!(theirs.key(), own.key());
+            // Restarted without subnet.env: found by our IPv6 address, not the other host's.
+            let again = acquire(&store, &request(&n, &me, None)).await.unwrap();
+            assert_eq!(again.key(), own.key());
+            assert_eq!(store.list_leases().await.unwrap().leases.len(), 2);
+            // The previous subnet of another host is not taken.
+            let third = attrs_v6(3);
+            let taken = LeaseRequest { previous_v6, ..request(&n, &third, None) };
+            assert_ne!(acquire(&store, &taken).await.unwrap().key(), own.key());
+        }
+
+        #[tokio::test]
+        async fn turning_ipv4_off_re_leases_with_the_same_ipv6_subnet() {
+            let store = MemoryStore::new();
+            let me = attrs(1).with_v6("2001:db8::1".parse().unwrap(), serde_json::Value::Null);
+            let before = acquire(&store, &request(&dual_stack(), &me, None)).await.unwrap();
+            let after = acquire(&store, &request(&ipv6_only(), &me, None)).await.unwrap();
+            assert_eq!((after.subnet(), after.subnet_v6()), (None, before.subnet_v6()));
+            let keys: Vec<String> = store.list_leases().await.unwrap().leases.into_iter().map(|r| r.key).collect();
+            assert_eq!(keys, [after.key().to_string()], "the dual-stack key is gone");
         }
 
         #[tokio::test]
@@ -564,7 +662,7 @@ mod tests {
             let reserved: Ipv4Net = "10.244.7.0/24".parse().unwrap();
             store.create_lease(LeaseWrite::new(reserved, &json, None)).await.unwrap();
             let own = acquire(&store, &request(&n, &me, None)).await.unwrap();
-            assert_eq!(own.subnet(), reserved);
+            assert_eq!(own.subnet(), Some(reserved));
             assert_eq!(own.lease.expiry, Expiry::Never);
             assert_eq!(renew(&store, &own, &me, TTL).await.unwrap().lease.expiry, Expiry::Never);
         }

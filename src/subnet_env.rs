@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 const NETWORK: &str = "FLANNEL_NETWORK";
 const SUBNET: &str = "FLANNEL_SUBNET";
@@ -33,18 +33,26 @@ pub enum SubnetEnvError {
     },
 }
 
-/// The contents of subnet.env: `network` and `subnet` as network addresses.
+/// The contents of subnet.env: each family's network and this host's subnet, as network
+/// addresses. At least one family is there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    pub network: Ipv4Net,
-    pub subnet: Ipv4Net,
-    /// The IPv6 network and this host's IPv6 subnet, dual-stack.
+    /// The IPv4 lines, unless the network is IPv6-only.
+    pub ipv4: Option<Ipv4Pair>,
+    /// The IPv6 lines, dual-stack or IPv6-only.
     pub ipv6: Option<Ipv6Pair>,
     pub mtu: u32,
     pub ip_masq: bool,
 }
 
-/// The IPv6 lines of a dual-stack host's subnet.env.
+/// The IPv4 lines of a host's subnet.env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Pair {
+    pub network: Ipv4Net,
+    pub subnet: Ipv4Net,
+}
+
+/// The IPv6 lines of a dual-stack or IPv6-only host's subnet.env.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv6Pair {
     pub network: Ipv6Net,
@@ -54,8 +62,10 @@ pub struct Ipv6Pair {
 impl SubnetEnv {
     /// flannel's format: the subnet is written with its first host address (the bridge's).
     pub fn render(&self) -> String {
-        let mut text =
-            format!("{NETWORK}={}\n{SUBNET}={}/{}\n", self.network, self.gateway(), self.subnet.prefix_len());
+        let mut text = String::new();
+        if let Some(v4) = &self.ipv4 {
+            text += &format!("{NETWORK}={}\n{SUBNET}={}/{}\n", v4.network, v4.gateway(), v4.subnet.prefix_len());
+        }
         if let Some(v6) = &self.ipv6 {
             text +=
                 &format!("{IPV6_NETWORK}={}\n{IPV6_SUBNET}={}/{}\n", v6.network, v6.gateway(), v6.subnet.prefix_len());
@@ -63,25 +73,31 @@ impl SubnetEnv {
         text + &format!("{MTU}={}\n{IPMASQ}={}\n", self.mtu, self.ip_masq)
     }
 
-    /// The bridge's address: the subnet's first host.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    /// The subnet that names this host's lease ([`crate::lease::LeaseKey::id`]): the IPv4 one,
+    /// IPv6-only the IPv6 one.
+    pub fn lease_id(&self) -> IpNet {
+        match (self.ipv4, self.ipv6) {
+            (Some(v4), _) => IpNet::V4(v4.subnet),
+            (None, Some(v6)) => IpNet::V6(v6.subnet),
+            (None, None) => unreachable!("parsed or built with a family"),
+        }
     }
 
-    /// Parses the text as flannel's readers do: `KEY=VALUE` lines, unknown keys (flanneld's
-    /// `FLANNEL_IPV6_*`), comments and lines without `=` ignored. `FLANNEL_NETWORK`,
-    /// `FLANNEL_SUBNET` and `FLANNEL_MTU` are required; `FLANNEL_IPMASQ` defaults to false.
+    /// Parses the text as flannel's readers do: `KEY=VALUE` lines, unknown keys, comments and
+    /// lines without `=` ignored. `FLANNEL_NETWORK` and `FLANNEL_SUBNET` (or, IPv6-only, the
+    /// `FLANNEL_IPV6_` pair) and `FLANNEL_MTU` are required; `FLANNEL_IPMASQ` defaults to false.
     pub fn parse(text: &str) -> Result<SubnetEnv, SubnetEnvError> {
         let keys = Keys::scan(text)?;
+        let ipv4 =
+            pair(keys.network, keys.subnet, [NETWORK, SUBNET])?.map(|(network, subnet)| Ipv4Pair { network, subnet });
+        let ipv6 = pair(keys.ipv6_network, keys.ipv6_subnet, [IPV6_NETWORK, IPV6_SUBNET])?
+            .map(|(network, subnet)| Ipv6Pair { network, subnet });
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err(SubnetEnvError::Missing { key: NETWORK });
+        }
         Ok(SubnetEnv {
-            network: keys.network.ok_or(SubnetEnvError::Missing { key: NETWORK })?,
-            subnet: keys.subnet.ok_or(SubnetEnvError::Missing { key: SUBNET })?,
-            ipv6: match (keys.ipv6_network, keys.ipv6_subnet) {
-                (Some(network), Some(subnet)) => Some(Ipv6Pair { network, subnet }),
-                (None, None) => None,
-                (Some(_), None) => return Err(SubnetEnvError::Missing { key: IPV6_SUBNET }),
-                (None, Some(_)) => return Err(SubnetEnvError::Missing { key: IPV6_NETWORK }),
-            },
+            ipv4,
+            ipv6,
             mtu: keys.mtu.ok_or(SubnetEnvError::Missing { key: MTU })?,
             ip_masq: keys.ip_masq.unwrap_or(false),
         })
@@ -120,9 +136,26 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
     Keys::scan(&std::fs::read_to_string(path).ok()?).ok()?.subnet
 }
 
-/// The IPv6 subnet a previous dual-stack run wrote.
+/// The IPv6 subnet a previous dual-stack or IPv6-only run wrote.
 pub fn previous_subnet_v6(path: &Path) -> Option<Ipv6Net> {
     Keys::scan(&std::fs::read_to_string(path).ok()?).ok()?.ipv6_subnet
+}
+
+/// One family's network and subnet lines: both or neither.
+fn pair<N>(network: Option<N>, subnet: Option<N>, keys: [&'static str; 2]) -> Result<Option<(N, N)>, SubnetEnvError> {
+    match (network, subnet) {
+        (Some(network), Some(subnet)) => Ok(Some((network, subnet))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(SubnetEnvError::Missing { key: keys[1] }),
+        (None, Some(_)) => Err(SubnetEnvError::Missing { key: keys[0] }),
+    }
+}
+
+impl Ipv4Pair {
+    /// The bridge's address: the subnet's first host.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    }
 }
 
 impl Ipv6Pair {
@@ -185,8 +218,10 @@ mod tests {
     #[test]
     fn renders_flannels_format_and_reads_it_back() {
         let env = SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv4: Some(Ipv4Pair {
+                network: "10.244.0.0/16".parse().unwrap(),
+                subnet: "10.244.3.0/24".parse().unwrap(),
+            }),
             ipv6: None,
             mtu: 1450,
             ip_masq: false,
@@ -205,6 +240,8 @@ mod tests {
         std::fs::write(&path, "FLANNEL_SUBNET=10.244.9.1/24\n").unwrap();
         assert_eq!(previous_subnet(&path), Some("10.244.9.0/24".parse().unwrap()));
         assert!(matches!(SubnetEnv::read(&path), Err(SubnetEnvError::Missing { key: "FLANNEL_NETWORK" })));
+        std::fs::write(&path, "FLANNEL_MTU=1450\n").unwrap();
+        assert!(matches!(SubnetEnv::read(&path), Err(SubnetEnvError::Missing { key: "FLANNEL_NETWORK" })), "no family");
         let absent = SubnetEnv::read(&dir.path().join("missing")).unwrap_err();
         assert!(matches!(&absent, SubnetEnvError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
     }
@@ -215,11 +252,12 @@ mod tests {
     #[test]
     fn parses_flannels_format() {
         let env = SubnetEnv::parse(FLANNELD).unwrap();
-        assert_eq!(env.network.to_string(), "10.244.0.0/16");
-        assert_eq!(env.subnet.to_string(), "10.244.3.0/24");
+        let v4 = env.ipv4.unwrap();
+        assert_eq!(v4.network.to_string(), "10.244.0.0/16");
+        assert_eq!(v4.subnet.to_string(), "10.244.3.0/24");
         assert_eq!(env.mtu, 1450);
         assert!(env.ip_masq);
-        assert_eq!(env.gateway().to_string(), "10.244.3.1");
+        assert_eq!(v4.gateway().to_string(), "10.244.3.1");
         assert_eq!(SubnetEnv::parse(&env.render()).unwrap(), env);
     }
 
@@ -246,11 +284,22 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_only_file_is_flannels() {
+        // As flanneld writes it with EnableIPv4 false: no IPv4 lines at all.
+        let flanneld = "FLANNEL_IPV6_NETWORK=2001:db8:42::/56\nFLANNEL_IPV6_SUBNET=2001:db8:42:3::1/64\n\
+                        FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n";
+        let env = SubnetEnv::parse(flanneld).unwrap();
+        assert_eq!(env.ipv4, None);
+        assert_eq!(env.ipv6.unwrap().subnet.to_string(), "2001:db8:42:3::/64");
+        assert_eq!(env.render(), flanneld);
+    }
+
+    #[test]
     fn unknown_keys_comments_and_stray_lines_are_ignored_and_ipmasq_defaults_to_false() {
         let text = "# written by flanneld\nFLANNEL_NETWORK=10.244.0.0/16\n\nFLANNEL_IPV6_NETWORK=fd00::/56\n\
                     junk\nFLANNEL_IPV6_SUBNET=fd00:0:0:3::1/64\nFLANNEL_SUBNET_X=nope\n FLANNEL_SUBNET = 10.244.3.1/24 \nFLANNEL_MTU=1450\n";
         let env = SubnetEnv::parse(text).unwrap();
-        assert_eq!(env.subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(env.ipv4.unwrap().subnet.to_string(), "10.244.3.0/24");
         assert!(!env.ip_masq);
     }
 

@@ -4,24 +4,24 @@
 
 use std::collections::BTreeSet;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::debug;
 
 use crate::lease::{self, Lease, LeaseMap};
-use crate::network::Network;
+use crate::network::{Network, SubnetSpace};
 use crate::store::{LeaseUpdate, RawLease};
 
-/// One subnet's lease came, changed or went. The lease itself is in the watcher's map
-/// ([`LeaseWatcher::leases`]), so a first listing of 10,000 leases copies none of them.
+/// One lease (by its [`Lease::id`]) came, changed or went. The lease itself is in the watcher's
+/// map ([`LeaseWatcher::leases`]), so a first listing of 10,000 leases copies none of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEvent {
-    Added(Ipv4Net),
-    Changed(Ipv4Net),
-    Removed(Ipv4Net),
+    Added(IpNet),
+    Changed(IpNet),
+    Removed(IpNet),
 }
 
 impl LeaseEvent {
-    pub fn subnet(&self) -> Ipv4Net {
+    pub fn subnet(&self) -> IpNet {
         match *self {
             LeaseEvent::Added(subnet) | LeaseEvent::Changed(subnet) | LeaseEvent::Removed(subnet) => subnet,
         }
@@ -39,7 +39,8 @@ pub struct Skipped {
 #[derive(Debug, Clone)]
 pub struct LeaseWatcher {
     network: Network,
-    own: Option<Ipv4Net>,
+    /// Our lease's [`Lease::id`].
+    own: Option<IpNet>,
     known: LeaseMap,
     /// Keys in the store whose value does not parse: not installed, yet held by someone, so
     /// nothing of theirs (a cloud route of either family) is judged stale.
@@ -55,12 +56,12 @@ pub struct Delivery {
 
 impl LeaseWatcher {
     /// Watches `network`'s leases other than `own`.
-    pub fn new(network: Network, own: Option<Ipv4Net>) -> Self {
+    pub fn new(network: Network, own: Option<IpNet>) -> Self {
         LeaseWatcher { network, own, known: LeaseMap::new(), unreadable: BTreeSet::new() }
     }
 
     /// Our subnet changed (lease lost and acquired again): stop delivering the new one.
-    pub fn set_own(&mut self, own: Ipv4Net) {
+    pub fn set_own(&mut self, own: IpNet) {
         self.own = Some(own);
         self.known.remove(&own);
     }
@@ -80,18 +81,18 @@ impl LeaseWatcher {
             LeaseUpdate::Put(raw) => {
                 let key = lease::parse_lease_key(&raw.key).ok();
                 if let Some(lease) = self.accept(&raw, &mut delivery.skipped) {
-                    self.unreadable.retain(|held| held.subnet != lease.subnet);
+                    self.unreadable.retain(|held| held.id() != lease.id());
                     delivery.events.extend(self.upsert(lease));
                 } else if let Some(key) = key {
                     // A lease we knew turned unreadable: it is gone as far as the backend knows.
-                    let subnet = key.subnet;
+                    let subnet = self.as_kept(key).id();
                     delivery.events.extend(self.known.remove(&subnet).map(|_| LeaseEvent::Removed(subnet)));
                     self.note_unreadable(key);
                 }
             }
             LeaseUpdate::Deleted { key, .. } => {
                 if let Ok(deleted) = lease::parse_lease_key(&key).map(|k| self.as_kept(k)) {
-                    let subnet = deleted.subnet;
+                    let subnet = deleted.id();
                     self.unreadable.remove(&deleted);
                     // Another key of the same IPv4 subnet (a dual-stack key beside an IPv4 one,
                     // written by someone else) is not what was deleted.
@@ -109,7 +110,7 @@ impl LeaseWatcher {
                 let mut fresh = Vec::with_capacity(entries.len());
                 for raw in entries {
                     match self.accept(&raw, &mut delivery.skipped) {
-                        Some(lease) => fresh.push((lease.subnet, lease)),
+                        Some(lease) => fresh.push((lease.id(), lease)),
                         None => {
                             if let Ok(key) = lease::parse_lease_key(&raw.key) {
                                 self.note_unreadable(key);
@@ -125,8 +126,9 @@ impl LeaseWatcher {
 
     /// Our own subnet and subnets outside the network are not anyone's route to keep.
     fn note_unreadable(&mut self, key: lease::LeaseKey) {
-        if Some(key.subnet) != self.own && self.network.contains_subnet(&key.subnet) {
-            self.unreadable.insert(self.as_kept(key));
+        let kept = self.as_kept(key);
+        if Some(kept.id()) != self.own && self.names_a_lease(&kept) {
+            self.unreadable.insert(kept);
         }
     }
 
@@ -139,35 +141,43 @@ impl LeaseWatcher {
                 return None;
             }
         };
-        if !self.network.contains_subnet(&lease.subnet) {
-            skipped.push(skip(format!("subnet {} is not inside the network {}", lease.subnet, self.network.network)));
+        let kept = self.as_kept(lease.key());
+        if !self.names_a_lease(&kept) {
+            let reason = format!("subnet {} is not inside the network {}", lease.key(), self.network);
+            skipped.push(skip(reason));
             return None;
         }
-        if Some(lease.subnet) == self.own {
+        if Some(kept.id()) == self.own {
             return None;
         }
-        // Its IPv4 subnet is fine; an IPv6 one outside our IPv6 network (or in an IPv4-only
-        // network) gets nothing installed. A dual-stack network's peer without one is IPv4 only
-        // until it leases again.
-        let kept = self.as_kept(lease.key()).subnet_v6;
-        if let Some(v6) = lease.subnet_v6.filter(|_| kept.is_none()) {
-            debug!(key = %raw.key, subnet = %v6, "IPv6 subnet outside the network's: ignored");
+        // Its naming subnet is fine; a subnet of the other family outside the network's (or of
+        // a family the network lacks) gets nothing installed. A dual-stack network's peer
+        // without an IPv6 subnet is IPv4 only until it leases again.
+        if kept != lease.key() {
+            debug!(key = %raw.key, kept = %kept, "subnet outside the network's: ignored");
         }
-        lease.subnet_v6 = kept;
+        (lease.subnet, lease.subnet_v6) = (kept.subnet, kept.subnet_v6);
         Some(lease)
     }
 
-    /// A key as its lease is kept: without an IPv6 subnet this network does not route (see
+    /// A key as its lease is kept: without the subnets this network does not route (see
     /// [`LeaseWatcher::accept`]).
-    fn as_kept(&self, mut key: lease::LeaseKey) -> lease::LeaseKey {
-        if !self.network.fits_ipv6(key.subnet_v6) {
-            key.subnet_v6 = None;
+    fn as_kept(&self, key: lease::LeaseKey) -> lease::LeaseKey {
+        let routed = |space: Option<SubnetSpace>, subnet: IpNet| space.is_some_and(|s| s.contains_subnet(&subnet));
+        lease::LeaseKey {
+            subnet: key.subnet.filter(|s| routed(self.network.ipv4, (*s).into())),
+            subnet_v6: key.subnet_v6.filter(|s| routed(self.network.ipv6, (*s).into())),
         }
-        key
+    }
+
+    /// Whether a kept key still has the subnet that names a lease in this network (its IPv4
+    /// one, IPv6-only its IPv6 one).
+    fn names_a_lease(&self, kept: &lease::LeaseKey) -> bool {
+        self.network.lease_space().contains_subnet(&kept.id())
     }
 
     fn upsert(&mut self, lease: Lease) -> Option<LeaseEvent> {
-        let subnet = lease.subnet;
+        let subnet = lease.id();
         let unchanged = self.known.get(&subnet).map(|old| same_peer(old, &lease));
         self.known.insert(subnet, lease);
         match unchanged {
@@ -182,9 +192,9 @@ impl LeaseWatcher {
         let old = std::mem::replace(&mut self.known, fresh);
         let gone =
             old.keys().filter(|subnet| !self.known.contains_key(subnet)).map(|&subnet| LeaseEvent::Removed(subnet));
-        let came = self.known.values().filter_map(|lease| match old.get(&lease.subnet) {
-            None => Some(LeaseEvent::Added(lease.subnet)),
-            Some(prev) if !same_peer(prev, lease) => Some(LeaseEvent::Changed(lease.subnet)),
+        let came = self.known.iter().filter_map(|(&id, lease)| match old.get(&id) {
+            None => Some(LeaseEvent::Added(id)),
+            Some(prev) if !same_peer(prev, lease) => Some(LeaseEvent::Changed(id)),
             Some(_) => None,
         });
         gone.chain(came).collect()
@@ -193,7 +203,7 @@ impl LeaseWatcher {
 
 /// Whether `new` asks nothing more of the backend than `old`: a renewal changes only the expiry.
 fn same_peer(old: &Lease, new: &Lease) -> bool {
-    old.attrs == new.attrs && old.subnet_v6 == new.subnet_v6
+    old.attrs == new.attrs && old.key() == new.key()
 }
 
 #[cfg(test)]
@@ -201,6 +211,7 @@ mod tests {
     use super::*;
     use crate::lease::{Expiry, LeaseAttrs};
     use crate::network::NetworkSection;
+    use ipnet::Ipv4Net;
 
     fn network() -> Network {
         Network::new(&NetworkSection { cidr: "10.244.0.0/16".into(), ..Default::default() }).unwrap()
@@ -279,7 +290,7 @@ mod tests {
 
     #[test]
     fn skips_malformed_foreign_and_own() {
-        let own: Ipv4Net = "10.244.5.0/24".parse().unwrap();
+        let own: IpNet = "10.244.5.0/24".parse().unwrap();
         let mut w = LeaseWatcher::new(network(), Some(own));
         let mut bad_json = raw("10.244.1.0-24", "192.0.2.1");
         bad_json.value = b"{oops".to_vec();

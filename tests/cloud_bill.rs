@@ -187,7 +187,7 @@ async fn settle_and_count<P: Provider>(
         if rounds > 1 && !wrote {
             break;
         }
-        assert!(rounds < 10, "{}: not settled after {rounds} rounds: {:?}", network.network, counts(from));
+        assert!(rounds < 10, "{}: not settled after {rounds} rounds: {:?}", network, counts(from));
     }
     let from = calls();
     for _ in 0..RECHECKS_PER_HOUR {

@@ -91,7 +91,7 @@ fn dual_stack_cluster(hosts: usize, backend: &str) -> (Cluster, Vec<SubnetEnv>, 
         let (env, v6) = dual_subnet_env(&mut cluster, i);
         assert_eq!(v6.network.to_string(), "2001:db8:42::/56");
         assert_eq!(v6.subnet.prefix_len(), 64, "flannel's default IPv6 subnet length");
-        let addrs = cluster.make_pod(i, weft::lab::pods::SubnetInfo::from(env.clone()));
+        let addrs = cluster.make_pod(i, weft::lab::pods::SubnetInfo::of(env.clone()).expect("an IPv4 subnet"));
         let pod_v6 = add_pod_ipv6(&cluster, i, &v6);
         pods.push((IpAddr::V4(addrs.pod.addr()), IpAddr::V6(pod_v6)));
         envs.push(env);
@@ -116,7 +116,11 @@ fn pods_talk_over_ipv4_and_ipv6_with_vxlan() {
     assert_eq!(code, 200, "{body}");
     let status: serde_json::Value = serde_json::from_str(&body).expect("status as JSON");
     let v6 = envs[0].ipv6.as_ref().expect("an IPv6 pair").subnet.trunc().to_string();
-    assert_eq!(status["lease"]["subnets"], serde_json::json!([envs[0].subnet.trunc().to_string(), v6]), "{body}");
+    assert_eq!(
+        status["lease"]["subnets"],
+        serde_json::json!([envs[0].ipv4.unwrap().subnet.trunc().to_string(), v6]),
+        "{body}"
+    );
     assert_eq!(status["lease"]["public_ipv6"], host_ipv6(1).to_string(), "{body}");
 }
 
@@ -146,8 +150,8 @@ fn pods_talk_over_ipv4_and_ipv6_with_host_gw() {
         let v6 = env.ipv6.unwrap();
         let key = format!(
             "/coreos.com/network/subnets/{}-{}&{}-{}",
-            env.subnet.network(),
-            env.subnet.prefix_len(),
+            env.ipv4.unwrap().subnet.network(),
+            env.ipv4.unwrap().subnet.prefix_len(),
             v6.subnet.network(),
             v6.subnet.prefix_len()
         );
@@ -243,7 +247,7 @@ fn a_live_switch_keeps_both_families_flowing() {
         }
         for (i, env) in envs.iter().enumerate() {
             let now = SubnetEnv::read(&cluster.subnet_file(i + 1)).unwrap();
-            assert_eq!((now.subnet, now.ipv6.map(|v6| v6.subnet)), (env.subnet, env.ipv6.map(|v6| v6.subnet)));
+            assert_eq!((now.ipv4, now.ipv6), (env.ipv4, env.ipv6));
         }
     }
     eprintln!("{}", report.join("\n"));

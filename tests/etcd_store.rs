@@ -124,6 +124,31 @@ async fn a_dual_stack_key_holds_its_ipv4_subnet_against_every_other_key() {
     assert_eq!(keys, ["10.244.8.0-24&2001:db8:42:d5::-64", "10.244.8.0-25", "10.244.9.0-24"]);
 }
 
+/// flannel's IPv6-only keys all start `0.0.0.0-0&`: each is compared whole, so one IPv6 subnet
+/// is taken once and the others stay free.
+#[tokio::test]
+async fn an_ipv6_only_key_holds_its_ipv6_subnet_and_no_other() {
+    let server = EtcdServer::start();
+    let store = connect(&server).await;
+    let key = |text: &str| weft::lease::parse_lease_key(text).unwrap();
+    let create = |text: &'static str, host: u8| {
+        let store = &store;
+        async move { store.create_lease(LeaseWrite::new(key(text), &attrs(host), HOUR)).await.unwrap() }
+    };
+    assert!(matches!(create("0.0.0.0-0&2001:db8:42:1::-64", 1).await, WriteOutcome::Written { .. }));
+    assert!(matches!(create("0.0.0.0-0&2001:db8:42:2::-64", 2).await, WriteOutcome::Written { .. }));
+    assert_eq!(create("0.0.0.0-0&2001:db8:42:1::-64", 3).await, WriteOutcome::Conflict);
+    // flannel's own IPv6-only lease reads back as one, named by its IPv6 subnet.
+    let flannel = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::9","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:09"}}"#;
+    server.etcdctl(&["put", &format!("{SUBNETS}/0.0.0.0-0&2001:db8:42:9::-64"), flannel]);
+    let listing = store.list_leases().await.unwrap();
+    let lease = find(&listing.leases, "0.0.0.0-0&2001:db8:42:9::-64").parse().expect("flannel's lease parses");
+    assert_eq!((lease.subnet, lease.id().to_string()), (None, "2001:db8:42:9::/64".to_string()));
+    assert_eq!(lease.attrs.public_ipv6(), Some("2001:db8::9".parse().unwrap()));
+    assert_eq!(lease.attrs.to_json(), flannel, "written back byte for byte");
+    assert_eq!(listing.leases.len(), 3);
+}
+
 #[tokio::test]
 async fn reservations_never_expire_and_leases_resolve_their_ttl() {
     let server = EtcdServer::start();
@@ -298,7 +323,7 @@ async fn reads_a_lease_written_by_flannel() {
     let raw = find(&listing.leases, "10.244.3.0-24");
     assert_eq!(raw.expiry, Expiry::Never);
     let lease = raw.parse().expect("flannel's lease parses");
-    assert_eq!(lease.subnet, net("10.244.3.0/24"));
+    assert_eq!(lease.subnet, Some(net("10.244.3.0/24")));
     assert_eq!(lease.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 10));
     assert_eq!(lease.attrs.backend_data.str_field("VtepMAC").as_deref(), Some("aa:bb:cc:dd:ee:ff"));
 }

@@ -612,23 +612,16 @@ struct ViaUnderlay {
 impl PeerObjects for ViaUnderlay {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
-        peer_route::add_route(
-            &mut state,
-            lease.subnet.into(),
-            lease.attrs.public_ip.into(),
-            self.underlay,
-            false,
-            true,
-        );
+        peer_route::add_route(&mut state, lease.id(), lease.attrs.public_ip.into(), self.underlay, false, true);
         Ok(state)
     }
 }
 
 /// Peer `n` of a host-gw cluster: subnet 198.18.n.0/24 behind 198.51.100.(10+n).
-fn host_gw_lease(n: u8) -> (Ipv4Net, Lease) {
+fn host_gw_lease(n: u8) -> (IpNet, Lease) {
     let subnet = Ipv4Net::new(Ipv4Addr::new(198, 18, n, 0), 24).unwrap();
     let attrs = LeaseAttrs::new(Ipv4Addr::new(198, 51, 100, 10 + n), "host-gw", Value::Null);
-    (subnet, Lease { subnet, subnet_v6: None, attrs, expiry: Expiry::Unknown })
+    (subnet.into(), Lease { subnet: Some(subnet), subnet_v6: None, attrs, expiry: Expiry::Unknown })
 }
 
 #[test]

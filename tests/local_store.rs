@@ -298,7 +298,7 @@ async fn racing_instances_get_one_winner_per_subnet_and_lose_nothing() {
     assert_eq!(listing.revision, i64::from(TASKS + SHARED));
     for (subnet, ids) in winners {
         assert_eq!(ids.len(), 1, "{subnet} won by {ids:?}");
-        let stored = listing.leases.iter().find(|l| l.parse().unwrap().subnet == subnet).unwrap();
+        let stored = listing.leases.iter().find(|l| l.parse().unwrap().subnet == Some(subnet)).unwrap();
         assert_eq!(stored.parse().unwrap().attrs.public_ip, Ipv4Addr::new(192, 0, 2, ids[0]));
     }
 }

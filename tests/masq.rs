@@ -306,12 +306,12 @@ fn forward_rules_go_into_iptables_forward_chain_and_only_ours_are_removed() {
     use weft::masq::forward::{self, ForwardChange};
     let ns = Ns::new("fwd");
     let network = v4(NETWORK);
-    assert_eq!(ns.run(move || forward::sync(true, network)).unwrap(), ForwardChange::NoChain);
+    assert_eq!(ns.run(move || forward::sync(Some(network))).unwrap(), ForwardChange::NoChain);
     assert!(ns.table_json("ip", "filter").is_none(), "weft created iptables' table");
 
     ns.ok("iptables", &["-P", "FORWARD", "DROP"]);
     ns.ok("iptables", &["-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "ACCEPT"]);
-    assert_eq!(ns.run(move || forward::sync(true, network)).unwrap(), ForwardChange::Installed);
+    assert_eq!(ns.run(move || forward::sync(Some(network))).unwrap(), ForwardChange::Installed);
     let listed = iptables_forward(&ns);
     assert_eq!(listed[0], "-P FORWARD DROP", "{listed:#?}");
     assert_eq!(listed[1], "-A FORWARD -s 192.0.2.0/24 -j ACCEPT", "{listed:#?}");
@@ -322,20 +322,20 @@ fn forward_rules_go_into_iptables_forward_chain_and_only_ours_are_removed() {
     assert!(nft.contains("comment \"weft: forward from the cluster network\""), "{nft}");
     // iptables (Docker) still edits the chain with weft's rules in it.
     ns.ok("iptables", &["-I", "FORWARD", "1", "-j", "DROP", "-i", "nothing0"]);
-    assert_eq!(ns.run(move || forward::sync(true, network)).unwrap(), ForwardChange::None);
+    assert_eq!(ns.run(move || forward::sync(Some(network))).unwrap(), ForwardChange::None);
 
     // A hand-deleted rule of ours is put back.
     // (By number: 1 the DROP, 2 the foreign accept, 3 and 4 ours.)
     ns.ok("iptables", &["-D", "FORWARD", "4"]);
     assert_eq!(iptables_forward(&ns).len(), 4);
-    assert_eq!(ns.run(move || forward::sync(true, network)).unwrap(), ForwardChange::Installed);
+    assert_eq!(ns.run(move || forward::sync(Some(network))).unwrap(), ForwardChange::Installed);
     assert_eq!(iptables_forward(&ns).len(), 5);
 
-    assert_eq!(ns.run(move || forward::sync(false, network)).unwrap(), ForwardChange::Removed);
+    assert_eq!(ns.run(move || forward::sync(None)).unwrap(), ForwardChange::Removed);
     assert_eq!(
         iptables_forward(&ns),
         ["-P FORWARD DROP", "-A FORWARD -i nothing0 -j DROP", "-A FORWARD -s 192.0.2.0/24 -j ACCEPT"]
     );
-    assert_eq!(ns.run(move || forward::sync(false, network)).unwrap(), ForwardChange::None);
+    assert_eq!(ns.run(move || forward::sync(None)).unwrap(), ForwardChange::None);
     assert!(!ns.run(forward::remove).unwrap(), "nothing of weft's left to remove");
 }

@@ -10,8 +10,10 @@ fn subnet_env_is_world_readable_under_a_strict_umask() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flannel/subnet.env");
     let env = SubnetEnv {
-        network: "10.244.0.0/16".parse().unwrap(),
-        subnet: "10.244.3.0/24".parse().unwrap(),
+        ipv4: Some(weft::subnet_env::Ipv4Pair {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+        }),
         ipv6: None,
         mtu: 1450,
         ip_masq: true,

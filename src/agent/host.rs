@@ -10,7 +10,7 @@ use crate::health::Condition;
 use crate::lease::Expiry;
 use crate::masq;
 use crate::masq::forward::ForwardChange;
-use crate::subnet_env::{Ipv6Pair, SubnetEnv};
+use crate::subnet_env::{Ipv4Pair, Ipv6Pair, SubnetEnv};
 
 impl Running {
     /// Our lease is (newly) held: tell the host's CNI about it, and systemd.
@@ -19,7 +19,7 @@ impl Running {
         self.write_subnet_env()?;
         self.sync_masquerade().await;
         self.sync_forward_rules().await;
-        info!(subnet = %self.own.subnet(), file = %self.config.agent.subnet_file.display(), "lease held, subnet.env written");
+        info!(subnet = %self.own.key(), file = %self.config.agent.subnet_file.display(), "lease held, subnet.env written");
         // systemd (Type=notify) starts dependants only now; without NOTIFY_SOCKET this does nothing.
         if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
             debug!(error = %e, "sd_notify READY");
@@ -33,8 +33,9 @@ impl Running {
     /// The one writer of the masquerade condition.
     pub(super) async fn sync_masquerade(&self) {
         let wanted = self.config.agent.ip_masq;
-        let v4 = wanted.then(|| (self.network.network.into(), self.own.subnet().into()));
-        // IPv6 in a dual-stack network; elsewhere a table of ours left from one goes.
+        // Each family the network has; a table of ours left from a family it no longer has goes.
+        let v4 = self.network.ipv4_network().zip(self.own.subnet()).filter(|_| wanted);
+        let v4 = v4.map(|(network, own)| (network.into(), own.into()));
         let v6 = self.network.ipv6_network().zip(self.own.subnet_v6()).filter(|_| wanted);
         let v6 = v6.map(|(network, own)| (network.into(), own.into()));
         let result = tokio::task::spawn_blocking(move || {
@@ -67,12 +68,14 @@ impl Running {
     /// `agent.forward_rules`: weft's accept rules in iptables' FORWARD chain added (or repaired)
     /// when on, removed when off. The one writer of the forward condition.
     pub(super) async fn sync_forward_rules(&self) {
-        let (network, wanted) = (self.network.network, self.config.agent.forward_rules);
-        let result = tokio::task::spawn_blocking(move || masq::forward::sync(wanted, network)).await;
+        // iptables' FORWARD chain is IPv4's: an IPv6-only network has no rules there.
+        let wanted = self.config.agent.forward_rules;
+        let network = self.network.ipv4_network().filter(|_| wanted);
+        let result = tokio::task::spawn_blocking(move || masq::forward::sync(network)).await;
         let problem = match result {
             Ok(Ok(change)) => {
                 match change {
-                    ForwardChange::Installed => info!(network = %network, "FORWARD accept rules installed"),
+                    ForwardChange::Installed => info!(network = ?network, "FORWARD accept rules installed"),
                     ForwardChange::Removed => info!("FORWARD accept rules removed (agent.forward_rules = false)"),
                     ForwardChange::None | ForwardChange::NoChain => {}
                 }
@@ -97,8 +100,11 @@ impl Running {
 
     pub(super) fn write_subnet_env(&self) -> Result<(), AgentError> {
         let env = SubnetEnv {
-            network: self.network.network,
-            subnet: self.own.subnet(),
+            ipv4: self
+                .network
+                .ipv4_network()
+                .zip(self.own.subnet())
+                .map(|(network, subnet)| Ipv4Pair { network, subnet }),
             ipv6: self
                 .network
                 .ipv6_network()

@@ -46,7 +46,7 @@ pub(super) async fn wait_for_network(
                     for (key, own) in ignored.iter().filter_map(|k| Some((k, agent_only_key(k)?))) {
                         warn!(key = %key, instead = own, "the stored network config names a cloud endpoint: ignored, only this host's own config sets it");
                     }
-                    info!(network = %network.network, subnet_len = network.subnet_len, backend = network.backend.type_name(), "network config");
+                    info!(network = %network, backend = network.backend.type_name(), "network config");
                     health.ok(Condition::Network);
                     return Ok(network);
                 }
@@ -145,7 +145,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 impl Running {
     pub(super) async fn watch_and_renew(&mut self, cancel: &CancellationToken) -> Result<(), AgentError> {
-        let mut watcher = LeaseWatcher::new(self.network.clone(), Some(self.own.subnet()));
+        let mut watcher = LeaseWatcher::new(self.network.clone(), Some(self.own.id()));
         let revision = self.initial_listing(&mut watcher, cancel).await?;
         let mut updates = self.store.watch_leases(revision);
         let mut network_configs = self.store.watch_network_config();
@@ -157,7 +157,7 @@ impl Running {
             let renew_at = tokio::time::sleep(renew_in.unwrap_or(Duration::from_secs(86400 * 365)));
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    info!(subnet = %self.own.subnet(), "stopping; the lease and installed state stay in place");
+                    info!(subnet = %self.own.key(), "stopping; the lease and installed state stay in place");
                     return Ok(());
                 }
                 update = updates.next() => match update {
@@ -245,7 +245,7 @@ impl Running {
         cancel: &CancellationToken,
     ) -> Result<(), AgentError> {
         if self.lost_our_lease(&update) {
-            warn!(subnet = %self.own.subnet(), "our lease was removed or taken in the store; acquiring again");
+            warn!(subnet = %self.own.key(), "our lease was removed or taken in the store; acquiring again");
             return self.reacquire(watcher, cancel).await;
         }
         if let Err(e) = self.deliver(watcher, update).await {
@@ -276,11 +276,11 @@ impl Running {
         match update {
             LeaseUpdate::Deleted { key, .. } => *key == own_key,
             LeaseUpdate::Put(raw) if raw.key == own_key => {
-                raw.parse().map(|l| l.attrs.public_ip != self.attrs.public_ip).unwrap_or(true)
+                raw.parse().map(|l| !l.attrs.is_same_host(&self.attrs)).unwrap_or(true)
             }
             LeaseUpdate::Resync(entries, _) => match entries.iter().find(|r| r.key == own_key) {
                 None => true,
-                Some(raw) => raw.parse().map(|l| l.attrs.public_ip != self.attrs.public_ip).unwrap_or(true),
+                Some(raw) => raw.parse().map(|l| !l.attrs.is_same_host(&self.attrs)).unwrap_or(true),
             },
             LeaseUpdate::Put(_) => false,
         }
@@ -288,7 +288,7 @@ impl Running {
 
     async fn deliver(&mut self, watcher: &mut LeaseWatcher, update: LeaseUpdate) -> Result<(), BackendError> {
         let full_listing = matches!(update, LeaseUpdate::Resync(..));
-        let orphans = orphans::orphans(&update, self.own.key(), self.attrs.public_ip);
+        let orphans = orphans::orphans(&update, self.own.key(), &self.attrs);
         let result = self.deliver_events(watcher, update).await;
         for (subnet, revision) in orphans {
             self.delete_orphan(subnet, revision).await;
@@ -381,7 +381,7 @@ impl Running {
     async fn renew(&mut self, watcher: &mut LeaseWatcher, cancel: &CancellationToken) -> Result<(), AgentError> {
         match leasing::renew(self.store.as_ref(), &self.own, &self.attrs, self.config.agent.lease_ttl).await {
             Ok(own) => {
-                debug!(subnet = %own.subnet(), "lease renewed");
+                debug!(subnet = %own.key(), "lease renewed");
                 self.own = own;
                 self.renewal.succeeded();
                 self.health.store_ok();
@@ -406,7 +406,7 @@ impl Running {
                 if self.own.has_run_out() {
                     let problem = format!(
                         "our lease on {} ran out while the store could not be reached; another host may be given the subnet ({e})",
-                        self.own.subnet()
+                        self.own.key()
                     );
                     error!("{problem}");
                     self.health.fail(Condition::Lease, problem);
@@ -422,18 +422,21 @@ impl Running {
         watcher: &mut LeaseWatcher,
         cancel: &CancellationToken,
     ) -> Result<(), AgentError> {
-        self.health.fail(Condition::Lease, format!("our lease on {} was lost; acquiring again", self.own.subnet()));
-        let previous = Some(self.own.subnet());
-        let request =
-            LeaseRequest { previous, ..LeaseRequest::new(&self.network, &self.attrs, self.config.agent.lease_ttl) };
+        self.health.fail(Condition::Lease, format!("our lease on {} was lost; acquiring again", self.own.key()));
+        let (previous, previous_v6) = (self.own.subnet(), self.own.subnet_v6());
+        let request = LeaseRequest {
+            previous,
+            previous_v6,
+            ..LeaseRequest::new(&self.network, &self.attrs, self.config.agent.lease_ttl)
+        };
         let (own, listing) = acquire_until_held(self.store.as_ref(), &request, &self.health, cancel).await?;
         self.listing = listing;
-        let moved = own.subnet() != self.own.subnet();
+        let moved = own.key() != self.own.key();
         if moved {
-            warn!(old = %self.own.subnet(), new = %own.subnet(), "our subnet changed: pods on the old one must be recreated");
+            warn!(old = %self.own.key(), new = %own.key(), "our subnet changed: pods on the old one must be recreated");
         }
         self.own = own;
-        watcher.set_own(self.own.subnet());
+        watcher.set_own(self.own.id());
         if moved {
             self.dataplane.own_lease_changed(&self.own.lease).await?;
         }
@@ -451,7 +454,8 @@ mod tests {
 
     fn held_for(ttl: Duration) -> OwnLease {
         let attrs = LeaseAttrs::new("192.0.2.1".parse().unwrap(), "alloc", serde_json::Value::Null);
-        let lease = Lease { subnet: "10.244.1.0/24".parse().unwrap(), subnet_v6: None, attrs, expiry: Expiry::Unknown };
+        let lease =
+            Lease { subnet: Some("10.244.1.0/24".parse().unwrap()), subnet_v6: None, attrs, expiry: Expiry::Unknown };
         OwnLease { lease, revision: 1, runs_out: Some(tokio::time::Instant::now() + ttl) }
     }
 

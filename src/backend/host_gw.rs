@@ -12,24 +12,25 @@ use super::{Backend, BackendError, BackendKind, LeaseData, Passive, PeerMapping,
 use crate::iface::ExternalInterface;
 use crate::kernel::{Kernel, KernelState};
 use crate::lease::Lease;
+use crate::network::Families;
 
 pub struct HostGw {
     kernel: Arc<dyn Kernel>,
     ext: ExternalInterface,
     /// The network is dual-stack: IPv6 is forwarded too.
-    ipv6: bool,
+    families: Families,
 }
 
 impl HostGw {
-    pub fn new(kernel: Arc<dyn Kernel>, ext: ExternalInterface, ipv6: bool) -> Self {
-        HostGw { kernel, ext, ipv6 }
+    pub fn new(kernel: Arc<dyn Kernel>, ext: ExternalInterface, families: Families) -> Self {
+        HostGw { kernel, ext, families }
     }
 }
 
 #[async_trait]
 impl Backend for HostGw {
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        enable_forwarding(self.kernel.as_ref(), self.ipv6).await;
+        enable_forwarding(self.kernel.as_ref(), self.families).await;
         let data = LeaseData::plain(BackendKind::HostGw, self.ext.mtu);
         Ok(Box::new(HostGwRegistered { kernel: self.kernel, ext: self.ext, data }))
     }
@@ -63,10 +64,12 @@ pub struct HostGwPeers {
 impl PeerObjects for HostGwPeers {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
-        let gateway = lease.attrs.public_ip;
-        self.on_link(gateway.into())?;
-        add_route(&mut state, lease.subnet.into(), gateway.into(), self.ext.index, false, self.use_nexthops);
-        // The watcher keeps a lease's IPv6 subnet only inside a dual-stack network's IPv6 one.
+        if let Some(subnet) = lease.subnet {
+            let gateway = lease.attrs.public_ip;
+            self.on_link(gateway.into())?;
+            add_route(&mut state, subnet.into(), gateway.into(), self.ext.index, false, self.use_nexthops);
+        }
+        // The watcher keeps a lease's subnet of a family only inside the network's of that family.
         if let (Some(subnet), Some(gateway)) = (lease.subnet_v6, lease.attrs.public_ipv6()) {
             self.on_link(gateway.into())?;
             add_route(&mut state, subnet.into(), gateway.into(), self.ext.index, false, self.use_nexthops);
@@ -100,7 +103,7 @@ mod tests {
 
     fn lease(n: u8, ip: &str) -> Lease {
         Lease {
-            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            subnet: Some(format!("10.244.{n}.0/24").parse().unwrap()),
             subnet_v6: None,
             attrs: LeaseAttrs::new(ip.parse().unwrap(), "host-gw", serde_json::Value::Null),
             expiry: Expiry::Unknown,
@@ -119,7 +122,7 @@ mod tests {
             public_ip: "198.51.100.1".parse().unwrap(),
             public_ipv6: Some("2001:db8::1".parse().unwrap()),
         };
-        let backend = Box::new(HostGw::new(kernel.clone(), ext, true)).register().await.unwrap();
+        let backend = Box::new(HostGw::new(kernel.clone(), ext, Families::DUAL_STACK)).register().await.unwrap();
         assert_eq!(backend.lease_data().mtu, 1500);
         // Forwarding is turned on in the (memory) kernel, never in the test machine's /proc/sys.
         assert!(kernel.forwarding.lock().unwrap().contains(&crate::kernel::IpFamily::V4));
@@ -133,7 +136,7 @@ mod tests {
         let mut dual = lease(4, "198.51.100.4");
         dual.subnet_v6 = Some("2001:db8:42:4::/64".parse().unwrap());
         dual.attrs = dual.attrs.with_v6("2001:db8::4".parse().unwrap(), serde_json::Value::Null);
-        let peers: LeaseMap = [near.clone(), far.clone(), dual.clone()].into_iter().map(|l| (l.subnet, l)).collect();
+        let peers: LeaseMap = [near.clone(), far.clone(), dual.clone()].into_iter().map(|l| (l.id(), l)).collect();
         let err = sync.reconcile(&peers).await.unwrap_err().to_string();
         assert!(err.contains("203.0.113.3") && err.contains("not on-link"), "{err}");
         let state = kernel.snapshot();
@@ -142,8 +145,8 @@ mod tests {
             let RouteTarget::Nexthop(id) = state.routes[&dst].target else { panic!("expected a nexthop route") };
             state.nexthops[&id].gateway.to_string()
         };
-        assert_eq!(gateway(near.subnet.into()), "198.51.100.2");
-        assert_eq!(gateway(dual.subnet.into()), "198.51.100.4");
+        assert_eq!(gateway(near.id()), "198.51.100.2");
+        assert_eq!(gateway(dual.id()), "198.51.100.4");
         assert_eq!(gateway(dual.subnet_v6.unwrap().into()), "2001:db8::4");
     }
 

@@ -51,9 +51,11 @@ impl LeaseData {
     }
 
     /// The attributes this host publishes with this backend: its public addresses and the
-    /// backend's data, the IPv6 ones in a dual-stack network.
+    /// backend's data, the IPv6 ones in a network with IPv6. An IPv6-only host publishes
+    /// 0.0.0.0 as its IPv4 address, as flannel writes it.
     pub fn attrs(&self, ext: &ExternalInterface, network: &Network) -> Result<LeaseAttrs, BackendError> {
-        let attrs = LeaseAttrs::new(ext.public_ip, self.kind.as_str(), self.backend_data.clone());
+        let public_ip = if network.is_ipv6_only() { std::net::Ipv4Addr::UNSPECIFIED } else { ext.public_ip };
+        let attrs = LeaseAttrs::new(public_ip, self.kind.as_str(), self.backend_data.clone());
         if network.ipv6.is_none() {
             return Ok(attrs);
         }
@@ -189,29 +191,26 @@ pub trait Active: Send + Sync {
     async fn teardown(self: Box<Self>) -> Result<(), BackendError>;
 }
 
-/// The peers (by their IPv4 subnet, as [`LeaseMap`] keys them) with a subnet of either family in
-/// one of two sets of carried subnets and not the other: peers whose path changed.
+/// The peers (by their [`Lease::id`], as [`LeaseMap`] keys them) with a subnet of either family
+/// in one of two sets of carried subnets and not the other: peers whose path changed.
 pub fn cloud_paths_changed(
     before: &std::collections::BTreeSet<ipnet::IpNet>,
     after: &std::collections::BTreeSet<ipnet::IpNet>,
     peers: &crate::lease::LeaseMap,
-) -> Vec<ipnet::Ipv4Net> {
-    use ipnet::IpNet;
+) -> Vec<ipnet::IpNet> {
     let mut changed = Vec::new();
-    let mut changed_v6 = std::collections::BTreeSet::new();
+    let mut others = std::collections::BTreeSet::new();
     for subnet in before.symmetric_difference(after) {
-        match subnet {
-            IpNet::V4(v4) if peers.contains_key(v4) => changed.push(*v4),
-            IpNet::V4(_) => {}
-            IpNet::V6(v6) => {
-                changed_v6.insert(*v6);
-            }
+        if peers.contains_key(subnet) {
+            changed.push(*subnet);
+        } else {
+            others.insert(*subnet);
         }
     }
-    if !changed_v6.is_empty() {
-        // A lease is keyed by its IPv4 subnet: one walk finds the holders of the IPv6 ones.
-        let holders = peers.values().filter(|l| l.subnet_v6.is_some_and(|v6| changed_v6.contains(&v6)));
-        changed.extend(holders.map(|l| l.subnet));
+    if !others.is_empty() {
+        // A lease is keyed by one of its subnets: one walk finds the holders of the others.
+        let holders = peers.iter().filter(|(_, l)| l.key().subnets().any(|s| others.contains(&s)));
+        changed.extend(holders.map(|(&id, _)| id));
         changed.sort_unstable();
         changed.dedup();
     }
@@ -240,11 +239,9 @@ pub fn create(
         BackendConfig::Alloc(_) => Ok(Box::new(alloc::Alloc::new(ext.mtu))),
         BackendConfig::Vxlan(config) => {
             let vxlan = vxlan::Vxlan::new(kernel()?, config.clone(), ext.clone());
-            Ok(Box::new(vxlan.dual_stack(ctx.network.ipv6.is_some())))
+            Ok(Box::new(vxlan.families(ctx.network.families())))
         }
-        BackendConfig::HostGw(_) => {
-            Ok(Box::new(host_gw::HostGw::new(kernel()?, ext.clone(), ctx.network.ipv6.is_some())))
-        }
+        BackendConfig::HostGw(_) => Ok(Box::new(host_gw::HostGw::new(kernel()?, ext.clone(), ctx.network.families()))),
         #[cfg(feature = "aws")]
         BackendConfig::AwsVpc(config) => {
             let paths = cloud::CloudPaths::default();
@@ -274,13 +271,13 @@ fn with_overflow(
     kernel: impl FnOnce() -> Result<Arc<dyn Kernel>, BackendError>,
 ) -> Result<Box<dyn Backend>, BackendError> {
     let kernel = kernel()?;
-    let dual_stack = ctx.network.ipv6.is_some();
+    let families = ctx.network.families();
     match overflow {
-        None => Ok(Box::new(cloud::forwarding::Forwarding::new(cloud, kernel, dual_stack))),
+        None => Ok(Box::new(cloud::forwarding::Forwarding::new(cloud, kernel, families))),
         Some(crate::network::backend::Overflow::Vxlan) => {
             // The vxlan part turns forwarding on itself, and carries both families.
             let overlay = vxlan::Vxlan::new(kernel, crate::network::backend::VxlanConfig::default(), ctx.ext.clone())
-                .dual_stack(dual_stack);
+                .families(families);
             Ok(Box::new(cloud::hybrid::Hybrid::new(cloud, Box::new(overlay), paths)))
         }
     }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tracing::{debug, info, warn};
@@ -46,7 +46,7 @@ pub struct RouteSync {
     /// What we installed per peer, as of the last successful sync. A B-tree, rebuilt from a
     /// sorted run by [`RouteSync::reconcile`] so its nodes are full: a hash table would hold a
     /// third again as many slots as peers.
-    installed: BTreeMap<Ipv4Net, PeerEntries>,
+    installed: BTreeMap<IpNet, PeerEntries>,
     /// Failed operations of the last sync.
     last_failed: usize,
     /// False until a full pass has seen the kernel: the first sync must adopt what is there.
@@ -56,11 +56,11 @@ pub struct RouteSync {
     /// `weft_peers_rejected_total` (unregistered until the agent hands its own in).
     rejected_total: Family<PeerRejectedLabels, Counter>,
     /// Peers refused, by the address refused: each is warned about and counted once.
-    rejected: HashMap<Ipv4Net, IpAddr>,
+    rejected: HashMap<IpNet, IpAddr>,
     /// What of others was in the way at the last full pass; the fast path checks against it.
     foreign: Foreign,
     /// Peers left out because their objects would replace some of someone else's, with those.
-    conflicts: BTreeMap<Ipv4Net, Vec<Conflict>>,
+    conflicts: BTreeMap<IpNet, Vec<Conflict>>,
 }
 
 impl RouteSync {
@@ -98,7 +98,7 @@ impl RouteSync {
     /// `objects` for the peer on `subnet`, or nothing when one of them would replace an object
     /// of someone else; a conflict is logged when it starts and when it ends, not at
     /// every pass.
-    fn admit(&mut self, subnet: Ipv4Net, objects: KernelState) -> KernelState {
+    fn admit(&mut self, subnet: IpNet, objects: KernelState) -> KernelState {
         let conflicts = foreign_conflicts(objects.objects(), &self.foreign);
         if conflicts.is_empty() {
             if let Some(ended) = self.conflicts.remove(&subnet) {
@@ -160,18 +160,18 @@ impl RouteSync {
     /// Whether `lease`'s public IP may be sent to; a refusal is logged and counted once for each
     /// address a peer announces.
     fn trusted(&mut self, lease: &Lease) -> bool {
-        // A dual-stack peer's IPv6 address is where its IPv6 subnet's traffic goes: checked alike.
+        // Each family's public address is where that family's subnet's traffic goes (IPv6-only
+        // peers publish 0.0.0.0, which carries nothing).
+        let v4 = lease.subnet.map(|_| IpAddr::V4(lease.attrs.public_ip));
         let v6 = lease.subnet_v6.and(lease.attrs.public_ipv6()).map(IpAddr::V6);
-        let refusal = [IpAddr::V4(lease.attrs.public_ip)]
-            .into_iter()
-            .chain(v6)
-            .find_map(|ip| self.trust.check(ip).err().map(|why| (ip, why)));
+        let refusal = v4.into_iter().chain(v6).find_map(|ip| self.trust.check(ip).err().map(|why| (ip, why)));
+        let id = lease.id();
         let Some((ip, why)) = refusal else {
-            self.rejected.remove(&lease.subnet);
+            self.rejected.remove(&id);
             return true;
         };
-        if self.rejected.insert(lease.subnet, ip) != Some(ip) {
-            warn!(lease = %lease.subnet, public_ip = %ip, reason = why.reason(), "skipping peer: its public IP is {why}");
+        if self.rejected.insert(id, ip) != Some(ip) {
+            warn!(lease = %lease.key(), public_ip = %ip, reason = why.reason(), "skipping peer: its public IP is {why}");
             self.rejected_total.get_or_create(&PeerRejectedLabels { reason: why.reason().to_string() }).inc();
         }
         false
@@ -236,22 +236,22 @@ impl RouteSync {
         // no second picture of the whole kernel.
         let mut per_peer = Vec::with_capacity(peers.len());
         self.rejected.retain(|subnet, _| peers.contains_key(subnet));
-        for lease in peers.values() {
+        for (&id, lease) in peers {
             let objects = match self.objects(lease) {
                 Some(Ok(objects)) => objects,
                 Some(Err(problem)) => {
-                    problems.push(format!("{}: {problem}", lease.subnet));
-                    self.conflicts.remove(&lease.subnet);
+                    problems.push(format!("{id}: {problem}"));
+                    self.conflicts.remove(&id);
                     continue;
                 }
-                None => match self.installed.get(&lease.subnet) {
+                None => match self.installed.get(&id) {
                     Some(kept) => kept.state(),
                     None => continue,
                 },
             };
-            let admitted = self.admit(lease.subnet, objects);
+            let admitted = self.admit(id, objects);
             if !admitted.is_empty() {
-                per_peer.push((lease.subnet, PeerEntries::of(&admitted)));
+                per_peer.push((id, PeerEntries::of(&admitted)));
             }
         }
         // Applied step by step (puts of each kind, then deletes), as the plan would be in one go.
@@ -347,9 +347,10 @@ pub(crate) mod test_support {
     impl PeerObjects for ViaPublicIp {
         fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
             let mut state = KernelState::default();
-            let id = u32::from(lease.subnet.network());
+            let Some(subnet) = lease.subnet else { return Err("an IPv4 peer only".into()) };
+            let id = u32::from(subnet.network());
             state.add_nexthop(NexthopSpec { id, gateway: lease.attrs.public_ip.into(), oif: 2, onlink: false });
-            state.add_route(RouteSpec { dst: lease.subnet.into(), target: RouteTarget::Nexthop(id) });
+            state.add_route(RouteSpec { dst: subnet.into(), target: RouteTarget::Nexthop(id) });
             Ok(state)
         }
     }
@@ -361,11 +362,10 @@ mod tests {
     use super::*;
     use crate::kernel::memory::MemoryKernel;
     use crate::lease::{Expiry, LeaseAttrs};
-    use ipnet::IpNet;
 
     fn lease(backend: &str) -> Lease {
         Lease {
-            subnet: "10.244.2.0/24".parse().unwrap(),
+            subnet: Some("10.244.2.0/24".parse().unwrap()),
             subnet_v6: None,
             attrs: LeaseAttrs::new("198.51.100.2".parse().unwrap(), backend, serde_json::Value::Null),
             expiry: Expiry::Unknown,
@@ -374,7 +374,7 @@ mod tests {
 
     fn lease_at(subnet: &str, public_ip: &str, backend: &str) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             subnet_v6: None,
             attrs: LeaseAttrs::new(public_ip.parse().unwrap(), backend, serde_json::Value::Null),
             expiry: Expiry::Unknown,
@@ -382,7 +382,7 @@ mod tests {
     }
 
     fn map(leases: &[Lease]) -> LeaseMap {
-        leases.iter().map(|l| (l.subnet, l.clone())).collect()
+        leases.iter().map(|l| (l.id(), l.clone())).collect()
     }
 
     fn rejected(family: &Family<PeerRejectedLabels, Counter>, reason: &str) -> u64 {
@@ -425,16 +425,16 @@ mod tests {
         // A trusted peer turning untrusted loses what it had; a refused one fixed is installed.
         let hijacked = lease_at("10.244.2.0/24", "127.0.0.1", "vxlan");
         let fixed = lease_at("10.244.4.0/24", "198.51.100.4", "vxlan");
-        peers.insert(hijacked.subnet, hijacked.clone());
-        peers.insert(fixed.subnet, fixed.clone());
-        let changes = [LeaseEvent::Changed(hijacked.subnet), LeaseEvent::Changed(fixed.subnet)];
+        peers.insert(hijacked.id(), hijacked.clone());
+        peers.insert(fixed.id(), fixed.clone());
+        let changes = [LeaseEvent::Changed(hijacked.id()), LeaseEvent::Changed(fixed.id())];
         sync.on_events(&peers, &changes).await.unwrap();
         let routes: Vec<_> = kernel.snapshot().routes.keys().map(|dst| dst.to_string()).collect();
         assert_eq!(routes, ["10.244.4.0/24"]);
         assert_eq!(rejected(&family, "loopback"), 1);
         // Refused again with the same address after it was accepted in between: counted again.
-        peers.insert(multicast.subnet, multicast.clone());
-        sync.on_events(&peers, &[LeaseEvent::Changed(multicast.subnet)]).await.unwrap();
+        peers.insert(multicast.id(), multicast.clone());
+        sync.on_events(&peers, &[LeaseEvent::Changed(multicast.id())]).await.unwrap();
         assert_eq!(rejected(&family, "multicast"), 2);
         sync.reconcile(&peers).await.unwrap();
         assert!(kernel.snapshot().routes.is_empty());
@@ -471,13 +471,13 @@ mod tests {
         let mut sync = RouteSync::new(kernel.clone());
         sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
         let old = lease("vxlan");
-        let peers: LeaseMap = [(old.subnet, old.clone())].into();
+        let peers: LeaseMap = [(old.id(), old.clone())].into();
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         // The peer switched before we learnt of the new backend: nothing is torn down.
         let new = lease("host-gw");
-        let peers: LeaseMap = [(new.subnet, new.clone())].into();
-        sync.on_events(&peers, &[LeaseEvent::Changed(old.subnet)]).await.unwrap();
+        let peers: LeaseMap = [(new.id(), new.clone())].into();
+        sync.on_events(&peers, &[LeaseEvent::Changed(old.id())]).await.unwrap();
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         // Once we run it, the peer's objects are the new backend's.
@@ -485,7 +485,7 @@ mod tests {
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         // A peer gone is removed whatever its type.
-        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(new.subnet)]).await.unwrap();
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(new.id())]).await.unwrap();
         assert!(kernel.snapshot().is_empty());
     }
 
@@ -502,7 +502,7 @@ mod tests {
         let mut sync = RouteSync::new(kernel.clone());
         sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
         let peer = lease("vxlan");
-        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        let peers: LeaseMap = [(peer.id(), peer.clone())].into();
         (kernel, sync, peer, peers)
     }
 
@@ -514,16 +514,16 @@ mod tests {
     async fn a_route_of_someone_else_is_neither_replaced_nor_deleted() {
         let (kernel, mut sync, peer, peers) = one_peer_over_a_static_route();
         sync.reconcile(&peers).await.unwrap();
-        sync.on_events(&peers, &[LeaseEvent::Changed(peer.subnet)]).await.unwrap();
+        sync.on_events(&peers, &[LeaseEvent::Changed(peer.id())]).await.unwrap();
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
         assert_eq!(conflicts(&sync), ["route to 10.244.2.0/24 owned by proto static; not replaced"]);
         // The peer leaves: still nothing of ours to delete there, and the conflict ends with it.
-        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(peer.subnet)]).await.unwrap();
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(peer.id())]).await.unwrap();
         sync.reconcile(&LeaseMap::new()).await.unwrap();
         assert_eq!(kernel.applied_count(), 0);
         assert!(conflicts(&sync).is_empty());
-        assert_eq!(kernel.foreign.lock().unwrap().routes.get(&IpNet::V4(peer.subnet)), Some(&4));
+        assert_eq!(kernel.foreign.lock().unwrap().routes.get(&peer.id()), Some(&4));
     }
 
     #[tokio::test]
@@ -533,8 +533,8 @@ mod tests {
         sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
         sync.reconcile(&LeaseMap::new()).await.unwrap();
         let peer = lease("vxlan");
-        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
-        sync.on_events(&peers, &[LeaseEvent::Added(peer.subnet)]).await.unwrap();
+        let peers: LeaseMap = [(peer.id(), peer.clone())].into();
+        sync.on_events(&peers, &[LeaseEvent::Added(peer.id())]).await.unwrap();
         assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
         assert_eq!(conflicts(&sync).len(), 1);
     }
@@ -545,11 +545,11 @@ mod tests {
         let peer = lease("vxlan");
         // ViaPublicIp names the peer's nexthop after its subnet's address; a routing daemon's
         // object (proto zebra, 11) already has that id.
-        let id = u32::from(peer.subnet.network());
+        let id = u32::from(peer.subnet.unwrap().network());
         kernel.foreign.lock().unwrap().nexthops.insert(id, 11);
         let mut sync = RouteSync::new(kernel.clone());
         sync.add_mapper(BackendKind::Vxlan, Box::new(ViaPublicIp), &[]);
-        let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+        let peers: LeaseMap = [(peer.id(), peer.clone())].into();
         sync.reconcile(&peers).await.unwrap();
         assert_eq!(kernel.applied_count(), 0, "{:?}", kernel.applied.lock().unwrap());
         assert_eq!(conflicts(&sync), [format!("nexthop {id} owned by proto zebra; not replaced")]);

@@ -20,6 +20,7 @@ use crate::kernel::{
 };
 use crate::lease::{BackendData, Lease};
 use crate::network::backend::VxlanConfig;
+use crate::network::Families;
 
 /// Bytes of outer headers vxlan adds to every packet.
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -30,18 +31,19 @@ pub struct Vxlan {
     kernel: Arc<dyn Kernel>,
     config: VxlanConfig,
     ext: ExternalInterface,
-    /// The network is dual-stack: a second device carries IPv6.
-    ipv6: bool,
+    /// Which devices to make: `flannel.<vni>` for IPv4, `flannel-v6.<vni>` for IPv6.
+    families: Families,
 }
 
 impl Vxlan {
     pub fn new(kernel: Arc<dyn Kernel>, config: VxlanConfig, ext: ExternalInterface) -> Self {
-        Vxlan { kernel, config, ext, ipv6: false }
+        Vxlan { kernel, config, ext, families: Families::IPV4 }
     }
 
-    /// This backend in a dual-stack network: `flannel-v6.<vni>` beside `flannel.<vni>`.
-    pub fn dual_stack(mut self, ipv6: bool) -> Self {
-        self.ipv6 = ipv6;
+    /// This backend for the network's `families`: `flannel-v6.<vni>` beside `flannel.<vni>`
+    /// (dual-stack) or alone (IPv6-only).
+    pub fn families(mut self, families: Families) -> Self {
+        self.families = families;
         self
     }
 
@@ -102,7 +104,7 @@ fn vtep_data(vni: u32, mac: MacAddr) -> BackendData {
 impl Backend for Vxlan {
     /// Makes (or adopts) the devices; their VtepMACs go in our lease.
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        enable_forwarding(self.kernel.as_ref(), self.ipv6).await;
+        enable_forwarding(self.kernel.as_ref(), self.families).await;
         let configured = |overhead: u32| {
             if self.config.mtu > 0 {
                 self.config.mtu
@@ -110,15 +112,21 @@ impl Backend for Vxlan {
                 self.ext.mtu.saturating_sub(overhead)
             }
         };
-        let mtu = configured(VXLAN_OVERHEAD);
-        let link = self.ensure_device(Self::device_name(self.config.vni), self.ext.addr.addr().into(), mtu).await?;
         let mut data = LeaseData {
             kind: BackendKind::Vxlan,
-            backend_data: vtep_data(self.config.vni, link.mac),
+            backend_data: BackendData::null(),
             backend_v6_data: BackendData::null(),
-            mtu,
+            mtu: u32::MAX,
         };
-        let link6 = if self.ipv6 {
+        let link = if self.families.ipv4 {
+            let mtu = configured(VXLAN_OVERHEAD);
+            let link = self.ensure_device(Self::device_name(self.config.vni), self.ext.addr.addr().into(), mtu).await?;
+            (data.backend_data, data.mtu) = (vtep_data(self.config.vni, link.mac), mtu);
+            Some(link)
+        } else {
+            None
+        };
+        let link6 = if self.families.ipv6 {
             let local = self
                 .ext
                 .require_public_ipv6()
@@ -144,11 +152,11 @@ impl Backend for Vxlan {
     }
 }
 
-/// Our `flannel.<vni>` device, and `flannel-v6.<vni>` in a dual-stack network.
+/// Our `flannel.<vni>` device (unless IPv6-only), and `flannel-v6.<vni>` in a network with IPv6.
 struct Device {
     kernel: Arc<dyn Kernel>,
     vni: u32,
-    link: LinkHandle,
+    link: Option<LinkHandle>,
     link6: Option<LinkHandle>,
 }
 
@@ -156,13 +164,17 @@ impl Device {
     /// Our subnets' first addresses on the devices (as flannel: /32 and /128): the source of
     /// what we send through them.
     async fn address(&self, own: &Lease) -> Result<(), BackendError> {
-        let v4 = (&self.link, IpNet::new(own.subnet.network().into(), 32).expect("/32 is valid"));
+        let v4 = self
+            .link
+            .as_ref()
+            .zip(own.subnet)
+            .map(|(link, subnet)| (link, IpNet::new(subnet.network().into(), 32).expect("/32 is valid")));
         let v6 = self
             .link6
             .as_ref()
             .zip(own.subnet_v6)
             .map(|(link, subnet)| (link, IpNet::new(subnet.network().into(), 128).expect("/128 is valid")));
-        for (link, addr) in [v4].into_iter().chain(v6) {
+        for (link, addr) in v4.into_iter().chain(v6) {
             self.kernel
                 .ensure_address(link.index, addr)
                 .await
@@ -172,12 +184,13 @@ impl Device {
     }
 
     fn indices(&self) -> Vec<u32> {
-        [self.link.index].into_iter().chain(self.link6.as_ref().map(|l| l.index)).collect()
+        self.link.iter().chain(&self.link6).map(|l| l.index).collect()
     }
 
     /// Deleting a device takes its neighbours, FDB entries and routes with it.
     async fn delete(self) -> Result<(), BackendError> {
-        let names = [vxlan_device_name(self.vni)].into_iter().chain(self.link6.map(|_| vxlan_v6_device_name(self.vni)));
+        let names = (self.link.map(|_| vxlan_device_name(self.vni)).into_iter())
+            .chain(self.link6.map(|_| vxlan_v6_device_name(self.vni)));
         for name in names {
             let found = self
                 .kernel
@@ -219,7 +232,7 @@ impl Registered for VxlanRegistered {
             return Err(StartFailed { error, backend: self });
         }
         let peers = VxlanPeers {
-            link: self.device.link.index,
+            link: self.device.link.as_ref().map(|l| l.index),
             link6: self.device.link6.as_ref().map(|l| l.index),
             ext: self.ext,
             direct_routing: self.config.direct_routing,
@@ -256,8 +269,9 @@ impl Active for VxlanActive {
 
 /// Maps a vxlan peer to its kernel objects.
 pub struct VxlanPeers {
-    pub link: u32,
-    /// `flannel-v6.<vni>` in a dual-stack network.
+    /// `flannel.<vni>`, unless the network is IPv6-only.
+    pub link: Option<u32>,
+    /// `flannel-v6.<vni>` in a network with IPv6.
     pub link6: Option<u32>,
     pub ext: ExternalInterface,
     pub direct_routing: bool,
@@ -267,11 +281,13 @@ pub struct VxlanPeers {
 impl PeerObjects for VxlanPeers {
     fn objects(&self, lease: &Lease) -> Result<KernelState, String> {
         let mut state = KernelState::default();
-        let data = &lease.attrs.backend_data;
-        self.to_subnet(&mut state, self.link, lease.subnet.into(), lease.attrs.public_ip.into(), || {
-            vtep_mac(data, "BackendData")
-        })?;
-        // The watcher keeps a lease's IPv6 subnet only inside a dual-stack network's IPv6 one.
+        if let (Some(link), Some(subnet)) = (self.link, lease.subnet) {
+            let data = &lease.attrs.backend_data;
+            self.to_subnet(&mut state, link, subnet.into(), lease.attrs.public_ip.into(), || {
+                vtep_mac(data, "BackendData")
+            })?;
+        }
+        // The watcher keeps a lease's subnet of a family only inside the network's of that family.
         if let (Some(link6), Some(subnet), Some(public_ipv6)) = (self.link6, lease.subnet_v6, lease.attrs.public_ipv6())
         {
             let data = lease.attrs.backend_v6_data();
@@ -344,7 +360,7 @@ mod tests {
 
     fn lease(n: u8, ip: &str, mac: &str) -> Lease {
         Lease {
-            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            subnet: Some(format!("10.244.{n}.0/24").parse().unwrap()),
             subnet_v6: None,
             attrs: LeaseAttrs::new(ip.parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1, "VtepMAC": mac})),
             expiry: Expiry::Unknown,
@@ -352,7 +368,7 @@ mod tests {
     }
 
     fn peers(leases: &[Lease]) -> LeaseMap {
-        leases.iter().map(|l| (l.subnet, l.clone())).collect()
+        leases.iter().map(|l| (l.id(), l.clone())).collect()
     }
 
     /// A vxlan backend prepared and started on `kernel`, its peers synced by a fresh engine.
@@ -376,7 +392,7 @@ mod tests {
         let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
         let b = lease(3, "203.0.113.3", "02:00:00:00:00:03");
         let all = peers(&[a.clone(), b.clone()]);
-        sync.on_events(&all, &[LeaseEvent::Added(a.subnet), LeaseEvent::Added(b.subnet)]).await.unwrap();
+        sync.on_events(&all, &[LeaseEvent::Added(a.id()), LeaseEvent::Added(b.id())]).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!((state.routes.len(), state.neighbours.len(), state.fdb.len(), state.nexthops.len()), (2, 2, 2, 2));
         let nh = state.nexthops.values().find(|n| n.gateway == Ipv4Addr::new(10, 244, 3, 0)).unwrap();
@@ -389,15 +405,15 @@ mod tests {
         let kernel = Arc::new(MemoryKernel::default());
         let mut sync = started(kernel.clone(), VxlanConfig::default()).await;
         let a = lease(2, "198.51.100.2", "02:00:00:00:00:02");
-        sync.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.subnet)]).await.unwrap();
+        sync.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.id())]).await.unwrap();
         let rebooted = lease(2, "198.51.100.2", "02:00:00:00:00:22");
-        let change = LeaseEvent::Changed(rebooted.subnet);
+        let change = LeaseEvent::Changed(rebooted.id());
         sync.on_events(&peers(std::slice::from_ref(&rebooted)), &[change]).await.unwrap();
         let state = kernel.snapshot();
         assert_eq!(state.fdb.len(), 1);
         assert_eq!(state.fdb.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
         assert_eq!(state.neighbours.values().next().unwrap().mac.to_string(), "02:00:00:00:00:22");
-        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(rebooted.subnet)]).await.unwrap();
+        sync.on_events(&LeaseMap::new(), &[LeaseEvent::Removed(rebooted.id())]).await.unwrap();
         assert!(kernel.snapshot().is_empty());
     }
 
@@ -424,7 +440,7 @@ mod tests {
         let before = kernel.applied_count();
         // The new run sees only `a`: it changes nothing for `a`, and removes `gone`'s 4 objects.
         let mut second = started(kernel.clone(), VxlanConfig::default()).await;
-        second.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.subnet)]).await.unwrap();
+        second.on_events(&peers(std::slice::from_ref(&a)), &[LeaseEvent::Added(a.id())]).await.unwrap();
         assert_eq!(kernel.applied_count() - before, 4);
         assert_eq!(kernel.snapshot().routes.len(), 1);
     }
@@ -478,7 +494,7 @@ mod tests {
     async fn a_dual_stack_peer_gets_objects_on_both_devices() {
         let kernel = Arc::new(MemoryKernel::default());
         let ext = ExternalInterface { public_ipv6: Some("2001:db8::1".parse().unwrap()), ..ext() };
-        let vxlan = Vxlan::new(kernel.clone(), VxlanConfig::default(), ext).dual_stack(true);
+        let vxlan = Vxlan::new(kernel.clone(), VxlanConfig::default(), ext).families(Families::DUAL_STACK);
         let registered = Box::new(vxlan).register().await.unwrap();
         let data = registered.lease_data().clone();
         assert_eq!(data.mtu, 1430, "the IPv6 device's, which fits both");
@@ -512,7 +528,7 @@ mod tests {
     #[test]
     fn direct_routing_over_ipv6_on_the_same_segment_only() {
         let ext = ExternalInterface { addr_v6: Some("2001:db8::1/64".parse().unwrap()), ..ext() };
-        let peers = VxlanPeers { link: 10, link6: Some(11), ext, direct_routing: true, use_nexthops: false };
+        let peers = VxlanPeers { link: Some(10), link6: Some(11), ext, direct_routing: true, use_nexthops: false };
         let dual = |n: u8, v6: &str| {
             let mut peer = lease(n, "203.0.113.9", "02:00:00:00:00:02");
             peer.subnet_v6 = Some(format!("2001:db8:42:{n}::/64").parse().unwrap());

@@ -39,8 +39,9 @@ pub fn build(conf: &NetConf, subnet: &SubnetEnv) -> Map<String, Value> {
 fn ipam(conf: &NetConf, subnet: &SubnetEnv) -> Map<String, Value> {
     let mut ipam = conf.ipam.clone();
     ipam.entry("type").or_insert(json!("host-local"));
-    let mut ranges = vec![json!([{ "subnet": subnet.subnet.to_string() }])];
-    ranges.extend(subnet.ipv6.map(|v6| json!([{ "subnet": v6.subnet.to_string() }])));
+    let v4 = subnet.ipv4.map(|v4| json!([{ "subnet": v4.subnet.to_string() }]));
+    let v6 = subnet.ipv6.map(|v6| json!([{ "subnet": v6.subnet.to_string() }]));
+    let ranges: Vec<Value> = v4.into_iter().chain(v6).collect();
     ipam.insert("ranges".into(), Value::Array(ranges));
     // Routes the operator listed come first; the cluster network is always reachable. Its
     // gateway is spelled out although the bridge would use it anyway: the bridge plugin's CHECK
@@ -49,7 +50,9 @@ fn ipam(conf: &NetConf, subnet: &SubnetEnv) -> Map<String, Value> {
         Some(Value::Array(routes)) => routes,
         _ => Vec::new(),
     };
-    routes.push(json!({ "dst": subnet.network.to_string(), "gw": subnet.gateway().to_string() }));
+    if let Some(v4) = &subnet.ipv4 {
+        routes.push(json!({ "dst": v4.network.to_string(), "gw": v4.gateway().to_string() }));
+    }
     if let Some(v6) = &subnet.ipv6 {
         routes.push(json!({ "dst": v6.network.to_string(), "gw": v6.gateway().to_string() }));
     }
@@ -63,8 +66,10 @@ mod tests {
 
     fn subnet(ip_masq: bool) -> SubnetEnv {
         SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            ipv4: Some(crate::subnet_env::Ipv4Pair {
+                network: "10.244.0.0/16".parse().unwrap(),
+                subnet: "10.244.3.0/24".parse().unwrap(),
+            }),
             ipv6: None,
             mtu: 1450,
             ip_masq,

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::output::{print_json, OutputArgs};
@@ -17,6 +17,7 @@ use crate::config::Flags;
 use crate::lab::probe;
 use crate::lab::report::{format_rtt, Probe};
 use crate::lease::Lease;
+use crate::network::Families;
 use crate::store;
 use crate::subnet_env::SubnetEnv;
 
@@ -54,10 +55,12 @@ pub async fn run(global: &GlobalArgs, command: CheckCommand) -> Result<(), Comma
     let CheckCommand::Connectivity(args) = command;
     let config = global.load_config(Flags::default())?.config;
     let subnet_file = args.subnet_file.unwrap_or_else(|| config.agent.subnet_file.clone());
-    // Without a subnet.env (no agent here yet) every lease is probed, over IPv4 only.
+    // Without a subnet.env (no agent here yet) every lease is probed, over every family it has.
     let env = SubnetEnv::read(&subnet_file).ok();
-    let own = env.as_ref().map(|env| env.subnet.trunc());
-    let dual_stack = env.as_ref().is_some_and(|env| env.ipv6.is_some());
+    let own = env.as_ref().map(SubnetEnv::lease_id);
+    let families = env
+        .as_ref()
+        .map_or(Families::DUAL_STACK, |env| Families { ipv4: env.ipv4.is_some(), ipv6: env.ipv6.is_some() });
     let store = store::open(&config.store).await?;
     let listing = store.list_leases().await.map_err(|e| CommandError::Runtime(format!("listing leases: {e}")))?;
     let mut leases = Vec::new();
@@ -68,7 +71,7 @@ pub async fn run(global: &GlobalArgs, command: CheckCommand) -> Result<(), Comma
         }
     }
     let peers = peers(&leases, own);
-    let targets = targets(&peers, dual_stack);
+    let targets = targets(&peers, families);
     let addrs: Vec<IpAddr> = targets.iter().map(|t| first_address(t.subnet)).collect();
     let probes = tokio::task::spawn_blocking(move || probe::ping_here(&addrs))
         .await
@@ -87,14 +90,14 @@ pub async fn run(global: &GlobalArgs, command: CheckCommand) -> Result<(), Comma
     Ok(())
 }
 
-/// Every lease but our own, by subnet.
-fn peers(leases: &[Lease], own: Option<Ipv4Net>) -> Vec<&Lease> {
-    let mut peers: Vec<&Lease> = leases.iter().filter(|l| Some(l.subnet.trunc()) != own).collect();
-    peers.sort_by_key(|l| l.subnet);
+/// Every lease but our own (`own`: its [`Lease::id`]), by subnet.
+fn peers(leases: &[Lease], own: Option<IpNet>) -> Vec<&Lease> {
+    let mut peers: Vec<&Lease> = leases.iter().filter(|l| Some(l.id()) != own).collect();
+    peers.sort_by_key(|l| l.key());
     peers
 }
 
-/// One subnet of a peer to probe: its IPv4 one, and on a dual-stack host its IPv6 one too.
+/// One subnet of a peer to probe: one of each family this host runs.
 struct Target<'a> {
     lease: &'a Lease,
     subnet: IpNet,
@@ -102,11 +105,13 @@ struct Target<'a> {
     peer: String,
 }
 
-fn targets<'a>(peers: &[&'a Lease], dual_stack: bool) -> Vec<Target<'a>> {
+fn targets<'a>(peers: &[&'a Lease], families: Families) -> Vec<Target<'a>> {
     let mut targets = Vec::new();
     for lease in peers {
-        targets.push(Target { lease, subnet: lease.subnet.into(), peer: lease.attrs.public_ip.to_string() });
-        if let (true, Some(subnet)) = (dual_stack, lease.subnet_v6) {
+        if let (true, Some(subnet)) = (families.ipv4, lease.subnet) {
+            targets.push(Target { lease, subnet: subnet.into(), peer: lease.attrs.public_ip.to_string() });
+        }
+        if let (true, Some(subnet)) = (families.ipv6, lease.subnet_v6) {
             let peer = lease.attrs.public_ipv6().map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
             targets.push(Target { lease, subnet: subnet.into(), peer });
         }
@@ -161,7 +166,7 @@ mod tests {
 
     fn lease(subnet: &str, ip: &str, backend: &str) -> Lease {
         let attrs = LeaseAttrs::new(ip.parse().unwrap(), backend, serde_json::Value::Null);
-        Lease { subnet: subnet.parse().unwrap(), subnet_v6: None, attrs, expiry: Expiry::Unknown }
+        Lease { subnet: Some(subnet.parse().unwrap()), subnet_v6: None, attrs, expiry: Expiry::Unknown }
     }
 
     #[test]
@@ -171,7 +176,7 @@ mod tests {
         let own = Some("10.244.7.0/24".parse().unwrap());
         let peers = peers(&leases, own);
         assert_eq!(peers.len(), 1);
-        assert_eq!(first_address(peers[0].subnet.into()).to_string(), "10.244.3.1");
+        assert_eq!(first_address(peers[0].id()).to_string(), "10.244.3.1");
         assert_eq!(super::peers(&leases, None).len(), 2, "no subnet.env: every lease");
     }
 
@@ -182,7 +187,8 @@ mod tests {
         dual.attrs = dual.attrs.with_v6("2001:db8::3".parse().unwrap(), serde_json::Value::Null);
         let v4_only = lease("10.244.4.0/24", "198.51.100.4", "vxlan");
         let peers = [&dual, &v4_only];
-        let rows: Vec<PeerProbe> = targets(&peers, true).iter().map(|t| row(t, Probe::Failed)).collect();
+        let rows: Vec<PeerProbe> =
+            targets(&peers, Families::DUAL_STACK).iter().map(|t| row(t, Probe::Failed)).collect();
         let seen: Vec<(&str, &str, &str)> =
             rows.iter().map(|r| (r.peer.as_str(), r.subnet.as_str(), r.target.as_str())).collect();
         assert_eq!(
@@ -193,14 +199,14 @@ mod tests {
                 ("198.51.100.4", "10.244.4.0/24", "10.244.4.1"),
             ]
         );
-        assert_eq!(targets(&peers, false).len(), 2, "an IPv4-only host probes IPv4 only");
+        assert_eq!(targets(&peers, Families::IPV4).len(), 2, "an IPv4-only host probes IPv4 only");
     }
 
     #[test]
     fn the_matrix_marks_each_peer() {
         let (a, b) =
             (lease("10.244.3.0/24", "198.51.100.3", "host-gw"), lease("10.244.9.0/24", "198.51.100.9", "vxlan"));
-        let targets = targets(&[&a, &b], false);
+        let targets = targets(&[&a, &b], Families::IPV4);
         let rows = vec![row(&targets[0], Probe::Rtt(Duration::from_micros(52))), row(&targets[1], Probe::Failed)];
         assert_eq!(rows[0].rtt_ms, Some(0.052));
         assert_eq!(

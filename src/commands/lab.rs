@@ -120,10 +120,16 @@ fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), CommandError> {
         lab.network.ipv6_cidr = LAB_IPV6_PODS.into();
     }
     let network = Network::new(&lab.network).map_err(|e| CommandError::Input(e.to_string()))?;
+    if network.is_ipv6_only() {
+        // The lab's pods and probes are built on each host's IPv4 subnet.
+        return Err(CommandError::Input(
+            "network.enable_ipv4 = false: the lab runs IPv4 or dual-stack pods (--ipv6), not IPv6-only ones".into(),
+        ));
+    }
     println!(
         "weft lab: {} hosts, network {}, backend {}, state in {}",
         topology.hosts,
-        network.network,
+        network,
         network.backend.type_name(),
         dir.root.display()
     );
@@ -195,7 +201,7 @@ fn build(topology: &Topology, dir: &LabDir, lab: &Config, network: &Network) -> 
     write_configs(topology, dir, lab)?;
     let json = network.to_flannel_json();
     with_store(&lab.store, |store| async move { store.put_network_config(&json).await })?;
-    println!("  network  {} published to the local store", network.network);
+    println!("  network  {network} published to the local store");
     let exe = std::env::current_exe().map_err(|e| CommandError::Runtime(format!("find the weft binary: {e}")))?;
     let mut children = Vec::new();
     for node in topology.host_nodes() {
@@ -527,7 +533,7 @@ fn measure(topology: &Topology, dir: &LabDir) -> Result<Shown, CommandError> {
         .iter()
         .zip(&envs)
         .map(|(node, env)| {
-            let addrs = crate::lab::PodAddrs::for_subnet(env.as_ref()?.subnet).ok()?;
+            let addrs = crate::lab::PodAddrs::for_subnet(env.as_ref()?.ipv4?.subnet).ok()?;
             pod_at(node, addrs.pod.addr().into())
         })
         .collect();
@@ -554,7 +560,7 @@ fn read_leases(dir: &LabDir, nodes: &[Node]) -> Result<Vec<LeaseLine>, CommandEr
         .filter_map(|raw| raw.parse().ok())
         .map(|lease| LeaseLine {
             host: host_of.get(&lease.attrs.public_ip).map(|h| h.to_string()),
-            subnet: lease.subnet.to_string(),
+            subnet: lease.id().to_string(),
             public_ip: lease.attrs.public_ip,
             backend: lease.attrs.backend_type.to_string(),
         })

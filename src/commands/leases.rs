@@ -1,16 +1,16 @@
 //! `weft leases list|reserve|release`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::commands::output::OutputArgs;
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
-use crate::lease::{BackendData, Expiry, Lease, LeaseAttrs};
+use crate::lease::{BackendData, Expiry, Lease, LeaseAttrs, LeaseKey};
 use crate::network::Network;
 use crate::store::{self, LeaseStore, LeaseWrite, Store, WriteOutcome};
 
@@ -28,18 +28,18 @@ pub enum LeasesCommand {
     Reserve(ReserveArgs),
     /// Remove a lease or reservation.
     Release {
-        /// The subnet, e.g. 10.244.3.0/24.
-        subnet: Ipv4Net,
+        /// Either subnet of the lease, e.g. 10.244.3.0/24 or 2001:db8:42:3::/64.
+        subnet: IpNet,
     },
 }
 
 #[derive(Args, Debug)]
 pub struct ReserveArgs {
-    /// The subnet, e.g. 10.244.3.0/24.
-    pub subnet: Ipv4Net,
-    /// The public IP of the host the subnet is for.
+    /// The subnet, e.g. 10.244.3.0/24 (in an IPv6-only network an IPv6 one, 2001:db8:42:3::/64).
+    pub subnet: IpNet,
+    /// The public IP of the host the subnet is for (an IPv6 address for an IPv6-only host).
     #[arg(long)]
-    pub public_ip: Ipv4Addr,
+    pub public_ip: IpAddr,
 }
 
 pub async fn run(global: &GlobalArgs, command: LeasesCommand) -> Result<(), CommandError> {
@@ -74,7 +74,7 @@ struct LeaseRow {
 impl From<&Lease> for LeaseRow {
     fn from(lease: &Lease) -> Self {
         LeaseRow {
-            subnet: lease.subnet.to_string(),
+            subnet: lease.id().to_string(),
             subnet_v6: lease.subnet_v6.map(|s| s.to_string()),
             public_ipv6: lease.attrs.public_ipv6(),
             public_ip: lease.attrs.public_ip,
@@ -124,7 +124,7 @@ async fn list(store: &dyn LeaseStore, json: bool) -> Result<(), CommandError> {
         };
         println!("{:<20} {:<16} {:<10} {expires}", row.subnet, row.public_ip, row.backend_type);
         // A dual-stack lease's IPv6 side on a line of its own: the addresses are too wide.
-        if let Some(v6) = &row.subnet_v6 {
+        if let Some(v6) = row.subnet_v6.as_ref().filter(|v6| **v6 != row.subnet) {
             let ip = row.public_ipv6.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
             println!("  {v6} via {ip}");
         }
@@ -148,72 +148,79 @@ async fn reserve(store: &dyn Store, args: ReserveArgs) -> Result<(), CommandErro
     if subnet.trunc() != subnet {
         return Err(CommandError::Input(format!("{subnet}: host bits set, did you mean {}?", subnet.trunc())));
     }
-    let mut key = crate::lease::LeaseKey::from(subnet);
+    let mut key = LeaseKey::from(subnet);
     if let Some(text) = store.network_config().await? {
         if let Ok((network, _)) = Network::from_flannel_json(&text) {
-            if !network.contains_subnet(&subnet) {
+            let space = network.lease_space();
+            if !space.contains_subnet(&subnet) {
                 return Err(CommandError::Input(format!(
-                    "{subnet} is not a /{} inside the network {}",
-                    network.subnet_len, network.network
+                    "{subnet} is not a /{} inside the network {} (whose leases are named by their {} subnet)",
+                    space.subnet_len,
+                    space.network,
+                    if network.is_ipv6_only() { "IPv6" } else { "IPv4" }
                 )));
             }
             // Dual-stack: the reservation holds an IPv6 subnet too, or its host could not use it.
-            if network.ipv6.is_some() {
+            if let (Some(v4), Some(_)) = (key.subnet, network.ipv6) {
                 let listing = store.list_leases().await?;
                 let taken = listing
                     .leases
                     .iter()
                     .filter_map(|raw| crate::lease::parse_lease_key(&raw.key).ok()?.subnet_v6)
-                    .map(ipnet::IpNet::from)
+                    .map(IpNet::from)
                     .collect();
-                key.subnet_v6 = crate::leasing::ipv6_for(&network, subnet, &taken, None);
+                key.subnet_v6 = crate::leasing::ipv6_for(&network, v4, &taken, None);
             }
         }
     }
-    let attrs = LeaseAttrs::new(args.public_ip, "", serde_json::Value::Null);
+    // An IPv6-only host publishes 0.0.0.0 as its IPv4 address, as flannel writes it.
+    let attrs = match args.public_ip {
+        IpAddr::V4(ip) => LeaseAttrs::new(ip, "", serde_json::Value::Null),
+        IpAddr::V6(ip) => {
+            LeaseAttrs::new(Ipv4Addr::UNSPECIFIED, "", serde_json::Value::Null).with_v6(ip, serde_json::Value::Null)
+        }
+    };
     let json = attrs.to_json();
     match store.create_lease(LeaseWrite::new(key, &json, None)).await? {
         WriteOutcome::Written { .. } => {
             println!("reserved {key} for {}", args.public_ip);
             Ok(())
         }
-        WriteOutcome::Conflict => make_existing_permanent(store, subnet, args.public_ip).await,
+        WriteOutcome::Conflict => make_existing_permanent(store, subnet, &attrs).await,
     }
 }
 
 /// The subnet is already leased: by the same host, the lease becomes a reservation (its attributes
 /// kept); by another host, that is an error.
-async fn make_existing_permanent(
-    store: &dyn LeaseStore,
-    subnet: Ipv4Net,
-    public_ip: Ipv4Addr,
-) -> Result<(), CommandError> {
+async fn make_existing_permanent(store: &dyn LeaseStore, subnet: IpNet, host: &LeaseAttrs) -> Result<(), CommandError> {
     let listing = store.list_leases().await?;
     let Some(raw) = listing.leases.iter().find(|r| crate::lease::parse_subnet_key(&r.key) == Ok(subnet)) else {
         return Err(CommandError::Runtime(format!("{subnet} changed while reserving it; try again")));
     };
     let holder = raw.parse().map_err(|e| CommandError::Runtime(e.to_string()))?;
-    if holder.attrs.public_ip != public_ip {
-        return Err(CommandError::Runtime(format!("{subnet} is held by {}", holder.attrs.public_ip)));
+    let public = host.public_addr().map(|ip| ip.to_string()).unwrap_or_default();
+    if !holder.attrs.is_same_host(host) {
+        let holder_ip = holder.attrs.public_addr().map(|ip| ip.to_string()).unwrap_or_else(|| "nobody".into());
+        return Err(CommandError::Runtime(format!("{subnet} is held by {holder_ip}")));
     }
     let value = String::from_utf8_lossy(&raw.value);
     match store.update_lease(LeaseWrite::new(holder.key(), &value, None), raw.mod_revision).await? {
         WriteOutcome::Written { .. } => {
-            println!("reserved {subnet} for {public_ip} (its lease no longer expires)");
+            println!("reserved {subnet} for {public} (its lease no longer expires)");
             Ok(())
         }
         WriteOutcome::Conflict => Err(CommandError::Runtime(format!("{subnet} changed while reserving it; try again"))),
     }
 }
 
-async fn release(store: &dyn LeaseStore, subnet: Ipv4Net) -> Result<(), CommandError> {
-    // A dual-stack lease's key names its IPv6 subnet too: the lease is found by its IPv4 one.
+async fn release(store: &dyn LeaseStore, subnet: IpNet) -> Result<(), CommandError> {
+    // A lease's key may name two subnets: the lease is found by either.
     let listing = store.list_leases().await?;
     let key = listing
         .leases
         .iter()
         .filter_map(|raw| crate::lease::parse_lease_key(&raw.key).ok())
-        .find(|key| key.subnet == subnet)
+        .find(|key| key.subnets().any(|s| s == subnet))
         .unwrap_or(subnet.into());
     if store.delete_lease(key).await? {
         println!("released {subnet}");

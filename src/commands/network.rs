@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use crate::commands::output::{print_json, OutputArgs};
 use crate::commands::{CommandError, GlobalArgs};
 use crate::config::Flags;
-use crate::network::{import, Network};
+use crate::network::{import, Network, SubnetSpace};
 use crate::store::{self, FileNetworkSource, NetworkSource, Store};
 
 #[derive(Subcommand, Debug)]
@@ -101,26 +101,36 @@ async fn apply(store: &dyn Store, network: &Network, force: bool) -> Result<(), 
 struct Shown<'a> {
     /// The store's JSON, verbatim.
     config: &'a serde_json::value::RawValue,
-    network: String,
-    subnet_len: u8,
-    subnet_min: String,
-    subnet_max: String,
-    subnet_count: u64,
-    /// The IPv6 side of a dual-stack network.
+    /// The IPv4 side, at the top level (absent in an IPv6-only network).
+    #[serde(flatten)]
+    ipv4: Option<ShownSpace>,
+    /// The IPv6 side of a dual-stack or IPv6-only network.
     #[serde(skip_serializing_if = "Option::is_none")]
-    ipv6: Option<ShownIpv6>,
+    ipv6: Option<ShownSpace>,
     backend: &'static str,
     /// Keys of the stored config weft does not use.
     ignored: &'a [String],
 }
 
 #[derive(serde::Serialize)]
-struct ShownIpv6 {
+struct ShownSpace {
     network: String,
     subnet_len: u8,
     subnet_min: String,
     subnet_max: String,
     subnet_count: u64,
+}
+
+impl From<&SubnetSpace> for ShownSpace {
+    fn from(space: &SubnetSpace) -> Self {
+        ShownSpace {
+            network: space.network.to_string(),
+            subnet_len: space.subnet_len,
+            subnet_min: space.min.to_string(),
+            subnet_max: space.max.to_string(),
+            subnet_count: space.subnet_count(),
+        }
+    }
 }
 
 async fn show(store: &dyn NetworkSource, output: OutputArgs) -> Result<(), CommandError> {
@@ -139,42 +149,25 @@ async fn show(store: &dyn NetworkSource, output: OutputArgs) -> Result<(), Comma
             .map_err(|e| CommandError::Runtime(format!("the stored network config is not JSON: {e}")))?;
         return print_json(&Shown {
             config: &config,
-            network: network.network.to_string(),
-            subnet_len: network.subnet_len,
-            subnet_min: network.subnet_min.to_string(),
-            subnet_max: network.subnet_max.to_string(),
-            subnet_count: network.subnet_count(),
-            ipv6: network.ipv6.map(|v6| ShownIpv6 {
-                network: v6.network.to_string(),
-                subnet_len: v6.subnet_len,
-                subnet_min: v6.min.to_string(),
-                subnet_max: v6.max.to_string(),
-                subnet_count: v6.subnet_count(),
-            }),
+            ipv4: network.ipv4.as_ref().map(ShownSpace::from),
+            ipv6: network.ipv6.as_ref().map(ShownSpace::from),
             backend: network.backend.type_name(),
             ignored: &ignored,
         });
     }
     println!("{text}");
-    eprintln!(
-        "network {} · subnets /{} from {} to {} ({} in all) · backend {}",
-        network.network,
-        network.subnet_len,
-        network.subnet_min,
-        network.subnet_max,
-        network.subnet_count(),
-        network.backend.type_name()
-    );
-    if let Some(v6) = &network.ipv6 {
+    for space in network.spaces() {
+        let family = if space.network.addr().is_ipv4() { "network" } else { "IPv6 network" };
         eprintln!(
-            "IPv6 network {} · subnets /{} from {} to {} ({} in all)",
-            v6.network,
-            v6.subnet_len,
-            v6.min,
-            v6.max,
-            v6.subnet_count()
+            "{family} {} · subnets /{} from {} to {} ({} in all)",
+            space.network,
+            space.subnet_len,
+            space.min,
+            space.max,
+            space.subnet_count()
         );
     }
+    eprintln!("backend {}", network.backend.type_name());
     if !ignored.is_empty() {
         eprintln!("ignored keys: {}", ignored.join(", "));
     }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_aws::{DryRunTarget, Ec2, Permission, RouteTable, SdkEc2, SdkOptions, TokenProbe, ACTIONS};
 
 use crate::backend::aws_vpc::node::choose_interface;
@@ -106,28 +106,34 @@ pub fn route_tables(mode: &TableMode, chosen: &Result<Vec<RouteTable>, String>) 
     }
 }
 
-/// Room for our route in `table`: within `route_limit` routes of the cluster network when set,
-/// else within EC2's default 50 routes per table. A table already routing `own` to us needs none;
-/// with `overflow` a full table is no error (the host is reached over vxlan).
+/// Room for our routes in `table`: within `route_limit` routes of each family's cluster network
+/// when set (the fuller family is shown), else within EC2's default 50 routes per table. A table
+/// already routing `own` to us needs none; with `overflow` a full table is no error (the host is
+/// reached over vxlan).
 pub fn route_room(
     table: &RouteTable,
     network: &Network,
     route_limit: Option<u32>,
-    own: Option<(Ipv4Net, &str)>,
+    own: Option<(IpNet, &str)>,
     overflow: bool,
 ) -> Check {
     let name = format!("aws.route_room.{}", table.id);
     let (used, limit, what) = match route_limit {
         Some(limit) => {
-            // The IPv4 route's room: route_limit counts each family apart, as EC2 does.
-            let v4 = network.network;
-            (family_routes(table, network, v4.into()), limit as usize, format!("routes of {v4} (route_limit)"))
+            // route_limit counts each family apart, as EC2 does: the fuller one decides.
+            let fullest = network
+                .networks()
+                .map(|family| (family_routes(table, network, family), family))
+                .max_by_key(|(used, _)| *used)
+                .expect("a network has a family");
+            let (used, family) = fullest;
+            (used, limit as usize, format!("routes of {family} (route_limit)"))
         }
         None => (table.route_count, DEFAULT_ROUTE_LIMIT, "routes (EC2's default limit)".to_string()),
     };
     let left = limit.saturating_sub(used);
     let shown = format!("{used} of {limit} {what} used, {left} left");
-    if own.is_some_and(|(subnet, interface)| routes_to_us(table, subnet.into(), interface)) {
+    if own.is_some_and(|(subnet, interface)| routes_to_us(table, subnet, interface)) {
         return Check::pass(name, format!("{shown}; it holds our route already"));
     }
     if left > 0 {
@@ -157,7 +163,7 @@ pub async fn checks(
     cloud: &CloudSection,
     network: &Network,
     ext: Option<&ExternalInterface>,
-    own: Option<Ipv4Net>,
+    own: Option<IpNet>,
 ) -> Vec<Check> {
     let probe = weft_aws::imds::probe_token(IMDS_TIMEOUT).await;
     let mut checks = vec![imds(&probe)];
@@ -201,7 +207,7 @@ pub async fn checks(
         instance_id: instance.id.clone(),
         interface_id: interface_id.clone(),
         table_id: chosen.as_ref().ok().and_then(|t| t.first()).map(|t| t.id.clone()),
-        destination: own.unwrap_or(network.network),
+        destination: own.unwrap_or(network.lease_space().network),
     };
     for action in ACTIONS {
         // Without a table the route actions cannot be asked; aws.route_tables says why.

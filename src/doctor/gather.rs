@@ -60,10 +60,13 @@ pub async fn all(config: &Config) -> Vec<Check> {
         checks.extend(host::mtu(ext, backend));
     }
     if host::forwards(backend) {
-        checks.push(firewall::judge(&nft_ruleset().await, network.network, config.agent.forward_rules));
+        // iptables' FORWARD chain is IPv4's: an IPv6-only network is not judged there.
+        if let Some(v4) = network.ipv4_network() {
+            checks.push(firewall::judge(&nft_ruleset().await, v4, config.agent.forward_rules));
+        }
     }
     // Our subnet, when an agent ran here: its cloud route needs no room.
-    let own = crate::subnet_env::SubnetEnv::read(&config.agent.subnet_file).ok().map(|env| env.subnet.trunc());
+    let own = crate::subnet_env::SubnetEnv::read(&config.agent.subnet_file).ok().map(|env| env.lease_id());
     checks.extend(cloud(config, &network, ext.as_ref().ok(), own).await);
     checks
 }
@@ -73,7 +76,7 @@ async fn cloud(
     config: &Config,
     network: &Network,
     ext: Option<&ExternalInterface>,
-    own: Option<ipnet::Ipv4Net>,
+    own: Option<ipnet::IpNet>,
 ) -> Vec<Check> {
     match &network.backend {
         #[cfg(feature = "aws")]
@@ -111,7 +114,7 @@ async fn probe_store(config: &Config) -> (StoreProbe, Option<Network>) {
         Ok(Ok(None)) => (StoreProbe::NoConfig, None),
         Ok(Ok(Some(text))) => match Network::from_flannel_json(&text) {
             Ok((network, _)) => {
-                let shown = format!("network {}, backend {}", network.network, network.backend.type_name());
+                let shown = format!("network {network}, backend {}", network.backend.type_name());
                 (StoreProbe::Ok { network: shown }, Some(network))
             }
             Err(e) => (StoreProbe::BadConfig(e.to_string()), None),

@@ -1,7 +1,7 @@
 //! gce: the service account's scopes, the instance's `canIpForward`, the routes used and left.
 //! The judges are pure; [`checks`] asks the metadata server and the Compute API via weft-gce.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_gce::{ClientOptions, ComputeApi, CredentialSource, MetadataClient, SdkCompute};
 
 use crate::backend::gce::plan::cluster_routes;
@@ -114,7 +114,7 @@ pub async fn checks(
     config: &GceConfig,
     cloud: &CloudSection,
     cluster: &crate::network::Network,
-    own: Option<Ipv4Net>,
+    own: Option<IpNet>,
 ) -> Vec<Check> {
     let metadata_fail = |e: String| {
         vec![Check::fail("gce.metadata", e, "run on a GCE VM (GCE_METADATA_HOST names another metadata server)")]

@@ -29,17 +29,19 @@ pub struct SubnetInfo {
 
 /// Reads `FLANNEL_SUBNET` and `FLANNEL_MTU` out of subnet.env's text.
 pub fn parse_subnet_env(text: &str) -> Option<SubnetInfo> {
-    SubnetEnv::parse(text).ok().map(SubnetInfo::from)
+    SubnetEnv::parse(text).ok().and_then(SubnetInfo::of)
 }
 
 /// Reads a host's subnet.env; `None` while the agent has not written it.
 pub fn read_subnet_env(path: &Path) -> Option<SubnetInfo> {
-    SubnetEnv::read(path).ok().map(SubnetInfo::from)
+    SubnetEnv::read(path).ok().and_then(SubnetInfo::of)
 }
 
-impl From<SubnetEnv> for SubnetInfo {
-    fn from(env: SubnetEnv) -> Self {
-        SubnetInfo { subnet: env.subnet, mtu: env.mtu }
+impl SubnetInfo {
+    /// The IPv4 side of a host's subnet.env, which the lab's pods are built on; `None` for an
+    /// IPv6-only host.
+    pub fn of(env: SubnetEnv) -> Option<SubnetInfo> {
+        Some(SubnetInfo { subnet: env.ipv4?.subnet, mtu: env.mtu })
     }
 }
 

@@ -80,8 +80,8 @@ fn plan(wanted: &[MasqRule], listed: &[ListedRule]) -> Plan {
 
 /// The agent's pass: with `wanted`, weft's accept rules for `network` made exactly right in
 /// `ip filter FORWARD`; without, weft's rules there removed.
-pub fn sync(wanted: bool, network: Ipv4Net) -> Result<ForwardChange, MasqError> {
-    let want = if wanted { forward_rules(IpNet::V4(network.trunc())) } else { Vec::new() };
+pub fn sync(network: Option<Ipv4Net>) -> Result<ForwardChange, MasqError> {
+    let want = network.map_or_else(Vec::new, |network| forward_rules(IpNet::V4(network.trunc())));
     sync_rules(&want)
 }
 

@@ -1,7 +1,6 @@
 //! The cluster network: flannel's JSON config in the store, the `[network]` table of weft.toml,
 //! validation into a typed [`Network`], and the subnet arithmetic over it.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ pub mod backend;
 pub mod import;
 pub mod space;
 
+use crate::lease::LeaseKey;
 use backend::BackendConfig;
 pub use space::SubnetSpace;
 use space::{SpaceKeys, SpaceText};
@@ -39,7 +39,8 @@ pub struct NetworkSection {
     pub subnet_len: u8,
     pub subnet_min: String,
     pub subnet_max: String,
-    /// false: no IPv4 subnets (an IPv6-only cluster; not supported yet, see the README).
+    /// false: no IPv4 subnets, an IPv6-only cluster (`cidr` and the other IPv4 keys are not
+    /// read then).
     pub enable_ipv4: bool,
     /// The IPv6 network ("": IPv4 only). Set, every host also leases an IPv6 subnet.
     pub ipv6_cidr: String,
@@ -67,17 +68,29 @@ impl Default for NetworkSection {
     }
 }
 
-/// A validated cluster network: every subnet between `subnet_min` and `subnet_max` (inclusive) is
-/// `subnet_len` long and inside `network`.
+/// A validated cluster network: one [`SubnetSpace`] per family it runs, IPv4, IPv6 or both
+/// (never neither).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Network {
-    pub network: Ipv4Net,
-    pub subnet_len: u8,
-    pub subnet_min: Ipv4Addr,
-    pub subnet_max: Ipv4Addr,
-    /// The IPv6 subnets, in a dual-stack network.
+    /// The IPv4 subnets; `None` in an IPv6-only network.
+    pub ipv4: Option<SubnetSpace>,
+    /// The IPv6 subnets, in a dual-stack or IPv6-only network.
     pub ipv6: Option<SubnetSpace>,
     pub backend: BackendConfig,
+}
+
+/// The address families a network runs: what a backend makes devices, routes and forwarding
+/// for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl Families {
+    pub const IPV4: Families = Families { ipv4: true, ipv6: false };
+    pub const DUAL_STACK: Families = Families { ipv4: true, ipv6: true };
+    pub const IPV6: Families = Families { ipv4: false, ipv6: true };
 }
 
 /// A change of the network's shape: a family's CIDR or subnet length, or IPv6 turned on or off.
@@ -130,24 +143,23 @@ pub fn default_subnet_len(network: Ipv4Net) -> u8 {
 
 impl Network {
     pub fn new(section: &NetworkSection) -> Result<Network, NetworkError> {
-        if !section.enable_ipv4 {
-            let reason = if section.ipv6_cidr.is_empty() {
-                "with no network.ipv6_cidr either, no family is left"
-            } else {
-                "IPv6-only clusters are not supported yet: keep IPv4 on beside network.ipv6_cidr (dual-stack)"
-            };
+        if !section.enable_ipv4 && section.ipv6_cidr.is_empty() {
+            let reason = "with no network.ipv6_cidr either, no family is left";
             return Err(invalid("network.enable_ipv4", false, reason));
         }
-        let v4 = SubnetSpace::parse(
-            &IPV4_KEYS,
-            &SpaceText {
-                cidr: &section.cidr,
-                subnet_len: section.subnet_len,
-                subnet_min: &section.subnet_min,
-                subnet_max: &section.subnet_max,
-            },
-            false,
-        )?;
+        // IPv6-only: the IPv4 keys are not read, as flannel does not read `Network` then.
+        let ipv4 = section
+            .enable_ipv4
+            .then(|| {
+                let text = SpaceText {
+                    cidr: &section.cidr,
+                    subnet_len: section.subnet_len,
+                    subnet_min: &section.subnet_min,
+                    subnet_max: &section.subnet_max,
+                };
+                SubnetSpace::parse(&IPV4_KEYS, &text, false)
+            })
+            .transpose()?;
         let ipv6 = if section.ipv6_cidr.is_empty() {
             for (key, set) in [
                 ("network.ipv6_subnet_len", section.ipv6_subnet_len != 0),
@@ -169,56 +181,53 @@ impl Network {
             Some(SubnetSpace::parse(&IPV6_KEYS, &text, true)?)
         };
         section.backend.check()?;
-        let (IpNet::V4(network), IpAddr::V4(subnet_min), IpAddr::V4(subnet_max)) = (v4.network, v4.min, v4.max) else {
-            unreachable!("parsed as IPv4")
-        };
-        Ok(Network {
-            network,
-            subnet_len: v4.subnet_len,
-            subnet_min,
-            subnet_max,
-            ipv6,
-            backend: section.backend.clone(),
-        })
+        Ok(Network { ipv4, ipv6, backend: section.backend.clone() })
     }
 
-    /// The IPv4 subnets as a [`SubnetSpace`], the arithmetic both families share.
-    pub fn ipv4(&self) -> SubnetSpace {
-        SubnetSpace {
-            network: self.network.into(),
-            subnet_len: self.subnet_len,
-            min: self.subnet_min.into(),
-            max: self.subnet_max.into(),
-        }
+    /// The space whose subnets name the leases ([`crate::lease::LeaseKey::id`]): IPv4 where the
+    /// network has it, else IPv6.
+    pub fn lease_space(&self) -> &SubnetSpace {
+        self.ipv4.as_ref().or(self.ipv6.as_ref()).expect("a network has at least one family")
     }
 
-    /// How many subnets lie between `subnet_min` and `subnet_max`.
+    /// The families the network runs.
+    pub fn families(&self) -> Families {
+        Families { ipv4: self.ipv4.is_some(), ipv6: self.ipv6.is_some() }
+    }
+
+    /// Whether the network has no IPv4 subnets.
+    pub fn is_ipv6_only(&self) -> bool {
+        self.ipv4.is_none()
+    }
+
+    /// How many leases the network holds: the subnets of the leases' naming family between its
+    /// `subnet_min` and `subnet_max`.
     pub fn subnet_count(&self) -> u64 {
-        self.ipv4().subnet_count()
+        self.lease_space().subnet_count()
     }
 
-    /// The `i`-th subnet counting from `subnet_min`.
-    pub fn nth_subnet(&self, i: u64) -> Ipv4Net {
-        match self.ipv4().nth_subnet(i) {
-            IpNet::V4(net) => net,
-            IpNet::V6(_) => unreachable!("an IPv4 space"),
+    /// The `i`-th lease's naming subnet, counting from `subnet_min`.
+    pub fn nth_subnet(&self, i: u64) -> IpNet {
+        self.lease_space().nth_subnet(i)
+    }
+
+    /// Whether a lease's key has exactly the network's families, each subnet inside its
+    /// family's network and of its length. A lease outside the network is never installed.
+    pub fn fits(&self, key: &LeaseKey) -> bool {
+        fn fits_space(space: Option<&SubnetSpace>, subnet: Option<IpNet>) -> bool {
+            match (space, subnet) {
+                (None, None) => true,
+                (Some(space), Some(subnet)) => space.contains_subnet(&subnet),
+                _ => false,
+            }
         }
+        fits_space(self.ipv4.as_ref(), key.subnet.map(IpNet::V4))
+            && fits_space(self.ipv6.as_ref(), key.subnet_v6.map(IpNet::V6))
     }
 
-    /// Whether `subnet` is one this network hands out: inside it, of the right length.
-    /// A lease outside the network is never installed.
-    pub fn contains_subnet(&self, subnet: &Ipv4Net) -> bool {
-        self.ipv4().contains_subnet(&(*subnet).into())
-    }
-
-    /// Whether `subnet` is between `subnet_min` and `subnet_max`, where new leases are allocated.
-    pub fn in_allocation_range(&self, subnet: &Ipv4Net) -> bool {
-        self.ipv4().in_allocation_range(&(*subnet).into())
-    }
-
-    /// The network's subnet spaces, IPv4 first, IPv6 in a dual-stack network.
+    /// The network's subnet spaces, IPv4 first.
     pub fn spaces(&self) -> impl Iterator<Item = SubnetSpace> {
-        [Some(self.ipv4()), self.ipv6].into_iter().flatten()
+        [self.ipv4, self.ipv6].into_iter().flatten()
     }
 
     /// The subnet space of `subnet`'s family, if the network has that family.
@@ -238,7 +247,15 @@ impl Network {
         self.spaces().any(|space| space.contains_subnet(destination))
     }
 
-    /// The IPv6 network of a dual-stack network.
+    /// The IPv4 network, unless the network is IPv6-only.
+    pub fn ipv4_network(&self) -> Option<Ipv4Net> {
+        match self.ipv4?.network {
+            IpNet::V4(net) => Some(net),
+            IpNet::V6(_) => None,
+        }
+    }
+
+    /// The IPv6 network of a dual-stack or IPv6-only network.
     pub fn ipv6_network(&self) -> Option<Ipv6Net> {
         match self.ipv6?.network {
             IpNet::V6(net) => Some(net),
@@ -246,24 +263,19 @@ impl Network {
         }
     }
 
-    /// Whether a lease's IPv6 subnet is as this network wants it: absent in an IPv4-only
-    /// network, inside the IPv6 network in a dual-stack one.
-    pub fn fits_ipv6(&self, subnet: Option<Ipv6Net>) -> bool {
-        match (&self.ipv6, subnet) {
-            (None, None) => true,
-            (Some(space), Some(subnet)) => space.contains_subnet(&subnet.into()),
-            _ => false,
-        }
+    /// The networks of both families, IPv4 first.
+    pub fn networks(&self) -> impl Iterator<Item = IpNet> {
+        self.spaces().map(|space| space.network)
     }
 
     pub fn section(&self) -> NetworkSection {
-        let v6 = self.ipv6.as_ref();
+        let (v4, v6) = (self.ipv4.as_ref(), self.ipv6.as_ref());
         NetworkSection {
-            cidr: self.network.to_string(),
-            subnet_len: self.subnet_len,
-            subnet_min: self.subnet_min.to_string(),
-            subnet_max: self.subnet_max.to_string(),
-            enable_ipv4: true,
+            cidr: v4.map(|s| s.network.to_string()).unwrap_or_default(),
+            subnet_len: v4.map_or(0, |s| s.subnet_len),
+            subnet_min: v4.map(|s| s.min.to_string()).unwrap_or_default(),
+            subnet_max: v4.map(|s| s.max.to_string()).unwrap_or_default(),
+            enable_ipv4: v4.is_some(),
             ipv6_cidr: v6.map(|s| s.network.to_string()).unwrap_or_default(),
             ipv6_subnet_len: v6.map_or(0, |s| s.subnet_len),
             ipv6_subnet_min: v6.map(|s| s.min.to_string()).unwrap_or_default(),
@@ -273,12 +285,21 @@ impl Network {
     }
 }
 
+/// The network's CIDRs, IPv4 first: `10.244.0.0/16`, `10.244.0.0/16 and 2001:db8:42::/56`.
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cidrs: Vec<String> = self.networks().map(|n| n.to_string()).collect();
+        f.write_str(&cidrs.join(" and "))
+    }
+}
+
 // ---- flannel's JSON -------------------------------------------------------------------------
 
 /// The network config exactly as flannel keeps it at `<prefix>/config`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FlannelNetworkJson {
-    #[serde(rename = "Network")]
+    /// Absent in an IPv6-only network.
+    #[serde(rename = "Network", default, skip_serializing_if = "String::is_empty")]
     network: String,
     #[serde(rename = "SubnetLen", default, skip_serializing_if = "is_zero")]
     subnet_len: u8,
@@ -329,22 +350,21 @@ impl Network {
 
     /// The network's shape in words: each family's CIDR and subnet length.
     fn shape(&self) -> String {
-        let v4 = format!("{} (/{} subnets)", self.network, self.subnet_len);
-        match &self.ipv6 {
-            Some(v6) => format!("{v4} and {} (/{} subnets)", v6.network, v6.subnet_len),
-            None => v4,
-        }
+        let shapes: Vec<String> =
+            self.spaces().map(|space| format!("{} (/{} subnets)", space.network, space.subnet_len)).collect();
+        shapes.join(" and ")
     }
 
     /// flannel's JSON for this network, as `weft network apply` publishes it.
     pub fn to_flannel_json(&self) -> String {
-        let v6 = self.ipv6.as_ref();
+        let (v4, v6) = (self.ipv4.as_ref(), self.ipv6.as_ref());
         let json = FlannelNetworkJson {
-            network: self.network.to_string(),
-            subnet_len: self.subnet_len,
-            subnet_min: self.subnet_min.to_string(),
-            subnet_max: self.subnet_max.to_string(),
-            enable_ipv4: None,
+            network: v4.map(|s| s.network.to_string()).unwrap_or_default(),
+            subnet_len: v4.map_or(0, |s| s.subnet_len),
+            subnet_min: v4.map(|s| s.min.to_string()).unwrap_or_default(),
+            subnet_max: v4.map(|s| s.max.to_string()).unwrap_or_default(),
+            // flannel reads an absent EnableIPv4 as true: said only to turn IPv4 off.
+            enable_ipv4: v4.is_none().then_some(false),
             enable_ipv6: v6.is_some(),
             ipv6_network: v6.map(|s| s.network.to_string()).unwrap_or_default(),
             ipv6_subnet_len: v6.map_or(0, |s| s.subnet_len),
@@ -398,6 +418,7 @@ pub(crate) fn dual_stack_for_tests() -> Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn section(cidr: &str) -> NetworkSection {
         NetworkSection { cidr: cidr.into(), ..NetworkSection::default() }
@@ -439,11 +460,16 @@ mod tests {
         ];
         for (cidr, len, min, max, count) in cases {
             let n = Network::new(&section(cidr)).unwrap();
-            assert_eq!((n.subnet_len, n.subnet_min, n.subnet_max, n.subnet_count()), (len, min, max, count), "{cidr}");
+            let v4 = n.ipv4.unwrap();
+            assert_eq!(
+                (v4.subnet_len, v4.min, v4.max, n.subnet_count()),
+                (len, min.into(), max.into(), count),
+                "{cidr}"
+            );
         }
         let n = Network::new(&section("10.244.0.0/16")).unwrap();
-        assert_eq!(n.nth_subnet(0), net("10.244.1.0/24"));
-        assert_eq!(n.nth_subnet(254), net("10.244.255.0/24"));
+        assert_eq!(n.nth_subnet(0), IpNet::V4(net("10.244.1.0/24")));
+        assert_eq!(n.nth_subnet(254), IpNet::V4(net("10.244.255.0/24")));
         assert_eq!(default_subnet_len(net("10.0.0.0/22")), 24);
         assert_eq!(default_subnet_len(net("10.0.0.0/23")), 25);
     }
@@ -457,11 +483,12 @@ mod tests {
         };
         let n = Network::new(&s).unwrap();
         assert_eq!(n.subnet_count(), 3);
-        assert!(n.in_allocation_range(&net("10.244.11.0/24")));
-        assert!(!n.in_allocation_range(&net("10.244.13.0/24")));
-        assert!(n.contains_subnet(&net("10.244.13.0/24")));
-        assert!(!n.contains_subnet(&net("10.245.13.0/24")));
-        assert!(!n.contains_subnet(&net("10.244.13.0/25")));
+        let v4 = n.ipv4.unwrap();
+        assert!(v4.in_allocation_range(&net("10.244.11.0/24").into()));
+        assert!(!v4.in_allocation_range(&net("10.244.13.0/24").into()));
+        assert!(n.fits(&net("10.244.13.0/24").into()));
+        assert!(!n.fits(&net("10.245.13.0/24").into()));
+        assert!(!n.fits(&net("10.244.13.0/25").into()));
     }
 
     #[test]
@@ -496,11 +523,11 @@ mod tests {
         let text = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.250.0","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
         let (n, ignored) = Network::from_flannel_json(text).unwrap();
         assert!(ignored.is_empty());
-        assert_eq!(n.subnet_max, Ipv4Addr::new(10, 244, 250, 0));
+        assert_eq!(n.ipv4.unwrap().max.to_string(), "10.244.250.0");
         assert_eq!(n.backend.type_name(), "vxlan");
         // Minimal config: flannel's defaults fill the rest.
         let (n, _) = Network::from_flannel_json(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
-        assert_eq!(n.subnet_len, 24);
+        assert_eq!(n.ipv4.unwrap().subnet_len, 24);
         assert_eq!(n.backend.type_name(), "vxlan");
     }
 
@@ -529,12 +556,18 @@ mod tests {
         let n = Network::new(&dual_stack()).unwrap();
         let v6 = n.ipv6.expect("IPv6 is on");
         assert_eq!((v6.subnet_len, v6.subnet_count()), (64, 255));
-        assert!(n.fits_ipv6(Some("2001:db8:42:9::/64".parse().unwrap())));
-        assert!(!n.fits_ipv6(None), "a dual-stack lease has both subnets");
-        assert!(!n.fits_ipv6(Some("2001:db8:43:9::/64".parse().unwrap())));
+        let key = |v4: &str, v6: Option<&str>| LeaseKey {
+            subnet: (!v4.is_empty()).then(|| net(v4)),
+            subnet_v6: v6.map(|s| s.parse().unwrap()),
+        };
+        assert!(n.fits(&key("10.244.9.0/24", Some("2001:db8:42:9::/64"))));
+        assert!(!n.fits(&key("10.244.9.0/24", None)), "a dual-stack lease has both subnets");
+        assert!(!n.fits(&key("", Some("2001:db8:42:9::/64"))), "a dual-stack lease has both subnets");
+        assert!(!n.fits(&key("10.244.9.0/24", Some("2001:db8:43:9::/64"))));
         let v4_only = Network::new(&section("10.244.0.0/16")).unwrap();
-        assert!(v4_only.fits_ipv6(None));
-        assert!(!v4_only.fits_ipv6(Some("2001:db8:42:9::/64".parse().unwrap())));
+        assert!(v4_only.fits(&key("10.244.9.0/24", None)));
+        assert!(!v4_only.fits(&key("10.244.9.0/24", Some("2001:db8:42:9::/64"))));
+        assert!(!v4_only.fits(&key("", Some("2001:db8:42:9::/64"))));
     }
 
     #[test]
@@ -550,11 +583,47 @@ mod tests {
         assert_eq!(Network::from_flannel_json(text).unwrap().0.ipv6, None);
         let err = Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#).unwrap_err();
         assert!(err.to_string().contains("IPv6Network"), "{err}");
-        let err = Network::from_flannel_json(
-            r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8::/48"}"#,
-        )
-        .unwrap_err();
+        let err = Network::from_flannel_json(r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#).unwrap_err();
         assert!(err.to_string().contains("network.enable_ipv4"), "{err}");
+    }
+
+    fn ipv6_only() -> NetworkSection {
+        NetworkSection { enable_ipv4: false, cidr: String::new(), ..dual_stack() }
+    }
+
+    #[test]
+    fn an_ipv6_only_network_names_its_leases_by_their_ipv6_subnets() {
+        let n = Network::new(&ipv6_only()).unwrap();
+        assert!(n.is_ipv6_only() && n.ipv4_network().is_none());
+        assert_eq!(n.to_string(), "2001:db8:42::/56");
+        assert_eq!(n.nth_subnet(0), "2001:db8:42:1::/64".parse::<IpNet>().unwrap());
+        assert_eq!(n.subnet_count(), 255);
+        let v6: Ipv6Net = "2001:db8:42:9::/64".parse().unwrap();
+        assert!(n.fits(&LeaseKey::ipv6_only(v6)));
+        assert!(!n.fits(&LeaseKey { subnet: Some(net("10.244.9.0/24")), subnet_v6: Some(v6) }));
+        assert!(!n.fits(&LeaseKey::ipv6_only("2001:db8:43:9::/64".parse().unwrap())));
+        // The IPv4 keys are not read: the default cidr (or any text) is left alone.
+        let with_cidr = NetworkSection { cidr: "banana".into(), ..ipv6_only() };
+        assert_eq!(Network::new(&with_cidr).unwrap(), n);
+        assert_eq!(Network::new(&n.section()).unwrap(), n);
+    }
+
+    #[test]
+    fn ipv6_only_flannel_json_round_trips() {
+        let text =
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:42::/56","Backend":{"Type":"vxlan"}}"#;
+        let (n, _) = Network::from_flannel_json(text).unwrap();
+        assert!(n.is_ipv6_only());
+        let json = n.to_flannel_json();
+        assert!(
+            json.starts_with(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:42::/56""#),
+            "{json}"
+        );
+        assert_eq!(Network::from_flannel_json(&json).unwrap().0, n);
+        // flannel's IPv6-only config may keep a Network it does not read.
+        let text =
+            r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"2001:db8:42::/56"}"#;
+        assert!(Network::from_flannel_json(text).unwrap().0.is_ipv6_only());
     }
 
     #[test]
@@ -566,7 +635,8 @@ mod tests {
             (NetworkSection { ipv6_subnet_len: 40, ..dual_stack() }, "network.ipv6_subnet_len"),
             (NetworkSection { ipv6_subnet_len: 64, ..section("10.244.0.0/16") }, "network.ipv6_subnet_len"),
             (NetworkSection { enable_ipv4: false, ..section("10.244.0.0/16") }, "network.enable_ipv4"),
-            (NetworkSection { enable_ipv4: false, ..dual_stack() }, "network.enable_ipv4"),
+            (NetworkSection { ipv6_cidr: "10.245.0.0/16".into(), ..ipv6_only() }, "network.ipv6_cidr"),
+            (NetworkSection { ipv6_subnet_len: 129, ..ipv6_only() }, "network.ipv6_subnet_len"),
         ];
         for (s, key) in cases {
             let err = Network::new(&s).unwrap_err();

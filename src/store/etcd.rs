@@ -551,9 +551,10 @@ impl LeaseStore for EtcdStore {
         // (`10.244.3.0-24&…`) differs from any other key of its IPv4 subnet, so the compare
         // covers every key that starts with that subnet's: none may exist. (The IPv6 subnet
         // cannot be compared in the same way; weft picks it from the IPv4 one, so two agents
-        // that cannot share an IPv4 subnet do not pick one IPv6 subnet either.)
-        let v4_key = self.keys.subnet(LeaseKey::from(write.key.subnet));
-        let absent = Compare::version(v4_key, CompareOp::Equal, 0).with_prefix();
+        // that cannot share an IPv4 subnet do not pick one IPv6 subnet either.) An IPv6-only
+        // key (`0.0.0.0-0&…`) is compared whole: its IPv6 subnet is all that names it.
+        let naming = write.key.subnet.map_or(write.key, LeaseKey::from);
+        let absent = Compare::version(self.keys.subnet(naming), CompareOp::Equal, 0).with_prefix();
         self.conditional_put(key, write.attrs_json, absent, grant, WriteKind::Create, &context).await
     }
 

@@ -11,7 +11,7 @@ use aws_sdk_ec2::config::Region;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{AttributeBooleanValue, Filter};
 use aws_sdk_ec2::Client;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::api::{Call, CallObserver, Ec2, TableFilter};
 use crate::convert;
@@ -216,7 +216,8 @@ pub struct DryRunTarget {
     pub interface_id: String,
     /// `None`: no route table found; the route actions cannot be asked.
     pub table_id: Option<String>,
-    pub destination: Ipv4Net,
+    /// Our subnet (of the family that names leases), else the cluster network.
+    pub destination: IpNet,
 }
 
 /// Whether the caller may make an EC2 call, from its `DryRun=true` answer.
@@ -255,7 +256,6 @@ impl SdkEc2 {
     /// Asks EC2, with `DryRun=true`, whether `action` (one of [`ACTIONS`]) is allowed on
     /// `target`. Nothing changes; the observer is not told (no call was made for real).
     pub async fn dry_run(&self, action: &str, target: &DryRunTarget) -> Permission {
-        let destination = target.destination.to_string();
         let table = || target.table_id.clone().ok_or(());
         let no_table = || Permission::Unknown("no route table to ask about".into());
         let client = &self.client;
@@ -283,10 +283,7 @@ impl SdkEc2 {
             ),
             "CreateRoute" => match table() {
                 Ok(table) => permission(
-                    client
-                        .create_route()
-                        .route_table_id(table)
-                        .destination_cidr_block(&destination)
+                    with_destination!(client.create_route().route_table_id(table), target.destination)
                         .network_interface_id(&target.interface_id)
                         .dry_run(true)
                         .send()
@@ -296,10 +293,7 @@ impl SdkEc2 {
             },
             "ReplaceRoute" => match table() {
                 Ok(table) => permission(
-                    client
-                        .replace_route()
-                        .route_table_id(table)
-                        .destination_cidr_block(&destination)
+                    with_destination!(client.replace_route().route_table_id(table), target.destination)
                         .network_interface_id(&target.interface_id)
                         .dry_run(true)
                         .send()
@@ -309,10 +303,7 @@ impl SdkEc2 {
             },
             "DeleteRoute" => match table() {
                 Ok(table) => permission(
-                    client
-                        .delete_route()
-                        .route_table_id(table)
-                        .destination_cidr_block(&destination)
+                    with_destination!(client.delete_route().route_table_id(table), target.destination)
                         .dry_run(true)
                         .send()
                         .await,

@@ -205,7 +205,7 @@ fn tagged_config() -> AwsVpcConfig {
 
 fn lease(subnet: &str) -> Lease {
     Lease {
-        subnet: subnet.parse().unwrap(),
+        subnet: Some(subnet.parse().unwrap()),
         subnet_v6: None,
         attrs: LeaseAttrs::new("10.0.1.10".parse().unwrap(), BackendKind::AwsVpc.as_str(), serde_json::Value::Null),
         expiry: Expiry::At(SystemTime::now() + Duration::from_secs(3600)),
@@ -321,7 +321,7 @@ async fn dual_stack_routes_both_families_in_every_table() {
         AwsVpc::new(&h.ctx, tagged_config(), paths.clone()).unwrap().registered(ec2.clone(), node("i-1", "eni-1"));
     let mut backend = registered.activate(&own);
     let peer = dual_lease("10.244.2.0/24", "2001:db8:42:2::/64");
-    let peers: LeaseMap = [(peer.subnet, peer.clone())].into();
+    let peers: LeaseMap = [(peer.id(), peer.clone())].into();
     pass(&mut backend, &own, &peers).await.unwrap();
     let calls = ec2.take_calls();
     for table in ["rtb-a", "rtb-b"] {

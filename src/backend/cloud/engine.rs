@@ -459,7 +459,8 @@ mod tests {
 
     #[test]
     fn only_subnets_we_no_longer_hold_are_retired() {
-        let dual = |v4: &str, v6: &str| LeaseKey { subnet: v4.parse().unwrap(), subnet_v6: Some(v6.parse().unwrap()) };
+        let dual =
+            |v4: &str, v6: &str| LeaseKey { subnet: Some(v4.parse().unwrap()), subnet_v6: Some(v6.parse().unwrap()) };
         let before = dual("10.244.1.0/24", "2001:db8:42:1::/64");
         assert_eq!(retired(Some(before), Some(before)), []);
         assert_eq!(retired(None, Some(before)), []);

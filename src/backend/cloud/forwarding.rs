@@ -10,24 +10,25 @@ use async_trait::async_trait;
 use crate::backend::peer_route::enable_forwarding;
 use crate::backend::{Backend, BackendError, Registered};
 use crate::kernel::Kernel;
+use crate::network::Families;
 
 /// `inner`, registered once this host forwards.
 pub struct Forwarding {
     inner: Box<dyn Backend>,
     kernel: Arc<dyn Kernel>,
-    ipv6: bool,
+    families: Families,
 }
 
 impl Forwarding {
-    pub fn new(inner: Box<dyn Backend>, kernel: Arc<dyn Kernel>, ipv6: bool) -> Forwarding {
-        Forwarding { inner, kernel, ipv6 }
+    pub fn new(inner: Box<dyn Backend>, kernel: Arc<dyn Kernel>, families: Families) -> Forwarding {
+        Forwarding { inner, kernel, families }
     }
 }
 
 #[async_trait]
 impl Backend for Forwarding {
     async fn register(self: Box<Self>) -> Result<Box<dyn Registered>, BackendError> {
-        enable_forwarding(self.kernel.as_ref(), self.ipv6).await;
+        enable_forwarding(self.kernel.as_ref(), self.families).await;
         self.inner.register().await
     }
 }
@@ -42,7 +43,7 @@ mod tests {
     #[tokio::test]
     async fn forwarding_is_on_before_the_inner_backend_registers() {
         let kernel = Arc::new(MemoryKernel::default());
-        let backend = Box::new(Forwarding::new(Box::new(Alloc::new(1500)), kernel.clone(), true));
+        let backend = Box::new(Forwarding::new(Box::new(Alloc::new(1500)), kernel.clone(), Families::DUAL_STACK));
         let registered = backend.register().await.expect("registers");
         assert_eq!(registered.lease_data().mtu, 1500);
         // Asking again reports "already on": the first call turned it on, for both families.

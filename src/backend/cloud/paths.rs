@@ -92,7 +92,7 @@ mod tests {
             let mut state = KernelState::default();
             state.add_neighbour(NeighbourSpec {
                 ifindex: 9,
-                ip: lease.subnet.network().into(),
+                ip: lease.id().network(),
                 mac: MacAddr([2, 0, 0, 0, 0, 1]),
             });
             Ok(state)
@@ -101,7 +101,7 @@ mod tests {
 
     fn lease(subnet: &str, data: serde_json::Value) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             subnet_v6: None,
             attrs: LeaseAttrs::new("192.0.2.7".parse().unwrap(), "aws-vpc", data),
             expiry: Expiry::At(SystemTime::now() + Duration::from_secs(60)),
@@ -139,11 +139,11 @@ mod tests {
             subnet_v6: Some("2001:db8:42:3::/64".parse().unwrap()),
             ..lease("10.244.3.0/24", serde_json::Value::Null)
         };
-        let peers = [(peer.subnet, peer.clone()), (dual.subnet, dual.clone())].into();
+        let peers = [(peer.id(), peer.clone()), (dual.id(), dual.clone())].into();
         let changed = crate::backend::cloud_paths_changed(&before, &after, &peers);
-        assert_eq!(changed, vec![peer.subnet], "a carried subnet nobody leases is no peer's change");
+        assert_eq!(changed, vec![peer.id()], "a carried subnet nobody leases is no peer's change");
         let v6_only: BTreeSet<IpNet> = [net("2001:db8:42:3::/64"), net("2001:db8:42:9::/64")].into();
         let changed = crate::backend::cloud_paths_changed(&before, &v6_only, &peers);
-        assert_eq!(changed, vec![dual.subnet], "an IPv6 subnet's path changed: its holder is mapped again");
+        assert_eq!(changed, vec![dual.id()], "an IPv6 subnet's path changed: its holder is mapped again");
     }
 }

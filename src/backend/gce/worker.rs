@@ -537,7 +537,7 @@ mod tests {
     }
 
     fn dual(v4: &str, v6: &str) -> LeaseKey {
-        LeaseKey { subnet: v4.parse().unwrap(), subnet_v6: Some(v6.parse().unwrap()) }
+        LeaseKey { subnet: Some(v4.parse().unwrap()), subnet_v6: Some(v6.parse().unwrap()) }
     }
 
     /// Dual-stack: each subnet gets its route (an IPv6 `destRange`, the colons of its name as

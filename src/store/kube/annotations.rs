@@ -85,12 +85,15 @@ impl AnnotationNames {
             }
             None => Vec::new(),
         };
+        // An IPv6-only node (0.0.0.0 for its IPv4 address) carries no IPv4 annotations, as
+        // flannel writes it with EnableIPv4 off.
+        let ipv6_only = attrs.public_ip.is_unspecified();
+        let v4_stale =
+            get(&self.backend_data) != data || get(&self.public_ip) != ip || (!overwrite.is_empty() && overwrite != ip);
         let stale = v6.iter().any(|(key, value)| get(key) != value)
-            || get(&self.backend_data) != data
+            || (!ipv6_only && v4_stale)
             || get(&self.backend_type) != attrs.backend_type
-            || get(&self.public_ip) != ip
-            || get(&self.subnet_kube_managed) != MANAGED
-            || (!overwrite.is_empty() && overwrite != ip);
+            || get(&self.subnet_kube_managed) != MANAGED;
         let mut wanted = BTreeMap::new();
         if !stale {
             return wanted;
@@ -98,12 +101,15 @@ impl AnnotationNames {
         wanted.insert(self.backend_type.clone(), attrs.backend_type.to_string());
         // flannel leaves a vxlan node's data and address alone until the VTEP is known (its
         // data is `null` before then); every other backend writes them at once.
-        if attrs.backend_type != "vxlan" || data != "null" {
-            wanted.insert(self.backend_data.clone(), data);
-            // An operator's overwrite wins: it is the address other hosts must use for us
-            // (behind NAT, or a second interface).
-            let public = if overwrite.is_empty() { ip } else { overwrite.to_string() };
-            wanted.insert(self.public_ip.clone(), public);
+        let vtep_known = if ipv6_only { attrs.backend_v6_data().to_string() != "null" } else { data != "null" };
+        if attrs.backend_type != "vxlan" || vtep_known {
+            if !ipv6_only {
+                wanted.insert(self.backend_data.clone(), data);
+                // An operator's overwrite wins: it is the address other hosts must use for us
+                // (behind NAT, or a second interface).
+                let public = if overwrite.is_empty() { ip } else { overwrite.to_string() };
+                wanted.insert(self.public_ip.clone(), public);
+            }
             wanted.extend(v6.into_iter().map(|(key, value)| (key.clone(), value)));
         }
         wanted.insert(self.subnet_kube_managed.clone(), MANAGED.to_string());

@@ -46,8 +46,8 @@ pub fn lease_of(names: &AnnotationNames, own: &OwnNode, node: &Node) -> Result<O
         return Ok(None);
     };
     let (key, json) = match own.written() {
-        // Our node's IPv4 subnet is the one we wrote for, or it was reassigned: then it is read.
-        Some((written, json)) if node::name(node) == own.name && written.subnet == key.subnet => (written, json),
+        // Our node's naming subnet is the one we wrote for, or it was reassigned: then it is read.
+        Some((written, json)) if node::name(node) == own.name && written.id() == key.id() => (written, json),
         _ => (key, attrs.to_json()),
     };
     let revision = node::revision(node.metadata.resource_version.as_deref());

@@ -112,7 +112,7 @@ impl KubeStore {
         let attrs: LeaseAttrs = serde_json::from_str(attrs_json)
             .map_err(|e| StoreError::corrupt(format!("lease attributes to write for {key}")).because(e))?;
         let (node, assigned, assigned_v6) = self.own_pod_cidrs().await?;
-        if assigned != Some(key.subnet) || key.subnet_v6.is_some_and(|v6| assigned_v6 != Some(v6)) {
+        if !is_assigned(&key, assigned, assigned_v6) {
             return Ok(WriteOutcome::Conflict);
         }
         let patch = self.names.own_patch(&node::annotations(&node), &attrs);
@@ -194,11 +194,10 @@ impl LeaseStore for KubeStore {
 
     /// Removes our node's lease annotations; other nodes are never written.
     async fn delete_lease(&self, key: LeaseKey) -> Result<bool, StoreError> {
-        let subnet = key.subnet;
-        let (node, assigned, _) = self.own_pod_cidrs().await?;
-        if assigned != Some(subnet) {
+        let (node, assigned, assigned_v6) = self.own_pod_cidrs().await?;
+        if !is_assigned(&key, assigned, assigned_v6) {
             return Err(StoreError::config(format!(
-                "{subnet} is not the pod subnet of node {:?}: in Kubernetes mode an agent changes only its own node; delete the node to free its subnet",
+                "{key} is not the pod subnet of node {:?}: in Kubernetes mode an agent changes only its own node; delete the node to free its subnet",
                 self.own.name
             )));
         }
@@ -245,17 +244,24 @@ impl LeaseStore for KubeStore {
 
     async fn assigned_subnet(&self) -> Result<Option<LeaseKey>, StoreError> {
         let (_, v4, v6) = self.own_pod_cidrs().await?;
-        match v4 {
-            Some(subnet) => Ok(Some(LeaseKey { subnet, subnet_v6: v6 })),
-            None => {
+        match (v4, v6) {
+            // IPv6-only when the node has no IPv4 pod CIDR; the network decides which it wants.
+            (Some(_), _) | (None, Some(_)) => Ok(Some(LeaseKey { subnet: v4, subnet_v6: v6 })),
+            (None, None) => {
                 info!(node = %self.own.name, "waiting for the node's spec.podCIDR (assigned by kube-controller-manager --allocate-node-cidrs)");
                 Err(StoreError::unavailable(format!(
-                    "node {:?} has no IPv4 spec.podCIDR yet; waiting for the controller manager to assign one",
+                    "node {:?} has no spec.podCIDR yet; waiting for the controller manager to assign one",
                     self.own.name
                 )))
             }
         }
     }
+}
+
+/// Whether every subnet `key` names is our node's pod CIDR of its family: the only lease this
+/// host may write in Kubernetes mode.
+fn is_assigned(key: &LeaseKey, assigned: Option<Ipv4Net>, assigned_v6: Option<ipnet::Ipv6Net>) -> bool {
+    key.subnet.is_none_or(|v4| assigned == Some(v4)) && key.subnet_v6.is_none_or(|v6| assigned_v6 == Some(v6))
 }
 
 #[async_trait]

@@ -79,18 +79,27 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
     }
     let node_name = name(node).to_string();
     let (subnet, subnet_v6) = pod_cidrs(node)?;
-    let subnet = subnet.ok_or_else(|| NodeSkip::NoPodCidr { node: node_name.clone() })?;
-    let ip_text = notes.get(&names.public_ip).cloned().unwrap_or_default();
-    let public_ip: Ipv4Addr = ip_text.parse().map_err(|_| NodeSkip::BadPublicIp {
-        node: node_name.clone(),
-        key: names.public_ip.clone(),
-        value: ip_text.clone(),
-    })?;
+    if subnet.is_none() && subnet_v6.is_none() {
+        return Err(NodeSkip::NoPodCidr { node: node_name });
+    }
+    // The IPv4 side needs the node's public IPv4 address; an IPv6-only node (no IPv4 pod CIDR)
+    // publishes none, and is 0.0.0.0 to the lease as flannel reads it.
+    let public_ip = match subnet {
+        Some(_) => {
+            let ip_text = notes.get(&names.public_ip).cloned().unwrap_or_default();
+            ip_text.parse().map_err(|_| NodeSkip::BadPublicIp {
+                node: node_name.clone(),
+                key: names.public_ip.clone(),
+                value: ip_text.clone(),
+            })?
+        }
+        None => Ipv4Addr::UNSPECIFIED,
+    };
     let backend_data = data_annotation(&notes, &names.backend_data, &node_name)?;
     let backend_type = notes.get(&names.backend_type).cloned().unwrap_or_default();
     let mut attrs = LeaseAttrs::new(public_ip, &backend_type, backend_data);
-    // Dual-stack: the IPv6 side counts once the node publishes its IPv6 address.
-    let mut key = LeaseKey::from(subnet);
+    // The IPv6 side counts once the node publishes its IPv6 address.
+    let mut key = LeaseKey { subnet, subnet_v6: None };
     if let (Some(v6), Some(text)) = (subnet_v6, notes.get(&names.public_ipv6)) {
         let public_ipv6: Ipv6Addr = text.parse().map_err(|_| NodeSkip::BadPublicIp {
             node: node_name.clone(),
@@ -100,6 +109,11 @@ pub fn read(names: &AnnotationNames, node: &Node) -> Result<NodeLease, NodeSkip>
         let data = data_annotation(&notes, &names.backend_v6_data, &node_name)?;
         attrs = attrs.with_v6(public_ipv6, data);
         key.subnet_v6 = Some(v6);
+    }
+    if key.subnet.is_none() && key.subnet_v6.is_none() {
+        // IPv6-only, and its agent has not published its address yet.
+        let value = String::new();
+        return Err(NodeSkip::BadPublicIp { node: node_name, key: names.public_ipv6.clone(), value });
     }
     Ok(NodeLease::Lease { key, attrs })
 }
