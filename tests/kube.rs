@@ -329,3 +329,108 @@ fn dual_stack_nodes_lease_both_pod_cidrs() {
         assert_eq!(notes.get(&key("backend-v6-data")).map(String::as_str), Some("null"), "{notes:?}");
     }
 }
+
+/// IPv6-only nodes (`enable_ipv4 = false`, spec.podCIDRs holding one IPv6 CIDR): each agent
+/// holds its node's IPv6 podCIDR as flannel's `0.0.0.0-0&<v6>` lease, annotates only flannel's
+/// IPv6 annotations (no `public-ip`, no `backend-data`), writes a subnet.env without IPv4 lines,
+/// and follows the other IPv6-only nodes, flannel's included.
+#[test]
+fn ipv6_only_nodes_lease_their_ipv6_pod_cidr() {
+    let api = KubeApi::start();
+    let network =
+        "[network]\nenable_ipv4 = false\nipv6_cidr = \"2001:db8:42::/56\"\n[network.backend]\ntype = \"alloc\"\n";
+    let mut hosts = Vec::new();
+    for i in 1..=3 {
+        let name = format!("node-{i}");
+        api.add_node(&name, Some(&format!("2001:db8:42:{i}::/64")), &BTreeMap::new());
+        let setup = setup(&api, &name);
+        let toml = std::fs::read_to_string(&setup.config).unwrap().replace(NETWORK, network);
+        std::fs::write(&setup.config, toml).unwrap();
+        let ipv6 = format!("2001:db8::{i}");
+        let agent = setup.agent(&name, &format!("198.51.100.{i}"), &["--public-ipv6", &ipv6]);
+        hosts.push(Host { _setup: setup, agent });
+    }
+    let ipv6_env = |a: &Agent| weft::subnet_env::SubnetEnv::read(&a.subnet_file).ok().filter(|e| e.ipv6.is_some());
+    for (i, host) in hosts.iter().enumerate() {
+        let i = i + 1;
+        let agent = &host.agent;
+        agent.wait_for("an IPv6 subnet.env", 20, |a| ipv6_env(a).is_some());
+        // The subnet is the node's IPv6 podCIDR; the file has no IPv4 lines.
+        let env = ipv6_env(agent).expect("read a moment ago");
+        assert!(env.ipv4.is_none(), "node-{i}: {env:?}");
+        let v6 = env.ipv6.expect("filtered on it");
+        assert_eq!(v6.subnet.to_string(), format!("2001:db8:42:{i}::/64"));
+        assert_eq!(v6.network.to_string(), "2001:db8:42::/56");
+        let text = std::fs::read_to_string(&agent.subnet_file).unwrap();
+        let ipv4_line = |l: &str| l.starts_with("FLANNEL_NETWORK=") || l.starts_with("FLANNEL_SUBNET=");
+        assert!(!text.lines().any(ipv4_line), "node-{i}'s subnet.env has IPv4 lines:\n{text}");
+        assert!(text.lines().any(|l| l == format!("FLANNEL_IPV6_SUBNET=2001:db8:42:{i}::1/64")), "{text}");
+        // Its own lease as /status shows it: the IPv6 subnet alone.
+        let status: weft::status::AgentStatus = serde_json::from_str(&agent.get("/status").1).expect("/status JSON");
+        let lease = status.lease.expect("a lease");
+        assert_eq!(lease.subnets, [format!("2001:db8:42:{i}::/64")], "{lease:?}");
+        assert_eq!(lease.public_ipv6.as_deref(), Some(format!("2001:db8::{i}").as_str()), "{lease:?}");
+        agent.wait_for("two IPv6-only peers", 20, |a| watched(a) == 2.0);
+    }
+    // flannel's IPv6 annotations and nothing of IPv4, though each agent knows its IPv4 address.
+    for i in 1..=3 {
+        let ipv6 = format!("2001:db8::{i}");
+        assert_eq!(
+            api.annotations(&format!("node-{i}")),
+            notes(&[
+                ("backend-type", "alloc"),
+                ("backend-v6-data", "null"),
+                ("kube-subnet-manager", "true"),
+                ("public-ipv6", &ipv6),
+            ]),
+            "node-{i}"
+        );
+    }
+    assert_eq!(api.patches().len(), 3, "one patch each: {:?}", api.patches());
+
+    // The store lists flannel's IPv6-only leases: PublicIP 0.0.0.0, the node's PublicIPv6.
+    let out = hosts[0]._setup.ok(&["leases", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let rows = listed.as_array().unwrap_or_else(|| panic!("a list: {out}"));
+    let mut seen: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (text("subnet"), text("public_ip"), text("public_ipv6"))
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, String, String)> =
+        (1..=3).map(|i| (format!("2001:db8:42:{i}::/64"), "0.0.0.0".to_string(), format!("2001:db8::{i}"))).collect();
+    assert_eq!(seen, want, "{out}");
+
+    // A node flannel annotated with IPv4 off (Go's null data, no public-ip) joins every agent's
+    // view; one whose agent has not published its IPv6 address yet is skipped, naming the
+    // annotation it lacks.
+    let flannel = |ipv6: &str| {
+        notes(&[
+            ("backend-type", "alloc"),
+            ("backend-v6-data", "null"),
+            ("kube-subnet-manager", "true"),
+            ("public-ipv6", ipv6),
+        ])
+    };
+    api.add_node("node-4", Some("2001:db8:42:4::/64"), &flannel("2001:db8::4"));
+    api.add_node("early", Some("2001:db8:42:5::/64"), &notes(&[("kube-subnet-manager", "true")]));
+    // Added after the broken one: the watch went past it.
+    api.add_node("node-6", Some("2001:db8:42:6::/64"), &flannel("2001:db8::6"));
+    for host in &hosts {
+        host.agent.wait_for("node-4 and node-6 as peers", 20, |a| watched(a) == 4.0);
+        let log = host.agent.log_text();
+        assert!(
+            log.lines().any(|l| l.contains("skipping node") && l.contains("early") && l.contains(&key("public-ipv6"))),
+            "no warning naming early's missing public-ipv6:\n{log}"
+        );
+    }
+    // Once it publishes the address, it is a lease too.
+    api.annotate("early", &key("public-ipv6"), Some("2001:db8::5"));
+    for host in &hosts {
+        host.agent.wait_for("early as a peer", 20, |a| watched(a) == 5.0);
+    }
+    assert_eq!(api.patches().len(), 3, "no agent wrote another node");
+}

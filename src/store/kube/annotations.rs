@@ -170,6 +170,73 @@ mod tests {
         assert!(names().own_patch(&patch, &attrs).is_empty());
     }
 
+    /// An IPv6-only host's attributes: 0.0.0.0 for its IPv4 address, as flannel leases it.
+    fn ipv6_only(backend: &str, v6_data: serde_json::Value) -> LeaseAttrs {
+        LeaseAttrs::new(Ipv4Addr::UNSPECIFIED, backend, serde_json::Value::Null)
+            .with_v6("2001:db8::7".parse().unwrap(), v6_data)
+    }
+
+    #[test]
+    fn an_ipv6_only_node_gets_only_flannels_ipv6_annotations() {
+        let n = names();
+        for backend in ["host-gw", "alloc"] {
+            let attrs = ipv6_only(backend, serde_json::Value::Null);
+            let patch = n.own_patch(&BTreeMap::new(), &attrs);
+            assert_eq!(
+                patch,
+                map(&[
+                    ("flannel.alpha.coreos.com/backend-type", backend),
+                    ("flannel.alpha.coreos.com/backend-v6-data", "null"),
+                    ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
+                    ("flannel.alpha.coreos.com/public-ipv6", "2001:db8::7"),
+                ]),
+                "{backend}"
+            );
+            // Written: nothing more to send, though public-ip and backend-data are absent.
+            assert!(n.own_patch(&patch, &attrs).is_empty(), "{backend}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_node_leaves_ipv4_annotations_alone() {
+        let n = names();
+        let attrs = ipv6_only("host-gw", serde_json::Value::Null);
+        // Left from an earlier IPv4 run, and an operator's overwrite: neither is written nor
+        // makes the node stale.
+        let mut current = n.own_patch(&BTreeMap::new(), &attrs);
+        current.insert(n.public_ip.clone(), "198.51.100.7".into());
+        current.insert(n.backend_data.clone(), r#"{"VNI":1}"#.into());
+        current.insert(n.public_ip_overwrite.clone(), "203.0.113.50".into());
+        assert!(n.own_patch(&current, &attrs).is_empty());
+        // A change on the IPv6 side is sent alone, still without public-ip.
+        current.insert(n.public_ipv6.clone(), "2001:db8::99".into());
+        assert_eq!(n.own_patch(&current, &attrs), map(&[("flannel.alpha.coreos.com/public-ipv6", "2001:db8::7")]));
+    }
+
+    #[test]
+    fn ipv6_only_vxlan_waits_for_its_ipv6_vtep() {
+        let n = names();
+        let early = ipv6_only("vxlan", serde_json::Value::Null);
+        let patch = n.own_patch(&BTreeMap::new(), &early);
+        assert_eq!(
+            patch.keys().collect::<Vec<_>>(),
+            ["flannel.alpha.coreos.com/backend-type", "flannel.alpha.coreos.com/kube-subnet-manager"]
+        );
+        assert!(n.own_patch(&patch, &early).is_empty(), "nothing more until the VTEP is known");
+        // The IPv6 VTEP is known (the IPv4 data stays null: there is no flannel.1).
+        let ready = ipv6_only("vxlan", serde_json::json!({"VNI": 1, "VtepMAC": "6e:0b:1c:3a:9f:61"}));
+        assert_eq!(
+            n.own_patch(&patch, &ready),
+            map(&[
+                ("flannel.alpha.coreos.com/backend-v6-data", r#"{"VNI":1,"VtepMAC":"6e:0b:1c:3a:9f:61"}"#),
+                ("flannel.alpha.coreos.com/public-ipv6", "2001:db8::7"),
+            ])
+        );
+        let fresh = n.own_patch(&BTreeMap::new(), &ready);
+        assert_eq!(fresh.len(), 4, "{fresh:?}");
+        assert!(!fresh.contains_key(&n.public_ip) && !fresh.contains_key(&n.backend_data), "{fresh:?}");
+    }
+
     #[test]
     fn a_fresh_node_gets_flannels_four_annotations() {
         let patch = names().own_patch(&BTreeMap::new(), &vxlan());

@@ -142,7 +142,7 @@ impl NodeTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::kube::node::tests::{flannel_node, node};
+    use crate::store::kube::node::tests::{flannel_ipv6_only_node, flannel_node, ipv6_only_node, node};
 
     fn tracker() -> NodeTracker {
         let names = AnnotationNames::new("flannel.alpha.coreos.com").unwrap();
@@ -192,6 +192,49 @@ mod tests {
         let broken = node("a", Some("10.244.1.0/24"), &[("kube-subnet-manager", "true"), ("public-ip", "nope")]);
         assert_eq!(keys(&t.on_event(Event::Apply(broken.clone()))), ["del 10.244.1.0-24"]);
         assert!(t.on_event(Event::Apply(broken)).is_empty());
+    }
+
+    #[test]
+    fn ipv6_only_nodes_are_leases_once_they_publish_their_address() {
+        let mut t = tracker();
+        t.on_event(Event::Init);
+        t.on_event(Event::InitApply(flannel_ipv6_only_node("a", "2001:db8:42:1::/64", "2001:db8::1")));
+        // Its agent has not written public-ipv6 yet: skipped, not a lease.
+        let early = ipv6_only_node("b", "2001:db8:42:2::/64", &[("kube-subnet-manager", "true")]);
+        t.on_event(Event::InitApply(early));
+        assert_eq!(keys(&t.on_event(Event::InitDone)), ["resync 0.0.0.0-0&2001:db8:42:1::-64"]);
+        let b = flannel_ipv6_only_node("b", "2001:db8:42:2::/64", "2001:db8::2");
+        assert_eq!(keys(&t.on_event(Event::Apply(b.clone()))), ["put 0.0.0.0-0&2001:db8:42:2::-64"]);
+        // Reassigned: the old key goes.
+        let moved = flannel_ipv6_only_node("b", "2001:db8:42:9::/64", "2001:db8::2");
+        assert_eq!(
+            keys(&t.on_event(Event::Apply(moved.clone()))),
+            ["del 0.0.0.0-0&2001:db8:42:2::-64", "put 0.0.0.0-0&2001:db8:42:9::-64"]
+        );
+        assert_eq!(keys(&t.on_event(Event::Delete(moved))), ["del 0.0.0.0-0&2001:db8:42:9::-64"]);
+        // Its address annotation removed: it no longer is a lease.
+        let mut gone = flannel_ipv6_only_node("a", "2001:db8:42:1::/64", "2001:db8::1");
+        gone.metadata.annotations.get_or_insert_with(Default::default).remove("flannel.alpha.coreos.com/public-ipv6");
+        assert_eq!(keys(&t.on_event(Event::Apply(gone))), ["del 0.0.0.0-0&2001:db8:42:1::-64"]);
+    }
+
+    #[test]
+    fn our_ipv6_only_node_is_reported_with_what_we_wrote() {
+        let names = AnnotationNames::new("flannel.alpha.coreos.com").unwrap();
+        let own = Arc::new(OwnNode::new("me"));
+        let key = LeaseKey::ipv6_only("2001:db8:42:5::/64".parse().unwrap());
+        let written = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::9","BackendType":"host-gw"}"#;
+        own.remember(key, written);
+        // The annotation says another address (an operator's change); the agent sees its own.
+        let me = flannel_ipv6_only_node("me", "2001:db8:42:5::/64", "2001:db8::50");
+        let raw = lease_of(&names, &own, &me).unwrap().unwrap();
+        assert_eq!(raw.key, "0.0.0.0-0&2001:db8:42:5::-64");
+        assert_eq!(raw.parse().unwrap().attrs.public_ipv6(), Some("2001:db8::9".parse().unwrap()));
+        // Reassigned to another IPv6 subnet: then the node is read as it is.
+        let moved = flannel_ipv6_only_node("me", "2001:db8:42:6::/64", "2001:db8::50");
+        let raw = lease_of(&names, &own, &moved).unwrap().unwrap();
+        assert_eq!(raw.key, "0.0.0.0-0&2001:db8:42:6::-64");
+        assert_eq!(raw.parse().unwrap().attrs.public_ipv6(), Some("2001:db8::50".parse().unwrap()));
     }
 
     #[test]

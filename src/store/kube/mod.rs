@@ -270,3 +270,26 @@ impl Leadership for KubeStore {
         lead::lead(&self.leases, name, holder, ttl).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_ours_when_each_of_its_subnets_is_our_pod_cidr_of_its_family() {
+        let v4: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let v6: ipnet::Ipv6Net = "2001:db8:42:1::/64".parse().unwrap();
+        let other6: ipnet::Ipv6Net = "2001:db8:42:2::/64".parse().unwrap();
+        // IPv6-only node and key.
+        assert!(is_assigned(&LeaseKey::ipv6_only(v6), None, Some(v6)));
+        assert!(!is_assigned(&LeaseKey::ipv6_only(other6), None, Some(v6)));
+        assert!(!is_assigned(&LeaseKey::ipv6_only(v6), Some(v4), None));
+        // An IPv6-only key on a dual-stack node names only the IPv6 part.
+        assert!(is_assigned(&LeaseKey::ipv6_only(v6), Some(v4), Some(v6)));
+        // IPv4 and dual-stack keys.
+        assert!(is_assigned(&LeaseKey::from(v4), Some(v4), None));
+        assert!(!is_assigned(&LeaseKey::from(v4), None, Some(v6)));
+        assert!(is_assigned(&LeaseKey { subnet: Some(v4), subnet_v6: Some(v6) }, Some(v4), Some(v6)));
+        assert!(!is_assigned(&LeaseKey { subnet: Some(v4), subnet_v6: Some(other6) }, Some(v4), Some(v6)));
+    }
+}

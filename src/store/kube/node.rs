@@ -14,7 +14,7 @@ use crate::store::{RawLease, Revision};
 /// Why a node managed by flannel or weft cannot be read as a lease.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeSkip {
-    #[error("node {node:?} has no IPv4 spec.podCIDR")]
+    #[error("node {node:?} has no spec.podCIDR")]
     NoPodCidr { node: String },
     #[error("node {node:?}: spec.podCIDR {value:?} is not a CIDR")]
     BadPodCidr { node: String, value: String },
@@ -176,6 +176,30 @@ pub(crate) mod tests {
         )
     }
 
+    /// A node whose only pod CIDR is `v6` (an IPv6-only cluster's), with `notes`.
+    pub(crate) fn ipv6_only_node(name: &str, v6: &str, notes: &[(&str, &str)]) -> Node {
+        let mut n = node(name, Some(v6), notes);
+        if let Some(spec) = n.spec.as_mut() {
+            spec.pod_cidrs = Some(vec![v6.into()]);
+        }
+        n
+    }
+
+    /// The annotations flannel writes on an IPv6-only vxlan node: no `public-ip`, no
+    /// `backend-data`.
+    pub(crate) fn flannel_ipv6_only_node(name: &str, v6: &str, ip6: &str) -> Node {
+        ipv6_only_node(
+            name,
+            v6,
+            &[
+                ("kube-subnet-manager", "true"),
+                ("backend-type", "vxlan"),
+                ("backend-v6-data", r#"{"VNI":1,"VtepMAC":"6e:0b:1c:3a:9f:61"}"#),
+                ("public-ipv6", ip6),
+            ],
+        )
+    }
+
     fn names() -> AnnotationNames {
         AnnotationNames::new("flannel.alpha.coreos.com").unwrap()
     }
@@ -256,6 +280,69 @@ pub(crate) mod tests {
         n.metadata.annotations = Some(notes);
         let NodeLease::Lease { key, .. } = read(&names(), &n).unwrap() else { panic!("a lease") };
         assert_eq!(key.subnet_v6, None);
+    }
+
+    #[test]
+    fn an_ipv6_only_node_is_an_ipv6_only_lease() {
+        let n = flannel_ipv6_only_node("n1", "2001:db8:42:3::/64", "2001:db8::3");
+        assert_eq!(pod_cidrs(&n), Ok((None, Some("2001:db8:42:3::/64".parse().unwrap()))));
+        let NodeLease::Lease { key, attrs } = read(&names(), &n).unwrap() else { panic!("a lease") };
+        assert_eq!(key, LeaseKey::ipv6_only("2001:db8:42:3::/64".parse().unwrap()));
+        assert_eq!(key.to_string(), "0.0.0.0-0&2001:db8:42:3::-64", "flannel's IPv6-only key");
+        assert_eq!(attrs.public_ip, Ipv4Addr::UNSPECIFIED, "flannel reads no public-ip with IPv4 off");
+        assert_eq!(attrs.public_ipv6(), Some("2001:db8::3".parse().unwrap()));
+        assert_eq!(attrs.backend_type, "vxlan");
+        assert_eq!(attrs.backend_v6_data().str_field("VtepMAC").as_deref(), Some("6e:0b:1c:3a:9f:61"));
+        assert_eq!(attrs.backend_data.to_string(), "null", "no IPv4 backend data");
+        // As the store hands it on: flannel's key, PublicIP 0.0.0.0.
+        let raw = raw(key, attrs.to_json(), 42);
+        assert_eq!(raw.key, "0.0.0.0-0&2001:db8:42:3::-64");
+        let lease = raw.parse().unwrap();
+        assert_eq!((lease.subnet, lease.subnet_v6), (None, Some("2001:db8:42:3::/64".parse().unwrap())));
+        assert_eq!(lease.attrs.public_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(lease.attrs.public_ipv6(), Some("2001:db8::3".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_ipv6_only_node_with_a_single_pod_cidr_field_is_ipv6_only_too() {
+        // Older API servers (or hand-made nodes) fill spec.podCIDR alone.
+        let mut n = flannel_ipv6_only_node("n1", "2001:db8:42:4::/64", "2001:db8::4");
+        if let Some(spec) = n.spec.as_mut() {
+            spec.pod_cidrs = None;
+        }
+        let NodeLease::Lease { key, .. } = read(&names(), &n).unwrap() else { panic!("a lease") };
+        assert_eq!(key.to_string(), "0.0.0.0-0&2001:db8:42:4::-64");
+    }
+
+    #[test]
+    fn an_ipv6_only_node_needs_no_public_ip_but_its_public_ipv6() {
+        // A public-ip left from an earlier run is not read: the lease says 0.0.0.0.
+        let mut n = flannel_ipv6_only_node("n1", "2001:db8:42:3::/64", "2001:db8::3");
+        n.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("flannel.alpha.coreos.com/public-ip".into(), "198.51.100.3".into());
+        let NodeLease::Lease { attrs, .. } = read(&names(), &n).unwrap() else { panic!("a lease") };
+        assert_eq!(attrs.public_ip, Ipv4Addr::UNSPECIFIED);
+        // Its agent has not published its IPv6 address yet: skipped, naming the node and the
+        // annotation it waits for.
+        let early = ipv6_only_node(
+            "n2",
+            "2001:db8:42:5::/64",
+            &[("kube-subnet-manager", "true"), ("backend-type", "host-gw"), ("public-ip", "198.51.100.5")],
+        );
+        let err = read(&names(), &early).unwrap_err();
+        assert!(matches!(&err, NodeSkip::BadPublicIp { key, .. } if key == "flannel.alpha.coreos.com/public-ipv6"));
+        let text = err.to_string();
+        assert!(text.contains("\"n2\"") && text.contains("flannel.alpha.coreos.com/public-ipv6"), "{text}");
+        // An address of the wrong family is no better.
+        let wrong = ipv6_only_node(
+            "n3",
+            "2001:db8:42:6::/64",
+            &[("kube-subnet-manager", "true"), ("public-ipv6", "198.51.100.6")],
+        );
+        let text = read(&names(), &wrong).unwrap_err().to_string();
+        assert!(text.contains("\"n3\"") && text.contains("public-ipv6") && text.contains("198.51.100.6"), "{text}");
     }
 
     #[test]
