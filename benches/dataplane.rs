@@ -1237,9 +1237,9 @@ fn library_apply(lab: &Lab, nexthops: bool, count: u32) -> io::Result<(Duration,
                 index: under.index,
                 name: under.name,
                 mtu: 1500,
-                addr: Ipv4Net::new(HOST_ADDR, HOST_PREFIX_LEN).expect("valid"),
+                addr: Some(Ipv4Net::new(HOST_ADDR, HOST_PREFIX_LEN).expect("valid")),
                 addr_v6: None,
-                public_ip: HOST_ADDR,
+                public_ip: Some(HOST_ADDR),
                 public_ipv6: None,
             };
             let peers =

@@ -8,7 +8,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::kernel::{Interfaces, KernelError};
 
-/// A link with its IPv4 addresses (the kernel's [`crate::kernel::InterfaceInfo`]).
+/// A link with its addresses (the kernel's [`crate::kernel::InterfaceInfo`]).
 pub use crate::kernel::InterfaceInfo as LinkInfo;
 
 /// How to choose the external interface: the `agent` settings interface choice reads (see
@@ -48,20 +48,21 @@ pub struct ExternalInterface {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
-    /// The interface's own address and on-link prefix.
-    pub addr: Ipv4Net,
+    /// The interface's IPv4 address and on-link prefix, unless the host has no IPv4 there (an
+    /// IPv6-only underlay).
+    pub addr: Option<Ipv4Net>,
     /// Its global IPv6 address and on-link prefix, when it has one (the one `agent.iface`
     /// named, else the first).
     pub addr_v6: Option<Ipv6Net>,
-    /// What other hosts use to reach this one (`agent.public_ip`, else `addr`).
-    pub public_ip: Ipv4Addr,
+    /// What other hosts use to reach this one over IPv4 (`agent.public_ip`, else `addr`).
+    pub public_ip: Option<Ipv4Addr>,
     /// The same over IPv6: `agent.public_ipv6`, else the interface's first global IPv6 address.
     pub public_ipv6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {
-    #[error("agent.iface: none of {0:?} is an interface with an IPv4 address")]
+    #[error("agent.iface: none of {0:?} is an interface with an address")]
     NoMatch(Vec<String>),
     #[error("agent.iface_regex: no interface name or address matches {0:?}")]
     NoRegexMatch(Vec<String>),
@@ -69,7 +70,7 @@ pub enum IfaceError {
     Unreachable(IpAddr),
     #[error("no default route: set agent.iface, agent.iface_regex or agent.iface_can_reach")]
     NoDefaultRoute,
-    #[error("interface {0} has no IPv4 address")]
+    #[error("interface {0} has no address")]
     NoAddress(String),
     #[error("reading interfaces: {0}")]
     Kernel(#[from] KernelError),
@@ -89,18 +90,19 @@ pub fn select(
     agent: &InterfaceChoice,
     routes: &RouteFacts,
 ) -> Result<ExternalInterface, IfaceError> {
-    // The link's IPv4 address `want` names (else its first), and its IPv6 one likewise: the
-    // cluster runs over IPv4 whichever family named the link.
+    // The link's address of each family: the one `want` names, else its first. A link with
+    // neither is no way to other hosts; which family the network needs is judged later, by the
+    // backend (an IPv6-only network needs no IPv4 address).
     let with_addr = |link: &LinkInfo, want: Option<IpAddr>| -> Option<ExternalInterface> {
         let addr = match want {
-            Some(IpAddr::V4(ip)) => *link.addrs.iter().find(|a| a.addr() == ip)?,
-            _ => *link.addrs.first()?,
+            Some(IpAddr::V4(ip)) => Some(*link.addrs.iter().find(|a| a.addr() == ip)?),
+            _ => link.addrs.first().copied(),
         };
         let addr_v6 = match want {
             Some(IpAddr::V6(ip)) => Some(*link.addrs_v6.iter().find(|a| a.addr() == ip)?),
             _ => link.addrs_v6.first().copied(),
         };
-        Some(external(link, addr, addr_v6, agent))
+        (addr.is_some() || addr_v6.is_some()).then(|| external(link, addr, addr_v6, agent))
     };
     if !agent.iface.is_empty() {
         return agent
@@ -121,8 +123,12 @@ pub fn select(
                         return Ok(found);
                     }
                 }
-                if let Some(a) = link.addrs.iter().find(|a| pattern.is_match(&a.addr().to_string())) {
-                    return Ok(external(link, *a, link.addrs_v6.first().copied(), agent));
+                let named = link.addrs.iter().map(|a| IpAddr::V4(a.addr()));
+                let named = named.chain(link.addrs_v6.iter().map(|a| IpAddr::V6(a.addr())));
+                if let Some(found) =
+                    named.filter(|ip| pattern.is_match(&ip.to_string())).find_map(|ip| with_addr(link, Some(ip)))
+                {
+                    return Ok(found);
                 }
             }
         }
@@ -138,14 +144,19 @@ pub fn select(
     with_addr(link, None).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))
 }
 
-fn external(link: &LinkInfo, addr: Ipv4Net, addr_v6: Option<Ipv6Net>, agent: &InterfaceChoice) -> ExternalInterface {
+fn external(
+    link: &LinkInfo,
+    addr: Option<Ipv4Net>,
+    addr_v6: Option<Ipv6Net>,
+    agent: &InterfaceChoice,
+) -> ExternalInterface {
     ExternalInterface {
         index: link.index,
         name: link.name.clone(),
         mtu: link.mtu,
         addr,
         addr_v6,
-        public_ip: agent.public_ip.parse().unwrap_or(addr.addr()),
+        public_ip: agent.public_ip.parse().ok().or(addr.map(|a| a.addr())),
         public_ipv6: agent.public_ipv6.parse().ok().or(addr_v6.map(|a| a.addr())),
     }
 }
@@ -156,12 +167,22 @@ impl ExternalInterface {
     /// coming from router advertisements) that says nothing of the segment.
     pub fn segment_of(&self, ip: IpAddr) -> Option<IpNet> {
         match ip {
-            IpAddr::V4(_) => Some(self.addr.into()),
+            IpAddr::V4(_) => self.addr.map(IpNet::from),
             IpAddr::V6(_) => self.addr_v6.filter(|a| a.prefix_len() < 128).map(IpNet::from),
         }
     }
 
-    /// The public IPv6 address a dual-stack network needs, or why there is none.
+    /// The public IPv4 address a network with IPv4 needs, or why there is none.
+    pub fn require_public_ip(&self) -> Result<Ipv4Addr, String> {
+        self.public_ip.ok_or_else(|| {
+            format!(
+                "the network has IPv4 but interface {} has no IPv4 address: set agent.public_ip, or agent.iface to an interface with one",
+                self.name
+            )
+        })
+    }
+
+    /// The public IPv6 address a network with IPv6 needs, or why there is none.
     pub fn require_public_ipv6(&self) -> Result<Ipv6Addr, String> {
         self.public_ipv6.ok_or_else(|| {
             format!(
@@ -185,7 +206,7 @@ pub async fn discover_with(
 ) -> Result<ExternalInterface, IfaceError> {
     let links = interfaces.interfaces().await?;
     let mut facts = RouteFacts { default_oif: interfaces.default_route_oif().await?, ..Default::default() };
-    if let Ok(target) = choice.iface_can_reach.parse::<Ipv4Addr>() {
+    if let Ok(target) = choice.iface_can_reach.parse::<IpAddr>() {
         facts.can_reach_oif = interfaces.route_oif_to(target).await;
     }
     select(&links, choice, &facts)
@@ -246,7 +267,7 @@ mod tests {
         let facts = RouteFacts { default_oif: Some(2), ..Default::default() };
         let ext = select(&links(), &agent(), &facts).unwrap();
         assert_eq!((ext.name.as_str(), ext.mtu), ("eth0", 9001));
-        assert_eq!(ext.public_ip, Ipv4Addr::new(192, 0, 2, 10));
+        assert_eq!(ext.public_ip, Some(Ipv4Addr::new(192, 0, 2, 10)));
         assert!(matches!(select(&links(), &agent(), &RouteFacts::default()), Err(IfaceError::NoDefaultRoute)));
     }
 
@@ -281,7 +302,7 @@ mod tests {
         links[2].addrs_v6 = vec!["2001:db8:1::7/64".parse().unwrap(), "2001:db8:2::7/64".parse().unwrap()];
         let a = InterfaceChoice { iface: vec!["2001:db8:2::7".into()], ..agent() };
         let ext = select(&links, &a, &facts).unwrap();
-        assert_eq!((ext.name.as_str(), ext.addr.to_string()), ("eth1", "198.51.100.7/24".to_string()));
+        assert_eq!((ext.name.as_str(), ext.addr), ("eth1", Some("198.51.100.7/24".parse().unwrap())));
         assert_eq!(ext.addr_v6, Some("2001:db8:2::7/64".parse().unwrap()));
         assert_eq!(ext.public_ipv6, Some("2001:db8:2::7".parse().unwrap()));
         assert_eq!(ext.segment_of("2001:db8:2::9".parse().unwrap()), Some("2001:db8:2::7/64".parse().unwrap()));
@@ -307,8 +328,36 @@ mod tests {
         let a = InterfaceChoice { public_ip: "203.0.113.5".into(), ..agent() };
         let facts = RouteFacts { default_oif: Some(2), ..Default::default() };
         let ext = select(&links(), &a, &facts).unwrap();
-        assert_eq!(ext.public_ip, Ipv4Addr::new(203, 0, 113, 5));
-        assert_eq!(ext.addr.addr(), Ipv4Addr::new(192, 0, 2, 10));
+        assert_eq!(ext.public_ip, Some(Ipv4Addr::new(203, 0, 113, 5)));
+        assert_eq!(ext.addr.map(|a| a.addr()), Some(Ipv4Addr::new(192, 0, 2, 10)));
+    }
+
+    /// A host whose underlay is IPv6 only: its interface is chosen by the default route (IPv6's
+    /// when there is no IPv4 one), by name, by a pattern over its IPv6 address; it has no IPv4
+    /// address to publish, and says so to a network that needs one.
+    #[test]
+    fn an_interface_with_only_ipv6_is_chosen_and_publishes_no_ipv4() {
+        let mut links = links();
+        links.push(LinkInfo {
+            index: 5,
+            name: "v6only".into(),
+            mtu: 1500,
+            addrs: vec![],
+            addrs_v6: vec!["2001:db8:7::5/64".parse().unwrap()],
+        });
+        let facts = RouteFacts { default_oif: Some(5), ..Default::default() };
+        let ext = select(&links, &agent(), &facts).unwrap();
+        assert_eq!((ext.name.as_str(), ext.addr, ext.public_ip), ("v6only", None, None));
+        assert_eq!(ext.public_ipv6, Some("2001:db8:7::5".parse().unwrap()));
+        assert_eq!(ext.segment_of("198.51.100.1".parse().unwrap()), None, "no IPv4 segment to judge by");
+        assert!(ext.require_public_ip().unwrap_err().contains("no IPv4 address"));
+        let by_name = InterfaceChoice { iface: vec!["v6only".into()], ..agent() };
+        assert_eq!(select(&links, &by_name, &RouteFacts::default()).unwrap().index, 5);
+        let by_pattern = InterfaceChoice { iface_regex: vec![r"^2001:db8:7::".into()], ..agent() };
+        assert_eq!(select(&links, &by_pattern, &RouteFacts::default()).unwrap().index, 5);
+        // A link with no address at all is still no choice.
+        let none = InterfaceChoice { iface: vec!["dummy0".into()], ..agent() };
+        assert!(select(&links, &none, &RouteFacts::default()).is_err());
     }
 
     #[tokio::test]

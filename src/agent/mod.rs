@@ -110,9 +110,10 @@ async fn start_and_run(
 ) -> Result<OwnLease, AgentError> {
     let ext = iface::discover(&config.agent).await?;
     let public_ipv6 = ext.public_ipv6.map(|ip| ip.to_string()).unwrap_or_default();
-    info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, public_ipv6, mtu = ext.mtu, "external interface");
+    info!(iface = %ext.name, addr = ?ext.addr, public_ip = ?ext.public_ip, public_ipv6, mtu = ext.mtu, "external interface");
     // Read once: what a peer must not announce as its public IP (ours) and where it must be.
-    let ours = [ext.addr.addr().into(), ext.public_ip.into()].into_iter().chain(ext.public_ipv6.map(Into::into));
+    let ours = (ext.addr.map(|a| a.addr()).into_iter().chain(ext.public_ip).map(std::net::IpAddr::V4))
+        .chain(ext.public_ipv6.map(std::net::IpAddr::V6));
     let own = iface::host_addresses().await?.into_iter().chain(ours);
     let trust = PeerTrust::new(own, config.agent.underlay());
     dataplane.trust_peers(trust, health.metrics.peers_rejected.clone());

@@ -89,7 +89,8 @@ impl Backend for AwsVpc {
         let options = SdkOptions { region, endpoint_url: self.ctx.cloud.aws_endpoint_url.clone() };
         let ec2: Arc<dyn Ec2> = Arc::new(SdkEc2::new(&options, call_observer(self.ctx.health.clone())).await);
         let ext = &self.ctx.ext;
-        let node = node::discover(ec2.as_ref(), &meta, &[ext.public_ip, ext.addr.addr()]).await?;
+        let ours: Vec<_> = ext.public_ip.into_iter().chain(ext.addr.map(|a| a.addr())).collect();
+        let node = node::discover(ec2.as_ref(), &meta, &ours).await?;
         info!(instance = %node.instance_id, vpc = %node.vpc_id, subnet = %node.subnet_id, interface = %node.interface_id, region = %options.region, "aws-vpc node");
         Ok(Box::new(self.registered(ec2, node)))
     }

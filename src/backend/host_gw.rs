@@ -117,9 +117,9 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             mtu: 1500,
-            addr: "198.51.100.1/24".parse().unwrap(),
+            addr: Some("198.51.100.1/24".parse().unwrap()),
             addr_v6: None,
-            public_ip: "198.51.100.1".parse().unwrap(),
+            public_ip: Some("198.51.100.1".parse().unwrap()),
             public_ipv6: Some("2001:db8::1".parse().unwrap()),
         };
         let backend = Box::new(HostGw::new(kernel.clone(), ext, Families::DUAL_STACK)).register().await.unwrap();
@@ -158,9 +158,9 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             mtu: 1500,
-            addr: "198.51.100.1/24".parse().unwrap(),
+            addr: Some("198.51.100.1/24".parse().unwrap()),
             addr_v6: Some("2001:db8::1/64".parse().unwrap()),
-            public_ip: "198.51.100.1".parse().unwrap(),
+            public_ip: Some("198.51.100.1".parse().unwrap()),
             public_ipv6: Some("2001:db8::1".parse().unwrap()),
         };
         let peers = HostGwPeers { ext, use_nexthops: false };

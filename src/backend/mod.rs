@@ -54,7 +54,11 @@ impl LeaseData {
     /// backend's data, the IPv6 ones in a network with IPv6. An IPv6-only host publishes
     /// 0.0.0.0 as its IPv4 address, as flannel writes it.
     pub fn attrs(&self, ext: &ExternalInterface, network: &Network) -> Result<LeaseAttrs, BackendError> {
-        let public_ip = if network.is_ipv6_only() { std::net::Ipv4Addr::UNSPECIFIED } else { ext.public_ip };
+        let public_ip = if network.is_ipv6_only() {
+            std::net::Ipv4Addr::UNSPECIFIED
+        } else {
+            ext.require_public_ip().map_err(|problem| BackendError::Config { backend: self.kind, problem })?
+        };
         let attrs = LeaseAttrs::new(public_ip, self.kind.as_str(), self.backend_data.clone());
         if network.ipv6.is_none() {
             return Ok(attrs);
@@ -294,5 +298,42 @@ impl Active for Passive {
 
     async fn teardown(self: Box<Self>) -> Result<(), BackendError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::NetworkSection;
+
+    fn ext(v4: bool) -> ExternalInterface {
+        ExternalInterface {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            addr: v4.then(|| "198.51.100.1/24".parse().unwrap()),
+            addr_v6: Some("2001:db8::1/64".parse().unwrap()),
+            public_ip: v4.then(|| "198.51.100.1".parse().unwrap()),
+            public_ipv6: Some("2001:db8::1".parse().unwrap()),
+        }
+    }
+
+    fn network(enable_ipv4: bool, ipv6_cidr: &str) -> Network {
+        Network::new(&NetworkSection { enable_ipv4, ipv6_cidr: ipv6_cidr.into(), ..Default::default() }).unwrap()
+    }
+
+    /// A host publishes the addresses of the network's families: an IPv6-only one 0.0.0.0 for
+    /// IPv4 (flannel's spelling), whatever its interface has; a network with IPv4 needs one.
+    #[test]
+    fn published_addresses_follow_the_networks_families() {
+        let data = LeaseData::plain(BackendKind::HostGw, 1500);
+        let v6_only = data.attrs(&ext(true), &network(false, "2001:db8:42::/56")).unwrap();
+        assert_eq!(v6_only.public_ip, std::net::Ipv4Addr::UNSPECIFIED);
+        assert_eq!(v6_only.public_ipv6(), Some("2001:db8::1".parse().unwrap()));
+        let dual = data.attrs(&ext(true), &network(true, "2001:db8:42::/56")).unwrap();
+        assert_eq!(dual.public_ip.to_string(), "198.51.100.1");
+        let err = data.attrs(&ext(false), &network(true, "")).unwrap_err().to_string();
+        assert!(err.contains("eth0 has no IPv4 address") && err.contains("agent.public_ip"), "{err}");
+        assert!(data.attrs(&ext(false), &network(false, "2001:db8:42::/56")).is_ok());
     }
 }

@@ -75,7 +75,7 @@ impl Vxlan {
 /// What a device's MAC is derived from: the public address of its family.
 fn local_identity(ext: &ExternalInterface, local: IpAddr) -> IpAddr {
     match local {
-        IpAddr::V4(_) => ext.public_ip.into(),
+        IpAddr::V4(ip) => ext.public_ip.unwrap_or(ip).into(),
         IpAddr::V6(ip) => ext.public_ipv6.unwrap_or(ip).into(),
     }
 }
@@ -120,7 +120,11 @@ impl Backend for Vxlan {
         };
         let link = if self.families.ipv4 {
             let mtu = configured(VXLAN_OVERHEAD);
-            let link = self.ensure_device(Self::device_name(self.config.vni), self.ext.addr.addr().into(), mtu).await?;
+            let local = self.ext.addr.map(|a| a.addr()).ok_or_else(|| BackendError::Config {
+                backend: BackendKind::Vxlan,
+                problem: format!("the network has IPv4 but interface {} has no IPv4 address", self.ext.name),
+            })?;
+            let link = self.ensure_device(Self::device_name(self.config.vni), local.into(), mtu).await?;
             (data.backend_data, data.mtu) = (vtep_data(self.config.vni, link.mac), mtu);
             Some(link)
         } else {
@@ -351,9 +355,9 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             mtu: 1500,
-            addr: "198.51.100.1/24".parse().unwrap(),
+            addr: Some("198.51.100.1/24".parse().unwrap()),
             addr_v6: None,
-            public_ip: "198.51.100.1".parse().unwrap(),
+            public_ip: Some("198.51.100.1".parse().unwrap()),
             public_ipv6: None,
         }
     }
@@ -470,7 +474,7 @@ mod tests {
         let mut sync = started(kernel.clone(), VxlanConfig::default()).await;
         let family = Family::<PeerRejectedLabels, _>::default();
         let underlay = vec!["198.51.100.0/24".parse().unwrap()];
-        sync.set_trust(PeerTrust::new([ext().public_ip], underlay), family.clone());
+        sync.set_trust(PeerTrust::new(ext().public_ip, underlay), family.clone());
         let good = lease(2, "198.51.100.2", "02:00:00:00:00:02");
         let hostile = [
             lease(3, "198.51.100.1", "02:00:00:00:00:03"),
@@ -521,6 +525,48 @@ mod tests {
         assert!(nh.onlink);
         let addrs: Vec<String> = kernel.addresses.lock().unwrap().iter().map(|(_, a)| a.to_string()).collect();
         assert!(addrs.contains(&"2001:db8:42:1::/128".to_string()), "{addrs:?}");
+    }
+
+    /// IPv6-only, on a host with no IPv4 address: `flannel-v6.1` alone, our lease's IPv4 data
+    /// null; an IPv6-only peer gets its three objects there. A network with IPv4 on such a host
+    /// is refused, naming the interface.
+    #[tokio::test]
+    async fn an_ipv6_only_network_makes_only_the_ipv6_device() {
+        let kernel = Arc::new(MemoryKernel::default());
+        let ext = ExternalInterface {
+            addr: None,
+            public_ip: None,
+            addr_v6: Some("2001:db8::1/64".parse().unwrap()),
+            public_ipv6: Some("2001:db8::1".parse().unwrap()),
+            ..ext()
+        };
+        let refused = Vxlan::new(kernel.clone(), VxlanConfig::default(), ext.clone()).families(Families::DUAL_STACK);
+        let Err(err) = Box::new(refused).register().await else { panic!("registered without an IPv4 address") };
+        assert!(err.to_string().contains("eth0 has no IPv4 address"), "{err}");
+        let vxlan = Vxlan::new(kernel.clone(), VxlanConfig::default(), ext).families(Families::IPV6);
+        let registered = Box::new(vxlan).register().await.unwrap();
+        let data = registered.lease_data().clone();
+        assert!(data.backend_data.is_null() && data.mtu == 1430, "{data:?}");
+        let names: Vec<String> = kernel.links.lock().unwrap().iter().map(|l| l.name.clone()).collect();
+        assert_eq!(names, ["flannel-v6.1"]);
+        let mut own = lease(1, "0.0.0.0", "02:00:00:00:00:01");
+        (own.subnet, own.subnet_v6) = (None, Some("2001:db8:42:1::/64".parse().unwrap()));
+        let Ok(started) = registered.start(&own).await else { panic!("vxlan start") };
+        let mapping = started.peers.expect("vxlan maps peers");
+        assert_eq!(mapping.links.len(), 1);
+        let mut sync = RouteSync::new(kernel.clone());
+        sync.add_mapper(BackendKind::Vxlan, mapping.mapper, &mapping.links);
+        let mut peer = lease(2, "0.0.0.0", "02:00:00:00:00:02");
+        (peer.subnet, peer.subnet_v6) = (None, Some("2001:db8:42:2::/64".parse().unwrap()));
+        peer.attrs.backend_data = BackendData::null();
+        peer.attrs = peer
+            .attrs
+            .with_v6("2001:db8::2".parse().unwrap(), serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:62"}));
+        sync.reconcile(&peers(&[peer])).await.unwrap();
+        let state = kernel.snapshot();
+        assert_eq!((state.routes.len(), state.neighbours.len(), state.fdb.len()), (1, 1, 1));
+        let routes: Vec<String> = state.routes.keys().map(|r| r.to_string()).collect();
+        assert_eq!(routes, ["2001:db8:42:2::/64"]);
     }
 
     /// `direct_routing` for IPv6: a peer whose public IPv6 address is on our IPv6 segment gets a

@@ -191,7 +191,8 @@ pub async fn checks(
             return checks;
         }
     };
-    let mut addresses: Vec<Ipv4Addr> = ext.map(|e| vec![e.public_ip, e.addr.addr()]).unwrap_or_default();
+    let mut addresses: Vec<Ipv4Addr> =
+        ext.map(|e| e.public_ip.into_iter().chain(e.addr.map(|a| a.addr())).collect()).unwrap_or_default();
     addresses.push(meta.local_ipv4);
     let interface = choose_interface(&instance, &addresses, &meta.interface_id).cloned();
     let interface_id = interface.as_ref().map(|i| i.id.clone()).unwrap_or_else(|| meta.interface_id.clone());

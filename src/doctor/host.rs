@@ -130,13 +130,27 @@ pub fn nexthops(supported: bool, disabled: bool) -> Check {
     Check::pass(NAME, detail)
 }
 
+/// The interface's addresses, each family it has.
+fn addresses(ext: &ExternalInterface) -> String {
+    let v4 = ext.addr.map(|a| a.to_string());
+    let all: Vec<String> = v4.into_iter().chain(ext.addr_v6.map(|a| a.to_string())).collect();
+    all.join(", ")
+}
+
+/// What the host publishes, each family it has.
+fn publics(ext: &ExternalInterface) -> String {
+    let v4 = ext.public_ip.map(|ip| ip.to_string());
+    let all: Vec<String> = v4.into_iter().chain(ext.public_ipv6.map(|ip| ip.to_string())).collect();
+    all.join(", ")
+}
+
 /// The interface weft would choose, and the rule that chose it; `Err` is why none was found.
 pub fn interface(rule: &str, found: &Result<ExternalInterface, String>) -> Check {
     const NAME: &str = "interface";
     match found {
         Ok(ext) => Check::pass(
             NAME,
-            format!("{} ({}, public IP {}, MTU {}), chosen by {rule}", ext.name, ext.addr, ext.public_ip, ext.mtu),
+            format!("{} ({}, public IP {}, MTU {}), chosen by {rule}", ext.name, addresses(ext), publics(ext), ext.mtu),
         ),
         Err(e) => Check::fail(
             NAME,
@@ -225,9 +239,9 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             mtu,
-            addr: "192.0.2.10/24".parse().unwrap(),
+            addr: Some("192.0.2.10/24".parse().unwrap()),
             addr_v6: None,
-            public_ip: "192.0.2.10".parse().unwrap(),
+            public_ip: Some("192.0.2.10".parse().unwrap()),
             public_ipv6: None,
         }
     }

@@ -1,7 +1,6 @@
 //! An in-memory kernel for unit tests of the backends and the sync engine.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -33,7 +32,7 @@ pub struct MemoryKernel {
     /// a route to each address leaves by.
     pub interfaces: Mutex<Vec<InterfaceInfo>>,
     pub default_oif: Mutex<Option<u32>>,
-    pub reach_oif: Mutex<BTreeMap<Ipv4Addr, u32>>,
+    pub reach_oif: Mutex<BTreeMap<std::net::IpAddr, u32>>,
 }
 
 impl MemoryKernel {
@@ -148,7 +147,7 @@ impl Interfaces for MemoryKernel {
         Ok(*self.default_oif.lock().expect("lock"))
     }
 
-    async fn route_oif_to(&self, target: Ipv4Addr) -> Option<u32> {
+    async fn route_oif_to(&self, target: std::net::IpAddr) -> Option<u32> {
         self.reach_oif.lock().expect("lock").get(&target).copied()
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use async_trait::async_trait;
 use ipnet::{IpNet, Ipv4Net};
@@ -292,12 +292,12 @@ pub struct InterfaceInfo {
 /// over netlink and, in unit tests, in memory.
 #[async_trait]
 pub trait Interfaces: Send + Sync {
-    /// Every link with its IPv4 addresses.
+    /// Every link with its addresses.
     async fn interfaces(&self) -> Result<Vec<InterfaceInfo>, KernelError>;
-    /// The link the IPv4 default route (main table) leaves by, if there is one.
+    /// The link the default route (main table) leaves by, if there is one: IPv4's, else IPv6's.
     async fn default_route_oif(&self) -> Result<Option<u32>, KernelError>;
     /// The link a packet to `target` would leave by, or `None` when there is no route.
-    async fn route_oif_to(&self, target: Ipv4Addr) -> Option<u32>;
+    async fn route_oif_to(&self, target: std::net::IpAddr) -> Option<u32>;
 }
 
 /// The kernel as the data plane sees it. Implemented over netlink ([`netlink`]) and, in unit

@@ -23,7 +23,7 @@ use ipnet::Ipv6Net;
 use tempfile::TempDir;
 use weft::lab::pods::{self, SubnetInfo};
 use weft::lab::report::Probe;
-use weft::lab::{agents, probe, wire, Node, PodAddrs, Topology};
+use weft::lab::{agents, probe, wire, LabError, Node, PodAddrs, Topology};
 use weft::netns::Netns;
 use weft::subnet_env::SubnetEnv;
 
@@ -49,15 +49,29 @@ pub enum Underlay {
     /// Every host and the service namespace have an IPv6 address too
     /// ([`Cluster::add_ipv6_underlay`]), and the VPC router forwards IPv6.
     DualStack,
+    /// The dual-stack underlay carrying an IPv6-only pod network (`enable_ipv4 = false`): the
+    /// hosts keep their IPv4 addresses, the pods have none.
+    Ipv6Only,
 }
 
 impl Underlay {
+    /// Whether the hosts and the router have IPv6 addresses.
+    pub fn has_ipv6(self) -> bool {
+        self != Underlay::Ipv4
+    }
+
+    /// Whether the pods' network has IPv4 (`cidr`).
+    pub fn pods_ipv4(self) -> bool {
+        self != Underlay::Ipv6Only
+    }
+
     /// What `[network]` says for this underlay's pods beyond IPv4: `ipv6_cidr` on a dual-stack
-    /// one, nothing otherwise.
+    /// one (with `enable_ipv4 = false` for IPv6-only pods), nothing otherwise.
     pub fn network_lines(self) -> String {
         match self {
             Underlay::Ipv4 => String::new(),
             Underlay::DualStack => format!("ipv6_cidr = \"{POD_NETWORK_V6}\"\n"),
+            Underlay::Ipv6Only => format!("enable_ipv4 = false\nipv6_cidr = \"{POD_NETWORK_V6}\"\n"),
         }
     }
 }
@@ -94,6 +108,8 @@ pub struct Cluster {
     etcd: Option<Child>,
     /// Host i's agent at index i - 1.
     agents: Vec<Option<Child>>,
+    /// Agents reach etcd at [`Cluster::etcd_endpoint_v6`] (hosts without IPv4).
+    pub etcd_over_ipv6: bool,
 }
 
 impl Cluster {
@@ -109,6 +125,7 @@ impl Cluster {
             dir: tempfile::tempdir().expect("create a temp dir"),
             etcd: None,
             agents: (0..hosts).map(|_| None).collect(),
+            etcd_over_ipv6: false,
         };
         if let Err(e) = wire::build(&cluster.topology) {
             panic!("building the cluster {prefix}: {e}");
@@ -158,7 +175,9 @@ impl Cluster {
         command
             .arg("--name=weft-test")
             .arg(format!("--data-dir={}", self.path("etcd-data").display()))
-            .arg(format!("--listen-client-urls={client}"))
+            // Every address of the namespace, so hosts with only an IPv6 underlay reach it too
+            // (`etcd_endpoint_v6`); a dual-stack socket takes the IPv4 clients as before.
+            .arg(format!("--listen-client-urls=http://[::]:{ETCD_CLIENT_PORT}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
@@ -198,6 +217,12 @@ impl Cluster {
         format!("http://{}:{ETCD_CLIENT_PORT}", self.topology.service().addr)
     }
 
+    /// The same over the IPv6 underlay (given by [`Cluster::add_ipv6_underlay`]), for hosts
+    /// without IPv4.
+    pub fn etcd_endpoint_v6(&self) -> String {
+        format!("http://[{}]:{ETCD_CLIENT_PORT}", self.service_v6())
+    }
+
     /// `etcdctl <args>` (API v3) from the service namespace; its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> String {
         super::etcd::run_etcdctl(self.etcdctl_command(args), args)
@@ -233,7 +258,8 @@ impl Cluster {
     /// Like [`Cluster::write_config`], with `agent` as the body of the `[agent]` table (timers).
     pub fn write_config_with(&self, agent: &str, network: &str) -> PathBuf {
         let store = if self.etcd.is_some() {
-            format!("kind = \"etcd\"\nendpoints = [\"{}\"]", self.etcd_endpoint())
+            let endpoint = if self.etcd_over_ipv6 { self.etcd_endpoint_v6() } else { self.etcd_endpoint() };
+            format!("kind = \"etcd\"\nendpoints = [\"{endpoint}\"]")
         } else {
             format!("kind = \"local\"\npath = \"{}\"", self.path("store").display())
         };
@@ -323,6 +349,26 @@ impl Cluster {
         }
     }
 
+    /// Waits for host i's subnet.env to name an IPv6 subnet ([`Cluster::wait_subnet`] wants the
+    /// IPv4 lines an IPv6-only file has not got); panics with the agent's log when it does not.
+    pub fn wait_subnet_v6(&mut self, i: usize) -> SubnetEnv {
+        let deadline = Instant::now() + SUBNET_DEADLINE;
+        loop {
+            if let Some(env) = SubnetEnv::read(&self.subnet_file(i)).ok().filter(|env| env.ipv6.is_some()) {
+                return env;
+            }
+            if let Some(status) = self.agents[i - 1].as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("h{i}'s agent exited ({status}):\n{}", self.agent_log(i));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "h{i}: no subnet.env with an IPv6 subnet after {SUBNET_DEADLINE:?}:\n{}",
+                self.agent_log(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM to host i's agent, then wait (SIGKILL after 10 s).
     pub fn stop_agent(&mut self, i: usize) {
         if let Some(child) = self.agents[i - 1].take() {
@@ -395,6 +441,36 @@ impl Cluster {
         let pod = pods::add_ipv6(&self.topology, &self.host(i), v6.subnet)
             .unwrap_or_else(|e| panic!("h{i}'s pod IPv6 address: {e}"));
         (v6.subnet, pod)
+    }
+
+    /// Host i's pod with no IPv4 address anywhere, as the bridge plugin makes it on an IPv6-only
+    /// network: `cni0` bare, the pod's veth into it at `mtu`, then `::1` on the bridge, `::2` in
+    /// the pod and its default route via `::1` ([`Cluster::add_pod_ipv6`]). Returns the subnet
+    /// and the pod's address.
+    pub fn make_ipv6_only_pod(&self, i: usize, mtu: u32) -> (Ipv6Net, Ipv6Addr) {
+        self.wire_ipv6_only_pod(i, mtu).unwrap_or_else(|e| panic!("making h{i}'s IPv6-only pod: {e}"));
+        self.add_pod_ipv6(i)
+    }
+
+    fn wire_ipv6_only_pod(&self, i: usize, mtu: u32) -> Result<(), LabError> {
+        // `wire::bridge` always gives the bridge an IPv4 address: made here without one.
+        let out = self
+            .host_ns(i)
+            .command("ip")
+            .expect("enter host")
+            .args(["link", "add", pods::POD_BRIDGE, "type", "bridge"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "h{i}: adding {}: {}", pods::POD_BRIDGE, String::from_utf8_lossy(&out.stderr));
+        let host = self.host_ns(i);
+        let pod = wire::create_ns(&self.pod_ns(i))?;
+        wire::veth_pair(&pod, pods::POD_IFACE, &host, pods::POD_VETH_HOST, mtu)?;
+        wire::configure(&host, pods::POD_BRIDGE, None, None)?;
+        wire::configure(&host, pods::POD_VETH_HOST, None, Some(pods::POD_BRIDGE))?;
+        wire::configure(&pod, pods::POD_IFACE, None, None)?;
+        wire::wait_up(&pod, pods::POD_IFACE)?;
+        wire::wait_up(&host, pods::POD_VETH_HOST)
     }
 
     // ---- pods and traffic ----

@@ -249,7 +249,8 @@ impl<P: Provider> Engine<P> {
 
     /// `weft_peers{path}`: peers the cloud carries, and (with overflow) those reached over vxlan.
     fn count_paths(&self, own: Option<LeaseKey>, leased: &BTreeSet<LeaseKey>) {
-        let peers = leased.iter().filter(|key| own.is_none_or(|own| own.subnet != key.subnet));
+        // Told apart by their ids: on an IPv6-only network every key's IPv4 half is `None`.
+        let peers = leased.iter().filter(|key| own.is_none_or(|own| own.id() != key.id()));
         let (mut cloud, mut overlay) = (0, 0);
         for key in peers {
             if self.settings.paths.carries_all(key) {
@@ -455,6 +456,22 @@ mod tests {
             assert!(metrics.contains(r#"weft_peers{path="cloud"} 1"#), "{metrics}");
             assert_eq!(metrics.contains(r#"weft_peers{path="overlay"} 1"#), overflow, "{metrics}");
         }
+    }
+
+    /// IPv6-only: every key's IPv4 half is `None`, so the peers are told from us by their IPv6
+    /// subnets (the bug: all of them were taken for ourselves, `weft_peers{path="cloud"} 0`).
+    #[tokio::test]
+    async fn ipv6_only_peers_are_counted() {
+        let rig = rig(true);
+        let key = |s: &str| LeaseKey::ipv6_only(s.parse().unwrap());
+        let carried: BTreeSet<IpNet> = [subnet("2001:db8:42:2::/64")].into();
+        rig.answer(Pass { problems: vec![], carried: Some(carried), view: None });
+        let (mut engine, _) = rig.engine("i-1");
+        let leased = ["2001:db8:42:1::/64", "2001:db8:42:2::/64", "2001:db8:42:3::/64"].map(key).into();
+        engine.pass(&Request { own: Some(key("2001:db8:42:1::/64")), leased: Some(leased) }).await;
+        let metrics = rig.settings.health.metrics.encode();
+        assert!(metrics.contains(r#"weft_peers{path="cloud"} 1"#), "{metrics}");
+        assert!(metrics.contains(r#"weft_peers{path="overlay"} 1"#), "{metrics}");
     }
 
     #[test]

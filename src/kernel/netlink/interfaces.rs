@@ -1,13 +1,13 @@
 //! What interface choice needs to know (links with their IPv4 addresses, which link the default
 //! route and a route to a given address leave by), read over rtnetlink.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::RouteAttribute;
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use crate::kernel::{InterfaceInfo, KernelError, MAIN_TABLE};
@@ -64,9 +64,18 @@ pub async fn all(handle: &Handle) -> Result<Vec<InterfaceInfo>, KernelError> {
     Ok(links)
 }
 
-/// The link the IPv4 default route of the main table leaves by.
+/// The link the default route of the main table leaves by: IPv4's, else (a host without IPv4)
+/// IPv6's.
 pub async fn default_route_oif(handle: &Handle) -> Result<Option<u32>, KernelError> {
-    let mut routes = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    match default_oif_of(handle, RouteMessageBuilder::<Ipv4Addr>::new().build()).await? {
+        Some(oif) => Ok(Some(oif)),
+        None => default_oif_of(handle, RouteMessageBuilder::<Ipv6Addr>::new().build()).await,
+    }
+}
+
+/// The link the default route among the routes `query` lists leaves by.
+async fn default_oif_of(handle: &Handle, query: RouteMessage) -> Result<Option<u32>, KernelError> {
+    let mut routes = handle.route().get(query).execute();
     while let Some(route) = routes.try_next().await.map_err(|e| failed("list routes", e))? {
         if route.header.destination_prefix_length != 0 || u32::from(route.header.table) != MAIN_TABLE {
             continue;
@@ -79,8 +88,11 @@ pub async fn default_route_oif(handle: &Handle) -> Result<Option<u32>, KernelErr
 }
 
 /// The link a packet to `target` would leave by (`ip route get`), or `None` when unreachable.
-pub async fn route_oif_to(handle: &Handle, target: Ipv4Addr) -> Option<u32> {
-    let query = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(target, 32).build();
+pub async fn route_oif_to(handle: &Handle, target: IpAddr) -> Option<u32> {
+    let query = match target {
+        IpAddr::V4(ip) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).build(),
+        IpAddr::V6(ip) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(ip, 128).build(),
+    };
     let mut routes = handle.route().get(query).execute();
     let route = routes.try_next().await.ok()??;
     oif_of(&route.attributes)

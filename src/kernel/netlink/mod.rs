@@ -291,7 +291,7 @@ impl Interfaces for NetlinkKernel {
         interfaces::default_route_oif(&self.handle).await
     }
 
-    async fn route_oif_to(&self, target: std::net::Ipv4Addr) -> Option<u32> {
+    async fn route_oif_to(&self, target: std::net::IpAddr) -> Option<u32> {
         interfaces::route_oif_to(&self.handle, target).await
     }
 }
