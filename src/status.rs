@@ -120,9 +120,12 @@ impl AgentStatus {
         match &self.lease {
             Some(lease) => {
                 let expires = lease.expires.as_deref().unwrap_or("never");
-                let public = match &lease.public_ipv6 {
-                    Some(v6) => format!("public IPs {}, {v6}", lease.public_ip),
-                    None => format!("public IP {}", lease.public_ip),
+                // An IPv6-only host publishes 0.0.0.0 for IPv4 (flannel's spelling): not shown.
+                let v4 = Some(lease.public_ip.as_str()).filter(|ip| *ip != "0.0.0.0");
+                let publics: Vec<&str> = v4.into_iter().chain(lease.public_ipv6.as_deref()).collect();
+                let public = match publics.len() {
+                    1 => format!("public IP {}", publics[0]),
+                    _ => format!("public IPs {}", publics.join(", ")),
                 };
                 let _ = writeln!(
                     out,
@@ -221,6 +224,16 @@ mod tests {
         assert!(text.contains(line), "{text}");
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<AgentStatus>(&json).unwrap(), status);
+    }
+
+    #[test]
+    fn an_ipv6_only_lease_shows_its_ipv6_side_only() {
+        let mut status = sample();
+        let lease = status.lease.as_mut().unwrap();
+        lease.subnets = vec!["2001:db8:42:3::/64".into()];
+        (lease.public_ip, lease.public_ipv6) = ("0.0.0.0".into(), Some("2001:db8::11".into()));
+        let text = status.render();
+        assert!(text.contains("lease: 2001:db8:42:3::/64 (public IP 2001:db8::11, backend host-gw)"), "{text}");
     }
 
     #[test]

@@ -263,6 +263,35 @@ mod tests {
         assert_eq!(kinds(&d.events), ["-10.244.1.0/24"], "kept without its IPv6 side, still its key's lease");
     }
 
+    /// IPv6-only: leases are named by their IPv6 subnet; one with an IPv4 subnet keeps only its
+    /// IPv6 side, one of another IPv6 network or IPv6-less is skipped, and ours is not delivered.
+    #[test]
+    fn an_ipv6_only_network_names_leases_by_their_ipv6_subnet() {
+        let section = NetworkSection { enable_ipv4: false, ipv6_cidr: "2001:db8:42::/56".into(), ..Default::default() };
+        let own: IpNet = "2001:db8:42:5::/64".parse().unwrap();
+        let mut w = LeaseWatcher::new(Network::new(&section).unwrap(), Some(own));
+        let d = w.apply(LeaseUpdate::Resync(
+            vec![
+                raw("0.0.0.0-0&2001:db8:42:1::-64", "0.0.0.0"),
+                raw("0.0.0.0-0&2001:db8:42:2::-64", "0.0.0.0"),
+                raw("10.244.3.0-24&2001:db8:42:3::-64", "192.0.2.3"),
+                raw("0.0.0.0-0&2001:db8:42:5::-64", "0.0.0.0"),
+                raw("0.0.0.0-0&2001:db8:99:1::-64", "0.0.0.0"),
+                raw("10.244.4.0-24", "192.0.2.4"),
+            ],
+            1,
+        ));
+        assert_eq!(kinds(&d.events), ["+2001:db8:42:1::/64", "+2001:db8:42:2::/64", "+2001:db8:42:3::/64"]);
+        let skipped: Vec<&str> = d.skipped.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(skipped, ["0.0.0.0-0&2001:db8:99:1::-64", "10.244.4.0-24"]);
+        let dual = &w.leases()[&"2001:db8:42:3::/64".parse().unwrap()];
+        assert_eq!(dual.subnet, None, "no IPv4 subnet is routed in an IPv6-only network");
+        // Deleting one IPv6-only key removes that lease only (they all start `0.0.0.0-0&`).
+        let d = w.apply(LeaseUpdate::Deleted { key: "0.0.0.0-0&2001:db8:42:1::-64".into(), revision: 2 });
+        assert_eq!(kinds(&d.events), ["-2001:db8:42:1::/64"]);
+        assert_eq!(w.leases().len(), 2);
+    }
+
     #[test]
     fn put_change_delete() {
         let mut w = LeaseWatcher::new(network(), None);

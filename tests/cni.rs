@@ -146,6 +146,39 @@ fn add_check_del_with_the_real_bridge_and_host_local() {
     cni::call(&ns.host, "DEL", &cni::with_prev_result(&conf, &again), &pod).ok();
 }
 
+/// Each family subnet.env names is handed out: a dual-stack host's pod gets an address of each
+/// with a route to each cluster network, an IPv6-only host's (flannel's file without the IPv4
+/// lines) an IPv6 address alone. CHECK and DEL pass for both.
+#[test]
+fn every_family_of_the_subnet_env_and_only_those_is_handed_out() {
+    require_root();
+    cni::ensure_plugins();
+    let v6_lines = "FLANNEL_IPV6_NETWORK=2001:db8:42::/56\nFLANNEL_IPV6_SUBNET=2001:db8:42:7::1/64\n";
+    let dual = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n{v6_lines}");
+    for (lines, ipv4) in [(dual, true), (v6_lines.to_string(), false)] {
+        let ns = Namespaces::new();
+        let state = tempfile::tempdir().expect("temp dir");
+        let subnet_file = state.path().join("subnet.env");
+        std::fs::write(&subnet_file, format!("{lines}FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n")).expect("write");
+        let conf = cni::plugin_conf("weft-test", &subnet_file, state.path());
+        let pod = Attachment { container_id: "d0ab1e".into(), netns: ns.pod.path.clone(), ifname: "eth0".into() };
+        let result = cni::call(&ns.host, "ADD", &conf, &pod).ok();
+        let addresses: Vec<&str> =
+            result["ips"].as_array().expect("ips").iter().filter_map(|ip| ip["address"].as_str()).collect();
+        let v6: Vec<&&str> = addresses.iter().filter(|a| a.contains(':')).collect();
+        assert_eq!(v6.len(), 1, "{result}");
+        assert!(v6[0].starts_with("2001:db8:42:7::") && v6[0].ends_with("/64"), "{result}");
+        assert_eq!(addresses.len(), if ipv4 { 2 } else { 1 }, "{result}");
+        assert_eq!(ipv4_of(&ns.pod, "eth0").is_some(), ipv4, "the pod's IPv4 address");
+        let routes = ip_json(&ns.pod, &["-6", "route", "show"]);
+        let to_cluster = |r: &Value| r["dst"] == "2001:db8:42::/56" && r["gateway"] == "2001:db8:42:7::1";
+        assert!(routes.as_array().is_some_and(|r| r.iter().any(to_cluster)), "{routes}");
+        cni::call(&ns.host, "CHECK", &cni::with_prev_result(&conf, &result), &pod).ok();
+        cni::call(&ns.host, "DEL", &cni::with_prev_result(&conf, &result), &pod).ok();
+        assert!(veths(&ns.pod).is_empty(), "the pod veth is gone");
+    }
+}
+
 fn write_subnet_env(dir: &std::path::Path, subnet: &str) -> std::path::PathBuf {
     let path = dir.join("subnet.env");
     std::fs::write(

@@ -146,6 +146,20 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_only_host_hands_out_ipv6_only() {
+        let c = conf(r#"{"cniVersion":"1.0.0","name":"weft"}"#);
+        let mut env = subnet(true);
+        env.ipv4 = None;
+        env.ipv6 = Some(crate::subnet_env::Ipv6Pair {
+            network: "2001:db8:42::/56".parse().unwrap(),
+            subnet: "2001:db8:42:3::/64".parse().unwrap(),
+        });
+        let d = build(&c, &env);
+        assert_eq!(d["ipam"]["ranges"], json!([[{"subnet": "2001:db8:42:3::/64"}]]));
+        assert_eq!(d["ipam"]["routes"], json!([{"dst": "2001:db8:42::/56", "gw": "2001:db8:42:3::1"}]));
+    }
+
+    #[test]
     fn other_delegates_get_no_bridge_keys() {
         let c = conf(r#"{"cniVersion":"1.0.0","name":"weft","delegate":{"type":"ipvlan","master":"eth0"}}"#);
         let d = build(&c, &subnet(true));
