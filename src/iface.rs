@@ -186,7 +186,7 @@ impl ExternalInterface {
     pub fn require_public_ipv6(&self) -> Result<Ipv6Addr, String> {
         self.public_ipv6.ok_or_else(|| {
             format!(
-                "the network is dual-stack but interface {} has no global IPv6 address: set agent.public_ipv6",
+                "the network has IPv6 but interface {} has no global IPv6 address: set agent.public_ipv6",
                 self.name
             )
         })

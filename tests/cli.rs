@@ -128,6 +128,7 @@ fn config_check_names_bad_ipv6_keys() {
         (network("ipv6_cidr = \"2001:db8::/56\"\nipv6_subnet_len = 129", "host-gw"), "network.ipv6_subnet_len", "129"),
         (network("ipv6_cidr = \"2001:db8::/56\"\nipv6_subnet_len = 48", "host-gw"), "network.ipv6_subnet_len", "48"),
         (network("enable_ipv4 = false", "host-gw"), "network.enable_ipv4", "false"),
+        (network("enable_ipv4 = false\nipv6_cidr = \"10.245.0.0/16\"", "vxlan"), "network.ipv6_cidr", "10.245.0.0/16"),
         (
             format!("[agent]\npublic_ipv6 = \"198.51.100.1\"\n{}", network("", "host-gw")),
             "agent.public_ipv6",
@@ -141,9 +142,11 @@ fn config_check_names_bad_ipv6_keys() {
         assert_eq!(out.status.code(), Some(2), "{text}: {err}");
         assert!(err.contains(key) && err.contains(value), "{text}: {err}");
     }
-    let good = Setup::new(&network("ipv6_cidr = \"2001:db8:42::/56\"", "host-gw"));
-    let out = good.weft(&["config", "check"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for keys in ["ipv6_cidr = \"2001:db8:42::/56\"", "enable_ipv4 = false\nipv6_cidr = \"2001:db8:42::/56\""] {
+        let good = Setup::new(&network(keys, "host-gw"));
+        let out = good.weft(&["config", "check"]);
+        assert!(out.status.success(), "{keys}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 /// An agent's first log lines, its stderr a pipe.
