@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::gce_world::{GceWorld as World, NETWORK, OTHER_NETWORK, RECHECK, ZONE};
@@ -171,4 +171,81 @@ fn gce_dual_stack_routes_both_families_and_overflows_a_peer_whole() {
     let failed = packets::unreachable_addrs(&world.cluster, &pods_v6, Duration::from_secs(10));
     assert!(failed.is_empty(), "IPv6: pods not reached: {failed:?}");
     eprintln!("gce dual-stack overflow: converged in {took:?}; hosts routed whole: {whole}");
+}
+
+/// IPv6-only (`enable_ipv4 = false`): one route per node, named after its IPv6 subnet
+/// (`weft-2001-db8-42-…`), its `destRange` that subnet and its next hop the node's instance; no
+/// IPv4 route at all (the leases' `0.0.0.0-0` half is no subnet). Pods with no IPv4 address
+/// reach each other through the network's routes, and a deleted route is put back by its node.
+#[test]
+fn gce_ipv6_only_routes_one_ipv6_route_per_node_and_pods_talk_through_them() {
+    const V6_HOSTS: usize = 3;
+    let names: Vec<String> = (1..=V6_HOSTS).map(|i| format!("node-{i}")).collect();
+    let instances: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), NETWORK)).collect();
+    let mut world = World::ipv6_only("weft-packets-v6-only", &instances);
+    world.apply("");
+    for i in 1..=V6_HOSTS {
+        world.start_agent(i);
+    }
+    let (subnets_v6, pods_v6) = world.ipv6_only_pods();
+    // name → (destRange, nextHopInstance): exactly these, nothing of IPv4.
+    let route_name = |s: &Ipv6Net| format!("weft-{}-{}", s.network().to_string().replace(':', "-"), s.prefix_len());
+    let want: BTreeMap<String, (String, String)> = (1..=V6_HOSTS)
+        .map(|i| (route_name(&subnets_v6[i - 1]), (subnets_v6[i - 1].to_string(), world.instance_link(i))))
+        .collect();
+    let seen = |world: &World| -> BTreeMap<String, (String, String)> {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("(none)").to_string();
+        world
+            .api
+            .api
+            .routes()
+            .into_iter()
+            .map(|(n, r)| (n, (text(&r["destRange"]), text(&r["nextHopInstance"]))))
+            .collect()
+    };
+    let took =
+        world.wait("one IPv6 route per node, and nothing else", Duration::from_secs(30), || seen(&world) == want);
+    for name in want.keys() {
+        assert!(name.starts_with("weft-2001-db8-42-"), "{name}");
+    }
+    let forwarding = |world: &World| {
+        (0..V6_HOSTS).all(|i| {
+            (0..V6_HOSTS)
+                .filter(|j| *j != i)
+                .all(|j| world.router().forwarding().hop(i, subnets_v6[j]) == Some(common::vpc_router::Hop::Host(j)))
+        })
+    };
+    world.wait("the router follows the IPv6 routes", Duration::from_secs(5), || forwarding(&world));
+    let failed = packets::unreachable_addrs(&world.cluster, &pods_v6, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv6: pods not reached through the network's routes: {failed:?}");
+    for i in 1..=V6_HOSTS {
+        // gce installs no kernel route of either family.
+        for family in ["-4", "-6"] {
+            let routes = world
+                .cluster
+                .ip_json(&world.cluster.host(i).ns, &[family, "route", "show", "table", "all", "proto", "87"]);
+            assert_eq!(routes, serde_json::json!([]), "h{i} has {family} kernel routes on gce");
+        }
+        assert!(world.ready(i), "h{i} not ready:\n{}", world.cluster.agent_log(i));
+    }
+    // Each host counts both peers as carried by the cloud (at its next pass, within a recheck).
+    world.wait("every host counts 2 peers by the cloud", RECHECK * 3, || {
+        (1..=V6_HOSTS).all(|i| world.metric(i, r#"weft_peers{path="cloud"}"#) == (V6_HOSTS - 1) as f64)
+    });
+
+    // h2's route deleted behind the agents' backs (h2's agent stopped first, or it would put it
+    // back before the router looked): nobody reaches h2's pod; h2's agent back restores it.
+    world.cluster.kill_agent(2);
+    let h2_route = route_name(&subnets_v6[1]);
+    assert!(world.api.api.delete_route(&h2_route), "no route {h2_route}");
+    world.wait("the router drops h2's route", Duration::from_millis(500), || {
+        world.router().forwarding().hop(0, subnets_v6[1]).is_none()
+    });
+    assert!(!ping_once(&world.cluster.pod_ns(1), pods_v6[1]), "h1 reached h2 without a route");
+    world.start_agent(2);
+    let restored = Instant::now();
+    assert!(reaches(&world.cluster.pod_ns(1), pods_v6[1], Duration::from_secs(15)), "h2's route not restored");
+    let restored = restored.elapsed();
+    assert_eq!(seen(&world), want, "the routes after h2's restart");
+    eprintln!("gce IPv6-only: one IPv6 route per node in {took:?}; a deleted one restored in {restored:?}");
 }

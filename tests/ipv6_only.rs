@@ -15,14 +15,10 @@ use std::time::Duration;
 use common::cluster::Cluster;
 use common::wait;
 use ipnet::Ipv6Net;
-use weft::lab::pods::{POD_BRIDGE, POD_IFACE, POD_VETH_HOST};
-use weft::lab::{wire, LabError};
 use weft::subnet_env::{Ipv6Pair, SubnetEnv};
 
 /// Where flannel keeps the leases.
 const SUBNETS: &str = "/coreos.com/network/subnets/";
-/// How long an agent may take to write its subnet.env (as `Cluster::wait_subnet` allows).
-const SUBNET_WITHIN: Duration = Duration::from_secs(20);
 /// A lease as flanneld writes it for an IPv6-only host-gw node (Go's encoding/json: no
 /// BackendData), outside the agents' subnet range so no agent can hold it.
 const FLANNEL_KEY: &str = "/coreos.com/network/subnets/0.0.0.0-0&2001:db8:42:99::-64";
@@ -50,14 +46,10 @@ fn ip(ns: &str, args: &[&str]) {
     assert!(out.status.success(), "ip {args:?} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Host i's subnet.env once it names an IPv6 subnet: `Cluster::wait_subnet` wants the IPv4
-/// lines an IPv6-only file has not got.
-fn ipv6_subnet_env(cluster: &Cluster, i: usize) -> (SubnetEnv, Ipv6Pair) {
-    let read = || SubnetEnv::read(&cluster.subnet_file(i)).ok().filter(|env| env.ipv6.is_some());
-    let what = format!("h{i}'s subnet.env with an IPv6 subnet");
-    wait::until_every(&what, SUBNET_WITHIN, wait::POLL, || read().is_some(), || cluster.agent_log(i));
-    let env = read().expect("read a moment ago");
-    let v6 = env.ipv6.expect("filtered on it");
+/// Host i's subnet.env once it names an IPv6 subnet (`Cluster::wait_subnet_v6`), and that pair.
+fn ipv6_subnet_env(cluster: &mut Cluster, i: usize) -> (SubnetEnv, Ipv6Pair) {
+    let env = cluster.wait_subnet_v6(i);
+    let v6 = env.ipv6.expect("waited for it");
     (env, v6)
 }
 
@@ -73,29 +65,6 @@ fn assert_ipv6_only_subnet_env(cluster: &Cluster, i: usize, v6: &Ipv6Pair) {
     assert!(!lines.iter().any(ipv4), "h{i}'s IPv6-only subnet.env has IPv4 lines:\n{text}");
     let env = SubnetEnv::read(&cluster.subnet_file(i)).expect("subnet.env parses");
     assert!(env.ipv4.is_none(), "h{i}: {env:?}");
-}
-
-/// Wires host i's pod with no IPv4 address anywhere, as the bridge plugin does on an IPv6-only
-/// network: `cni0` bare, the pod's veth into it at `mtu`, everything up.
-fn wire_ipv6_only_pod(cluster: &Cluster, i: usize, mtu: u32) -> Result<(), LabError> {
-    // `wire::bridge` always gives the bridge an IPv4 address: made here without one.
-    ip(&cluster.host(i).ns, &["link", "add", POD_BRIDGE, "type", "bridge"]);
-    let host = cluster.host_ns(i);
-    let pod = wire::create_ns(&cluster.pod_ns(i))?;
-    wire::veth_pair(&pod, POD_IFACE, &host, POD_VETH_HOST, mtu)?;
-    wire::configure(&host, POD_BRIDGE, None, None)?;
-    wire::configure(&host, POD_VETH_HOST, None, Some(POD_BRIDGE))?;
-    wire::configure(&pod, POD_IFACE, None, None)?;
-    wire::wait_up(&pod, POD_IFACE)?;
-    wire::wait_up(&host, POD_VETH_HOST)
-}
-
-/// Host i's IPv6-only pod: wired, then `::1` on the bridge, `::2` in the pod and its default
-/// route via `::1` (`Cluster::add_pod_ipv6`, as dual_stack.rs's pods). Returns the pod's address.
-fn make_ipv6_only_pod(cluster: &Cluster, i: usize, mtu: u32) -> Ipv6Addr {
-    wire_ipv6_only_pod(cluster, i, mtu).unwrap_or_else(|e| panic!("making h{i}'s IPv6-only pod: {e}"));
-    let (_, pod) = cluster.add_pod_ipv6(i);
-    pod
 }
 
 /// Every pod reaches every other over IPv6, the only family there is.
@@ -129,11 +98,11 @@ fn ipv6_only_cluster(hosts: usize, backend: &str) -> (Cluster, Vec<SubnetEnv>, V
     let mut envs = Vec::new();
     let mut pods = Vec::new();
     for i in 1..=hosts {
-        let (env, v6) = ipv6_subnet_env(&cluster, i);
+        let (env, v6) = ipv6_subnet_env(&mut cluster, i);
         assert!(env.ipv4.is_none(), "h{i} has IPv4 lines in an IPv6-only network: {env:?}");
         assert_eq!(v6.network.to_string(), "2001:db8:42::/56");
         assert_eq!(v6.subnet.prefix_len(), 64, "flannel's default IPv6 subnet length");
-        pods.push(make_ipv6_only_pod(&cluster, i, env.mtu));
+        pods.push(cluster.make_ipv6_only_pod(i, env.mtu).1);
         envs.push(env);
     }
     assert_full_mesh(&cluster, &pods);
@@ -290,7 +259,7 @@ fn pods_talk_over_ipv6_only_with_host_gw() {
     cluster.stop_agent(2);
     std::fs::remove_file(cluster.subnet_file(2)).unwrap();
     cluster.start_agent(2, &[]);
-    let (_, again) = ipv6_subnet_env(&cluster, 2);
+    let (_, again) = ipv6_subnet_env(&mut cluster, 2);
     assert_eq!(again, subnets[1], "h2 leased another IPv6 subnet after a restart:\n{}", cluster.agent_log(2));
     assert_ipv6_only_subnet_env(&cluster, 2, &again);
     assert_ipv6_only_leases(&cluster, &subnets, "host-gw");

@@ -13,7 +13,7 @@ use common::aws_world::{AwsWorld as World, Placement, RECHECK};
 use common::moto;
 use common::packets::{self, ping_once, reaches, unreachable_pairs};
 use common::vpc_router::Hop;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 /// The peer subnets host i's own table (its zone's) routes to a host.
 fn carried_for(world: &World, subnets: &[Ipv4Net], i: usize) -> BTreeSet<Ipv4Net> {
@@ -121,6 +121,84 @@ fn dual_stack_pods_reach_each_other_over_both_families_through_the_route_tables(
     world.start_agent(2);
     assert!(reaches(&world.cluster.pod_ns(1), pods_v6[1], Duration::from_secs(15)), "h2's IPv6 route not restored");
     eprintln!("dual-stack aws-vpc: both families routed in every table in {took:?}");
+}
+
+/// IPv6-only (`enable_ipv4 = false`): every tagged table routes each node's IPv6 subnet, one
+/// route per node, to its interface (`DestinationIpv6CidrBlock`) and holds no IPv4 route of the
+/// cluster (the leases' `0.0.0.0-0` half is no subnet); pods with no IPv4 address reach each other
+/// through the tables, and a deleted IPv6 route is put back by its node's agent.
+#[test]
+fn ipv6_only_pods_reach_each_other_through_the_route_tables() {
+    const HOSTS: usize = 3;
+    let mut world = World::ipv6_only(HOSTS);
+    world.start_agents("");
+    let (subnets_v6, pods_v6) = world.ipv6_only_pods();
+    let pod_network: IpNet = common::cluster::POD_NETWORK_V6.parse().unwrap();
+    let want: BTreeSet<(IpNet, String)> =
+        (1..=HOSTS).map(|i| (IpNet::V6(subnets_v6[i - 1]), world.nodes[i - 1].0.interface_id.clone())).collect();
+    let took =
+        world.wait("each node's IPv6 route, and only it, in every tagged table", Duration::from_secs(30), || {
+            world
+                .vpc
+                .tagged
+                .iter()
+                .all(|t| world.routes_within(t, pod_network).into_iter().collect::<BTreeSet<_>>() == want)
+        });
+    for table in &world.vpc.tagged {
+        let routes = world.routes(table);
+        let v6: Vec<&String> = routes.keys().filter(|d| d.parse::<ipnet::Ipv6Net>().is_ok()).collect();
+        // The VPC's own IPv6 block (its local route) and one route per node: nothing else.
+        assert_eq!(v6.len(), 1 + HOSTS, "{table}: {routes:?}");
+        // The only IPv4 route is the VPC's local one: nothing of 10.244.0.0/16, nor 0.0.0.0/0.
+        let v4: Vec<&String> = routes.keys().filter(|d| d.parse::<Ipv4Net>().is_ok()).collect();
+        assert_eq!(v4, ["10.0.0.0/16"], "{table}: IPv4 routes in an IPv6-only network: {routes:?}");
+        assert_eq!(routes["10.0.0.0/16"].target, "local", "{table}: {routes:?}");
+    }
+    world.wait("the router follows the IPv6 routes", Duration::from_secs(5), || {
+        (0..HOSTS).all(|i| {
+            (0..HOSTS)
+                .filter(|j| *j != i)
+                .all(|j| world.router().forwarding().hop(i, subnets_v6[j]) == Some(Hop::Host(j)))
+        })
+    });
+    let failed = packets::unreachable_addrs(&world.cluster, &pods_v6, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv6: pods not reached through the VPC: {failed:?}");
+    for i in 1..=HOSTS {
+        // aws-vpc installs no kernel route of either family, and no vxlan device.
+        for family in ["-4", "-6"] {
+            let routes = world
+                .cluster
+                .ip_json(&world.cluster.host(i).ns, &[family, "route", "show", "table", "all", "proto", "87"]);
+            assert_eq!(routes, serde_json::json!([]), "h{i} has {family} kernel routes on aws-vpc");
+        }
+        assert!(world.ready(i), "h{i} not ready:\n{}", world.cluster.agent_log(i));
+    }
+    // Each host counts both peers as carried by the cloud (at its next pass, within a recheck),
+    // not as itself for sharing its absent IPv4 half.
+    world.wait("every host counts 2 peers by the cloud", RECHECK * 3, || {
+        (1..=HOSTS).all(|i| world.metrics(i).contains(r#"weft_peers{path="cloud"} 2"#))
+    });
+
+    // h2's IPv6 route gone from h1's table: h1 → h2 stops, h3 → h2 does not (h2's agent stopped
+    // first, or it would put the route back before the router looked); h2's agent back puts it
+    // back, and the packets follow.
+    world.cluster.kill_agent(2);
+    let (ec2, table, cidr) = (world.ec2.clone(), world.vpc.tagged[0].clone(), subnets_v6[1].to_string());
+    world.call(async move { moto::delete_route(&ec2, &table, &cidr).await });
+    world.wait("the router drops h2's IPv6 route for h1", Duration::from_millis(500), || {
+        world.router().forwarding().hop(0, subnets_v6[1]).is_none()
+    });
+    assert!(!ping_once(&world.cluster.pod_ns(1), pods_v6[1]), "h1 reached h2 without a route in its table");
+    assert!(ping_once(&world.cluster.pod_ns(3), pods_v6[1]), "h3's table still routes h2's IPv6 subnet");
+    world.start_agent(2);
+    let restored = Instant::now();
+    assert!(reaches(&world.cluster.pod_ns(1), pods_v6[1], Duration::from_secs(15)), "h2's IPv6 route not restored");
+    let restored = restored.elapsed();
+    assert!(world.routes_to(&world.vpc.tagged[0], subnets_v6[1], 2), "h2's route restored to another target");
+    assert!(world.cluster_routes(&world.vpc.tagged[0]).is_empty(), "an IPv4 route came with the restart");
+    eprintln!(
+        "IPv6-only aws-vpc: one IPv6 route per node in every table in {took:?}; a deleted one restored in {restored:?}"
+    );
 }
 
 /// Dual-stack with overflow: 6 hosts, `route_limit = 3` routes per family and table. A peer rides

@@ -6,7 +6,8 @@
 //! IPv4 unless built on a dual-stack underlay ([`AwsWorld::dual_stack`], [`AwsWorld::placed_on`]):
 //! then every host and the router have an IPv6 address too (2001:db8::/64), the router forwards
 //! IPv6 by the tables' IPv6 routes, each VPC has an IPv6 block (and its local route in every
-//! table), and [`AwsWorld::apply`] gives the network `ipv6_cidr` ([`POD_NETWORK_V6`]).
+//! table), and [`AwsWorld::apply`] gives the network `ipv6_cidr` ([`POD_NETWORK_V6`]). On the same
+//! underlay [`AwsWorld::ipv6_only`] runs an IPv6-only pod network (`enable_ipv4 = false`).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,6 +79,11 @@ impl AwsWorld {
         AwsWorld::placed_on(&zoned(hosts), Underlay::DualStack)
     }
 
+    /// [`AwsWorld::new`] on a dual-stack underlay with an IPv6-only pod network.
+    pub fn ipv6_only(hosts: usize) -> AwsWorld {
+        AwsWorld::placed_on(&zoned(hosts), Underlay::Ipv6Only)
+    }
+
     /// One host per placement, host i at `placements[i - 1]`.
     pub fn placed(placements: &[Placement]) -> AwsWorld {
         AwsWorld::placed_on(placements, Underlay::Ipv4)
@@ -85,7 +91,7 @@ impl AwsWorld {
 
     /// [`AwsWorld::placed`] on `underlay`.
     pub fn placed_on(placements: &[Placement], underlay: Underlay) -> AwsWorld {
-        let dual = underlay == Underlay::DualStack;
+        let dual = underlay.has_ipv6();
         let cluster = Cluster::with_etcd(placements.len());
         if dual {
             cluster.add_ipv6_underlay();
@@ -197,12 +203,15 @@ impl AwsWorld {
     }
 
     /// Writes the config with `backend` as `[network.backend]` and applies it to the store; on a
-    /// dual-stack underlay the network has `ipv6_cidr` too.
+    /// dual-stack underlay the network has `ipv6_cidr` too, and no IPv4 keys for IPv6-only pods.
     pub fn apply(&self, backend: &str) {
+        let ipv4 = if self.underlay.pods_ipv4() {
+            format!("cidr = \"{CIDR}\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n")
+        } else {
+            String::new()
+        };
         let ipv6 = self.underlay.network_lines();
-        let network = format!(
-            "cidr = \"{CIDR}\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n{ipv6}[network.backend]\n{backend}"
-        );
+        let network = format!("{ipv4}{ipv6}[network.backend]\n{backend}");
         self.cluster.write_config(&network);
         self.cluster.weft_ok(&["network", "apply"]);
     }
@@ -241,6 +250,13 @@ impl AwsWorld {
     /// [`AwsWorld::pods`] (it gives the pods made there an address of that subnet).
     pub fn pods_v6(&self) -> (Vec<Ipv6Net>, Vec<Ipv6Addr>) {
         (1..=self.nodes.len()).map(|i| self.cluster.add_pod_ipv6(i)).unzip()
+    }
+
+    /// IPv6-only pods: every host's IPv6 subnet, once each agent wrote a subnet.env naming one,
+    /// and an IPv6-only pod behind each (its address).
+    pub fn ipv6_only_pods(&mut self) -> (Vec<Ipv6Net>, Vec<Ipv6Addr>) {
+        let envs: Vec<_> = (1..=self.nodes.len()).map(|i| self.cluster.wait_subnet_v6(i)).collect();
+        (1..=self.nodes.len()).map(|i| self.cluster.make_ipv6_only_pod(i, envs[i - 1].mtu)).unzip()
     }
 
     /// Every route of `table` (IPv4 and IPv6), by destination.
@@ -341,7 +357,7 @@ impl AwsWorld {
         let tables = self.vpc.tagged.iter().chain([&self.vpc.main, &self.vpc.untagged]);
         for table in tables.chain(self.other_vpc.iter().flat_map(|v| &v.tagged)) {
             out.push_str(&format!("table {table}: {:?}\n", self.cluster_routes(table)));
-            if self.underlay == Underlay::DualStack {
+            if self.underlay.has_ipv6() {
                 let v6 = self.routes_within(table, POD_NETWORK_V6.parse().unwrap());
                 out.push_str(&format!("table {table} IPv6: {v6:?}\n"));
             }

@@ -236,6 +236,11 @@ impl GceApi {
         self.lock().routes.clone()
     }
 
+    /// Deletes a route as someone with the project's rights would; whether it was there.
+    pub fn delete_route(&self, name: &str) -> bool {
+        self.lock().routes.remove(name).is_some()
+    }
+
     pub fn set_route_quota(&self, quota: Option<usize>) {
         self.lock().route_quota = quota;
     }

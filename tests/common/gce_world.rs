@@ -6,7 +6,8 @@
 //! IPv4 unless built on a dual-stack underlay ([`GceWorld::dual_stack`], [`GceWorld::on`]): then
 //! every host and the router have an IPv6 address too (2001:db8::/64), the router forwards IPv6
 //! by the network's IPv6 routes, the instances are dual-stack in the API, and [`GceWorld::apply`]
-//! gives the network `ipv6_cidr` ([`super::cluster::POD_NETWORK_V6`]).
+//! gives the network `ipv6_cidr` ([`super::cluster::POD_NETWORK_V6`]). On the same underlay
+//! [`GceWorld::ipv6_only`] runs an IPv6-only pod network (`enable_ipv4 = false`).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -54,9 +55,14 @@ impl GceWorld {
         GceWorld::on(project, instances, Underlay::DualStack)
     }
 
+    /// [`GceWorld::new`] on a dual-stack underlay with an IPv6-only pod network.
+    pub fn ipv6_only(project: &str, instances: &[(&str, &str)]) -> GceWorld {
+        GceWorld::on(project, instances, Underlay::Ipv6Only)
+    }
+
     /// [`GceWorld::new`] on `underlay`.
     pub fn on(project: &str, instances: &[(&str, &str)], underlay: Underlay) -> GceWorld {
-        let dual = underlay == Underlay::DualStack;
+        let dual = underlay.has_ipv6();
         let cluster = Cluster::with_etcd(instances.len());
         if dual {
             cluster.add_ipv6_underlay();
@@ -102,14 +108,16 @@ impl GceWorld {
     }
 
     /// Writes the config (gce, `extra` backend keys) and applies it to the store; on a dual-stack
-    /// underlay the network has `ipv6_cidr` too.
+    /// underlay the network has `ipv6_cidr` too, and no IPv4 keys for IPv6-only pods.
     pub fn apply(&self, extra: &str) {
+        let ipv4 = if self.underlay.pods_ipv4() {
+            "cidr = \"10.244.0.0/16\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n"
+        } else {
+            ""
+        };
         let ipv6 = self.underlay.network_lines();
-        let network = format!(
-            "cidr = \"10.244.0.0/16\"\nsubnet_min = \"10.244.1.0\"\nsubnet_max = \"10.244.20.0\"\n{ipv6}\
-             [network.backend]\ntype = \"gce\"\nrecheck = \"{}s\"\n{extra}\n",
-            RECHECK.as_secs()
-        );
+        let network =
+            format!("{ipv4}{ipv6}[network.backend]\ntype = \"gce\"\nrecheck = \"{}s\"\n{extra}\n", RECHECK.as_secs());
         self.cluster.write_config(&network);
         self.cluster.weft_ok(&["network", "apply"]);
     }
@@ -144,6 +152,14 @@ impl GceWorld {
     /// [`GceWorld::pods`] (it gives the pods made there an address of that subnet).
     pub fn pods_v6(&self) -> (Vec<Ipv6Net>, Vec<Ipv6Addr>) {
         (1..=self.instances.len()).map(|i| self.cluster.add_pod_ipv6(i)).unzip()
+    }
+
+    /// IPv6-only pods: every host's IPv6 subnet, once each agent wrote a subnet.env naming one,
+    /// and an IPv6-only pod behind each (its address).
+    pub fn ipv6_only_pods(&mut self) -> (Vec<Ipv6Net>, Vec<Ipv6Addr>) {
+        let hosts = self.instances.len();
+        let envs: Vec<_> = (1..=hosts).map(|i| self.cluster.wait_subnet_v6(i)).collect();
+        (1..=hosts).map(|i| self.cluster.make_ipv6_only_pod(i, envs[i - 1].mtu)).unzip()
     }
 
     /// IPv4 destinations the routes of host i's network send to an instance, i's own left out.
