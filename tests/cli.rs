@@ -85,6 +85,38 @@ fn network_show_config_check_and_leases_list_as_json() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+/// An IPv6-only network from `network show`, and leases of it: a reservation by IPv6 subnet and
+/// address (flannel's `0.0.0.0-0&…` key, PublicIP 0.0.0.0), listed by its IPv6 subnet and
+/// released by it; an IPv4 subnet is refused, naming the network.
+#[test]
+fn an_ipv6_only_network_is_shown_and_its_leases_reserved_by_ipv6_subnet() {
+    let setup = Setup::new("");
+    let text = format!(
+        "[store]\nkind = \"local\"\npath = \"{}\"\n\n[network]\nenable_ipv4 = false\nipv6_cidr = \"2001:db8:42::/56\"\n\
+         [network.backend]\ntype = \"alloc\"\n",
+        setup.path("store").display()
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    setup.ok(&["network", "apply"]);
+    let shown = json(&setup.ok(&["network", "show", "-o", "json"]));
+    assert!(shown.get("network").is_none(), "no IPv4 side: {shown}");
+    assert_eq!(shown["ipv6"]["network"], "2001:db8:42::/56", "{shown}");
+    assert_eq!(shown["config"]["EnableIPv4"], false, "{shown}");
+
+    setup.ok(&["leases", "reserve", "2001:db8:42:7::/64", "--public-ip", "2001:db8::7"]);
+    let leases = json(&setup.ok(&["leases", "list", "-o", "json"]));
+    assert_eq!(leases.as_array().unwrap().len(), 1, "{leases}");
+    assert_eq!(leases[0]["subnet"], "2001:db8:42:7::/64", "{leases}");
+    assert_eq!(leases[0]["public_ip"], "0.0.0.0", "{leases}");
+    assert_eq!(leases[0]["public_ipv6"], "2001:db8::7", "{leases}");
+    let refused = setup.weft(&["leases", "reserve", "10.244.7.0/24", "--public-ip", "198.51.100.7"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("2001:db8:42::/56") && err.contains("IPv6"), "{err}");
+    setup.ok(&["leases", "release", "2001:db8:42:7::/64"]);
+    assert_eq!(json(&setup.ok(&["leases", "list", "-o", "json"])), serde_json::json!([]));
+}
+
 /// Each backend and store that needs a feature: accepted when this build has it, else exit 2
 /// naming the feature. The pure decision is unit-tested for every build in `build_info`.
 #[test]
