@@ -109,6 +109,10 @@ fn an_ipv6_only_network_is_shown_and_its_leases_reserved_by_ipv6_subnet() {
     assert_eq!(leases[0]["subnet"], "2001:db8:42:7::/64", "{leases}");
     assert_eq!(leases[0]["public_ip"], "0.0.0.0", "{leases}");
     assert_eq!(leases[0]["public_ipv6"], "2001:db8::7", "{leases}");
+    let table = setup.ok(&["leases", "list", "-o", "text"]);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(row.starts_with("2001:db8:42:7::/64") && row.contains("2001:db8::7"), "{table}");
+    assert!(!table.contains("0.0.0.0"), "{table}");
     let refused = setup.weft(&["leases", "reserve", "10.244.7.0/24", "--public-ip", "198.51.100.7"]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{err}");

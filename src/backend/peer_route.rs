@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::kernel::{IpFamily, Kernel, KernelState, NexthopSpec, RouteSpec, RouteTarget};
+use crate::kernel::{Kernel, KernelState, NexthopSpec, RouteSpec, RouteTarget};
 use crate::network::Families;
 
 /// A route to `dst` (one of a lease's subnets) via `gateway`, through a nexthop object where the
@@ -43,10 +43,7 @@ pub fn nexthop_id(subnet: &IpNet) -> u32 {
 /// has (in the kernel's namespace). A failure is logged, not fatal: forwarding may be managed by
 /// someone else.
 pub async fn enable_forwarding(kernel: &dyn Kernel, families: Families) {
-    let families = [(families.ipv4, IpFamily::V4), (families.ipv6, IpFamily::V6)]
-        .into_iter()
-        .filter_map(|(on, family)| on.then_some(family));
-    for family in families {
+    for family in families.each() {
         match kernel.enable_forwarding(family).await {
             Ok(true) => tracing::info!("enabled {family} forwarding"),
             Ok(false) => {}

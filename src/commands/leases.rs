@@ -122,7 +122,13 @@ async fn list(store: &dyn LeaseStore, json: bool) -> Result<(), CommandError> {
             (false, Expiry::At(at)) => in_words(at, SystemTime::now()),
             (false, _) => "unknown".to_string(),
         };
-        println!("{:<20} {:<16} {:<10} {expires}", row.subnet, row.public_ip, row.backend_type);
+        // An IPv6-only lease publishes 0.0.0.0 for IPv4 (flannel's spelling): its IPv6 address
+        // is the one shown.
+        let public = match (row.public_ip.is_unspecified(), row.public_ipv6) {
+            (true, Some(v6)) => v6.to_string(),
+            _ => row.public_ip.to_string(),
+        };
+        println!("{:<20} {:<16} {:<10} {expires}", row.subnet, public, row.backend_type);
         // A dual-stack lease's IPv6 side on a line of its own: the addresses are too wide.
         if let Some(v6) = row.subnet_v6.as_ref().filter(|v6| **v6 != row.subnet) {
             let ip = row.public_ipv6.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());

@@ -33,13 +33,16 @@ pub async fn all(config: &Config) -> Vec<Check> {
         Ok(kernel) => iface::discover_with(kernel, &choice).await.map_err(|e| e.to_string()),
         Err(e) => Err(format!("netlink: {e}")),
     };
-    checks.push(host::interface(&choice.rule(), &ext));
+    checks.push(host::interface(&choice.rule(), &ext, network.as_ref().map(Network::families)));
     let Some(network) = network else {
         return checks;
     };
     let backend = &network.backend;
     if host::forwards(backend) {
-        checks.push(host::ip_forward(&crate::kernel::sysctl::ipv4_forwarding().map_err(|e| e.to_string())));
+        for family in network.families().each() {
+            let on = crate::kernel::sysctl::forwarding(family).map_err(|e| e.to_string());
+            checks.push(host::ip_forward(family, &on));
+        }
     }
     if let Some(vxlan) = host::vxlan_of(backend) {
         checks.push(host::vxlan_module(&vxlan_module(Path::new("/"), &vxlan_device_name(vxlan.vni))));
@@ -57,7 +60,7 @@ pub async fn all(config: &Config) -> Vec<Check> {
             let disabled = NexthopMode::from_env() == NexthopMode::Disabled;
             checks.push(host::nexthops(kernel.supports_nexthops().await, disabled));
         }
-        checks.extend(host::mtu(ext, backend));
+        checks.extend(host::mtu(ext, backend, network.families()));
     }
     if host::forwards(backend) {
         // iptables' FORWARD chain is IPv4's: an IPv6-only network is not judged there.

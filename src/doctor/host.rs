@@ -1,14 +1,18 @@
 //! The host's own checks: kernel, interface, MTU, the vxlan port. Pure: each judge takes the
 //! facts [`super::gather`] read.
 
-use crate::backend::vxlan::VXLAN_OVERHEAD;
+use crate::backend::vxlan::{VXLAN_OVERHEAD, VXLAN_V6_OVERHEAD};
 use crate::iface::ExternalInterface;
+use crate::kernel::IpFamily;
 use crate::network::backend::{BackendConfig, VxlanConfig};
+use crate::network::Families;
 
 use super::Check;
 
 /// The smallest MTU IPv4 promises every host can take (RFC 791): pods below it break.
 const MIN_POD_MTU: u32 = 576;
+/// IPv6's minimum link MTU (RFC 8200).
+const MIN_POD_MTU_V6: u32 = 1280;
 
 /// The vxlan device this backend runs, if any: vxlan itself, or a cloud backend's overflow
 /// (which runs vxlan's defaults).
@@ -55,16 +59,19 @@ pub fn vxlan_module(module: &VxlanModule) -> Check {
 }
 
 /// `net.ipv4.ip_forward`, or why it could not be read.
-pub fn ip_forward(on: &Result<bool, String>) -> Check {
-    const NAME: &str = "kernel.ip_forward";
+pub fn ip_forward(family: IpFamily, on: &Result<bool, String>) -> Check {
+    let (name, key) = match family {
+        IpFamily::V4 => ("kernel.ip_forward", "net.ipv4.ip_forward"),
+        IpFamily::V6 => ("kernel.ipv6_forwarding", "net.ipv6.conf.all.forwarding"),
+    };
     match on {
-        Ok(true) => Check::pass(NAME, "net.ipv4.ip_forward = 1"),
+        Ok(true) => Check::pass(name, format!("{key} = 1")),
         Ok(false) => Check::fail(
-            NAME,
-            "net.ipv4.ip_forward = 0: this host does not forward pod traffic (the agent turns it on at start, if it may)",
-            "sysctl -w net.ipv4.ip_forward=1 (and net.ipv4.ip_forward = 1 in /etc/sysctl.d/ to keep it)",
+            name,
+            format!("{key} = 0: this host does not forward {family} pod traffic (the agent turns it on at start, if it may)"),
+            format!("sysctl -w {key}=1 (and {key} = 1 in /etc/sysctl.d/ to keep it)"),
         ),
-        Err(e) => Check::fail(NAME, format!("cannot read net.ipv4.ip_forward: {e}"), "run weft doctor as root on the host"),
+        Err(e) => Check::fail(name, format!("cannot read {key}: {e}"), "run weft doctor as root on the host"),
     }
 }
 
@@ -145,13 +152,33 @@ fn publics(ext: &ExternalInterface) -> String {
 }
 
 /// The interface weft would choose, and the rule that chose it; `Err` is why none was found.
-pub fn interface(rule: &str, found: &Result<ExternalInterface, String>) -> Check {
+/// With the network's `families` known, an interface without an address of one of them fails:
+/// the agent would refuse to start there.
+pub fn interface(rule: &str, found: &Result<ExternalInterface, String>, families: Option<Families>) -> Check {
     const NAME: &str = "interface";
     match found {
-        Ok(ext) => Check::pass(
-            NAME,
-            format!("{} ({}, public IP {}, MTU {}), chosen by {rule}", ext.name, addresses(ext), publics(ext), ext.mtu),
-        ),
+        Ok(ext) => {
+            let shown = format!(
+                "{} ({}, public IP {}, MTU {}), chosen by {rule}",
+                ext.name,
+                addresses(ext),
+                publics(ext),
+                ext.mtu
+            );
+            let missing = match families {
+                Some(f) if f.ipv4 && ext.public_ip.is_none() => Some(("IPv4", "agent.public_ip")),
+                Some(f) if f.ipv6 && ext.public_ipv6.is_none() => Some(("IPv6", "agent.public_ipv6")),
+                _ => None,
+            };
+            match missing {
+                Some((family, key)) => Check::fail(
+                    NAME,
+                    format!("{shown}: the network has {family} but the interface has no {family} address"),
+                    format!("set {key}, or agent.iface to an interface with an {family} address"),
+                ),
+                None => Check::pass(NAME, shown),
+            }
+        }
         Err(e) => Check::fail(
             NAME,
             format!("no interface found by {rule}: {e}"),
@@ -160,15 +187,21 @@ pub fn interface(rule: &str, found: &Result<ExternalInterface, String>) -> Check
     }
 }
 
-/// The pods' MTU against the interface's: vxlan takes 50 bytes of each packet; host-gw and the
-/// cloud backends carry packets as they are. `None` for alloc (it moves no packet).
-pub fn mtu(ext: &ExternalInterface, backend: &BackendConfig) -> Option<Check> {
+/// The pods' MTU against the interface's: vxlan takes 50 bytes of each packet (70 over its IPv6
+/// device, which a network with IPv6 has: pods get what fits both); host-gw and the cloud
+/// backends carry packets as they are. `None` for alloc (it moves no packet).
+pub fn mtu(ext: &ExternalInterface, backend: &BackendConfig, families: Families) -> Option<Check> {
     const NAME: &str = "mtu";
     if !forwards(backend) {
         return None;
     }
     let vxlan = vxlan_of(backend);
-    let overhead = if vxlan.is_some() { VXLAN_OVERHEAD } else { 0 };
+    let overhead = match vxlan {
+        Some(_) if families.ipv6 => VXLAN_V6_OVERHEAD,
+        Some(_) => VXLAN_OVERHEAD,
+        None => 0,
+    };
+    let (least, least_of) = if families.ipv6 { (MIN_POD_MTU_V6, "IPv6") } else { (MIN_POD_MTU, "IPv4") };
     let configured = vxlan.as_ref().map(|v| v.mtu).filter(|mtu| *mtu > 0);
     let pod_mtu = configured.unwrap_or(ext.mtu.saturating_sub(overhead));
     let most = ext.mtu.saturating_sub(overhead);
@@ -184,10 +217,10 @@ pub fn mtu(ext: &ExternalInterface, backend: &BackendConfig) -> Option<Check> {
             format!("{shown}, more than the {most} that fit: packets are fragmented or dropped"),
             format!("set network.backend.mtu = {most} (or 0: the interface's MTU less {overhead})"),
         )
-    } else if pod_mtu < MIN_POD_MTU {
+    } else if pod_mtu < least {
         Check::fail(
             NAME,
-            format!("{shown}, below IPv4's minimum of {MIN_POD_MTU}"),
+            format!("{shown}, below {least_of}'s minimum of {least}"),
             format!("raise the MTU of {} (ip link set {} mtu 1500) or choose another agent.iface", ext.name, ext.name),
         )
     } else {
@@ -270,10 +303,13 @@ mod tests {
 
     #[test]
     fn ip_forward() {
-        assert!(super::ip_forward(&Ok(true)).ok);
-        let off = super::ip_forward(&Ok(false));
+        assert!(super::ip_forward(IpFamily::V4, &Ok(true)).ok);
+        let off = super::ip_forward(IpFamily::V4, &Ok(false));
         assert!(!off.ok && off.fix.unwrap().starts_with("sysctl -w net.ipv4.ip_forward=1"));
-        assert!(!super::ip_forward(&Err("permission denied".into())).ok);
+        assert!(!super::ip_forward(IpFamily::V4, &Err("permission denied".into())).ok);
+        let off6 = super::ip_forward(IpFamily::V6, &Ok(false));
+        assert_eq!(off6.name, "kernel.ipv6_forwarding");
+        assert!(!off6.ok && off6.fix.unwrap().starts_with("sysctl -w net.ipv6.conf.all.forwarding=1"));
     }
 
     #[test]
@@ -302,25 +338,46 @@ mod tests {
 
     #[test]
     fn interface_says_why() {
-        let found = interface("the default route", &Ok(ext(1500)));
+        let found = interface("the default route", &Ok(ext(1500)), Some(Families::IPV4));
         assert!(found.ok);
         assert_eq!(found.detail, "eth0 (192.0.2.10/24, public IP 192.0.2.10, MTU 1500), chosen by the default route");
-        let none = interface("agent.iface = [\"eth9\"]", &Err("no match".into()));
+        let none = interface("agent.iface = [\"eth9\"]", &Err("no match".into()), None);
         assert!(!none.ok && none.fix.unwrap().contains("agent.iface"));
+        // A host without IPv4: fine for an IPv6-only network, not for one with IPv4.
+        let v6_only = ExternalInterface {
+            addr: None,
+            public_ip: None,
+            addr_v6: Some("2001:db8::10/64".parse().unwrap()),
+            public_ipv6: Some("2001:db8::10".parse().unwrap()),
+            ..ext(1500)
+        };
+        assert!(interface("the default route", &Ok(v6_only.clone()), Some(Families::IPV6)).ok);
+        let refused = interface("the default route", &Ok(v6_only), Some(Families::DUAL_STACK));
+        assert!(!refused.ok && refused.detail.contains("no IPv4 address"), "{refused:?}");
+        assert!(refused.fix.unwrap().contains("agent.public_ip"));
+        let no_v6 = interface("the default route", &Ok(ext(1500)), Some(Families::IPV6));
+        assert!(!no_v6.ok && no_v6.detail.contains("no IPv6 address"), "{no_v6:?}");
     }
 
     #[test]
     fn mtu_against_the_overhead() {
-        let ok = mtu(&ext(1500), &vxlan(0)).unwrap();
+        let v4 = Families::IPV4;
+        let ok = mtu(&ext(1500), &vxlan(0), v4).unwrap();
         assert!(ok.ok && ok.detail.contains("pods get MTU 1450"), "{ok:?}");
-        let too_big = mtu(&ext(1500), &vxlan(1500)).unwrap();
+        let too_big = mtu(&ext(1500), &vxlan(1500), v4).unwrap();
         assert!(!too_big.ok);
         assert_eq!(too_big.fix.as_deref(), Some("set network.backend.mtu = 1450 (or 0: the interface's MTU less 50)"));
-        assert!(mtu(&ext(1500), &vxlan(1450)).unwrap().ok);
-        let host_gw = mtu(&ext(1500), &BackendConfig::HostGw(NoOptions {})).unwrap();
+        assert!(mtu(&ext(1500), &vxlan(1450), v4).unwrap().ok);
+        let host_gw = mtu(&ext(1500), &BackendConfig::HostGw(NoOptions {}), v4).unwrap();
         assert!(host_gw.ok && host_gw.detail.contains("pods get MTU 1500"));
-        assert!(!mtu(&ext(600), &vxlan(0)).unwrap().ok, "550 is below IPv4's minimum");
-        assert!(mtu(&ext(1500), &BackendConfig::Alloc(NoOptions {})).is_none());
+        assert!(!mtu(&ext(600), &vxlan(0), v4).unwrap().ok, "550 is below IPv4's minimum");
+        assert!(mtu(&ext(1500), &BackendConfig::Alloc(NoOptions {}), v4).is_none());
+        // With IPv6, vxlan's IPv6 device takes 70 bytes, and IPv6 needs 1280.
+        let v6 = mtu(&ext(1500), &vxlan(0), Families::IPV6).unwrap();
+        assert!(v6.ok && v6.detail.contains("pods get MTU 1430"), "{v6:?}");
+        assert!(!mtu(&ext(1500), &vxlan(1450), Families::DUAL_STACK).unwrap().ok, "1450 does not fit the IPv6 device");
+        let small = mtu(&ext(1300), &vxlan(0), Families::IPV6).unwrap();
+        assert!(!small.ok && small.detail.contains("below IPv6's minimum of 1280"), "{small:?}");
     }
 
     #[test]

@@ -30,7 +30,12 @@ pub fn enable_ipv4_forwarding() -> io::Result<bool> {
 
 /// Whether IPv4 forwarding is on.
 pub fn ipv4_forwarding() -> io::Result<bool> {
-    Ok(read(Path::new(IP_FORWARD))? == "1")
+    forwarding(IpFamily::V4)
+}
+
+/// Whether forwarding of `family` is on.
+pub fn forwarding(family: IpFamily) -> io::Result<bool> {
+    Ok(read(forwarding_path(family))? == "1")
 }
 
 /// Writes `want` unless the file already holds it (a write would bump nothing, but reading

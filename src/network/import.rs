@@ -73,7 +73,8 @@ fn find_net_conf(text: &str) -> Option<String> {
 
 /// In a parsed document: net-conf.json itself, a ConfigMap, or a `List` of objects.
 fn net_conf_in(json: &Value) -> Option<String> {
-    if json.get("Network").is_some() {
+    // An IPv6-only net-conf.json has no `Network`, only `IPv6Network`.
+    if json.get("Network").is_some() || json.get("IPv6Network").is_some() {
         return Some(json.to_string());
     }
     match json.get("kind").and_then(Value::as_str) {
@@ -148,6 +149,18 @@ mod tests {
         let list =
             serde_json::json!({"kind": "List", "items": [{"kind": "ConfigMap", "data": {"net-conf.json": NET_CONF}}]});
         assert_eq!(import(&list.to_string(), "list.json").unwrap(), from_yaml);
+    }
+
+    #[test]
+    fn an_ipv6_only_net_conf_is_found_and_reads_back() {
+        let v6_only = r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "2001:db8:42::/56", "Backend": {"Type": "host-gw"}}"#;
+        let imported = import(v6_only, "net-conf.json").unwrap();
+        assert!(imported.network.is_ipv6_only());
+        let text = to_toml(&imported, "net-conf.json");
+        assert!(text.contains("enable_ipv4 = false"), "{text}");
+        assert_eq!(read_back(&text), imported.network);
+        let configmap = serde_json::json!({"kind": "ConfigMap", "data": {"net-conf.json": v6_only}});
+        assert_eq!(import(&configmap.to_string(), "cm.json").unwrap(), imported);
     }
 
     #[test]

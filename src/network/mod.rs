@@ -91,6 +91,14 @@ impl Families {
     pub const IPV4: Families = Families { ipv4: true, ipv6: false };
     pub const DUAL_STACK: Families = Families { ipv4: true, ipv6: true };
     pub const IPV6: Families = Families { ipv4: false, ipv6: true };
+
+    /// Each family that is on, IPv4 first.
+    pub fn each(self) -> impl Iterator<Item = crate::kernel::IpFamily> {
+        use crate::kernel::IpFamily;
+        [(self.ipv4, IpFamily::V4), (self.ipv6, IpFamily::V6)]
+            .into_iter()
+            .filter_map(|(on, family)| on.then_some(family))
+    }
 }
 
 /// A change of the network's shape: a family's CIDR or subnet length, or IPv6 turned on or off.
