@@ -22,7 +22,7 @@ fn pods_added_by_weft_cni_reach_each_other_over_vxlan() {
     let mut pods = Vec::new();
     for i in 1..=2 {
         cluster.start_agent(i, &[]);
-        let subnet = cluster.wait_subnet(i).subnet;
+        let subnet = cluster.wait_subnet(i).ipv4().expect("an IPv4 subnet");
         // Named with the cluster's prefix: the cluster removes it, also when the test fails.
         let pod = Netns::create(&format!("{}cni{i}", cluster.topology.prefix)).expect("pod namespace");
         let conf = cni::plugin_conf("weft", &cluster.subnet_file(i), &cluster.path(&format!("cni-h{i}")));

@@ -44,7 +44,7 @@ fn gce_quota_of_three_every_pod_reaches_every_other_by_a_route_or_by_vxlan() {
     world.start_agent(HOSTS);
     let mut infos = infos;
     infos.push(world.cluster.wait_subnet(HOSTS));
-    let subnets: Vec<Ipv4Net> = infos.iter().map(|info| info.subnet).collect();
+    let subnets: Vec<Ipv4Net> = infos.iter().map(|info| info.ipv4().expect("an IPv4 subnet")).collect();
     let pods: Vec<PodAddrs> = (1..=HOSTS).map(|i| world.cluster.make_pod(i, infos[i - 1])).collect();
     let peers = |i: usize| -> BTreeSet<Ipv4Net> { subnets.iter().copied().filter(|s| *s != subnets[i - 1]).collect() };
     let split_right = |world: &World, i: usize| {

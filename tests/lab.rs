@@ -139,6 +139,21 @@ fn lab_up_status_down() {
     assert!(pings.iter().all(|p| p["reachable"] == true), "{shown}");
     let down = ok(&["lab", "down"]);
     assert!(down.contains("stopped 2 agent(s)"), "{down}");
+
+    // IPv6-only: pods with an IPv6 address alone, no IPv4 matrix, every pod reaching every other
+    // over IPv6; the leases are flannel's IPv6-only ones, each matched to its host.
+    let up = ok(&["lab", "up", "--hosts", "2", "--backend", "host-gw", "--ipv6-only"]);
+    for expected in ["(IPv6 only, mtu 1500)", "Pod to pod ping over IPv6"] {
+        assert!(up.contains(expected), "no {expected:?} in:\n{up}");
+    }
+    assert!(!up.contains("Pod to pod ping, average"), "an IPv4 matrix in an IPv6-only lab:\n{up}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["lab", "status", "-o", "json"])).unwrap();
+    assert!(shown.get("pings").is_none(), "{shown}");
+    let pings = shown["pings_v6"].as_array().unwrap_or_else(|| panic!("no IPv6 pings: {shown}"));
+    assert!(pings.len() == 2 && pings.iter().all(|p| p["reachable"] == true), "{shown}");
+    let leases = shown["leases"].as_array().unwrap();
+    assert!(leases.iter().all(|l| l["host"].is_string() && l["subnet"].as_str().unwrap().contains(':')), "{shown}");
+    ok(&["lab", "down"]);
 }
 
 #[test]

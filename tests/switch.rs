@@ -70,7 +70,7 @@ fn settled(cluster: &Cluster, backend: &str) -> bool {
 }
 
 /// Each host's subnet (the MTU in subnet.env follows the backend: vxlan's is 50 bytes less).
-fn subnets(cluster: &Cluster) -> Vec<ipnet::Ipv4Net> {
+fn subnets(cluster: &Cluster) -> Vec<ipnet::IpNet> {
     (1..=HOSTS).map(|i| weft::lab::pods::read_subnet_env(&cluster.subnet_file(i)).expect("subnet.env").subnet).collect()
 }
 

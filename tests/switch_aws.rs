@@ -239,7 +239,11 @@ impl World {
 
     fn subnets(&self) -> Vec<Ipv4Net> {
         (1..=HOSTS)
-            .map(|i| weft::lab::pods::read_subnet_env(&self.cluster.subnet_file(i)).expect("subnet.env").subnet)
+            .map(|i| {
+                weft::lab::pods::read_subnet_env(&self.cluster.subnet_file(i))
+                    .and_then(|s| s.ipv4())
+                    .expect("subnet.env")
+            })
             .collect()
     }
 
@@ -268,7 +272,7 @@ fn host_gw_to_aws_vpc_and_back_leaves_no_cloud_routes() {
     world.apply("type = \"host-gw\"");
     world.start_agents();
     let infos: Vec<_> = (1..=HOSTS).map(|i| world.cluster.wait_subnet(i)).collect();
-    let subnets: Vec<Ipv4Net> = infos.iter().map(|info| info.subnet).collect();
+    let subnets: Vec<Ipv4Net> = infos.iter().map(|info| info.ipv4().expect("an IPv4 subnet")).collect();
     let pods: Vec<PodAddrs> = (1..=HOSTS).map(|i| world.cluster.make_pod(i, infos[i - 1])).collect();
     world.pings(&pods, Duration::from_secs(10));
     world.wait_until("host-gw routes on every host", Duration::from_secs(10), || {

@@ -13,7 +13,7 @@ use common::aws_world::{AwsWorld as World, Placement, RECHECK};
 use common::moto;
 use common::packets::{self, ping_once, reaches, unreachable_pairs};
 use common::vpc_router::Hop;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The peer subnets host i's own table (its zone's) routes to a host.
 fn carried_for(world: &World, subnets: &[Ipv4Net], i: usize) -> BTreeSet<Ipv4Net> {
@@ -247,6 +247,59 @@ fn dual_stack_overflow_takes_a_peer_to_vxlan_for_both_families_unless_the_cloud_
     let split: Vec<(usize, usize)> =
         (1..=HOSTS).map(|i| (by_cloud(&world, i).len(), world.overlay_routes(i).len())).collect();
     eprintln!("dual-stack overflow: converged in {took:?}; (cloud, overlay) peers per host {split:?}");
+}
+
+/// IPv6-only with overflow: 6 hosts, `route_limit = 3`. Every tagged table holds exactly 3 IPv6
+/// routes of the cluster and no IPv4 one; each host reaches over vxlan (`flannel-v6.1`, with no
+/// `flannel.1` anywhere) exactly the peers its own table does not route, and every pod reaches
+/// every other over IPv6.
+#[test]
+fn ipv6_only_overflow_takes_the_peers_the_tables_cannot_hold_to_vxlan_over_ipv6() {
+    const HOSTS: usize = 6;
+    const LIMIT: usize = 3;
+    let mut world = World::ipv6_only(HOSTS);
+    world.start_agents(&format!("overflow = \"vxlan\"\nroute_limit = {LIMIT}"));
+    let (subnets_v6, pods_v6) = world.ipv6_only_pods();
+    let pod_network: IpNet = common::cluster::POD_NETWORK_V6.parse().unwrap();
+    // Peer j of host i rides the cloud when i's own table (its zone's) routes j's subnet to j.
+    let by_cloud = |world: &World, i: usize| -> BTreeSet<usize> {
+        let table = &world.vpc.tagged[(i - 1) % 3];
+        (1..=HOSTS).filter(|j| *j != i && world.routes_to(table, subnets_v6[j - 1], *j)).collect()
+    };
+    let split_right = |world: &World, i: usize| {
+        let cloud = by_cloud(world, i);
+        let over: BTreeSet<Ipv6Net> =
+            (1..=HOSTS).filter(|j| *j != i && !cloud.contains(j)).map(|j| subnets_v6[j - 1]).collect();
+        packets::overlay_routes_v6(&world.cluster, i) == over
+    };
+    let full = |world: &World| world.vpc.tagged.iter().all(|t| world.routes_within(t, pod_network).len() == LIMIT);
+    let took = world.wait("tables full of IPv6 routes, the rest over vxlan", Duration::from_secs(40), || {
+        full(&world) && (1..=HOSTS).all(|i| split_right(&world, i))
+    });
+    for table in &world.vpc.tagged {
+        let routes = world.routes(table);
+        assert_eq!(world.routes_within(table, pod_network).len(), LIMIT, "{table}: {routes:?}");
+        // The only IPv4 route is the VPC's local one: nothing of 10.244.0.0/16, nor 0.0.0.0/0.
+        let v4: Vec<&String> = routes.keys().filter(|d| d.parse::<Ipv4Net>().is_ok()).collect();
+        assert_eq!(v4, ["10.0.0.0/16"], "{table}: IPv4 routes in an IPv6-only network: {routes:?}");
+    }
+    for i in 1..=HOSTS {
+        let links = world.cluster.ip_json(&world.cluster.host(i).ns, &["link", "show"]);
+        let names: Vec<&str> = links.as_array().expect("a list").iter().filter_map(|l| l["ifname"].as_str()).collect();
+        assert!(!names.contains(&"flannel.1"), "h{i} has flannel.1 in an IPv6-only network: {names:?}");
+        assert!(names.contains(&"flannel-v6.1"), "h{i} has no flannel-v6.1: {names:?}");
+        assert!(world.ready(i), "h{i} not ready with full tables:\n{}", world.cluster.agent_log(i));
+    }
+    let started = Instant::now();
+    let failed = packets::unreachable_addrs(&world.cluster, &pods_v6, Duration::from_secs(10));
+    assert!(failed.is_empty(), "IPv6: pods not reached: {failed:?}");
+    let all_pairs = started.elapsed();
+    let split: Vec<(usize, usize)> =
+        (1..=HOSTS).map(|i| (by_cloud(&world, i).len(), packets::overlay_routes_v6(&world.cluster, i).len())).collect();
+    eprintln!(
+        "IPv6-only overflow: converged in {took:?}; {} pairs pinged in {all_pairs:?}; (cloud, overlay) peers per host {split:?}",
+        HOSTS * (HOSTS - 1)
+    );
 }
 
 /// A host in another VPC, overflow on: no table of the cluster's VPC routes to it and none of

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -68,8 +68,12 @@ pub struct UpArgs {
     pub keep_on_failure: bool,
     /// Dual-stack: hosts get IPv6 underlay addresses (2001:db8::/64), the network an IPv6 side
     /// (2001:db8:42::/56, unless the config file names one) and pods an address of each family.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ipv6_only")]
     pub ipv6: bool,
+    /// IPv6-only: as --ipv6, with IPv4 turned off in the network (`enable_ipv4 = false`); pods
+    /// get an IPv6 address alone (the hosts keep their IPv4 underlay beside the IPv6 one).
+    #[arg(long)]
+    pub ipv6_only: bool,
 }
 
 /// The pods' IPv6 network of `weft lab up --ipv6` (a documentation prefix).
@@ -116,16 +120,13 @@ fn up(global: &GlobalArgs, args: UpArgs) -> Result<(), CommandError> {
         None => None,
     };
     let mut lab = state::lab_config(base.as_ref(), args.backend.map(LabBackend::config), &dir);
-    if args.ipv6 && lab.network.ipv6_cidr.is_empty() {
+    if (args.ipv6 || args.ipv6_only) && lab.network.ipv6_cidr.is_empty() {
         lab.network.ipv6_cidr = LAB_IPV6_PODS.into();
     }
-    let network = Network::new(&lab.network).map_err(|e| CommandError::Input(e.to_string()))?;
-    if network.is_ipv6_only() {
-        // The lab's pods and probes are built on each host's IPv4 subnet.
-        return Err(CommandError::Input(
-            "network.enable_ipv4 = false: the lab runs IPv4 or dual-stack pods (--ipv6), not IPv6-only ones".into(),
-        ));
+    if args.ipv6_only {
+        lab.network.enable_ipv4 = false;
     }
+    let network = Network::new(&lab.network).map_err(|e| CommandError::Input(e.to_string()))?;
     println!(
         "weft lab: {} hosts, network {}, backend {}, state in {}",
         topology.hosts,
@@ -188,6 +189,10 @@ fn build(topology: &Topology, dir: &LabDir, lab: &Config, network: &Network) -> 
             let ns = Netns::open(&node.ns).map_err(|e| CommandError::Runtime(format!("open {}: {e}", node.ns)))?;
             wire::add_ipv6(&ns, crate::lab::topology::HOST_IFACE, node.addr_v6()).map_err(runtime)?;
         }
+        for node in topology.host_nodes() {
+            let ns = Netns::open(&node.ns).map_err(|e| CommandError::Runtime(format!("open {}: {e}", node.ns)))?;
+            wire::wait_ipv6_settled(&ns, crate::lab::topology::HOST_IFACE).map_err(runtime)?;
+        }
     }
     let last = topology.host(topology.hosts);
     println!(
@@ -215,18 +220,20 @@ fn build(topology: &Topology, dir: &LabDir, lab: &Config, network: &Network) -> 
     println!("  started  {} agents; waiting for their leases", children.len());
     let infos = wait_for_agents(dir, &mut children)?;
     for (node, info) in topology.host_nodes().iter().zip(infos) {
-        let addrs = pods::create(topology, node, info).map_err(runtime)?;
+        let pod_ns = topology.pod_ns(node);
+        let Some(v4) = info.ipv4() else {
+            let v6 =
+                subnet_v6(dir, node).ok_or_else(|| CommandError::Runtime(format!("{}: no IPv6 subnet", node.name)))?;
+            let pod = pods::create_ipv6_only(topology, node, v6, info.mtu).map_err(runtime)?;
+            println!("  pod      {pod_ns} {pod}/{} (IPv6 only, mtu {})", v6.prefix_len(), info.mtu);
+            continue;
+        };
+        let addrs = pods::create(topology, node, SubnetInfo { subnet: v4.into(), ..info }).map_err(runtime)?;
         if let Some(v6) = subnet_v6(dir, node) {
             let pod = pods::add_ipv6(topology, node, v6).map_err(runtime)?;
-            println!("  pod      {} {pod}/{} (IPv6)", topology.pod_ns(node), v6.prefix_len());
+            println!("  pod      {pod_ns} {pod}/{} (IPv6)", v6.prefix_len());
         }
-        println!(
-            "  pod      {} {} (via cni0 {}, mtu {})",
-            topology.pod_ns(node),
-            addrs.pod,
-            addrs.gateway.addr(),
-            info.mtu
-        );
+        println!("  pod      {pod_ns} {} (via cni0 {}, mtu {})", addrs.pod, addrs.gateway.addr(), info.mtu);
     }
     wait_for_peers(topology);
     Ok(())
@@ -335,13 +342,14 @@ fn status(output: OutputArgs) -> Result<(), CommandError> {
         struct Status<'a> {
             hosts: &'a [HostLine],
             leases: &'a [LeaseLine],
-            pings: Vec<ProbeLine>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pings: Option<Vec<ProbeLine>>,
             #[serde(skip_serializing_if = "Option::is_none")]
             pings_v6: Option<Vec<ProbeLine>>,
             checks: &'a [HostCheck],
             ok: bool,
         }
-        let pings = report::probe_lines(&shown.names, &shown.probes);
+        let pings = shown.probes.as_ref().map(|probes| report::probe_lines(&shown.names, probes));
         let pings_v6 = shown.probes_v6.as_ref().map(|probes| report::probe_lines(&shown.names, probes));
         let ok = shown.verdict().is_ok();
         print_json(&Status { hosts: &hosts, leases: &shown.leases, pings, pings_v6, checks: &shown.checks, ok })?;
@@ -409,8 +417,9 @@ fn current_lab(dir: &LabDir) -> Result<Topology, CommandError> {
 struct Shown {
     leases: Vec<LeaseLine>,
     names: Vec<String>,
-    probes: Vec<Vec<Probe>>,
-    /// The same over IPv6, in a dual-stack lab.
+    /// Pod to pod over IPv4, unless the lab is IPv6-only.
+    probes: Option<Vec<Vec<Probe>>>,
+    /// The same over IPv6, in a dual-stack or IPv6-only lab.
     probes_v6: Option<Vec<Vec<Probe>>>,
     checks: Vec<HostCheck>,
 }
@@ -450,8 +459,10 @@ impl Shown {
     fn print(&self) {
         println!("\nLeases");
         print!("{}", report::render_leases(&self.leases));
-        println!("\nPod to pod ping, average round trip (✗: no answer)");
-        print!("{}", report::render_matrix(&self.names, &self.probes));
+        if let Some(probes) = &self.probes {
+            println!("\nPod to pod ping, average round trip (✗: no answer)");
+            print!("{}", report::render_matrix(&self.names, probes));
+        }
         if let Some(probes) = &self.probes_v6 {
             println!("\nPod to pod ping over IPv6");
             print!("{}", report::render_matrix(&self.names, probes));
@@ -466,7 +477,7 @@ impl Shown {
     fn verdict(&self) -> Result<(), CommandError> {
         let alloc = BackendKind::Alloc.as_str();
         let unreachable_expected = !self.leases.is_empty() && self.leases.iter().all(|l| l.backend == alloc);
-        let matrices = [&self.probes].into_iter().chain(self.probes_v6.as_ref());
+        let matrices = self.probes.iter().chain(self.probes_v6.as_ref());
         let failed: usize = matrices.map(|m| report::matrix_verdict(m, unreachable_expected).err().unwrap_or(0)).sum();
         (failed == 0).then_some(()).ok_or(failed).map_err(|failed| {
             CommandError::Runtime(format!(
@@ -537,12 +548,15 @@ fn measure(topology: &Topology, dir: &LabDir) -> Result<Shown, CommandError> {
             pod_at(node, addrs.pod.addr().into())
         })
         .collect();
-    let probes = probe::pod_matrix(&pods).map_err(runtime)?;
     let pods_v6: Vec<probe::Pod> = nodes
         .iter()
         .zip(&envs)
         .map(|(node, env)| pod_at(node, pods::ipv6_addrs(env.as_ref()?.ipv6?.subnet).1.into()))
         .collect();
+    // A family no host has is not probed (IPv4 in an IPv6-only lab, IPv6 in an IPv4 one); an
+    // IPv4 lab whose agents have not written subnet.env yet still shows its matrix of ✗.
+    let ipv6_only = envs.iter().flatten().next().is_some_and(|env| env.ipv4.is_none());
+    let probes = if ipv6_only { None } else { Some(probe::pod_matrix(&pods).map_err(runtime)?) };
     let probes_v6 =
         if pods_v6.iter().any(Option::is_some) { Some(probe::pod_matrix(&pods_v6).map_err(runtime)?) } else { None };
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
@@ -553,16 +567,22 @@ fn measure(topology: &Topology, dir: &LabDir) -> Result<Shown, CommandError> {
 fn read_leases(dir: &LabDir, nodes: &[Node]) -> Result<Vec<LeaseLine>, CommandError> {
     let section = StoreSection { kind: StoreKind::Local, path: dir.store(), ..StoreSection::default() };
     let listing = with_store(&section, |store| async move { store.list_leases().await })?;
-    let host_of: HashMap<Ipv4Addr, &str> = nodes.iter().map(|n| (n.addr, n.name.as_str())).collect();
+    // A host by either underlay address (IPv6-only hosts publish only their IPv6 one).
+    let v4 = nodes.iter().map(|n| (IpAddr::V4(n.addr), n.name.as_str()));
+    let host_of: HashMap<IpAddr, &str> =
+        v4.chain(nodes.iter().map(|n| (IpAddr::V6(n.addr_v6().addr()), n.name.as_str()))).collect();
     let mut lines: Vec<LeaseLine> = listing
         .leases
         .iter()
         .filter_map(|raw| raw.parse().ok())
-        .map(|lease| LeaseLine {
-            host: host_of.get(&lease.attrs.public_ip).map(|h| h.to_string()),
-            subnet: lease.id().to_string(),
-            public_ip: lease.attrs.public_ip,
-            backend: lease.attrs.backend_type.to_string(),
+        .filter_map(|lease| {
+            let public_ip = lease.attrs.public_addr()?;
+            Some(LeaseLine {
+                host: host_of.get(&public_ip).map(|h| h.to_string()),
+                subnet: lease.id().to_string(),
+                public_ip,
+                backend: lease.attrs.backend_type.to_string(),
+            })
         })
         .collect();
     lines.sort_by_key(|l| l.public_ip);

@@ -2,9 +2,10 @@
 //! namespace holding the subnet's first address, and a pod namespace with a veth into that
 //! bridge, the subnet's second address and a default route through the bridge.
 
+use std::net::Ipv6Addr;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::topology::{Node, PodAddrs, Topology};
 use super::{wire, LabError};
@@ -21,8 +22,9 @@ pub const POD_VETH_HOST: &str = "veth-pod";
 /// What a host's subnet.env says about the pod network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetInfo {
-    /// The host's subnet (`FLANNEL_SUBNET`, truncated to its network).
-    pub subnet: Ipv4Net,
+    /// The subnet that names the host's lease, truncated to its network: `FLANNEL_SUBNET`, or
+    /// on an IPv6-only host `FLANNEL_IPV6_SUBNET`.
+    pub subnet: IpNet,
     /// `FLANNEL_MTU`: what pods may send without fragmenting the backend's packets.
     pub mtu: u32,
 }
@@ -38,25 +40,32 @@ pub fn read_subnet_env(path: &Path) -> Option<SubnetInfo> {
 }
 
 impl SubnetInfo {
-    /// The IPv4 side of a host's subnet.env, which the lab's pods are built on; `None` for an
-    /// IPv6-only host.
+    /// What `env` says of the lease and the MTU.
     pub fn of(env: SubnetEnv) -> Option<SubnetInfo> {
-        Some(SubnetInfo { subnet: env.ipv4?.subnet, mtu: env.mtu })
+        Some(SubnetInfo { subnet: env.lease_id(), mtu: env.mtu })
+    }
+
+    /// The host's IPv4 subnet, unless it is IPv6-only.
+    pub fn ipv4(&self) -> Option<Ipv4Net> {
+        match self.subnet {
+            IpNet::V4(v4) => Some(v4),
+            IpNet::V6(_) => None,
+        }
     }
 }
 
 /// A pod's IPv6 addresses in `subnet`, as for IPv4: `::1` on the bridge (the gateway), `::2` in
 /// the pod.
-pub fn ipv6_addrs(subnet: ipnet::Ipv6Net) -> (std::net::Ipv6Addr, std::net::Ipv6Addr) {
+pub fn ipv6_addrs(subnet: Ipv6Net) -> (Ipv6Addr, Ipv6Addr) {
     let base = u128::from(subnet.network());
-    (std::net::Ipv6Addr::from(base + 1), std::net::Ipv6Addr::from(base + 2))
+    (Ipv6Addr::from(base + 1), Ipv6Addr::from(base + 2))
 }
 
 /// Gives the pod behind `node` (made by [`create`]) an address of the host's IPv6 subnet too
 /// ([`ipv6_addrs`]), and its IPv6 default route through the bridge. Returns the pod's address.
-pub fn add_ipv6(topology: &Topology, node: &Node, subnet: ipnet::Ipv6Net) -> Result<std::net::Ipv6Addr, LabError> {
+pub fn add_ipv6(topology: &Topology, node: &Node, subnet: Ipv6Net) -> Result<Ipv6Addr, LabError> {
     let (gateway, pod) = ipv6_addrs(subnet);
-    let net = |addr| ipnet::Ipv6Net::new(addr, subnet.prefix_len()).expect("the subnet's length");
+    let net = |addr| Ipv6Net::new(addr, subnet.prefix_len()).expect("the subnet's length");
     let host = Netns::open(&node.ns).map_err(LabError::io(format!("open host namespace {}", node.ns)))?;
     let pod_ns = topology.pod_ns(node);
     let pod_netns = Netns::open(&pod_ns).map_err(LabError::io(format!("open pod namespace {pod_ns}")))?;
@@ -66,19 +75,37 @@ pub fn add_ipv6(topology: &Topology, node: &Node, subnet: ipnet::Ipv6Net) -> Res
     Ok(pod)
 }
 
-/// Builds the pod behind `node` for `info`'s subnet; returns its addresses.
+/// Builds the pod behind `node` for `info`'s IPv4 subnet; returns its addresses.
 pub fn create(topology: &Topology, node: &Node, info: SubnetInfo) -> Result<PodAddrs, LabError> {
-    let addrs = PodAddrs::for_subnet(info.subnet).map_err(LabError::Invalid)?;
-    let host = Netns::open(&node.ns).map_err(LabError::io(format!("open host namespace {}", node.ns)))?;
-    let pod = wire::create_ns(&topology.pod_ns(node))?;
-    wire::bridge(&host, POD_BRIDGE, addrs.gateway)?;
-    wire::veth_pair(&pod, POD_IFACE, &host, POD_VETH_HOST, info.mtu)?;
-    wire::configure(&host, POD_VETH_HOST, None, Some(POD_BRIDGE))?;
+    let subnet = info.ipv4().ok_or_else(|| LabError::Invalid(format!("{}: an IPv6-only subnet", info.subnet)))?;
+    let addrs = PodAddrs::for_subnet(subnet).map_err(LabError::Invalid)?;
+    let (host, pod) = wire_pod(topology, node, Some(addrs.gateway), info.mtu)?;
     wire::configure(&pod, POD_IFACE, Some(addrs.pod), None)?;
     wire::default_route(&pod, addrs.gateway.addr())?;
     wire::wait_up(&pod, POD_IFACE)?;
     wire::wait_up(&host, POD_VETH_HOST)?;
     Ok(addrs)
+}
+
+/// Builds the pod behind `node` for an IPv6-only host's `subnet`, as the bridge plugin makes it
+/// there: `cni0` with no IPv4 address, then the addresses of [`add_ipv6`]. Returns the pod's
+/// address.
+pub fn create_ipv6_only(topology: &Topology, node: &Node, subnet: Ipv6Net, mtu: u32) -> Result<Ipv6Addr, LabError> {
+    let (host, pod) = wire_pod(topology, node, None, mtu)?;
+    wire::configure(&pod, POD_IFACE, None, None)?;
+    wire::wait_up(&pod, POD_IFACE)?;
+    wire::wait_up(&host, POD_VETH_HOST)?;
+    add_ipv6(topology, node, subnet)
+}
+
+/// The pod's namespace, the bridge (with `gateway`, if any) and the veth between them at `mtu`.
+fn wire_pod(topology: &Topology, node: &Node, gateway: Option<Ipv4Net>, mtu: u32) -> Result<(Netns, Netns), LabError> {
+    let host = Netns::open(&node.ns).map_err(LabError::io(format!("open host namespace {}", node.ns)))?;
+    let pod = wire::create_ns(&topology.pod_ns(node))?;
+    wire::bridge(&host, POD_BRIDGE, gateway)?;
+    wire::veth_pair(&pod, POD_IFACE, &host, POD_VETH_HOST, mtu)?;
+    wire::configure(&host, POD_VETH_HOST, None, Some(POD_BRIDGE))?;
+    Ok((host, pod))
 }
 
 #[cfg(test)]
@@ -91,6 +118,11 @@ mod tests {
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
         let info = parse_subnet_env(text).unwrap();
         assert_eq!(info.subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(info.ipv4().map(|s| s.to_string()).as_deref(), Some("10.244.3.0/24"));
+        let v6_only =
+            "FLANNEL_IPV6_NETWORK=2001:db8:42::/56\nFLANNEL_IPV6_SUBNET=2001:db8:42:3::1/64\nFLANNEL_MTU=1430\n";
+        let info = parse_subnet_env(v6_only).unwrap();
+        assert_eq!((info.subnet.to_string().as_str(), info.ipv4(), info.mtu), ("2001:db8:42:3::/64", None, 1430));
         assert_eq!(info.mtu, 1450);
     }
 

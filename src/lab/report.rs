@@ -1,7 +1,6 @@
 //! The tables `weft lab` prints, as pure functions of what was measured.
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -108,7 +107,8 @@ pub struct LeaseLine {
     /// The lab host with that public IP, if any.
     pub host: Option<String>,
     pub subnet: String,
-    pub public_ip: Ipv4Addr,
+    /// The public IPv4 address, or an IPv6-only host's IPv6 one.
+    pub public_ip: std::net::IpAddr,
     pub backend: String,
 }
 
@@ -247,13 +247,13 @@ h3         ✗         ✗         ·
             LeaseLine {
                 host: Some("h1".into()),
                 subnet: "10.244.17.0/24".into(),
-                public_ip: Ipv4Addr::new(198, 51, 100, 11),
+                public_ip: std::net::Ipv4Addr::new(198, 51, 100, 11).into(),
                 backend: "alloc".into(),
             },
             LeaseLine {
                 host: None,
                 subnet: "10.244.2.0/24".into(),
-                public_ip: Ipv4Addr::new(203, 0, 113, 9),
+                public_ip: std::net::Ipv4Addr::new(203, 0, 113, 9).into(),
                 backend: "vxlan".into(),
             },
         ];

@@ -96,14 +96,14 @@ pub fn configure(ns: &Netns, link: &str, addr: Option<Ipv4Net>, controller: Opti
     })
 }
 
-/// A bridge `name` in `ns`, up, with `addr`.
-pub fn bridge(ns: &Netns, name: &str, addr: Ipv4Net) -> Result<(), LabError> {
+/// A bridge `name` in `ns`, up, with `addr` when given (an IPv6-only pod's bridge has none).
+pub fn bridge(ns: &Netns, name: &str, addr: Option<Ipv4Net>) -> Result<(), LabError> {
     let what = format!("create bridge {name} in {}", ns.name);
     let owned = name.to_string();
     in_ns(ns, &what.clone(), move |handle| async move {
         handle.link().add(LinkBridge::new(&owned).up().build()).execute().await.map_err(LabError::netlink(what))
     })?;
-    configure(ns, name, Some(addr), None)
+    configure(ns, name, addr, None)
 }
 
 /// The default route of `ns`, via `gateway`.
@@ -130,6 +130,30 @@ fn ip(ns: &Netns, args: &[&str]) -> Result<(), LabError> {
 pub fn add_ipv6(ns: &Netns, link: &str, addr: Ipv6Net) -> Result<(), LabError> {
     ip(ns, &["-6", "addr", "add", &addr.to_string(), "dev", link, "nodad"])
 }
+
+/// Waits until no IPv6 address on `link` in `ns` is tentative: the link-local one runs duplicate
+/// address detection when the link comes up, and until it ends the switch's bridge may not yet
+/// forward the neighbour solicitations of IPv6 (its multicast snooping has heard no report).
+pub fn wait_ipv6_settled(ns: &Netns, link: &str) -> Result<(), LabError> {
+    let what = format!("ip -6 addr show dev {link} tentative in {}", ns.name);
+    let deadline = Instant::now() + IPV6_SETTLE_TIMEOUT;
+    loop {
+        let out = ns
+            .command("ip")
+            .and_then(|mut c| c.args(["-6", "addr", "show", "dev", link, "tentative"]).output())
+            .map_err(LabError::io(what.clone()))?;
+        if out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("inet6") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Invalid(format!("{what}: still tentative after {IPV6_SETTLE_TIMEOUT:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How long duplicate address detection may take (the kernel's default is about a second).
+const IPV6_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The IPv6 default route of `ns`, via `gateway`.
 pub fn default_route_v6(ns: &Netns, gateway: Ipv6Addr) -> Result<(), LabError> {

@@ -243,7 +243,7 @@ impl AwsWorld {
     pub fn pods(&mut self) -> (Vec<Ipv4Net>, Vec<PodAddrs>) {
         let infos: Vec<_> = (1..=self.nodes.len()).map(|i| self.cluster.wait_subnet(i)).collect();
         let pods = (1..=self.nodes.len()).map(|i| self.cluster.make_pod(i, infos[i - 1])).collect();
-        (infos.iter().map(|info| info.subnet).collect(), pods)
+        (infos.iter().map(|info| info.ipv4().expect("an IPv4 subnet")).collect(), pods)
     }
 
     /// Each host's IPv6 subnet, read from its subnet.env, and its pod's IPv6 address: call after

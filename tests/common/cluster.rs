@@ -23,7 +23,7 @@ use ipnet::Ipv6Net;
 use tempfile::TempDir;
 use weft::lab::pods::{self, SubnetInfo};
 use weft::lab::report::Probe;
-use weft::lab::{agents, probe, wire, LabError, Node, PodAddrs, Topology};
+use weft::lab::{agents, probe, wire, Node, PodAddrs, Topology};
 use weft::netns::Netns;
 use weft::subnet_env::SubnetEnv;
 
@@ -444,33 +444,15 @@ impl Cluster {
     }
 
     /// Host i's pod with no IPv4 address anywhere, as the bridge plugin makes it on an IPv6-only
-    /// network: `cni0` bare, the pod's veth into it at `mtu`, then `::1` on the bridge, `::2` in
-    /// the pod and its default route via `::1` ([`Cluster::add_pod_ipv6`]). Returns the subnet
-    /// and the pod's address.
+    /// network ([`pods::create_ipv6_only`]: `cni0` bare, the pod's veth into it at `mtu`, `::1` on
+    /// the bridge, `::2` in the pod and its default route via `::1`). Returns the subnet and the
+    /// pod's address.
     pub fn make_ipv6_only_pod(&self, i: usize, mtu: u32) -> (Ipv6Net, Ipv6Addr) {
-        self.wire_ipv6_only_pod(i, mtu).unwrap_or_else(|e| panic!("making h{i}'s IPv6-only pod: {e}"));
-        self.add_pod_ipv6(i)
-    }
-
-    fn wire_ipv6_only_pod(&self, i: usize, mtu: u32) -> Result<(), LabError> {
-        // `wire::bridge` always gives the bridge an IPv4 address: made here without one.
-        let out = self
-            .host_ns(i)
-            .command("ip")
-            .expect("enter host")
-            .args(["link", "add", pods::POD_BRIDGE, "type", "bridge"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ip");
-        assert!(out.status.success(), "h{i}: adding {}: {}", pods::POD_BRIDGE, String::from_utf8_lossy(&out.stderr));
-        let host = self.host_ns(i);
-        let pod = wire::create_ns(&self.pod_ns(i))?;
-        wire::veth_pair(&pod, pods::POD_IFACE, &host, pods::POD_VETH_HOST, mtu)?;
-        wire::configure(&host, pods::POD_BRIDGE, None, None)?;
-        wire::configure(&host, pods::POD_VETH_HOST, None, Some(pods::POD_BRIDGE))?;
-        wire::configure(&pod, pods::POD_IFACE, None, None)?;
-        wire::wait_up(&pod, pods::POD_IFACE)?;
-        wire::wait_up(&host, pods::POD_VETH_HOST)
+        let env = SubnetEnv::read(&self.subnet_file(i)).unwrap_or_else(|e| panic!("h{i}'s subnet.env: {e}"));
+        let v6 = env.ipv6.unwrap_or_else(|| panic!("h{i}'s subnet.env has no IPv6 subnet:\n{}", self.agent_log(i)));
+        let pod = pods::create_ipv6_only(&self.topology, &self.host(i), v6.subnet, mtu)
+            .unwrap_or_else(|e| panic!("making h{i}'s IPv6-only pod: {e}"));
+        (v6.subnet, pod)
     }
 
     // ---- pods and traffic ----

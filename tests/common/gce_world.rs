@@ -145,7 +145,7 @@ impl GceWorld {
         let hosts = self.instances.len();
         let infos: Vec<_> = (1..=hosts).map(|i| self.cluster.wait_subnet(i)).collect();
         let pods = (1..=hosts).map(|i| self.cluster.make_pod(i, infos[i - 1])).collect();
-        (infos.iter().map(|info| info.subnet).collect(), pods)
+        (infos.iter().map(|info| info.ipv4().expect("an IPv4 subnet")).collect(), pods)
     }
 
     /// Each host's IPv6 subnet, read from its subnet.env, and its pod's IPv6 address: call after

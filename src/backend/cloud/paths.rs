@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::backend::route_sync::PeerObjects;
 use crate::kernel::KernelState;
-use crate::lease::{Lease, LeaseKey};
+use crate::lease::{BackendData, Lease, LeaseKey};
 
 /// The peer subnets our own route table(s) route to a host, as the last pass saw them. Shared by
 /// the engine (which writes it) and the kernel mapping and the data plane (which read it).
@@ -64,8 +64,10 @@ impl PeerObjects for Overflow {
             return Ok(KernelState::default());
         }
         // A peer without a VTEP (a cloud-only agent: flannel's aws-vpc, or weft without
-        // overflow) can be reached only through the cloud; nothing to install for it.
-        if lease.attrs.backend_data.str_field("VtepMAC").is_none() {
+        // overflow) can be reached only through the cloud; nothing to install for it. An
+        // IPv6-only peer's VTEP is in its `BackendV6Data` alone (its `BackendData` is null).
+        let has_vtep = |data: &BackendData| data.str_field("VtepMAC").is_some();
+        if !has_vtep(&lease.attrs.backend_data) && !has_vtep(lease.attrs.backend_v6_data()) {
             return Ok(KernelState::default());
         }
         self.overlay.objects(lease)
@@ -122,6 +124,32 @@ mod tests {
         assert!(!mapping.objects(&dual).unwrap().is_empty(), "its IPv6 subnet is not carried: vxlan for both");
         paths.publish([net("10.244.2.0/24"), net("2001:db8:42:2::/64")].into());
         assert!(mapping.objects(&dual).unwrap().is_empty(), "both carried");
+    }
+
+    #[test]
+    fn an_ipv6_only_peer_goes_over_the_overlay_by_its_ipv6_vtep() {
+        let paths = CloudPaths::default();
+        let mapping = Overflow { paths: paths.clone(), overlay: Box::new(OneNeighbour) };
+        // As an IPv6-only hybrid host publishes it: `0.0.0.0`, no `BackendData`, the VTEP in
+        // `BackendV6Data`.
+        let attrs = LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "aws-vpc", serde_json::Value::Null)
+            .with_v6("2001:db8::7".parse().unwrap(), serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:62"}));
+        let peer = Lease {
+            subnet: None,
+            subnet_v6: Some("2001:db8:42:2::/64".parse().unwrap()),
+            attrs,
+            expiry: Expiry::At(SystemTime::now() + Duration::from_secs(60)),
+        };
+        assert!(!mapping.objects(&peer).unwrap().is_empty(), "not carried: over vxlan by its IPv6 VTEP");
+        paths.publish([net("2001:db8:42:2::/64")].into());
+        assert!(mapping.objects(&peer).unwrap().is_empty(), "the cloud carries its IPv6 subnet");
+        let cloud_only = Lease {
+            attrs: LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "aws-vpc", serde_json::Value::Null)
+                .with_v6("2001:db8::8".parse().unwrap(), serde_json::Value::Null),
+            subnet_v6: Some("2001:db8:42:3::/64".parse().unwrap()),
+            ..peer
+        };
+        assert!(mapping.objects(&cloud_only).unwrap().is_empty(), "no VTEP of either family: nothing to install");
     }
 
     #[tokio::test]
