@@ -115,8 +115,8 @@ impl<'a> LeaseRequest<'a> {
         }
     }
 
-    /// Whether `lease` was written by this host: the same public IPv4 address, or in an
-    /// IPv6-only network (where every host publishes 0.0.0.0, as flannel does) the same IPv6 one.
+    /// Whether `lease` was written by this host: by either public address (see
+    /// [`LeaseAttrs::is_same_host`]; every IPv6-only host publishes 0.0.0.0, as flannel does).
     fn is_ours(&self, lease: &Lease) -> bool {
         lease.attrs.is_same_host(self.attrs)
     }
@@ -162,8 +162,7 @@ pub async fn acquire_listed(
                 info!(subnet = %outgrown.key(), "released our lease of the network's old shape");
             }
             let naming = request.network.lease_space();
-            prefer =
-                prefer.or(outgrown.key().subnets().find(|s| naming.network.addr().is_ipv4() == s.addr().is_ipv4()));
+            prefer = prefer.or(outgrown.key().subnets().find(|s| naming.contains_subnet(s)));
             continue;
         }
         let taken = Taken::from_keys(&listing.leases);
@@ -649,7 +648,9 @@ mod tests {
             let store = MemoryStore::new();
             let me = attrs(1).with_v6("2001:db8::1".parse().unwrap(), serde_json::Value::Null);
             let before = acquire(&store, &request(&dual_stack(), &me, None)).await.unwrap();
-            let after = acquire(&store, &request(&ipv6_only(), &me, None)).await.unwrap();
+            // IPv4 off, the host publishes 0.0.0.0: still known by its IPv6 address.
+            let me_v6 = attrs_v6(1);
+            let after = acquire(&store, &request(&ipv6_only(), &me_v6, None)).await.unwrap();
             assert_eq!((after.subnet(), after.subnet_v6()), (None, before.subnet_v6()));
             let keys: Vec<String> = store.list_leases().await.unwrap().leases.into_iter().map(|r| r.key).collect();
             assert_eq!(keys, [after.key().to_string()], "the dual-stack key is gone");

@@ -511,7 +511,11 @@ fn live_switch_through_cloud_routes_keeps_pods_talking() {
             assert_eq!(sent - received, 0, "{label}: packets lost on a settled {name}\n{}", report.join("\n"));
         }
         let now: Vec<Ipv4Net> = (1..=HOSTS)
-            .map(|i| weft::lab::pods::read_subnet_env(&world.cluster.subnet_file(i)).expect("subnet.env").subnet)
+            .map(|i| {
+                weft::lab::pods::read_subnet_env(&world.cluster.subnet_file(i))
+                    .and_then(|s| s.ipv4())
+                    .expect("subnet.env")
+            })
             .collect();
         assert_eq!(now, subnets, "subnets changed while switching to {name}");
     }
