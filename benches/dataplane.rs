@@ -13,6 +13,9 @@
 //!   agent starts; each run starts the release `weft agent` in a fresh host namespace and times,
 //!   with the kernel's own notifications received inside that namespace, the first and the last
 //!   of the peers' kernel objects (routes, nexthops, neighbours, FDB entries).
+//! - Each size also has a dual-stack and an IPv6-only vxlan lease set (IPv6 pod network
+//!   2001:db8:100::/48, peers' PublicIPv6 in 2001:db8:ffff::/64 beside the host's
+//!   2001:db8:ffff::1), run with nexthops: IPv6 figures beside the IPv4 ones of the same run.
 //! - The floor: the same objects through `ip -batch` and `bridge -batch`, and through weft's
 //!   netlink code called directly (no agent, no etcd), each in a fresh namespace.
 //! - Event latency: with an agent converged on every lease, one new lease written to etcd, until
@@ -51,7 +54,7 @@ use weft::iface::ExternalInterface;
 use weft::kernel::netlink::{NetlinkKernel, NexthopMode};
 use weft::kernel::{diff, Kernel, KernelState, Ownership};
 use weft::lab::{agents, wire, Topology};
-use weft::lease::{Expiry, Lease, LeaseAttrs};
+use weft::lease::{Expiry, Lease, LeaseAttrs, LeaseKey};
 use weft::netns::Netns;
 
 const PREFIX_BASE: &str = "wbench";
@@ -59,9 +62,9 @@ const PREFIX_BASE: &str = "wbench";
 const NETWORK: &str = "10.0.0.0/8";
 /// The address on each host's `eth0` that the agent uses, and its on-link prefix.
 const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-/// The agent's IPv6 underlay address in the dual-stack runs (documentation range).
+/// The agent's IPv6 underlay address in the dual-stack and IPv6-only runs (documentation range).
 const HOST_ADDR_V6: &str = "2001:db8:ffff::1/64";
-/// The IPv6 pod network of the dual-stack runs: room for 65,536 /64s.
+/// The IPv6 pod network of the dual-stack and IPv6-only runs: room for 65,536 /64s.
 const NETWORK_V6: &str = "2001:db8:100::/48";
 const HOST_PREFIX_LEN: u8 = 15;
 const ETCD_PORT: u16 = 2379;
@@ -209,7 +212,7 @@ fn peer_public_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 16 + i)
 }
 
-/// Peer `i`'s IPv6 subnet in the dual-stack runs.
+/// Peer `i`'s IPv6 subnet in the dual-stack and IPv6-only runs.
 fn peer_subnet_v6(i: u32) -> ipnet::Ipv6Net {
     let base = u128::from("2001:db8:100::".parse::<std::net::Ipv6Addr>().expect("an address"));
     ipnet::Ipv6Net::new((base + (u128::from(i) << 64)).into(), 64).expect("a /64")
@@ -225,22 +228,26 @@ fn peer_mac(i: u32) -> String {
 }
 
 /// flannel's JSON for peer `i`'s lease (dual-stack: with its IPv6 address and, for vxlan, the
-/// IPv6 device's MAC, as flanneld writes them).
+/// IPv6 device's MAC, as flanneld writes them; IPv6-only: `PublicIP` 0.0.0.0 and no IPv4 backend
+/// data).
 fn lease_json(set: &LeaseSet, i: u32) -> String {
-    let ip = peer_public_ip(i);
-    let ip6 = if set.dual { format!("\"{}\"", peer_public_ipv6(i)) } else { "null".into() };
+    let ip = if set.stack.has_ipv4() { peer_public_ip(i) } else { Ipv4Addr::UNSPECIFIED };
+    let ip6 = if set.stack.has_ipv6() { format!("\"{}\"", peer_public_ipv6(i)) } else { "null".into() };
     match set.kind {
         BackendKind::Vxlan => {
             let mac = peer_mac(i);
-            let v6_data = if set.dual {
+            let v4_data = if set.stack.has_ipv4() {
+                format!(r#","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}"#)
+            } else {
+                String::new()
+            };
+            let v6_data = if set.stack.has_ipv6() {
                 // The v6 device's MAC differs from the v4 one's in its second byte.
                 format!(r#","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}"#, mac.replacen("02:42", "02:66", 1))
             } else {
                 String::new()
             };
-            format!(
-                r#"{{"PublicIP":"{ip}","PublicIPv6":{ip6},"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}{v6_data}}}"#
-            )
+            format!(r#"{{"PublicIP":"{ip}","PublicIPv6":{ip6},"BackendType":"vxlan"{v4_data}{v6_data}}}"#)
         }
         BackendKind::HostGw => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":{ip6},"BackendType":"host-gw"}}"#),
     }
@@ -251,12 +258,55 @@ fn network_json(set: &LeaseSet) -> String {
         BackendKind::Vxlan => r#"{"Type":"vxlan","VNI":1,"Port":8472}"#,
         BackendKind::HostGw => r#"{"Type":"host-gw"}"#,
     };
-    let v6 = if set.dual { format!(r#","EnableIPv6":true,"IPv6Network":"{NETWORK_V6}""#) } else { String::new() };
-    format!(r#"{{"Network":"{NETWORK}","SubnetLen":24{v6},"Backend":{backend}}}"#)
+    let v6 = format!(r#""EnableIPv6":true,"IPv6Network":"{NETWORK_V6}""#);
+    match set.stack {
+        Stack::Ipv4 => format!(r#"{{"Network":"{NETWORK}","SubnetLen":24,"Backend":{backend}}}"#),
+        Stack::Dual => format!(r#"{{"Network":"{NETWORK}","SubnetLen":24,{v6},"Backend":{backend}}}"#),
+        Stack::Ipv6Only => format!(r#"{{"EnableIPv4":false,{v6},"Backend":{backend}}}"#),
+    }
 }
 
-fn subnet_key(subnet: Ipv4Net) -> String {
-    format!("{}-{}", subnet.network(), subnet.prefix_len())
+/// The address families of a lease set's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stack {
+    Ipv4,
+    /// Every lease has an IPv6 subnet beside its IPv4 one, and the network says so.
+    Dual,
+    /// `EnableIPv4: false`: leases are named by their IPv6 subnet alone (`0.0.0.0-0&…`).
+    Ipv6Only,
+}
+
+impl Stack {
+    fn has_ipv4(self) -> bool {
+        self != Stack::Ipv6Only
+    }
+
+    fn has_ipv6(self) -> bool {
+        self != Stack::Ipv4
+    }
+
+    /// How many families an agent installs every peer's objects for.
+    fn families(self) -> u64 {
+        u64::from(self.has_ipv4()) + u64::from(self.has_ipv6())
+    }
+
+    /// For labels: "", "dual-stack ", "IPv6-only ".
+    fn label(self) -> &'static str {
+        match self {
+            Stack::Ipv4 => "",
+            Stack::Dual => "dual-stack ",
+            Stack::Ipv6Only => "IPv6-only ",
+        }
+    }
+
+    /// For store prefixes and file names: "", "-dual", "-v6only".
+    fn tag(self) -> &'static str {
+        match self {
+            Stack::Ipv4 => "",
+            Stack::Dual => "-dual",
+            Stack::Ipv6Only => "-v6only",
+        }
+    }
 }
 
 /// One store prefix holding `count` leases of one backend type.
@@ -265,37 +315,36 @@ struct LeaseSet {
     kind: BackendKind,
     count: u32,
     prefix: String,
-    /// Dual-stack: every lease has an IPv6 subnet too, and the network says so.
-    dual: bool,
+    /// IPv4, dual-stack or IPv6-only.
+    stack: Stack,
 }
 
 impl LeaseSet {
     fn new(kind: BackendKind, count: u32) -> Self {
-        LeaseSet { kind, count, prefix: format!("/weft-bench/{}-{count}", kind.name()), dual: false }
+        LeaseSet::with_stack(kind, count, Stack::Ipv4)
     }
 
-    fn dual_stack(kind: BackendKind, count: u32) -> Self {
-        LeaseSet {
-            prefix: format!("/weft-bench/{}-dual-{count}", kind.name()),
-            dual: true,
-            ..LeaseSet::new(kind, count)
-        }
+    fn with_stack(kind: BackendKind, count: u32, stack: Stack) -> Self {
+        LeaseSet { kind, count, prefix: format!("/weft-bench/{}{}-{count}", kind.name(), stack.tag()), stack }
     }
 
     /// Peer `i`'s key.
     fn key(&self, i: u32) -> String {
-        let v6 = if self.dual { Some(peer_subnet_v6(i)) } else { None };
-        self.key_of(peer_subnet(i), v6)
+        let v4 = self.stack.has_ipv4().then(|| peer_subnet(i));
+        let v6 = self.stack.has_ipv6().then(|| peer_subnet_v6(i));
+        self.key_of(v4, v6)
     }
 
-    fn key_of(&self, subnet: Ipv4Net, v6: Option<ipnet::Ipv6Net>) -> String {
-        let v6 = v6.map(|net| format!("&{}-{}", net.network(), net.prefix_len())).unwrap_or_default();
-        format!("{}/subnets/{}{v6}", self.prefix, subnet_key(subnet))
+    /// flannel's key: `10.0.1.0-24`, `10.0.1.0-24&2001:db8:100:1::-64` or, IPv6-only,
+    /// `0.0.0.0-0&2001:db8:100:1::-64`.
+    fn key_of(&self, subnet: Option<Ipv4Net>, subnet_v6: Option<ipnet::Ipv6Net>) -> String {
+        format!("{}/subnets/{}", self.prefix, LeaseKey { subnet, subnet_v6 })
     }
 
-    /// The kernel objects an agent installs for every lease (twice over, dual-stack).
+    /// The kernel objects an agent installs for every lease (once per family: twice over,
+    /// dual-stack).
     fn expected(&self, nexthops: bool) -> Counts {
-        let n = u64::from(self.count) * if self.dual { 2 } else { 1 };
+        let n = u64::from(self.count) * self.stack.families();
         let (neighbours, fdb) = if self.kind == BackendKind::Vxlan { (n, n) } else { (0, 0) };
         Counts { routes: n, nexthops: if nexthops { n } else { 0 }, neighbours, fdb }
     }
@@ -811,8 +860,9 @@ struct AgentRun {
     set_count: u32,
     kind: BackendKind,
     nexthops: bool,
-    /// Dual-stack leases: twice the objects, so the IPv4 targets do not apply.
-    dual: bool,
+    /// Dual-stack leases have twice the objects and IPv6-only ones other objects, so the IPv4
+    /// targets apply to IPv4 runs only.
+    stack: Stack,
     convergence: Convergence,
     started: Instant,
     usage: Option<Usage>,
@@ -869,7 +919,9 @@ struct Agent {
 impl Agent {
     fn start(lab: &mut Lab, set: &LeaseSet, nexthops: bool, tag: &str) -> io::Result<(Agent, Instant)> {
         let ns = lab.new_host()?;
-        if set.dual {
+        if set.stack.has_ipv6() {
+            // The same underlay for dual-stack and IPv6-only runs: eth0 keeps its IPv4 address
+            // (`--iface` names it by that), the IPv6 network takes its public IPv6 from here.
             let out = ns.command("ip")?.args(["-6", "addr", "add", HOST_ADDR_V6, "dev", "eth0", "nodad"]).output()?;
             if !out.status.success() {
                 return Err(io::Error::other(format!("ip -6 addr add: {}", String::from_utf8_lossy(&out.stderr))));
@@ -928,13 +980,18 @@ impl Agent {
 
     /// The agent's own subnet, once subnet.env is written.
     fn own_subnet(&self) -> Option<Ipv4Net> {
-        weft::lab::pods::read_subnet_env(&self.subnet_file).map(|info| info.subnet)
+        weft::lab::pods::read_subnet_env(&self.subnet_file).and_then(|info| info.ipv4())
     }
 
-    /// The agent's own lease key, once subnet.env is written.
+    /// The agent's own lease key, once subnet.env is written (IPv6-only: named by its IPv6
+    /// subnet alone).
     fn own_key(&self) -> Option<String> {
         let env = weft::subnet_env::SubnetEnv::read(&self.subnet_file).ok()?;
-        Some(self.set.key_of(env.ipv4?.subnet, env.ipv6.map(|v6| v6.subnet)))
+        let (v4, v6) = (env.ipv4.map(|v4| v4.subnet), env.ipv6.map(|v6| v6.subnet));
+        if v4.is_none() && v6.is_none() {
+            return None;
+        }
+        Some(self.set.key_of(v4, v6))
     }
 
     /// Stops the agent, removes its lease from the store and its namespace.
@@ -958,15 +1015,10 @@ fn converge(lab: &mut Lab, set: &LeaseSet, nexthops: bool) -> io::Result<(AgentR
         set.kind.name(),
         if nexthops { " nexthops" } else { " classic" },
         thousands(u64::from(set.count)),
-        if set.dual { "dual-stack " } else { "" }
+        set.stack.label()
     );
-    let tag = format!(
-        "{}-{}-{}{}",
-        set.kind.name(),
-        if nexthops { "nh" } else { "classic" },
-        set.count,
-        if set.dual { "-dual" } else { "" }
-    );
+    let tag =
+        format!("{}-{}-{}{}", set.kind.name(), if nexthops { "nh" } else { "classic" }, set.count, set.stack.tag());
     eprintln!("running {label} …");
     let (mut agent, started) = Agent::start(lab, set, nexthops, &tag)?;
     let convergence = agent.monitor.converge(set.expected(nexthops), CONVERGE_DEADLINE);
@@ -985,8 +1037,8 @@ fn converge(lab: &mut Lab, set: &LeaseSet, nexthops: bool) -> io::Result<(AgentR
     if convergence.lost {
         problem.get_or_insert_with(|| format!("{label}: the monitor lost notifications"));
     }
-    let (set_count, kind, dual) = (set.count, set.kind, set.dual);
-    let run = AgentRun { label, set_count, kind, nexthops, dual, convergence, started, usage, problem };
+    let (set_count, kind, stack) = (set.count, set.kind, set.stack);
+    let run = AgentRun { label, set_count, kind, nexthops, stack, convergence, started, usage, problem };
     Ok((run, agent))
 }
 
@@ -1314,8 +1366,10 @@ pub fn run(options: &Options) -> io::Result<Report> {
         (BackendKind::HostGw, false),
     ];
     let variants = if options.headline { &all_variants[..1] } else { &all_variants[..] };
-    // Each size once more dual-stack (vxlan, nexthops): IPv6 beside IPv4 in the same run.
-    let hosts = sizes.len() * (variants.len() + 1) + usize::from(options.lean_agent.is_some());
+    // Each size once more dual-stack and once IPv6-only (vxlan, nexthops): IPv6 beside IPv4 in
+    // the same run.
+    let v6_stacks = [Stack::Dual, Stack::Ipv6Only];
+    let hosts = sizes.len() * (variants.len() + v6_stacks.len()) + usize::from(options.lean_agent.is_some());
     let mut lab = Lab::new(hosts, options.agent.clone())?;
     let mut report = Report::default();
     let started = Instant::now();
@@ -1332,9 +1386,11 @@ pub fn run(options: &Options) -> io::Result<Report> {
             lab.store().fill(&set)?;
             sets.push(set);
         }
-        let dual = LeaseSet::dual_stack(BackendKind::Vxlan, size);
-        lab.store().fill(&dual)?;
-        sets.push(dual);
+        for stack in v6_stacks {
+            let set = LeaseSet::with_stack(BackendKind::Vxlan, size, stack);
+            lab.store().fill(&set)?;
+            sets.push(set);
+        }
     }
 
     eprintln!("measuring the floor …");
@@ -1357,7 +1413,11 @@ pub fn run(options: &Options) -> io::Result<Report> {
     let largest = *sizes.last().expect("a size");
     for &size in &sizes {
         for &(kind, nexthops) in variants {
-            let set = sets.iter().find(|s| s.kind == kind && s.count == size && !s.dual).expect("filled").clone();
+            let set = sets
+                .iter()
+                .find(|s| s.kind == kind && s.count == size && s.stack == Stack::Ipv4)
+                .expect("filled")
+                .clone();
             let (run, agent) = converge(&mut lab, &set, nexthops)?;
             if let Some(problem) = &run.problem {
                 report.problems.push(problem.clone());
@@ -1380,18 +1440,20 @@ pub fn run(options: &Options) -> io::Result<Report> {
             report.agents.push(run);
             agent.finish(lab.store());
         }
-        let dual = sets.iter().find(|s| s.dual && s.count == size).expect("filled").clone();
-        let (run, agent) = converge(&mut lab, &dual, true)?;
-        if let Some(problem) = &run.problem {
-            report.problems.push(problem.clone());
+        for stack in v6_stacks {
+            let set = sets.iter().find(|s| s.stack == stack && s.count == size).expect("filled").clone();
+            let (run, agent) = converge(&mut lab, &set, true)?;
+            if let Some(problem) = &run.problem {
+                report.problems.push(problem.clone());
+            }
+            report.agents.push(run);
+            agent.finish(lab.store());
         }
-        report.agents.push(run);
-        agent.finish(lab.store());
     }
     if let Some(lean) = &options.lean_agent {
         let set = sets
             .iter()
-            .find(|s| s.kind == BackendKind::Vxlan && s.count == largest && !s.dual)
+            .find(|s| s.kind == BackendKind::Vxlan && s.count == largest && s.stack == Stack::Ipv4)
             .expect("filled")
             .clone();
         lab.agent = lean.clone();
@@ -1485,7 +1547,7 @@ fn table(options: &Options, report: &Report, elapsed: Duration) -> String {
     for run in &report.agents {
         let mut target = String::new();
         let mut flannel = "";
-        if run.kind == BackendKind::Vxlan && run.nexthops && !run.dual {
+        if run.kind == BackendKind::Vxlan && run.nexthops && run.stack == Stack::Ipv4 {
             match run.set_count {
                 1_000 => {
                     let ok = run.full().is_some_and(|d| d <= Duration::from_millis(60));
