@@ -283,7 +283,7 @@ impl<'de> Deserialize<'de> for BackendData {
 pub struct Lease {
     /// The IPv4 subnet; `None` in an IPv6-only network (flannel's `0.0.0.0-0` key part).
     pub subnet: Option<Ipv4Net>,
-    /// The IPv6 subnet of a dual-stack lease (the part of the key after `&`).
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease (the part of the key after `&`).
     pub subnet_v6: Option<Ipv6Net>,
     pub attrs: LeaseAttrs,
     pub expiry: Expiry,
