@@ -385,7 +385,7 @@ impl fmt::Display for LeaseKey {
 }
 
 /// The leases of a cluster by their [`Lease::id`].
-pub type LeaseMap = BTreeMap<IpNet, Lease>;
+pub type LeaseMap = crate::family_map::FamilyMap<Lease>;
 
 /// A key or value in the store that is not a lease we can read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod dataplane;
 pub mod doctor;
+pub mod family_map;
 pub mod fuzzing;
 pub mod health;
 pub mod heap;

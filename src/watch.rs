@@ -190,9 +190,8 @@ impl LeaseWatcher {
 
     fn replace_all(&mut self, fresh: LeaseMap) -> Vec<LeaseEvent> {
         let old = std::mem::replace(&mut self.known, fresh);
-        let gone =
-            old.keys().filter(|subnet| !self.known.contains_key(subnet)).map(|&subnet| LeaseEvent::Removed(subnet));
-        let came = self.known.iter().filter_map(|(&id, lease)| match old.get(&id) {
+        let gone = old.keys().filter(|subnet| !self.known.contains_key(subnet)).map(LeaseEvent::Removed);
+        let came = self.known.iter().filter_map(|(id, lease)| match old.get(&id) {
             None => Some(LeaseEvent::Added(id)),
             Some(prev) if !same_peer(prev, lease) => Some(LeaseEvent::Changed(id)),
             Some(_) => None,

@@ -214,7 +214,7 @@ pub fn cloud_paths_changed(
     if !others.is_empty() {
         // A lease is keyed by one of its subnets: one walk finds the holders of the others.
         let holders = peers.iter().filter(|(_, l)| l.key().subnets().any(|s| others.contains(&s)));
-        changed.extend(holders.map(|(&id, _)| id));
+        changed.extend(holders.map(|(id, _)| id));
         changed.sort_unstable();
         changed.dedup();
     }

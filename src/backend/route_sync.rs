@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::peer_trust::PeerTrust;
 use super::{BackendError, BackendKind};
+use crate::family_map::FamilyMap;
 use crate::health::PeerRejectedLabels;
 use crate::kernel::packed::{self, PackedObjects};
 use crate::kernel::{
@@ -46,7 +47,7 @@ pub struct RouteSync {
     /// What we installed per peer, as of the last successful sync. A B-tree, rebuilt from a
     /// sorted run by [`RouteSync::reconcile`] so its nodes are full: a hash table would hold a
     /// third again as many slots as peers.
-    installed: BTreeMap<IpNet, PeerEntries>,
+    installed: FamilyMap<PeerEntries>,
     /// Failed operations of the last sync.
     last_failed: usize,
     /// False until a full pass has seen the kernel: the first sync must adopt what is there.
@@ -69,7 +70,7 @@ impl RouteSync {
             kernel,
             ownership: Ownership::default(),
             mappers: Vec::new(),
-            installed: BTreeMap::new(),
+            installed: FamilyMap::new(),
             last_failed: 0,
             synced: false,
             trust: PeerTrust::default(),
@@ -236,7 +237,7 @@ impl RouteSync {
         // no second picture of the whole kernel.
         let mut per_peer = Vec::with_capacity(peers.len());
         self.rejected.retain(|subnet, _| peers.contains_key(subnet));
-        for (&id, lease) in peers {
+        for (id, lease) in peers {
             let objects = match self.objects(lease) {
                 Some(Ok(objects)) => objects,
                 Some(Err(problem)) => {
@@ -414,7 +415,7 @@ mod tests {
         assert_eq!(routes, ["10.244.2.0/24"]);
         // Every repair pass refuses them again, but they are counted (and warned about) once.
         sync.reconcile(&peers).await.unwrap();
-        let events: Vec<_> = peers.keys().map(|&s| LeaseEvent::Changed(s)).collect();
+        let events: Vec<_> = peers.keys().map(LeaseEvent::Changed).collect();
         sync.on_events(&peers, &events).await.unwrap();
         assert_eq!(kernel.snapshot().routes.len(), 1);
         assert_eq!(rejected(&family, "own_address"), 1);

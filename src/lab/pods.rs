@@ -121,9 +121,9 @@ mod tests {
         assert_eq!(info.ipv4().map(|s| s.to_string()).as_deref(), Some("10.244.3.0/24"));
         let v6_only =
             "FLANNEL_IPV6_NETWORK=2001:db8:42::/56\nFLANNEL_IPV6_SUBNET=2001:db8:42:3::1/64\nFLANNEL_MTU=1430\n";
-        let info = parse_subnet_env(v6_only).unwrap();
-        assert_eq!((info.subnet.to_string().as_str(), info.ipv4(), info.mtu), ("2001:db8:42:3::/64", None, 1430));
         assert_eq!(info.mtu, 1450);
+        let v6 = parse_subnet_env(v6_only).unwrap();
+        assert_eq!((v6.subnet.to_string().as_str(), v6.ipv4(), v6.mtu), ("2001:db8:42:3::/64", None, 1430));
     }
 
     #[test]
