@@ -172,7 +172,7 @@ impl RouteSync {
             return true;
         };
         if self.rejected.insert(id, ip) != Some(ip) {
-            warn!(lease = %lease.key(), public_ip = %ip, reason = why.reason(), "skipping peer: its public IP is {why}");
+            warn!(lease = %id, public_ip = %ip, reason = why.reason(), "skipping peer: its public IP is {why}");
             self.rejected_total.get_or_create(&PeerRejectedLabels { reason: why.reason().to_string() }).inc();
         }
         false
