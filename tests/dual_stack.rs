@@ -200,24 +200,6 @@ fn pods_talk_over_ipv4_and_ipv6_with_host_gw() {
     assert_full_mesh(&cluster, &pods);
 }
 
-/// Whether every host runs `kind` for its peers: each host's leases say so, and vxlan's IPv6
-/// device is there exactly with vxlan.
-fn on_backend(cluster: &Cluster, hosts: usize, kind: &str) -> bool {
-    let list: serde_json::Value = serde_json::from_str(&cluster.weft_ok(&["leases", "list", "--json"])).unwrap();
-    let leases = list.as_array().unwrap();
-    let device = |i: usize| {
-        let links = cluster.ip_json(&cluster.host(i).ns, &["link", "show"]);
-        links.as_array().unwrap().iter().any(|l| l["ifname"] == "flannel-v6.1")
-    };
-    leases.len() == hosts
-        && leases.iter().all(|l| l["backend_type"] == kind && l["subnet_v6"].is_string())
-        && (1..=hosts).all(|i| device(i) == (kind == "vxlan"))
-        && (1..=hosts).all(|i| {
-            let routes = cluster.ip_json(&cluster.host(i).ns, &["-6", "route", "show", "proto", "87"]);
-            routes.as_array().unwrap().len() == hosts - 1
-        })
-}
-
 /// A live switch vxlan → host-gw → vxlan with pods pinging over both families all along: no
 /// packet lost, both subnets kept.
 #[test]
@@ -236,8 +218,9 @@ fn a_live_switch_keeps_both_families_flowing() {
         std::thread::sleep(Duration::from_millis(300));
         cluster.write_config(&network(&format!("type = \"{kind}\"")));
         cluster.weft_ok(&["network", "apply"]);
-        let took =
-            wait_until(&format!("every host on {kind}"), Duration::from_secs(20), || on_backend(&cluster, HOSTS, kind));
+        let took = wait_until(&format!("every host on {kind}"), Duration::from_secs(20), || {
+            cluster.runs_ipv6_backend(HOSTS, kind)
+        });
         for flow in flows {
             let label = flow.name.clone();
             let (sent, received) = flow.finish();

@@ -71,24 +71,6 @@ fn cluster_without_ipv4(backend: &str) -> (Cluster, Vec<Ipv6Addr>) {
     (cluster, pods)
 }
 
-/// Whether every host runs `kind` for its peers: each lease says so, and `flannel-v6.1` is there
-/// exactly with vxlan, with a weft route to each peer.
-fn on_backend(cluster: &Cluster, kind: &str) -> bool {
-    let list: serde_json::Value = serde_json::from_str(&cluster.weft_ok(&["leases", "list", "--json"])).unwrap();
-    let leases = list.as_array().unwrap();
-    let device = |i: usize| {
-        let links = cluster.ip_json(&cluster.host(i).ns, &["link", "show"]);
-        links.as_array().unwrap().iter().any(|l| l["ifname"] == "flannel-v6.1")
-    };
-    leases.len() == HOSTS
-        && leases.iter().all(|l| l["backend_type"] == kind)
-        && (1..=HOSTS).all(|i| device(i) == (kind == "vxlan"))
-        && (1..=HOSTS).all(|i| {
-            let routes = cluster.ip_json(&cluster.host(i).ns, &["-6", "route", "show", "proto", "87"]);
-            routes.as_array().unwrap().len() == HOSTS - 1
-        })
-}
-
 #[test]
 fn hosts_without_ipv4_run_an_ipv6_only_network_and_switch_backends_live() {
     const PINGS: u32 = 500;
@@ -121,8 +103,9 @@ fn hosts_without_ipv4_run_an_ipv6_only_network_and_switch_backends_live() {
         std::thread::sleep(Duration::from_millis(300));
         cluster.write_config(&network(kind));
         cluster.weft_ok(&["network", "apply"]);
-        let took =
-            wait::until(&format!("every host on {kind}"), Duration::from_secs(20), || on_backend(&cluster, kind));
+        let took = wait::until(&format!("every host on {kind}"), Duration::from_secs(20), || {
+            cluster.runs_ipv6_backend(HOSTS, kind)
+        });
         for flow in flows {
             let label = flow.name.clone();
             let (sent, received) = flow.finish();

@@ -421,15 +421,29 @@ impl Cluster {
             wire::add_ipv6(&ns(&node.ns), "eth0", node.addr_v6())
                 .unwrap_or_else(|e| panic!("the IPv6 underlay address of {}: {e}", node.name));
         }
-        let settled = |node: &Node| {
-            let links = self.ip_json(&node.ns, &["-6", "addr", "show", "dev", "eth0", "tentative"]);
-            links
-                .as_array()
-                .is_none_or(|links| links.iter().all(|l| l["addr_info"].as_array().is_none_or(Vec::is_empty)))
+        for node in &nodes {
+            wire::wait_ipv6_settled(&ns(&node.ns), "eth0")
+                .unwrap_or_else(|e| panic!("the IPv6 underlay of {}: {e}", node.name));
+        }
+    }
+
+    /// Whether `hosts` hosts run `kind` for their IPv6 peers: every lease says so and names an
+    /// IPv6 subnet, vxlan's IPv6 device is there exactly with vxlan, and each host has a weft
+    /// IPv6 route to every peer. What a live switch waits for, dual-stack or IPv6-only.
+    pub fn runs_ipv6_backend(&self, hosts: usize, kind: &str) -> bool {
+        let list: serde_json::Value = serde_json::from_str(&self.weft_ok(&["leases", "list", "--json"])).unwrap();
+        let leases = list.as_array().unwrap();
+        let device = |i: usize| {
+            let links = self.ip_json(&self.host(i).ns, &["link", "show"]);
+            links.as_array().unwrap().iter().any(|l| l["ifname"] == "flannel-v6.1")
         };
-        super::wait::until("no tentative IPv6 address on the underlay", Duration::from_secs(10), || {
-            nodes.iter().all(settled)
-        });
+        leases.len() == hosts
+            && leases.iter().all(|l| l["backend_type"] == kind && l["subnet_v6"].is_string())
+            && (1..=hosts).all(|i| device(i) == (kind == "vxlan"))
+            && (1..=hosts).all(|i| {
+                let routes = self.ip_json(&self.host(i).ns, &["-6", "route", "show", "proto", "87"]);
+                routes.as_array().unwrap().len() == hosts - 1
+            })
     }
 
     /// Gives host i's pod (made by [`Cluster::make_pod`]) an address of the host's IPv6 subnet,
